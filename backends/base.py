@@ -1,0 +1,102 @@
+"""The backend protocol and the registry of backends by name.
+
+A backend interprets an einsum plan. It holds no training state: parameters go in and come out
+as explicit dictionaries, so forward, statistics and the EM update are pure functions of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from einc.ir.diagnostics import BackendError
+from einc.ir.plan import Plan
+
+Params = dict[str, Any]  # parameter name -> backend array
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of data on the host: values with unobserved entries zeroed, and the mask."""
+
+    values: np.ndarray  # (B, columns) float
+    observed: np.ndarray  # (B, columns) bool
+    labels: np.ndarray | None = None  # (B,) int head index per sample, or None
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """Expected sufficient statistics of one E-step (sums over a batch), as backend arrays.
+
+    ``weights[name]`` are the posterior counts n (paper eq. 6) shaped like the weight tensor;
+    ``leaf[name] = (Σ p·T(x), Σ p)`` shaped (L, S, K, t) and (L, S, K).
+    """
+
+    log_likelihood: float
+    count: int
+    weights: dict[str, Any]
+    leaf: dict[str, tuple[Any, Any]]
+
+
+class Backend(Protocol):
+    name: str
+    plan: Plan
+
+    def put(self, params: dict[str, np.ndarray]) -> Params: ...
+
+    def get(self, params: Params) -> dict[str, np.ndarray]: ...
+
+    def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
+        """(B, heads) log-densities (max-product values when max_product)."""
+        ...
+
+    def statistics(self, params: Params, batch: Batch) -> Statistics: ...
+
+    def em_update(self, params: Params, stats: Statistics, step_size: float) -> Params: ...
+
+    def backtrack(
+        self, params: Params, batch: Batch, mpe: bool, leaf_value: str, heads: np.ndarray, seed: int
+    ) -> np.ndarray:
+        """Top-down pass: complete the batch by sampling (mpe=False) or arg-max (mpe=True).
+
+        ``leaf_value`` is "sample", "mode" or "mean" (what a reached leaf emits for unobserved
+        variables); ``heads`` (B,) which root output each sample starts from.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    module: str
+    factory: str
+    install_hint: str
+
+
+# Lazy factories: importing einc never imports torch/cupy backends it does not use.
+BACKENDS: dict[str, BackendEntry] = {
+    "torch": BackendEntry("einc.backends.torch_backend", "TorchBackend", "pip install torch"),
+}
+
+
+def available_backends() -> list[str]:
+    return sorted(BACKENDS)
+
+
+def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "float32") -> Backend:
+    entry = BACKENDS.get(name)
+    if entry is None:
+        raise BackendError(
+            f"unknown backend '{name}'; expected one of {', '.join(available_backends())}"
+        )
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as error:
+        raise BackendError(
+            f"backend '{name}' is not available here ({error}); install it with `{entry.install_hint}`; "
+            f"backends: {', '.join(available_backends())}"
+        ) from None
+    factory: Callable[..., Backend] = getattr(module, entry.factory)
+    return factory(plan, device=device, dtype=dtype)

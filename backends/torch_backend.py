@@ -1,0 +1,341 @@
+"""PyTorch backend: interprets the plan with torch ops; EM statistics come from autograd (§3.5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import opt_einsum
+import torch
+
+from einc.backends.base import Batch, Params, Statistics
+from einc.backends.em import em_update
+from einc.ir.diagnostics import BackendError
+from einc.ir.families import family_rule
+from einc.ir.plan import EinsumOp, InputOp, MixingOp, Operand, Plan, RowRange
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class TorchSampler:
+    """Random draws for leaf sampling, from one seeded torch.Generator."""
+
+    xp = torch
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def uniform(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.rand(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def standard_normal(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
+
+    def binomial(self, n: float, p: torch.Tensor) -> torch.Tensor:
+        counts = torch.full_like(p, float(n))
+        return torch.binomial(counts, p, generator=self.generator)
+
+    def poisson(self, rate: torch.Tensor) -> torch.Tensor:
+        return torch.poisson(rate, generator=self.generator)
+
+    def categorical(self, probs: torch.Tensor) -> torch.Tensor:
+        flat = probs.reshape(-1, probs.shape[-1])
+        draws = torch.multinomial(flat, 1, generator=self.generator).reshape(probs.shape[:-1])
+        return draws.to(probs.dtype)
+
+    def gumbel(self, like: torch.Tensor) -> torch.Tensor:
+        u = self.uniform(like).clamp_(1e-20, 1.0)
+        return -torch.log(-torch.log(u))
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32") -> None:
+        if dtype not in _DTYPES:
+            raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+        self.plan = plan
+        self.device = torch.device(device)
+        self.dtype = _DTYPES[dtype]
+        self.num_columns = plan.graph.num_columns
+        # data column indices per family block; padding (-1) points at an extra all-zero column
+        self.columns: dict[str, torch.Tensor] = {}
+        for op in plan.ops:
+            if isinstance(op, InputOp):
+                for block in op.blocks:
+                    cols = np.asarray(block.columns, dtype=np.int64)
+                    cols = np.where(cols < 0, self.num_columns, cols)
+                    self.columns[block.param] = torch.as_tensor(cols, device=self.device)
+        self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ parameters
+    def put(self, params: dict[str, np.ndarray]) -> Params:
+        return {k: torch.as_tensor(np.asarray(v), dtype=self.dtype, device=self.device) for k, v in params.items()}
+
+    def get(self, params: Params) -> dict[str, np.ndarray]:
+        return {k: v.detach().to("cpu", torch.float64).numpy() for k, v in params.items()}
+
+    def _batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        values = torch.as_tensor(batch.values, dtype=self.dtype, device=self.device)
+        observed = torch.as_tensor(batch.observed, dtype=self.dtype, device=self.device)
+        pad = torch.zeros((values.shape[0], 1), dtype=self.dtype, device=self.device)
+        return torch.cat([values, pad], 1), torch.cat([observed, pad], 1)
+
+    # ------------------------------------------------------------------ forward
+    def _read(self, operand: Operand, values: list[torch.Tensor]) -> torch.Tensor:
+        pieces = []
+        for segment in operand.segments:
+            source = values[segment.value]
+            if isinstance(segment, RowRange):
+                pieces.append(source[segment.start : segment.stop])
+            else:
+                index = self._index(segment.rows)
+                pieces.append(source.index_select(0, index))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 0)
+
+    def _index(self, rows: tuple[int, ...]) -> torch.Tensor:
+        cached = self.row_index.get(rows)
+        if cached is None:
+            cached = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+            self.row_index[rows] = cached
+        return cached
+
+    def _leaf_coefficients(self, op: InputOp, params: Params, max_product: bool) -> list[torch.Tensor]:
+        """Per block Θ = [θ, −A(θ), 1, (max log f)] shaped (L, S, K, f)."""
+        coefficients = []
+        for block in op.blocks:
+            rule = family_rule(block.family)
+            phi = params[block.param]  # (L, S, K, t)
+            theta = rule.natural(torch, phi, block.family)
+            log_norm = rule.log_normalizer(torch, phi, block.family)
+            parts = [theta, -log_norm[..., None], torch.ones_like(log_norm)[..., None]]
+            if max_product:
+                parts.append(rule.max_log_density(torch, phi, block.family, block.domain)[..., None])
+            coefficients.append(torch.cat(parts, -1))
+        return coefficients
+
+    def _input(self, op: InputOp, coefficients: list[torch.Tensor], x: torch.Tensor,
+               observed: torch.Tensor, max_product: bool) -> torch.Tensor:
+        total = None
+        for block, coef in zip(op.blocks, coefficients):
+            rule = family_rule(block.family)
+            cols = self.columns[block.param]  # (L, S)
+            xs = x.t()[cols]  # (L, S, B)
+            obs = observed.t()[cols]  # (L, S, B)
+            stats = rule.sufficient_statistics(torch, xs, block.family, block.domain) * obs[..., None]
+            log_base = rule.log_base_measure(torch, xs, block.family) * obs
+            features = [stats, obs[..., None], log_base[..., None]]
+            if max_product:
+                valid = (cols < self.num_columns).to(self.dtype)[..., None]  # (L, S, 1)
+                features.append((valid - obs)[..., None])
+            feats = torch.cat(features, -1)  # (L, S, B, f)
+            # (L, S, B, f) x (L, S, K, f) -> (L, B, K)
+            term = torch.einsum("lsbf,lskf->lbk", feats, coef)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
+                max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
+        values: list[torch.Tensor] = []
+        for op in self.plan.ops:
+            if isinstance(op, InputOp):
+                coefs = coefficients[op.name] if coefficients else self._leaf_coefficients(op, params, max_product)
+                values.append(self._input(op, coefs, x, observed, max_product))
+            elif isinstance(op, EinsumOp):
+                left = self._read(op.left, values)  # (L, B, i)
+                right = self._read(op.right, values)  # (L, B, j)
+                weights = params[op.param]  # (L, k, i, j)
+                if max_product:
+                    values.append(_max_einsum(left, right, weights))
+                    continue
+                left_max = _finite_max(left)
+                right_max = _finite_max(right)
+                # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
+                mixed = opt_einsum.contract(
+                    op.equation,
+                    torch.exp(left - left_max),
+                    torch.exp(right - right_max),
+                    weights,
+                    optimize=[tuple(step) for step in op.path],
+                    backend="torch",
+                )
+                values.append(torch.log(mixed) + left_max + right_max)
+            else:
+                values.append(self._mix(op, params, values, max_product))
+        return values
+
+    def _mix(self, op: MixingOp, params: Params, values: list[torch.Tensor], max_product: bool) -> torch.Tensor:
+        rows = self._read(op.input, values)
+        m, c = op.rows, op.components
+        stacked = rows.reshape(m, c, rows.shape[1], rows.shape[2])  # (M, C, B, K)
+        weights = params[op.param]  # (M, C, K)
+        if max_product:
+            return (torch.log(weights)[:, :, None, :] + stacked).amax(1)
+        top = _finite_max(stacked, dim=1)  # (M, 1, B, K)
+        # (M, C, B, K) x (M, C, K) -> (M, B, K)
+        mixed = torch.einsum(op.equation, torch.exp(stacked - top), weights)
+        return torch.log(mixed) + top[:, 0]
+
+    def _root(self, values: list[torch.Tensor]) -> torch.Tensor:
+        value, row = self.plan.root
+        return values[value][row]  # (B, heads)
+
+    def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
+        x, observed = self._batch(batch)
+        with torch.no_grad():
+            root = self._root(self.forward(params, x, observed, max_product))
+        return root.to("cpu", torch.float64).numpy()
+
+    # ------------------------------------------------------------------ EM
+    def statistics(self, params: Params, batch: Batch) -> Statistics:
+        """E-step by autograd: ∂ Σ log p / ∂W · W gives n (eq. 6); ∂/∂Θ gives Σ p·F."""
+        x, observed = self._batch(batch)
+        weights = {
+            spec.name: params[spec.name].detach().requires_grad_(True)
+            for spec in self.plan.params
+            if spec.kind != "leaf"
+        }
+        coefficients = {
+            op.name: [c.detach().requires_grad_(True) for c in self._leaf_coefficients(op, params, False)]
+            for op in self.plan.ops
+            if isinstance(op, InputOp)
+        }
+        root = self._root(self.forward({**params, **weights}, x, observed, coefficients=coefficients))
+        log_p = _select_heads(root, batch.labels, self.device)
+        total = log_p.sum()
+        leaves = [c for op_coefs in coefficients.values() for c in op_coefs]
+        grads = torch.autograd.grad(total, list(weights.values()) + leaves)
+        weight_counts = {name: w.detach() * g for (name, w), g in zip(weights.items(), grads)}
+        leaf_stats: dict[str, tuple[Any, Any]] = {}
+        leaf_grads = iter(grads[len(weights):])
+        for op in self.plan.ops:
+            if isinstance(op, InputOp):
+                for block in op.blocks:
+                    g = next(leaf_grads)  # (L, S, K, f): Σ_b p · [T(x), obs, log h]
+                    leaf_stats[block.param] = (g[..., : block.stat_dim], g[..., block.stat_dim])
+        return Statistics(float(total.detach()), int(x.shape[0]), weight_counts, leaf_stats)
+
+    def em_update(self, params: Params, stats: Statistics, step_size: float) -> Params:
+        with torch.no_grad():
+            return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size)
+
+    # ------------------------------------------------------------------ sampling and MPE
+    def backtrack(self, params: Params, batch: Batch, mpe: bool, leaf_value: str,
+                  heads: np.ndarray, seed: int) -> np.ndarray:
+        x, observed = self._batch(batch)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(seed))
+        sampler = TorchSampler(generator)
+        batch_size = x.shape[0]
+        with torch.no_grad():
+            values = self.forward(params, x, observed, max_product=mpe)
+            # choice[v][row, b]: which entry of row's K-vector sample b selected, −1 if not reached
+            choice = [torch.full((op.rows, batch_size), -1, dtype=torch.long, device=self.device) for op in self.plan.ops]
+            root_value, root_row = self.plan.root
+            choice[root_value][root_row] = torch.as_tensor(heads, dtype=torch.long, device=self.device)
+            completed = x.clone()
+            for index in range(len(self.plan.ops) - 1, -1, -1):
+                op = self.plan.ops[index]
+                chosen = choice[index]
+                reached = chosen >= 0
+                k = chosen.clamp(min=0)
+                if isinstance(op, MixingOp):
+                    rows = self._read(op.input, values)
+                    m, c = op.rows, op.components
+                    stacked = rows.reshape(m, c, batch_size, -1)  # (M, C, B, K)
+                    log_w = torch.log(params[op.param])  # (M, C, K)
+                    picked_w = torch.gather(log_w, 2, k[:, None, :].expand(m, c, batch_size))  # (M, C, B)
+                    picked_v = torch.gather(stacked, 3, k[:, None, :, None].expand(m, c, batch_size, 1))[..., 0]
+                    logits = picked_w + picked_v
+                    if not mpe:
+                        logits = logits + sampler.gumbel(logits)
+                    component = logits.argmax(1)  # (M, B)
+                    child = torch.full((m, c, batch_size), -1, dtype=torch.long, device=self.device)
+                    child.scatter_(1, component[:, None, :], k[:, None, :])
+                    child = torch.where(reached[:, None, :], child, torch.full_like(child, -1))
+                    self._write(op.input, child.reshape(m * c, batch_size), choice)
+                elif isinstance(op, EinsumOp):
+                    left = self._read(op.left, values)  # (L, B, i)
+                    right = self._read(op.right, values)  # (L, B, j)
+                    log_w = torch.log(params[op.param])  # (L, k, i, j)
+                    rows_index = torch.arange(op.rows, device=self.device)[:, None]
+                    picked = log_w[rows_index, k]  # (L, B, i, j)
+                    logits = picked + left[..., :, None] + right[..., None, :]
+                    flat = logits.reshape(op.rows, batch_size, -1)
+                    if not mpe:
+                        flat = flat + sampler.gumbel(flat)
+                    best = flat.argmax(-1)  # (L, B)
+                    i = torch.where(reached, best // op.k_right, torch.full_like(best, -1))
+                    j = torch.where(reached, best % op.k_right, torch.full_like(best, -1))
+                    self._write(op.left, i, choice)
+                    self._write(op.right, j, choice)
+                else:
+                    self._emit_leaves(op, params, chosen, observed, completed, leaf_value, sampler)
+        return completed[:, : self.num_columns].to("cpu", torch.float64).numpy()
+
+    def _write(self, operand: Operand, rows_choice: torch.Tensor, choice: list[torch.Tensor]) -> None:
+        """Merge child selections into the producers' choice arrays (max: −1 means not reached)."""
+        offset = 0
+        for segment in operand.segments:
+            part = rows_choice[offset : offset + len(segment)]
+            offset += len(segment)
+            target = choice[segment.value]
+            if isinstance(segment, RowRange):
+                target[segment.start : segment.stop] = torch.maximum(target[segment.start : segment.stop], part)
+            else:
+                index = self._index(segment.rows)[:, None].expand(-1, part.shape[1])
+                target.scatter_reduce_(0, index, part, reduce="amax")
+
+    def _emit_leaves(self, op: InputOp, params: Params, chosen: torch.Tensor, observed: torch.Tensor,
+                     completed: torch.Tensor, leaf_value: str, sampler: TorchSampler) -> None:
+        reached = chosen >= 0  # (L, B)
+        k = chosen.clamp(min=0)
+        for block in op.blocks:
+            rule = family_rule(block.family)
+            cols = self.columns[block.param]  # (L, S)
+            phi = params[block.param]  # (L, S, K, t)
+            L, S, _, t = phi.shape
+            index = k[:, None, :, None].expand(L, S, k.shape[1], t)  # (L, S, B, t)
+            selected = torch.gather(phi, 2, index)  # (L, S, B, t)
+            if leaf_value == "sample":
+                draw = rule.sample(sampler, selected, block.family)
+            elif leaf_value == "mean":
+                draw = rule.mean(torch, selected, block.family)
+            else:
+                draw = rule.mode(torch, selected, block.family)
+            draw = draw.to(self.dtype)  # (L, S, B)
+            write = reached[:, None, :] & (cols < self.num_columns)[..., None]
+            write = write & (observed.t()[cols] == 0)
+            rows, positions, samples = torch.nonzero(write, as_tuple=True)
+            completed[samples, cols[rows, positions]] = draw[rows, positions, samples]
+
+
+def _finite_max(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Max for the log-einsum-exp trick; rows that are all −inf use 0 so no NaN appears."""
+    top = values.detach().amax(dim, keepdim=True)
+    return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+
+
+def _max_einsum(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Max-product einsum: max_ij log W[l,k,i,j] + N[l,b,i] + N'[l,b,j] -> (L, B, k)."""
+    log_w = torch.log(weights)  # (L, k, i, j)
+    out = []
+    # chunk over the batch so the (L, b, k, i, j) tensor stays small
+    step = max(1, int(2**24 // max(1, weights.numel())))
+    for start in range(0, left.shape[1], step):
+        l_part = left[:, start : start + step]
+        r_part = right[:, start : start + step]
+        scores = log_w[:, None] + l_part[:, :, None, :, None] + r_part[:, :, None, None, :]
+        out.append(scores.amax(dim=(-1, -2)))
+    return torch.cat(out, 1)
+
+
+def _select_heads(root: torch.Tensor, labels: np.ndarray | None, device: torch.device) -> torch.Tensor:
+    """log p per sample: head 0 without labels, the labelled head (class-conditional) with them."""
+    if labels is None:
+        return root[:, 0]
+    index = torch.as_tensor(labels, dtype=torch.long, device=device)[:, None]
+    return torch.gather(root, 1, index)[:, 0]

@@ -1,0 +1,266 @@
+"""Lowering: layered circuit -> einsum plan (EiNet paper §3.3, §3.4, appendix B).
+
+Each sum layer becomes einsum op(s) over all partitions of its regions, grouped by their K
+signature (k_out, k_left, k_right), followed by mixing op(s) for regions with C > 1 partitions,
+grouped by C. The leaf layer becomes one input op with a block per (family, domain).
+
+Row order is decided top-down, before any op is emitted: a region (or partition) is placed in its
+producer's output in the order consumers first read it, and every einsum op reads all its left
+children and then all its right children. On trees (RAT-SPNs) every operand is then one
+contiguous slice of the value below — a view, no gather — which removes the per-layer copies
+that dominate the reference EiNet code. On DAGs (Poon–Domingos) regions read by several
+partitions are gathered by index only where the order cannot serve every reader.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import opt_einsum
+
+from einc.ir.families import family_rule
+from einc.ir.layers import LayeredCircuit, SumLayer
+from einc.ir.plan import (
+    EinsumOp,
+    FamilyBlock,
+    InputOp,
+    MixingOp,
+    Op,
+    Operand,
+    ParamSpec,
+    Plan,
+    RowIndex,
+    RowRange,
+    Segment,
+)
+from einc.ir.region_graph import Domain, LeafFamily, RegionGraph, RegionId
+
+# Items whose rows are ordered: a region, or ("partition", index) for partitions of mixed regions.
+Item = object
+
+
+@dataclass
+class _Group:
+    """One future op: its kind, the items it outputs (in row order) and what it reads."""
+
+    kind: str  # "input" | "einsum" | "mixing"
+    key: tuple
+    items: list = field(default_factory=list)
+    left: list[Item] = field(default_factory=list)
+    right: list[Item] = field(default_factory=list)
+    inputs: list[Item] = field(default_factory=list)
+    k_out: int = 0
+    k_left: int = 0
+    k_right: int = 0
+    components: int = 0
+
+
+def lower(layered: LayeredCircuit, batch_hint: int = 100) -> Plan:
+    """Lower a verified, layered region graph to an einsum plan."""
+    graph = layered.graph
+    sum_layers = [layer for layer in layered.layers if isinstance(layer, SumLayer)]
+
+    def k_of(region: RegionId) -> int:
+        if region == graph.root:
+            return graph.heads
+        return graph.inputs if graph.is_leaf(region) else graph.sums
+
+    # ---- assign every region/partition to the group (future op) that produces it
+    producer: dict[Item, tuple] = {}
+    groups: dict[tuple, _Group] = {}
+    input_key = ("input",)
+    groups[input_key] = _Group("input", input_key)
+    for region in graph.leaf_regions:
+        producer[region] = input_key
+    for depth, layer in enumerate(sum_layers):
+        for region in layer.regions:
+            partition_indices = graph.partitions_of[region]
+            for p in partition_indices:
+                parts = graph.partitions[p].parts
+                signature = (k_of(region), k_of(parts[0]), k_of(parts[1]))
+                key = ("einsum", depth, signature)
+                if key not in groups:
+                    groups[key] = _Group("einsum", key, k_out=signature[0], k_left=signature[1], k_right=signature[2])
+                item = region if len(partition_indices) == 1 else ("partition", p)
+                producer[item] = key
+            if len(partition_indices) > 1:
+                key = ("mixing", depth, len(partition_indices), k_of(region))
+                if key not in groups:
+                    groups[key] = _Group("mixing", key, components=len(partition_indices), k_out=k_of(region))
+                producer[region] = key
+
+    # ---- top-down: order rows by first read, record what each group reads
+    first_read: dict[Item, int] = {graph.root: 0}
+
+    def read(items: list[Item]) -> None:
+        for item in items:
+            first_read.setdefault(item, len(first_read))
+
+    def ordered(key: tuple) -> list[Item]:
+        mine = [item for item, k in producer.items() if k == key]
+        return sorted(mine, key=lambda item: (first_read.get(item, len(first_read)), _canonical(item)))
+
+    for depth in range(len(sum_layers) - 1, -1, -1):
+        layer_keys = [k for k in groups if k[0] != "input" and k[1] == depth]
+        for key in sorted((k for k in layer_keys if k[0] == "mixing"), key=repr):
+            group = groups[key]
+            group.items = ordered(key)
+            group.inputs = [("partition", p) for region in group.items for p in graph.partitions_of[region]]
+            read(group.inputs)
+        for key in sorted((k for k in layer_keys if k[0] == "einsum"), key=repr):
+            group = groups[key]
+            group.items = ordered(key)
+            partitions = [_partition_index(graph, item) for item in group.items]
+            group.left = [graph.partitions[p].parts[0] for p in partitions]
+            group.right = [graph.partitions[p].parts[1] for p in partitions]
+            read(group.left)
+            read(group.right)
+    groups[input_key].items = ordered(input_key)
+
+    # ---- bottom-up: emit ops; value index = op index
+    emit_order = [input_key]
+    for depth in range(len(sum_layers)):
+        layer_keys = [k for k in groups if k[0] != "input" and k[1] == depth]
+        emit_order += sorted((k for k in layer_keys if k[0] == "einsum"), key=repr)
+        emit_order += sorted((k for k in layer_keys if k[0] == "mixing"), key=repr)
+
+    location: dict[Item, tuple[int, int]] = {}
+    ops: list[Op] = []
+    params: list[ParamSpec] = []
+    for value, key in enumerate(emit_order):
+        group = groups[key]
+        for row, item in enumerate(group.items):
+            location[item] = (value, row)
+        if group.kind == "input":
+            op, specs = _input_op(graph, group.items, f"input{value}")
+        elif group.kind == "einsum":
+            op, specs = _einsum_op(graph, group, location, f"einsum{value}", batch_hint)
+        else:
+            op, specs = _mixing_op(group, location, f"mixing{value}")
+        ops.append(op)
+        params += specs
+
+    region_rows = tuple(
+        (region.id, *location[region.id]) for region in graph.regions if region.id in location
+    )
+    return Plan(
+        graph=graph,
+        ops=tuple(ops),
+        params=tuple(params),
+        root=location[graph.root],
+        replicas=_count_replicas(graph),
+        region_rows=region_rows,
+    )
+
+
+def _canonical(item: Item) -> tuple:
+    if isinstance(item, tuple) and item and item[0] == "partition":
+        return (1, item[1])
+    scope, copy = item  # type: ignore[misc]
+    return (0, -len(scope), scope, copy)
+
+
+def _partition_index(graph: RegionGraph, item: Item) -> int:
+    if isinstance(item, tuple) and item and item[0] == "partition":
+        return item[1]  # type: ignore[return-value]
+    (index,) = graph.partitions_of[item]  # type: ignore[index]
+    return index
+
+
+def _operand(items: list[Item], location: dict[Item, tuple[int, int]]) -> Operand:
+    """Compress (value, row) reads into contiguous ranges where possible, gathers elsewhere."""
+    runs: list[list[tuple[int, int]]] = []
+    for item in items:
+        value, row = location[item]
+        if runs and runs[-1][-1][0] == value and runs[-1][-1][1] + 1 == row:
+            runs[-1].append((value, row))
+        else:
+            runs.append([(value, row)])
+    segments: list[Segment] = []
+    for run in runs:
+        value = run[0][0]
+        if len(run) > 1:
+            segments.append(RowRange(value, run[0][1], run[-1][1] + 1))
+            continue
+        last = segments[-1] if segments else None
+        if isinstance(last, RowIndex) and last.value == value:
+            segments[-1] = RowIndex(value, last.rows + (run[0][1],))
+        else:
+            segments.append(RowIndex(value, (run[0][1],)) if len(items) > 1 else RowRange(value, run[0][1], run[0][1] + 1))
+    # a single-row gather is a one-row range: a view
+    segments = [RowRange(s.value, s.rows[0], s.rows[0] + 1) if isinstance(s, RowIndex) and len(s.rows) == 1 else s for s in segments]
+    return Operand(tuple(segments))
+
+
+def _input_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[InputOp, list[ParamSpec]]:
+    # factors[(family, domain)][l] = data columns of region l's univariate factors of that family
+    factors: dict[tuple[LeafFamily, Domain], list[list[int]]] = defaultdict(lambda: [[] for _ in regions])
+    for row, (scope, _copy) in enumerate(regions):
+        for index in scope:
+            variable = graph.variables[index]
+            columns = range(variable.column, variable.column + variable.domain.columns)
+            factors[(variable.family, variable.domain)][row].extend(columns)
+    blocks: list[FamilyBlock] = []
+    specs: list[ParamSpec] = []
+    for number, ((family, domain), per_region) in enumerate(sorted(factors.items(), key=lambda kv: (kv[0][0].name, str(kv[0][0]), str(kv[0][1])))):
+        width = max(len(cols) for cols in per_region)
+        columns = tuple(tuple(cols + [-1] * (width - len(cols))) for cols in per_region)
+        # a real(d) variable's factors are univariate normals over one column each
+        factor_domain = Domain("real", 1) if domain.kind == "real" else domain
+        stat_dim = family_rule(family).stat_dim(family, factor_domain)
+        param = f"{name}.{number}.{family.name}"
+        blocks.append(FamilyBlock(family, factor_domain, param, columns, stat_dim))
+        specs.append(ParamSpec(param, (len(regions), width, graph.inputs, stat_dim), "leaf", family, factor_domain))
+    return InputOp(name, tuple(regions), graph.inputs, tuple(blocks)), specs
+
+
+def _einsum_op(graph: RegionGraph, group: _Group, location: dict, name: str, batch_hint: int) -> tuple[EinsumOp, list[ParamSpec]]:
+    rows = len(group.items)
+    shape = (rows, group.k_out, group.k_left, group.k_right)
+    equation = EinsumOp.equation
+    path, _ = opt_einsum.contract_path(
+        equation,
+        (rows, batch_hint, group.k_left),
+        (rows, batch_hint, group.k_right),
+        shape,
+        shapes=True,
+        optimize="optimal",
+    )
+    op = EinsumOp(
+        name=name,
+        partitions=tuple(_partition_index(graph, item) for item in group.items),
+        left=_operand(group.left, location),
+        right=_operand(group.right, location),
+        k_out=group.k_out,
+        k_left=group.k_left,
+        k_right=group.k_right,
+        param=f"{name}.weights",
+        path=tuple(tuple(step) for step in path),
+    )
+    return op, [ParamSpec(op.param, shape, "einsum")]
+
+
+def _mixing_op(group: _Group, location: dict, name: str) -> tuple[MixingOp, list[ParamSpec]]:
+    op = MixingOp(
+        name=name,
+        regions=tuple(group.items),
+        input=_operand(group.inputs, location),
+        components=group.components,
+        k=group.k_out,
+        param=f"{name}.weights",
+    )
+    return op, [ParamSpec(op.param, (len(group.items), group.components, group.k_out), "mixing")]
+
+
+def _count_replicas(graph: RegionGraph) -> int:
+    """The paper's R: the fewest 'replica' slots found greedily so that each holds disjoint scopes."""
+    used: list[set[int]] = []
+    for scope, _copy in graph.leaf_regions:
+        for slot in used:
+            if slot.isdisjoint(scope):
+                slot.update(scope)
+                break
+        else:
+            used.append(set(scope))
+    return len(used)

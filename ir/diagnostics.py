@@ -1,0 +1,132 @@
+"""Source spans, located diagnostics and the one error hierarchy of einc.
+
+Every user-facing error is a ``Diagnostic`` (or several) rendered as
+
+    model.pc:12:5: error: <what is wrong>; expected <...>, found <...>
+       12 | all -> {A, B} * {B, C}
+          |     ^
+
+Stages *return* diagnostics; the public boundary (``einc.compile``, the CLI) raises ``EincError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A 1-based line/column range in a named source file (end is inclusive of the last char)."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(frozen=True)
+class Note:
+    """A secondary location attached to a diagnostic, e.g. 'first declared here'."""
+
+    message: str
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    message: str
+    span: Span | None = None
+    severity: str = "error"
+    notes: tuple[Note, ...] = ()
+
+    def format(self, sources: Mapping[str, str] | None = None) -> str:
+        """Render as ``file:line:col: error: message`` plus the source line and a caret."""
+        lines = [_headline(self.severity, self.message, self.span)]
+        lines += _excerpt(self.span, sources)
+        for note in self.notes:
+            lines.append(_headline("note", note.message, note.span))
+            lines += _excerpt(note.span, sources)
+        return "\n".join(lines)
+
+
+def _headline(severity: str, message: str, span: Span | None) -> str:
+    where = f"{span}: " if span is not None else ""
+    return f"{where}{severity}: {message}"
+
+
+def _excerpt(span: Span | None, sources: Mapping[str, str] | None) -> list[str]:
+    if span is None or sources is None or span.file not in sources:
+        return []
+    text_lines = sources[span.file].splitlines()
+    if not 1 <= span.line <= len(text_lines):
+        return []
+    text = text_lines[span.line - 1]
+    gutter = f"{span.line:>5} | "
+    width = 1
+    if span.end_line == span.line and span.end_col >= span.col:
+        width = span.end_col - span.col + 1
+    caret = " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" + "~" * (width - 1)
+    return [gutter + text, caret]
+
+
+def format_diagnostics(diagnostics: Sequence[Diagnostic], sources: Mapping[str, str] | None) -> str:
+    return "\n".join(d.format(sources) for d in diagnostics)
+
+
+class EincError(Exception):
+    """Root of every error einc reports to a user. Carries located diagnostics when it has them."""
+
+    def __init__(
+        self,
+        message_or_diagnostics: str | Sequence[Diagnostic],
+        sources: Mapping[str, str] | None = None,
+    ) -> None:
+        if isinstance(message_or_diagnostics, str):
+            self.diagnostics: tuple[Diagnostic, ...] = (Diagnostic(message_or_diagnostics),)
+        else:
+            self.diagnostics = tuple(message_or_diagnostics)
+        self.sources = dict(sources or {})
+        super().__init__(format_diagnostics(self.diagnostics, self.sources))
+
+
+class PcSyntaxError(EincError):
+    """The .pc text does not parse."""
+
+
+class PcSemanticError(EincError):
+    """The .pc text parses but names, domains, families or arguments are wrong."""
+
+
+class StructureError(EincError):
+    """The region graph is not a valid smooth and decomposable circuit."""
+
+
+class DataError(EincError):
+    """Data does not fit the circuit's variables (shape, domain, file format)."""
+
+
+class BackendError(EincError):
+    """A backend is unknown or unavailable on this machine."""
+
+
+class ModelFileError(EincError):
+    """A saved model file is missing, corrupt or of an unsupported version."""
+
+
+@dataclass
+class DiagnosticSink:
+    """Collects diagnostics during one pass so that all errors are reported, not only the first."""
+
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, message: str, span: Span | None = None, *notes: Note) -> None:
+        self.diagnostics.append(Diagnostic(message, span, "error", tuple(notes)))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity == "error" for d in self.diagnostics)

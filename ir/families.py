@@ -1,0 +1,373 @@
+"""Leaf families: exponential families in expectation parameters (EiNet paper §3.4).
+
+One table keyed by family name. Each family is a univariate exponential family over one data
+column,  log f(x) = log h(x) + T(x)·θ − A(θ),  kept in expectation parameters φ = E[T(x)] so that
+the EM M-step is a ratio of accumulated statistics (paper eq. 7). The math is written once against
+an array namespace ``xp`` (``numpy``, ``cupy`` or ``torch``) using only calls the three share
+positionally, so every backend uses the same formulas. Parameters are laid out ``(..., t)`` with
+the statistic index last.
+
+Data-independent per-family facts (stat dimension, domains, parameter count) are what the
+compiler needs; the ``xp`` functions are what backends need.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .region_graph import Domain, LeafFamily
+
+# Probabilities are kept inside [EPS, 1 − EPS] so that natural parameters stay finite in float32.
+PROB_EPS = 1e-6
+
+
+def _astype(xp: Any, x: Any, like: Any) -> Any:
+    """Cast ``x`` to the floating dtype of ``like`` on any backend."""
+    if hasattr(x, "to"):  # torch
+        return x.to(like.dtype)
+    return x.astype(like.dtype, copy=False)
+
+
+def _log_factorial(xp: Any, x: Any) -> Any:
+    """log(x!) for integer-valued float arrays, via lgamma where the backend has it."""
+    if hasattr(xp, "lgamma"):  # torch
+        return xp.lgamma(x + 1.0)
+    # numpy/cupy: a cumulative table up to the largest value present (values are counts, small).
+    top = int(xp.max(x)) if x.size else 0
+    table = xp.concatenate([xp.zeros(1, dtype=x.dtype), xp.cumsum(xp.log(xp.arange(1, top + 1, dtype=x.dtype)))])
+    return table[x.astype(np.int64)]
+
+
+@dataclass(frozen=True)
+class FamilyRule:
+    """The table entry for one leaf family. ``spec`` is the circuit's LeafFamily (its arguments)."""
+
+    name: str
+    domains: frozenset[str]
+    stat_dim: Callable[[LeafFamily, Domain], int]
+    sufficient_statistics: Callable[[Any, Any, LeafFamily, Domain], Any]  # x (...) -> (..., t)
+    log_base_measure: Callable[[Any, Any, LeafFamily], Any]  # x (...) -> (...)
+    natural: Callable[[Any, Any, LeafFamily], Any]  # φ (..., t) -> θ (..., t)
+    log_normalizer: Callable[[Any, Any, LeafFamily], Any]  # φ (..., t) -> A (...)
+    project: Callable[[Any, Any, LeafFamily], Any]  # φ -> φ inside the valid set
+    mode: Callable[[Any, Any, LeafFamily], Any]  # φ (..., t) -> x (...)
+    mean: Callable[[Any, Any, LeafFamily], Any]  # φ (..., t) -> E[x] (...)
+    sample: Callable[[Any, Any, LeafFamily], Any]  # (sampler, φ (..., t)) -> x (...)
+    init: Callable[[np.random.Generator, tuple[int, ...], LeafFamily, Domain], np.ndarray]
+    valid_values: Callable[[np.ndarray, LeafFamily, Domain], np.ndarray]  # host-side domain check
+    domain_text: Callable[[LeafFamily, Domain], str]
+
+    def max_log_density(self, xp: Any, phi: Any, spec: LeafFamily, domain: Domain) -> Any:
+        """max_x log f(x): the value of an unobserved variable in a max-product (MPE) pass."""
+        x = self.mode(xp, phi, spec)
+        stats = self.sufficient_statistics(xp, x, spec, domain)
+        theta = self.natural(xp, phi, spec)
+        return (
+            self.log_base_measure(xp, x, spec)
+            + xp.sum(stats * theta, -1)
+            - self.log_normalizer(xp, phi, spec)
+        )
+
+
+# ---------------------------------------------------------------- bernoulli / binomial(n)
+def _binomial_n(spec: LeafFamily) -> float:
+    return spec.arg("n") if spec.name == "binomial" else 1.0
+
+
+def _count_stats(xp: Any, x: Any, spec: LeafFamily, domain: Domain) -> Any:
+    return x[..., None]
+
+
+def _binomial_p(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return xp.clip(phi[..., 0] / _binomial_n(spec), PROB_EPS, 1.0 - PROB_EPS)
+
+
+def _binomial_natural(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    p = _binomial_p(xp, phi, spec)
+    return (xp.log(p) - xp.log(1.0 - p))[..., None]
+
+
+def _binomial_log_normalizer(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return -_binomial_n(spec) * xp.log(1.0 - _binomial_p(xp, phi, spec))
+
+
+def _binomial_log_base(xp: Any, x: Any, spec: LeafFamily) -> Any:
+    n = _binomial_n(spec)
+    if n == 1.0:
+        return x * 0.0
+    # log C(n, x), with x clipped so that unobserved (zeroed) entries stay finite
+    x = xp.clip(x, 0.0, n)
+    return math.lgamma(n + 1.0) - _log_factorial(xp, x) - _log_factorial(xp, n - x)
+
+
+def _binomial_project(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    n = _binomial_n(spec)
+    return xp.clip(phi, n * PROB_EPS, n * (1.0 - PROB_EPS))
+
+
+def _binomial_mode(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    n = _binomial_n(spec)
+    p = _binomial_p(xp, phi, spec)
+    return xp.clip(xp.floor((n + 1.0) * p), 0.0, n)
+
+
+def _binomial_mean(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return phi[..., 0]
+
+
+def _binomial_sample(sampler: Any, phi: Any, spec: LeafFamily) -> Any:
+    return sampler.binomial(_binomial_n(spec), _binomial_p(sampler.xp, phi, spec))
+
+
+def _binomial_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
+    # EiNet draws uniform random means; keep away from the boundary so early EM steps are stable.
+    return (_binomial_n(spec) * rng.uniform(0.2, 0.8, size=shape))[..., None]
+
+
+def _integer_values(x: np.ndarray, high: float | None) -> np.ndarray:
+    ok = np.isfinite(x) & (x >= 0) & (np.floor(x) == x)
+    if high is not None:
+        ok &= x <= high
+    return ok
+
+
+def _binomial_valid(x: np.ndarray, spec: LeafFamily, domain: Domain) -> np.ndarray:
+    return _integer_values(x, _binomial_n(spec))
+
+
+def _binomial_domain_text(spec: LeafFamily, domain: Domain) -> str:
+    n = int(_binomial_n(spec))
+    return "0 or 1" if n == 1 else f"an integer in 0..{n}"
+
+
+# ---------------------------------------------------------------- categorical
+def _categories(domain: Domain) -> int:
+    return 2 if domain.kind == "binary" else domain.size
+
+
+def _categorical_stats(xp: Any, x: Any, spec: LeafFamily, domain: Domain) -> Any:
+    # one-hot; unobserved entries are zero rows (they are masked out by the caller anyway)
+    n = _categories(domain)
+    levels = xp.arange(n)
+    levels = _astype(xp, levels, x)
+    return _astype(xp, x[..., None] == levels, x)
+
+
+def _categorical_natural(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return xp.log(xp.clip(phi, PROB_EPS, 1.0))
+
+
+def _categorical_log_normalizer(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    # φ is kept normalised, so the over-complete parameterisation θ = log φ has A(θ) = 0.
+    return phi[..., 0] * 0.0
+
+
+def _categorical_project(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    phi = xp.clip(phi, PROB_EPS, 1.0)
+    return phi / xp.sum(phi, -1)[..., None]
+
+
+def _categorical_mode(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return _astype(xp, xp.argmax(phi, -1), phi)
+
+
+def _categorical_mean(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    levels = _astype(xp, xp.arange(phi.shape[-1]), phi)
+    return xp.sum(phi * levels, -1)
+
+
+def _categorical_sample(sampler: Any, phi: Any, spec: LeafFamily) -> Any:
+    return sampler.categorical(phi)
+
+
+def _categorical_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
+    raw = rng.uniform(0.5, 1.5, size=(*shape, _categories(domain)))
+    return raw / raw.sum(-1, keepdims=True)
+
+
+def _categorical_valid(x: np.ndarray, spec: LeafFamily, domain: Domain) -> np.ndarray:
+    return _integer_values(x, _categories(domain) - 1)
+
+
+def _categorical_domain_text(spec: LeafFamily, domain: Domain) -> str:
+    return f"an integer in 0..{_categories(domain) - 1}"
+
+
+# ---------------------------------------------------------------- normal(min_var, max_var)
+def _normal_stats(xp: Any, x: Any, spec: LeafFamily, domain: Domain) -> Any:
+    return xp.stack([x, x * x], -1)
+
+
+def _normal_variance(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return xp.clip(phi[..., 1] - phi[..., 0] ** 2, spec.arg("min_var"), spec.arg("max_var"))
+
+
+def _normal_natural(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    var = _normal_variance(xp, phi, spec)
+    return xp.stack([phi[..., 0] / var, -0.5 / var], -1)
+
+
+def _normal_log_normalizer(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    # includes the base measure's −½ log 2π, so h(x) = 1
+    var = _normal_variance(xp, phi, spec)
+    return 0.5 * phi[..., 0] ** 2 / var + 0.5 * xp.log(2.0 * math.pi * var)
+
+
+def _normal_project(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    mu = phi[..., 0]
+    return xp.stack([mu, mu * mu + _normal_variance(xp, phi, spec)], -1)
+
+
+def _normal_mean(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return phi[..., 0]
+
+
+def _normal_sample(sampler: Any, phi: Any, spec: LeafFamily) -> Any:
+    std = sampler.xp.sqrt(_normal_variance(sampler.xp, phi, spec))
+    return phi[..., 0] + std * sampler.standard_normal(phi[..., 0])
+
+
+def _normal_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
+    mu = rng.standard_normal(size=shape)
+    var = np.clip(np.ones(shape), spec.arg("min_var"), spec.arg("max_var"))
+    return np.stack([mu, mu * mu + var], -1)
+
+
+def _normal_valid(x: np.ndarray, spec: LeafFamily, domain: Domain) -> np.ndarray:
+    return np.isfinite(x)
+
+
+# ---------------------------------------------------------------- poisson
+def _poisson_rate(xp: Any, phi: Any) -> Any:
+    return xp.clip(phi[..., 0], PROB_EPS, None)
+
+
+def _poisson_natural(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return xp.log(_poisson_rate(xp, phi))[..., None]
+
+
+def _poisson_log_normalizer(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return _poisson_rate(xp, phi)
+
+
+def _poisson_log_base(xp: Any, x: Any, spec: LeafFamily) -> Any:
+    return -_log_factorial(xp, xp.clip(x, 0.0, None))
+
+
+def _poisson_project(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return _poisson_rate(xp, phi)[..., None]
+
+
+def _poisson_mode(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return xp.floor(_poisson_rate(xp, phi))
+
+
+def _poisson_sample(sampler: Any, phi: Any, spec: LeafFamily) -> Any:
+    return sampler.poisson(_poisson_rate(sampler.xp, phi))
+
+
+def _poisson_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
+    return rng.uniform(0.5, 5.0, size=shape)[..., None]
+
+
+def _poisson_valid(x: np.ndarray, spec: LeafFamily, domain: Domain) -> np.ndarray:
+    high = _categories(domain) - 1 if domain.kind in ("binary", "categorical") else None
+    return _integer_values(x, high)
+
+
+def _poisson_domain_text(spec: LeafFamily, domain: Domain) -> str:
+    if domain.kind in ("binary", "categorical"):
+        return f"an integer in 0..{_categories(domain) - 1}"
+    return "a non-negative integer"
+
+
+FAMILIES: dict[str, FamilyRule] = {
+    "bernoulli": FamilyRule(
+        name="bernoulli",
+        domains=frozenset({"binary", "categorical"}),
+        stat_dim=lambda spec, domain: 1,
+        sufficient_statistics=_count_stats,
+        log_base_measure=_binomial_log_base,
+        natural=_binomial_natural,
+        log_normalizer=_binomial_log_normalizer,
+        project=_binomial_project,
+        mode=_binomial_mode,
+        mean=_binomial_mean,
+        sample=_binomial_sample,
+        init=_binomial_init,
+        valid_values=_binomial_valid,
+        domain_text=_binomial_domain_text,
+    ),
+    "binomial": FamilyRule(
+        name="binomial",
+        domains=frozenset({"binary", "categorical", "count"}),
+        stat_dim=lambda spec, domain: 1,
+        sufficient_statistics=_count_stats,
+        log_base_measure=_binomial_log_base,
+        natural=_binomial_natural,
+        log_normalizer=_binomial_log_normalizer,
+        project=_binomial_project,
+        mode=_binomial_mode,
+        mean=_binomial_mean,
+        sample=_binomial_sample,
+        init=_binomial_init,
+        valid_values=_binomial_valid,
+        domain_text=_binomial_domain_text,
+    ),
+    "categorical": FamilyRule(
+        name="categorical",
+        domains=frozenset({"binary", "categorical"}),
+        stat_dim=lambda spec, domain: _categories(domain),
+        sufficient_statistics=_categorical_stats,
+        log_base_measure=lambda xp, x, spec: x * 0.0,
+        natural=_categorical_natural,
+        log_normalizer=_categorical_log_normalizer,
+        project=_categorical_project,
+        mode=_categorical_mode,
+        mean=_categorical_mean,
+        sample=_categorical_sample,
+        init=_categorical_init,
+        valid_values=_categorical_valid,
+        domain_text=_categorical_domain_text,
+    ),
+    "normal": FamilyRule(
+        name="normal",
+        domains=frozenset({"real"}),
+        stat_dim=lambda spec, domain: 2,
+        sufficient_statistics=_normal_stats,
+        log_base_measure=lambda xp, x, spec: x * 0.0,
+        natural=_normal_natural,
+        log_normalizer=_normal_log_normalizer,
+        project=_normal_project,
+        mode=_normal_mean,
+        mean=_normal_mean,
+        sample=_normal_sample,
+        init=_normal_init,
+        valid_values=_normal_valid,
+        domain_text=lambda spec, domain: "a finite real number",
+    ),
+    "poisson": FamilyRule(
+        name="poisson",
+        domains=frozenset({"binary", "categorical", "count"}),
+        stat_dim=lambda spec, domain: 1,
+        sufficient_statistics=_count_stats,
+        log_base_measure=_poisson_log_base,
+        natural=_poisson_natural,
+        log_normalizer=_poisson_log_normalizer,
+        project=_poisson_project,
+        mode=_poisson_mode,
+        mean=lambda xp, phi, spec: _poisson_rate(xp, phi),
+        sample=_poisson_sample,
+        init=_poisson_init,
+        valid_values=_poisson_valid,
+        domain_text=_poisson_domain_text,
+    ),
+}
+
+
+def family_rule(spec: LeafFamily) -> FamilyRule:
+    return FAMILIES[spec.name]
