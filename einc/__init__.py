@@ -1,3 +1,35 @@
-"""einc — the Einsum circuit compiler for probabilistic circuits."""
+"""einc — the Einsum circuit compiler for probabilistic circuits.
+
+>>> import einc
+>>> model = einc.compile("examples/nltcs.pc", backend="torch", dtype="float32", seed=0)  # doctest: +SKIP
+>>> history = model.fit(train, valid=valid, epochs=5)                                     # doctest: +SKIP
+>>> model.log_likelihood(test).mean()                                                     # doctest: +SKIP
+"""
+
+from einc.backends.base import available_backends
+from einc.ir.diagnostics import (
+    BackendError,
+    DataError,
+    EincError,
+    ModelFileError,
+    PcSemanticError,
+    PcSyntaxError,
+    StructureError,
+)
+from einc.model import Model, compile, load
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "DataError",
+    "EincError",
+    "Model",
+    "ModelFileError",
+    "PcSemanticError",
+    "PcSyntaxError",
+    "StructureError",
+    "available_backends",
+    "compile",
+    "load",
+]

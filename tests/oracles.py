@@ -1,0 +1,185 @@
+"""Test oracles independent of the einsum plan's execution: hand-built graphs, a naive recursive
+evaluator of the region graph with leaf densities written out directly, and enumeration helpers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from einc.compiler.generators import poon_domingos, random_binary_trees
+from einc.compiler.layering import layer
+from einc.compiler.lower import lower
+from einc.ir.plan import EinsumOp, InputOp, MixingOp, Plan
+from einc.ir.region_graph import Domain, LeafFamily, Partition, Region, RegionGraph, Variable, region_sort_key
+
+BERNOULLI = (LeafFamily("bernoulli"), Domain("binary", 2))
+CATEGORICAL3 = (LeafFamily("categorical"), Domain("categorical", 3))
+BINOMIAL3 = (LeafFamily("binomial", (("n", 3.0),)), Domain("categorical", 4))
+POISSON = (LeafFamily("poisson"), Domain("count", 1))
+NORMAL = (LeafFamily("normal", (("min_var", 1e-4), ("max_var", 10.0))), Domain("real", 1))
+
+
+def variables(families: list[tuple[LeafFamily, Domain]]) -> tuple[Variable, ...]:
+    out, column = [], 0
+    for index, (family, domain) in enumerate(families):
+        out.append(Variable(index, f"v{index}", domain, family, column))
+        column += domain.columns
+    return tuple(out)
+
+
+def make_graph(families, regions, partitions, k=3, inputs=None, heads=1, name="test") -> RegionGraph:
+    regions = tuple(sorted(regions, key=lambda r: region_sort_key(r.id)))
+    order = {r.id: i for i, r in enumerate(regions)}
+    partitions = tuple(sorted(partitions, key=lambda p: (order[p.region], p.parts)))
+    return RegionGraph(name, variables(families), regions, partitions, k, inputs or k, heads)
+
+
+def explicit_graph(families, k=3, inputs=None, heads=1) -> RegionGraph:
+    """4 variables; the root has two partitions (a mixture), {0,1} is shared by both (a DAG)."""
+    assert len(families) == 4
+    def rid(*scope):
+        return (tuple(scope), 0)
+    scopes = [(0, 1, 2, 3), (0, 1), (2, 3), (0, 2, 3), (0,), (1,), (2,), (3,), (1, 2, 3)]
+    regions = [Region(s) for s in scopes]
+    partitions = [
+        Partition(rid(0, 1, 2, 3), (rid(0, 1), rid(2, 3))),
+        Partition(rid(0, 1, 2, 3), (rid(0,), rid(1, 2, 3))),
+        Partition(rid(0, 1), (rid(0,), rid(1,))),
+        Partition(rid(2, 3), (rid(2,), rid(3,))),
+        Partition(rid(1, 2, 3), (rid(1,), rid(2, 3))),
+        Partition(rid(0, 2, 3), (rid(0,), rid(2, 3))),  # unreachable from root -> not added below
+    ]
+    regions = [r for r in regions if r.scope != (0, 2, 3)]
+    partitions = partitions[:5]
+    return make_graph(families, regions, partitions, k, inputs, heads)
+
+
+def rat_graph(families, depth=2, replicas=3, seed=0, k=3, heads=1) -> RegionGraph:
+    regions, partitions = random_binary_trees(len(families), depth, replicas, seed)
+    return make_graph(families, regions, partitions, k, heads=heads)
+
+
+def pd_graph(families, height, width, delta=1, axes="both", k=2) -> RegionGraph:
+    grid = np.arange(height * width).reshape(height, width)
+    regions, partitions = poon_domingos(grid, [delta], axes)
+    return make_graph(families, regions, partitions, k)
+
+
+def plan_of(graph: RegionGraph) -> Plan:
+    return lower(layer(graph))
+
+
+# ---------------------------------------------------------------- naive evaluator
+def _leaf_log_density(family: LeafFamily, phi: np.ndarray, x: float) -> np.ndarray:
+    """log f_k(x) for every component k; phi (K, t). Written out directly, not via einc."""
+    name = family.name
+    if name == "bernoulli":
+        p = phi[:, 0]
+        return x * np.log(p) + (1 - x) * np.log1p(-p)
+    if name == "categorical":
+        return np.log(phi[:, int(x)])
+    if name == "binomial":
+        n = family.arg("n")
+        p = phi[:, 0] / n
+        log_choose = math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1)
+        return log_choose + x * np.log(p) + (n - x) * np.log1p(-p)
+    if name == "poisson":
+        rate = phi[:, 0]
+        return x * np.log(rate) - rate - math.lgamma(x + 1)
+    if name == "normal":
+        mu = phi[:, 0]
+        var = np.clip(phi[:, 1] - mu**2, family.arg("min_var"), family.arg("max_var"))
+        return -0.5 * np.log(2 * np.pi * var) - 0.5 * (x - mu) ** 2 / var
+    raise AssertionError(name)
+
+
+def _logsumexp(a: np.ndarray, axis=None) -> np.ndarray:
+    top = np.max(a, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return np.squeeze(top, axis=axis) + np.log(np.sum(np.exp(a - top), axis=axis))
+
+
+def oracle_log_density(plan: Plan, params: dict[str, np.ndarray], x: np.ndarray,
+                       observed: np.ndarray | None = None, max_product: bool = False) -> np.ndarray:
+    """Recursive evaluation over regions of log p(x) (or max-product) for one sample -> (heads,)."""
+    graph = plan.graph
+    observed = np.ones_like(x, dtype=bool) if observed is None else observed
+    leaf_row, partition_loc, mixing_loc = {}, {}, {}
+    for op in plan.ops:
+        if isinstance(op, InputOp):
+            input_op = op
+            for row, region in enumerate(op.regions):
+                leaf_row[region] = row
+        elif isinstance(op, EinsumOp):
+            for row, p in enumerate(op.partitions):
+                partition_loc[p] = (op.param, row)
+        elif isinstance(op, MixingOp):
+            for row, region in enumerate(op.regions):
+                mixing_loc[region] = (op.param, row)
+    reduce = (lambda a, axis=None: np.max(a, axis=axis)) if max_product else _logsumexp
+    memo: dict = {}
+
+    def value(region) -> np.ndarray:
+        if region in memo:
+            return memo[region]
+        if graph.is_leaf(region):
+            row = leaf_row[region]
+            total = np.zeros(graph.inputs)
+            for block in input_op.blocks:
+                phi = params[block.param][row]  # (S, K, t)
+                for s, column in enumerate(block.columns[row]):
+                    if column < 0:
+                        continue
+                    if observed[column]:
+                        total += _leaf_log_density(block.family, phi[s], x[column])
+                    elif max_product:
+                        total += _max_leaf(block.family, phi[s])
+            memo[region] = total
+            return total
+        per_partition = []
+        for p in graph.partitions_of[region]:
+            name, row = partition_loc[p]
+            w = params[name][row]  # (k, i, j)
+            left, right = (value(part) for part in graph.partitions[p].parts)
+            scores = np.log(w) + left[None, :, None] + right[None, None, :]
+            per_partition.append(reduce(scores.reshape(w.shape[0], -1), axis=1))
+        if len(per_partition) == 1:
+            memo[region] = per_partition[0]
+        else:
+            name, row = mixing_loc[region]
+            v = params[name][row]  # (C, K)
+            memo[region] = reduce(np.log(v) + np.stack(per_partition), axis=0)
+        return memo[region]
+
+    return value(graph.root)
+
+
+def _max_leaf(family: LeafFamily, phi: np.ndarray) -> np.ndarray:
+    """max_x log f_k(x) by search over a generous finite range (discrete) or at the mean (normal)."""
+    if family.name == "normal":
+        var = np.clip(phi[:, 1] - phi[:, 0] ** 2, family.arg("min_var"), family.arg("max_var"))
+        return -0.5 * np.log(2 * np.pi * var)
+    candidates = _support(family, Domain("categorical", phi.shape[-1]) if family.name == "categorical" else None)
+    return np.max(np.stack([_leaf_log_density(family, phi, v) for v in candidates]), axis=0)
+
+
+def _support(family: LeafFamily, domain: Domain | None = None) -> list[float]:
+    if family.name == "bernoulli":
+        return [0.0, 1.0]
+    if family.name == "categorical":
+        return [float(v) for v in range(domain.size if domain else 3)]
+    if family.name == "binomial":
+        return [float(v) for v in range(int(family.arg("n")) + 1)]
+    if family.name == "poisson":
+        return [float(v) for v in range(60)]
+    raise AssertionError(family.name)
+
+
+def enumerate_states(graph: RegionGraph) -> np.ndarray:
+    """Every joint state of a circuit over discrete variables (poisson truncated at 59)."""
+    supports = []
+    for variable in graph.variables:
+        supports.append(_support(variable.family, variable.domain))
+    return np.array(list(itertools.product(*supports)), dtype=np.float64)
