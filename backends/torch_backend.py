@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import opt_einsum
 import torch
 
 from einc.backends.base import Batch, Params, Statistics
@@ -69,6 +68,9 @@ class TorchBackend:
                     cols = np.where(cols < 0, self.num_columns, cols)
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
+        self.feature_index: dict[tuple[str, int], torch.Tensor] = {}
+        self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
+        self.real_column[-1] = 0.0
 
     # ------------------------------------------------------------------ parameters
     def put(self, params: dict[str, np.ndarray]) -> Params:
@@ -119,23 +121,43 @@ class TorchBackend:
     def _input(self, op: InputOp, coefficients: list[torch.Tensor], x: torch.Tensor,
                observed: torch.Tensor, max_product: bool) -> torch.Tensor:
         total = None
+        batch_size = x.shape[0]
         for block, coef in zip(op.blocks, coefficients):
             rule = family_rule(block.family)
-            cols = self.columns[block.param]  # (L, S)
-            xs = x.t()[cols]  # (L, S, B)
-            obs = observed.t()[cols]  # (L, S, B)
-            stats = rule.sufficient_statistics(torch, xs, block.family, block.domain) * obs[..., None]
-            log_base = rule.log_base_measure(torch, xs, block.family) * obs
-            features = [stats, obs[..., None], log_base[..., None]]
+            # per-column features, computed once per column (not once per leaf region)
+            stats = rule.sufficient_statistics(torch, x, block.family, block.domain) * observed[..., None]
+            log_base = rule.log_base_measure(torch, x, block.family) * observed
+            features = [stats, observed[..., None], log_base[..., None]]
             if max_product:
-                valid = (cols < self.num_columns).to(self.dtype)[..., None]  # (L, S, 1)
-                features.append((valid - obs)[..., None])
-            feats = torch.cat(features, -1)  # (L, S, B, f)
-            # (L, S, B, f) x (L, S, K, f) -> (L, B, K)
-            term = torch.einsum("lsbf,lskf->lbk", feats, coef)
+                # unobserved real columns (not the zero pad column C) take max log f
+                features.append((self.real_column - observed)[..., None])
+            column_features = torch.cat(features, -1)  # (B, C+1, f); column C is the zero pad
+            f = column_features.shape[-1]
+            # one gather straight into (L, B, S·f): no permute copies before the matmul
+            index = self._feature_index(block.param, batch_size)  # (L·B·S,)
+            gathered = column_features.reshape(-1, f).index_select(0, index)
+            rows, width = self.columns[block.param].shape
+            gathered = gathered.reshape(rows, batch_size, width * f)
+            # Θ (L, S, K, f) -> (L, S·f, K)
+            weights = coef.permute(0, 1, 3, 2).reshape(rows, width * f, coef.shape[2])
+            # (L, B, S·f) x (L, S·f, K) -> (L, B, K)
+            term = torch.bmm(gathered, weights)
             total = term if total is None else total + term
         assert total is not None
         return total
+
+    def _feature_index(self, param: str, batch_size: int) -> torch.Tensor:
+        """Flat row indices into (B·(C+1)) for the gather (L, B, S); cached per batch size."""
+        key = (param, batch_size)
+        cached = self.feature_index.get(key)
+        if cached is None:
+            cols = self.columns[param]  # (L, S), padding = C
+            offsets = torch.arange(batch_size, device=self.device) * (self.num_columns + 1)
+            cached = (cols[:, None, :] + offsets[None, :, None]).reshape(-1)
+            if len(self.feature_index) > 16:
+                self.feature_index.clear()
+            self.feature_index[key] = cached
+        return cached
 
     def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                 max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
@@ -154,14 +176,7 @@ class TorchBackend:
                 left_max = _finite_max(left)
                 right_max = _finite_max(right)
                 # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
-                mixed = opt_einsum.contract(
-                    op.equation,
-                    torch.exp(left - left_max),
-                    torch.exp(right - right_max),
-                    weights,
-                    optimize=[tuple(step) for step in op.path],
-                    backend="torch",
-                )
+                mixed = _einsum_layer(torch.exp(left - left_max), torch.exp(right - right_max), weights, op.path)
                 values.append(torch.log(mixed) + left_max + right_max)
             else:
                 values.append(self._mix(op, params, values, max_product))
@@ -311,6 +326,31 @@ class TorchBackend:
             write = write & (observed.t()[cols] == 0)
             rows, positions, samples = torch.nonzero(write, as_tuple=True)
             completed[samples, cols[rows, positions]] = draw[rows, positions, samples]
+
+
+def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                  path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """``lbi,lbj,lkij->lbk`` along the plan's opt-einsum path, each pairwise step one bmm.
+
+    Written out (instead of ``opt_einsum.contract``) so each step is a batched matmul on views,
+    with no permute copies of the (L, B, ·) operands.
+    """
+    rows, batch, k_left = left.shape
+    k_out, k_right = weights.shape[1], weights.shape[3]
+    first = tuple(sorted(path[0]))
+    if first == (0, 1):
+        # (L, B, i) x (L, B, j) -> (L, B, i·j); then (L, B, i·j) x (L, i·j, k) -> (L, B, k)
+        outer = (left[..., :, None] * right[..., None, :]).reshape(rows, batch, k_left * k_right)
+        return torch.bmm(outer, weights.reshape(rows, k_out, k_left * k_right).transpose(1, 2))
+    if first == (0, 2):
+        # (L, B, i) x (L, i, k·j) -> (L, B, k, j); then (L·B, k, j) x (L·B, j, 1) -> (L, B, k)
+        w = weights.permute(0, 2, 1, 3).reshape(rows, k_left, k_out * k_right)
+        partial = torch.bmm(left, w).reshape(rows * batch, k_out, k_right)
+        return torch.bmm(partial, right.reshape(rows * batch, k_right, 1)).reshape(rows, batch, k_out)
+    # (L, B, j) x (L, j, k·i) -> (L, B, k, i); then (L·B, k, i) x (L·B, i, 1) -> (L, B, k)
+    w = weights.permute(0, 3, 1, 2).reshape(rows, k_right, k_out * k_left)
+    partial = torch.bmm(right, w).reshape(rows * batch, k_out, k_left)
+    return torch.bmm(partial, left.reshape(rows * batch, k_left, 1)).reshape(rows, batch, k_out)
 
 
 def _finite_max(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
