@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -14,6 +13,7 @@ import numpy as np
 from einc.backends.base import Batch, Params, Statistics, create_backend
 from einc.compiler.params import init_parameters
 from einc.data import prepare
+from einc.files import atomic_write
 from einc.ir.diagnostics import DataError, EincError, ModelFileError
 from einc.ir.plan import Plan
 
@@ -266,20 +266,7 @@ class Model:
         }
         arrays = {f"param/{k}": v for k, v in self.parameters().items()}
         arrays["meta"] = np.array(json.dumps(meta))
-        directory = path.parent if str(path.parent) else Path(".")
-        directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez(stream, **arrays)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
-
+        atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None) -> Model:
     """Load a model written by ``Model.save``: recompiles its source and restores its parameters."""
