@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,8 @@ class TorchBackend:
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
         self.feature_index: dict[tuple[str, int], torch.Tensor] = {}
+        self.captured_steps: dict[tuple, _CapturedStep] = {}
+        self.captured_forwards: dict[tuple, _CapturedForward] = {}
         self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
         self.real_column[-1] = 0.0
 
@@ -201,13 +204,33 @@ class TorchBackend:
     def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
         x, observed = self._batch(batch)
         with torch.no_grad():
-            root = self._root(self.forward(params, x, observed, max_product))
+            if self.device.type == "cuda":
+                root = self._captured_forward(params, x.shape[0], max_product).run(x, observed)
+            else:
+                root = self._root(self.forward(params, x, observed, max_product))
         return root.to("cpu", torch.float64).numpy()
+
+    def _captured_forward(self, params: Params, batch_size: int, max_product: bool) -> "_CapturedForward":
+        key = (batch_size, max_product, _storage_key(params))
+        captured = self.captured_forwards.get(key)
+        if captured is None:
+            if len(self.captured_forwards) > 8:
+                self.captured_forwards.clear()
+            captured = _CapturedForward(self, params, batch_size, max_product)
+            self.captured_forwards[key] = captured
+        return captured
 
     # ------------------------------------------------------------------ EM
     def statistics(self, params: Params, batch: Batch) -> Statistics:
         """E-step by autograd: ∂ Σ log p / ∂W · W gives n (eq. 6); ∂/∂Θ gives Σ p·F."""
         x, observed = self._batch(batch)
+        labels = None if batch.labels is None else torch.as_tensor(batch.labels, dtype=torch.long, device=self.device)
+        total, weight_counts, leaf_stats = self._statistics(params, x, observed, labels)
+        return Statistics(float(total), int(x.shape[0]), weight_counts, leaf_stats)
+
+    def _statistics(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
+                    labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any], dict[str, tuple[Any, Any]]]:
+        """The E-step on device tensors, free of host synchronisation (so it can be graph-captured)."""
         weights = {
             spec.name: params[spec.name].detach().requires_grad_(True)
             for spec in self.plan.params
@@ -219,7 +242,7 @@ class TorchBackend:
             if isinstance(op, InputOp)
         }
         root = self._root(self.forward({**params, **weights}, x, observed, coefficients=coefficients))
-        log_p = _select_heads(root, batch.labels, self.device)
+        log_p = root[:, 0] if labels is None else torch.gather(root, 1, labels[:, None])[:, 0]
         total = log_p.sum()
         leaves = [c for op_coefs in coefficients.values() for c in op_coefs]
         grads = torch.autograd.grad(total, list(weights.values()) + leaves)
@@ -231,11 +254,68 @@ class TorchBackend:
                 for block in op.blocks:
                     g = next(leaf_grads)  # (L, S, K, f): Σ_b p · [T(x), obs, log h]
                     leaf_stats[block.param] = (g[..., : block.stat_dim], g[..., block.stat_dim])
-        return Statistics(float(total.detach()), int(x.shape[0]), weight_counts, leaf_stats)
+        return total.detach(), weight_counts, leaf_stats
 
     def em_update(self, params: Params, stats: Statistics, step_size: float) -> Params:
         with torch.no_grad():
             return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size)
+
+    # ------------------------------------------------------------------ fast training loop
+    def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None) -> "DeviceData":
+        """Put a whole training set on the device once (with the zero pad column)."""
+        x, obs = self._batch(Batch(values, observed))
+        label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        return DeviceData(x, obs, label_tensor)
+
+    def train_epoch(self, params: Params, data: "DeviceData", order: np.ndarray, batch_size: int,
+                    step_size: float) -> tuple[Params, float]:
+        """One epoch of stochastic EM over ``data`` in ``order``; returns (params, Σ log p).
+
+        On CUDA every full batch replays one captured CUDA graph of the whole step (gather,
+        forward, autograd statistics, M-step written in place), so an epoch costs a few kernel
+        launches per batch instead of hundreds. The last, partial batch runs eagerly.
+        """
+        order_t = torch.as_tensor(order, dtype=torch.long, device=self.device)
+        full = len(order) // batch_size
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        if self.device.type == "cuda" and full > 0:
+            step = self._captured_step(params, data, batch_size, step_size)
+            step.total.zero_()
+            for number in range(full):
+                step.index.copy_(order_t[number * batch_size : (number + 1) * batch_size])
+                step.graph.replay()
+            total = total + step.total
+            start = full * batch_size
+        else:
+            start = 0
+        for begin in range(start, len(order), batch_size):
+            index = order_t[begin : begin + batch_size]
+            params, batch_total = self._eager_step(params, data, index, step_size)
+            total = total + batch_total
+        return params, float(total)
+
+    def _eager_step(self, params: Params, data: "DeviceData", index: torch.Tensor,
+                    step_size: float) -> tuple[Params, torch.Tensor]:
+        labels = None if data.labels is None else data.labels.index_select(0, index)
+        batch_total, counts, leaf = self._statistics(
+            params, data.values.index_select(0, index), data.observed.index_select(0, index), labels
+        )
+        with torch.no_grad():
+            new = em_update(torch, self.plan, params, counts, leaf, step_size)
+            if self.device.type == "cuda":  # keep storage so captured graphs stay valid
+                for name, value in new.items():
+                    params[name].copy_(value)
+                return params, batch_total
+        return new, batch_total
+
+    def _captured_step(self, params: Params, data: "DeviceData", batch_size: int, step_size: float) -> "_CapturedStep":
+        key = (id(data), batch_size, step_size, _storage_key(params))
+        step = self.captured_steps.get(key)
+        if step is None:
+            self.captured_steps.clear()
+            step = _CapturedStep(self, params, data, batch_size, step_size)
+            self.captured_steps[key] = step
+        return step
 
     # ------------------------------------------------------------------ sampling and MPE
     def backtrack(self, params: Params, batch: Batch, mpe: bool, leaf_value: str,
@@ -328,6 +408,86 @@ class TorchBackend:
             completed[samples, cols[rows, positions]] = draw[rows, positions, samples]
 
 
+@dataclass(frozen=True)
+class DeviceData:
+    """A training set resident on the device: values and mask with the pad column, labels."""
+
+    values: torch.Tensor  # (N, C+1)
+    observed: torch.Tensor  # (N, C+1)
+    labels: torch.Tensor | None  # (N,)
+
+
+def _storage_key(params: Params) -> tuple:
+    return tuple((name, value.data_ptr()) for name, value in sorted(params.items()))
+
+
+def _capture(function: Any) -> torch.cuda.CUDAGraph:
+    """Warm up on a side stream (as torch requires for autograd), then capture one call."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            function()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        function()
+    return graph
+
+
+class _CapturedStep:
+    """One stochastic-EM step on a batch of ``data`` rows picked by ``index``, as a CUDA graph.
+
+    Parameters are updated in place, so the graph keeps reading the live values; the warm-up
+    runs are undone by restoring a snapshot.
+    """
+
+    def __init__(self, backend: TorchBackend, params: Params, data: DeviceData, batch_size: int, step_size: float) -> None:
+        self.index = torch.zeros(batch_size, dtype=torch.long, device=backend.device)
+        self.total = torch.zeros((), dtype=backend.dtype, device=backend.device)
+        snapshot = {name: value.clone() for name, value in params.items()}
+
+        def step() -> None:
+            labels = None if data.labels is None else data.labels.index_select(0, self.index)
+            batch_total, counts, leaf = backend._statistics(
+                params, data.values.index_select(0, self.index), data.observed.index_select(0, self.index), labels
+            )
+            with torch.no_grad():
+                new = em_update(torch, backend.plan, params, counts, leaf, step_size)
+                for name, value in new.items():
+                    params[name].copy_(value)
+                self.total.add_(batch_total)
+
+        self.graph = _capture(step)
+        with torch.no_grad():
+            for name, value in snapshot.items():
+                params[name].copy_(value)
+        self.total.zero_()
+
+
+class _CapturedForward:
+    """The upward pass for one batch size as a CUDA graph with static input buffers."""
+
+    def __init__(self, backend: TorchBackend, params: Params, batch_size: int, max_product: bool) -> None:
+        columns = backend.num_columns + 1
+        self.x = torch.zeros((batch_size, columns), dtype=backend.dtype, device=backend.device)
+        self.observed = torch.zeros((batch_size, columns), dtype=backend.dtype, device=backend.device)
+        self.root: torch.Tensor | None = None
+
+        def forward() -> None:
+            self.root = backend._root(backend.forward(params, self.x, self.observed, max_product))
+
+        with torch.no_grad():
+            self.graph = _capture(forward)
+
+    def run(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x)
+        self.observed.copy_(observed)
+        self.graph.replay()
+        assert self.root is not None
+        return self.root.clone()
+
+
 def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
                   path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
     """``lbi,lbj,lkij->lbk`` along the plan's opt-einsum path, each pairwise step one bmm.
@@ -372,10 +532,3 @@ def _max_einsum(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) 
         out.append(scores.amax(dim=(-1, -2)))
     return torch.cat(out, 1)
 
-
-def _select_heads(root: torch.Tensor, labels: np.ndarray | None, device: torch.device) -> torch.Tensor:
-    """log p per sample: head 0 without labels, the labelled head (class-conditional) with them."""
-    if labels is None:
-        return root[:, 0]
-    index = torch.as_tensor(labels, dtype=torch.long, device=device)[:, None]
-    return torch.gather(root, 1, index)[:, 0]

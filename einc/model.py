@@ -204,25 +204,21 @@ class Model:
         rng = np.random.default_rng(self.seed if seed is None else seed)
         history: list[EpochRecord] = []
         best: tuple[float, dict[str, np.ndarray]] | None = None
-        for epoch in range(1, epochs + 1):
+        # a backend may run whole epochs of stochastic EM itself (data resident on its device)
+        fast = update == "batch" and hasattr(self.backend, "train_epoch")
+        resident = self.backend.upload(values, observed, label_array) if fast else None
+        epochs_range = range(1, epochs + 1)
+        if progress:
+            from tqdm import tqdm
+
+            epochs_range = tqdm(epochs_range, desc="training", unit="epoch", leave=False)
+        for epoch in epochs_range:
             started = time.perf_counter()
             order = rng.permutation(len(values))
-            starts = range(0, len(values), batch_size)
-            if progress:
-                from tqdm import tqdm
-
-                starts = tqdm(starts, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch")
-            accumulated: Statistics | None = None
-            for start in starts:
-                index = order[start : start + batch_size]
-                batch = Batch(values[index], observed[index], None if label_array is None else label_array[index])
-                stats = self.backend.statistics(self.params, batch)
-                if update == "batch":
-                    self.params = self.backend.em_update(self.params, stats, step_size)
-                else:
-                    accumulated = stats if accumulated is None else _add_statistics(accumulated, stats)
-            if accumulated is not None:
-                self.params = self.backend.em_update(self.params, accumulated, step_size)
+            if fast:
+                self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size)
+            else:
+                self._em_epoch(values, observed, label_array, order, batch_size, step_size, update)
             train_ll = self._mean_ll(values, observed, label_array)
             valid_ll = None
             if valid is not None:
@@ -237,6 +233,21 @@ class Model:
         if keep_best and best is not None:
             self.set_parameters(best[1])
         return history
+
+    def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
+                  order: np.ndarray, batch_size: int, step_size: float, update: str) -> None:
+        """The backend-independent EM epoch: statistics per batch, M-step per batch or per epoch."""
+        accumulated: Statistics | None = None
+        for start in range(0, len(values), batch_size):
+            index = order[start : start + batch_size]
+            batch = Batch(values[index], observed[index], None if labels is None else labels[index])
+            stats = self.backend.statistics(self.params, batch)
+            if update == "batch":
+                self.params = self.backend.em_update(self.params, stats, step_size)
+            else:
+                accumulated = stats if accumulated is None else _add_statistics(accumulated, stats)
+        if accumulated is not None:
+            self.params = self.backend.em_update(self.params, accumulated, step_size)
 
     def _select(self, ll: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         """Per-sample log p from (N, heads): head 0, or each sample's labelled head."""

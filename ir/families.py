@@ -27,9 +27,16 @@ PROB_EPS = 1e-6
 
 def _astype(xp: Any, x: Any, like: Any) -> Any:
     """Cast ``x`` to the floating dtype of ``like`` on any backend."""
-    if hasattr(x, "to"):  # torch
-        return x.to(like.dtype)
+    if hasattr(x, "to"):  # torch: also move to the device of ``like`` (arange starts on the CPU)
+        return x.to(device=like.device, dtype=like.dtype)
     return x.astype(like.dtype, copy=False)
+
+
+def _levels(xp: Any, count: int, like: Any) -> Any:
+    """0, 1, ..., count−1 as floats on the device of ``like`` (created there, never copied)."""
+    if hasattr(like, "device") and hasattr(xp, "lgamma"):  # torch
+        return xp.arange(count, device=like.device, dtype=like.dtype)
+    return xp.arange(count, dtype=like.dtype)
 
 
 def _log_factorial(xp: Any, x: Any) -> Any:
@@ -151,9 +158,7 @@ def _categories(domain: Domain) -> int:
 
 def _categorical_stats(xp: Any, x: Any, spec: LeafFamily, domain: Domain) -> Any:
     # one-hot; unobserved entries are zero rows (they are masked out by the caller anyway)
-    n = _categories(domain)
-    levels = xp.arange(n)
-    levels = _astype(xp, levels, x)
+    levels = _levels(xp, _categories(domain), x)
     return _astype(xp, x[..., None] == levels, x)
 
 
@@ -176,7 +181,7 @@ def _categorical_mode(xp: Any, phi: Any, spec: LeafFamily) -> Any:
 
 
 def _categorical_mean(xp: Any, phi: Any, spec: LeafFamily) -> Any:
-    levels = _astype(xp, xp.arange(phi.shape[-1]), phi)
+    levels = _levels(xp, phi.shape[-1], phi)
     return xp.sum(phi * levels, -1)
 
 

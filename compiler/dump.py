@@ -1,0 +1,271 @@
+"""Deterministic text dumps of the front end's IRs: for ``einc compile --emit``, ``einc check``
+and golden tests.
+
+Regions are numbered ``r0, r1, ...`` in the graph's canonical order and partitions ``p0, p1, ...``
+by their index, so a dump is byte-identical from run to run and from machine to machine.
+
+    >>> from einc.compiler.pipeline import front_end
+    >>> layered = front_end("var A, B : binary\\nleaf A, B ~ bernoulli\\n{A, B} -> A * B\\n", "ab.pc")
+    >>> print(dump_layers(layered).splitlines()[1])
+    L0 leaf: 2 regions
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from einc.compiler.verify import partition_text, region_text
+from einc.ir.families import family_rule
+from einc.ir.layers import LayeredCircuit, LeafLayer, ProductLayer, SumLayer
+from einc.ir.region_graph import Partition, RegionGraph, RegionId, Variable
+
+
+def _region_numbers(graph: RegionGraph) -> dict[RegionId, str]:
+    return {region.id: f"r{index}" for index, region in enumerate(graph.regions)}
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """Left-aligned columns; trailing spaces stripped so golden files stay clean."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(max(map(len, rows)))]
+    return [
+        (indent + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row))).rstrip()
+        for row in rows
+    ]
+
+
+def _columns(variable: Variable) -> str:
+    width = variable.domain.columns
+    first = variable.column
+    return f"column {first}" if width == 1 else f"columns {first}-{first + width - 1}"
+
+
+def _structure(graph: RegionGraph) -> str:
+    return graph.generator or "explicit region graph"
+
+
+# ---------------------------------------------------------------------------------------------
+# IR
+
+
+def dump_ir(graph: RegionGraph) -> str:
+    """The region graph: variables with their data columns, regions, partitions."""
+    numbers = _region_numbers(graph)
+    lines = [
+        f"circuit {graph.name}  ({_structure(graph)})",
+        f"K: sums {graph.sums}, inputs {graph.inputs}, heads {graph.heads}",
+        (
+            f"variables: {graph.num_variables} in {graph.num_columns} data columns "
+            "(declaration order, arrays row-major)"
+        ),
+    ]
+    lines += _table(
+        [
+            [f"v{v.index}", v.name, str(v.domain), str(v.family), _columns(v)]
+            for v in graph.variables
+        ]
+    )
+    lines.append(
+        f"regions: {len(graph.regions)} ({len(graph.leaf_regions)} leaf, "
+        f"{len(graph.internal_regions)} internal)"
+    )
+    rows = []
+    for region in graph.regions:
+        partitions = graph.partitions_of.get(region.id, ())
+        role = "leaf" if not partitions else " ".join(f"p{i}" for i in partitions)
+        label = graph.scope_names(region.scope) + (f"#{region.copy}" if region.copy else "")
+        rows.append([numbers[region.id], label, f"'{region.name}'" if region.name else "", role])
+    lines += _table(rows)
+    lines.append(f"partitions: {len(graph.partitions)}")
+    lines += _table(
+        [
+            [f"p{index}", _partition_ids(partition, numbers), partition_text(graph, partition)]
+            for index, partition in enumerate(graph.partitions)
+        ]
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _partition_ids(partition: Partition, numbers: dict[RegionId, str]) -> str:
+    parts = " * ".join(numbers.get(part, "?") for part in partition.parts)
+    return f"{numbers.get(partition.region, '?')} -> {parts}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+def dump_layers(layered: LayeredCircuit) -> str:
+    """The topological layers (Algorithm 1), bottom-up, one line per region or partition."""
+    graph = layered.graph
+    numbers = _region_numbers(graph)
+    lines = [f"layered circuit {graph.name}: {len(layered.layers)} layers"]
+    for depth, layer in enumerate(layered.layers):
+        if isinstance(layer, LeafLayer):
+            lines.append(f"L{depth} leaf: {_count(len(layer.regions), 'region')}")
+            lines += _table([[numbers[r], region_text(graph, r)] for r in layer.regions])
+        elif isinstance(layer, ProductLayer):
+            lines.append(f"L{depth} product: {_count(len(layer.partitions), 'partition')}")
+            lines += _table(
+                [
+                    [
+                        f"p{i}",
+                        _partition_ids(graph.partitions[i], numbers),
+                        partition_text(graph, graph.partitions[i]),
+                    ]
+                    for i in layer.partitions
+                ]
+            )
+        elif isinstance(layer, SumLayer):
+            mixing = f", {len(layer.mixing)} mixing" if layer.mixing else ""
+            lines.append(f"L{depth} sum: {_count(len(layer.regions), 'region')}{mixing}")
+            rows = []
+            for region_id in layer.regions:
+                count = len(graph.partitions_of.get(region_id, ()))
+                mix = f"mixing {count} partitions" if region_id in layer.mixing else ""
+                rows.append([numbers[region_id], region_text(graph, region_id), mix])
+            lines += _table(rows)
+    return "\n".join(lines) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Graphviz
+
+
+def _quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + escaped + '"'
+
+
+def dump_dot(graph: RegionGraph) -> str:
+    """Graphviz text: regions as ellipses (leaf regions as boxes), partitions as × nodes."""
+    numbers = _region_numbers(graph)
+    lines = [f"digraph {_quote(graph.name)} {{", "  rankdir=TB;", '  node [fontname="Helvetica"];']
+    for region in graph.regions:
+        shape = "box" if graph.is_leaf(region.id) else "ellipse"
+        label = region_text(graph, region.id)
+        if region.name:
+            label += "\n" + graph.scope_names(region.scope)
+        lines.append(f"  {numbers[region.id]} [label={_quote(label)}, shape={shape}];")
+    for index, partition in enumerate(graph.partitions):
+        lines.append(f'  p{index} [label="×", shape=circle, width=0.3, fixedsize=true];')
+        lines.append(f"  {numbers.get(partition.region, '?')} -> p{index};")
+        for part in partition.parts:
+            lines.append(f"  p{index} -> {numbers.get(part, '?')};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter count and the `einc check` summary
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Free parameters of the circuit for its K (EiNet layout: paper §3.3, §3.4, appendix B)."""
+
+    leaf: int  # per leaf region: inputs x sum over its variables of the family's statistics
+    einsum: int  # per partition: K_out x K_left x K_right
+    mixing: int  # per region with C > 1 partitions: K_out x C
+
+    @property
+    def total(self) -> int:
+        return self.leaf + self.einsum + self.mixing
+
+
+def parameter_count(graph: RegionGraph) -> ParameterCount:
+    """Count the parameters lowering will allocate for ``graph``.
+
+    A leaf region holds ``inputs`` factorised densities, each with one expectation parameter per
+    sufficient statistic of each of its variables (bernoulli/binomial/poisson 1, categorical(n) n,
+    normal 2 per real dimension). A partition's einsum weights are ``K_out x K_left x K_right``,
+    where ``K_out`` is ``heads`` for the root's partitions and ``sums`` otherwise, and a part has
+    ``inputs`` densities if it is a leaf region, ``sums`` if internal. A region with C > 1
+    partitions adds a mixing layer of ``K_out x C`` weights.
+    """
+    per_variable = [
+        family_rule(v.family).stat_dim(v.family, v.domain) * v.domain.columns
+        for v in graph.variables
+    ]
+    leaf = sum(
+        graph.inputs * sum(per_variable[i] for i in region[0]) for region in graph.leaf_regions
+    )
+
+    def k_out(region_id: RegionId) -> int:
+        return graph.heads if region_id == graph.root else graph.sums
+
+    def k_of(region_id: RegionId) -> int:
+        return graph.inputs if graph.is_leaf(region_id) else graph.sums
+
+    einsum = 0
+    for partition in graph.partitions:
+        weights = k_out(partition.region)
+        for part in partition.parts:
+            weights *= k_of(part)
+        einsum += weights
+    mixing = sum(
+        k_out(region_id) * len(graph.partitions_of[region_id])
+        for region_id in graph.internal_regions
+        if len(graph.partitions_of[region_id]) > 1
+    )
+    return ParameterCount(leaf, einsum, mixing)
+
+
+def summary(layered: LayeredCircuit) -> str:
+    """What ``einc check`` prints for a valid circuit."""
+    graph = layered.graph
+    layers = layered.layers
+    sums = [layer for layer in layers if isinstance(layer, SumLayer)]
+    mixing = sum(len(layer.mixing) for layer in sums)
+    mixed_regions = sum(1 for r in graph.internal_regions if len(graph.partitions_of[r]) > 1)
+    count = parameter_count(graph)
+    lines = [
+        f"circuit {graph.name}: ok ({_structure(graph)})",
+        (
+            f"variables: {graph.num_variables:,} in {graph.num_columns:,} data columns "
+            "(declaration order, arrays row-major)"
+        ),
+    ]
+    lines += _table(_variable_runs(graph))
+    lines += [
+        (
+            f"regions: {len(graph.regions):,} ({len(graph.leaf_regions):,} leaf, "
+            f"{len(graph.internal_regions):,} internal, {mixed_regions:,} with several partitions)"
+        ),
+        f"partitions: {len(graph.partitions):,}",
+        (
+            f"layers: {len(layers)} (1 leaf, {len(layers) - 1 - len(sums)} product, {len(sums)} sum; "
+            f"{_count(mixing, 'mixed region')})"
+        ),
+        f"K: sums {graph.sums}, inputs {graph.inputs}, heads {graph.heads}",
+        (
+            f"parameters: {count.total:,} (leaf {count.leaf:,}, einsum {count.einsum:,}, "
+            f"mixing {count.mixing:,})"
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _variable_runs(graph: RegionGraph) -> list[list[str]]:
+    """Consecutive variables of one array with one domain and family, as one row."""
+    rows = []
+
+    def key(v: Variable) -> tuple[str, str, str]:
+        return (v.name.split("[", 1)[0], str(v.domain), str(v.family))
+
+    for (_base, domain, family), run in itertools.groupby(graph.variables, key=key):
+        members = list(run)
+        first, last = members[0], members[-1]
+        end = last.column + last.domain.columns - 1
+        columns = (
+            f"column {first.column}" if end == first.column else f"columns {first.column}-{end}"
+        )
+        names = first.name if len(members) == 1 else f"{first.name} .. {last.name}"
+        rows.append([columns, names, domain, f"~ {family}"])
+    return rows

@@ -1,0 +1,116 @@
+"""The front end of einc as a flat list of stages, each a pure function of the previous IR.
+
+    text --parse--> Program --build--> RegionGraph --verify--> (same graph) --layer--> LayeredCircuit
+         --lower--> Plan
+
+A stage returns diagnostics; this module is the boundary that turns them into the matching
+``EincError`` subclass (``PcSyntaxError``, ``PcSemanticError``, ``StructureError``) carrying the
+source text, so that every message prints with its line and a caret.
+
+    >>> layered = front_end("var A, B : binary\\nleaf A, B ~ bernoulli\\n{A, B} -> A * B\\n", "ab.pc")
+    >>> [type(layer).__name__ for layer in layered.layers]
+    ['LeafLayer', 'ProductLayer', 'SumLayer']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from einc.compiler.build import build_region_graph
+from einc.compiler.layering import layer
+from einc.compiler.lower import lower
+from einc.compiler.verify import verify
+from einc.grammar.parser import parse
+from einc.ir.diagnostics import (
+    Diagnostic,
+    EincError,
+    PcSemanticError,
+    StructureError,
+)
+from einc.ir.layers import LayeredCircuit
+from einc.ir.plan import Plan
+from einc.ir.region_graph import RegionGraph
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything that changes what the pipeline produces, passed explicitly through it.
+
+    ``sums``/``inputs``/``heads`` override the file's values (``None``: keep the file's), so that
+    a sweep over K needs no edited copies of a ``.pc`` file. Lowering options are added here too.
+    """
+
+    sums: int | None = None
+    inputs: int | None = None
+    heads: int | None = None
+
+
+def load_source(path: str | Path) -> tuple[str, str]:
+    """``(text, filename)`` of a ``.pc`` file; the filename is the path as the user gave it."""
+    try:
+        return Path(path).read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise EincError(
+            f"cannot read {path}: {getattr(error, 'strerror', None) or error}"
+        ) from None
+
+
+def region_graph(
+    text: str, filename: str, options: CompileOptions = CompileOptions()
+) -> RegionGraph:
+    """Parse, build and verify: the verified ``RegionGraph`` of a ``.pc`` text, or raise."""
+    sources = {filename: text}
+    program = parse(text, filename)  # PcSyntaxError
+    graph, diagnostics = build_region_graph(program)  # names, domains, families, K
+    _raise_if_errors(PcSemanticError, diagnostics, sources)
+    assert graph is not None, "build returns a graph whenever it reports no error"
+    graph = _apply_overrides(graph, options, filename)  # K from the command line
+    _raise_if_errors(StructureError, verify(graph), sources)  # smooth, decomposable, rooted
+    return graph
+
+
+def front_end(
+    text: str, filename: str, options: CompileOptions = CompileOptions()
+) -> LayeredCircuit:
+    """Parse, build, verify and layer a ``.pc`` text; raise the matching ``EincError`` if invalid."""
+    return layer(region_graph(text, filename, options))  # Algorithm 1 (appendix A)
+
+
+def compile_plan(text: str, filename: str, options: CompileOptions = CompileOptions()) -> Plan:
+    """The whole compiler: a ``.pc`` text to its einsum plan (what ``einc.compile`` runs)."""
+    return lower(front_end(text, filename, options))  # paper §3.3-3.4, appendix B
+
+
+def check_file(path: str | Path, options: CompileOptions = CompileOptions()) -> LayeredCircuit:
+    """``front_end`` of a file on disk (what ``einc check`` runs)."""
+    text, filename = load_source(path)
+    return front_end(text, filename, options)
+
+
+def _raise_if_errors(
+    kind: type[EincError], diagnostics: list[Diagnostic], sources: dict[str, str]
+) -> None:
+    if any(d.severity == "error" for d in diagnostics):
+        raise kind(diagnostics, sources)
+
+
+def _apply_overrides(graph: RegionGraph, options: CompileOptions, filename: str) -> RegionGraph:
+    overrides = {
+        key: value
+        for key, value in (
+            ("sums", options.sums),
+            ("inputs", options.inputs),
+            ("heads", options.heads),
+        )
+        if value is not None
+    }
+    bad = [
+        f"{key} must be at least 1, found {value}" for key, value in overrides.items() if value < 1
+    ]
+    if bad:
+        raise PcSemanticError([Diagnostic(f"{filename}: {message}") for message in bad])
+    if "sums" in overrides and "inputs" not in overrides and graph.inputs == graph.sums:
+        # The file left inputs to default to sums (or set them equal): keep them tied.
+        overrides["inputs"] = overrides["sums"]
+    return replace(graph, **overrides) if overrides else graph

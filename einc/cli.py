@@ -1,0 +1,171 @@
+"""The ``einc`` command line.
+
+Subcommands live in one table, ``COMMANDS``: adding one is a function ``(args) -> exit code``
+plus one ``Command`` entry naming its arguments. User errors (any ``EincError``) print their
+diagnostics to stderr, without a traceback, and exit 1; ``--debug`` shows the traceback.
+
+    $ einc check examples/tiny.pc
+    $ einc compile examples/tiny.pc --emit layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from einc import __version__
+from einc.compiler import dump
+from einc.compiler.pipeline import (
+    CompileOptions,
+    check_file,
+    front_end,
+    load_source,
+    region_graph,
+)
+from einc.ir.diagnostics import EincError
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One ``argparse`` argument: the flags and ``add_argument`` keywords, as data."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    args: tuple[Arg, ...] = ()
+
+
+FILE = Arg(("file",), {"metavar": "FILE.pc", "help": "a .pc circuit file"})
+K_OPTIONS = (
+    Arg(("--sums",), {"type": int, "metavar": "K", "help": "override the file's `sums`"}),
+    Arg(("--inputs",), {"type": int, "metavar": "K", "help": "override the file's `inputs`"}),
+    Arg(("--heads",), {"type": int, "metavar": "K", "help": "override the file's `heads`"}),
+)
+
+
+def compile_options(args: argparse.Namespace) -> CompileOptions:
+    return CompileOptions(
+        sums=getattr(args, "sums", None),
+        inputs=getattr(args, "inputs", None),
+        heads=getattr(args, "heads", None),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# einc check
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    layered = check_file(args.file, compile_options(args))
+    sys.stdout.write(dump.summary(layered))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# einc compile --emit
+
+
+def _emit_ir(text: str, filename: str, options: CompileOptions) -> str:
+    return dump.dump_ir(region_graph(text, filename, options))
+
+
+def _emit_layers(text: str, filename: str, options: CompileOptions) -> str:
+    return dump.dump_layers(front_end(text, filename, options))
+
+
+def _emit_dot(text: str, filename: str, options: CompileOptions) -> str:
+    return dump.dump_dot(region_graph(text, filename, options))
+
+
+# Each emitter runs the pipeline as far as its IR and prints it.
+EMITTERS: dict[str, Callable[[str, str, CompileOptions], str]] = {
+    "ir": _emit_ir,
+    "layers": _emit_layers,
+    "dot": _emit_dot,
+}
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    text, filename = load_source(args.file)
+    output = EMITTERS[args.emit](text, filename, compile_options(args))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(output)
+    else:
+        sys.stdout.write(output)
+    return 0
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "check",
+        "verify a circuit and print a summary (variables and their data columns, regions, "
+        "layers, parameters)",
+        cmd_check,
+        (FILE, *K_OPTIONS),
+    ),
+    Command(
+        "compile",
+        "compile a circuit and print one of its intermediate representations",
+        cmd_compile,
+        (
+            FILE,
+            Arg(
+                ("--emit",),
+                {
+                    "choices": list(EMITTERS),
+                    "default": "ir",
+                    "help": "which IR to print (default: ir)",
+                },
+            ),
+            Arg(("-o", "--output"), {"metavar": "PATH", "help": "write to PATH, not stdout"}),
+            *K_OPTIONS,
+        ),
+    ),
+)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="einc", description="einc: the Einsum circuit compiler for probabilistic circuits"
+    )
+    parser.add_argument("--version", action="version", version=f"einc {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in commands:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        for arg in command.args:
+            sub.add_argument(*arg.flags, **arg.options)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``einc`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except EincError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(str(error), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `einc compile ... | head`: the reader left; nothing more to say.
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

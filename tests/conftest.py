@@ -1,0 +1,33 @@
+"""Shared pytest fixtures. Keep this file small: several test modules add to it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+@pytest.fixture
+def golden() -> Callable[[str, str], None]:
+    """``golden(name, text)``: compare ``text`` with ``tests/golden/<name>``.
+
+    Regenerate the files with ``EINC_UPDATE_GOLDEN=1 pytest ...`` (then review the diff); without
+    that flag a missing or different file fails the test.
+    """
+    update = os.environ.get("EINC_UPDATE_GOLDEN") == "1"
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN_DIR / name
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"no golden file {path}; run with EINC_UPDATE_GOLDEN=1 to create it"
+        expected = path.read_text(encoding="utf-8")
+        assert text == expected, f"output differs from {path} (EINC_UPDATE_GOLDEN=1 regenerates it)"
+
+    return check
