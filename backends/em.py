@@ -19,21 +19,12 @@ MIN_WEIGHT = 1e-12
 
 
 def _normalise(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float) -> Any:
-    total = counts
-    for axis in sorted(axes, reverse=True):
-        total = xp.sum(total, axis)
-    for axis in sorted(axes):
-        total = total[(slice(None),) * axis + (None,)]
+    """w_batch = n / Σn over ``axes``; w ← (1−λ) w + λ w_batch; kept ≥ MIN_WEIGHT and normalised."""
+    total = counts.sum(axis=axes, keepdims=True)
     has_mass = total > NO_MASS
     estimate = xp.where(has_mass, counts / xp.where(has_mass, total, 1.0), old)
-    new = (1.0 - step_size) * old + step_size * estimate
-    new = xp.clip(new, MIN_WEIGHT, None)
-    total = new
-    for axis in sorted(axes, reverse=True):
-        total = xp.sum(total, axis)
-    for axis in sorted(axes):
-        total = total[(slice(None),) * axis + (None,)]
-    return new / total
+    new = xp.clip(old + step_size * (estimate - old), MIN_WEIGHT, None)
+    return new / new.sum(axis=axes, keepdims=True)
 
 
 def em_update(xp: Any, plan: Plan, params: dict[str, Any], weight_counts: dict[str, Any],
@@ -55,5 +46,5 @@ def em_update(xp: Any, plan: Plan, params: dict[str, Any], weight_counts: dict[s
             has_mass = (sum_p > NO_MASS)[..., None]
             estimate = xp.where(has_mass, sum_pt / xp.where(has_mass, sum_p[..., None], 1.0), old)
             estimate = rule.project(xp, estimate, spec.family)
-            new[spec.name] = rule.project(xp, (1.0 - step_size) * old + step_size * estimate, spec.family)
+            new[spec.name] = rule.project(xp, old + step_size * (estimate - old), spec.family)
     return new

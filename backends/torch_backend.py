@@ -51,7 +51,7 @@ class TorchSampler:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32", fuse: bool = False) -> None:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -70,6 +70,11 @@ class TorchBackend:
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
         self.feature_index: dict[tuple[str, int], torch.Tensor] = {}
+        # fuse=True: torch.compile the upward pass (with its backward) and the M-step, so their
+        # elementwise work runs as a few fused kernels; worthwhile on GPUs, costly to compile.
+        self.fuse = fuse
+        self._root_of = torch.compile(self._root_of_plain, dynamic=False) if fuse else self._root_of_plain
+        self._m_step = torch.compile(em_update, dynamic=False) if fuse else em_update
         self.captured_steps: dict[tuple, _CapturedStep] = {}
         self.captured_forwards: dict[tuple, _CapturedForward] = {}
         self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
@@ -138,7 +143,7 @@ class TorchBackend:
             f = column_features.shape[-1]
             # one gather straight into (L, B, S·f): no permute copies before the matmul
             index = self._feature_index(block.param, batch_size)  # (L·B·S,)
-            gathered = column_features.reshape(-1, f).index_select(0, index)
+            gathered = _gather_rows(column_features.reshape(-1, f), index)
             rows, width = self.columns[block.param].shape
             gathered = gathered.reshape(rows, batch_size, width * f)
             # Θ (L, S, K, f) -> (L, S·f, K)
@@ -221,6 +226,10 @@ class TorchBackend:
         return captured
 
     # ------------------------------------------------------------------ EM
+    def _root_of_plain(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
+                       coefficients: dict[str, list[torch.Tensor]]) -> torch.Tensor:
+        return self._root(self.forward(params, x, observed, coefficients=coefficients))
+
     def statistics(self, params: Params, batch: Batch) -> Statistics:
         """E-step by autograd: ∂ Σ log p / ∂W · W gives n (eq. 6); ∂/∂Θ gives Σ p·F."""
         x, observed = self._batch(batch)
@@ -241,7 +250,7 @@ class TorchBackend:
             for op in self.plan.ops
             if isinstance(op, InputOp)
         }
-        root = self._root(self.forward({**params, **weights}, x, observed, coefficients=coefficients))
+        root = self._root_of({**params, **weights}, x, observed, coefficients)
         log_p = root[:, 0] if labels is None else torch.gather(root, 1, labels[:, None])[:, 0]
         total = log_p.sum()
         leaves = [c for op_coefs in coefficients.values() for c in op_coefs]
@@ -301,7 +310,7 @@ class TorchBackend:
             params, data.values.index_select(0, index), data.observed.index_select(0, index), labels
         )
         with torch.no_grad():
-            new = em_update(torch, self.plan, params, counts, leaf, step_size)
+            new = self._m_step(torch, self.plan, params, counts, leaf, step_size)
             if self.device.type == "cuda":  # keep storage so captured graphs stay valid
                 for name, value in new.items():
                     params[name].copy_(value)
@@ -453,7 +462,7 @@ class _CapturedStep:
                 params, data.values.index_select(0, self.index), data.observed.index_select(0, self.index), labels
             )
             with torch.no_grad():
-                new = em_update(torch, backend.plan, params, counts, leaf, step_size)
+                new = backend._m_step(torch, backend.plan, params, counts, leaf, step_size)
                 for name, value in new.items():
                     params[name].copy_(value)
                 self.total.add_(batch_total)
@@ -513,10 +522,15 @@ def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor
     return torch.bmm(partial, left.reshape(rows * batch, k_left, 1)).reshape(rows, batch, k_out)
 
 
+def _gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``table[index]``: an embedding lookup, which CUDA runs far faster than index_select
+    for many short rows (measured on an H100: see benchmarks/README.md)."""
+    return torch.nn.functional.embedding(index, table)
+
+
 def _finite_max(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Max for the log-einsum-exp trick; rows that are all −inf use 0 so no NaN appears."""
-    top = values.detach().amax(dim, keepdim=True)
-    return torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return torch.nan_to_num(values.detach().amax(dim, keepdim=True), neginf=0.0)
 
 
 def _max_einsum(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

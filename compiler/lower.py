@@ -256,7 +256,8 @@ def _mixing_op(group: _Group, location: dict, name: str) -> tuple[MixingOp, list
 def _count_replicas(graph: RegionGraph) -> int:
     """The paper's R: the fewest 'replica' slots found greedily so that each holds disjoint scopes."""
     used: list[set[int]] = []
-    for scope, _copy in graph.leaf_regions:
+    # generator copies first, so that each RAT replica's leaves fill one slot
+    for scope, _copy in sorted(graph.leaf_regions, key=lambda region: (region[1], region[0])):
         for slot in used:
             if slot.isdisjoint(scope):
                 slot.update(scope)

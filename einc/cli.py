@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from einc import __version__
+from einc import __version__, commands
 from einc.compiler import dump
 from einc.compiler.pipeline import (
+    compile_plan,
     CompileOptions,
     check_file,
     front_end,
@@ -50,6 +51,14 @@ K_OPTIONS = (
     Arg(("--sums",), {"type": int, "metavar": "K", "help": "override the file's `sums`"}),
     Arg(("--inputs",), {"type": int, "metavar": "K", "help": "override the file's `inputs`"}),
     Arg(("--heads",), {"type": int, "metavar": "K", "help": "override the file's `heads`"}),
+)
+
+
+RUN_OPTIONS = (
+    Arg(("--backend",), {"default": "torch", "help": "torch (default), numpy or cupy"}),
+    Arg(("--device",), {"default": "cpu", "help": "cpu or cuda"}),
+    Arg(("--dtype",), {"default": "float32", "choices": ["float32", "float64"]}),
+    Arg(("--threads",), {"type": int, "help": "torch CPU threads (default: torch's choice)"}),
 )
 
 
@@ -87,11 +96,16 @@ def _emit_dot(text: str, filename: str, options: CompileOptions) -> str:
     return dump.dump_dot(region_graph(text, filename, options))
 
 
+def _emit_plan(text: str, filename: str, options: CompileOptions) -> str:
+    return compile_plan(text, filename, options).table() + "\n"
+
+
 # Each emitter runs the pipeline as far as its IR and prints it.
 EMITTERS: dict[str, Callable[[str, str, CompileOptions], str]] = {
     "ir": _emit_ir,
     "layers": _emit_layers,
     "dot": _emit_dot,
+    "plan": _emit_plan,
 }
 
 
@@ -130,6 +144,60 @@ COMMANDS: tuple[Command, ...] = (
             ),
             Arg(("-o", "--output"), {"metavar": "PATH", "help": "write to PATH, not stdout"}),
             *K_OPTIONS,
+        ),
+    ),
+    Command(
+        "train",
+        "train a circuit with EM on data, keep the best validation epoch, write the model",
+        commands.cmd_train,
+        (
+            *RUN_OPTIONS,
+            FILE,
+            Arg(("--data",), {"required": True, "metavar": "TRAIN", "help": "training data (.csv[.gz], .npy, .npz)"}),
+            Arg(("--valid",), {"metavar": "V", "help": "validation data: keep the best epoch on it"}),
+            Arg(("--test",), {"metavar": "T", "help": "test data: report its log-likelihood at the end"}),
+            Arg(("--epochs",), {"type": int, "default": 10}),
+            Arg(("--batch-size",), {"type": int, "default": 100}),
+            Arg(("--step-size",), {"type": float, "default": 0.1, "help": "online EM step size λ (eqs. 8-9)"}),
+            Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
+                                "help": "M-step after every batch (stochastic EM) or once per epoch"}),
+            Arg(("--seed",), {"type": int, "default": 0}),
+            Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
+        ),
+    ),
+    Command(
+        "eval",
+        "mean log-likelihood of data under a model (and accuracy with --labels for multi-head models)",
+        commands.cmd_eval,
+        (
+            *RUN_OPTIONS,
+            Arg(("model",), {"metavar": "MODEL"}),
+            Arg(("--data",), {"required": True}),
+            Arg(("--labels",), {"help": "class labels (one per row) for a multi-head model"}),
+        ),
+    ),
+    Command(
+        "sample",
+        "draw samples from a model into .csv, .npy or a .png grid",
+        commands.cmd_sample,
+        (
+            *RUN_OPTIONS,
+            Arg(("model",), {"metavar": "MODEL"}),
+            Arg(("-n",), {"type": int, "default": 16, "help": "number of samples"}),
+            Arg(("--seed",), {"type": int, "default": 0}),
+            Arg(("--means",), {"action": "store_true", "help": "emit leaf means instead of leaf samples"}),
+            Arg(("-o", "--output"), {"required": True, "metavar": "OUT"}),
+        ),
+    ),
+    Command(
+        "query",
+        "exact conditional marginals of target variables given evidence",
+        commands.cmd_query,
+        (
+            *RUN_OPTIONS,
+            Arg(("model",), {"metavar": "MODEL"}),
+            Arg(("--evidence",), {"default": "", "help": 'e.g. "x[0]=1,x[3]=0"'}),
+            Arg(("--target",), {"required": True, "help": "e.g. x[5] (several: x[5],x[6])"}),
         ),
     ),
 )

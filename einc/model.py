@@ -12,6 +12,7 @@ import numpy as np
 
 from einc.backends.base import Batch, Params, Statistics, create_backend
 from einc.compiler.params import init_parameters
+from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.data import prepare
 from einc.files import atomic_write
 from einc.ir.diagnostics import DataError, EincError, ModelFileError
@@ -40,18 +41,17 @@ def _read_source(source_or_path: str | os.PathLike) -> tuple[str, str]:
 
 
 def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: str = "cpu",
-            dtype: str = "float32", seed: int = 0) -> "Model":
+            dtype: str = "float32", seed: int = 0, options: CompileOptions | None = None,
+            **backend_options: Any) -> "Model":
     """Compile a .pc file (or its text) into a model with freshly initialised parameters.
 
     >>> import einc
     >>> model = einc.compile("examples/tiny.pc", dtype="float64")   # doctest: +SKIP
     >>> model.log_likelihood([[0, 1, 1, 0]])                          # doctest: +SKIP
     """
-    from einc.compiler.pipeline import compile_plan
-
     text, filename = _read_source(source_or_path)
-    plan = compile_plan(text, filename)
-    return Model(plan, text, filename, backend, device, dtype, init_parameters(plan, seed), seed)
+    plan = compile_plan(text, filename, options or CompileOptions())
+    return Model(plan, text, filename, backend, device, dtype, init_parameters(plan, seed), seed, backend_options)
 
 
 class Model:
@@ -62,7 +62,8 @@ class Model:
     """
 
     def __init__(self, plan: Plan, source: str, filename: str, backend: str, device: str,
-                 dtype: str, params: dict[str, np.ndarray], seed: int = 0) -> None:
+                 dtype: str, params: dict[str, np.ndarray], seed: int = 0,
+                 backend_options: dict[str, Any] | None = None) -> None:
         self.plan = plan
         self.source = source
         self.filename = filename
@@ -70,7 +71,7 @@ class Model:
         self.device = device
         self.dtype = dtype
         self.seed = seed
-        self.backend = create_backend(backend, plan, device=device, dtype=dtype)
+        self.backend = create_backend(backend, plan, device=device, dtype=dtype, **(backend_options or {}))
         self.params: Params = self.backend.put(params)
 
     # ------------------------------------------------------------------ description
@@ -294,8 +295,6 @@ def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", d
         raise ModelFileError(f"{path}: not an einc model file")
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: model format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
-    from einc.compiler.pipeline import compile_plan
-
     plan = compile_plan(meta["source"], meta["filename"])
     model = Model(plan, meta["source"], meta["filename"], backend, device, dtype or meta["dtype"],
                   init_parameters(plan, 0), int(meta.get("seed", 0)))

@@ -170,7 +170,14 @@ class Plan:
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.size for p in self.params)
+        """Free parameters: weights plus leaf parameters of real (not padding) factors."""
+        padded = 0
+        for op in self.ops:
+            if isinstance(op, InputOp):
+                for block in op.blocks:
+                    pads = sum(column < 0 for row in block.columns for column in row)
+                    padded += pads * op.k * block.stat_dim
+        return sum(p.size for p in self.params) - padded
 
     def param(self, name: str) -> ParamSpec:
         for spec in self.params:
