@@ -78,6 +78,9 @@ class BackendEntry:
 # Lazy factories: importing einc never imports torch/cupy backends it does not use.
 BACKENDS: dict[str, BackendEntry] = {
     "torch": BackendEntry("einc.backends.torch_backend", "TorchBackend", "pip install torch"),
+    # one array backend written against the NumPy API: NumPy on the CPU, CuPy on a CUDA GPU
+    "numpy": BackendEntry("einc.backends.array_backend", "numpy_backend", "pip install numpy"),
+    "cupy": BackendEntry("einc.backends.array_backend", "cupy_backend", "pip install cupy-cuda12x"),
 }
 
 
@@ -85,7 +88,7 @@ def available_backends() -> list[str]:
     return sorted(BACKENDS)
 
 
-def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "float32") -> Backend:
+def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "float32", **options: Any) -> Backend:
     entry = BACKENDS.get(name)
     if entry is None:
         raise BackendError(
@@ -99,4 +102,4 @@ def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "flo
             f"backends: {', '.join(available_backends())}"
         ) from None
     factory: Callable[..., Backend] = getattr(module, entry.factory)
-    return factory(plan, device=device, dtype=dtype)
+    return factory(plan, device=device, dtype=dtype, **options)

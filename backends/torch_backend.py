@@ -51,7 +51,7 @@ class TorchSampler:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32", fuse: bool = False) -> None:
+    def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32", fuse: bool | None = None) -> None:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -69,12 +69,14 @@ class TorchBackend:
                     cols = np.where(cols < 0, self.num_columns, cols)
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
-        self.feature_index: dict[tuple[str, int], torch.Tensor] = {}
         # fuse=True: torch.compile the upward pass (with its backward) and the M-step, so their
         # elementwise work runs as a few fused kernels; worthwhile on GPUs, costly to compile.
-        self.fuse = fuse
-        self._root_of = torch.compile(self._root_of_plain, dynamic=False) if fuse else self._root_of_plain
-        self._m_step = torch.compile(em_update, dynamic=False) if fuse else em_update
+        # Default: fuse on CUDA (a one-off compile of ~15-30 s per circuit), not on the CPU.
+        self.fuse = (self.device.type == "cuda") if fuse is None else fuse
+        self._root_of = torch.compile(self._root_of_plain, dynamic=False) if self.fuse else self._root_of_plain
+        # inference has its own compiled function (no autograd, other shapes): separate caches
+        self._inference_root = torch.compile(self._inference_root_plain, dynamic=False) if self.fuse else self._inference_root_plain
+        self._m_step = torch.compile(em_update, dynamic=False) if self.fuse else em_update
         self.captured_steps: dict[tuple, _CapturedStep] = {}
         self.captured_forwards: dict[tuple, _CapturedForward] = {}
         self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
@@ -140,12 +142,12 @@ class TorchBackend:
                 # unobserved real columns (not the zero pad column C) take max log f
                 features.append((self.real_column - observed)[..., None])
             column_features = torch.cat(features, -1)  # (B, C+1, f); column C is the zero pad
+            cols = self.columns[block.param]  # (L, S)
+            rows, width = cols.shape
             f = column_features.shape[-1]
-            # one gather straight into (L, B, S·f): no permute copies before the matmul
-            index = self._feature_index(block.param, batch_size)  # (L·B·S,)
-            gathered = _gather_rows(column_features.reshape(-1, f), index)
-            rows, width = self.columns[block.param].shape
-            gathered = gathered.reshape(rows, batch_size, width * f)
+            # gather with the small (L, S) index broadcast over the batch (on an H100 ~20x faster
+            # than one flat gather of L·B·S rows), then view it as (L, B, S·f) without a copy
+            gathered = column_features[:, cols].reshape(batch_size, rows, width * f).transpose(0, 1)
             # Θ (L, S, K, f) -> (L, S·f, K)
             weights = coef.permute(0, 1, 3, 2).reshape(rows, width * f, coef.shape[2])
             # (L, B, S·f) x (L, S·f, K) -> (L, B, K)
@@ -153,19 +155,6 @@ class TorchBackend:
             total = term if total is None else total + term
         assert total is not None
         return total
-
-    def _feature_index(self, param: str, batch_size: int) -> torch.Tensor:
-        """Flat row indices into (B·(C+1)) for the gather (L, B, S); cached per batch size."""
-        key = (param, batch_size)
-        cached = self.feature_index.get(key)
-        if cached is None:
-            cols = self.columns[param]  # (L, S), padding = C
-            offsets = torch.arange(batch_size, device=self.device) * (self.num_columns + 1)
-            cached = (cols[:, None, :] + offsets[None, :, None]).reshape(-1)
-            if len(self.feature_index) > 16:
-                self.feature_index.clear()
-            self.feature_index[key] = cached
-        return cached
 
     def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                 max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
@@ -210,7 +199,9 @@ class TorchBackend:
         x, observed = self._batch(batch)
         with torch.no_grad():
             if self.device.type == "cuda":
-                root = self._captured_forward(params, x.shape[0], max_product).run(x, observed)
+                # batch sizes are padded to power-of-two buckets so few graphs get captured
+                bucket = max(64, 1 << (x.shape[0] - 1).bit_length())
+                root = self._captured_forward(params, bucket, max_product).run(x, observed)
             else:
                 root = self._root(self.forward(params, x, observed, max_product))
         return root.to("cpu", torch.float64).numpy()
@@ -221,14 +212,36 @@ class TorchBackend:
         if captured is None:
             if len(self.captured_forwards) > 8:
                 self.captured_forwards.clear()
-            captured = _CapturedForward(self, params, batch_size, max_product)
+            try:
+                captured = _CapturedForward(self, params, batch_size, max_product)
+            except Exception as error:
+                if not self.fuse:
+                    raise
+                self._without_fusion(error)
+                captured = _CapturedForward(self, params, batch_size, max_product)
             self.captured_forwards[key] = captured
         return captured
 
     # ------------------------------------------------------------------ EM
     def _root_of_plain(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
-                       coefficients: dict[str, list[torch.Tensor]]) -> torch.Tensor:
-        return self._root(self.forward(params, x, observed, coefficients=coefficients))
+                       coefficients: dict[str, list[torch.Tensor]] | None = None,
+                       max_product: bool = False) -> torch.Tensor:
+        return self._root(self.forward(params, x, observed, max_product, coefficients))
+
+    def _inference_root_plain(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
+                              max_product: bool) -> torch.Tensor:
+        return self._root(self.forward(params, x, observed, max_product))
+
+    def _without_fusion(self, error: Exception) -> None:
+        import warnings
+
+        warnings.warn(f"einc: torch.compile fusion failed ({type(error).__name__}: {error}); running unfused")
+        self.fuse = False
+        self._root_of = self._root_of_plain
+        self._inference_root = self._inference_root_plain
+        self._m_step = em_update
+        self.captured_steps.clear()
+        self.captured_forwards.clear()
 
     def statistics(self, params: Params, batch: Batch) -> Statistics:
         """E-step by autograd: ∂ Σ log p / ∂W · W gives n (eq. 6); ∂/∂Θ gives Σ p·F."""
@@ -322,7 +335,13 @@ class TorchBackend:
         step = self.captured_steps.get(key)
         if step is None:
             self.captured_steps.clear()
-            step = _CapturedStep(self, params, data, batch_size, step_size)
+            try:
+                step = _CapturedStep(self, params, data, batch_size, step_size)
+            except Exception as error:  # a compiler failure must not stop training
+                if not self.fuse:
+                    raise
+                self._without_fusion(error)
+                step = _CapturedStep(self, params, data, batch_size, step_size)
             self.captured_steps[key] = step
         return step
 
@@ -467,10 +486,12 @@ class _CapturedStep:
                     params[name].copy_(value)
                 self.total.add_(batch_total)
 
-        self.graph = _capture(step)
-        with torch.no_grad():
-            for name, value in snapshot.items():
-                params[name].copy_(value)
+        try:
+            self.graph = _capture(step)
+        finally:  # undo the warm-up updates, also when capture fails
+            with torch.no_grad():
+                for name, value in snapshot.items():
+                    params[name].copy_(value)
         self.total.zero_()
 
 
@@ -484,17 +505,21 @@ class _CapturedForward:
         self.root: torch.Tensor | None = None
 
         def forward() -> None:
-            self.root = backend._root(backend.forward(params, self.x, self.observed, max_product))
+            self.root = backend._inference_root(params, self.x, self.observed, max_product)
 
         with torch.no_grad():
             self.graph = _capture(forward)
 
     def run(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-        self.x.copy_(x)
-        self.observed.copy_(observed)
+        """Root values of the first len(x) rows; the rest of the bucket is padding."""
+        count = x.shape[0]
+        self.x[:count].copy_(x)
+        self.observed[:count].copy_(observed)
+        if count < self.x.shape[0]:
+            self.observed[count:].zero_()
         self.graph.replay()
         assert self.root is not None
-        return self.root.clone()
+        return self.root[:count].clone()
 
 
 def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
@@ -520,12 +545,6 @@ def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor
     w = weights.permute(0, 3, 1, 2).reshape(rows, k_right, k_out * k_left)
     partial = torch.bmm(right, w).reshape(rows * batch, k_out, k_left)
     return torch.bmm(partial, left.reshape(rows * batch, k_left, 1)).reshape(rows, batch, k_out)
-
-
-def _gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``table[index]``: an embedding lookup, which CUDA runs far faster than index_select
-    for many short rows (measured on an H100: see benchmarks/README.md)."""
-    return torch.nn.functional.embedding(index, table)
 
 
 def _finite_max(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
