@@ -69,6 +69,7 @@ class TorchBackend:
                     cols = np.where(cols < 0, self.num_columns, cols)
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
+        self.gathers: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}
         # fuse=True: torch.compile the upward pass (with its backward) and the M-step, so their
         # elementwise work runs as a few fused kernels; worthwhile on GPUs, costly to compile.
         # Default: fuse on CUDA (a one-off compile of ~15-30 s per circuit), not on the CPU.
@@ -97,15 +98,31 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ forward
     def _read(self, operand: Operand, values: list[torch.Tensor]) -> torch.Tensor:
-        pieces = []
-        for segment in operand.segments:
-            source = values[segment.value]
-            if isinstance(segment, RowRange):
-                pieces.append(source[segment.start : segment.stop])
-            else:
-                index = self._index(segment.rows)
-                pieces.append(source.index_select(0, index))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 0)
+        if operand.is_view:
+            (segment,) = operand.segments
+            return values[segment.value][segment.start : segment.stop]
+        # fragmented reads (DAGs): one concatenation of the source values and one gather, so the
+        # backward is one index_add instead of a zero-filled copy of a source per segment
+        sources, index = self._gather_plan(operand)
+        stacked = values[sources[0]] if len(sources) == 1 else torch.cat([values[v] for v in sources], 0)
+        return stacked.index_select(0, index)
+
+    def _gather_plan(self, operand: Operand) -> tuple[tuple[int, ...], torch.Tensor]:
+        """(source values, row index into their concatenation) for a fragmented operand; cached."""
+        cached = self.gathers.get(id(operand))
+        if cached is None:
+            sources = tuple(sorted({segment.value for segment in operand.segments}))
+            offsets, total = {}, 0
+            for value in sources:
+                offsets[value] = total
+                total += self.plan.ops[value].rows
+            rows: list[int] = []
+            for segment in operand.segments:
+                local = range(segment.start, segment.stop) if isinstance(segment, RowRange) else segment.rows
+                rows.extend(offsets[segment.value] + row for row in local)
+            cached = (sources, torch.as_tensor(rows, dtype=torch.long, device=self.device))
+            self.gathers[id(operand)] = cached
+        return cached
 
     def _index(self, rows: tuple[int, ...]) -> torch.Tensor:
         cached = self.row_index.get(rows)

@@ -25,10 +25,14 @@ def _threads(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _threads(args)
-    model = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed)
     train = load_array(args.data)
     valid = load_array(args.valid) if args.valid else None
     test = load_array(args.test) if args.test else None
+    if args.mixture:
+        return _train_mixture(args, train, valid, test)
+    model = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed)
+    labels = load_array(args.labels).reshape(-1) if args.labels else None
+    valid_labels = load_array(args.valid_labels).reshape(-1) if args.valid_labels else None
     print(f"{model.graph.name}: {model.num_parameters} parameters, {len(train)} training samples, "
           f"backend {args.backend} on {args.device} ({args.dtype})")
 
@@ -37,13 +41,49 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"epoch {record.epoch:3d}  train LL {record.train_ll:.4f}{valid_text}  ({record.seconds:.2f}s)", flush=True)
 
     model.fit(train, valid=valid, epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
-              update=args.update, keep_best=valid is not None, progress=sys.stderr.isatty(), on_epoch=report)
+              update=args.update, labels=labels, valid_labels=valid_labels, keep_best=valid is not None,
+              progress=sys.stderr.isatty(), on_epoch=report)
     if valid is not None:
         print(f"kept the parameters of the best validation epoch: valid LL {model.log_likelihood(valid).mean():.4f}")
     if test is not None:
         print(f"test LL {model.log_likelihood(test).mean():.4f}")
     model.save(args.output)
     print(f"wrote {args.output}")
+    return 0
+
+
+def _train_mixture(args: argparse.Namespace, train: np.ndarray, valid: np.ndarray | None,
+                   test: np.ndarray | None) -> int:
+    from einc.mixture import fit_mixture
+
+    print(f"mixture of {args.mixture} circuits: k-means on {len(train)} samples, one circuit per cluster")
+
+    def report(component: int, record: EpochRecord) -> None:
+        valid_text = "" if record.valid_ll is None else f"  valid LL {record.valid_ll:.4f}"
+        print(f"component {component:3d} epoch {record.epoch:3d}  train LL {record.train_ll:.4f}{valid_text}", flush=True)
+
+    mixture = fit_mixture(args.file, train, args.mixture, valid=valid, epochs=args.epochs,
+                          batch_size=args.batch_size, step_size=args.step_size, seed=args.seed,
+                          backend=args.backend, device=args.device, dtype=args.dtype, on_epoch=report)
+    if valid is not None:
+        print(f"valid LL {mixture.log_likelihood(valid).mean():.4f}")
+    if test is not None:
+        print(f"test LL {mixture.log_likelihood(test).mean():.4f}")
+    mixture.save(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    from einc.images import image_mask, image_shape, inpainting_figure, inpainting_rows, save_png
+
+    _threads(args)
+    model = load(args.model, backend=args.backend, device=args.device)
+    data = load_array(args.data)[: args.n]
+    hidden = image_mask(args.mask, image_shape(model.graph), len(data), args.seed)
+    rows = inpainting_rows(model, data, hidden, args.seed, "mean" if args.means else "sample")
+    save_png(args.output, inpainting_figure(model, rows, hidden))
+    print(f"wrote {args.output}: rows are original, masked, conditional sample, MPE ({len(data)} images)")
     return 0
 
 

@@ -134,6 +134,15 @@ class Model:
         out = [self.backend.log_likelihood(self.params, batch) for batch in self._batches(x, missing, batch_size)]
         return np.concatenate(out, 0)
 
+    def max_log_likelihood(self, evidence: Any, batch_size: int = 1024) -> np.ndarray:
+        """max over unobserved variables and latent sum choices of log p(x, z): the value of the
+        MPE completion (max-product upward pass)."""
+        rows = np.atleast_2d(np.asarray(evidence, dtype=np.float64))
+        out = [self.backend.log_likelihood(self.params, batch, max_product=True)
+               for batch in self._batches(rows, None, batch_size, label="evidence")]
+        result = np.concatenate(out, 0)
+        return result[:, 0] if self.plan.heads == 1 else result
+
     def conditional_log_likelihood(self, x: Any, evidence: Any, batch_size: int = 1024) -> np.ndarray:
         """log p(x | evidence) = log p(x) − log p(evidence); ``evidence`` is a mask of given columns."""
         given = np.asarray(evidence, dtype=bool)
@@ -265,10 +274,9 @@ class Model:
         return total / max(1, len(values))
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model atomically: a .npz with the circuit source and parameters (no pickle)."""
-        path = Path(path)
-        meta = {
+    def metadata(self) -> dict[str, Any]:
+        """What a model file records besides the parameters: the circuit source and settings."""
+        return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "source": self.source,
@@ -276,31 +284,44 @@ class Model:
             "dtype": self.dtype,
             "seed": self.seed,
         }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model atomically: a .npz with the circuit source and parameters (no pickle)."""
         arrays = {f"param/{k}": v for k, v in self.parameters().items()}
-        arrays["meta"] = np.array(json.dumps(meta))
+        arrays["meta"] = np.array(json.dumps(self.metadata()))
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
-def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None) -> Model:
-    """Load a model written by ``Model.save``: recompiles its source and restores its parameters."""
+
+def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None) -> Any:
+    """Load a model (or a mixture) written by ``save``: recompiles the source, restores parameters."""
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
-            params = {k[len("param/"):]: archive[k] for k in archive.files if k.startswith("param/")}
+            if meta.get("format") == "einc-mixture":
+                from einc.mixture import load_mixture
+
+                return load_mixture(archive, meta, path, backend, device, dtype)
+            return model_from_archive(archive, "", path, backend, device, dtype)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
         raise ModelFileError(f"{path}: not an einc model file ({error})") from None
+
+
+def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None) -> Model:
+    """Rebuild one model from the arrays under ``prefix`` of an open .npz archive."""
+    meta = json.loads(str(archive[f"{prefix}meta"]))
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an einc model file")
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: model format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
+    params = {k[len(prefix) + len("param/"):]: archive[k] for k in archive.files if k.startswith(f"{prefix}param/")}
     plan = compile_plan(meta["source"], meta["filename"])
     model = Model(plan, meta["source"], meta["filename"], backend, device, dtype or meta["dtype"],
                   init_parameters(plan, 0), int(meta.get("seed", 0)))
     model.set_parameters(params)
     return model
-
 
 def _add_statistics(a: Statistics, b: Statistics) -> Statistics:
     return Statistics(

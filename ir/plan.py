@@ -58,6 +58,9 @@ class Operand:
         return len(self.segments) == 1 and isinstance(self.segments[0], RowRange)
 
     def describe(self) -> str:
+        if len(self.segments) > 3:
+            sources = ",".join(f"v{v}" for v in sorted({s.value for s in self.segments}))
+            return f"gather {len(self)} rows of {sources} ({len(self.segments)} runs)"
         parts = []
         for s in self.segments:
             if isinstance(s, RowRange):

@@ -1,0 +1,188 @@
+"""Mixtures of EiNets (EiNet paper §4.2): cluster the data, train one circuit per cluster, mix.
+
+A mixture of circuits over the same variables is itself a PC: a sum node over the components'
+roots. ``MixtureModel`` offers every query of ``Model``, computed exactly from the components:
+
+    log p(x) = logsumexp_c ( log π_c + log p_c(x) )          (weights added in log space)
+
+(the reference EiNet code subtracts the log-weights — a sign bug this avoids).
+
+K-means is our own short NumPy implementation (k-means++ seeding, Lloyd iterations): scikit-learn
+would be a large dependency for thirty lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from einc.files import atomic_write
+from einc.ir.diagnostics import EincError, ModelFileError
+from einc.model import EpochRecord, Model, compile
+
+FORMAT = "einc-mixture"
+FORMAT_VERSION = 1
+
+
+def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """(assignments (N,), centres (C, D)) by k-means++ seeding and Lloyd's iterations."""
+    x = np.nan_to_num(np.asarray(data, dtype=np.float64))
+    if not 1 <= clusters <= len(x):
+        raise EincError(f"k-means: {clusters} clusters for {len(x)} samples")
+    rng = np.random.default_rng(seed)
+    squared = (x**2).sum(1)
+    centres = [x[rng.integers(len(x))]]
+    closest = squared - 2 * x @ centres[0] + centres[0] @ centres[0]
+    for _ in range(1, clusters):
+        probabilities = np.clip(closest, 0, None)
+        total = probabilities.sum()
+        pick = rng.choice(len(x), p=probabilities / total) if total > 0 else rng.integers(len(x))
+        centres.append(x[pick])
+        closest = np.minimum(closest, squared - 2 * x @ x[pick] + x[pick] @ x[pick])
+    centre_array = np.stack(centres)
+    assignment = np.full(len(x), -1)
+    for _ in range(iterations):
+        # squared distances (N, C) without forming (N, C, D)
+        distances = squared[:, None] - 2 * x @ centre_array.T + (centre_array**2).sum(1)[None, :]
+        new_assignment = distances.argmin(1)
+        if np.array_equal(new_assignment, assignment):
+            break
+        assignment = new_assignment
+        for c in range(clusters):
+            members = x[assignment == c]
+            if len(members):  # an empty cluster keeps its centre
+                centre_array[c] = members.mean(0)
+    return assignment, centre_array
+
+
+class MixtureModel:
+    """A weighted mixture of compiled circuits over the same variables; itself a PC."""
+
+    def __init__(self, components: list[Model], weights: np.ndarray) -> None:
+        if not components:
+            raise EincError("a mixture needs at least one component")
+        columns = components[0].columns
+        if any(c.columns != columns for c in components):
+            raise EincError("mixture components must have the same variables in the same order")
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(components),) or np.any(weights < 0) or weights.sum() <= 0:
+            raise EincError("mixture weights must be non-negative, one per component")
+        self.components = components
+        self.log_weights = np.log(weights / weights.sum())
+
+    @property
+    def columns(self) -> list[str]:
+        return self.components[0].columns
+
+    @property
+    def graph(self):
+        return self.components[0].graph
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(c.num_parameters for c in self.components) + len(self.components) - 1
+
+    def _component_ll(self, x: Any, missing: Any = None) -> np.ndarray:
+        """(N, C): log π_c + log p_c(x)."""
+        return np.stack([c.log_likelihood(x, missing) for c in self.components], 1) + self.log_weights
+
+    def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024) -> np.ndarray:
+        return _logsumexp(self._component_ll(x, missing), 1)
+
+    def conditional_log_likelihood(self, x: Any, evidence: Any) -> np.ndarray:
+        given = np.asarray(evidence, dtype=bool)
+        return self.log_likelihood(x) - self.log_likelihood(x, missing=~given)
+
+    def component_posterior(self, evidence: Any) -> np.ndarray:
+        """(N, C) p(component | observed part of each row)."""
+        joint = self._component_ll(np.asarray(evidence, dtype=np.float64))
+        return np.exp(joint - _logsumexp(joint, 1)[:, None])
+
+    def sample(self, n: int | None = None, evidence: Any = None, seed: int | None = None,
+               leaf_value: str = "sample") -> np.ndarray:
+        """Unconditional (pick a component by π, sample it) or conditional samples (pick a
+        component by its posterior given each row's evidence, then sample it conditionally)."""
+        rng = np.random.default_rng(seed)
+        if evidence is None:
+            if n is None or n < 1:
+                raise EincError("give n >= 1 samples, or evidence")
+            rows = np.full((n, len(self.columns)), np.nan)
+            choice = rng.choice(len(self.components), size=n, p=np.exp(self.log_weights))
+        else:
+            rows = np.atleast_2d(np.asarray(evidence, dtype=np.float64))
+            posterior = self.component_posterior(rows)
+            choice = (posterior.cumsum(1) > rng.random((len(rows), 1))).argmax(1)
+        out = rows.copy()
+        for c, component in enumerate(self.components):
+            members = np.flatnonzero(choice == c)
+            if len(members):
+                out[members] = component.sample(evidence=rows[members], seed=int(rng.integers(2**31)), leaf_value=leaf_value)
+        return out
+
+    def mpe(self, evidence: Any = None, n: int | None = None) -> np.ndarray:
+        """Joint arg-max over the unobserved variables, each component's latent choices and the
+        component itself: the best component's max-product completion."""
+        rows = np.full((n or 1, len(self.columns)), np.nan) if evidence is None else np.atleast_2d(np.asarray(evidence, dtype=np.float64))
+        completions = [c.mpe(evidence=rows) for c in self.components]
+        scores = np.stack([c.max_log_likelihood(rows) for c in self.components], 1) + self.log_weights
+        best = scores.argmax(1)
+        return np.stack([completions[b][i] for i, b in enumerate(best)])
+
+    def save(self, path: str | os.PathLike) -> None:
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "components": len(self.components),
+                "weights": np.exp(self.log_weights).tolist()}
+        arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
+        for index, component in enumerate(self.components):
+            arrays[f"component{index}/meta"] = np.array(json.dumps(component.metadata()))
+            for name, value in component.parameters().items():
+                arrays[f"component{index}/param/{name}"] = value
+        atomic_write(path, lambda stream: np.savez(stream, **arrays))
+
+
+def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str, dtype: str | None) -> MixtureModel:
+    from einc.model import model_from_archive
+
+    if meta.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: mixture format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
+    components = [
+        model_from_archive(archive, f"component{index}/", path, backend, device, dtype)
+        for index in range(int(meta["components"]))
+    ]
+    return MixtureModel(components, np.asarray(meta["weights"]))
+
+
+def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components: int, valid: np.ndarray | None = None,
+                epochs: int = 10, batch_size: int = 100, step_size: float = 0.1, seed: int = 0,
+                backend: str = "torch", device: str = "cpu", dtype: str = "float32",
+                on_epoch: Callable[[int, EpochRecord], None] | None = None, **backend_options: Any) -> MixtureModel:
+    """K-means on ``train`` into ``components`` clusters, one circuit trained per cluster with EM,
+    mixed with the cluster proportions (EiNet paper §4.2)."""
+    train = np.asarray(train, dtype=np.float64)
+    assignment, centres = kmeans(train, components, seed)
+    models, weights = [], []
+    for c in range(components):
+        members = train[assignment == c]
+        if len(members) == 0:
+            continue
+        valid_members = None
+        if valid is not None:
+            distances = ((np.asarray(valid)[:, None, :] - centres[None]) ** 2).sum(-1) if len(valid) * components * train.shape[1] < 5e8 else None
+            valid_members = np.asarray(valid)[distances.argmin(1) == c] if distances is not None else None
+            if valid_members is not None and len(valid_members) == 0:
+                valid_members = None
+        model = compile(source_or_path, backend=backend, device=device, dtype=dtype, seed=seed + c, **backend_options)
+        model.fit(members, valid=valid_members, epochs=epochs, batch_size=batch_size, step_size=step_size,
+                  on_epoch=None if on_epoch is None else (lambda record, c=c: on_epoch(c, record)))
+        models.append(model)
+        weights.append(len(members))
+    return MixtureModel(models, np.asarray(weights, dtype=np.float64))
+
+
+def _logsumexp(values: np.ndarray, axis: int) -> np.ndarray:
+    top = np.max(values, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return np.squeeze(top, axis) + np.log(np.sum(np.exp(values - top), axis=axis))
