@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 
-.PHONY: test demo install clean
+.PHONY: test demo demo-images install clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) -m einc.demo
+
+demo-images: $(VENV)/.installed
+	$(PY) -m einc.demo_images
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -16,12 +16,18 @@ from einc.ir.diagnostics import (
     PcSyntaxError,
     StructureError,
 )
+from einc.compare import BackendReport, compare_backends
+from einc.mixture import MixtureModel, fit_mixture
 from einc.model import Model, compile, load
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
+    "BackendReport",
+    "MixtureModel",
+    "compare_backends",
+    "fit_mixture",
     "DataError",
     "EincError",
     "Model",

@@ -100,12 +100,19 @@ def _emit_plan(text: str, filename: str, options: CompileOptions) -> str:
     return compile_plan(text, filename, options).table() + "\n"
 
 
+def _emit_backward(text: str, filename: str, options: CompileOptions) -> str:
+    from einc.compiler.backward import derive_backward
+
+    return derive_backward(compile_plan(text, filename, options)).table() + "\n"
+
+
 # Each emitter runs the pipeline as far as its IR and prints it.
 EMITTERS: dict[str, Callable[[str, str, CompileOptions], str]] = {
     "ir": _emit_ir,
     "layers": _emit_layers,
     "dot": _emit_dot,
     "plan": _emit_plan,
+    "backward": _emit_backward,
 }
 
 
@@ -205,6 +212,23 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--seed",), {"type": int, "default": 0}),
             Arg(("--means",), {"action": "store_true", "help": "leaf means instead of leaf samples"}),
             Arg(("-o", "--output"), {"required": True, "metavar": "OUT.png"}),
+        ),
+    ),
+    Command(
+        "bench",
+        "compare backends on a circuit: max |Δ log p| per query and after an EM step, timings, peak memory",
+        commands.cmd_bench,
+        (
+            FILE,
+            Arg(("--backends",), {"default": "torch,numpy", "help": "comma-separated, e.g. torch,numpy,cupy (torch:cuda names a device)"}),
+            Arg(("--device",), {"default": None, "help": "device for torch (cpu or cuda); numpy is CPU, cupy is CUDA"}),
+            Arg(("--dtype",), {"default": "float32", "choices": ["float32", "float64"]}),
+            Arg(("--data",), {"help": "data to use (default: Gaussian noise for real circuits, else model samples)"}),
+            Arg(("--samples",), {"type": int, "default": 2000}),
+            Arg(("--batch-size",), {"type": int, "default": 100}),
+            Arg(("--repeats",), {"type": int, "default": 3}),
+            Arg(("--seed",), {"type": int, "default": 0}),
+            Arg(("--threads",), {"type": int, "help": "torch CPU threads"}),
         ),
     ),
     Command(

@@ -184,3 +184,27 @@ def cmd_query(args: argparse.Namespace) -> int:
         for level, probability in zip(levels, probabilities):
             print(f"  {int(level)}: {probability:.6f}")
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Compare backends on one circuit: agreement of answers, speed and peak memory."""
+    from einc.compare import compare_backends
+
+    _threads(args)
+    if args.data:
+        data = load_array(args.data)[: args.samples]
+    else:
+        # the paper's efficiency setup uses Gaussian noise; other domains get random valid values
+        data = _random_data(args.file, args.samples, args.seed)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    report = compare_backends(args.file, data, backends=backends, device=args.device, dtype=args.dtype,
+                              batch_size=args.batch_size, seed=args.seed, repeats=args.repeats)
+    print(report)
+    return 0
+
+
+def _random_data(path: str, samples: int, seed: int) -> np.ndarray:
+    model = compile(path, dtype="float64", seed=seed)
+    if all(v.domain.kind == "real" for v in model.graph.variables):
+        return np.random.default_rng(seed).standard_normal((samples, model.graph.num_columns))
+    return model.sample(samples, seed=seed)

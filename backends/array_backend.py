@@ -1,0 +1,819 @@
+"""Array backend: one interpreter of the einsum plan written against the NumPy API.
+
+It runs as ``numpy`` on the CPU and as ``cupy`` on an NVIDIA GPU (the module namespace ``xp`` is
+the only difference). NumPy is the readable reference; nothing here loops over samples or rows.
+
+- Forward: a table ``FORWARD_RULES`` keyed by op type; each rule also has the max-product variant
+  used by MPE. Einsums run their opt-einsum path from the plan, step by step, each pairwise step
+  as one batched matmul (what ``opt_einsum.contract`` would do, without NumPy's einsum loops).
+- EM: no autograd. ``compiler.backward.derive_backward`` turns the plan into a backward plan whose
+  steps ``BACKWARD_RULES`` executes (keyed by step type); the M-step is ``backends.em``.
+- Sampling and MPE: top-down backtracking (``BACKTRACK_RULES``), Gumbel-max for sampling.
+
+    >>> backend = ArrayBackend(plan, dtype="float64")            # doctest: +SKIP
+    >>> params = backend.put(init_parameters(plan, seed=0))      # doctest: +SKIP
+    >>> backend.log_likelihood(params, batch)                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from einc.backends.base import BACKENDS, Batch, Params, Statistics
+from einc.backends.em import em_update
+from einc.compiler.backward import derive_backward
+from einc.ir.backward_plan import BackwardPlan, EinsumBackward, InputBackward, MixingBackward
+from einc.ir.diagnostics import BackendError
+from einc.ir.families import family_rule
+from einc.ir.plan import EinsumOp, InputOp, MixingOp, Operand, Plan, RowRange
+
+_DTYPES = ("float32", "float64")
+# Elements of the (L, batch, K, i, j) scores a max-product einsum or an einsum backtrack
+# materialises at once; the batch is processed in chunks of this size (not per sample).
+_CHUNK_ELEMENTS = 2**22
+# Backtracking choices (−1 or an index < K) are int32: CuPy's atomic scatter-max has no int64.
+_CHOICE = np.int32
+
+
+# ---------------------------------------------------------------- array namespaces
+def _load_cupy() -> ModuleType:
+    """Import CuPy and check that it sees a CUDA device, or raise a BackendError that says so."""
+    others = ", ".join(name for name in sorted(BACKENDS) if name != "cupy")
+    try:
+        import cupy
+    except ImportError as error:
+        raise BackendError(
+            f"backend 'cupy' is not available here: CuPy is not installed ({error}); install it with "
+            f"`{BACKENDS['cupy'].install_hint}`; available backends: {others}"
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    # no CUDA driver or runtime: CuPy's CUDARuntimeError is a RuntimeError
+    except (RuntimeError, OSError) as error:
+        raise BackendError(
+            f"backend 'cupy' is not available here: CuPy finds no CUDA runtime ({error}); "
+            f"available backends: {others}"
+        ) from None
+    if count < 1:
+        raise BackendError(
+            f"backend 'cupy' is not available here: no CUDA device; available backends: {others}"
+        )
+    return cupy
+
+
+def _is_numpy(xp: ModuleType) -> bool:
+    return xp is np
+
+
+def to_host(xp: ModuleType, array: Any) -> np.ndarray:
+    """A NumPy copy of a backend array (CuPy arrays come back from the device)."""
+    return np.asarray(array) if _is_numpy(xp) else xp.asnumpy(array)
+
+
+def _scatter_add(xp: ModuleType, target: Any, rows: Any, update: Any) -> None:
+    """target[rows] += update, adding repeated rows (a gathered row read by several partitions).
+
+    ``ufunc.at`` on NumPy and CuPy ≥ 13; ``cupyx.scatter_add`` on older CuPy.
+    """
+    at = getattr(xp.add, "at", None)
+    if at is not None:
+        at(target, rows, update)
+        return
+    import cupyx
+
+    cupyx.scatter_add(target, rows, update)
+
+
+def _scatter_max(xp: ModuleType, target: Any, rows: Any, update: Any) -> None:
+    """target[rows] = max(target[rows], update) with repeated rows (CuPy: no int64 kernel)."""
+    update = update.astype(target.dtype, copy=False)
+    at = getattr(xp.maximum, "at", None)
+    if at is not None:
+        at(target, rows, update)
+        return
+    import cupyx
+
+    cupyx.scatter_max(target, rows, update)
+
+
+def _finite_max(xp: ModuleType, values: Any, axis: int) -> Any:
+    """Max for the log-einsum-exp shift (kept dims); all −inf slices use 0 so no NaN appears."""
+    top = xp.max(values, axis=axis, keepdims=True)
+    return xp.where(xp.isfinite(top), top, 0.0).astype(values.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- contraction paths
+@functools.cache
+def pairwise_steps(
+    equation: str, path: tuple[tuple[int, ...], ...]
+) -> tuple[tuple[tuple[int, ...], str], ...]:
+    """The equations of an opt-einsum path's steps: ((positions, "ab,bc->ac"), …).
+
+    Each step removes the operands at ``positions`` and appends their contraction, which keeps
+    the indices still needed by the remaining operands or the output (in order of appearance);
+    the last step produces the output in the equation's order.
+    """
+    inputs, output = equation.split("->")
+    terms = inputs.split(",")
+    if not path:
+        path = tuple((0, 1) for _ in range(len(terms) - 1)) or ((0,),)
+    steps = []
+    for positions in path:
+        picked = [terms[p] for p in positions]
+        for p in sorted(positions, reverse=True):
+            del terms[p]
+        if terms:
+            keep = set(output) | set("".join(terms))
+            result = "".join(c for c in dict.fromkeys("".join(picked)) if c in keep)
+        else:
+            result = output
+        steps.append((tuple(positions), ",".join(picked) + "->" + result))
+        terms.append(result)
+    return tuple(steps)
+
+
+def contract(
+    xp: ModuleType, equation: str, path: tuple[tuple[int, ...], ...], *operands: Any
+) -> Any:
+    """``opt_einsum.contract(equation, *operands, optimize=path)`` with batched-matmul steps."""
+    arrays = list(operands)
+    for positions, step in pairwise_steps(equation, path):
+        picked = [arrays[p] for p in positions]
+        for p in sorted(positions, reverse=True):
+            del arrays[p]
+        arrays.append(
+            _pairwise(xp, step, *picked) if len(picked) == 2 else xp.einsum(step, *picked)
+        )
+    (result,) = arrays
+    return result
+
+
+def _pairwise(xp: ModuleType, equation: str, a: Any, b: Any) -> Any:
+    """A two-operand einsum as one batched matmul (batch, left, inner) @ (batch, inner, right).
+
+    Indices are classed as batch (in a, b and the output), left (a and output), right (b and
+    output), inner (a and b, summed); an index in one operand only and not in the output is
+    summed first. Without inner indices the product is an outer product by broadcasting.
+    """
+    inputs, out = equation.split("->")
+    ta, tb = inputs.split(",")
+    alone_a = tuple(i for i, c in enumerate(ta) if c not in tb and c not in out)
+    if alone_a:
+        a = a.sum(axis=alone_a)
+        ta = "".join(c for c in ta if c in tb or c in out)
+    alone_b = tuple(i for i, c in enumerate(tb) if c not in ta and c not in out)
+    if alone_b:
+        b = b.sum(axis=alone_b)
+        tb = "".join(c for c in tb if c in ta or c in out)
+    inner = [c for c in ta if c in tb and c not in out]
+    if not inner:
+        # elementwise/outer product: align both operands to the output's index order
+        return _aligned(xp, a, ta, out) * _aligned(xp, b, tb, out)
+    size = {c: n for c, n in zip(ta, a.shape)} | {c: n for c, n in zip(tb, b.shape)}
+    batch = [c for c in out if c in ta and c in tb]
+    left = [c for c in out if c in ta and c not in tb]
+    right = [c for c in out if c in tb and c not in ta]
+
+    def prod(letters: list[str]) -> int:
+        return math.prod(size[c] for c in letters)
+
+    a_mat = a.transpose([ta.index(c) for c in batch + left + inner]).reshape(
+        prod(batch), prod(left), prod(inner)
+    )
+    b_mat = b.transpose([tb.index(c) for c in batch + inner + right]).reshape(
+        prod(batch), prod(inner), prod(right)
+    )
+    # (batch, left, inner) @ (batch, inner, right) -> (batch, left, right)
+    result = xp.matmul(a_mat, b_mat).reshape([size[c] for c in batch + left + right])
+    order = batch + left + right
+    return result.transpose([order.index(c) for c in out])
+
+
+def _aligned(xp: ModuleType, array: Any, term: str, out: str) -> Any:
+    """``array`` (indices ``term``) transposed to ``out``'s order with size-1 axes for the rest."""
+    present = [c for c in out if c in term]
+    moved = array.transpose([term.index(c) for c in present])
+    return moved.reshape([array.shape[term.index(c)] if c in term else 1 for c in out])
+
+
+# ---------------------------------------------------------------- sampler
+class ArraySampler:
+    """Random draws for leaf sampling and Gumbel-max from one seeded NumPy/CuPy Generator."""
+
+    def __init__(self, xp: ModuleType, seed: int) -> None:
+        self.xp = xp
+        self.generator = xp.random.default_rng(int(seed))
+
+    def uniform(self, like: Any) -> Any:
+        return self.generator.random(like.shape, dtype=like.dtype)
+
+    def standard_normal(self, like: Any) -> Any:
+        return self.generator.standard_normal(like.shape, dtype=like.dtype)
+
+    def binomial(self, n: float, p: Any) -> Any:
+        return self.generator.binomial(int(n), p.astype(np.float64)).astype(p.dtype)
+
+    def poisson(self, rate: Any) -> Any:
+        return self.generator.poisson(rate.astype(np.float64)).astype(rate.dtype)
+
+    def categorical(self, probs: Any) -> Any:
+        # inverse CDF: the index of the first cumulative probability above u·total
+        cdf = self.xp.cumsum(probs, -1)
+        u = self.uniform(probs[..., :1]) * cdf[..., -1:]
+        index = self.xp.sum(cdf <= u, -1)
+        return self.xp.minimum(index, probs.shape[-1] - 1).astype(probs.dtype)
+
+    def gumbel(self, like: Any) -> Any:
+        u = self.xp.clip(self.uniform(like), 1e-20, 1.0)
+        return -self.xp.log(-self.xp.log(u))
+
+
+# ---------------------------------------------------------------- per-call data
+@dataclass(frozen=True)
+class _Data:
+    """A batch on the device: values and observed mask with one extra all-zero padding column."""
+
+    x: Any  # (B, columns + 1)
+    observed: Any  # (B, columns + 1)
+
+    @property
+    def size(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """What a forward pass leaves for the backward pass: every value and, per op, its saved
+    shifted operands (the tape is this return value, never state on the backend)."""
+
+    values: list[Any]
+    saved: list[tuple[Any, ...]]
+
+
+class ArrayBackend:
+    """The plan on NumPy (``device="cpu"``) or CuPy (``device="cuda[:N]"``)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        device: str = "cpu",
+        dtype: str = "float32",
+        xp: ModuleType | None = None,
+        backward: BackwardPlan | None = None,
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
+        if xp is None:
+            xp = _load_cupy() if device.startswith("cuda") else np
+        self.xp = xp
+        self.name = "numpy" if _is_numpy(xp) else "cupy"
+        self.device = device
+        if not _is_numpy(xp) and device.startswith("cuda:"):
+            xp.cuda.Device(int(device.split(":", 1)[1])).use()
+        self.plan = plan
+        self.dtype = np.dtype(dtype)
+        self.num_columns = plan.graph.num_columns
+        # compile time for this backend: the reverse-mode steps of the plan (EM without autograd)
+        self.backward = backward if backward is not None else derive_backward(plan)
+        # data column indices per family block; padding (-1) points at the extra all-zero column
+        self.columns: dict[str, Any] = {}
+        self.valid: dict[str, Any] = {}
+        for op in plan.ops:
+            if isinstance(op, InputOp):
+                for block in op.blocks:
+                    cols = np.asarray(block.columns, dtype=np.int64)
+                    self.valid[block.param] = xp.asarray(cols >= 0).astype(self.dtype)  # (L, S)
+                    self.columns[block.param] = xp.asarray(
+                        np.where(cols < 0, self.num_columns, cols)
+                    )
+        # gathers by index: device index arrays, and whether rows repeat (then scatter-add)
+        self.row_index: dict[tuple[int, ...], tuple[Any, bool]] = {}
+        for op in plan.ops:
+            for operand in _operands(op):
+                for segment in operand.segments:
+                    if not isinstance(segment, RowRange) and segment.rows not in self.row_index:
+                        unique = len(set(segment.rows)) == len(segment.rows)
+                        self.row_index[segment.rows] = (
+                            xp.asarray(np.asarray(segment.rows, dtype=np.int64)),
+                            unique,
+                        )
+
+    # ------------------------------------------------------------------ parameters and data
+    def put(self, params: dict[str, np.ndarray]) -> Params:
+        return {k: self.xp.asarray(np.asarray(v), dtype=self.dtype) for k, v in params.items()}
+
+    def get(self, params: Params) -> dict[str, np.ndarray]:
+        return {k: to_host(self.xp, v).astype(np.float64) for k, v in params.items()}
+
+    def _data(self, batch: Batch) -> _Data:
+        xp = self.xp
+        pad = np.zeros((batch.values.shape[0], 1))
+        x = xp.asarray(
+            np.concatenate([np.asarray(batch.values, dtype=np.float64), pad], 1), dtype=self.dtype
+        )
+        observed = xp.asarray(
+            np.concatenate([np.asarray(batch.observed, dtype=np.float64), pad], 1), dtype=self.dtype
+        )
+        return _Data(x, observed)
+
+    def _read(self, operand: Operand, values: list[Any]) -> Any:
+        """An operand's rows: a view for one range, else a concatenation of slices and gathers."""
+        pieces = []
+        for segment in operand.segments:
+            source = values[segment.value]
+            if isinstance(segment, RowRange):
+                pieces.append(source[segment.start : segment.stop])
+            else:
+                pieces.append(source[self.row_index[segment.rows][0]])
+        return pieces[0] if len(pieces) == 1 else self.xp.concatenate(pieces, 0)
+
+    # ------------------------------------------------------------------ forward
+    def leaf_coefficients(self, op: InputOp, params: Params, max_product: bool) -> list[Any]:
+        """Per block Θ = [θ, −A(θ), 1, (max log f)] laid out (L, S, f, K) for the op's equation."""
+        xp = self.xp
+        coefficients = []
+        for block in op.blocks:
+            rule = family_rule(block.family)
+            phi = params[block.param]  # (L, S, K, t)
+            theta = rule.natural(xp, phi, block.family)
+            log_norm = rule.log_normalizer(xp, phi, block.family)
+            parts = [theta, -log_norm[..., None], xp.ones_like(log_norm)[..., None]]
+            if max_product:
+                parts.append(rule.max_log_density(xp, phi, block.family, block.domain)[..., None])
+            coefficients.append(xp.concatenate(parts, -1).transpose(0, 1, 3, 2))  # (L, S, f, K)
+        return coefficients
+
+    def leaf_features(self, op: InputOp, data: _Data, max_product: bool) -> list[Any]:
+        """Per block F = [T(x)·obs, obs, log h(x)·obs, (missing)] laid out (B, L, S, f).
+
+        Zero features where a variable is unobserved make marginalisation free and per sample; in
+        max-product the 'missing' feature picks up max_x log f(x) instead.
+        """
+        xp = self.xp
+        features = []
+        for block in op.blocks:
+            rule = family_rule(block.family)
+            cols = self.columns[block.param]  # (L, S)
+            xs = data.x[:, cols]  # (B, L, S)
+            obs = data.observed[:, cols]  # (B, L, S)
+            stats = rule.sufficient_statistics(xp, xs, block.family, block.domain) * obs[..., None]
+            log_base = rule.log_base_measure(xp, xs, block.family) * obs
+            parts = [stats.astype(self.dtype, copy=False), obs[..., None], log_base[..., None]]
+            if max_product:
+                parts.append((self.valid[block.param] - obs)[..., None])
+            features.append(xp.concatenate(parts, -1))
+        return features
+
+    def _input(
+        self, op: InputOp, params: Params, values: list[Any], data: _Data, max_product: bool
+    ) -> tuple[Any, tuple[Any, ...]]:
+        total = None
+        features = self.leaf_features(op, data, max_product)
+        for feats, coef in zip(features, self.leaf_coefficients(op, params, max_product)):
+            # (B, L, S, f) x (L, S, f, K) -> (L, B, K)
+            term = contract(self.xp, op.equation, ((0, 1),), feats, coef)
+            total = term if total is None else total + term
+        assert total is not None, "an input op has at least one block"
+        return total, tuple(features)
+
+    def _einsum(
+        self, op: EinsumOp, params: Params, values: list[Any], data: _Data, max_product: bool
+    ) -> tuple[Any, tuple[Any, ...]]:
+        xp = self.xp
+        left = self._read(op.left, values)  # (L, B, i)
+        right = self._read(op.right, values)  # (L, B, j)
+        weights = params[op.param]  # (L, k, i, j)
+        if max_product:
+            return _max_einsum(xp, left, right, weights), ()
+        left_max = _finite_max(xp, left, -1)  # a  (L, B, 1)
+        right_max = _finite_max(xp, right, -1)  # a' (L, B, 1)
+        left_exp = xp.exp(left - left_max)  # ≤ 1
+        right_exp = xp.exp(right - right_max)
+        # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
+        mixed = contract(xp, op.equation, op.path, left_exp, right_exp, weights)
+        shift = left_max + right_max
+        with np.errstate(divide="ignore"):
+            value = xp.log(mixed) + shift
+        return value, (left_exp, right_exp, shift)
+
+    def _mixing(
+        self, op: MixingOp, params: Params, values: list[Any], data: _Data, max_product: bool
+    ) -> tuple[Any, tuple[Any, ...]]:
+        xp = self.xp
+        rows = self._read(op.input, values)
+        stacked = rows.reshape(op.rows, op.components, rows.shape[1], rows.shape[2])  # (M, C, B, K)
+        weights = params[op.param]  # (M, C, K)
+        if max_product:
+            return xp.max(xp.log(weights)[:, :, None, :] + stacked, axis=1), ()
+        top = _finite_max(xp, stacked, 1)  # (M, 1, B, K)
+        stacked_exp = xp.exp(stacked - top)
+        # (M, C, B, K) x (M, C, K) -> (M, B, K)
+        mixed = contract(xp, op.equation, ((0, 1),), stacked_exp, weights)
+        with np.errstate(divide="ignore"):
+            value = xp.log(mixed) + top[:, 0]
+        return value, (stacked_exp, top[:, 0])
+
+    def forward(self, params: Params, data: _Data, max_product: bool = False) -> _Forward:
+        values: list[Any] = []
+        saved: list[tuple[Any, ...]] = []
+        for op in self.plan.ops:
+            rule = FORWARD_RULES.get(type(op))
+            if rule is None:
+                raise BackendError(
+                    f"the {self.name} backend has no forward rule for {type(op).__name__}"
+                )
+            value, kept = rule(self, op, params, values, data, max_product)
+            values.append(value)
+            saved.append(kept)
+        return _Forward(values, saved)
+
+    def _root(self, values: list[Any]) -> Any:
+        value, row = self.plan.root
+        return values[value][row]  # (B, heads)
+
+    def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
+        root = self._root(self.forward(params, self._data(batch), max_product).values)
+        return to_host(self.xp, root).astype(np.float64)
+
+    # ------------------------------------------------------------------ EM
+    def statistics(self, params: Params, batch: Batch) -> Statistics:
+        """E-step by the compiler-derived backward plan: n = W · ∂J/∂W (eq. 6), ∂J/∂Θ = Σ p·F."""
+        xp = self.xp
+        data = self._data(batch)
+        forward = self.forward(params, data)
+        heads = (
+            np.zeros(data.size, dtype=np.int64)
+            if batch.labels is None
+            else np.asarray(batch.labels, dtype=np.int64)
+        )
+        heads_device = xp.asarray(heads)
+        samples = xp.arange(data.size)
+        root = self._root(forward.values)
+        total = float(xp.sum(root[samples, heads_device]))
+        adjoints: list[Any] = [None] * len(self.plan.ops)
+        root_value, root_row = self.backward.root
+        seed = xp.zeros_like(forward.values[root_value])
+        seed[root_row, samples, heads_device] = 1.0  # ∂J/∂ log p(x_b) at each sample's head
+        adjoints[root_value] = seed
+        weights: dict[str, Any] = {}
+        leaf: dict[str, tuple[Any, Any]] = {}
+        for step in self.backward.steps:
+            rule = BACKWARD_RULES.get(type(step))
+            if rule is None:
+                raise BackendError(
+                    f"the {self.name} backend has no backward rule for {type(step).__name__}"
+                )
+            rule(self, step, params, forward, adjoints, weights, leaf)
+        return Statistics(total, data.size, weights, leaf)
+
+    def _adjoint(self, index: int, forward: _Forward, adjoints: list[Any]) -> Any:
+        if adjoints[index] is None:  # a value nothing read (possible only for the root's siblings)
+            adjoints[index] = self.xp.zeros_like(forward.values[index])
+        return adjoints[index]
+
+    def _accumulate(
+        self, operand: Operand, adjoint: Any, forward: _Forward, adjoints: list[Any]
+    ) -> None:
+        """Add an operand's adjoint (rows, B, K) into the adjoints of the values it read."""
+        offset = 0
+        for segment in operand.segments:
+            part = adjoint[offset : offset + len(segment)]
+            offset += len(segment)
+            target = self._adjoint(segment.value, forward, adjoints)
+            if isinstance(segment, RowRange):
+                target[segment.start : segment.stop] += part
+            else:
+                rows, unique = self.row_index[segment.rows]
+                if unique:
+                    target[rows] += part
+                else:
+                    _scatter_add(self.xp, target, rows, part)
+
+    def _scaled_adjoint(self, adjoint: Any, value: Any, shift: Any) -> Any:
+        """G = ∂J/∂S · exp(−(S − shift)) = ∂J/∂S / P, zero where S = −inf (P = 0: no mass)."""
+        xp = self.xp
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = adjoint * xp.exp(shift - value)
+        return xp.where(xp.isfinite(value), scaled, 0.0).astype(self.dtype, copy=False)
+
+    def _einsum_backward(
+        self,
+        step: EinsumBackward,
+        params: Params,
+        forward: _Forward,
+        adjoints: list[Any],
+        weights: dict[str, Any],
+        leaf: dict[str, tuple[Any, Any]],
+    ) -> None:
+        xp = self.xp
+        left_exp, right_exp, shift = forward.saved[step.op]  # (L,B,i), (L,B,j), (L,B,1)
+        w = params[step.param]  # (L, k, i, j)
+        g = self._scaled_adjoint(
+            self._adjoint(step.op, forward, adjoints), forward.values[step.op], shift
+        )
+        # (L, B, k) x (L, B, j) x (L, k, i, j) -> (L, B, i)
+        left = (
+            contract(xp, step.left_adjoint.equation, step.left_adjoint.path, g, right_exp, w)
+            * left_exp
+        )
+        # (L, B, k) x (L, B, i) x (L, k, i, j) -> (L, B, j)
+        right = (
+            contract(xp, step.right_adjoint.equation, step.right_adjoint.path, g, left_exp, w)
+            * right_exp
+        )
+        # (L, B, k) x (L, B, i) x (L, B, j) -> (L, k, i, j)
+        grad_w = contract(
+            xp, step.weight_gradient.equation, step.weight_gradient.path, g, left_exp, right_exp
+        )
+        weights[step.param] = w * grad_w
+        self._accumulate(step.left, left, forward, adjoints)
+        self._accumulate(step.right, right, forward, adjoints)
+
+    def _mixing_backward(
+        self,
+        step: MixingBackward,
+        params: Params,
+        forward: _Forward,
+        adjoints: list[Any],
+        weights: dict[str, Any],
+        leaf: dict[str, tuple[Any, Any]],
+    ) -> None:
+        xp = self.xp
+        stacked_exp, top = forward.saved[step.op]  # (M, C, B, K), (M, B, K)
+        v = params[step.param]  # (M, C, K)
+        g = self._scaled_adjoint(
+            self._adjoint(step.op, forward, adjoints), forward.values[step.op], top
+        )
+        # (M, B, K) x (M, C, K) -> (M, C, B, K)
+        grad_in = (
+            contract(xp, step.input_adjoint.equation, step.input_adjoint.path, g, v) * stacked_exp
+        )
+        # (M, B, K) x (M, C, B, K) -> (M, C, K)
+        grad_v = contract(
+            xp, step.weight_gradient.equation, step.weight_gradient.path, g, stacked_exp
+        )
+        weights[step.param] = v * grad_v
+        m, c, b, k = grad_in.shape
+        self._accumulate(step.input, grad_in.reshape(m * c, b, k), forward, adjoints)
+
+    def _input_backward(
+        self,
+        step: InputBackward,
+        params: Params,
+        forward: _Forward,
+        adjoints: list[Any],
+        weights: dict[str, Any],
+        leaf: dict[str, tuple[Any, Any]],
+    ) -> None:
+        g = self._adjoint(step.op, forward, adjoints)  # ∂J/∂ log L = p_L per sample (L, B, K)
+        for gradient, features in zip(step.leaves, forward.saved[step.op]):
+            c = gradient.coefficients
+            # (L, B, K) x (B, L, S, f) -> (L, S, f, K): Σ_b p · [T(x), obs, log h]
+            grad = contract(self.xp, c.equation, c.path, g, features).transpose(
+                0, 1, 3, 2
+            )  # (L, S, K, f)
+            leaf[gradient.param] = (grad[..., : gradient.stat_dim], grad[..., gradient.stat_dim])
+
+    def em_update(self, params: Params, stats: Statistics, step_size: float) -> Params:
+        return em_update(self.xp, self.plan, params, stats.weights, stats.leaf, step_size)
+
+    # ------------------------------------------------------------------ sampling and MPE
+    def backtrack(
+        self, params: Params, batch: Batch, mpe: bool, leaf_value: str, heads: np.ndarray, seed: int
+    ) -> np.ndarray:
+        xp = self.xp
+        data = self._data(batch)
+        sampler = ArraySampler(xp, seed)
+        values = self.forward(params, data, max_product=mpe).values
+        # choice[v][row, b]: which entry of row's K-vector sample b selected, −1 if not reached
+        choice = [xp.full((op.rows, data.size), -1, dtype=_CHOICE) for op in self.plan.ops]
+        root_value, root_row = self.plan.root
+        choice[root_value][root_row] = xp.asarray(np.asarray(heads, dtype=_CHOICE))
+        completed = data.x.copy()
+        for index in range(len(self.plan.ops) - 1, -1, -1):
+            op = self.plan.ops[index]
+            rule = BACKTRACK_RULES.get(type(op))
+            if rule is None:
+                raise BackendError(
+                    f"the {self.name} backend has no backtrack rule for {type(op).__name__}"
+                )
+            rule(
+                self,
+                op,
+                params,
+                values,
+                choice,
+                choice[index],
+                data,
+                completed,
+                mpe,
+                leaf_value,
+                sampler,
+            )
+        return to_host(xp, completed[:, : self.num_columns]).astype(np.float64)
+
+    def _mixing_backtrack(
+        self,
+        op: MixingOp,
+        params: Params,
+        values: list[Any],
+        choice: list[Any],
+        chosen: Any,
+        data: _Data,
+        completed: Any,
+        mpe: bool,
+        leaf_value: str,
+        sampler: ArraySampler,
+    ) -> None:
+        xp = self.xp
+        reached = chosen >= 0  # (M, B)
+        k = xp.maximum(chosen, 0)
+        rows = self._read(op.input, values)
+        m, c, batch = op.rows, op.components, data.size
+        stacked = rows.reshape(m, c, batch, -1)  # (M, C, B, K)
+        log_w = xp.log(params[op.param])  # (M, C, K)
+        m_index = xp.arange(m)[:, None, None]
+        c_index = xp.arange(c)[None, :, None]
+        picked_w = log_w[m_index, c_index, k[:, None, :]]  # (M, C, B)
+        picked_v = stacked[
+            m_index, c_index, xp.arange(batch)[None, None, :], k[:, None, :]
+        ]  # (M, C, B)
+        logits = picked_w + picked_v
+        if not mpe:
+            logits = logits + sampler.gumbel(logits)
+        component = xp.argmax(logits, axis=1)  # (M, B)
+        child = xp.where(c_index == component[:, None, :], k[:, None, :], -1)  # (M, C, B)
+        child = xp.where(reached[:, None, :], child, -1)
+        self._write(op.input, child.reshape(m * c, batch), choice)
+
+    def _einsum_backtrack(
+        self,
+        op: EinsumOp,
+        params: Params,
+        values: list[Any],
+        choice: list[Any],
+        chosen: Any,
+        data: _Data,
+        completed: Any,
+        mpe: bool,
+        leaf_value: str,
+        sampler: ArraySampler,
+    ) -> None:
+        xp = self.xp
+        reached = chosen >= 0  # (L, B)
+        k = xp.maximum(chosen, 0)
+        left = self._read(op.left, values)  # (L, B, i)
+        right = self._read(op.right, values)  # (L, B, j)
+        log_w = xp.log(params[op.param])  # (L, k, i, j)
+        rows_index = xp.arange(op.rows)[:, None]
+        best_parts = []
+        # chunk over the batch so the (L, b, i, j) logits stay small
+        step = max(1, _CHUNK_ELEMENTS // max(1, op.rows * op.k_left * op.k_right))
+        for start in range(0, data.size, step):
+            stop = start + step
+            picked = log_w[rows_index, k[:, start:stop]]  # (L, b, i, j)
+            logits = picked + left[:, start:stop, :, None] + right[:, start:stop, None, :]
+            flat = logits.reshape(op.rows, logits.shape[1], -1)
+            if not mpe:
+                flat = flat + sampler.gumbel(flat)
+            best_parts.append(xp.argmax(flat, axis=-1))  # (L, b)
+        best = best_parts[0] if len(best_parts) == 1 else xp.concatenate(best_parts, 1)
+        i = xp.where(reached, best // op.k_right, -1)
+        j = xp.where(reached, best % op.k_right, -1)
+        self._write(op.left, i, choice)
+        self._write(op.right, j, choice)
+
+    def _input_backtrack(
+        self,
+        op: InputOp,
+        params: Params,
+        values: list[Any],
+        choice: list[Any],
+        chosen: Any,
+        data: _Data,
+        completed: Any,
+        mpe: bool,
+        leaf_value: str,
+        sampler: ArraySampler,
+    ) -> None:
+        xp = self.xp
+        reached = chosen >= 0  # (L, B)
+        k = xp.maximum(chosen, 0)
+        for block in op.blocks:
+            rule = family_rule(block.family)
+            cols = self.columns[block.param]  # (L, S)
+            phi = params[block.param]  # (L, S, K, t)
+            rows, width = phi.shape[0], phi.shape[1]
+            # the chosen component's parameters per sample: (L, S, B, t)
+            selected = phi[
+                xp.arange(rows)[:, None, None], xp.arange(width)[None, :, None], k[:, None, :]
+            ]
+            if leaf_value == "sample":
+                draw = rule.sample(sampler, selected, block.family)
+            elif leaf_value == "mean":
+                draw = rule.mean(xp, selected, block.family)
+            else:
+                draw = rule.mode(xp, selected, block.family)
+            draw = draw.astype(self.dtype, copy=False)  # (L, S, B)
+            write = reached[:, None, :] & (self.valid[block.param] > 0)[..., None]
+            write = write & (data.observed[:, cols].transpose(1, 2, 0) == 0)  # (L, S, B)
+            region, position, sample = xp.nonzero(write)
+            completed[sample, cols[region, position]] = draw[region, position, sample]
+
+    def _write(self, operand: Operand, rows_choice: Any, choice: list[Any]) -> None:
+        """Merge child selections into the producers' choice arrays (max: −1 means not reached)."""
+        xp = self.xp
+        offset = 0
+        for segment in operand.segments:
+            part = rows_choice[offset : offset + len(segment)]
+            offset += len(segment)
+            target = choice[segment.value]
+            if isinstance(segment, RowRange):
+                target[segment.start : segment.stop] = xp.maximum(
+                    target[segment.start : segment.stop], part
+                ).astype(_CHOICE, copy=False)
+            else:
+                _scatter_max(xp, target, self.row_index[segment.rows][0], part)
+
+
+def _max_einsum(xp: ModuleType, left: Any, right: Any, weights: Any) -> Any:
+    """Max-product einsum: max_ij log W[l,k,i,j] + N[l,b,i] + N'[l,b,j] -> (L, B, k).
+
+    No BLAS helps in the (max, +) semiring, so this is L·B·K³ additions: the K² outer sum
+    N_i + N'_j is formed first, so that only one full-size addition (into a reused buffer, no
+    page faults per chunk) and one contiguous max remain per chunk of the batch.
+    """
+    log_w = xp.log(weights)[:, None]  # (L, 1, k, i, j)
+    rows, k_out, k_left, k_right = weights.shape
+    out = []
+    buffer = None
+    # chunk over the batch so the (L, b, k, i, j) scores stay small
+    step = max(1, _CHUNK_ELEMENTS // max(1, weights.size))
+    for start in range(0, left.shape[1], step):
+        pair = (
+            left[:, start : start + step, :, None] + right[:, start : start + step, None, :]
+        )  # (L, b, i, j)
+        shape = (rows, pair.shape[1], k_out, k_left, k_right)
+        if buffer is None or buffer.shape != shape:
+            buffer = xp.empty(shape, dtype=pair.dtype)
+        xp.add(log_w, pair[:, :, None], out=buffer)  # (L, 1, k, i, j) + (L, b, 1, i, j)
+        out.append(xp.max(buffer.reshape(rows, pair.shape[1], k_out, k_left * k_right), axis=-1))
+    return out[0] if len(out) == 1 else xp.concatenate(out, 1)
+
+
+def _operands(op: Any) -> list[Operand]:
+    if isinstance(op, EinsumOp):
+        return [op.left, op.right]
+    if isinstance(op, MixingOp):
+        return [op.input]
+    return []
+
+
+# ---------------------------------------------------------------- rule tables, keyed by type
+# forward (and its max-product variant): (backend, op, params, values, data, max_product) -> (value, saved)
+FORWARD_RULES: dict[type, Callable[..., tuple[Any, tuple[Any, ...]]]] = {
+    InputOp: ArrayBackend._input,
+    EinsumOp: ArrayBackend._einsum,
+    MixingOp: ArrayBackend._mixing,
+}
+# backward plan steps: (backend, step, params, forward, adjoints, weight counts, leaf stats) -> None
+BACKWARD_RULES: dict[type, Callable[..., None]] = {
+    InputBackward: ArrayBackend._input_backward,
+    EinsumBackward: ArrayBackend._einsum_backward,
+    MixingBackward: ArrayBackend._mixing_backward,
+}
+# top-down sampling / MPE: (backend, op, params, values, choice, chosen, data, completed, mpe, ...) -> None
+BACKTRACK_RULES: dict[type, Callable[..., None]] = {
+    InputOp: ArrayBackend._input_backtrack,
+    EinsumOp: ArrayBackend._einsum_backtrack,
+    MixingOp: ArrayBackend._mixing_backtrack,
+}
+
+
+# ---------------------------------------------------------------- registry factories
+def numpy_backend(plan: Plan, device: str = "cpu", dtype: str = "float32") -> ArrayBackend:
+    """The ``numpy`` backend: the array backend on the CPU."""
+    if device != "cpu":
+        raise BackendError(
+            f"the numpy backend runs on the CPU, not '{device}'; use backend 'cupy' for a GPU"
+        )
+    return ArrayBackend(plan, device="cpu", dtype=dtype, xp=np)
+
+
+def cupy_backend(plan: Plan, device: str = "cpu", dtype: str = "float32") -> ArrayBackend:
+    """The ``cupy`` backend: the array backend on the current (``cpu``, the API default, or
+    ``cuda``) or a named (``cuda:N``) CUDA device."""
+    if device != "cpu" and not device.startswith("cuda"):
+        raise BackendError(
+            f"the cupy backend runs on a CUDA device; expected 'cuda' or 'cuda:N', found '{device}'"
+        )
+    cupy = _load_cupy()
+    return ArrayBackend(
+        plan, device=device if device.startswith("cuda") else "cuda", dtype=dtype, xp=cupy
+    )

@@ -1,0 +1,145 @@
+"""GPU backends (CuPy, torch on CUDA) against the float64 torch-CPU reference.
+
+The same checks as tests/test_array_backend.py, on every circuit there. Marked ``gpu``; each test
+skips cleanly where CuPy or a CUDA device is absent, so ``pytest`` stays green on CPU machines.
+Run them alone with ``pytest -m gpu``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from einc.backends.base import Batch, create_backend
+from einc.compiler.params import init_parameters
+from einc.ir.diagnostics import BackendError
+from oracles import BERNOULLI, NORMAL, enumerate_states, explicit_graph, plan_of, rat_graph
+from test_array_backend import (
+    CIRCUITS,
+    SAMPLED,
+    _batch,
+    _chi_square,
+    _chi_square_threshold,
+    _data,
+    _host,
+    check_em,
+    check_mpe,
+    check_queries,
+    check_statistics,
+)
+
+pytestmark = pytest.mark.gpu
+
+TARGETS = ["cupy", "torch-cuda"]
+
+
+def _cupy_reason() -> str | None:
+    """Why the cupy backend cannot run here, or None when it can."""
+    try:
+        create_backend("cupy", plan_of(explicit_graph([BERNOULLI] * 4)), device="cuda")
+    except BackendError as error:
+        return str(error)
+    return None
+
+
+def _backend_or_skip(target: str) -> tuple[str, str]:
+    """(backend name, device) for a target, skipping the test where it is unavailable."""
+    if target == "cupy":
+        reason = _cupy_reason()
+        if reason is not None:
+            pytest.skip(reason)
+        return "cupy", "cuda"
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    return "torch", "cuda"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", sorted(CIRCUITS))
+def test_queries_agree_with_torch_cpu(target: str, name: str) -> None:
+    check_queries(CIRCUITS[name], *_backend_or_skip(target))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", sorted(CIRCUITS))
+def test_statistics_agree_with_torch_cpu_autograd(target: str, name: str) -> None:
+    check_statistics(CIRCUITS[name], *_backend_or_skip(target))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", sorted(CIRCUITS))
+def test_mpe_agrees_with_torch_cpu(target: str, name: str) -> None:
+    check_mpe(CIRCUITS[name], *_backend_or_skip(target))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", sorted(CIRCUITS))
+def test_em_agrees_with_torch_cpu(target: str, name: str) -> None:
+    check_em(CIRCUITS[name], *_backend_or_skip(target))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_multi_head_statistics_with_labels_agree(target: str) -> None:
+    backend, device = _backend_or_skip(target)
+    check_statistics(
+        lambda: rat_graph([BERNOULLI] * 4, depth=1, replicas=2, heads=3),
+        backend,
+        device,
+        labels=True,
+    )
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", sorted(SAMPLED))
+def test_sample_frequencies_match_probabilities(target: str, name: str) -> None:
+    backend_name, device = _backend_or_skip(target)
+    graph = SAMPLED[name]()
+    plan = plan_of(graph)
+    backend = create_backend(backend_name, plan, device=device, dtype="float64")
+    p = backend.put(init_parameters(plan, 0))
+    states = enumerate_states(graph)
+    probs = np.exp(backend.log_likelihood(p, _batch(states))[:, 0])
+    n = 40000
+    empty = Batch(np.zeros((n, graph.num_columns)), np.zeros((n, graph.num_columns), dtype=bool))
+    draws = backend.backtrack(p, empty, False, "sample", np.zeros(n, dtype=int), seed=3)
+    index = {tuple(s): i for i, s in enumerate(states)}
+    counts = np.bincount([index[tuple(d)] for d in draws], minlength=len(states))
+    chi2, dof = _chi_square(counts, probs, n)
+    assert chi2 < _chi_square_threshold(dof)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_float32_backward_stays_stable(target: str) -> None:
+    """float32 on the GPU with log p ≈ −1e4: finite counts matching the float64 reference."""
+    backend_name, device = _backend_or_skip(target)
+    graph = rat_graph([NORMAL] * 6, depth=2, replicas=2, k=3)
+    plan = plan_of(graph)
+    params = init_parameters(plan, 0)
+    batch = _batch(40.0 + _data(graph, 32, 0))
+    reference = create_backend("torch", plan, dtype="float64")
+    expected = reference.statistics(reference.put(params), batch)
+    backend = create_backend(backend_name, plan, device=device, dtype="float32")
+    got = backend.statistics(backend.put(params), batch)
+    assert math.isclose(got.log_likelihood, expected.log_likelihood, rel_tol=1e-4)
+    for name, counts in got.weights.items():
+        host = _host(counts)
+        assert np.isfinite(host).all(), name
+        np.testing.assert_allclose(host, _host(expected.weights[name]), rtol=2e-3, atol=2e-3 * 32)
+
+
+def test_cupy_sampler_draws_follow_their_distributions() -> None:
+    _backend_or_skip("cupy")
+    import cupy
+    from einc.backends.array_backend import ArraySampler
+
+    sampler = ArraySampler(cupy, 0)
+    n = 200000
+    like = cupy.zeros(n)
+    assert abs(float(sampler.standard_normal(like).mean())) < 0.02
+    assert abs(float(sampler.poisson(cupy.full(n, 3.0)).mean()) - 3.0) < 0.03
+    assert abs(float(sampler.binomial(5.0, cupy.full(n, 0.3)).mean()) - 1.5) < 0.02
+    probs = cupy.tile(cupy.asarray([0.2, 0.5, 0.3]), (n, 1))
+    frequencies = np.bincount(cupy.asnumpy(sampler.categorical(probs)).astype(int), minlength=3) / n
+    np.testing.assert_allclose(frequencies, [0.2, 0.5, 0.3], atol=0.01)
