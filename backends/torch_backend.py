@@ -12,7 +12,7 @@ from einc.backends.base import Batch, Params, Statistics
 from einc.backends.em import em_update
 from einc.ir.diagnostics import BackendError
 from einc.ir.families import family_rule
-from einc.ir.plan import EinsumOp, InputOp, MixingOp, Operand, Plan, RowRange
+from einc.ir.plan import EinsumOp, FamilyBlock, InputOp, MixingOp, Operand, Plan, RowRange
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -151,6 +151,10 @@ class TorchBackend:
         batch_size = x.shape[0]
         for block, coef in zip(op.blocks, coefficients):
             rule = family_rule(block.family)
+            if rule.one_hot_statistics:
+                term = self._input_lookup(block, coef, x, observed, max_product)
+                total = term if total is None else total + term
+                continue
             # per-column features, computed once per column (not once per leaf region)
             stats = rule.sufficient_statistics(torch, x, block.family, block.domain) * observed[..., None]
             log_base = rule.log_base_measure(torch, x, block.family) * observed
@@ -172,6 +176,28 @@ class TorchBackend:
             total = term if total is None else total + term
         assert total is not None
         return total
+
+    def _input_lookup(self, block: FamilyBlock, coef: torch.Tensor, x: torch.Tensor,
+                      observed: torch.Tensor, max_product: bool) -> torch.Tensor:
+        """The input layer for one-hot statistics: T(x)·θ is θ[x], a lookup instead of a matmul
+        over (B, C, categories) one-hot features. Same numbers; autograd's scatter-add backward
+        still yields Σ p·T(x) as the gradient of the θ part of Θ."""
+        cols = self.columns[block.param]  # (L, S)
+        categories = block.stat_dim
+        obs = observed.t()[cols]  # (L, S, B)
+        values = x.t()[cols].long().clamp_(0, categories - 1)  # (L, S, B); unobserved are 0
+        theta = coef[..., :categories]  # (L, S, K, n)
+        # (L, S, K, n) gathered at x along n -> (L, S, K, B)
+        picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, theta.shape[2], -1))
+        # the remaining features [obs, log h(x)·obs, (missing)] are a small dense contraction
+        dense = [obs, rule_log_base(block, x, observed, cols)]
+        if max_product:
+            valid = (cols < self.num_columns).to(self.dtype)[..., None]  # (L, S, 1)
+            dense.append(valid - obs)
+        features = torch.stack(dense, -1)  # (L, S, B, f')
+        # (L, S, K, B) x (L, S, B) -> (L, B, K)  and  (L, S, B, f') x (L, S, K, f') -> (L, B, K)
+        looked_up = torch.einsum("lskb,lsb->lbk", picked, obs)
+        return looked_up + torch.einsum("lsbf,lskf->lbk", features, coef[..., categories:])
 
     def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                 max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
@@ -562,6 +588,12 @@ def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor
     w = weights.permute(0, 3, 1, 2).reshape(rows, k_right, k_out * k_left)
     partial = torch.bmm(right, w).reshape(rows * batch, k_out, k_left)
     return torch.bmm(partial, left.reshape(rows * batch, k_left, 1)).reshape(rows, batch, k_out)
+
+
+def rule_log_base(block: FamilyBlock, x: torch.Tensor, observed: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """log h(x)·obs gathered to (L, S, B)."""
+    log_base = family_rule(block.family).log_base_measure(torch, x, block.family) * observed
+    return log_base.t()[cols]
 
 
 def _finite_max(values: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -67,6 +67,8 @@ class FamilyRule:
     init: Callable[[np.random.Generator, tuple[int, ...], LeafFamily, Domain], np.ndarray]
     valid_values: Callable[[np.ndarray, LeafFamily, Domain], np.ndarray]  # host-side domain check
     domain_text: Callable[[LeafFamily, Domain], str]
+    # T(x) is the one-hot vector of x: backends may look θ[x] up instead of a one-hot matmul
+    one_hot_statistics: bool = False
 
     def max_log_density(self, xp: Any, phi: Any, spec: LeafFamily, domain: Domain) -> Any:
         """max_x log f(x): the value of an unobserved variable in a max-product (MPE) pass."""
@@ -338,6 +340,7 @@ FAMILIES: dict[str, FamilyRule] = {
         init=_categorical_init,
         valid_values=_categorical_valid,
         domain_text=_categorical_domain_text,
+        one_hot_statistics=True,
     ),
     "normal": FamilyRule(
         name="normal",

@@ -111,8 +111,11 @@ def _backends(
     device: str = "cpu",
     dtype: str = "float64",
 ) -> tuple[Any, Any]:
+    # torch on CUDA unfused here (one compile per circuit would dominate the run); the fused,
+    # graph-captured path has its own tests in tests/test_gpu.py
+    options = {"fuse": False} if other == "torch" else {}
     return create_backend(reference, plan, dtype="float64"), create_backend(
-        other, plan, device=device, dtype=dtype
+        other, plan, device=device, dtype=dtype, **options
     )
 
 
