@@ -325,6 +325,12 @@ class TorchBackend:
         with torch.no_grad():
             return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size)
 
+    # ------------------------------------------------------------------ gradient training
+    def gradient_trainer(self, params: Params, learning_rate: float) -> "GradientTrainer":
+        """Adam on unconstrained parameters: log-weights (softmax-normalised) and each leaf
+        family's reparameterisation (logits, log-rates, log-variances)."""
+        return GradientTrainer(self, params, learning_rate)
+
     # ------------------------------------------------------------------ fast training loop
     def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None) -> "DeviceData":
         """Put a whole training set on the device once (with the zero pad column)."""
@@ -477,6 +483,55 @@ class TorchBackend:
             write = write & (observed.t()[cols] == 0)
             rows, positions, samples = torch.nonzero(write, as_tuple=True)
             completed[samples, cols[rows, positions]] = draw[rows, positions, samples]
+
+
+class GradientTrainer:
+    """Gradient training state (Adam moments and unconstrained tensors); params derived from it."""
+
+    def __init__(self, backend: TorchBackend, params: Params, learning_rate: float) -> None:
+        self.backend = backend
+        self.free: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for spec in backend.plan.params:
+                value = params[spec.name]
+                if spec.kind == "leaf":
+                    assert spec.family is not None
+                    free = family_rule(spec.family).unconstrained(torch, value, spec.family)
+                else:
+                    free = torch.log(value)
+                self.free[spec.name] = free.detach().clone().requires_grad_(True)
+        self.optimizer = torch.optim.Adam(list(self.free.values()), lr=learning_rate)
+
+    def params(self) -> Params:
+        out: Params = {}
+        for spec in self.backend.plan.params:
+            free = self.free[spec.name]
+            if spec.kind == "einsum":  # softmax over the (i, j) child pairs
+                rows, k_out = spec.shape[:2]
+                out[spec.name] = torch.softmax(free.reshape(rows, k_out, -1), -1).reshape(spec.shape)
+            elif spec.kind == "mixing":  # softmax over the partitions
+                out[spec.name] = torch.softmax(free, 1)
+            else:
+                assert spec.family is not None
+                out[spec.name] = family_rule(spec.family).constrained(torch, free, spec.family)
+        return out
+
+    def epoch(self, data: DeviceData, order: np.ndarray, batch_size: int) -> tuple[Params, float]:
+        """One pass of Adam steps on −mean log p; returns the resulting params and Σ log p."""
+        backend = self.backend
+        order_t = torch.as_tensor(order, dtype=torch.long, device=backend.device)
+        total = torch.zeros((), dtype=backend.dtype, device=backend.device)
+        for begin in range(0, len(order), batch_size):
+            index = order_t[begin : begin + batch_size]
+            root = backend._root_of_plain(self.params(), data.values.index_select(0, index),
+                                          data.observed.index_select(0, index))
+            log_p = root[:, 0] if data.labels is None else torch.gather(root, 1, data.labels.index_select(0, index)[:, None])[:, 0]
+            self.optimizer.zero_grad(set_to_none=True)
+            (-log_p.mean()).backward()
+            self.optimizer.step()
+            total = total + log_p.detach().sum()
+        with torch.no_grad():
+            return {k: v.detach() for k, v in self.params().items()}, float(total)
 
 
 @dataclass(frozen=True)

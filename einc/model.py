@@ -191,7 +191,7 @@ class Model:
 
     # ------------------------------------------------------------------ training
     def fit(self, train: Any, valid: Any = None, epochs: int = 1, method: str = "em",
-            batch_size: int = 100, step_size: float = 0.5, update: str = "batch",
+            batch_size: int = 100, step_size: float = 0.5, update: str = "batch", learning_rate: float = 0.01,
             labels: Any = None, valid_labels: Any = None, keep_best: bool = True, seed: int | None = None,
             progress: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
@@ -199,15 +199,19 @@ class Model:
         ``update="batch"``: stochastic online EM, an M-step after every mini-batch with step size λ
         (eqs. 8–9). ``update="epoch"``: statistics accumulated over the whole epoch, one M-step per
         epoch (``step_size=1`` is classic full-batch EM, which never decreases the training LL).
+        ``method="adam"``: gradient training instead (torch backend), Adam with ``learning_rate`` on
+        log-weights and each leaf family's unconstrained parameters, minimising −mean log p.
         With ``valid`` and ``keep_best``, the parameters of the best validation epoch are kept.
         """
         import time
 
-        if method != "em":
-            raise EincError(f"unknown training method '{method}'; expected 'em'")
+        if method not in ("em", "adam"):
+            raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
+        if method == "adam" and not hasattr(self.backend, "gradient_trainer"):
+            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{self.backend_name}')")
         if update not in ("batch", "epoch"):
             raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
-        if not 0.0 < step_size <= 1.0:
+        if method == "em" and not 0.0 < step_size <= 1.0:
             raise EincError(f"step_size must be in (0, 1], got {step_size}")
         values, observed = prepare(self.graph, np.asarray(train, dtype=np.float64), None, "train")
         label_array = None if labels is None else self._labels(labels, len(values))
@@ -216,7 +220,8 @@ class Model:
         best: tuple[float, dict[str, np.ndarray]] | None = None
         # a backend may run whole epochs of stochastic EM itself (data resident on its device)
         fast = update == "batch" and hasattr(self.backend, "train_epoch")
-        resident = self.backend.upload(values, observed, label_array) if fast else None
+        resident = self.backend.upload(values, observed, label_array) if fast or method == "adam" else None
+        trainer = self.backend.gradient_trainer(self.params, learning_rate) if method == "adam" else None
         epochs_range = range(1, epochs + 1)
         if progress:
             from tqdm import tqdm
@@ -225,7 +230,9 @@ class Model:
         for epoch in epochs_range:
             started = time.perf_counter()
             order = rng.permutation(len(values))
-            if fast:
+            if trainer is not None:
+                self.params, _ = trainer.epoch(resident, order, batch_size)
+            elif fast:
                 self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size)
             else:
                 self._em_epoch(values, observed, label_array, order, batch_size, step_size, update)

@@ -67,6 +67,9 @@ class FamilyRule:
     init: Callable[[np.random.Generator, tuple[int, ...], LeafFamily, Domain], np.ndarray]
     valid_values: Callable[[np.ndarray, LeafFamily, Domain], np.ndarray]  # host-side domain check
     domain_text: Callable[[LeafFamily, Domain], str]
+    # unconstrained reparameterisation for gradient training: φ = constrained(unconstrained(φ))
+    unconstrained: Callable[[Any, Any, LeafFamily], Any]  # φ (..., t) -> u (..., t')
+    constrained: Callable[[Any, Any, LeafFamily], Any]  # u -> φ
     # T(x) is the one-hot vector of x: backends may look θ[x] up instead of a one-hot matmul
     one_hot_statistics: bool = False
 
@@ -292,6 +295,42 @@ def _poisson_domain_text(spec: LeafFamily, domain: Domain) -> str:
     return "a non-negative integer"
 
 
+# ---------------------------------------------------------------- reparameterisations (gradient training)
+def _binomial_unconstrained(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    p = _binomial_p(xp, phi, spec)
+    return (xp.log(p) - xp.log(1.0 - p))[..., None]
+
+
+def _binomial_constrained(xp: Any, u: Any, spec: LeafFamily) -> Any:
+    return _binomial_n(spec) / (1.0 + xp.exp(-u))
+
+
+def _categorical_unconstrained(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return xp.log(xp.clip(phi, PROB_EPS, 1.0))
+
+
+def _categorical_constrained(xp: Any, u: Any, spec: LeafFamily) -> Any:
+    shifted = xp.exp(u - xp.max(u, -1)[..., None])
+    return shifted / xp.sum(shifted, -1)[..., None]
+
+
+def _normal_unconstrained(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return xp.stack([phi[..., 0], xp.log(_normal_variance(xp, phi, spec))], -1)
+
+
+def _normal_constrained(xp: Any, u: Any, spec: LeafFamily) -> Any:
+    var = xp.clip(xp.exp(u[..., 1]), spec.arg("min_var"), spec.arg("max_var"))
+    return xp.stack([u[..., 0], u[..., 0] ** 2 + var], -1)
+
+
+def _poisson_unconstrained(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return xp.log(_poisson_rate(xp, phi))[..., None]
+
+
+def _poisson_constrained(xp: Any, u: Any, spec: LeafFamily) -> Any:
+    return xp.exp(u)
+
+
 FAMILIES: dict[str, FamilyRule] = {
     "bernoulli": FamilyRule(
         name="bernoulli",
@@ -308,6 +347,8 @@ FAMILIES: dict[str, FamilyRule] = {
         init=_binomial_init,
         valid_values=_binomial_valid,
         domain_text=_binomial_domain_text,
+        unconstrained=_binomial_unconstrained,
+        constrained=_binomial_constrained,
     ),
     "binomial": FamilyRule(
         name="binomial",
@@ -324,6 +365,8 @@ FAMILIES: dict[str, FamilyRule] = {
         init=_binomial_init,
         valid_values=_binomial_valid,
         domain_text=_binomial_domain_text,
+        unconstrained=_binomial_unconstrained,
+        constrained=_binomial_constrained,
     ),
     "categorical": FamilyRule(
         name="categorical",
@@ -341,6 +384,8 @@ FAMILIES: dict[str, FamilyRule] = {
         valid_values=_categorical_valid,
         domain_text=_categorical_domain_text,
         one_hot_statistics=True,
+        unconstrained=_categorical_unconstrained,
+        constrained=_categorical_constrained,
     ),
     "normal": FamilyRule(
         name="normal",
@@ -357,6 +402,8 @@ FAMILIES: dict[str, FamilyRule] = {
         init=_normal_init,
         valid_values=_normal_valid,
         domain_text=lambda spec, domain: "a finite real number",
+        unconstrained=_normal_unconstrained,
+        constrained=_normal_constrained,
     ),
     "poisson": FamilyRule(
         name="poisson",
@@ -373,6 +420,8 @@ FAMILIES: dict[str, FamilyRule] = {
         init=_poisson_init,
         valid_values=_poisson_valid,
         domain_text=_poisson_domain_text,
+        unconstrained=_poisson_unconstrained,
+        constrained=_poisson_constrained,
     ),
 }
 

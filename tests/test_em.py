@@ -146,3 +146,31 @@ def test_stochastic_em_improves_likelihood():
         part = Batch(x[start : start + 50], np.ones((len(x[start : start + 50]), 6), dtype=bool))
         params = backend.em_update(params, backend.statistics(params, part), 0.5)
     assert backend.log_likelihood(params, batch).mean() > before + 0.5
+
+
+def test_adam_gradient_training_improves_likelihood_and_keeps_parameters_valid():
+    import einc
+
+    source = """
+var x[6] : binary
+var y : real
+leaf x ~ bernoulli
+leaf y ~ normal
+sums 3
+structure random_binary_trees(depth = 2, replicas = 3, seed = 0)
+"""
+    rng = np.random.default_rng(0)
+    bits = (rng.random((400, 6)) < np.array([0.1, 0.9, 0.2, 0.8, 0.5, 0.3])).astype(float)
+    bits[:, 1] = bits[:, 0]
+    data = np.concatenate([bits, rng.normal(2.0, 0.5, (400, 1)) + bits[:, :1]], 1)
+    model = einc.compile(source, dtype="float64", seed=0)
+    before = model.log_likelihood(data).mean()
+    history = model.fit(data, method="adam", learning_rate=0.05, epochs=8, batch_size=50)
+    after = model.log_likelihood(data).mean()
+    assert after > before + 1.0
+    assert history[-1].train_ll == pytest.approx(after)
+    for name, value in model.parameters().items():
+        assert np.isfinite(value).all(), name
+        if "weights" in name:
+            axes = (2, 3) if value.ndim == 4 else (1,)
+            np.testing.assert_allclose(value.sum(axis=axes), 1.0, atol=1e-9)
