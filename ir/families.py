@@ -14,7 +14,7 @@ compiler needs; the ``xp`` functions are what backends need.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -332,24 +332,6 @@ def _poisson_constrained(xp: Any, u: Any, spec: LeafFamily) -> Any:
 
 
 FAMILIES: dict[str, FamilyRule] = {
-    "bernoulli": FamilyRule(
-        name="bernoulli",
-        domains=frozenset({"binary", "categorical"}),
-        stat_dim=lambda spec, domain: 1,
-        sufficient_statistics=_count_stats,
-        log_base_measure=_binomial_log_base,
-        natural=_binomial_natural,
-        log_normalizer=_binomial_log_normalizer,
-        project=_binomial_project,
-        mode=_binomial_mode,
-        mean=_binomial_mean,
-        sample=_binomial_sample,
-        init=_binomial_init,
-        valid_values=_binomial_valid,
-        domain_text=_binomial_domain_text,
-        unconstrained=_binomial_unconstrained,
-        constrained=_binomial_constrained,
-    ),
     "binomial": FamilyRule(
         name="binomial",
         domains=frozenset({"binary", "categorical", "count"}),
@@ -424,6 +406,10 @@ FAMILIES: dict[str, FamilyRule] = {
         constrained=_poisson_constrained,
     ),
 }
+
+
+# bernoulli is binomial(1): the same formulas (``_binomial_n`` is 1 for it), on binary domains only
+FAMILIES["bernoulli"] = replace(FAMILIES["binomial"], name="bernoulli", domains=frozenset({"binary", "categorical"}))
 
 
 def family_rule(spec: LeafFamily) -> FamilyRule:

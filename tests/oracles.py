@@ -183,3 +183,35 @@ def enumerate_states(graph: RegionGraph) -> np.ndarray:
     for variable in graph.variables:
         supports.append(_support(variable.family, variable.domain))
     return np.array(list(itertools.product(*supports)), dtype=np.float64)
+
+
+def random_data(graph: RegionGraph, n: int, seed: int) -> np.ndarray:
+    """Random values inside every variable's domain (for statistics and agreement tests)."""
+    rng = np.random.default_rng(seed)
+    columns = []
+    for variable in graph.variables:
+        name = variable.family.name
+        if name == "bernoulli":
+            columns.append(rng.integers(0, 2, n))
+        elif name == "categorical":
+            columns.append(rng.integers(0, variable.domain.size, n))
+        elif name == "binomial":
+            columns.append(rng.integers(0, int(variable.family.arg("n")) + 1, n))
+        elif name == "poisson":
+            columns.append(rng.poisson(2.0, n))
+        else:
+            columns.append(rng.normal(size=n))
+    return np.stack(columns, 1).astype(np.float64)
+
+
+def chi_square_threshold(dof: int) -> float:
+    """Wilson–Hilferty approximation of the 0.999 quantile of chi-square(dof)."""
+    z = 3.09
+    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+
+
+def chi_square(counts: np.ndarray, probs: np.ndarray, n: int) -> tuple[float, int]:
+    """Pearson's statistic over cells expecting at least 5 draws, and its degrees of freedom."""
+    expected = probs * n
+    keep = expected >= 5
+    return float((((counts - expected) ** 2) / expected)[keep].sum()), int(keep.sum()) - 1

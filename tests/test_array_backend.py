@@ -33,6 +33,9 @@ from einc.ir.diagnostics import BackendError
 from einc.ir.families import FAMILIES
 from einc.ir.plan import EinsumOp, MixingOp, Op
 from oracles import (
+    chi_square,
+    chi_square_threshold,
+    random_data,
     BERNOULLI,
     BINOMIAL3,
     CATEGORICAL3,
@@ -78,22 +81,6 @@ CIRCUITS["rat-mixed"] = lambda: rat_graph(ALL_FAMILIES, depth=2, replicas=2, k=3
 CIRCUITS["pd-mixed"] = lambda: pd_graph(ALL_FAMILIES + [BINOMIAL3], 2, 3, k=2)
 
 
-def _data(graph: Any, n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    columns = []
-    for variable in graph.variables:
-        name = variable.family.name
-        if name == "bernoulli":
-            columns.append(rng.integers(0, 2, n))
-        elif name == "categorical":
-            columns.append(rng.integers(0, variable.domain.size, n))
-        elif name == "binomial":
-            columns.append(rng.integers(0, int(variable.family.arg("n")) + 1, n))
-        elif name == "poisson":
-            columns.append(rng.poisson(2.0, n))
-        else:
-            columns.append(rng.normal(size=n))
-    return np.stack(columns, 1).astype(np.float64)
 
 
 def _batch(
@@ -164,7 +151,7 @@ def check_queries(make: Any, other: str, device: str = "cpu") -> None:
     params = init_parameters(plan, 1)
     reference, backend = _backends(plan, other=other, device=device)
     pr, pb = reference.put(params), backend.put(params)
-    x = _data(graph, 64, 0)
+    x = random_data(graph, 64, 0)
     for batch in (_batch(x), _batch(x, missing=0.3, seed=1)):
         for max_product in (False, True):
             expected = reference.log_likelihood(pr, batch, max_product)
@@ -179,7 +166,7 @@ def check_statistics(make: Any, other: str, device: str = "cpu", labels: bool = 
     plan = plan_of(graph)
     params = init_parameters(plan, 2)
     reference, backend = _backends(plan, other=other, device=device)
-    x = _data(graph, 48, 3)
+    x = random_data(graph, 48, 3)
     label_array = np.random.default_rng(0).integers(0, plan.heads, len(x)) if labels else None
     for missing in (0.0, 0.3):
         batch = _batch(x, missing, seed=4, labels=label_array)
@@ -196,7 +183,7 @@ def check_mpe(make: Any, other: str, device: str = "cpu") -> None:
     params = init_parameters(plan, 3)
     reference, backend = _backends(plan, other=other, device=device)
     pr, pb = reference.put(params), backend.put(params)
-    x = _data(graph, 32, 5)
+    x = random_data(graph, 32, 5)
     batch = _batch(x, missing=0.5, seed=6)
     heads = np.arange(len(x)) % plan.heads
     completions = {}
@@ -224,7 +211,7 @@ def check_em(make: Any, other: str, device: str = "cpu") -> None:
     graph = make()
     plan = plan_of(graph)
     init = init_parameters(plan, 4)
-    x = _data(graph, 90, 7)
+    x = random_data(graph, 90, 7)
     results = []
     for backend in _backends(plan, other=other, device=device):
         params = backend.put(init)
@@ -292,7 +279,7 @@ def test_fit_through_the_model_api_agrees() -> None:
     """Model.fit (both update modes) on numpy follows torch step for step."""
     graph = CIRCUITS["rat-mixed"]()
     plan = plan_of(graph)
-    x = _data(graph, 120, 8)
+    x = random_data(graph, 120, 8)
     x[::5, 1] = np.nan  # missing values in training data
     for update, step_size in (("batch", 0.5), ("epoch", 1.0)):
         models = [
@@ -314,7 +301,7 @@ def test_weight_counts_equal_finite_differences() -> None:
     plan = plan_of(graph)
     backend = create_backend("numpy", plan, dtype="float64")
     params = backend.put(init_parameters(plan, 2))
-    batch = _batch(_data(graph, 40, 1), missing=0.25, seed=2)
+    batch = _batch(random_data(graph, 40, 1), missing=0.25, seed=2)
     stats = backend.statistics(params, batch)
 
     def total(p: dict[str, np.ndarray]) -> float:
@@ -348,7 +335,7 @@ def test_leaf_statistics_equal_finite_differences_of_coefficients(
     plan = plan_of(graph)
     backend = create_backend("numpy", plan, dtype="float64")
     params = backend.put(init_parameters(plan, 3))
-    batch = _batch(_data(graph, 30, 2), missing=0.2, seed=3)
+    batch = _batch(random_data(graph, 30, 2), missing=0.2, seed=3)
     stats = backend.statistics(params, batch)
     input_op = plan.ops[0]
     original = ArrayBackend.leaf_coefficients
@@ -444,7 +431,7 @@ def test_backward_stays_stable_where_unshifted_exponentials_underflow() -> None:
     graph = rat_graph([NORMAL] * 6, depth=2, replicas=2, k=3)
     plan = plan_of(graph)
     params = init_parameters(plan, 0)
-    x = 40.0 + _data(graph, 32, 0)  # far from every mean: normal variances are clipped at 10
+    x = 40.0 + random_data(graph, 32, 0)  # far from every mean: normal variances are clipped at 10
     batch = _batch(x)
     reference = create_backend("torch", plan, dtype="float64")
     backend = create_backend("numpy", plan, dtype="float32")
@@ -469,7 +456,7 @@ def test_flow_conservation_root_counts_sum_to_batch_size() -> None:
     plan = plan_of(graph)
     backend = create_backend("numpy", plan, dtype="float64")
     stats = backend.statistics(
-        backend.put(init_parameters(plan, 0)), _batch(_data(graph, 50, 1), 0.3, 2)
+        backend.put(init_parameters(plan, 0)), _batch(random_data(graph, 50, 1), 0.3, 2)
     )
     root_op = plan.ops[plan.root[0]]
     assert math.isclose(float(stats.weights[root_op.param].sum()), 50.0, rel_tol=1e-12)
@@ -493,17 +480,6 @@ def test_backward_plan_table_lists_every_contraction() -> None:
 
 
 # ---------------------------------------------------------------- sampling
-def _chi_square_threshold(dof: int) -> float:
-    z = 3.09  # Wilson–Hilferty approximation of the 0.999 quantile of chi-square(dof)
-    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
-
-
-def _chi_square(counts: np.ndarray, probs: np.ndarray, n: int) -> tuple[float, int]:
-    expected = probs * n
-    keep = expected >= 5
-    return float((((counts - expected) ** 2) / expected)[keep].sum()), int(keep.sum()) - 1
-
-
 SAMPLED = {
     "explicit-mixed": lambda: explicit_graph(
         [BERNOULLI, CATEGORICAL3, BINOMIAL3, BERNOULLI], k=2, inputs=3
@@ -526,8 +502,8 @@ def test_sample_frequencies_match_probabilities(name: str) -> None:
     draws = backend.backtrack(p, empty, False, "sample", np.zeros(n, dtype=int), seed=3)
     index = {tuple(s): i for i, s in enumerate(states)}
     counts = np.bincount([index[tuple(d)] for d in draws], minlength=len(states))
-    chi2, dof = _chi_square(counts, probs, n)
-    assert chi2 < _chi_square_threshold(dof)
+    chi2, dof = chi_square(counts, probs, n)
+    assert chi2 < chi_square_threshold(dof)
 
 
 def test_conditional_samples_follow_the_conditional() -> None:
@@ -547,8 +523,8 @@ def test_conditional_samples_follow_the_conditional() -> None:
     cond = probs[consistent] / probs[consistent].sum()
     index = {tuple(s): i for i, s in enumerate(states[consistent])}
     counts = np.bincount([index[tuple(d)] for d in draws], minlength=len(cond))
-    chi2, dof = _chi_square(counts, cond, n)
-    assert chi2 < _chi_square_threshold(dof)
+    chi2, dof = chi_square(counts, cond, n)
+    assert chi2 < chi_square_threshold(dof)
 
 
 def test_mpe_is_the_joint_argmax_over_states_and_latent_choices() -> None:
@@ -617,7 +593,7 @@ def test_every_op_type_and_family_has_rules_in_every_backend() -> None:
         for plan in plans:
             backend = create_backend(name, plan, dtype="float64")
             params = backend.put(init_parameters(plan, 0))
-            batch = _batch(_data(plan.graph, 8, 0), missing=0.3, seed=1)
+            batch = _batch(random_data(plan.graph, 8, 0), missing=0.3, seed=1)
             assert np.isfinite(backend.log_likelihood(params, batch)).all()
             assert np.isfinite(backend.log_likelihood(params, batch, max_product=True)).all()
             stats = backend.statistics(params, batch)
@@ -634,7 +610,7 @@ def test_a_missing_rule_is_an_error_not_a_silent_skip(monkeypatch: pytest.Monkey
     plan = plan_of(CIRCUITS["explicit-bernoulli"]())
     backend = create_backend("numpy", plan, dtype="float64")
     params = backend.put(init_parameters(plan, 0))
-    batch = _batch(_data(plan.graph, 4, 0))
+    batch = _batch(random_data(plan.graph, 4, 0))
     monkeypatch.delitem(FORWARD_RULES, MixingOp)
     with pytest.raises(BackendError, match="no forward rule for MixingOp"):
         backend.log_likelihood(params, batch)
@@ -670,7 +646,7 @@ def test_float32_agrees_with_float64() -> None:
     graph = CIRCUITS["rat-mixed"]()
     plan = plan_of(graph)
     params = init_parameters(plan, 0)
-    batch = _batch(_data(graph, 64, 0), missing=0.3, seed=1)
+    batch = _batch(random_data(graph, 64, 0), missing=0.3, seed=1)
     lls = []
     for dtype in ("float32", "float64"):
         backend = create_backend("numpy", plan, dtype=dtype)

@@ -10,25 +10,9 @@ import torch
 from einc.backends.base import Batch, create_backend
 from einc.compiler.params import init_parameters
 
-from oracles import BERNOULLI, BINOMIAL3, CATEGORICAL3, NORMAL, POISSON, explicit_graph, plan_of, rat_graph
+from oracles import BERNOULLI, BINOMIAL3, CATEGORICAL3, NORMAL, POISSON, explicit_graph, plan_of, random_data, rat_graph
 
 
-def _data(graph, n, seed):
-    rng = np.random.default_rng(seed)
-    columns = []
-    for variable in graph.variables:
-        name = variable.family.name
-        if name == "bernoulli":
-            columns.append(rng.integers(0, 2, n))
-        elif name == "categorical":
-            columns.append(rng.integers(0, variable.domain.size, n))
-        elif name == "binomial":
-            columns.append(rng.integers(0, int(variable.family.arg("n")) + 1, n))
-        elif name == "poisson":
-            columns.append(rng.poisson(2.0, n))
-        else:
-            columns.append(rng.normal(size=n))
-    return np.stack(columns, 1).astype(np.float64)
 
 
 CIRCUITS = {
@@ -44,7 +28,7 @@ def test_full_batch_em_never_decreases_training_likelihood(name):
     plan = plan_of(graph)
     backend = create_backend("torch", plan, dtype="float64")
     params = backend.put(init_parameters(plan, 1))
-    x = _data(graph, 300, 0)
+    x = random_data(graph, 300, 0)
     observed = np.ones_like(x, dtype=bool)
     observed[::7, 1] = False  # some missing values: EM must still be monotone
     batch = Batch(np.where(observed, x, 0), observed)
@@ -62,7 +46,7 @@ def test_weight_statistics_equal_finite_differences():
     plan = plan_of(graph)
     backend = create_backend("torch", plan, dtype="float64")
     params = backend.put(init_parameters(plan, 2))
-    x = _data(graph, 40, 1)
+    x = random_data(graph, 40, 1)
     batch = Batch(x, np.ones_like(x, dtype=bool))
     stats = backend.statistics(params, batch)
 
@@ -91,7 +75,7 @@ def test_leaf_statistics_are_posterior_weighted_sufficient_statistics():
     plan = plan_of(graph)
     backend = create_backend("torch", plan, dtype="float64")
     params = backend.put(init_parameters(plan, 3))
-    x = _data(graph, 25, 2)
+    x = random_data(graph, 25, 2)
     batch = Batch(x, np.ones_like(x, dtype=bool))
     stats = backend.statistics(params, batch)
     (block,) = plan.ops[0].blocks

@@ -15,14 +15,21 @@ import torch
 from einc.backends.base import Batch, create_backend
 from einc.compiler.params import init_parameters
 from einc.ir.diagnostics import BackendError
-from oracles import BERNOULLI, NORMAL, enumerate_states, explicit_graph, plan_of, rat_graph
+from oracles import (
+    BERNOULLI,
+    NORMAL,
+    chi_square,
+    chi_square_threshold,
+    enumerate_states,
+    explicit_graph,
+    plan_of,
+    random_data,
+    rat_graph,
+)
 from test_array_backend import (
     CIRCUITS,
     SAMPLED,
     _batch,
-    _chi_square,
-    _chi_square_threshold,
-    _data,
     _host,
     check_em,
     check_mpe,
@@ -106,8 +113,8 @@ def test_sample_frequencies_match_probabilities(target: str, name: str) -> None:
     draws = backend.backtrack(p, empty, False, "sample", np.zeros(n, dtype=int), seed=3)
     index = {tuple(s): i for i, s in enumerate(states)}
     counts = np.bincount([index[tuple(d)] for d in draws], minlength=len(states))
-    chi2, dof = _chi_square(counts, probs, n)
-    assert chi2 < _chi_square_threshold(dof)
+    chi2, dof = chi_square(counts, probs, n)
+    assert chi2 < chi_square_threshold(dof)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -117,7 +124,7 @@ def test_float32_backward_stays_stable(target: str) -> None:
     graph = rat_graph([NORMAL] * 6, depth=2, replicas=2, k=3)
     plan = plan_of(graph)
     params = init_parameters(plan, 0)
-    batch = _batch(40.0 + _data(graph, 32, 0))
+    batch = _batch(40.0 + random_data(graph, 32, 0))
     reference = create_backend("torch", plan, dtype="float64")
     expected = reference.statistics(reference.put(params), batch)
     backend = create_backend(backend_name, plan, device=device, dtype="float32")

@@ -11,6 +11,7 @@ from einc.backends.base import Batch, create_backend
 from einc.compiler.params import init_parameters
 
 from oracles import (
+    chi_square_threshold,
     BERNOULLI,
     BINOMIAL3,
     CATEGORICAL3,
@@ -105,12 +106,6 @@ def test_normal_leaves_match_oracle_and_marginalise():
     assert abs(np.trapezoid(density, grid) - 1.0) < 1e-6
 
 
-def _chi_square_threshold(dof: int) -> float:
-    # Wilson–Hilferty approximation of the 0.999 quantile of chi-square(dof)
-    z = 3.09
-    return dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
-
-
 @pytest.mark.parametrize("name", ["explicit-mixed", "rat-bernoulli", "pd-bernoulli"])
 def test_sample_frequencies_match_probabilities(name):
     graph, plan, params, backend, p = _setup(DISCRETE_CIRCUITS[name])
@@ -124,7 +119,7 @@ def test_sample_frequencies_match_probabilities(name):
     expected = probs * n
     keep = expected >= 5
     chi2 = (((counts - expected) ** 2) / expected)[keep].sum()
-    assert chi2 < _chi_square_threshold(int(keep.sum()) - 1)
+    assert chi2 < chi_square_threshold(int(keep.sum()) - 1)
 
 
 def test_conditional_samples_follow_the_conditional():
@@ -144,7 +139,7 @@ def test_conditional_samples_follow_the_conditional():
     expected = cond * n
     keep = expected >= 5
     chi2 = (((counts - expected) ** 2) / expected)[keep].sum()
-    assert chi2 < _chi_square_threshold(int(keep.sum()) - 1)
+    assert chi2 < chi_square_threshold(int(keep.sum()) - 1)
 
 
 @pytest.mark.parametrize("name", ["explicit-mixed", "rat-bernoulli", "pd-vertical", "explicit-poisson"])
