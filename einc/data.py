@@ -14,8 +14,12 @@ from einc.ir.region_graph import RegionGraph
 
 
 def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
-    """Load a 2-D float array from .csv, .csv.gz, .npy or .npz (first array, or ``key``)."""
-    path = Path(path)
+    """Load a 2-D float array from .csv, .csv.gz, .npy or .npz (first array, or ``key``;
+    ``file.npz:key`` names the array in the path, as the CLI's --data accepts)."""
+    text = str(path)
+    if key is None and ".npz:" in text:
+        text, key = text.rsplit(":", 1)
+    path = Path(text)
     if not path.exists():
         raise DataError(f"{path}: no such data file")
     name = path.name.lower()

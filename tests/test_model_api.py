@@ -102,3 +102,14 @@ def test_cli_bad_data_exits_non_zero_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "row 2, column 3 (variable C)" in err and "Traceback" not in err
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_npz_key_selects_an_array(tmp_path):
+    from einc.data import load_array
+
+    path = tmp_path / "d.npz"
+    np.savez(path, first=np.zeros((2, 3)), second=np.ones((4, 3)))
+    assert load_array(path).shape == (2, 3)
+    assert load_array(f"{path}:second").shape == (4, 3)
+    with pytest.raises(einc.DataError, match="no array 'third'"):
+        load_array(f"{path}:third")
