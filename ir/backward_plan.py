@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import Operand, RowRange
+from .plan import Operand, RowRange, format_table
 
 
 @dataclass(frozen=True)
@@ -158,16 +158,11 @@ class BackwardPlan:
                         target,
                     )
                 )
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.append(
-            f"seed: ∂v{self.root[0]}[{self.root[1]}, b, head_b] = 1  heads: {self.heads}  "
+        return format_table(header, rows) + (
+            f"\nseed: ∂v{self.root[0]}[{self.root[1]}, b, head_b] = 1  heads: {self.heads}  "
             f"MFLOP/batch({batch}): {total / 1e6:.3f}  "
             "stabilised: G = ∂S·exp(−(S−a−a')), operands exp(N−a) ≤ 1"
         )
-        return "\n".join(lines)
 
 
 def _writes(operand: Operand, shown: int = 4) -> str:

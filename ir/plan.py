@@ -234,12 +234,16 @@ class Plan:
                     reads,
                 )
             )
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
-        lines.append("  ".join("-" * w for w in widths))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.append(
-            f"root: v{self.root[0]}[{self.root[1]}]  heads: {self.heads}  replicas: {self.replicas}  "
+        return format_table(header, rows) + (
+            f"\nroot: v{self.root[0]}[{self.root[1]}]  heads: {self.heads}  replicas: {self.replicas}  "
             f"parameters: {self.num_parameters}  MFLOP/batch({batch}): {total_flops / 1e6:.3f}"
         )
-        return "\n".join(lines)
+
+
+def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned text columns under a header and a rule (the plans' printed form)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
