@@ -56,7 +56,7 @@ def _at_repository_root(monkeypatch: pytest.MonkeyPatch) -> None:
 # Golden outputs for tiny.pc
 
 
-@pytest.mark.parametrize("emit", ["ir", "layers", "dot"])
+@pytest.mark.parametrize("emit", ["ir", "layers", "dot", "plan", "backward"])
 def test_compile_emit_tiny(emit: str, capsys: pytest.CaptureFixture[str], golden: Golden) -> None:
     code, out, err = run(["compile", "examples/tiny.pc", "--emit", emit], capsys)
     assert (code, err) == (0, "")
