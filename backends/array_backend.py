@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from einc.backends.base import BACKENDS, Batch, Params, Statistics
 from einc.backends.em import em_update
+from einc.backends.input_layer import leaf_coefficients
 from einc.compiler.backward import derive_backward
 from einc.ir.backward_plan import BackwardPlan, EinsumBackward, InputBackward, MixingBackward
 from einc.ir.diagnostics import BackendError
@@ -336,18 +337,10 @@ class ArrayBackend:
     # ------------------------------------------------------------------ forward
     def leaf_coefficients(self, op: InputOp, params: Params, max_product: bool) -> list[Any]:
         """Per block Θ = [θ, −A(θ), 1, (max log f)] laid out (L, S, f, K) for the op's equation."""
-        xp = self.xp
-        coefficients = []
-        for block in op.blocks:
-            rule = family_rule(block.family)
-            phi = params[block.param]  # (L, S, K, t)
-            theta = rule.natural(xp, phi, block.family)
-            log_norm = rule.log_normalizer(xp, phi, block.family)
-            parts = [theta, -log_norm[..., None], xp.ones_like(log_norm)[..., None]]
-            if max_product:
-                parts.append(rule.max_log_density(xp, phi, block.family, block.domain)[..., None])
-            coefficients.append(xp.concatenate(parts, -1).transpose(0, 1, 3, 2))  # (L, S, f, K)
-        return coefficients
+        return [
+            leaf_coefficients(self.xp, block, params[block.param], max_product).transpose(0, 1, 3, 2)
+            for block in op.blocks
+        ]
 
     def leaf_features(self, op: InputOp, data: _Data, max_product: bool) -> list[Any]:
         """Per block F = [T(x)·obs, obs, log h(x)·obs, (missing)] laid out (B, L, S, f).

@@ -40,6 +40,15 @@ class Statistics:
     weights: dict[str, Any]
     leaf: dict[str, tuple[Any, Any]]
 
+    def __add__(self, other: "Statistics") -> "Statistics":
+        """Statistics of the union of two batches (full-batch EM accumulates them)."""
+        return Statistics(
+            self.log_likelihood + other.log_likelihood,
+            self.count + other.count,
+            {k: self.weights[k] + other.weights[k] for k in self.weights},
+            {k: (self.leaf[k][0] + other.leaf[k][0], self.leaf[k][1] + other.leaf[k][1]) for k in self.leaf},
+        )
+
 
 class Backend(Protocol):
     name: str

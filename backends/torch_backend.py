@@ -10,6 +10,7 @@ import torch
 
 from einc.backends.base import Batch, Params, Statistics
 from einc.backends.em import em_update
+from einc.backends.input_layer import leaf_coefficients
 from einc.ir.diagnostics import BackendError
 from einc.ir.families import family_rule
 from einc.ir.plan import EinsumOp, FamilyBlock, InputOp, MixingOp, Operand, Plan, RowRange
@@ -134,17 +135,7 @@ class TorchBackend:
 
     def _leaf_coefficients(self, op: InputOp, params: Params, max_product: bool) -> list[torch.Tensor]:
         """Per block Θ = [θ, −A(θ), 1, (max log f)] shaped (L, S, K, f)."""
-        coefficients = []
-        for block in op.blocks:
-            rule = family_rule(block.family)
-            phi = params[block.param]  # (L, S, K, t)
-            theta = rule.natural(torch, phi, block.family)
-            log_norm = rule.log_normalizer(torch, phi, block.family)
-            parts = [theta, -log_norm[..., None], torch.ones_like(log_norm)[..., None]]
-            if max_product:
-                parts.append(rule.max_log_density(torch, phi, block.family, block.domain)[..., None])
-            coefficients.append(torch.cat(parts, -1))
-        return coefficients
+        return [leaf_coefficients(torch, block, params[block.param], max_product) for block in op.blocks]
 
     def _input(self, op: InputOp, coefficients: list[torch.Tensor], x: torch.Tensor,
                observed: torch.Tensor, max_product: bool) -> torch.Tensor:
@@ -380,23 +371,26 @@ class TorchBackend:
             start = 0
         for begin in range(start, len(order), batch_size):
             index = order_t[begin : begin + batch_size]
-            params, batch_total = self._eager_step(params, data, index, step_size)
+            # on CUDA keep the storage, so captured graphs stay valid
+            params, batch_total = self._em_step(params, data, index, step_size, in_place=self.device.type == "cuda")
             total = total + batch_total
         return params, float(total)
 
-    def _eager_step(self, params: Params, data: "DeviceData", index: torch.Tensor,
-                    step_size: float) -> tuple[Params, torch.Tensor]:
+    def _em_step(self, params: Params, data: "DeviceData", index: torch.Tensor, step_size: float,
+                 in_place: bool) -> tuple[Params, torch.Tensor]:
+        """E-step and M-step on the rows ``index`` of ``data``; ``in_place`` writes the new
+        parameters into the old storage (what captured CUDA graphs keep reading)."""
         labels = None if data.labels is None else data.labels.index_select(0, index)
         batch_total, counts, leaf = self._statistics(
             params, data.values.index_select(0, index), data.observed.index_select(0, index), labels
         )
         with torch.no_grad():
             new = self._m_step(torch, self.plan, params, counts, leaf, step_size)
-            if self.device.type == "cuda":  # keep storage so captured graphs stay valid
-                for name, value in new.items():
-                    params[name].copy_(value)
-                return params, batch_total
-        return new, batch_total
+            if not in_place:
+                return new, batch_total
+            for name, value in new.items():
+                params[name].copy_(value)
+        return params, batch_total
 
     def _captured_step(self, params: Params, data: "DeviceData", batch_size: int, step_size: float) -> "_CapturedStep":
         key = (id(data), batch_size, step_size, _storage_key(params))
@@ -593,14 +587,8 @@ class _CapturedStep:
         snapshot = {name: value.clone() for name, value in params.items()}
 
         def step() -> None:
-            labels = None if data.labels is None else data.labels.index_select(0, self.index)
-            batch_total, counts, leaf = backend._statistics(
-                params, data.values.index_select(0, self.index), data.observed.index_select(0, self.index), labels
-            )
+            _, batch_total = backend._em_step(params, data, self.index, step_size, in_place=True)
             with torch.no_grad():
-                new = backend._m_step(torch, backend.plan, params, counts, leaf, step_size)
-                for name, value in new.items():
-                    params[name].copy_(value)
                 self.total.add_(batch_total)
 
         try:

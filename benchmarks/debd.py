@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from einc.backends.base import Batch, Statistics
+from einc.backends.base import Batch
+from einc.files import atomic_write
 
 import einc
 from einc.data import load_array, prepare
@@ -220,7 +220,7 @@ def train(
             stats = model.backend.statistics(
                 model.params, train_split.batch(slice(start, start + 1000))
             )
-            accumulated = stats if accumulated is None else add_statistics(accumulated, stats)
+            accumulated = stats if accumulated is None else accumulated + stats
         assert accumulated is not None
         model.params = model.backend.em_update(model.params, accumulated, 1.0)
         train_ll = accumulated.log_likelihood / len(
@@ -278,15 +278,6 @@ def recipe_label(args: argparse.Namespace) -> str:
     return (
         f"online EM b{args.batch_size} step {args.step_size} <= {args.epochs} ep (patience {args.patience})"
         f" + full-batch EM <= {args.finetune_epochs} ep (patience {args.finetune_patience})"
-    )
-
-
-def add_statistics(a: Statistics, b: Statistics) -> Statistics:
-    return Statistics(
-        a.log_likelihood + b.log_likelihood,
-        a.count + b.count,
-        {k: a.weights[k] + b.weights[k] for k in a.weights},
-        {k: (a.leaf[k][0] + b.leaf[k][0], a.leaf[k][1] + b.leaf[k][1]) for k in a.leaf},
     )
 
 
@@ -350,8 +341,8 @@ def write_results(
             )
         rows.append(row)
     payload = {"meta": meta, "table": rows, "runs": [asdict(r) for r in runs]}
-    _atomic_write(out.with_suffix(".json"), json.dumps(payload, indent=1) + "\n")
-    _atomic_write(out.with_suffix(".md"), markdown(rows, runs, meta))
+    atomic_write(out.with_suffix(".json"), lambda stream: stream.write((json.dumps(payload, indent=1) + "\n").encode()))
+    atomic_write(out.with_suffix(".md"), lambda stream: stream.write(markdown(rows, runs, meta).encode()))
 
 
 def markdown(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, Any]) -> str:
@@ -408,14 +399,6 @@ def markdown(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, Any]) 
             f"{r.test_ll:.3f} | {r.seconds:.0f} | {r.recipe} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
 
 
 # ------------------------------------------------------------------------------ main

@@ -262,7 +262,7 @@ class Model:
             if update == "batch":
                 self.params = self.backend.em_update(self.params, stats, step_size)
             else:
-                accumulated = stats if accumulated is None else _add_statistics(accumulated, stats)
+                accumulated = stats if accumulated is None else accumulated + stats
         if accumulated is not None:
             self.params = self.backend.em_update(self.params, accumulated, step_size)
 
@@ -329,12 +329,4 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
                   init_parameters(plan, 0), int(meta.get("seed", 0)))
     model.set_parameters(params)
     return model
-
-def _add_statistics(a: Statistics, b: Statistics) -> Statistics:
-    return Statistics(
-        a.log_likelihood + b.log_likelihood,
-        a.count + b.count,
-        {k: a.weights[k] + b.weights[k] for k in a.weights},
-        {k: (a.leaf[k][0] + b.leaf[k][0], a.leaf[k][1] + b.leaf[k][1]) for k in a.leaf},
-    )
 

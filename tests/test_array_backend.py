@@ -226,7 +226,7 @@ def check_em(make: Any, other: str, device: str = "cpu") -> None:
                 stats = backend.statistics(
                     params, _batch(x[start : start + 30], missing=0.2, seed=start)
                 )
-                total = stats if total is None else _add(total, stats)
+                total = stats if total is None else total + stats
             assert total is not None
             history.append(total.log_likelihood)
             params = backend.em_update(params, total, 1.0)
@@ -235,15 +235,6 @@ def check_em(make: Any, other: str, device: str = "cpu") -> None:
     (expected, expected_history), (got, got_history) = results
     assert_params_close(expected, got)
     np.testing.assert_allclose(got_history, expected_history, rtol=1e-12, atol=TOL)
-
-
-def _add(a: Statistics, b: Statistics) -> Statistics:
-    return Statistics(
-        a.log_likelihood + b.log_likelihood,
-        a.count + b.count,
-        {k: a.weights[k] + b.weights[k] for k in a.weights},
-        {k: (a.leaf[k][0] + b.leaf[k][0], a.leaf[k][1] + b.leaf[k][1]) for k in a.leaf},
-    )
 
 
 # ---------------------------------------------------------------- torch == numpy

@@ -1,0 +1,24 @@
+"""The input layer's coefficient matrix Θ, shared by every backend (written against ``xp``).
+
+A factorised exponential-family leaf region is Σ_{s,f} F[b,l,s,f] · Θ[l,s,f,k] with augmented
+features F = [T(x)·obs, obs, log h(x)·obs, (missing)] and Θ = [θ, −A(θ), 1, (max log f)]; the last
+column exists only in a max-product (MPE) pass, where an unobserved variable contributes its
+mode's log-density instead of 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from einc.ir.families import family_rule
+from einc.ir.plan import FamilyBlock
+
+
+def leaf_coefficients(xp: Any, block: FamilyBlock, phi: Any, max_product: bool) -> Any:
+    """Θ of one family block from its expectation parameters φ (L, S, K, t): shape (L, S, K, f)."""
+    rule = family_rule(block.family)
+    log_normalizer = rule.log_normalizer(xp, phi, block.family)
+    parts = [rule.natural(xp, phi, block.family), -log_normalizer[..., None], xp.ones_like(log_normalizer)[..., None]]
+    if max_product:
+        parts.append(rule.max_log_density(xp, phi, block.family, block.domain)[..., None])
+    return xp.concatenate(parts, -1)
