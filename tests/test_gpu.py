@@ -17,10 +17,8 @@ from einc.compiler.params import init_parameters
 from einc.ir.diagnostics import BackendError
 from oracles import (
     BERNOULLI,
+    assert_samples_follow_the_model,
     NORMAL,
-    chi_square,
-    chi_square_threshold,
-    enumerate_states,
     explicit_graph,
     plan_of,
     random_data,
@@ -105,16 +103,7 @@ def test_sample_frequencies_match_probabilities(target: str, name: str) -> None:
     graph = SAMPLED[name]()
     plan = plan_of(graph)
     backend = create_backend(backend_name, plan, device=device, dtype="float64")
-    p = backend.put(init_parameters(plan, 0))
-    states = enumerate_states(graph)
-    probs = np.exp(backend.log_likelihood(p, _batch(states))[:, 0])
-    n = 40000
-    empty = Batch(np.zeros((n, graph.num_columns)), np.zeros((n, graph.num_columns), dtype=bool))
-    draws = backend.backtrack(p, empty, False, "sample", np.zeros(n, dtype=int), seed=3)
-    index = {tuple(s): i for i, s in enumerate(states)}
-    counts = np.bincount([index[tuple(d)] for d in draws], minlength=len(states))
-    chi2, dof = chi_square(counts, probs, n)
-    assert chi2 < chi_square_threshold(dof)
+    assert_samples_follow_the_model(backend, backend.put(init_parameters(plan, 0)), graph, n=40000, seed=3)
 
 
 @pytest.mark.parametrize("target", TARGETS)
