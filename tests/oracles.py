@@ -240,3 +240,26 @@ def assert_samples_follow_the_model(backend, params, graph: RegionGraph, evidenc
     counts = np.bincount([index[tuple(d)] for d in draws], minlength=len(conditional))
     statistic, dof = chi_square(counts, conditional, n)
     assert statistic < chi_square_threshold(dof)
+
+
+def assert_weight_counts_match_finite_differences(backend, plan: Plan, params, batch: Batch, rtol: float) -> None:
+    """The E-step's weight counts n = W · ∂ Σ log p / ∂W (paper eq. 6) equal central differences
+    of Σ log p at three random entries of every einsum and mixing weight tensor."""
+    stats = backend.statistics(params, batch)
+
+    def total(p) -> float:
+        return float(backend.log_likelihood(p, batch)[:, 0].sum())
+
+    rng = np.random.default_rng(0)
+    eps = 1e-6
+    for spec in plan.params:
+        if spec.kind == "leaf":
+            continue
+        w = params[spec.name]
+        for _ in range(3):
+            index = tuple(int(rng.integers(n)) for n in spec.shape)
+            plus, minus = (w.clone(), w.clone()) if hasattr(w, "clone") else (w.copy(), w.copy())
+            plus[index] += eps
+            minus[index] -= eps
+            derivative = (total({**params, spec.name: plus}) - total({**params, spec.name: minus})) / (2 * eps)
+            assert np.isclose(float(w[index]) * derivative, float(stats.weights[spec.name][index]), rtol=rtol, atol=1e-8)

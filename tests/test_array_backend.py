@@ -34,6 +34,7 @@ from einc.ir.families import FAMILIES
 from einc.ir.plan import EinsumOp, MixingOp, Op
 from oracles import (
     assert_samples_follow_the_model,
+    assert_weight_counts_match_finite_differences,
     random_data,
     BERNOULLI,
     BINOMIAL3,
@@ -292,29 +293,7 @@ def test_weight_counts_equal_finite_differences() -> None:
     backend = create_backend("numpy", plan, dtype="float64")
     params = backend.put(init_parameters(plan, 2))
     batch = _batch(random_data(graph, 40, 1), missing=0.25, seed=2)
-    stats = backend.statistics(params, batch)
-
-    def total(p: dict[str, np.ndarray]) -> float:
-        return float(backend.log_likelihood(p, batch)[:, 0].sum())
-
-    rng = np.random.default_rng(0)
-    for spec in plan.params:
-        if spec.kind == "leaf":
-            continue
-        w = params[spec.name]
-        for _ in range(3):
-            index = tuple(int(rng.integers(n)) for n in spec.shape)
-            eps = 1e-6
-            plus, minus = w.copy(), w.copy()
-            plus[index] += eps
-            minus[index] -= eps
-            derivative = (
-                total({**params, spec.name: plus}) - total({**params, spec.name: minus})
-            ) / (2 * eps)
-            # n = W · ∂ Σ log p / ∂W  (paper eq. 6)
-            assert np.isclose(
-                w[index] * derivative, stats.weights[spec.name][index], rtol=1e-6, atol=1e-8
-            )
+    assert_weight_counts_match_finite_differences(backend, plan, params, batch, rtol=1e-6)
 
 
 def test_leaf_statistics_equal_finite_differences_of_coefficients(
