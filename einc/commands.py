@@ -23,6 +23,11 @@ def _threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(int(args.threads))
 
 
+def _epoch_line(record: EpochRecord) -> str:
+    valid_text = "" if record.valid_ll is None else f"  valid LL {record.valid_ll:.4f}"
+    return f"epoch {record.epoch:3d}  train LL {record.train_ll:.4f}{valid_text}  ({record.seconds:.2f}s)"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     _threads(args)
     train = load_array(args.data)
@@ -37,8 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"backend {args.backend} on {args.device} ({args.dtype})")
 
     def report(record: EpochRecord) -> None:
-        valid_text = "" if record.valid_ll is None else f"  valid LL {record.valid_ll:.4f}"
-        print(f"epoch {record.epoch:3d}  train LL {record.train_ll:.4f}{valid_text}  ({record.seconds:.2f}s)", flush=True)
+        print(_epoch_line(record), flush=True)
 
     model.fit(train, valid=valid, epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
               update=args.update, labels=labels, valid_labels=valid_labels, keep_best=valid is not None,
@@ -59,8 +63,7 @@ def _train_mixture(args: argparse.Namespace, train: np.ndarray, valid: np.ndarra
     print(f"mixture of {args.mixture} circuits: k-means on {len(train)} samples, one circuit per cluster")
 
     def report(component: int, record: EpochRecord) -> None:
-        valid_text = "" if record.valid_ll is None else f"  valid LL {record.valid_ll:.4f}"
-        print(f"component {component:3d} epoch {record.epoch:3d}  train LL {record.train_ll:.4f}{valid_text}", flush=True)
+        print(f"component {component:3d} {_epoch_line(record)}", flush=True)
 
     mixture = fit_mixture(args.file, train, args.mixture, valid=valid, epochs=args.epochs,
                           batch_size=args.batch_size, step_size=args.step_size, seed=args.seed,
