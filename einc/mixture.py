@@ -46,9 +46,7 @@ def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50)
     centre_array = np.stack(centres)
     assignment = np.full(len(x), -1)
     for _ in range(iterations):
-        # squared distances (N, C) without forming (N, C, D)
-        distances = squared[:, None] - 2 * x @ centre_array.T + (centre_array**2).sum(1)[None, :]
-        new_assignment = distances.argmin(1)
+        new_assignment = nearest_centre(x, centre_array, squared)
         if np.array_equal(new_assignment, assignment):
             break
         assignment = new_assignment
@@ -57,6 +55,15 @@ def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50)
             if len(members):  # an empty cluster keeps its centre
                 centre_array[c] = members.mean(0)
     return assignment, centre_array
+
+
+def nearest_centre(data: np.ndarray, centres: np.ndarray, squared: np.ndarray | None = None) -> np.ndarray:
+    """Index of each row's nearest centre (missing values count as 0, as in ``kmeans``)."""
+    x = np.nan_to_num(np.asarray(data, dtype=np.float64))
+    squared = (x**2).sum(1) if squared is None else squared
+    # squared distances (N, C) without forming (N, C, D)
+    distances = squared[:, None] - 2 * x @ centres.T + (centres**2).sum(1)[None, :]
+    return distances.argmin(1)
 
 
 class MixtureModel:
@@ -163,17 +170,17 @@ def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components
     mixed with the cluster proportions (EiNet paper §4.2)."""
     train = np.asarray(train, dtype=np.float64)
     assignment, centres = kmeans(train, components, seed)
+    valid_array = None if valid is None else np.asarray(valid, dtype=np.float64)
+    # each validation row validates the circuit of its nearest cluster
+    valid_assignment = None if valid_array is None else nearest_centre(valid_array, centres)
     models, weights = [], []
     for c in range(components):
         members = train[assignment == c]
         if len(members) == 0:
             continue
         valid_members = None
-        if valid is not None:
-            distances = ((np.asarray(valid)[:, None, :] - centres[None]) ** 2).sum(-1) if len(valid) * components * train.shape[1] < 5e8 else None
-            valid_members = np.asarray(valid)[distances.argmin(1) == c] if distances is not None else None
-            if valid_members is not None and len(valid_members) == 0:
-                valid_members = None
+        if valid_array is not None and np.any(valid_assignment == c):
+            valid_members = valid_array[valid_assignment == c]
         model = compile(source_or_path, backend=backend, device=device, dtype=dtype, seed=seed + c, **backend_options)
         model.fit(members, valid=valid_members, epochs=epochs, batch_size=batch_size, step_size=step_size,
                   on_epoch=None if on_epoch is None else (lambda record, c=c: on_epoch(c, record)))

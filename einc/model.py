@@ -167,7 +167,7 @@ class Model:
         Returns the evidence with unobserved entries completed by the joint arg-max over the
         unobserved variables and the circuit's latent sum choices.
         """
-        evidence_array = self._evidence(n if n is not None else (None if evidence is not None else 1), evidence)
+        evidence_array = self._evidence(1 if n is None else n, evidence)  # n is used only without evidence
         return self._backtrack(evidence_array, True, "mode", head, 0, batch_size)
 
     def _evidence(self, n: int | None, evidence: Any) -> np.ndarray:
