@@ -187,7 +187,7 @@ def _operand(items: list[Item], location: dict[Item, tuple[int, int]]) -> Operan
         if isinstance(last, RowIndex) and last.value == value:
             segments[-1] = RowIndex(value, last.rows + (run[0][1],))
         else:
-            segments.append(RowIndex(value, (run[0][1],)) if len(items) > 1 else RowRange(value, run[0][1], run[0][1] + 1))
+            segments.append(RowIndex(value, (run[0][1],)))
     # a single-row gather is a one-row range: a view
     segments = [RowRange(s.value, s.rows[0], s.rows[0] + 1) if isinstance(s, RowIndex) and len(s.rows) == 1 else s for s in segments]
     return Operand(tuple(segments))
