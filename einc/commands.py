@@ -45,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_epoch_line(record), flush=True)
 
     model.fit(train, valid=valid, epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
-              update=args.update, labels=labels, valid_labels=valid_labels, keep_best=valid is not None,
+              method=args.method, learning_rate=args.learning_rate, update=args.update, labels=labels, valid_labels=valid_labels, keep_best=valid is not None,
               progress=sys.stderr.isatty(), on_epoch=report)
     if valid is not None:
         print(f"kept the parameters of the best validation epoch: valid LL {model.log_likelihood(valid).mean():.4f}")
