@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,8 @@ class TorchSampler:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32", fuse: bool | None = None) -> None:
+    def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32", fuse: bool | None = None,
+                 capture: bool | None = None) -> None:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -80,8 +82,20 @@ class TorchBackend:
         # inference has its own compiled function (no autograd, other shapes): separate caches
         self._inference_root = torch.compile(self._inference_root_plain, dynamic=False) if self.fuse else self._inference_root_plain
         self._m_step = torch.compile(em_update, dynamic=False) if self.fuse else em_update
+        # capture=True: each EM step and each inference batch size runs as one replayed CUDA graph
+        # (the default on CUDA); capture=False runs eagerly, kernel by kernel
+        self.capture = (self.device.type == "cuda") if capture is None else capture
+        if self.capture and self.device.type != "cuda":
+            raise BackendError("capture=True needs a CUDA device (CUDA graphs)")
         self.captured_steps: dict[tuple, _CapturedStep] = {}
         self.captured_forwards: dict[tuple, _CapturedForward] = {}
+        # einsum kernels by name (compiler/kernels.py); where Triton cannot run, fused ops run the
+        # same contraction as batched matmuls
+        fused = any(isinstance(op, EinsumOp) and op.kernel == "fused" for op in plan.ops)
+        self.contractions = {
+            "matmul": _einsum_layer,
+            "fused": _fused_einsum_layer() if fused and _fused_kernels_run_on(self.device) else _einsum_layer,
+        }
         self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
         self.real_column[-1] = 0.0
 
@@ -225,8 +239,9 @@ class TorchBackend:
                     continue
                 left_max = _finite_max(left)
                 right_max = _finite_max(right)
+                contraction = self.contractions[op.kernel]
                 # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
-                mixed = _einsum_layer(torch.exp(left - left_max), torch.exp(right - right_max), weights, op.path)
+                mixed = contraction(torch.exp(left - left_max), torch.exp(right - right_max), weights, op.path)
                 values.append(torch.log(mixed) + left_max + right_max)
             else:
                 values.append(self._mix(op, params, values, max_product))
@@ -251,7 +266,7 @@ class TorchBackend:
     def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
         x, observed = self._batch(batch)
         with torch.no_grad():
-            if self.device.type == "cuda":
+            if self.capture:
                 # batch sizes are padded to power-of-two buckets so few graphs get captured
                 bucket = max(64, 1 << (x.shape[0] - 1).bit_length())
                 root = self._captured_forward(params, bucket, max_product).run(x, observed)
@@ -359,7 +374,7 @@ class TorchBackend:
         order_t = torch.as_tensor(order, dtype=torch.long, device=self.device)
         full = len(order) // batch_size
         total = torch.zeros((), dtype=self.dtype, device=self.device)
-        if self.device.type == "cuda" and full > 0:
+        if self.capture and full > 0:
             step = self._captured_step(params, data, batch_size, step_size)
             step.total.zero_()
             for number in range(full):
@@ -371,8 +386,8 @@ class TorchBackend:
             start = 0
         for begin in range(start, len(order), batch_size):
             index = order_t[begin : begin + batch_size]
-            # on CUDA keep the storage, so captured graphs stay valid
-            params, batch_total = self._em_step(params, data, index, step_size, in_place=self.device.type == "cuda")
+            # with captured graphs keep the storage, so they stay valid
+            params, batch_total = self._em_step(params, data, index, step_size, in_place=self.capture)
             total = total + batch_total
         return params, float(total)
 
@@ -650,6 +665,31 @@ def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor
     w = weights.permute(0, 3, 1, 2).reshape(rows, k_right, k_out * k_left)
     partial = torch.bmm(right, w).reshape(rows * batch, k_out, k_left)
     return torch.bmm(partial, left.reshape(rows * batch, k_left, 1)).reshape(rows, batch, k_out)
+
+
+def _fused_kernels_run_on(device: torch.device) -> bool:
+    """Triton runs its kernels on CUDA, and on the CPU only under its interpreter (the tests)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _fused_einsum_layer() -> Any:
+    """``lbi,lbj,lkij->lbk`` by the fused Triton kernels (no K² intermediates; the path is unused)."""
+    try:
+        from einc.backends.fused_einsum import einsum_layer  # imports Triton: only when asked for
+    except ImportError as error:
+        raise BackendError(
+            f"the plan asks for the fused einsum kernel, which needs Triton ({error}); install it with "
+            "`pip install triton`, or compile with CompileOptions(einsum_kernel='matmul')"
+        ) from None
+
+    def contraction(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                    path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+        # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
+        return einsum_layer(left, right, weights)
+
+    return contraction
 
 
 def rule_log_base(block: FamilyBlock, x: torch.Tensor, observed: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import opt_einsum
 
+from einc.compiler.kernels import einsum_kernel
 from einc.ir.families import family_rule
 from einc.ir.layers import LayeredCircuit, SumLayer
 from einc.ir.plan import (
@@ -56,8 +57,13 @@ class _Group:
     components: int = 0
 
 
-def lower(layered: LayeredCircuit, batch_hint: int = 100) -> Plan:
-    """Lower a verified, layered region graph to an einsum plan."""
+def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
+          kernel: str = "auto") -> Plan:
+    """Lower a verified, layered region graph to an einsum plan for a ``target`` device.
+
+    ``kernel`` picks every einsum op's kernel (``matmul`` or ``fused``), or ``auto`` lets the
+    target's rule in ``compiler/kernels.py`` pick per op from its K signature.
+    """
     graph = layered.graph
     sum_layers = [layer for layer in layered.layers if isinstance(layer, SumLayer)]
 
@@ -135,7 +141,8 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100) -> Plan:
         if group.kind == "input":
             op, specs = _input_op(graph, group.items, f"input{value}")
         elif group.kind == "einsum":
-            op, specs = _einsum_op(graph, group, location, f"einsum{value}", batch_hint)
+            choice = einsum_kernel(kernel, target, group.k_left, group.k_right)
+            op, specs = _einsum_op(graph, group, location, f"einsum{value}", batch_hint, choice)
         else:
             op, specs = _mixing_op(group, location, f"mixing{value}")
         ops.append(op)
@@ -215,7 +222,8 @@ def _input_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[I
     return InputOp(name, tuple(regions), graph.inputs, tuple(blocks)), specs
 
 
-def _einsum_op(graph: RegionGraph, group: _Group, location: dict, name: str, batch_hint: int) -> tuple[EinsumOp, list[ParamSpec]]:
+def _einsum_op(graph: RegionGraph, group: _Group, location: dict, name: str, batch_hint: int,
+               kernel: str) -> tuple[EinsumOp, list[ParamSpec]]:
     rows = len(group.items)
     shape = (rows, group.k_out, group.k_left, group.k_right)
     equation = EinsumOp.equation
@@ -237,6 +245,7 @@ def _einsum_op(graph: RegionGraph, group: _Group, location: dict, name: str, bat
         k_right=group.k_right,
         param=f"{name}.weights",
         path=tuple(tuple(step) for step in path),
+        kernel=kernel,
     )
     return op, [ParamSpec(op.param, shape, "einsum")]
 

@@ -44,6 +44,11 @@ class CompileOptions:
     sums: int | None = None
     inputs: int | None = None
     heads: int | None = None
+    # the device the plan is lowered for ("cpu", "cuda", "cuda:1"; None: the device the model
+    # runs on, "cpu" for a bare plan): it picks the einsum kernels
+    target: str | None = None
+    # every einsum op's kernel: "auto" (the target's rule, compiler/kernels.py), "matmul", "fused"
+    einsum_kernel: str = "auto"
 
 
 def load_source(path: str | Path) -> tuple[str, str]:
@@ -79,7 +84,8 @@ def front_end(
 
 def compile_plan(text: str, filename: str, options: CompileOptions = CompileOptions()) -> Plan:
     """The whole compiler: a ``.pc`` text to its einsum plan (what ``einc.compile`` runs)."""
-    return lower(front_end(text, filename, options))  # paper §3.3-3.4, appendix B
+    layered = front_end(text, filename, options)
+    return lower(layered, target=options.target or "cpu", kernel=options.einsum_kernel)  # §3.3-3.4, app. B
 
 
 def check_file(path: str | Path, options: CompileOptions = CompileOptions()) -> LayeredCircuit:

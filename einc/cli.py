@@ -230,6 +230,7 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--samples",), {"type": int, "default": 2000}),
             Arg(("--batch-size",), {"type": int, "default": 100}),
             Arg(("--repeats",), {"type": int, "default": 3}),
+            Arg(("--json",), {"metavar": "FILE", "help": "also append one JSON line per backend to FILE"}),
             Arg(("--seed",), {"type": int, "default": 0}),
             Arg(("--threads",), {"type": int, "help": "torch CPU threads"}),
         ),

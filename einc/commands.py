@@ -6,6 +6,7 @@ Registered in ``einc.cli.COMMANDS``; each is a function ``(args) -> exit code``.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 
@@ -203,6 +204,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = compare_backends(args.file, data, backends=backends, device=args.device, dtype=args.dtype,
                               batch_size=args.batch_size, seed=args.seed, repeats=args.repeats)
     print(report)
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as file:
+            file.writelines(json.dumps(record) + "\n" for record in report.records())
     return 0
 
 

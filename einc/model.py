@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -50,7 +50,8 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     >>> model.log_likelihood([[0, 1, 1, 0]])                          # doctest: +SKIP
     """
     text, filename = _read_source(source_or_path)
-    plan = compile_plan(text, filename, options or CompileOptions())
+    options = options or CompileOptions()
+    plan = compile_plan(text, filename, options if options.target else replace(options, target=device))
     return Model(plan, text, filename, backend, device, dtype, init_parameters(plan, seed), seed, backend_options)
 
 
@@ -324,7 +325,7 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: model format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
     params = {k[len(prefix) + len("param/"):]: archive[k] for k in archive.files if k.startswith(f"{prefix}param/")}
-    plan = compile_plan(meta["source"], meta["filename"])
+    plan = compile_plan(meta["source"], meta["filename"], CompileOptions(target=device))
     model = Model(plan, meta["source"], meta["filename"], backend, device, dtype or meta["dtype"],
                   init_parameters(plan, 0), int(meta.get("seed", 0)))
     model.set_parameters(params)

@@ -133,6 +133,7 @@ class EinsumOp:
     path: tuple[tuple[int, ...], ...]  # opt-einsum contraction path for `equation`
     # (L, batch, i) x (L, batch, j) x (L, k, i, j) -> (L, batch, k)
     equation: str = "lbi,lbj,lkij->lbk"
+    kernel: str = "matmul"  # "matmul" (the path as batched matmuls) or "fused" (compiler/kernels.py)
 
     @property
     def rows(self) -> int:
@@ -201,7 +202,7 @@ class Plan:
 
     def table(self, batch: int = 100, itemsize: int = 4) -> str:
         """The plan as a text table: op, equation, shapes, FLOPs, bytes, operand reads."""
-        header = ("#", "op", "equation", "out (rows,B,K)", "weights", "MFLOP/batch", "out KB", "reads")
+        header = ("#", "op", "equation", "kernel", "out (rows,B,K)", "weights", "MFLOP/batch", "out KB", "reads")
         rows: list[tuple[str, ...]] = []
         total_flops = 0
         for index, op in enumerate(self.ops):
@@ -211,22 +212,26 @@ class Plan:
                 kind = "input"
                 weights = " ".join(f"{b.family}{self.param(b.param).shape}" for b in op.blocks)
                 reads = "data"
+                kernel = "matmul"
                 k = op.k
             elif isinstance(op, EinsumOp):
                 kind = "einsum"
                 weights = str(self.param(op.param).shape)
                 reads = f"L={op.left.describe()} R={op.right.describe()}"
+                kernel = op.kernel
                 k = op.k_out
             else:
                 kind = "mixing"
                 weights = str(self.param(op.param).shape)
                 reads = op.input.describe()
+                kernel = "matmul"
                 k = op.k
             rows.append(
                 (
                     str(index),
                     kind,
                     op.equation,
+                    kernel,
                     f"({op.rows},{batch},{k})",
                     weights,
                     f"{2 * madds * batch / 1e6:.3f}",
