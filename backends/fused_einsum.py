@@ -47,7 +47,7 @@ _TUNE_FROM_WORK = 2**24
 
 
 def _launch(kernel: Any, tiles: tuple[tuple[int, int, int, int], ...], key: tuple,
-            grid: Any, work: int, *args: Any) -> None:
+            grid: Any, work: int, precision: str, *args: Any) -> None:
     """Launch ``kernel`` with the fastest of ``tiles`` for this ``key`` (timed once per key on
     CUDA, for launches of at least _TUNE_FROM_WORK multiply-adds)."""
     device = next(a for a in args if isinstance(a, torch.Tensor)).device
@@ -59,14 +59,15 @@ def _launch(kernel: Any, tiles: tuple[tuple[int, int, int, int], ...], key: tupl
             def run(tile: tuple[int, int, int, int]) -> None:
                 block_b, block_pq, block_c, warps = tile
                 kernel[grid(block_b, block_pq, block_c)](
-                    *args, BLOCK_B=block_b, BLOCK_PQ=block_pq, BLOCK_C=block_c, num_warps=warps)
+                    *args, PRECISION=precision, BLOCK_B=block_b, BLOCK_PQ=block_pq, BLOCK_C=block_c, num_warps=warps)
 
             timings = {tile: triton.testing.do_bench(functools.partial(run, tile), warmup=5, rep=20)
                        for tile in tiles}
             best = min(timings, key=timings.__getitem__)
         _best_tiles[key] = best
     block_b, block_pq, block_c, warps = best
-    kernel[grid(block_b, block_pq, block_c)](*args, BLOCK_B=block_b, BLOCK_PQ=block_pq, BLOCK_C=block_c, num_warps=warps)
+    kernel[grid(block_b, block_pq, block_c)](
+        *args, PRECISION=precision, BLOCK_B=block_b, BLOCK_PQ=block_pq, BLOCK_C=block_c, num_warps=warps)
 
 
 @triton.jit
@@ -76,7 +77,7 @@ def _pair_kernel(
     stride_xl, stride_xb, stride_yl, stride_yb,
     stride_wl, stride_wc, stride_wp, stride_wq,
     stride_ol, stride_ob,
-    BLOCK_B: tl.constexpr, BLOCK_PQ: tl.constexpr, BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_PQ: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out[l,b,c] = Σ_{p,q} x[l,b,p] y[l,b,q] w[l,c,p,q] with PQ = P·Q pairs; unit last strides."""
     row = tl.program_id(0)
@@ -100,7 +101,7 @@ def _pair_kernel(
         w = tl.load(w_row + p[:, None] * stride_wp + q[:, None] * stride_wq,
                     mask=pq_ok[:, None] & c_ok[None, :], other=0.0)
         # (B_tile, PQ_tile) x (PQ_tile, C_tile) -> (B_tile, C_tile)
-        acc += tl.dot(pairs, w, input_precision="ieee", out_dtype=acc.dtype)
+        acc += tl.dot(pairs, w, input_precision=PRECISION, out_dtype=acc.dtype)
     tl.store(out_ptr + row * stride_ol + b[:, None] * stride_ob + c[None, :], acc,
              mask=b_ok[:, None] & c_ok[None, :])
 
@@ -110,7 +111,7 @@ def _weight_kernel(
     g_ptr, x_ptr, y_ptr, out_ptr,
     B, PQ: tl.constexpr, Q: tl.constexpr, C: tl.constexpr,
     stride_gl, stride_gb, stride_xl, stride_xb, stride_yl, stride_yb,
-    BLOCK_B: tl.constexpr, BLOCK_PQ: tl.constexpr, BLOCK_C: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_PQ: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """out[l,c,p,q] = Σ_b g[l,b,c] x[l,b,p] y[l,b,q]; out is contiguous (L, C, P, Q)."""
     row = tl.program_id(0)
@@ -134,14 +135,14 @@ def _weight_kernel(
         pairs = (tl.load(x_ptr + row * stride_xl + b[:, None] * stride_xb + p[None, :], mask=ok, other=0.0)
                  * tl.load(y_ptr + row * stride_yl + b[:, None] * stride_yb + q[None, :], mask=ok, other=0.0))
         # (C_tile, B_tile) x (B_tile, PQ_tile) -> (C_tile, PQ_tile)
-        acc += tl.dot(g, pairs, input_precision="ieee", out_dtype=acc.dtype)
+        acc += tl.dot(g, pairs, input_precision=PRECISION, out_dtype=acc.dtype)
         start += BLOCK_B
     tl.store(out_ptr + row * C * PQ + c[:, None] * PQ + pq[None, :], acc,
              mask=c_ok[:, None] & pq_ok[None, :])
 
 
 def _pair_contraction(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
-                      w_strides: tuple[int, int, int, int], c_size: int) -> torch.Tensor:
+                      w_strides: tuple[int, int, int, int], c_size: int, precision: str) -> torch.Tensor:
     """out[l,b,c] = Σ_{p,q} x[l,b,p] y[l,b,q] w(l,c,p,q), w read through ``w_strides`` (l, c, p, q)."""
     rows, batch, p_size = x.shape
     q_size = y.shape[2]
@@ -152,9 +153,9 @@ def _pair_contraction(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
     def grid(block_b: int, block_pq: int, block_c: int) -> tuple[int, int, int]:
         return (rows, triton.cdiv(batch, block_b), triton.cdiv(c_size, block_c))
 
-    key = ("pair", batch, p_size, q_size, c_size, x.dtype, x.device.type)
+    key = ("pair", batch, p_size, q_size, c_size, x.dtype, x.device.type, precision)
     _launch(
-        _pair_kernel, _PAIR_TILES, key, grid, rows * batch * p_size * q_size * c_size,
+        _pair_kernel, _PAIR_TILES, key, grid, rows * batch * p_size * q_size * c_size, precision,
         x, y, w, out,
         batch, p_size * q_size, q_size, c_size,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1),
@@ -169,23 +170,23 @@ def _unit_last(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
 
 
-def _forward(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _forward(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor, precision: str) -> torch.Tensor:
     left, right, weights = _unit_last(left), _unit_last(right), weights.contiguous()
     s_l, s_k, s_i, s_j = weights.stride()
     # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
-    return _pair_contraction(left, right, weights, (s_l, s_k, s_i, s_j), weights.shape[1])
+    return _pair_contraction(left, right, weights, (s_l, s_k, s_i, s_j), weights.shape[1], precision)
 
 
-def _backward(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
-              weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+              precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grad, left, right = _unit_last(grad), _unit_last(left), _unit_last(right)
     weights = weights.contiguous()
     rows, k_out, k_left, k_right = weights.shape
     s_l, s_k, s_i, s_j = weights.stride()
     # (L, B, k) x (L, B, j) x (L, k, i, j) -> (L, B, i)
-    d_left = _pair_contraction(grad, right, weights, (s_l, s_i, s_k, s_j), k_left)
+    d_left = _pair_contraction(grad, right, weights, (s_l, s_i, s_k, s_j), k_left, precision)
     # (L, B, k) x (L, B, i) x (L, k, i, j) -> (L, B, j)
-    d_right = _pair_contraction(grad, left, weights, (s_l, s_j, s_k, s_i), k_right)
+    d_right = _pair_contraction(grad, left, weights, (s_l, s_j, s_k, s_i), k_right, precision)
     # (L, B, k) x (L, B, i) x (L, B, j) -> (L, k, i, j)
     d_weights = torch.empty_like(weights)
     batch = grad.shape[1]
@@ -193,9 +194,9 @@ def _backward(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
         def grid(block_b: int, block_pq: int, block_c: int) -> tuple[int, int, int]:
             return (rows, triton.cdiv(k_out, block_c), triton.cdiv(k_left * k_right, block_pq))
 
-        key = ("weight", batch, k_left, k_right, k_out, grad.dtype, grad.device.type)
+        key = ("weight", batch, k_left, k_right, k_out, grad.dtype, grad.device.type, precision)
         _launch(
-            _weight_kernel, _WEIGHT_TILES, key, grid, d_weights.numel() * batch,
+            _weight_kernel, _WEIGHT_TILES, key, grid, d_weights.numel() * batch, precision,
             grad, left, right, d_weights,
             batch, k_left * k_right, k_right, k_out,
             grad.stride(0), grad.stride(1), left.stride(0), left.stride(1), right.stride(0), right.stride(1),
@@ -206,43 +207,47 @@ def _backward(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
 # The custom ops are registered when this module is imported, which the torch backend does only
 # for a plan with fused einsum ops on a device Triton runs on.
 @torch.library.custom_op("einc::einsum_layer", mutates_args=())
-def _einsum_layer_op(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return _forward(left, right, weights)
+def _einsum_layer_op(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor, precision: str) -> torch.Tensor:
+    return _forward(left, right, weights, precision)
 
 
 @_einsum_layer_op.register_fake
-def _einsum_layer_shape(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _einsum_layer_shape(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor, precision: str) -> torch.Tensor:
     return left.new_empty((left.shape[0], left.shape[1], weights.shape[1]))
 
 
 @torch.library.custom_op("einc::einsum_layer_backward", mutates_args=())
-def _einsum_layer_backward_op(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
-                              weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad, left, right, weights)
+def _einsum_layer_backward_op(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                              precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(grad, left, right, weights, precision)
 
 
 @_einsum_layer_backward_op.register_fake
-def _einsum_layer_backward_shape(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
-                                 weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _einsum_layer_backward_shape(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                                 precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.empty_like(left), torch.empty_like(right), torch.empty_like(weights)
 
 
-def _save_operands(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-    ctx.save_for_backward(*inputs)
+def _save_operands(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    left, right, weights, precision = inputs
+    ctx.save_for_backward(left, right, weights)
+    ctx.precision = precision
 
 
-def _einsum_layer_gradients(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _einsum_layer_gradients(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     left, right, weights = ctx.saved_tensors
-    return _einsum_layer_backward_op(grad, left, right, weights)
+    return (*_einsum_layer_backward_op(grad, left, right, weights, ctx.precision), None)
 
 
 _einsum_layer_op.register_autograd(_einsum_layer_gradients, setup_context=_save_operands)
 
 
-def einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                 precision: str = "ieee") -> torch.Tensor:
     """``lbi,lbj,lkij->lbk`` without the K² intermediates: (L, B, i), (L, B, j), (L, k, i, j) -> (L, B, k).
 
-    Differentiable in all three operands. Float32 (IEEE) or float64, on CUDA or under
-    ``TRITON_INTERPRET=1`` on the CPU.
+    Differentiable in all three operands. Float32 or float64, on CUDA or under
+    ``TRITON_INTERPRET=1`` on the CPU. ``precision`` is Triton's ``input_precision`` of the
+    float32 dots: ``ieee`` (the default: true fp32) or, for measurements only, ``tf32x3``.
     """
-    return _einsum_layer_op(left, right, weights)
+    return _einsum_layer_op(left, right, weights, precision)

@@ -122,6 +122,38 @@ def measure(k: int, kernel: str, variant: str, epochs: int, device: str = "cuda"
     }
 
 
+def profile(k: int, kernel: str, out: Path | None) -> None:
+    """Where a compiled (not captured) EM epoch spends GPU time: the top kernels by CUDA time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = einc.compile(circuit_text(k, 4, 10), device="cuda", options=CompileOptions(einsum_kernel=kernel),
+                         fuse=True, capture=False)
+    backend = model.backend
+    x = np.random.default_rng(0).normal(size=(NUM_SAMPLES, NUM_VARIABLES))
+    data = backend.upload(x, np.ones_like(x, dtype=bool), None)
+    order = np.arange(NUM_SAMPLES)
+    for _ in range(2):
+        model.params, _ = backend.train_epoch(model.params, data, order, BATCH, 0.5)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model.params, _ = backend.train_epoch(model.params, data, order, BATCH, 0.5)
+        torch.cuda.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events)
+    print(f"# K={k} kernel={kernel}: {total / 1e3:.2f} ms of kernel time per epoch")
+    top = []
+    for event in events[:15]:
+        share = event.device_time_total / total if total else 0.0
+        print(f"{event.device_time_total / 1e3:9.3f} ms {share:6.1%} {event.count:6d}x  {event.key[:90]}")
+        top.append({"kernel": event.key[:120], "ms": round(event.device_time_total / 1e3, 4), "count": event.count})
+    record = {"benchmark": "cuda_epoch_profile", "gpu": torch.cuda.get_device_name(), "K": k, "kernel": kernel,
+              "kernel_ms_per_epoch": round(total / 1e3, 3), "top": top}
+    if out is not None:
+        with out.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--K", type=int, nargs="+", default=[10, 20, 40])
@@ -130,9 +162,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per configuration")
     parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu runs a smoke test of this script")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: the top kernels of one compiled (uncaptured) epoch per K and kernel")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("benchmarks/cuda_epoch.py needs a CUDA device")
+    if args.profile:
+        for k in args.K:
+            for kernel in args.kernels:
+                profile(k, kernel, args.out)
+        return
     for variant in args.variants:
         for k in args.K:
             for kernel in (["matmul"] if variant == "cupy" else args.kernels):

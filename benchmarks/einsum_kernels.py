@@ -2,7 +2,8 @@
 
 One einsum op ``lbi,lbj,lkij->lbk`` of L rows, batch B and K = K_out = K_left = K_right (the
 paper's setup has L = 80, 40, 20, 10 at depth 4), timed with ``triton.testing.do_bench`` (median,
-CUDA events) for the forward contraction and for forward + backward (all three gradients).
+CUDA events) for the forward contraction and for forward + backward (all three gradients);
+``fused-tf32x3`` is the fused kernel with Triton's 3xTF32 dots (not IEEE fp32: for comparison).
 FLOP/s count 2·L·B·K³ multiply-adds per contraction (forward 1, forward + backward 4), with no
 credit for padding. One JSON line per (K, kernel) on stdout and appended to ``--out``.
 
@@ -17,8 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
@@ -38,6 +37,9 @@ def main() -> None:
     kernels = {
         "matmul": lambda left, right, weights: _einsum_layer(left, right, weights, ((0, 1), (0, 1))),
         "fused": einsum_layer,
+        # not fp32: three TF32 products per fp32 product on the tensor cores (a measurement of
+        # what tensor cores would buy; einc itself runs IEEE fp32)
+        "fused-tf32x3": lambda left, right, weights: einsum_layer(left, right, weights, "tf32x3"),
     }
     for k in args.K:
         shapes = [(args.rows, args.batch, k), (args.rows, args.batch, k), (args.rows, k, k, k)]

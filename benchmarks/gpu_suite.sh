@@ -12,7 +12,8 @@
 #   3. pytest -m gpu (CuPy and torch-on-CUDA against the float64 CPU reference, the fused kernel);
 #   4. einc bench torch:cuda vs cupy vs numpy on benchmarks/efficiency_k10.pc (float64: agreement)
 #      and efficiency_k10/k40.pc (float32: speed; numpy only at K=10, where a CPU epoch is seconds);
-#   5. eager torch and CuPy EM epochs at K = 10, 40 (cuda_epoch.py --variants eager cupy);
+#   5. eager torch and CuPy EM epochs at K = 10, 40 (cuda_epoch.py --variants eager cupy) and
+#      the top kernels of a K = 40 epoch (cuda_epoch.py --profile);
 #   6. one MNIST epoch (PD categorical, K = 10 and 32) and its test bpd (benchmarks/mnist_epoch.py);
 #   7. PyJuice side by side at K = 10, 20, 40, when its harness and wheel are given (PYJUICE_BENCH).
 # Everything measured goes to OUTDIR/results.jsonl (one JSON record per measurement), the step
@@ -23,10 +24,10 @@
 # package tree of links, so nothing needs a network or a build.
 set -u
 out=$(realpath -m "${1:?usage: benchmarks/gpu_suite.sh OUTDIR [WHEELS] [MNIST]}")
-cd "$(dirname "$0")/.."
-root=$(pwd)
-wheels=$(realpath -m "${2:-.whl}")
-mnist=$(realpath -m "${3:-../shared/data/mnist.npz}")
+root=$(cd "$(dirname "$0")/.." && pwd)
+wheels=$(realpath -m "${2:-$root/.whl}")
+mnist=$(realpath -m "${3:-$root/../shared/data/mnist.npz}")
+cd "$root"
 mkdir -p "$out"
 results="$out/results.jsonl"
 export PYTHONUNBUFFERED=1
@@ -35,11 +36,16 @@ deadline=$(( $(date +%s) + ${SUITE_SECONDS:-470} ))
 
 log() { echo "[gpu_suite $(date -u +%T)] $*" | tee -a "$out/suite.log"; }
 
-# step NAME SECONDS COMMAND...: run COMMAND under a time limit (capped by the budget left),
-# its output appended to steps.log; print its last lines
+# step NAME SECONDS COMMAND...: run COMMAND under a time limit (capped by the budget left), from
+# a scratch folder (so that no `einc` folder in the working directory shadows the package tree),
+# its output appended to steps.log; print its last lines. SUITE_STEPS="a b" runs only those steps.
+scratch=$(mktemp -d)
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ -n "${SUITE_STEPS:-}" ] && [[ " $SUITE_STEPS " != *" $name "* ]]; then
+    return
+  fi
   local remaining=$(( deadline - $(date +%s) ))
   if [ "$remaining" -lt 25 ]; then
     log "SKIP $name: the suite's budget is spent"
@@ -48,7 +54,7 @@ step() {
   [ "$limit" -gt "$remaining" ] && limit=$remaining
   log "START $name (limit ${limit}s)"
   echo "===== $name: $*" >> "$out/steps.log"
-  timeout -k 5 "$limit" "$@" >> "$out/$name.part" 2>&1
+  (cd "$scratch" && timeout -k 5 "$limit" "$@") >> "$out/$name.part" 2>&1
   local status=$?
   cat "$out/$name.part" >> "$out/steps.log"
   log "END $name: exit $status$([ $status = 124 ] && echo ' (time limit)')"
@@ -84,34 +90,40 @@ print(json.dumps(record))
 EOF
 
 # ---- 2. the einsum kernels on the paper's setup (the issue's before/after table)
-step cuda_epoch 170 $PY benchmarks/cuda_epoch.py --K 10 20 40 --kernels matmul fused --variants graph --out "$results"
-
-step einsum_kernels 45 $PY benchmarks/einsum_kernels.py --K 10 20 40 --out "$results"
+step cuda_epoch 170 $PY "$root/benchmarks/cuda_epoch.py" --K 10 20 40 --kernels matmul fused --variants graph --out "$results"
+step einsum_kernels 45 $PY "$root/benchmarks/einsum_kernels.py" --K 10 20 40 --out "$results"
 
 # ---- 3. correctness on the GPU
 parallel=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")  # pytest-xdist: compiles run side by side
-step pytest_gpu 170 $PY -m pytest -q -m gpu -p no:cacheprovider $parallel tests/test_gpu.py tests/test_fused_einsum.py
-$PY - "$out/steps.log" >> "$results" <<'EOF'
+step pytest_gpu 170 $PY -m pytest -q -m gpu -p no:cacheprovider --rootdir "$root" $parallel \
+  "$root/tests/test_gpu.py" "$root/tests/test_fused_einsum.py"
+if grep -q "===== pytest_gpu" "$out/steps.log" 2>/dev/null; then
+  $PY - "$out/steps.log" >> "$results" <<'EOF'
 import json, re, sys
-text = open(sys.argv[1]).read().split("===== pytest_gpu")[-1]
-counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", text.splitlines()[-1] if text.strip() else "")}
+lines = open(sys.argv[1]).read().split("===== pytest_gpu")[-1].strip().splitlines()
+counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?)", lines[-1] if lines else "")}
 print(json.dumps({"benchmark": "pytest -m gpu", **counts}))
 EOF
+fi
 
-# ---- 4. einc bench: agreement in float64, speed in float32
-step bench_float64 60 $PY -m einc bench benchmarks/efficiency_k10.pc --backends torch:cuda,cupy,numpy --dtype float64 --samples 1000 --repeats 2 --json "$results"
-step bench_float32 90 bash -c "$PY -m einc bench benchmarks/efficiency_k10.pc --backends torch:cuda,cupy,numpy --dtype float32 --repeats 2 --json '$results' && $PY -m einc bench benchmarks/efficiency_k40.pc --backends torch:cuda,cupy --dtype float32 --repeats 2 --json '$results'"
+# ---- 4. einc bench: agreement in float64, speed in float32 (numpy only at K=10: a CPU epoch there
+#      takes seconds, at K=40 minutes)
+step bench_float64 60 $PY -m einc bench "$root/benchmarks/efficiency_k10.pc" --backends torch:cuda,cupy,numpy \
+  --dtype float64 --samples 1000 --repeats 2 --json "$results"
+step bench_float32 90 bash -c "$PY -m einc bench '$root/benchmarks/efficiency_k10.pc' --backends torch:cuda,cupy,numpy --dtype float32 --repeats 2 --json '$results' && $PY -m einc bench '$root/benchmarks/efficiency_k40.pc' --backends torch:cuda,cupy --dtype float32 --repeats 2 --json '$results'"
 
-# ---- 5. eager torch vs CuPy epochs
-step eager_and_cupy 60 $PY benchmarks/cuda_epoch.py --K 10 40 --kernels auto --variants eager cupy --epochs 3 --out "$results"
+# ---- 5. eager torch vs CuPy epochs; where a K=40 epoch spends its GPU time
+step eager_and_cupy 60 $PY "$root/benchmarks/cuda_epoch.py" --K 10 40 --kernels auto --variants eager cupy --epochs 3 --out "$results"
+step profile 40 $PY "$root/benchmarks/cuda_epoch.py" --profile --K 40 --kernels matmul --out "$results"
 
 # ---- 6. MNIST
-step mnist 100 $PY benchmarks/mnist_epoch.py --data "$mnist" --K 10 32 --out "$results"
+step mnist 130 $PY "$root/benchmarks/mnist_epoch.py" --data "$mnist" --K ${MNIST_K:-10 32} --out "$results"
 
 # ---- 7. PyJuice on the same GPU (the peer the issue's targets name)
 if [ -n "${PYJUICE_BENCH:-}" ] && $PY -c "import pyjuice" 2>/dev/null; then
+  harness=$(realpath "$PYJUICE_BENCH")
   for k in 10 20 40; do
-    step "pyjuice_k$k" 60 bash -c "$PY '$PYJUICE_BENCH' --K $k --epochs 3 | tee -a '$results'"
+    step "pyjuice_k$k" 60 bash -c "$PY '$harness' --K $k --epochs 3 | tee -a '$results'"
   done
 else
   log "SKIP pyjuice: set PYJUICE_BENCH to shared/peers/pyjuice_bench.py and give its wheel in WHEELS"
