@@ -17,6 +17,7 @@ from einc.ir.diagnostics import (
     StructureError,
 )
 from einc.compare import BackendReport, compare_backends
+from einc.compiler.pipeline import CompileOptions
 from einc.mixture import MixtureModel, fit_mixture
 from einc.model import Model, compile, load
 
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "BackendReport",
+    "CompileOptions",
     "MixtureModel",
     "compare_backends",
     "fit_mixture",
