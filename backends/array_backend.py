@@ -28,6 +28,7 @@ import numpy as np
 from einc.backends.base import BACKENDS, Batch, Params, Statistics
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
+from einc.backends.input_layer import leaf_features as shared_leaf_features
 from einc.compiler.backward import derive_backward
 from einc.ir.backward_plan import BackwardPlan, EinsumBackward, InputBackward, MixingBackward
 from einc.ir.diagnostics import BackendError
@@ -352,24 +353,18 @@ class ArrayBackend:
         ]
 
     def leaf_features(self, op: InputOp, data: _Data, max_product: bool) -> list[Any]:
-        """Per block F = [T(x)·obs, obs, log h(x)·obs, (missing)] laid out (B, L, S, f).
+        """Per block F = [T(x)·obs, obs, (log h(x)·obs), (missing)] laid out (B, L, S, f).
 
         Zero features where a variable is unobserved make marginalisation free and per sample; in
         max-product the 'missing' feature picks up max_x log f(x) instead.
         """
-        xp = self.xp
         features = []
         for block in op.blocks:
-            rule = family_rule(block.family)
             cols = self.columns[block.param]  # (L, S)
-            xs = data.x[:, cols]  # (B, L, S)
             obs = data.observed[:, cols]  # (B, L, S)
-            stats = rule.sufficient_statistics(xp, xs, block.family, block.domain) * obs[..., None]
-            log_base = rule.log_base_measure(xp, xs, block.family) * obs
-            parts = [stats.astype(self.dtype, copy=False), obs[..., None], log_base[..., None]]
-            if max_product:
-                parts.append((self.valid[block.param] - obs)[..., None])
-            features.append(xp.concatenate(parts, -1))
+            missing = (self.valid[block.param] - obs) if max_product else None
+            block_features = shared_leaf_features(self.xp, block, data.x[:, cols], obs, missing)
+            features.append(block_features.astype(self.dtype, copy=False))
         return features
 
     def _input(

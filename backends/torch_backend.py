@@ -11,7 +11,7 @@ import torch
 
 from einc.backends.base import Batch, Params, Statistics
 from einc.backends.em import em_update
-from einc.backends.input_layer import leaf_coefficients
+from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.ir.diagnostics import BackendError
 from einc.ir.families import family_rule
 from einc.ir.plan import EinsumOp, FamilyBlock, InputOp, MixingOp, Operand, Plan, RowRange
@@ -170,14 +170,10 @@ class TorchBackend:
                 term = self._input_lookup(block, coef, x, observed, max_product)
                 total = term if total is None else total + term
                 continue
-            # per-column features, computed once per column (not once per leaf region)
-            stats = rule.sufficient_statistics(torch, x, block.family, block.domain) * observed[..., None]
-            log_base = rule.log_base_measure(torch, x, block.family) * observed
-            features = [stats, observed[..., None], log_base[..., None]]
-            if max_product:
-                # unobserved real columns (not the zero pad column C) take max log f
-                features.append((self.real_column - observed)[..., None])
-            column_features = torch.cat(features, -1)  # (B, C+1, f); column C is the zero pad
+            # per-column features, computed once per column (not once per leaf region); in
+            # max-product, unobserved real columns (not the zero pad column C) take max log f
+            missing = (self.real_column - observed) if max_product else None
+            column_features = leaf_features(torch, block, x, observed, missing)  # (B, C+1, f)
             cols = self.columns[block.param]  # (L, S)
             rows, width = cols.shape
             f = column_features.shape[-1]
@@ -211,8 +207,10 @@ class TorchBackend:
         theta = coef[..., :categories]  # (L, S, K, n)
         # (L, S, K, n) gathered at x along n -> (L, S, K, B)
         picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, theta.shape[2], -1))
-        # the remaining features [obs, log h(x)·obs, (missing)] are a small dense contraction
-        dense = [obs, rule_log_base(block, x, observed, cols)]
+        # the remaining features [obs, (log h(x)·obs), (missing)] are a small dense contraction
+        dense = [obs]
+        if block.log_base:
+            dense.append(rule_log_base(block, x, observed, cols))
         if max_product:
             valid = (cols < self.num_columns).to(self.dtype)[..., None]  # (L, S, 1)
             dense.append(valid - obs)

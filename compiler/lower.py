@@ -215,9 +215,10 @@ def _input_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[I
         columns = tuple(tuple(cols + [-1] * (width - len(cols))) for cols in per_region)
         # a real(d) variable's factors are univariate normals over one column each
         factor_domain = Domain("real", 1) if domain.kind == "real" else domain
-        stat_dim = family_rule(family).stat_dim(family, factor_domain)
+        rule = family_rule(family)
+        stat_dim = rule.stat_dim(family, factor_domain)
         param = f"{name}.{number}.{family.name}"
-        blocks.append(FamilyBlock(family, factor_domain, param, columns, stat_dim))
+        blocks.append(FamilyBlock(family, factor_domain, param, columns, stat_dim, not rule.zero_log_base(family)))
         specs.append(ParamSpec(param, (len(regions), width, graph.inputs, stat_dim), "leaf", family, factor_domain))
     return InputOp(name, tuple(regions), graph.inputs, tuple(blocks)), specs
 

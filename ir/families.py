@@ -72,6 +72,9 @@ class FamilyRule:
     constrained: Callable[[Any, Any, LeafFamily], Any]  # u -> φ
     # T(x) is the one-hot vector of x: backends may look θ[x] up instead of a one-hot matmul
     one_hot_statistics: bool = False
+    # log h(x) is 0 for every x: the input layer then carries no log h feature (a column of zeros
+    # would cost a quarter of a normal leaf's features and a third of a bernoulli's)
+    zero_log_base: Callable[[LeafFamily], bool] = lambda spec: False
 
     def max_log_density(self, xp: Any, phi: Any, spec: LeafFamily, domain: Domain) -> Any:
         """max_x log f(x): the value of an unobserved variable in a max-product (MPE) pass."""
@@ -349,6 +352,7 @@ FAMILIES: dict[str, FamilyRule] = {
         domain_text=_binomial_domain_text,
         unconstrained=_binomial_unconstrained,
         constrained=_binomial_constrained,
+        zero_log_base=lambda spec: _binomial_n(spec) == 1.0,  # bernoulli: log C(1, x) = 0
     ),
     "categorical": FamilyRule(
         name="categorical",
@@ -368,6 +372,7 @@ FAMILIES: dict[str, FamilyRule] = {
         one_hot_statistics=True,
         unconstrained=_categorical_unconstrained,
         constrained=_categorical_constrained,
+        zero_log_base=lambda spec: True,
     ),
     "normal": FamilyRule(
         name="normal",
@@ -386,6 +391,7 @@ FAMILIES: dict[str, FamilyRule] = {
         domain_text=lambda spec, domain: "a finite real number",
         unconstrained=_normal_unconstrained,
         constrained=_normal_constrained,
+        zero_log_base=lambda spec: True,  # −½ log 2π lives in A
     ),
     "poisson": FamilyRule(
         name="poisson",

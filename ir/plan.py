@@ -100,10 +100,16 @@ class FamilyBlock:
     param: str
     columns: tuple[tuple[int, ...], ...]
     stat_dim: int
+    log_base: bool = True  # whether F carries log h(x)·obs (a family with log h = 0 has none)
 
     @property
     def width(self) -> int:
         return len(self.columns[0]) if self.columns else 0
+
+    @property
+    def features(self) -> int:
+        """f in a sum-product pass: T(x) (stat_dim entries), obs and, where nonzero, log h(x)."""
+        return self.stat_dim + 1 + int(self.log_base)
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ class Plan:
     def op_cost(self, op: Op) -> tuple[int, int, int]:
         """(multiply-adds per sample, parameter count, output floats per sample) of one op."""
         if isinstance(op, InputOp):
-            feats = sum(b.width * (b.stat_dim + 2) for b in op.blocks)
+            feats = sum(b.width * b.features for b in op.blocks)
             params = sum(self.param(b.param).size for b in op.blocks)
             return op.rows * feats * op.k, params, op.rows * op.k
         if isinstance(op, EinsumOp):
