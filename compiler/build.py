@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import numpy as np
-from einc.compiler import generators
-from einc.ir.diagnostics import Diagnostic, DiagnosticSink, Note, Span
+from einc.compiler import generators, size
+from einc.ir.diagnostics import Diagnostic, DiagnosticSink, Note, ResourceError, Span
 from einc.ir.program import (
     Call,
     CircuitStatement,
@@ -108,14 +108,20 @@ _SUGGESTED_FAMILY = {
 }
 
 
-def build_region_graph(program: Program) -> tuple[RegionGraph | None, list[Diagnostic]]:
+def build_region_graph(
+    program: Program, limits: size.SizeLimits = size.SizeLimits()
+) -> tuple[RegionGraph | None, list[Diagnostic]]:
     """Resolve ``program`` into a region graph; return it and every semantic error found.
 
     The graph is ``None`` whenever there is an error: a graph is only handed on when each of its
     variables has a domain and a fitting leaf family and each of its scopes resolved. The
     returned graph is not yet verified (see ``compiler.verify.verify``).
+
+    Before declaring variables or running a generator, the size of what it would build is
+    estimated from its arguments; one over ``limits`` raises ``ResourceError`` at once, located at
+    the declaration or the structure statement (nothing absurd is attempted).
     """
-    return _Builder(program).build()
+    return _Builder(program, limits).build()
 
 
 def sort_diagnostics(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -301,6 +307,7 @@ def _bind(call: Call, params: Sequence[_Param], sink: DiagnosticSink) -> _Bound 
 @dataclass
 class _Builder:
     program: Program
+    limits: size.SizeLimits = field(default_factory=size.SizeLimits)
     sink: DiagnosticSink = field(default_factory=DiagnosticSink)
     groups: dict[str, _Group] = field(default_factory=dict)
     group_of: list[_Group] = field(default_factory=list)  # variable index -> its group
@@ -369,6 +376,9 @@ class _Builder:
                 if domain is None or shape is None:
                     self.broken.add(decl.name.text)
                     continue
+                count = next_index + int(np.prod(shape, dtype=object)) if shape else next_index + 1
+                what = f"'{decl.name.text}'" if next_index == 0 else f"the variables up to '{decl.name.text}'"
+                self._check_size(size.SizeEstimate(count, 0, 0, 0, 0, self.limits.dtype), decl.span, what)
                 group = _Group(decl.name.text, shape, next_index, domain, decl.span)
                 self.groups[group.name] = group
                 self.group_of.extend([group] * group.size)
@@ -850,6 +860,14 @@ class _Builder:
         partitions = [Partition(p.region, p.parts, span) for p in partitions]
         return regions, partitions, description
 
+    def _check_size(self, estimate: size.SizeEstimate, span: Span, what: str) -> None:
+        """Stop building (``ResourceError`` at ``span``) when ``estimate`` exceeds the limits."""
+        problem = size.limit_problem(estimate, self.limits, what)
+        if problem is not None:
+            raise ResourceError(
+                [Diagnostic(problem, span)], {self.program.filename: self.program.source}
+            )
+
     def _report_generator_errors(
         self, call: Call, bound: _Bound, errors: list[generators.GeneratorArgumentError]
     ) -> bool:
@@ -866,6 +884,15 @@ class _Builder:
         errors = generators.check_random_binary_trees(len(self.group_of), depth, replicas, seed)
         if not self._report_generator_errors(call, bound, errors):
             return None
+        estimate = size.estimate_random_binary_trees(
+            len(self.group_of), depth, replicas, self.limits.dtype
+        )
+        self._check_size(
+            estimate,
+            call.span,
+            f"random_binary_trees(depth = {depth}, replicas = {replicas}) over "
+            f"{len(self.group_of):,} variables",
+        )
         regions, partitions = generators.random_binary_trees(
             len(self.group_of), depth, replicas, seed
         )
@@ -910,6 +937,18 @@ class _Builder:
         errors = generators.check_poon_domingos(grid, deltas, axes, name=f"'{group.name}'")
         if not self._report_generator_errors(call, bound, errors):
             return None
+        height, width = grid.shape
+        allowed = generators.allowed_axes(axes)
+        estimate = size.estimate_poon_domingos(
+            height, width, deltas if 0 in allowed else (), deltas if 1 in allowed else (),
+            self.limits.dtype, budget=3 * self.limits.max_partitions + 3,
+        )
+        shown_deltas = ", ".join(str(d) for d in deltas)
+        self._check_size(
+            estimate,
+            call.span,
+            f"poon_domingos(delta = [{shown_deltas}], axes = {axes}) over the {height}x{width} grid",
+        )
         regions, partitions = generators.poon_domingos(grid, deltas, axes, name=f"'{group.name}'")
         shown = ", ".join(str(d) for d in deltas)
         description = f"poon_domingos(delta=[{shown}], axes={axes}, over={group.name})"

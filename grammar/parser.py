@@ -46,6 +46,8 @@ from lark.tree import Meta
 
 # Enough to show everything wrong in a hand-written file without re-parsing forever on garbage.
 MAX_SYNTAX_ERRORS = 50
+# Longer numeric literals are syntax errors: every size, index and seed fits in far fewer digits.
+MAX_NUMBER_LENGTH = 100
 
 KEYWORDS = ("circuit", "var", "leaf", "sums", "inputs", "heads", "structure", "region")
 
@@ -79,8 +81,12 @@ def parse(text: str, filename: str) -> Program:
     try:
         statements = _ToProgram(filename).transform(tree)
     except VisitError as error:
-        # Lark wraps whatever a transformer method raises; users should see the original error.
-        raise error.orig_exc from None
+        # Lark wraps whatever a transformer method raises; users should see the original error,
+        # with the source text so that it prints the line and a caret.
+        original = error.orig_exc
+        if isinstance(original, PcSyntaxError):
+            raise PcSyntaxError(original.diagnostics, {filename: text}) from None
+        raise original from None
     return Program(filename=filename, statements=tuple(statements), source=text)
 
 
@@ -208,8 +214,15 @@ class _ToProgram(Transformer):
 
     def number(self, meta: Meta, children: list) -> Number:
         text = str(children[0])
+        span = _span(self.filename, meta)
+        if len(text) > MAX_NUMBER_LENGTH:
+            # int() refuses very long literals (and nothing in a circuit needs one)
+            raise PcSyntaxError([Diagnostic(
+                f"number too long ({len(text)} characters); expected at most {MAX_NUMBER_LENGTH}",
+                span,
+            )])
         value: int | float = int(text) if _INTEGER.fullmatch(text) else float(text)
-        return Number(value, text, _span(self.filename, meta))
+        return Number(value, text, span)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,9 +44,13 @@ class Diagnostic:
     severity: str = "error"
     notes: tuple[Note, ...] = ()
 
-    def format(self, sources: Mapping[str, str] | None = None) -> str:
-        """Render as ``file:line:col: error: message`` plus the source line and a caret."""
-        lines = [_headline(self.severity, self.message, self.span)]
+    def format(self, sources: Mapping[str, str] | None = None, program: str = "") -> str:
+        """Render as ``file:line:col: error: message`` plus the source line and a caret.
+
+        Without a location the headline is ``error: message``, or ``einc: error: message`` with
+        ``program="einc"`` (how the command line names itself, like other tools do).
+        """
+        lines = [_headline(self.severity, self.message, self.span, program)]
         lines += _excerpt(self.span, sources)
         for note in self.notes:
             lines.append(_headline("note", note.message, note.span))
@@ -54,8 +58,8 @@ class Diagnostic:
         return "\n".join(lines)
 
 
-def _headline(severity: str, message: str, span: Span | None) -> str:
-    where = f"{span}: " if span is not None else ""
+def _headline(severity: str, message: str, span: Span | None, program: str = "") -> str:
+    where = f"{span}: " if span is not None else f"{program}: " if program else ""
     return f"{where}{severity}: {message}"
 
 
@@ -74,8 +78,10 @@ def _excerpt(span: Span | None, sources: Mapping[str, str] | None) -> list[str]:
     return [gutter + text, caret]
 
 
-def format_diagnostics(diagnostics: Sequence[Diagnostic], sources: Mapping[str, str] | None) -> str:
-    return "\n".join(d.format(sources) for d in diagnostics)
+def format_diagnostics(
+    diagnostics: Sequence[Diagnostic], sources: Mapping[str, str] | None, program: str = ""
+) -> str:
+    return "\n".join(d.format(sources, program) for d in diagnostics)
 
 
 class EincError(Exception):
@@ -92,6 +98,10 @@ class EincError(Exception):
             self.diagnostics = tuple(message_or_diagnostics)
         self.sources = dict(sources or {})
         super().__init__(format_diagnostics(self.diagnostics, self.sources))
+
+    def render(self, program: str = "") -> str:
+        """The message as a command line prints it (``einc: error: ...`` for unlocated ones)."""
+        return format_diagnostics(self.diagnostics, self.sources, program)
 
 
 class PcSyntaxError(EincError):
@@ -116,6 +126,14 @@ class BackendError(EincError):
 
 class ModelFileError(EincError):
     """A saved model file is missing, corrupt or of an unsupported version."""
+
+
+class TrainingError(EincError):
+    """Training cannot go on: the log-likelihood became non-finite (the last good model is kept)."""
+
+
+class ResourceError(EincError):
+    """What was asked for would not fit: a circuit or output larger than the configured limits."""
 
 
 @dataclass
