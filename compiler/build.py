@@ -941,7 +941,7 @@ class _Builder:
         allowed = generators.allowed_axes(axes)
         estimate = size.estimate_poon_domingos(
             height, width, deltas if 0 in allowed else (), deltas if 1 in allowed else (),
-            self.limits.dtype, budget=3 * self.limits.max_partitions + 3,
+            self.limits.dtype, budget=3 * self.limits.partition_budget,
         )
         shown_deltas = ", ".join(str(d) for d in deltas)
         self._check_size(

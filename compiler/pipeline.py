@@ -42,7 +42,7 @@ class CompileOptions:
     ``sums``/``inputs``/``heads`` override the file's values (``None``: keep the file's), so that
     a sweep over K needs no edited copies of a ``.pc`` file. Lowering options are added here too.
 
-    ``max_bytes`` and ``max_partitions`` bound what the front end agrees to build (see
+    ``max_bytes`` and ``max_build_seconds`` bound what the front end agrees to build (see
     ``compiler/size.py``): the size is estimated from the declarations and generator arguments,
     with parameters counted at ``dtype``, before anything is allocated.
     """
@@ -52,11 +52,11 @@ class CompileOptions:
     heads: int | None = None
     dtype: str = "float32"
     max_bytes: int = size.DEFAULT_MAX_BYTES
-    max_partitions: int = size.DEFAULT_MAX_PARTITIONS
+    max_build_seconds: float = size.DEFAULT_MAX_BUILD_SECONDS
 
     @property
     def limits(self) -> size.SizeLimits:
-        return size.SizeLimits(self.max_bytes, self.max_partitions, self.dtype)
+        return size.SizeLimits(self.max_bytes, self.max_build_seconds, self.dtype)
 
 
 def load_source(path: str | Path) -> tuple[str, str]:

@@ -9,8 +9,10 @@ arguments alone (closed formulas, or a 1-D closure per grid axis for Poon–Domi
 - ``max_bytes`` bounds memory: parameters on the backend at the model's dtype plus the float64
   host copies training keeps (initial values, best-so-far, last good), and the front end's own
   data structures (measured per variable, region, partition and scope entry on the examples);
-- ``max_partitions`` bounds time: building, verifying, layering and lowering cost about 30-100 µs
-  per partition, so the default keeps ``einc check`` within about 2 s on a laptop-class CPU.
+- ``max_build_seconds`` bounds time: the seconds ``einc check`` (parse, build, verify, layer)
+  would take, from per-item costs fitted on RAT and PD circuits of up to 280,000 regions and
+  4 million scope entries (benchmarks/README.md). The default, 2 s, is the answer time ``einc
+  check`` promises; a loaded or slower machine takes longer than estimated.
 
     >>> estimate = estimate_random_binary_trees(16, depth=1, replicas=20, dtype="float32")
     >>> estimate.regions, estimate.partitions
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_MAX_BYTES = 4 * 2**30  # well under the 24 GiB of the development machines
-DEFAULT_MAX_PARTITIONS = 100_000
+DEFAULT_MAX_BUILD_SECONDS = 2.0
 
 # Front-end memory per item, measured with tracemalloc over parse → lower on RAT and PD circuits
 # (peak bytes / count, rounded up): the IR's Python objects and the plan's index arrays.
@@ -37,6 +39,13 @@ BYTES_PER_SCOPE_ENTRY = 40  # one variable in one region's scope
 # Float64 host copies of the parameters besides the backend's: initial values, best-so-far and
 # last-good snapshots while training.
 HOST_COPIES = 3
+# Front-end CPU seconds per item: a least-squares fit of parse+build+verify+layer times on nine
+# RAT and PD circuits (scaled to an idle core of the 2-core development VM; see
+# benchmarks/README.md, "Front-end size limits").
+SECONDS_PER_VARIABLE = 1.2e-5
+SECONDS_PER_REGION = 2.0e-5
+SECONDS_PER_PARTITION = 2.2e-5
+SECONDS_PER_SCOPE_ENTRY = 0.5e-6
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,13 @@ class SizeLimits:
     """The limits a circuit must fit, and the dtype its parameters are counted at."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
-    max_partitions: int = DEFAULT_MAX_PARTITIONS
+    max_build_seconds: float = DEFAULT_MAX_BUILD_SECONDS
     dtype: str = "float32"
+
+    @property
+    def partition_budget(self) -> int:
+        """More partitions than this alone exceed the time limit (bounds the PD axis counts)."""
+        return int(self.max_build_seconds / SECONDS_PER_PARTITION) + 1
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,16 @@ class SizeEstimate:
             + self.variables * BYTES_PER_VARIABLE
             + (self.regions + self.partitions) * BYTES_PER_NODE
             + self.scope_entries * BYTES_PER_SCOPE_ENTRY
+        )
+
+    @property
+    def build_seconds(self) -> float:
+        """Estimated front-end time (parse to layers) on one idle core."""
+        return (
+            self.variables * SECONDS_PER_VARIABLE
+            + self.regions * SECONDS_PER_REGION
+            + self.partitions * SECONDS_PER_PARTITION
+            + self.scope_entries * SECONDS_PER_SCOPE_ENTRY
         )
 
     def describe(self) -> str:
@@ -104,11 +128,12 @@ def format_bytes(count: int) -> str:
 
 def limit_problem(estimate: SizeEstimate, limits: SizeLimits, what: str = "the circuit") -> str | None:
     """Why ``estimate`` does not fit ``limits`` (a message with the numbers), or None."""
-    if estimate.partitions > limits.max_partitions:
+    if estimate.build_seconds > limits.max_build_seconds:
         return (
-            f"{what} would have {estimate.describe()}; that is more than the limit of "
-            f"{format_count(limits.max_partitions)} partitions (building it would take minutes); raise it with "
-            f"--max-partitions or CompileOptions(max_partitions=...) if you mean it"
+            f"{what} would have {estimate.describe()}; building it would take about "
+            f"{_seconds(estimate.build_seconds)}, more than the limit of "
+            f"{limits.max_build_seconds:g} s; raise it with --max-build-seconds or "
+            f"CompileOptions(max_build_seconds=...) if you mean it"
         )
     if estimate.bytes > limits.max_bytes:
         return (
@@ -117,6 +142,16 @@ def limit_problem(estimate: SizeEstimate, limits: SizeLimits, what: str = "the c
             f"CompileOptions(max_bytes=...) if the machine has the memory"
         )
     return None
+
+
+def _seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} minutes"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} hours"
+    return f"{format_count(int(seconds / 86400))} days"
 
 
 def estimate_random_binary_trees(num_variables: int, depth: int, replicas: int, dtype: str) -> SizeEstimate:

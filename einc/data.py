@@ -268,6 +268,9 @@ def _preview(names: Sequence[str], count: int = 4) -> str:
 
 
 def _shorten(text: str, width: int = 40) -> str:
+    """Text for a one-line message: control characters escaped, long text cut."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -406,10 +409,11 @@ def _check_group(group: _ColumnGroup, values: np.ndarray, observed: np.ndarray,
     # Sufficient statistics grow monotonically with |x| for every family: check the extremes
     # first, and look for the culprit only when one of them is too large.
     extremes = np.array([block[seen].min(), block[seen].max()])
-    if np.all(np.abs(rule.sufficient_statistics(np, extremes, group.family, group.domain)) <= limits.largest_statistic):
-        return
-    statistics = rule.sufficient_statistics(np, block, group.family, group.domain)
-    bad = seen & ~np.all(np.abs(statistics) <= limits.largest_statistic, axis=-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is what is looked for
+        if np.all(np.abs(rule.sufficient_statistics(np, extremes, group.family, group.domain)) <= limits.largest_statistic):
+            return
+        statistics = rule.sufficient_statistics(np, block, group.family, group.domain)
+        bad = seen & ~np.all(np.abs(statistics) <= limits.largest_statistic, axis=-1)
     fail(bad, f"is too large for a {group.family.name} leaf in {limits.dtype}: its sufficient "
               f"statistics exceed {limits.largest_statistic:.2g}; rescale the data or use float64")
 

@@ -83,7 +83,7 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     """Compile a .pc file (or its text) into a model with freshly initialised parameters.
 
     ``options`` (``CompileOptions``) overrides K and sets the size limits the front end checks
-    before building anything (``max_bytes`` at this ``dtype``, ``max_partitions``).
+    before building anything (``max_bytes`` at this ``dtype``, ``max_build_seconds``).
 
     >>> import einc
     >>> model = einc.compile("examples/tiny.pc", dtype="float64")   # doctest: +SKIP
