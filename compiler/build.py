@@ -225,12 +225,15 @@ def _convert(value: Value, kind: str, what: str, sink: DiagnosticSink) -> object
     return None
 
 
-def _value_text(value: Value) -> str:
+def _value_text(value: Value, width: int = 60) -> str:
+    """The value as written, cut to ``width`` characters for a one-line message."""
     if isinstance(value, Number):
-        return value.text
-    if isinstance(value, Name):
-        return f"'{value.text}'"
-    return "[" + ", ".join(_value_text(item) for item in value.items) + "]"
+        text = value.text
+    elif isinstance(value, Name):
+        text = f"'{value.text}'"
+    else:
+        text = "[" + ", ".join(_value_text(item, width) for item in value.items[:20]) + "]"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _bind(call: Call, params: Sequence[_Param], sink: DiagnosticSink) -> _Bound | None:
@@ -315,6 +318,7 @@ class _Builder:
     # Names declared with an invalid domain or shape: already reported, so references to them
     # fail silently instead of cascading into "unknown variable" errors.
     broken: set[str] = field(default_factory=set)
+    referenced: int = 0  # variables named by references so far (explicit scopes, leaf targets)
 
     def build(self) -> tuple[RegionGraph | None, list[Diagnostic]]:
         statements = self.program.statements
@@ -463,6 +467,7 @@ class _Builder:
                 self._unknown_variable(ref.name)
             return None
         if ref.indices is None:
+            self._count_references(group.size, ref.span)
             return list(group.indices)
         if not group.shape:
             self.sink.error(
@@ -481,16 +486,23 @@ class _Builder:
             )
             return None
         ranges: list[range] = []
-        for index, size in zip(ref.indices, group.shape):
-            selected = self._index_range(index, size, group)
+        for index, extent in zip(ref.indices, group.shape):
+            selected = self._index_range(index, extent, group)
             if selected is None:
                 return None
             ranges.append(selected)
-        offsets = [
-            int(np.ravel_multi_index(position, group.shape))
-            for position in itertools.product(*ranges)
-        ]
-        return [group.first + offset for offset in offsets]
+        self._count_references(int(np.prod([len(r) for r in ranges], dtype=object)), ref.span)
+        # row-major offsets of every selected position, without a Python loop per position
+        grids = np.meshgrid(*[np.arange(r.start, r.stop) for r in ranges], indexing="ij")
+        offsets = np.ravel_multi_index(tuple(g.ravel() for g in grids), group.shape)
+        return (group.first + offsets).tolist()
+
+    def _count_references(self, count: int, span: Span) -> None:
+        """Explicit scopes list variables one reference at a time: a slice of a huge array is
+        short text for a lot of work, so the running total is checked before it is expanded."""
+        self.referenced += count
+        estimate = size.SizeEstimate(len(self.group_of), 0, 0, self.referenced, 0, self.limits.dtype)
+        self._check_size(estimate, span, "the circuit up to this reference")
 
     def _index_range(self, index: Index, size: int, group: _Group) -> range | None:
         for number in (index.start, index.stop):
@@ -742,18 +754,20 @@ class _Builder:
 
     def _scope_of(self, scope: ScopeExpr) -> Scope | None:
         indices: list[int] = []
+        seen: set[int] = set()
         ok = True
         for item in scope.items:
             resolved = self._resolve(item)
             if resolved is None:
                 ok = False
                 continue
-            twice = sorted(set(indices) & set(resolved))
+            twice = sorted(seen.intersection(resolved))
             if twice:
                 self.sink.error(f"the scope lists {self._subject(twice)} twice", item.span)
                 ok = False
                 continue
             indices.extend(resolved)
+            seen.update(resolved)
         return tuple(sorted(indices)) if ok else None
 
     def _name_regions(self, statements: list[RegionStatement]) -> None:

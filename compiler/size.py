@@ -99,6 +99,8 @@ class SizeEstimate:
             parts.append(f"{format_count(self.regions)} regions and {format_count(self.partitions)} partitions")
         else:
             parts.append(f"{format_count(self.variables)} variables")
+            if self.scope_entries:
+                parts.append(f"{format_count(self.scope_entries)} variables listed in scopes")
         if self.parameters:
             parts.append(f"about {format_count(self.parameters)} parameters")
         return f"{', '.join(parts)}: about {format_bytes(self.bytes)} at {self.dtype}"

@@ -19,7 +19,8 @@ from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.data import as_rows, prepare, prepare_labels
 from einc.files import atomic_write
-from einc.ir.diagnostics import DataError, EincError, ModelFileError, TrainingError
+from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
+from einc.ir.diagnostics import DataError, EincError, ModelFileError, ResourceError, TrainingError
 from einc.ir.plan import Plan
 
 FORMAT = "einc-model"
@@ -90,8 +91,11 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     >>> model.log_likelihood([[0, 1, 1, 0]])                          # doctest: +SKIP
     """
     text, filename = _read_source(source_or_path)
-    plan = compile_plan(text, filename, replace(options or CompileOptions(), dtype=dtype))
-    return Model(plan, text, filename, backend, device, dtype, init_parameters(plan, seed), seed, backend_options)
+    options = replace(options or CompileOptions(), dtype=dtype)
+    plan = compile_plan(text, filename, options)
+    model = Model(plan, text, filename, backend, device, dtype, init_parameters(plan, seed), seed, backend_options)
+    model.max_bytes = options.max_bytes
+    return model
 
 
 def _check_positive_int(value: Any, name: str) -> None:
@@ -120,6 +124,8 @@ class Model:
         self.params: Params = self.backend.put(params)
         # how far training has come (fit sets it; save and load carry it): see TrainingState
         self.training: TrainingState | None = None
+        # the most memory one call may allocate for its rows (CompileOptions.max_bytes)
+        self.max_bytes = DEFAULT_MAX_BYTES
 
     # ------------------------------------------------------------------ description
     @property
@@ -153,10 +159,29 @@ class Model:
         self.params = self.backend.put({spec.name: params[spec.name] for spec in self.plan.params})
 
     # ------------------------------------------------------------------ queries
+    def check_memory(self, rows: int, per_row: int, what: str) -> None:
+        """``ResourceError`` before allocating ``rows`` × ``per_row`` bytes beyond ``max_bytes``
+        (set from ``CompileOptions.max_bytes``; the CLI's --max-memory)."""
+        needed = rows * per_row
+        if needed > self.max_bytes:
+            raise ResourceError(
+                f"{what} would need about {format_bytes(needed)}, more than the limit of "
+                f"{format_bytes(self.max_bytes)}; use fewer rows per call, or raise the limit "
+                f"(CompileOptions(max_bytes=...), --max-memory)"
+            )
+
+    def _batch_bytes(self) -> int:
+        """Bytes one sample occupies while a batch runs: every op's output (forward values,
+        their gradients and the autograd copies: about 3 of each) plus the data row."""
+        floats = sum(self.plan.op_cost(op)[2] for op in self.plan.ops)
+        return 3 * floats * np.dtype(self.dtype).itemsize + 16 * self.graph.num_columns
+
     def _batches(self, data: Any, missing: Any, batch_size: int, labels: Any = None,
                  label: str = "data") -> Iterator[Batch]:
         _check_positive_int(batch_size, "batch_size")
         values, observed = prepare(self.graph, data, missing, label, self.dtype)
+        rows = min(batch_size, len(values))
+        self.check_memory(rows, self._batch_bytes(), f"a batch of {rows} samples")
         label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
         for start in range(0, len(values), batch_size):
             stop = start + batch_size
@@ -217,6 +242,8 @@ class Model:
             if n is None:
                 raise EincError("give n >= 1 samples, or evidence")
             _check_positive_int(n, "n")
+            # the evidence, the prepared values and mask, and the samples returned
+            self.check_memory(n, 32 * self.graph.num_columns, f"{n} samples")
             return np.full((n, self.graph.num_columns), np.nan)
         return as_rows(evidence, "evidence")
 
@@ -264,6 +291,8 @@ class Model:
         values, observed = prepare(self.graph, train, None, "train", self.dtype)
         if len(values) == 0:
             raise DataError("train: no training samples")
+        rows = min(batch_size, len(values))
+        self.check_memory(rows, self._batch_bytes(), f"a training batch of {rows} samples")
         label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
         validation = None
         if valid is not None:
@@ -589,6 +618,7 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
         raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
     params = _parameters(archive, f"{prefix}param/", plan, path, "parameter")
     model = Model(plan, source, filename, backend, device, dtype, params, seed)
+    model.max_bytes = (options or CompileOptions()).max_bytes
     if "training" in meta:
         model.training = _training_state(archive, prefix, meta["training"], plan, path)
     return model

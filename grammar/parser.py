@@ -48,6 +48,8 @@ from lark.tree import Meta
 MAX_SYNTAX_ERRORS = 50
 # Longer numeric literals are syntax errors: every size, index and seed fits in far fewer digits.
 MAX_NUMBER_LENGTH = 100
+# Deeper bracket nesting is a syntax error (the tree transformer recurses once per level).
+MAX_NESTING = 50
 
 KEYWORDS = ("circuit", "var", "leaf", "sums", "inputs", "heads", "structure", "region")
 
@@ -61,6 +63,9 @@ def _parser() -> Lark:
 
 def parse(text: str, filename: str) -> Program:
     """Parse ``.pc`` source text into a ``Program``; raise ``PcSyntaxError`` with every error."""
+    too_deep = _nesting_error(text, filename)
+    if too_deep is not None:
+        raise PcSyntaxError([too_deep], {filename: text})
     source = text if text.endswith("\n") else text + "\n"
     original_lines = source.split("\n")
     diagnostics: list[Diagnostic] = []
@@ -88,6 +93,25 @@ def parse(text: str, filename: str) -> Program:
             raise PcSyntaxError(original.diagnostics, {filename: text}) from None
         raise original from None
     return Program(filename=filename, statements=tuple(statements), source=text)
+
+
+def _nesting_error(text: str, filename: str) -> Diagnostic | None:
+    """A located error at the first bracket nested deeper than ``MAX_NESTING`` (else None)."""
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        depth = 0
+        for column, char in enumerate(line.split("#", 1)[0], start=1):
+            if char in "([{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    span = Span(filename, line_number, column, line_number, column)
+                    return Diagnostic(
+                        f"brackets nested more than {MAX_NESTING} levels deep; "
+                        f"expected a value such as 7 or [7, 4]",
+                        span,
+                    )
+            elif char in ")]}":
+                depth = max(depth - 1, 0)
+    return None
 
 
 def _blank_line(text: str, line: int) -> str:
@@ -329,7 +353,7 @@ def _found(error: UnexpectedInput, line: str) -> tuple[str, int]:
             return ("end of line", 1)
         if token.type == "$END":
             return ("end of file", 1)
-        return (f"'{token}'", max(len(str(token)), 1))
+        return (f"'{_shorten(str(token))}'", max(len(str(token)), 1))
     char = line[error.column - 1] if 0 < error.column <= len(line) else "?"
     return (f"'{char}'", 1)
 
@@ -375,6 +399,13 @@ def _syntax_diagnostic(error: UnexpectedInput, lines: list[str], filename: str) 
     return Diagnostic(message, span)
 
 
+def _shorten(text: str, width: int = 40) -> str:
+    """A token as quoted in a one-line message: cut when long, control characters escaped."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _unknown_statement(line: str, filename: str, line_number: int) -> Diagnostic | None:
     """``vars A : binary`` — a misspelt keyword, which the grammar reads as a broken partition."""
     code = line.split("#", 1)[0]
@@ -385,7 +416,7 @@ def _unknown_statement(line: str, filename: str, line_number: int) -> Diagnostic
     column = match.start(1) + 1
     span = Span(filename, line_number, column, line_number, column + len(word) - 1)
     guess = difflib.get_close_matches(word, KEYWORDS, n=1, cutoff=0.6)
-    message = f"unknown statement '{word}'; expected {_A_STATEMENT}, found '{word}'"
+    message = f"unknown statement '{_shorten(word)}'; expected {_A_STATEMENT}, found '{_shorten(word)}'"
     if guess:
         message += f" — did you mean '{guess[0]}'?"
     return Diagnostic(message, span)

@@ -74,8 +74,21 @@ def _excerpt(span: Span | None, sources: Mapping[str, str] | None) -> list[str]:
     width = 1
     if span.end_line == span.line and span.end_col >= span.col:
         width = span.end_col - span.col + 1
-    caret = " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" + "~" * (width - 1)
+    column = span.col
+    if len(text) > _EXCERPT_WIDTH:
+        # a very long line: show a window around the column, marked with "..." where cut
+        start = max(0, min(span.col - 1 - _EXCERPT_WIDTH // 4, len(text) - _EXCERPT_WIDTH))
+        shown = text[start : start + _EXCERPT_WIDTH]
+        prefix = "..." if start else ""
+        text = prefix + shown + ("..." if start + _EXCERPT_WIDTH < len(text) else "")
+        column = span.col - start + len(prefix)
+        width = min(width, _EXCERPT_WIDTH - (column - 1 - len(prefix)))
+    caret = " " * (len(gutter) - 2) + "| " + " " * (column - 1) + "^" + "~" * (max(width, 1) - 1)
     return [gutter + text, caret]
+
+
+# Longest source excerpt printed under a diagnostic (a longer line is cut around the column).
+_EXCERPT_WIDTH = 120
 
 
 def format_diagnostics(

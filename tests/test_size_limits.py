@@ -138,3 +138,47 @@ def test_the_api_passes_the_limits_and_dtype(tmp_path) -> None:
         einc.compile(str(path), dtype="float64", options=CompileOptions(max_bytes=2**20))
     model = einc.compile(str(path), dtype="float64")
     assert model.dtype == "float64"
+
+
+def test_a_slice_of_a_huge_array_in_explicit_scopes_is_refused_at_the_reference() -> None:
+    n = 100_000  # each line below names about 2n variables; 20 lines are over the time limit
+    lines = [f"x[0:{n - i}] -> x[0:{n - i - 1}] * x[{n - i - 1}]" for i in range(40)]
+    text = f"var x[{n}] : binary\nleaf x ~ bernoulli\nsums 1\n" + "\n".join(lines) + "\n"
+    started = time.perf_counter()
+    with pytest.raises(ResourceError) as caught:
+        region_graph(text, "slices.pc")
+    assert time.perf_counter() - started < 4.0
+    assert 4 < caught.value.diagnostics[0].span.line < 40
+    assert "variables listed in scopes" in str(caught.value)
+
+
+def test_deep_nesting_and_long_lines_give_short_located_messages() -> None:
+    from einc.ir.diagnostics import PcSyntaxError
+
+    deep = ("var x[16] : binary\nleaf x ~ bernoulli\n"
+            "structure random_binary_trees(depth = 2, replicas = 2, seed = " + "[" * 5000 + "1" + "]" * 5000 + ")\n")
+    with pytest.raises(PcSyntaxError, match="brackets nested more than 50 levels deep") as caught:
+        front_end(deep, "deep.pc")
+    assert max(len(line) for line in str(caught.value).splitlines()) < 300
+    long = "var x[16] : binary\nleaf x ~ bernoulli\n" + "x" * 100_000 + " y\n"
+    with pytest.raises(PcSyntaxError) as caught:
+        front_end(long, "long.pc")
+    assert max(len(line) for line in str(caught.value).splitlines()) < 400
+
+
+def test_sampling_or_batches_beyond_the_memory_limit_are_refused() -> None:
+    model = einc.compile(RAT.format(v=16, k=2, d=1, r=2))
+    with pytest.raises(ResourceError, match="100000000000 samples would need about"):
+        model.sample(10**11)
+    model.max_bytes = 2**20
+    with pytest.raises(ResourceError, match="a training batch of 5000 samples"):
+        model.fit(np.zeros((5000, 16)), batch_size=10**6, epochs=1)
+    assert model.log_likelihood(np.zeros((10, 16)), batch_size=10**6).shape == (10,)
+
+
+def test_large_counts_do_not_build_a_huge_table_in_the_numpy_backend() -> None:
+    text = "var c : count\nvar d : count\nleaf c, d ~ poisson\nsums 2\n{c, d} -> c * d\n"
+    x = [[1e7, 3.0], [2.0, 1e8]]
+    numpy_ll = einc.compile(text, backend="numpy", dtype="float64").log_likelihood(x)
+    torch_ll = einc.compile(text, backend="torch", dtype="float64").log_likelihood(x)
+    np.testing.assert_allclose(numpy_ll, torch_ll, rtol=1e-10)
