@@ -418,8 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_option_values(parser, arguments)
         args = parser.parse_args(arguments)
     except UsageError as error:
-        error.parser.print_usage(sys.stderr)
-        print(f"einc: error: {error}", file=sys.stderr)
+        # one line, like every other error; the usage is one --help away
+        print(f"einc: error: {error} (see {error.parser.prog} --help)", file=sys.stderr)
         return 1
     except SystemExit as exit:  # --help and --version
         return int(exit.code or 0) if not isinstance(exit.code, str) else 1

@@ -115,9 +115,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = read_data(args.test, columns=columns) if args.test else None
     labels = read_data(args.labels) if args.labels else None
     valid_labels = read_data(args.valid_labels) if args.valid_labels else None
-    # everything fit does not see is checked here, before the first epoch
-    if test is not None:
-        prepare(model.graph, test, None, "test", model.dtype)
+    # every file is checked against the circuit here, before anything is trained
+    for name, data in (("train", train), ("valid", valid), ("test", test)):
+        if data is not None:
+            prepare(model.graph, data, None, name, model.dtype)
     if labels is not None:
         prepare_labels(labels, len(train), model.plan.heads)
     if valid_labels is not None and valid is not None:

@@ -38,7 +38,7 @@ def assert_one_clear_error(code: int, err: str, *fragments: str) -> None:
     """Exit 1, no traceback, an `einc: error:` (or located) message holding every fragment."""
     assert code == 1, err
     assert "Traceback" not in err
-    message = err.strip().splitlines()[-1] if err.strip().startswith("usage:") else err.strip()
+    message = err.strip()
     assert message.startswith("einc: error: ") or ": error: " in message.splitlines()[0], err
     for fragment in fragments:
         assert fragment in err, (fragment, err)

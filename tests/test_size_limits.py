@@ -131,7 +131,7 @@ def test_the_examples_fit_the_default_limits() -> None:
 
 def test_the_api_passes_the_limits_and_dtype(tmp_path) -> None:
     path = tmp_path / "wide.pc"
-    path.write_text(RAT.format(v=16, k=32, d=2, r=40))
+    path.write_text(RAT.format(v=16, k=16, d=2, r=40))
     with pytest.raises(ResourceError, match="at float32"):
         einc.compile(str(path), options=CompileOptions(max_bytes=2**20))
     with pytest.raises(ResourceError, match="at float64"):
