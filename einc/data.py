@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from einc.ir.diagnostics import DataError
+from einc.ir.diagnostics import DataError, shorten
 from einc.ir.families import family_rule
 from einc.ir.region_graph import RegionGraph
 
@@ -234,7 +234,7 @@ def _read_csv(text: str, source: str, columns: Sequence[str] | None) -> Dataset:
                     value = _number(cell)
                     if value is None:
                         raise DataError(
-                            f"{source}:{line}:{column}: '{_shorten(cell.strip())}' is not a number; "
+                            f"{source}:{line}:{column}: '{shorten(cell.strip())}' is not a number; "
                             f"expected a number, or one of ?, nan, NA or an empty cell for a missing value"
                         ) from None
                     row.append(value)
@@ -263,15 +263,8 @@ def _is_header(cells: list[str], columns: Sequence[str] | None, source: str, lin
 
 
 def _preview(names: Sequence[str], count: int = 4) -> str:
-    shown = ",".join(_shorten(n, 30) for n in names[:count])
+    shown = ",".join(shorten(n, 30) for n in names[:count])
     return shown + (f",... ({len(names)} columns)" if len(names) > count else f" ({len(names)} columns)")
-
-
-def _shorten(text: str, width: int = 40) -> str:
-    """Text for a one-line message: control characters escaped, long text cut."""
-    if not text.isprintable():
-        text = text.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,8 +130,9 @@ class MixtureModel:
         component by its posterior given each row's evidence, then sample it conditionally)."""
         rng = np.random.default_rng(seed)
         if evidence is None:
-            if n is None or n < 1:
-                raise EincError("give n >= 1 samples, or evidence")
+            if n is None or isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise EincError(f"give n >= 1 samples, or evidence; found n={n!r}")
+            self.components[0].check_memory(n, 32 * len(self.columns), f"{n} samples")
             rows = np.full((n, len(self.columns)), np.nan)
             choice = rng.choice(len(self.components), size=n, p=np.exp(self.log_weights))
         else:

@@ -18,7 +18,7 @@ from einc.backends.base import Batch, Params, Statistics, create_backend
 from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.data import as_rows, prepare, prepare_labels
-from einc.files import atomic_write
+from einc.files import atomic_write, check_writable
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.ir.diagnostics import DataError, EincError, ModelFileError, ResourceError, TrainingError
 from einc.ir.plan import Plan
@@ -303,8 +303,6 @@ class Model:
                 valid_labels, len(valid_values), self.plan.heads, "valid labels")
             validation = (valid_values, valid_observed, valid_label_array)
         if checkpoint is not None:
-            from einc.files import check_writable
-
             check_writable(checkpoint, "checkpoint")
         run = _Run.start(self, resume, method, seed, validation is not None and keep_best)
 
@@ -335,7 +333,7 @@ class Model:
                 train_ll = self._mean_ll(values, observed, label_array)
                 valid_ll = None if validation is None else self._mean_ll(*validation)
                 if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
-                    run.restore(self, keep_best)
+                    run.restore(self)
                     raise TrainingError(run.diverged(epoch, train_ll, valid_ll, method))
                 run.finish_epoch(self, epoch, valid_ll, trainer, method)
                 record = EpochRecord(epoch, train_ll, valid_ll, time.perf_counter() - started)
@@ -347,9 +345,10 @@ class Model:
                 if options.patience is not None and run.stale_epochs >= options.patience:
                     break
         except KeyboardInterrupt:
-            run.restore(self, keep_best)
+            run.restore(self)
             raise
-        run.restore(self, keep_best)
+        if run.keep_best and run.best_params is not None and run.best_epoch != run.epoch:
+            run.restore(self)
         return history
 
     def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
@@ -494,9 +493,9 @@ class _Run:
         model.training = TrainingState(epoch, self.last_good, self.rng.bit_generator.state, method,
                                        self.optimizer, self.best_epoch, self.best_valid_ll, self.stale_epochs)
 
-    def restore(self, model: Model, keep_best: bool) -> None:
+    def restore(self, model: Model) -> None:
         """Leave the model at its best validation epoch (with keep_best) or its last good one."""
-        model.set_parameters(self.best_params if keep_best and self.best_params is not None else self.last_good)
+        model.set_parameters(self.best_params if self.keep_best and self.best_params is not None else self.last_good)
 
     def diverged(self, epoch: int, train_ll: float, valid_ll: float | None, method: str) -> str:
         which = f"train LL {train_ll}" + ("" if valid_ll is None else f", valid LL {valid_ll}")

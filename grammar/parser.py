@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from einc.ir.diagnostics import Diagnostic, PcSyntaxError, Span
+from einc.ir.diagnostics import Diagnostic, PcSyntaxError, Span, shorten
 from einc.ir.program import (
     Argument,
     Call,
@@ -353,7 +353,7 @@ def _found(error: UnexpectedInput, line: str) -> tuple[str, int]:
             return ("end of line", 1)
         if token.type == "$END":
             return ("end of file", 1)
-        return (f"'{_shorten(str(token))}'", max(len(str(token)), 1))
+        return (f"'{shorten(str(token))}'", max(len(str(token)), 1))
     char = line[error.column - 1] if 0 < error.column <= len(line) else "?"
     return (f"'{char}'", 1)
 
@@ -399,13 +399,6 @@ def _syntax_diagnostic(error: UnexpectedInput, lines: list[str], filename: str) 
     return Diagnostic(message, span)
 
 
-def _shorten(text: str, width: int = 40) -> str:
-    """A token as quoted in a one-line message: cut when long, control characters escaped."""
-    if not text.isprintable():
-        text = text.encode("unicode_escape").decode("ascii")
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def _unknown_statement(line: str, filename: str, line_number: int) -> Diagnostic | None:
     """``vars A : binary`` — a misspelt keyword, which the grammar reads as a broken partition."""
     code = line.split("#", 1)[0]
@@ -416,7 +409,7 @@ def _unknown_statement(line: str, filename: str, line_number: int) -> Diagnostic
     column = match.start(1) + 1
     span = Span(filename, line_number, column, line_number, column + len(word) - 1)
     guess = difflib.get_close_matches(word, KEYWORDS, n=1, cutoff=0.6)
-    message = f"unknown statement '{_shorten(word)}'; expected {_A_STATEMENT}, found '{_shorten(word)}'"
+    message = f"unknown statement '{shorten(word)}'; expected {_A_STATEMENT}, found '{shorten(word)}'"
     if guess:
         message += f" — did you mean '{guess[0]}'?"
     return Diagnostic(message, span)

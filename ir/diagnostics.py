@@ -91,6 +91,13 @@ def _excerpt(span: Span | None, sources: Mapping[str, str] | None) -> list[str]:
 _EXCERPT_WIDTH = 120
 
 
+def shorten(text: str, width: int = 40) -> str:
+    """Text quoted in a one-line message: control characters escaped, long text cut."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def format_diagnostics(
     diagnostics: Sequence[Diagnostic], sources: Mapping[str, str] | None, program: str = ""
 ) -> str:
