@@ -7,14 +7,18 @@
 """
 
 from einc.backends.base import available_backends
+from einc.compiler.pipeline import CompileOptions
 from einc.ir.diagnostics import (
     BackendError,
     DataError,
     EincError,
     ModelFileError,
+    OutputError,
     PcSemanticError,
     PcSyntaxError,
+    ResourceError,
     StructureError,
+    TrainingError,
 )
 from einc.compare import BackendReport, compare_backends
 from einc.mixture import MixtureModel, fit_mixture
@@ -25,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "BackendReport",
+    "CompileOptions",
     "MixtureModel",
     "compare_backends",
     "fit_mixture",
@@ -32,9 +37,12 @@ __all__ = [
     "EincError",
     "Model",
     "ModelFileError",
+    "OutputError",
     "PcSemanticError",
     "PcSyntaxError",
+    "ResourceError",
     "StructureError",
+    "TrainingError",
     "available_backends",
     "compile",
     "load",

@@ -142,10 +142,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupt:
         return _save_interrupted(model, output, interrupt)
     except TrainingError as error:
+        print(error.render("einc"), file=sys.stderr)
         if model.training is not None:
             model.save(output)
-            print(f"einc: wrote the last good model to {output}", file=sys.stderr)
-        raise error
+            print(f"einc: wrote the last good model (epoch {model.training.epoch}) to {output}", file=sys.stderr)
+        return 1
     if args.resume and not history:
         print(f"already trained for {model.training.epoch if model.training else 0} epochs; "
               f"raise --epochs to train longer")

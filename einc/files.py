@@ -21,14 +21,10 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-from einc.ir.diagnostics import DataError
+from einc.ir.diagnostics import OutputError
 
 # What `save_array` writes, by suffix (the suffixes einc reads back, plus .png pictures).
 ARRAY_SUFFIXES = (".csv", ".npy", ".npz")
-
-
-class OutputError(DataError):
-    """An output path einc cannot or will not write."""
 
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:

@@ -140,6 +140,10 @@ class DataError(EincError):
     """Data does not fit the circuit's variables (shape, domain, file format)."""
 
 
+class OutputError(DataError):
+    """An output path einc cannot or will not write (a folder, read-only, in an unwritable place)."""
+
+
 class BackendError(EincError):
     """A backend is unknown or unavailable on this machine."""
 

@@ -566,3 +566,23 @@ def test_auto_threads_is_one_for_small_circuits_and_bounded_otherwise() -> None:
     assert choose_threads("auto", einc.compile(TINY).plan) == 1
     count = choose_threads("auto", None)
     assert 1 <= count <= min(MAX_AUTO_THREADS, os.cpu_count() or 1)
+
+
+def test_cli_training_that_diverges_writes_the_last_good_model(tiny_data: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    calls: list[int] = []
+    original = einc.Model._mean_ll
+
+    def nan_from_epoch_3(self, *args):
+        calls.append(1)
+        return float("nan") if len(calls) > 2 else original(self, *args)
+
+    monkeypatch.setattr(einc.Model, "_mean_ll", nan_from_epoch_3)
+    output = tmp_path / "m.npz"
+    code, out, err = run(["train", TINY, "--data", str(tiny_data), "--epochs", "5", "-o", str(output)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("einc: error: training diverged in epoch 3: train LL nan; the model keeps the "
+                          "parameters of epoch 2")
+    assert "wrote the last good model (epoch 2)" in err
+    assert einc.load(output).training.epoch == 2
