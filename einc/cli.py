@@ -36,7 +36,7 @@ from einc.compiler.pipeline import (
     load_source,
     region_graph,
 )
-from einc.files import atomic_write, check_writable
+from einc.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
 from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 
@@ -217,6 +217,7 @@ EMITTERS: dict[str, Callable[[str, str, CompileOptions], str]] = {
 def cmd_compile(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output)
+        check_not_an_input(args.output, {"FILE.pc": args.file})
     text, filename = load_source(args.file)
     output = EMITTERS[args.emit](text, filename, commands.compile_options(args))
     if args.output:

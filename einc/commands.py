@@ -20,7 +20,7 @@ import numpy as np
 
 from einc.compiler.pipeline import CompileOptions
 from einc.data import prepare, prepare_labels, read_data
-from einc.files import check_array_output, check_writable, save_array
+from einc.files import check_array_output, check_not_an_input, check_writable, save_array
 from einc.ir.diagnostics import DataError, EincError, TrainingError
 from einc.ir.plan import Plan
 from einc.model import EpochRecord, Model, compile, load
@@ -105,6 +105,8 @@ def _check_train_options(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     _check_train_options(args)
     output = check_writable(args.output, "model")
+    check_not_an_input(output, {"FILE.pc": args.file, "--data": args.data, "--valid": args.valid,
+                                "--test": args.test, "--labels": args.labels, "--valid-labels": args.valid_labels})
     if args.mixture is not None:
         return _train_mixture(args)
     model = _training_model(args)
@@ -265,6 +267,7 @@ def _train_mixture(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.per_sample:
         check_array_output(args.per_sample)
+        check_not_an_input(args.per_sample, {"MODEL": args.model, "--data": args.data, "--labels": args.labels})
     model = _load(args)
     _set_threads(args, getattr(model, "plan", None))
     data = read_data(args.data, columns=model.columns)
@@ -302,6 +305,7 @@ def _wrote_per_sample(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     check_array_output(args.output, pictures=True)
+    check_not_an_input(args.output, {"MODEL": args.model})
     model = _load(args)
     _set_threads(args, getattr(model, "plan", None))
     if str(args.output).lower().endswith(".png"):
@@ -325,6 +329,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     if not str(args.output).lower().endswith(".png"):
         raise EincError(f"{args.output}: inpaint writes a PNG picture; name the output OUT.png")
     check_writable(args.output, "picture")
+    check_not_an_input(args.output, {"MODEL": args.model, "--data": args.data})
     check_mask(args.mask)
     model = _load(args)
     _set_threads(args, getattr(model, "plan", None))

@@ -60,6 +60,21 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     return target
 
 
+def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """``OutputError`` when ``output`` is one of the command's input files (``inputs``: option
+    name -> path), which writing the output would destroy (``einc sample m.npz -o m.npz``)."""
+    target = Path(output)
+    if not target.exists():
+        return
+    for option, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(str(path).rsplit(".npz:", 1)[0] + ".npz" if ".npz:" in str(path) else path)
+        if source.exists() and os.path.samefile(source, target):
+            raise OutputError(f"{output}: is also the {option} input; writing it would destroy that file; "
+                              f"choose another output name")
+
+
 def _check_replaceable(target: Path, what: str) -> None:
     try:
         mode = target.stat().st_mode

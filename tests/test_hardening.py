@@ -586,3 +586,21 @@ def test_cli_training_that_diverges_writes_the_last_good_model(tiny_data: Path, 
                           "parameters of epoch 2")
     assert "wrote the last good model (epoch 2)" in err
     assert einc.load(output).training.epoch == 2
+
+
+def test_an_output_that_is_also_an_input_is_refused(tiny_model: Path, tiny_data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    before = tiny_model.read_bytes()
+    data = tmp_path / "d.npz"
+    np.savez(data, x=read_data(tiny_data).values)
+    for argv, option in (
+        (["sample", str(tiny_model), "-o", str(tiny_model.with_suffix(".npz"))], "MODEL"),
+        (["eval", str(tiny_model), "--data", str(tiny_data), "--per-sample", str(tiny_data)], "--data"),
+        (["train", TINY, "--data", str(tiny_data), "-o", str(tiny_data)], "--data"),
+        (["train", TINY, "--data", f"{data}:x", "-o", str(data)], "--data"),
+        (["compile", TINY, "-o", TINY], "FILE.pc"),
+    ):
+        code, _, err = run(argv, capsys)
+        assert_one_clear_error(code, err, f"is also the {option} input")
+    assert tiny_model.read_bytes() == before
+    assert read_data(tiny_data).values.shape == (60, 4)
