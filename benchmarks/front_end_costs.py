@@ -22,7 +22,6 @@ import time
 import tracemalloc
 
 import numpy as np
-
 from einc.compiler import size
 from einc.compiler.dump import parameter_count
 from einc.compiler.layering import layer

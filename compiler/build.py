@@ -109,7 +109,7 @@ _SUGGESTED_FAMILY = {
 
 
 def build_region_graph(
-    program: Program, limits: size.SizeLimits = size.SizeLimits()
+    program: Program, limits: size.SizeLimits | None = None
 ) -> tuple[RegionGraph | None, list[Diagnostic]]:
     """Resolve ``program`` into a region graph; return it and every semantic error found.
 
@@ -121,7 +121,7 @@ def build_region_graph(
     estimated from its arguments; one over ``limits`` raises ``ResourceError`` at once, located at
     the declaration or the structure statement (nothing absurd is attempted).
     """
-    return _Builder(program, limits).build()
+    return _Builder(program, limits or size.SizeLimits()).build()
 
 
 def sort_diagnostics(diagnostics: list[Diagnostic]) -> list[Diagnostic]:

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
 from einc.ir.families import family_rule
 from einc.ir.plan import ParamSpec, Plan
 

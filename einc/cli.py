@@ -40,6 +40,7 @@ from einc.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
 from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 
+
 @dataclass(frozen=True)
 class Arg:
     """One ``argparse`` argument: the flags and ``add_argument`` keywords, as data."""

@@ -46,7 +46,7 @@ def choose_threads(setting: str | int | None, plan: Plan | None = None) -> int:
         if work < SMALL_WORK:
             return 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else 0
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
     return max(1, min(usable - busy, MAX_AUTO_THREADS))
 
 
@@ -324,7 +324,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
-    from einc.images import check_mask, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png
+    from einc.images import (
+        check_mask,
+        image_mask,
+        image_shape,
+        inpainting_figure,
+        inpainting_rows,
+        save_png,
+    )
 
     if not str(args.output).lower().endswith(".png"):
         raise EincError(f"{args.output}: inpaint writes a PNG picture; name the output OUT.png")

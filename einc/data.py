@@ -76,7 +76,7 @@ class Dataset:
     def shape(self) -> tuple[int, ...]:
         return self.values.shape
 
-    def head(self, count: int) -> "Dataset":
+    def head(self, count: int) -> Dataset:
         """The first ``count`` rows, still naming their file and lines."""
         lines = None if self.lines is None else self.lines[:count]
         return Dataset(self.values[:count], self.source, lines)
@@ -351,7 +351,7 @@ class _Limits:
     largest_integer: float  # integers above this are not exact at the dtype
 
     @staticmethod
-    def of(dtype: str) -> "_Limits":
+    def of(dtype: str) -> _Limits:
         info = np.finfo(np.dtype(dtype))
         return _Limits(str(np.dtype(dtype)), float(np.sqrt(info.max)), float(2.0 ** (info.nmant + 1)))
 

@@ -8,18 +8,19 @@ import os
 import time
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from einc.backends.base import Batch, Params, Statistics, create_backend
 from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
+from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.data import as_rows, prepare, prepare_labels
 from einc.files import atomic_write, check_writable
-from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.ir.diagnostics import DataError, EincError, ModelFileError, ResourceError, TrainingError
 from einc.ir.plan import Plan
 
@@ -80,7 +81,7 @@ def _read_source(source_or_path: str | os.PathLike) -> tuple[str, str]:
 
 def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: str = "cpu",
             dtype: str = "float32", seed: int = 0, options: CompileOptions | None = None,
-            **backend_options: Any) -> "Model":
+            **backend_options: Any) -> Model:
     """Compile a .pc file (or its text) into a model with freshly initialised parameters.
 
     ``options`` (``CompileOptions``) overrides K and sets the size limits the front end checks
@@ -425,7 +426,7 @@ class _TrainingOptions:
 
     @staticmethod
     def checked(epochs: Any, method: str, batch_size: Any, step_size: Any, update: str, learning_rate: Any,
-                patience: Any, checkpoint_every: Any, has_valid: bool, model: Model) -> "_TrainingOptions":
+                patience: Any, checkpoint_every: Any, has_valid: bool, model: Model) -> _TrainingOptions:
         """Every training option checked before any work, each with its own message."""
         if method not in ("em", "adam"):
             raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
@@ -464,7 +465,7 @@ class _Run:
     stale_epochs: int = 0
 
     @staticmethod
-    def start(model: Model, resume: bool, method: str, seed: int | None, keep_best: bool) -> "_Run":
+    def start(model: Model, resume: bool, method: str, seed: int | None, keep_best: bool) -> _Run:
         if not resume:
             rng = np.random.default_rng(model.seed if seed is None else seed)
             return _Run(0, rng, keep_best, model.parameters())

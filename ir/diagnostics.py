@@ -11,8 +11,8 @@ Stages *return* diagnostics; the public boundary (``einc.compile``, the CLI) rai
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 
 @dataclass(frozen=True, order=True)

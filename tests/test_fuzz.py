@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from einc.compiler.params import init_parameters
+from einc.compiler.pipeline import CompileOptions, compile_plan
+from einc.ir.diagnostics import EincError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import einc
 from einc import cli
-from einc.compiler.params import init_parameters
-from einc.compiler.pipeline import CompileOptions, compile_plan
-from einc.ir.diagnostics import EincError
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = sorted((ROOT / "examples").glob("*.pc")) + sorted((ROOT / "examples" / "bad").glob("*.pc"))

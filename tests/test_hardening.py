@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from einc.ir.diagnostics import DataError, EincError, ModelFileError, TrainingError
 
 import einc
 from einc import cli
 from einc.data import read_data
-from einc.ir.diagnostics import DataError, EincError, ModelFileError, TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "examples" / "tiny.pc")
@@ -118,7 +118,7 @@ def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_options_are_refused_by_the_parser(argv: list[str], fragment: str, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(argv, capsys)
+    code, _, err = run(argv, capsys)
     assert_one_clear_error(code, err, fragment)
     assert not (tmp_path / "m.npz").exists()
 
@@ -201,7 +201,7 @@ def test_bad_data_files_get_one_message_naming_the_file(kind: str, tmp_path: Pat
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / kind
     _write_bad_data(path, kind)
-    code, out, err = run(["eval", str(tiny_model), "--data", str(path)], capsys)
+    code, _, err = run(["eval", str(tiny_model), "--data", str(path)], capsys)
     assert_one_clear_error(code, err, str(path), BAD_DATA[kind])
     assert len(err.strip().splitlines()) == 1
     with pytest.raises(DataError):
@@ -246,7 +246,7 @@ def test_csv_header_written_by_sample_is_read_back_also_with_commas_in_names(tmp
     assert run(["sample", str(model_path), "-n", "5", "-o", str(samples)], capsys)[0] == 0
     assert samples.read_text().splitlines()[0] == '"img[0, 0]","img[0, 1]","img[1, 0]","img[1, 1]"'
     per_sample = tmp_path / "ll.csv"
-    code, out, err = run(["eval", str(model_path), "--data", str(samples), "--per-sample", str(per_sample)], capsys)
+    code, _, err = run(["eval", str(model_path), "--data", str(samples), "--per-sample", str(per_sample)], capsys)
     assert code == 0, err
     written = read_data(per_sample).values[:, 0]
     np.testing.assert_allclose(written, model.log_likelihood(read_data(samples, columns=model.columns)), rtol=1e-8)
@@ -471,7 +471,7 @@ def test_ctrl_c_keeps_the_best_parameters_and_the_cli_saves_them(tmp_path: Path,
 
     monkeypatch.setattr(einc.Model, "_mean_ll", interrupt_in_epoch_3)
     output = tmp_path / "m.npz"
-    code, out, err = run(["train", TINY, "--data", str(train), "--valid", str(train), "--epochs", "9",
+    code, _, err = run(["train", TINY, "--data", str(train), "--valid", str(train), "--epochs", "9",
                           "-o", str(output)], capsys)
     assert code == 130 and "Traceback" not in err
     assert "interrupted after 2 epochs; wrote the parameters of epoch" in err and f"--resume {output}" in err
@@ -494,9 +494,9 @@ def test_a_signal_during_cli_training_saves_the_best_model_so_far(sig: int, code
         if line.startswith("epoch   2"):
             process.send_signal(sig)
             break
-    out, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == code, err
-    assert "Traceback" not in err and f"wrote the parameters of epoch" in err
+    assert "Traceback" not in err and "wrote the parameters of epoch" in err
     model = einc.load(output, dtype="float64")
     assert model.training is not None and model.training.epoch >= 2
     valid = read_data(train).values
@@ -580,7 +580,7 @@ def test_cli_training_that_diverges_writes_the_last_good_model(tiny_data: Path, 
 
     monkeypatch.setattr(einc.Model, "_mean_ll", nan_from_epoch_3)
     output = tmp_path / "m.npz"
-    code, out, err = run(["train", TINY, "--data", str(tiny_data), "--epochs", "5", "-o", str(output)], capsys)
+    code, _, err = run(["train", TINY, "--data", str(tiny_data), "--epochs", "5", "-o", str(output)], capsys)
     assert code == 1 and "Traceback" not in err
     assert err.startswith("einc: error: training diverged in epoch 3: train LL nan; the model keeps the "
                           "parameters of epoch 2")

@@ -11,15 +11,15 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import einc
 from einc.compiler import size
 from einc.compiler.dump import parameter_count
 from einc.compiler.generators import poon_domingos, random_binary_trees
 from einc.compiler.pipeline import CompileOptions, front_end, region_graph
 from einc.ir.diagnostics import ResourceError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import einc
 
 RAT = "var x[{v}] : binary\nleaf x ~ bernoulli\nsums {k}\nstructure random_binary_trees(depth = {d}, replicas = {r})\n"
 PD = "var img[{h}, {w}] : binary\nleaf img ~ bernoulli\nsums 2\nstructure poon_domingos(delta = {delta}, axes = {axes}, over = img)\n"
@@ -68,8 +68,8 @@ def test_counting_an_absurd_axis_stops_at_the_budget() -> None:
         (PD.format(h=28, w=28, delta="[1]", axes="both"), 11, ["2,967,048 partitions", "building it would take about 76.8 s"]),
         ("var x[100000000] : binary\nleaf x ~ bernoulli\nstructure random_binary_trees(depth = 1, replicas = 1)\n",
          5, ["'x' would have 100,000,000 variables", "GiB at float32"]),
-        ("var a[10] : binary\nvar x[100000, 100000, 100000] : binary\nleaf a, x ~ bernoulli\n"
-         "structure random_binary_trees(depth = 1, replicas = 1)\n", 5, ["the variables up to 'x'", "1.00e+15 variables"]),
+        (("var a[10] : binary\nvar x[100000, 100000, 100000] : binary\nleaf a, x ~ bernoulli\n"
+          "structure random_binary_trees(depth = 1, replicas = 1)\n"), 5, ["the variables up to 'x'", "1.00e+15 variables"]),
     ],
 )
 def test_absurd_structures_are_refused_before_building_with_a_located_estimate(text: str, column: int,
