@@ -557,6 +557,29 @@ class GradientTrainer:
         with torch.no_grad():
             return {k: v.detach() for k, v in self.params().items()}, float(total)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Adam's step counts and moments as host arrays, keyed ``{parameter}/{slot}`` (to save)."""
+        names = list(self.free)
+        out: dict[str, np.ndarray] = {}
+        for index, slots in self.optimizer.state_dict()["state"].items():
+            for slot, value in slots.items():
+                out[f"{names[index]}/{slot}"] = torch.as_tensor(value).detach().cpu().numpy()
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from ``state()``: the same moments, so a resumed run takes the same steps."""
+        names = list(self.free)
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in arrays.items():
+            name, slot = key.rsplit("/", 1)
+            tensor = torch.as_tensor(value)
+            if slot != "step":
+                tensor = tensor.to(device=self.backend.device, dtype=self.backend.dtype)
+            slots.setdefault(names.index(name), {})[slot] = tensor
+        state = self.optimizer.state_dict()
+        state["state"] = slots
+        self.optimizer.load_state_dict(state)
+
 
 @dataclass(frozen=True)
 class DeviceData:

@@ -7,14 +7,18 @@
 """
 
 from einc.backends.base import available_backends
+from einc.compiler.pipeline import CompileOptions
 from einc.ir.diagnostics import (
     BackendError,
     DataError,
     EincError,
     ModelFileError,
+    OutputError,
     PcSemanticError,
     PcSyntaxError,
+    ResourceError,
     StructureError,
+    TrainingError,
 )
 from einc.compare import BackendReport, compare_backends
 from einc.compiler.pipeline import CompileOptions
@@ -34,9 +38,12 @@ __all__ = [
     "EincError",
     "Model",
     "ModelFileError",
+    "OutputError",
     "PcSemanticError",
     "PcSyntaxError",
+    "ResourceError",
     "StructureError",
+    "TrainingError",
     "available_backends",
     "compile",
     "load",

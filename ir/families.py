@@ -43,10 +43,18 @@ def _log_factorial(xp: Any, x: Any) -> Any:
     """log(x!) for integer-valued float arrays, via lgamma where the backend has it."""
     if hasattr(xp, "lgamma"):  # torch
         return xp.lgamma(x + 1.0)
-    # numpy/cupy: a cumulative table up to the largest value present (values are counts, small).
+    # numpy/cupy: a cumulative table up to the largest value present (counts are usually small);
+    # past _LOG_FACTORIAL_TABLE the table would be large, so use math.lgamma on the host instead.
     top = int(xp.max(x)) if x.size else 0
+    if top > _LOG_FACTORIAL_TABLE:
+        host = x.get() if hasattr(x, "get") else x  # cupy arrays come to the host
+        values = np.frompyfunc(lambda v: math.lgamma(v + 1.0), 1, 1)(np.asarray(host, dtype=np.float64))
+        return xp.asarray(values.astype(np.float64)).astype(x.dtype)
     table = xp.concatenate([xp.zeros(1, dtype=x.dtype), xp.cumsum(xp.log(xp.arange(1, top + 1, dtype=x.dtype)))])
     return table[x.astype(np.int64)]
+
+
+_LOG_FACTORIAL_TABLE = 1 << 16
 
 
 @dataclass(frozen=True)
