@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from einc.backends.base import BACKENDS, Batch, Params, Statistics
+from einc.backends.base import BACKENDS, Batch, Params, Statistics, shifted_exp
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
 from einc.backends.input_layer import leaf_features as shared_leaf_features
@@ -390,8 +390,8 @@ class ArrayBackend:
             return _max_einsum(xp, left, right, weights), ()
         left_max = _finite_max(xp, left, -1)  # a  (L, B, 1)
         right_max = _finite_max(xp, right, -1)  # a' (L, B, 1)
-        left_exp = xp.exp(left - left_max)  # ≤ 1
-        right_exp = xp.exp(right - right_max)
+        left_exp = shifted_exp(xp, left, left_max)  # ≤ 1
+        right_exp = shifted_exp(xp, right, right_max)
         # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
         mixed = contract(xp, op.equation, op.path, left_exp, right_exp, weights)
         shift = left_max + right_max
@@ -409,7 +409,7 @@ class ArrayBackend:
         if max_product:
             return xp.max(xp.log(weights)[:, :, None, :] + stacked, axis=1), ()
         top = _finite_max(xp, stacked, 1)  # (M, 1, B, K)
-        stacked_exp = xp.exp(stacked - top)
+        stacked_exp = shifted_exp(xp, stacked, top)
         # (M, C, B, K) x (M, C, K) -> (M, B, K)
         mixed = contract(xp, op.equation, ((0, 1),), stacked_exp, weights)
         with np.errstate(divide="ignore"):

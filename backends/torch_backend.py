@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from einc.backends.base import Batch, Params, Statistics
+from einc.backends.base import Batch, Params, Statistics, shifted_exp
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.ir.diagnostics import BackendError
@@ -233,15 +233,29 @@ class TorchBackend:
                 if max_product:
                     values.append(_max_einsum(left, right, weights))
                     continue
-                left_max = _finite_max(left)
-                right_max = _finite_max(right)
-                contraction = self.contractions[op.kernel]
-                # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
-                mixed = contraction(torch.exp(left - left_max), torch.exp(right - right_max), weights, op.path)
-                values.append(torch.log(mixed) + left_max + right_max)
+                values.append(self._log_einsum_exp(op, left, right, weights))
             else:
                 values.append(self._mix(op, params, values, max_product))
         return values
+
+    def _log_einsum_exp(self, op: EinsumOp, left: torch.Tensor, right: torch.Tensor,
+                        weights: torch.Tensor) -> torch.Tensor:
+        """log Σ_ij W[l,k,i,j] exp(N[l,b,i]) exp(N'[l,b,j]) (eq. 4), shifted by the operands' maxima.
+
+        Batch-minor, the shift, exp and log run on the stored (L, K, B) memory (contiguous along
+        the batch) and the contraction takes and returns that layout; the result is indexed
+        (L, B, k) like every value.
+        """
+        contraction = self.contractions[op.kernel]
+        k_axis = 1 if self.batch_minor else 2
+        if self.batch_minor:
+            left, right = left.transpose(1, 2), right.transpose(1, 2)  # (L, i, B), (L, j, B)
+        left_max = _finite_max(left, dim=k_axis)
+        right_max = _finite_max(right, dim=k_axis)
+        # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k), or batch-minor (L, ·, B) throughout
+        mixed = contraction(shifted_exp(torch, left, left_max), shifted_exp(torch, right, right_max), weights, op.path)
+        value = torch.log(mixed) + left_max + right_max
+        return value.transpose(1, 2) if self.batch_minor else value
 
     def _mix(self, op: MixingOp, params: Params, values: list[torch.Tensor], max_product: bool) -> torch.Tensor:
         rows = self._read(op.input, values)
@@ -250,10 +264,15 @@ class TorchBackend:
         weights = params[op.param]  # (M, C, K)
         if max_product:
             return (torch.log(weights)[:, :, None, :] + stacked).amax(1)
+        if self.batch_minor:  # work in the stored order (M, C, K, B)
+            stacked, weights = stacked.transpose(2, 3), weights[..., None]
+        else:
+            weights = weights[:, :, None, :]
         top = _finite_max(stacked, dim=1)  # (M, 1, B, K)
-        # (M, C, B, K) x (M, C, K) -> (M, B, K)
-        mixed = torch.einsum(op.equation, torch.exp(stacked - top), weights)
-        return torch.log(mixed) + top[:, 0]
+        # (M, C, B, K) x (M, C, 1, K) -> (M, B, K), or batch-minor (M, C, K, B) x (M, C, K, 1) -> (M, K, B)
+        mixed = (shifted_exp(torch, stacked, top) * weights).sum(1)
+        value = torch.log(mixed) + top[:, 0]
+        return value.transpose(1, 2) if self.batch_minor else value
 
     def _root(self, values: list[torch.Tensor]) -> torch.Tensor:
         value, row = self.plan.root
@@ -688,26 +707,23 @@ def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor
 
 def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
                               path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-    """``lbi,lbj,lkij->lbk`` with the batch as the matmuls' wide side: the operands are read as
-    (L, i, B) and (L, j, B) (views where they are stored batch-minor) and the result is stored
-    (L, k, B), returned indexed (L, B, k)."""
-    rows, batch, k_left = left.shape
+    """``lib,ljb,lkij->lkb``: the einsum layer batch-minor, the batch the matmuls' wide side."""
+    rows, k_left, batch = left.shape
     k_out, k_right = weights.shape[1], weights.shape[3]
-    left_t, right_t = left.transpose(1, 2), right.transpose(1, 2)  # (L, i, B), (L, j, B)
     first = tuple(sorted(path[0]))
     if first == (0, 1):
         # (L, i, B) x (L, j, B) -> (L, i·j, B); then (L, k, i·j) x (L, i·j, B) -> (L, k, B)
-        pairs = (left_t[:, :, None, :] * right_t[:, None, :, :]).reshape(rows, k_left * k_right, batch)
-        return torch.bmm(weights.reshape(rows, k_out, k_left * k_right), pairs).transpose(1, 2)
+        pairs = (left[:, :, None, :] * right[:, None, :, :]).reshape(rows, k_left * k_right, batch)
+        return torch.bmm(weights.reshape(rows, k_out, k_left * k_right), pairs)
     if first == (0, 2):
         # (L, k·j, i) x (L, i, B) -> (L, k, j, B); then Σ_j with (L, j, B) -> (L, k, B)
         w = weights.permute(0, 1, 3, 2).reshape(rows, k_out * k_right, k_left)
-        partial = torch.bmm(w, left_t.contiguous()).reshape(rows, k_out, k_right, batch)
-        return (partial * right_t[:, None, :, :]).sum(2).transpose(1, 2)
+        partial = torch.bmm(w, left).reshape(rows, k_out, k_right, batch)
+        return (partial * right[:, None, :, :]).sum(2)
     # (L, k·i, j) x (L, j, B) -> (L, k, i, B); then Σ_i with (L, i, B) -> (L, k, B)
     w = weights.reshape(rows, k_out * k_left, k_right)
-    partial = torch.bmm(w, right_t.contiguous()).reshape(rows, k_out, k_left, batch)
-    return (partial * left_t[:, None, :, :]).sum(2).transpose(1, 2)
+    partial = torch.bmm(w, right).reshape(rows, k_out, k_left, batch)
+    return (partial * left[:, None, :, :]).sum(2)
 
 
 def _fused_kernels_run_on(device: torch.device) -> bool:
