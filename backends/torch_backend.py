@@ -1,4 +1,9 @@
-"""PyTorch backend: interprets the plan with torch ops; EM statistics come from autograd (§3.5)."""
+"""PyTorch backend: interprets the plan with torch ops; EM statistics come from autograd (§3.5).
+
+The EiNet core op kinds (input, einsum, mixing) are interpreted here, with their CUDA-graph and
+fused paths; every further op kind is one entry of ``OP_RULES``, in its own module under
+``backends/torch_ops/`` (forward and max-product, top-down backtracking).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,18 @@ import torch
 from einc.backends.base import Batch, Params, Statistics
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
+from einc.backends.torch_ops import TorchOpRule, hadamard
 from einc.ir.diagnostics import BackendError
-from einc.ir.families import family_rule
-from einc.ir.plan import EinsumOp, FamilyBlock, InputOp, MixingOp, Operand, Plan, RowRange
+from einc.ir.families import ZERO_PROBABILITY, family_rule
+from einc.ir.plan import EinsumOp, FamilyBlock, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Op kinds beyond the EiNet core: one rule each (tests/test_op_kinds.py checks the coverage).
+OP_RULES: dict[type, TorchOpRule] = {
+    HadamardOp: hadamard.RULE,
+}
+CORE_OPS = (InputOp, EinsumOp, MixingOp)  # interpreted inline below
 
 
 class TorchSampler:
@@ -228,9 +240,17 @@ class TorchBackend:
                 # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
                 mixed = _einsum_layer(torch.exp(left - left_max), torch.exp(right - right_max), weights, op.path)
                 values.append(torch.log(mixed) + left_max + right_max)
-            else:
+            elif isinstance(op, MixingOp):
                 values.append(self._mix(op, params, values, max_product))
+            else:
+                values.append(self._rule(op).forward(self, op, params, values, max_product))
         return values
+
+    def _rule(self, op: Any) -> TorchOpRule:
+        rule = OP_RULES.get(type(op))
+        if rule is None:
+            raise BackendError(f"the torch backend has no rule for plan op {type(op).__name__} ('{op.name}')")
+        return rule
 
     def _mix(self, op: MixingOp, params: Params, values: list[torch.Tensor], max_product: bool) -> torch.Tensor:
         rows = self._read(op.input, values)
@@ -320,7 +340,9 @@ class TorchBackend:
         log_p = root[:, 0] if labels is None else torch.gather(root, 1, labels[:, None])[:, 0]
         total = log_p.sum()
         leaves = [c for op_coefs in coefficients.values() for c in op_coefs]
-        grads = torch.autograd.grad(total, list(weights.values()) + leaves)
+        # a sample of probability 0 (possible with indicator leaves) has no posterior: no counts
+        possible = torch.where(log_p > ZERO_PROBABILITY, log_p, torch.zeros_like(log_p))
+        grads = torch.autograd.grad(possible.sum(), list(weights.values()) + leaves)
         weight_counts = {name: w.detach() * g for (name, w), g in zip(weights.items(), grads)}
         leaf_stats: dict[str, tuple[Any, Any]] = {}
         leaf_grads = iter(grads[len(weights):])
@@ -331,9 +353,9 @@ class TorchBackend:
                     leaf_stats[block.param] = (g[..., : block.stat_dim], g[..., block.stat_dim])
         return total.detach(), weight_counts, leaf_stats
 
-    def em_update(self, params: Params, stats: Statistics, step_size: float) -> Params:
+    def em_update(self, params: Params, stats: Statistics, step_size: float, pseudocount: float = 0.0) -> Params:
         with torch.no_grad():
-            return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size)
+            return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size, pseudocount)
 
     # ------------------------------------------------------------------ gradient training
     def gradient_trainer(self, params: Params, learning_rate: float) -> "GradientTrainer":
@@ -349,7 +371,7 @@ class TorchBackend:
         return DeviceData(x, obs, label_tensor)
 
     def train_epoch(self, params: Params, data: "DeviceData", order: np.ndarray, batch_size: int,
-                    step_size: float) -> tuple[Params, float]:
+                    step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
         """One epoch of stochastic EM over ``data`` in ``order``; returns (params, Σ log p).
 
         On CUDA every full batch replays one captured CUDA graph of the whole step (gather,
@@ -360,7 +382,7 @@ class TorchBackend:
         full = len(order) // batch_size
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         if self.device.type == "cuda" and full > 0:
-            step = self._captured_step(params, data, batch_size, step_size)
+            step = self._captured_step(params, data, batch_size, step_size, pseudocount)
             step.total.zero_()
             for number in range(full):
                 step.index.copy_(order_t[number * batch_size : (number + 1) * batch_size])
@@ -372,12 +394,13 @@ class TorchBackend:
         for begin in range(start, len(order), batch_size):
             index = order_t[begin : begin + batch_size]
             # on CUDA keep the storage, so captured graphs stay valid
-            params, batch_total = self._em_step(params, data, index, step_size, in_place=self.device.type == "cuda")
+            params, batch_total = self._em_step(params, data, index, step_size, in_place=self.device.type == "cuda",
+                                                pseudocount=pseudocount)
             total = total + batch_total
         return params, float(total)
 
     def _em_step(self, params: Params, data: "DeviceData", index: torch.Tensor, step_size: float,
-                 in_place: bool) -> tuple[Params, torch.Tensor]:
+                 in_place: bool, pseudocount: float = 0.0) -> tuple[Params, torch.Tensor]:
         """E-step and M-step on the rows ``index`` of ``data``; ``in_place`` writes the new
         parameters into the old storage (what captured CUDA graphs keep reading)."""
         labels = None if data.labels is None else data.labels.index_select(0, index)
@@ -385,25 +408,26 @@ class TorchBackend:
             params, data.values.index_select(0, index), data.observed.index_select(0, index), labels
         )
         with torch.no_grad():
-            new = self._m_step(torch, self.plan, params, counts, leaf, step_size)
+            new = self._m_step(torch, self.plan, params, counts, leaf, step_size, pseudocount)
             if not in_place:
                 return new, batch_total
             for name, value in new.items():
                 params[name].copy_(value)
         return params, batch_total
 
-    def _captured_step(self, params: Params, data: "DeviceData", batch_size: int, step_size: float) -> "_CapturedStep":
-        key = (id(data), batch_size, step_size, _storage_key(params))
+    def _captured_step(self, params: Params, data: "DeviceData", batch_size: int, step_size: float,
+                       pseudocount: float = 0.0) -> "_CapturedStep":
+        key = (id(data), batch_size, step_size, pseudocount, _storage_key(params))
         step = self.captured_steps.get(key)
         if step is None:
             self.captured_steps.clear()
             try:
-                step = _CapturedStep(self, params, data, batch_size, step_size)
+                step = _CapturedStep(self, params, data, batch_size, step_size, pseudocount)
             except Exception as error:  # a compiler failure must not stop training
                 if not self.fuse:
                     raise
                 self._without_fusion(error)
-                step = _CapturedStep(self, params, data, batch_size, step_size)
+                step = _CapturedStep(self, params, data, batch_size, step_size, pseudocount)
             self.captured_steps[key] = step
         return step
 
@@ -425,6 +449,9 @@ class TorchBackend:
             for index in range(len(self.plan.ops) - 1, -1, -1):
                 op = self.plan.ops[index]
                 chosen = choice[index]
+                if not isinstance(op, CORE_OPS):
+                    self._rule(op).backtrack(self, op, params, values, choice, chosen, sampler, mpe)
+                    continue
                 reached = chosen >= 0
                 k = chosen.clamp(min=0)
                 if isinstance(op, MixingOp):
@@ -519,11 +546,8 @@ class GradientTrainer:
         out: Params = {}
         for spec in self.backend.plan.params:
             free = self.free[spec.name]
-            if spec.kind == "einsum":  # softmax over the (i, j) child pairs
-                rows, k_out = spec.shape[:2]
-                out[spec.name] = torch.softmax(free.reshape(rows, k_out, -1), -1).reshape(spec.shape)
-            elif spec.kind == "mixing":  # softmax over the partitions
-                out[spec.name] = torch.softmax(free, 1)
+            if spec.kind != "leaf":  # sum weights: a softmax over the axes they are normalised over
+                out[spec.name] = _softmax_over(free, spec.normalised_over)
             else:
                 assert spec.family is not None
                 out[spec.name] = family_rule(spec.family).constrained(torch, free, spec.family)
@@ -545,6 +569,14 @@ class GradientTrainer:
             total = total + log_p.detach().sum()
         with torch.no_grad():
             return {k: v.detach() for k, v in self.params().items()}, float(total)
+
+
+def _softmax_over(free: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """Softmax over several axes at once: moved to the end, flattened, and back."""
+    trailing = tuple(range(free.dim() - len(axes), free.dim()))
+    moved = free.movedim(axes, trailing)
+    flat = torch.softmax(moved.reshape(*moved.shape[: -len(axes)], -1), -1)
+    return flat.reshape(moved.shape).movedim(trailing, axes)
 
 
 @dataclass(frozen=True)
@@ -581,13 +613,14 @@ class _CapturedStep:
     runs are undone by restoring a snapshot.
     """
 
-    def __init__(self, backend: TorchBackend, params: Params, data: DeviceData, batch_size: int, step_size: float) -> None:
+    def __init__(self, backend: TorchBackend, params: Params, data: DeviceData, batch_size: int, step_size: float,
+                 pseudocount: float = 0.0) -> None:
         self.index = torch.zeros(batch_size, dtype=torch.long, device=backend.device)
         self.total = torch.zeros((), dtype=backend.dtype, device=backend.device)
         snapshot = {name: value.clone() for name, value in params.items()}
 
         def step() -> None:
-            _, batch_total = backend._em_step(params, data, self.index, step_size, in_place=True)
+            _, batch_total = backend._em_step(params, data, self.index, step_size, in_place=True, pseudocount=pseudocount)
             with torch.no_grad():
                 self.total.add_(batch_total)
 

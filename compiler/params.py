@@ -12,13 +12,11 @@ def init_parameters(plan: Plan, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
     for spec in plan.params:
-        if spec.kind == "einsum":
-            # random positive weights, normalised over the (i, j) child pairs
+        if spec.kind != "leaf":
+            # random positive sum weights, normalised over their axes (einsum: the (i, j) child
+            # pairs; mixing: the partitions; hadamard: the child entries j)
             raw = rng.uniform(0.01, 1.0, size=spec.shape)
-            params[spec.name] = raw / raw.sum(axis=(2, 3), keepdims=True)
-        elif spec.kind == "mixing":
-            raw = rng.uniform(0.01, 1.0, size=spec.shape)
-            params[spec.name] = raw / raw.sum(axis=1, keepdims=True)
+            params[spec.name] = raw / raw.sum(axis=spec.normalised_over, keepdims=True)
         else:
             assert spec.family is not None and spec.domain is not None
             rule = family_rule(spec.family)

@@ -390,7 +390,7 @@ def test_not_smooth_names_missing_and_extra_variables() -> None:
 def test_partitions_into_more_than_two_parts_are_rejected() -> None:
     graph = built("var A, B, C : binary\nleaf A, B, C ~ bernoulli\n{A, B, C} -> A * B * C\n")
     [diagnostic] = verify(graph)
-    assert "has 3 parts; einc supports binary partitions only" in diagnostic.message
+    assert "has 3 parts; `product outer` multiplies exactly 2 children" in diagnostic.message
     assert "{A, B, C} -> {A} * {B, C} and {B, C} -> {B} * {C}" in diagnostic.message
     assert diagnostic.span == Span("t.pc", 3, 1, 3, 22)
 
