@@ -22,6 +22,9 @@ from einc.ir.plan import Plan
 NO_MASS = 1e-30
 # Sum weights are kept strictly positive so the log-einsum-exp trick stays finite (paper §3.2).
 MIN_WEIGHT = 1e-12
+# What Model.fit and `einc train` use: small enough to leave well-fed estimates as they are, large
+# enough that a weight row or category no sample reached in a batch gets no exact zero.
+DEFAULT_PSEUDOCOUNT = 0.01
 
 
 def _normalise(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float,

@@ -204,6 +204,9 @@ def _nested_suggestion(graph: RegionGraph, partition: Partition) -> str:
     first, *rest = partition.parts
     rest_scope = tuple(sorted(v for part in rest for v in part[0]))
     inner = " * ".join(_scope_text(graph, part[0]) for part in rest)
+    if len(rest) > 2:  # the inner product is still n-ary: nest it the same way, and so on
+        tail = tuple(sorted(v for part in rest[1:] for v in part[0]))
+        inner = f"{_scope_text(graph, rest[0][0])} * {_scope_text(graph, tail)}, and so on"
     return (
         f"{region_text(graph, partition.region)} -> {_scope_text(graph, first[0])} * "
         f"{_scope_text(graph, rest_scope)} and {_scope_text(graph, rest_scope)} -> {inner}"

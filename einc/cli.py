@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from einc import __version__, commands
+from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler import dump
 from einc.compiler.pipeline import (
     compile_plan,
@@ -171,6 +172,9 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--learning-rate",), {"type": float, "default": 0.01, "help": "Adam's learning rate (--method adam)"}),
             Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
                                 "help": "M-step after every batch (stochastic EM) or once per epoch"}),
+            Arg(("--pseudocount",), {"type": float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
+                                     "help": "EM Laplace smoothing: ALPHA added to every sum-weight and categorical/"
+                                             f"Bernoulli count at each M-step (default {DEFAULT_PSEUDOCOUNT}; 0: none)"}),
             Arg(("--seed",), {"type": int, "default": 0}),
             Arg(("--labels",), {"metavar": "L", "help": "class labels of the training rows: class-conditional training of a multi-head circuit (head = label)"}),
             Arg(("--valid-labels",), {"metavar": "L", "help": "class labels of the validation rows"}),

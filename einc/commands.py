@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     model.fit(train, valid=valid, epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
               method=args.method, learning_rate=args.learning_rate, update=args.update, labels=labels, valid_labels=valid_labels, keep_best=valid is not None,
-              progress=sys.stderr.isatty(), on_epoch=report)
+              progress=sys.stderr.isatty(), on_epoch=report, pseudocount=args.pseudocount)
     if valid is not None:
         print(f"kept the parameters of the best validation epoch: valid LL {model.log_likelihood(valid).mean():.4f}")
     if test is not None:
@@ -67,7 +67,8 @@ def _train_mixture(args: argparse.Namespace, train: np.ndarray, valid: np.ndarra
 
     mixture = fit_mixture(args.file, train, args.mixture, valid=valid, epochs=args.epochs,
                           batch_size=args.batch_size, step_size=args.step_size, seed=args.seed,
-                          backend=args.backend, device=args.device, dtype=args.dtype, on_epoch=report)
+                          backend=args.backend, device=args.device, dtype=args.dtype, on_epoch=report,
+                          pseudocount=args.pseudocount)
     if valid is not None:
         print(f"valid LL {mixture.log_likelihood(valid).mean():.4f}")
     if test is not None:

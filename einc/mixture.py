@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.files import atomic_write
 from einc.ir.diagnostics import EincError, ModelFileError
 from einc.model import EpochRecord, Model, compile
@@ -165,7 +166,8 @@ def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str
 def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components: int, valid: np.ndarray | None = None,
                 epochs: int = 10, batch_size: int = 100, step_size: float = 0.1, seed: int = 0,
                 backend: str = "torch", device: str = "cpu", dtype: str = "float32",
-                on_epoch: Callable[[int, EpochRecord], None] | None = None, **backend_options: Any) -> MixtureModel:
+                on_epoch: Callable[[int, EpochRecord], None] | None = None,
+                pseudocount: float = DEFAULT_PSEUDOCOUNT, **backend_options: Any) -> MixtureModel:
     """K-means on ``train`` into ``components`` clusters, one circuit trained per cluster with EM,
     mixed with the cluster proportions (EiNet paper §4.2)."""
     train = np.asarray(train, dtype=np.float64)
@@ -183,7 +185,7 @@ def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components
             valid_members = valid_array[valid_assignment == c]
         model = compile(source_or_path, backend=backend, device=device, dtype=dtype, seed=seed + c, **backend_options)
         model.fit(members, valid=valid_members, epochs=epochs, batch_size=batch_size, step_size=step_size,
-                  on_epoch=None if on_epoch is None else (lambda record, c=c: on_epoch(c, record)))
+                  pseudocount=pseudocount, on_epoch=None if on_epoch is None else (lambda record, c=c: on_epoch(c, record)))
         models.append(model)
         weights.append(len(members))
     return MixtureModel(models, np.asarray(weights, dtype=np.float64))

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from einc.backends.base import Batch, Params, Statistics, create_backend
+from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.params import init_parameters
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.data import prepare
@@ -193,7 +194,8 @@ class Model:
     def fit(self, train: Any, valid: Any = None, epochs: int = 1, method: str = "em",
             batch_size: int = 100, step_size: float = 0.5, update: str = "batch", learning_rate: float = 0.01,
             labels: Any = None, valid_labels: Any = None, keep_best: bool = True, seed: int | None = None,
-            progress: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
+            progress: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None,
+            pseudocount: float = DEFAULT_PSEUDOCOUNT) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
 
         ``update="batch"``: stochastic online EM, an M-step after every mini-batch with step size λ
@@ -201,6 +203,9 @@ class Model:
         epoch (``step_size=1`` is classic full-batch EM, which never decreases the training LL).
         ``method="adam"``: gradient training instead (torch backend), Adam with ``learning_rate`` on
         log-weights and each leaf family's unconstrained parameters, minimising −mean log p.
+        ``pseudocount`` α (EM): Laplace smoothing at every M-step — α is added to each sum
+        weight's count and to categorical/Bernoulli/binomial leaf counts (a Dirichlet/Beta prior,
+        so EM maximises the posterior; ``pseudocount=0`` is plain maximum likelihood).
         With ``valid`` and ``keep_best``, the parameters of the best validation epoch are kept.
         """
         import time
@@ -213,6 +218,8 @@ class Model:
             raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
         if method == "em" and not 0.0 < step_size <= 1.0:
             raise EincError(f"step_size must be in (0, 1], got {step_size}")
+        if not pseudocount >= 0.0:
+            raise EincError(f"pseudocount must be at least 0, got {pseudocount}")
         values, observed = prepare(self.graph, np.asarray(train, dtype=np.float64), None, "train")
         label_array = None if labels is None else self._labels(labels, len(values))
         rng = np.random.default_rng(self.seed if seed is None else seed)
@@ -233,9 +240,10 @@ class Model:
             if trainer is not None:
                 self.params, _ = trainer.epoch(resident, order, batch_size)
             elif fast:
-                self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size)
+                self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size,
+                                                          pseudocount)
             else:
-                self._em_epoch(values, observed, label_array, order, batch_size, step_size, update)
+                self._em_epoch(values, observed, label_array, order, batch_size, step_size, update, pseudocount)
             train_ll = self._mean_ll(values, observed, label_array)
             valid_ll = None
             if valid is not None:
@@ -252,7 +260,8 @@ class Model:
         return history
 
     def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
-                  order: np.ndarray, batch_size: int, step_size: float, update: str) -> None:
+                  order: np.ndarray, batch_size: int, step_size: float, update: str,
+                  pseudocount: float = DEFAULT_PSEUDOCOUNT) -> None:
         """The backend-independent EM epoch: statistics per batch, M-step per batch or per epoch."""
         accumulated: Statistics | None = None
         for start in range(0, len(values), batch_size):
@@ -260,11 +269,11 @@ class Model:
             batch = Batch(values[index], observed[index], None if labels is None else labels[index])
             stats = self.backend.statistics(self.params, batch)
             if update == "batch":
-                self.params = self.backend.em_update(self.params, stats, step_size)
+                self.params = self.backend.em_update(self.params, stats, step_size, pseudocount)
             else:
                 accumulated = stats if accumulated is None else accumulated + stats
         if accumulated is not None:
-            self.params = self.backend.em_update(self.params, accumulated, step_size)
+            self.params = self.backend.em_update(self.params, accumulated, step_size, pseudocount)
 
     def _select(self, ll: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         """Per-sample log p from (N, heads): head 0, or each sample's labelled head."""
