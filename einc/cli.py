@@ -183,6 +183,25 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
+        "learn-structure",
+        "learn a Chow-Liu tree or a hidden Chow-Liu tree (HCLT) from data and write it as a .pc file",
+        commands.cmd_learn_structure,
+        (
+            Arg(("kind",), {"choices": ["hclt", "chow_liu"], "help": "hclt (hidden states per tree node) or chow_liu"}),
+            Arg(("--data",), {"required": True, "metavar": "TRAIN", "help": "training data (.csv[.gz], .npy, .npz)"}),
+            Arg(("--sums",), {"type": int, "metavar": "K", "help": "hidden states per tree node (hclt; default 16)"}),
+            Arg(("-o", "--output"), {"required": True, "metavar": "OUT.pc", "help": "the .pc file to write"}),
+            Arg(("--variables",), {"metavar": "SPEC.pc", "help": "reuse the var and leaf lines of this .pc file "
+                                   "(default: every column a binary variable with bernoulli leaves)"}),
+            Arg(("--bins",), {"type": int, "default": 16, "help": "bins for the mutual information of "
+                              "variables with more values (default 16)"}),
+            Arg(("--pseudocount",), {"type": float, "default": 1.0, "metavar": "ALPHA",
+                                     "help": "pseudocount of the pairwise counts (default 1)"}),
+            Arg(("--max-rows",), {"type": int, "metavar": "N", "help": "estimate the tree from N random rows"}),
+            Arg(("--seed",), {"type": int, "default": 0, "help": "seed of the --max-rows subsample"}),
+        ),
+    ),
+    Command(
         "eval",
         "mean log-likelihood of data under a model (and accuracy with --labels for multi-head models)",
         commands.cmd_eval,

@@ -212,3 +212,19 @@ def _random_data(path: str, samples: int, seed: int) -> np.ndarray:
     if all(v.domain.kind == "real" for v in model.graph.variables):
         return np.random.default_rng(seed).standard_normal((samples, model.graph.num_columns))
     return model.sample(samples, seed=seed)
+
+
+def cmd_learn_structure(args: argparse.Namespace) -> int:
+    """Learn a Chow-Liu tree or an HCLT from data; write it as a verified .pc file."""
+    from einc.files import atomic_write
+    from einc.structure_learning import learn_structure
+
+    text, tree = learn_structure(args.kind, args.data, args.output, hidden_states=args.sums,
+                                 variables=args.variables, bins=args.bins, pseudocount=args.pseudocount,
+                                 max_rows=args.max_rows, seed=args.seed)
+    atomic_write(args.output, lambda stream: stream.write(text.encode("utf-8")))
+    inner = sum(1 for v in range(len(tree.parents)) if v in set(tree.parents))
+    print(f"wrote {args.output}: {args.kind} over {len(tree.parents)} variables, a tree of depth {tree.depth} "
+          f"({inner} inner nodes, mutual information {tree.weight:.4f} nats); "
+          f"train it with `einc train {args.output} --data {args.data} -o MODEL.npz`")
+    return 0
