@@ -283,3 +283,27 @@ def test_zero_probability_samples_get_no_counts() -> None:
         only = backend.statistics(p, _full(states[possible]))
         for weight in both.weights:
             np.testing.assert_allclose(np.asarray(both.weights[weight]), np.asarray(only.weights[weight]), atol=1e-12)
+
+
+def test_adam_trains_hadamard_weights_and_leaves_indicators_alone() -> None:
+    import einc
+
+    source = (
+        "var x[5] : binary\nvar c : categorical(3)\nleaf x[0], x[2] ~ indicator\nleaf x[1], x[3:5] ~ bernoulli\n"
+        "leaf c ~ categorical\nproduct hadamard\nsums 3\nstructure tree(parents = [-1, 0, 0, 2, 2, 0])\n"
+    )
+    rng = np.random.default_rng(0)
+    bits = (rng.random((400, 5)) < 0.3).astype(float)
+    bits[:, 1] = bits[:, 0]
+    data = np.concatenate([bits, rng.integers(0, 3, (400, 1))], 1)
+    model = einc.compile(source, dtype="float64", seed=0)
+    before = model.parameters()
+    start = model.log_likelihood(data).mean()
+    model.fit(data, method="adam", learning_rate=0.05, epochs=6, batch_size=50)
+    assert model.log_likelihood(data).mean() > start + 0.5
+    after = model.parameters()
+    for spec in model.plan.params:
+        if spec.kind == "hadamard":
+            np.testing.assert_allclose(after[spec.name].sum(axis=2), 1.0, atol=1e-12)
+        elif spec.family is not None and spec.family.name == "indicator":
+            np.testing.assert_array_equal(after[spec.name], before[spec.name])
