@@ -379,11 +379,11 @@ def _references(variables: Sequence[Variable], members: Sequence[int]) -> list[s
     return out
 
 
-def learn_structure(kind: str, data_path: str | Path, output: str | Path, hidden_states: int | None = None,
+def learn_structure(kind: str, data_path: str | Path | np.ndarray, output: str | Path, hidden_states: int | None = None,
                     variables: str | Path | None = None, bins: int = DEFAULT_BINS,
                     pseudocount: float = DEFAULT_MI_PSEUDOCOUNT, max_rows: int | None = None,
                     seed: int = 0) -> tuple[str, LearnedTree]:
-    """Learn a ``kind`` structure from the data file and return (verified .pc text, tree)."""
+    """Learn a ``kind`` structure from a data file (or an array) and return (verified .pc text, tree)."""
     if kind not in KINDS:
         raise EincError(f"unknown structure '{kind}'; expected one of {', '.join(KINDS)}")
     if kind == "chow_liu" and hidden_states is not None:
@@ -397,9 +397,12 @@ def learn_structure(kind: str, data_path: str | Path, output: str | Path, hidden
         raise EincError(f"--bins must be at least 2, found {bins}")
     if not pseudocount >= 0:
         raise EincError(f"--pseudocount must be at least 0, found {pseudocount}")
-    data = load_array(data_path)
+    if isinstance(data_path, np.ndarray):
+        data, data_label = np.asarray(data_path, dtype=np.float64), "an array"
+    else:
+        data, data_label = load_array(data_path), str(data_path)
     spec = variables_from_file(variables) if variables else binary_variables(data.shape[1])
-    prepare(spec.graph, data, None, str(data_path))  # every value in its variable's domain
+    prepare(spec.graph, data, None, data_label)  # every value in its variable's domain
     rows = len(data)
     if max_rows is not None and rows > max_rows:
         data = data[np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))]
@@ -407,7 +410,7 @@ def learn_structure(kind: str, data_path: str | Path, output: str | Path, hidden
     k = DEFAULT_HIDDEN_STATES if hidden_states is None else hidden_states
     title = "hidden Chow-Liu tree (HCLT)" if kind == "hclt" else "Chow-Liu tree"
     header = [
-        f"A {title} learned by `einc learn-structure {kind}` from {data_path}",
+        f"A {title} learned by `einc learn-structure {kind}` from {data_label}",
         f"({len(data)} of {rows} rows, {time.strftime('%Y-%m-%d')}); variables: {spec.source}.",
         f"Tree: maximum spanning tree of pairwise mutual information (pseudocount {pseudocount:g}, "
         f"{bins} bins for many-valued variables), total {tree.weight:.4f} nats,",
