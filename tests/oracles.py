@@ -22,6 +22,15 @@ BINOMIAL3 = (LeafFamily("binomial", (("n", 3.0),)), Domain("categorical", 4))
 POISSON = (LeafFamily("poisson"), Domain("count", 1))
 NORMAL = (LeafFamily("normal", (("min_var", 1e-4), ("max_var", 10.0))), Domain("real", 1))
 INDICATOR = (LeafFamily("indicator"), Domain("binary", 2))
+# every family in ir.families.FAMILIES, as a (LeafFamily, Domain) the oracles can build
+FAMILY_CASES = {
+    "bernoulli": BERNOULLI,
+    "categorical": CATEGORICAL3,
+    "binomial": BINOMIAL3,
+    "normal": NORMAL,
+    "poisson": POISSON,
+    "indicator": INDICATOR,
+}
 
 
 def variables(families: list[tuple[LeafFamily, Domain]]) -> tuple[Variable, ...]:

@@ -82,6 +82,15 @@ def test_hadamard_example_outputs(emit: str, capsys: pytest.CaptureFixture[str],
     golden(f"front/tiny_hadamard.{emit}.txt", out)
 
 
+def test_learned_hclt_example_plan(capsys: pytest.CaptureFixture[str], golden: Golden) -> None:
+    """The plan of a learned tree (examples/nltcs_hclt.pc): one hadamard op per tree level, every
+    operand a contiguous view or two."""
+    code, out, err = run(["compile", "--emit", "plan", "examples/nltcs_hclt.pc"], capsys)
+    assert (code, err) == (0, "")
+    golden("front/nltcs_hclt.plan.txt", out)
+    assert "gather" not in out
+
+
 def test_check_prints_column_order_for_arrays(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["check", "examples/mnist.pc"], capsys)
     assert code == 0

@@ -30,6 +30,7 @@ from oracles import (
     BERNOULLI,
     BINOMIAL3,
     CATEGORICAL3,
+    FAMILY_CASES,
     INDICATOR,
     NORMAL,
     POISSON,
@@ -41,15 +42,6 @@ from oracles import (
 )
 
 OP_TYPES = set(get_args(Op))
-# every family in ir.families.FAMILIES, as a (LeafFamily, Domain) the oracles can build
-FAMILY_CASES = {
-    "bernoulli": BERNOULLI,
-    "categorical": CATEGORICAL3,
-    "binomial": BINOMIAL3,
-    "normal": NORMAL,
-    "poisson": POISSON,
-    "indicator": INDICATOR,
-}
 
 
 def _plans():

@@ -19,12 +19,9 @@ from einc.ir.region_graph import Partition, Region
 from oracles import BERNOULLI, CATEGORICAL3, enumerate_states, make_graph, oracle_log_density, plan_of
 
 
-@st.composite
-def region_graphs(draw):
-    """A random region graph over 2..5 variables: each region gets 1..3 random binary partitions;
-    equal scopes are one region (so sub-regions are shared: a DAG)."""
-    n = draw(st.integers(2, 5))
-    families = [draw(st.sampled_from([BERNOULLI, CATEGORICAL3])) for _ in range(n)]
+def _draw_regions(draw, n: int, split) -> tuple[list[Region], list[Partition]]:
+    """Regions from the root down: each internal region gets 1..3 partitions ``split(draw, scope)``
+    draws; equal scopes are one region (so sub-regions are shared: a DAG)."""
     regions: dict[tuple[int, ...], Region] = {}
     partitions: set[tuple] = set()
     pending = [tuple(range(n))]
@@ -36,19 +33,42 @@ def region_graphs(draw):
         if len(scope) == 1 or (len(scope) < n and draw(st.booleans()) and draw(st.booleans())):
             continue  # a leaf region (the root always splits)
         for _ in range(draw(st.integers(1, 3))):
-            mask = draw(st.lists(st.booleans(), min_size=len(scope), max_size=len(scope)))
-            left = tuple(v for v, m in zip(scope, mask) if m)
-            right = tuple(v for v, m in zip(scope, mask) if not m)
-            if not left or not right:
-                left, right = scope[:1], scope[1:]
-            parts = tuple(sorted([(left, 0), (right, 0)]))
+            parts = tuple(sorted((part, 0) for part in split(draw, scope)))
             partitions.add(((scope, 0), parts))
-            pending += [left, right]
+            pending += [part[0] for part in parts]
+    return list(regions.values()), [Partition(r, p) for r, p in sorted(partitions)]
+
+
+def _binary_split(draw, scope: tuple[int, ...]) -> list[tuple[int, ...]]:
+    mask = draw(st.lists(st.booleans(), min_size=len(scope), max_size=len(scope)))
+    left = tuple(v for v, m in zip(scope, mask) if m)
+    right = tuple(v for v, m in zip(scope, mask) if not m)
+    return [left, right] if left and right else [scope[:1], scope[1:]]
+
+
+def _set_partition(draw, scope: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """A random split of ``scope`` into 2..4 non-empty parts."""
+    arity = draw(st.integers(2, min(4, len(scope))))
+    labels = draw(st.lists(st.integers(0, arity - 1), min_size=len(scope), max_size=len(scope)))
+    labels[:arity] = range(arity)  # every part non-empty
+    order = draw(st.permutations(list(range(len(scope)))))
+    groups: dict[int, list[int]] = {}
+    for position, label in zip(order, labels):
+        groups.setdefault(label, []).append(scope[position])
+    return [tuple(sorted(group)) for group in groups.values()]
+
+
+@st.composite
+def region_graphs(draw):
+    """A random region graph over 2..5 variables: each region gets 1..3 random binary partitions;
+    equal scopes are one region (so sub-regions are shared: a DAG)."""
+    n = draw(st.integers(2, 5))
+    families = [draw(st.sampled_from([BERNOULLI, CATEGORICAL3])) for _ in range(n)]
+    regions, partitions = _draw_regions(draw, n, _binary_split)
     k = draw(st.integers(1, 3))
     inputs = draw(st.integers(1, 3))
     heads = draw(st.integers(1, 2))
-    graph = make_graph(families, list(regions.values()), [Partition(r, p) for r, p in sorted(partitions)],
-                       k=k, inputs=inputs, heads=heads)
+    graph = make_graph(families, regions, partitions, k=k, inputs=inputs, heads=heads)
     return graph, draw(st.integers(0, 10_000))
 
 
@@ -81,31 +101,10 @@ def hadamard_region_graphs(draw):
     one region, so sub-regions are shared (a DAG). One K for every region (parts must agree)."""
     n = draw(st.integers(2, 6))
     families = [draw(st.sampled_from([BERNOULLI, CATEGORICAL3])) for _ in range(n)]
-    regions: dict[tuple[int, ...], Region] = {}
-    partitions: set[tuple] = set()
-    pending = [tuple(range(n))]
-    while pending:
-        scope = pending.pop()
-        if scope in regions:
-            continue
-        regions[scope] = Region(scope)
-        if len(scope) == 1 or (len(scope) < n and draw(st.booleans()) and draw(st.booleans())):
-            continue  # a leaf region (the root always splits)
-        for _ in range(draw(st.integers(1, 3))):
-            arity = draw(st.integers(2, min(4, len(scope))))
-            labels = draw(st.lists(st.integers(0, arity - 1), min_size=len(scope), max_size=len(scope)))
-            labels[:arity] = range(arity)  # every part non-empty
-            order = draw(st.permutations(list(range(len(scope)))))
-            groups: dict[int, list[int]] = {}
-            for position, label in zip(order, labels):
-                groups.setdefault(label, []).append(scope[position])
-            parts = tuple(sorted((tuple(sorted(group)), 0) for group in groups.values()))
-            partitions.add(((scope, 0), parts))
-            pending += [part[0] for part in parts]
+    regions, partitions = _draw_regions(draw, n, _set_partition)
     k = draw(st.integers(1, 3))
     heads = draw(st.integers(1, 2))
-    graph = make_graph(families, list(regions.values()), [Partition(r, p) for r, p in sorted(partitions)],
-                       k=k, inputs=k, heads=heads, product="hadamard")
+    graph = make_graph(families, regions, partitions, k=k, inputs=k, heads=heads, product="hadamard")
     return graph, draw(st.integers(0, 10_000))
 
 
