@@ -478,8 +478,18 @@ def main_hclt(args: argparse.Namespace, datasets: list[str], data: dict[str, dic
     recipe = hclt_recipe(args)
     meta.update({"arm": "hclt", "recipe": recipe.label, "hclt_sums": sizes, "bins": args.bins})
     runs: list[Run] = []
-    if args.resume and args.out.with_suffix(".json").exists():
-        runs = [Run(**r) for r in json.loads(args.out.with_suffix(".json").read_text())["runs"]]
+    # every training invocation whose runs are in the file: command, date, budget, time, load
+    meta["invocations"] = []
+    if (args.resume or args.report_only) and args.out.with_suffix(".json").exists():
+        previous = json.loads(args.out.with_suffix(".json").read_text())
+        runs = [Run(**r) for r in previous["runs"]]
+        meta["invocations"] = previous["meta"].get("invocations", [])
+    if args.report_only:
+        if args.out.with_suffix(".json").exists():  # keep the last training invocation's settings
+            meta = {**previous["meta"], "date": meta["date"]}
+        write_hclt_results(runs, datasets, reference_path, meta, args)
+        print(args.out.with_suffix(".md").read_text())
+        return 0
     done = {(r.dataset, r.sums, r.recipe) for r in runs}
     queue = [(d, k) for k in sizes for d in datasets]
     for position, (dataset, k) in enumerate(queue):
@@ -507,6 +517,7 @@ def main_hclt(args: argparse.Namespace, datasets: list[str], data: dict[str, dic
             f"shared 2-core machine, load average {meta['load_start']:.2f} at start, "
             f"{meta['load_end']:.2f} at the last write"
         )
+        record_invocation(meta)
         write_hclt_results(runs, datasets, reference_path, meta, args)
     if not runs:
         print("error: nothing ran", file=sys.stderr)
@@ -514,6 +525,13 @@ def main_hclt(args: argparse.Namespace, datasets: list[str], data: dict[str, dic
     write_hclt_results(runs, datasets, reference_path, meta, args)
     print(args.out.with_suffix(".md").read_text())
     return 0
+
+
+def record_invocation(meta: dict[str, Any]) -> None:
+    """This invocation's line in meta["invocations"] (replaced as it progresses)."""
+    this = {key: meta[key] for key in ("command", "date", "budget_minutes", "elapsed_minutes", "load_start", "load_end")}
+    invocations = [i for i in meta["invocations"] if (i["command"], i["date"]) != (this["command"], this["date"])]
+    meta["invocations"] = [*invocations, this]
 
 
 def write_hclt_results(runs: list[Run], datasets: list[str], reference_path: Path, meta: dict[str, Any],
@@ -563,14 +581,21 @@ def hclt_markdown(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, A
     lines = [
         "# DEBD test log-likelihoods: hidden Chow-Liu trees (HCLT arm of benchmarks/debd.py)",
         "",
-        f"Generated on {meta['date']} by `{meta['command']}` ({meta['machine']}; {meta['note']}; "
-        f"torch {meta['torch']}, {meta['dtype']}, {meta['threads']} thread(s)). "
-        f"Wall time {meta['elapsed_minutes']:.1f} min of a {meta['budget_minutes']:.0f} min budget.",
+        f"Written on {meta['date']} ({meta['machine']}, shared with other jobs; torch {meta['torch']}, "
+        f"{meta['dtype']}, {meta['threads']} thread(s)) from these invocations (a budget stops further "
+        "configurations, never the first one of a dataset):",
+        "",
+        *(
+            f"- `{i['command']}` — {i['date']}, budget {i['budget_minutes']:g} min, wall "
+            f"{i['elapsed_minutes']:.1f} min, load average {i['load_start']} → {i['load_end'] or '?'}"
+            for i in meta.get("invocations", [])
+        ),
         "",
         f"Structure: `einc learn-structure hclt` on each training split (mutual information with "
         f"pseudocount 1, maximum spanning tree rooted at its centre), K hidden states per tree node, "
-        f"element-wise products. Recipe: {meta['recipe']}; seed {meta['seed']}. Model selection "
-        f"over K ∈ {meta['hclt_sums']} on the validation split.",
+        f"element-wise products. Recipes (each run's is in the second table): "
+        + "; ".join(f"({n}) {recipe}" for n, recipe in enumerate(dict.fromkeys(r.recipe for r in runs), 1))
+        + f"; seed {meta['seed']}. Model selection over every K and recipe tried, on the validation split.",
         "",
         "HCLT (published): `hclt_reg_repo_logs` of `../shared/data/debd_reference_lls.csv`. "
         "einc RAT-SPN: the RAT arm's selected model (`results/debd.md`). Targets (issue 8): beat the "
@@ -601,12 +626,14 @@ def hclt_markdown(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, A
         "",
         "## Every configuration trained",
         "",
-        "| dataset | K | tree depth | params | epochs (best) | stopped | train LL | valid LL | test LL | seconds |",
-        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|",
+        "| dataset | K | recipe | tree depth | params | epochs (best) | stopped | train LL | valid LL | test LL | seconds |",
+        "|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
     ]
+    recipes = {recipe: n for n, recipe in enumerate(dict.fromkeys(r.recipe for r in runs), 1)}
     for r in runs:
-        lines.append(f"| {r.dataset} | {r.sums} | {r.depth} | {r.parameters:,} | {r.epochs} ({r.best_epoch}) | "
-                     f"{r.stopped} | {r.train_ll:.3f} | {r.valid_ll:.3f} | {r.test_ll:.3f} | {r.seconds:.0f} |")
+        lines.append(f"| {r.dataset} | {r.sums} | ({recipes[r.recipe]}) | {r.depth} | {r.parameters:,} | "
+                     f"{r.epochs} ({r.best_epoch}) | {r.stopped} | {r.train_ll:.3f} | {r.valid_ll:.3f} | "
+                     f"{r.test_ll:.3f} | {r.seconds:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -653,6 +680,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=2,
         help="stop full-batch EM after this many epochs without a better valid LL",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite STEM.md from the runs in STEM.json for --datasets (HCLT arm)",
     )
     parser.add_argument(
         "--resume",
