@@ -6,9 +6,12 @@ mini-batch estimate is undefined there, and replacing it by 0/0 is how NaNs ente
 
 Sum weights of every op kind are updated alike: counts normalised over the axes their
 ``ParamSpec.normalised_over`` names. A pseudocount α > 0 is Laplace smoothing (a symmetric
-Dirichlet prior, MAP-EM): α is added to every weight's count, and to the counts of categorical and
-Bernoulli/binomial leaves as their family's ``pseudocounts`` rule says; then nothing is left
-without mass. Leaf families with fixed parameters (indicators) are never updated.
+Dirichlet prior, MAP-EM) with the convention of Juice.jl and PyJuice: α pseudo-observations per
+distribution, spread evenly over its n outcomes — a weight vector gets n + α/n on each entry and
+its total n + α, a categorical leaf α/n per category, a Bernoulli α/2 on each side (the family's
+``pseudocounts`` rule). So the prior's strength does not grow with the fan-out: an einsum row of
+K² weights gets as much as a hadamard row of K. Then nothing is left without mass. Leaf families
+with fixed parameters (indicators) are never updated.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ from einc.ir.plan import Plan
 NO_MASS = 1e-30
 # Sum weights are kept strictly positive so the log-einsum-exp trick stays finite (paper §3.2).
 MIN_WEIGHT = 1e-12
-# What Model.fit and `einc train` use: small enough to leave well-fed estimates as they are, large
-# enough that a weight row or category no sample reached in a batch gets no exact zero.
+# What Model.fit and `einc train` use: 0.01 pseudo-observations per distribution, spread over its
+# outcomes: small enough to leave well-fed estimates as they are, large enough that a weight row
+# or category no sample reached in a batch gets no exact zero.
 DEFAULT_PSEUDOCOUNT = 0.01
 
 
 def _normalise(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float,
                pseudocount: float = 0.0) -> Any:
-    """w_batch = (n + α) / Σ(n + α) over ``axes``; w ← (1−λ) w + λ w_batch; kept ≥ MIN_WEIGHT
-    and normalised."""
+    """w_batch = (n + α/m) / (Σn + α) over ``axes`` (m entries); w ← (1−λ) w + λ w_batch; kept
+    ≥ MIN_WEIGHT and normalised."""
     if pseudocount:
-        counts = counts + pseudocount
+        entries = 1
+        for axis in axes:
+            entries *= counts.shape[axis]
+        counts = counts + pseudocount / entries
     total = counts.sum(axis=axes, keepdims=True)
     has_mass = total > NO_MASS
     estimate = xp.where(has_mass, counts / xp.where(has_mass, total, 1.0), old)

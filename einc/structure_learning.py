@@ -19,7 +19,8 @@ structure is the tree in the language (``structure tree(parents = [...])``, read
      variable. The leaves are the data's families with K components (a tree leaf's component k is
      p(x | its parent's state k), as in PyJuice's HCLT).
    - ``chow_liu``: the same region graph with each tree node's variable as its own latent: inner
-     nodes get ``indicator`` leaves (K = the number of categories), tree leaves their family with
+     nodes get ``indicator`` leaves (K = their number of categories, which must be one number),
+     tree leaves their family with
      one component per parent value, so the sums and leaves are the conditional probability
      tables p(x_v | x_parent). One full-batch EM step from any start gives their closed form.
 
@@ -306,7 +307,14 @@ def circuit_source(kind: str, name: str, spec: VariableSpec, tree: LearnedTree, 
     else:
         inner = [v for v in range(len(children)) if children[v]]
         leaves = [v for v in range(len(children)) if not children[v]]
-        k = max(_categories(graph.variables[v].domain) for v in inner)
+        sizes = sorted({_categories(graph.variables[v].domain) for v in inner})
+        if len(sizes) > 1:
+            raise EincError(
+                f"chow_liu makes every inner tree node's variable its own latent, so they need one number "
+                f"of categories (a circuit has one K); the learned tree's inner nodes have {sizes}; "
+                "use `learn-structure hclt`"
+            )
+        k = sizes[0]
         lines.append("# inner nodes: each variable is its own latent (indicators of its values)")
         lines.append(f"leaf {', '.join(_references(graph.variables, inner))} ~ indicator")
         lines.append("# tree leaves: p(x | parent's value), one component per parent value")

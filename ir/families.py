@@ -80,8 +80,9 @@ class FamilyRule:
     one_hot_statistics: bool = False
     # parameters fixed by the component index (indicator leaves): never updated, not counted
     fixed: bool = False
-    # Laplace smoothing of the M-step per unit of pseudocount α: (added to each Σ p·T, added to
-    # Σ p); None where no conjugate count prior is defined (normal, poisson)
+    # Laplace smoothing of the M-step per unit of pseudocount α, which is α pseudo-observations
+    # spread evenly over the outcomes: (added to each Σ p·T, added to Σ p); None where no
+    # conjugate count prior is defined (normal, poisson)
     pseudocounts: Callable[[LeafFamily, Domain], tuple[float, float]] | None = None
     # an error message when the circuit's `inputs` K does not fit this family (None: any K)
     check_components: Callable[[LeafFamily, Domain, int], str | None] | None = None
@@ -149,8 +150,9 @@ def _binomial_sample(sampler: Any, phi: Any, spec: LeafFamily) -> Any:
 
 
 def _binomial_pseudocounts(spec: LeafFamily, domain: Domain) -> tuple[float, float]:
-    # a Beta(α+1, α+1) prior on p = φ/n: p = (Σp·x + α)/(n·Σp + 2α), i.e. φ = (Σp·x + α)/(Σp + 2α/n)
-    return 1.0, 2.0 / _binomial_n(spec)
+    # α/2 pseudo-successes and α/2 pseudo-failures on p = φ/n: p = (Σp·x + α/2)/(n·Σp + α),
+    # i.e. φ = (Σp·x + α/2)/(Σp + α/n); bernoulli (n = 1): (Σp·x + α/2)/(Σp + α)
+    return 0.5, 1.0 / _binomial_n(spec)
 
 
 def _binomial_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
@@ -213,8 +215,8 @@ def _categorical_sample(sampler: Any, phi: Any, spec: LeafFamily) -> Any:
 
 
 def _categorical_pseudocounts(spec: LeafFamily, domain: Domain) -> tuple[float, float]:
-    # α added to every category's count: φ_c = (Σp·[x=c] + α)/(Σp + n·α)
-    return 1.0, float(_categories(domain))
+    # α/n added to every category's count: φ_c = (Σp·[x=c] + α/n)/(Σp + α)
+    return 1.0 / _categories(domain), 1.0
 
 
 def _categorical_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
@@ -232,15 +234,17 @@ def _categorical_domain_text(spec: LeafFamily, domain: Domain) -> str:
 
 # ---------------------------------------------------------------- indicator
 # Component k is the point mass at category k: log f_k(x) = 0 if x = k, else log 0. The circuit's
-# `inputs` K must cover every category (K > n leaves components k ≥ n that match no value). These
-# are the literals of a Chow-Liu tree written as a circuit: a variable that is its own latent.
+# `inputs` K must be the number of categories: fewer leave values no component explains, more
+# leave components that match no value, and a sum weight on such a dead component is probability
+# mass the circuit loses. These are the literals of a Chow-Liu tree written as a circuit: a
+# variable that is its own latent.
 def _indicator_natural(xp: Any, phi: Any, spec: LeafFamily) -> Any:
     return (1.0 - phi) * LOG_ZERO  # φ is exactly one-hot (or all zero for k ≥ n)
 
 
 def _indicator_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
     categories = _categories(domain)
-    components = np.arange(shape[-1])
+    components = np.arange(shape[-1])  # K = n once verified; a graph built by hand may differ
     one_hot = (components[:, None] == np.arange(categories)[None, :]).astype(np.float64)  # (K, n)
     return np.broadcast_to(one_hot, (*shape, categories)).copy()
 
@@ -252,10 +256,10 @@ def _indicator_fixed(xp: Any, u: Any, spec: LeafFamily) -> Any:
 
 def _indicator_components(spec: LeafFamily, domain: Domain, inputs: int) -> str | None:
     categories = _categories(domain)
-    if inputs >= categories:
+    if inputs == categories:
         return None
     return (
-        f"indicator leaves need one component per category: inputs K must be at least "
+        f"indicator leaves need exactly one component per category: inputs K must be "
         f"{categories} for a {domain} variable, found {inputs}; set `inputs {categories}`"
     )
 

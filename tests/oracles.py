@@ -22,6 +22,7 @@ BINOMIAL3 = (LeafFamily("binomial", (("n", 3.0),)), Domain("categorical", 4))
 POISSON = (LeafFamily("poisson"), Domain("count", 1))
 NORMAL = (LeafFamily("normal", (("min_var", 1e-4), ("max_var", 10.0))), Domain("real", 1))
 INDICATOR = (LeafFamily("indicator"), Domain("binary", 2))
+INDICATOR3 = (LeafFamily("indicator"), Domain("categorical", 3))  # for circuits with K = 3
 # every family in ir.families.FAMILIES, as a (LeafFamily, Domain) the oracles can build
 FAMILY_CASES = {
     "bernoulli": BERNOULLI,

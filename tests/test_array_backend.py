@@ -27,6 +27,7 @@ from einc.backends.base import Batch, Statistics, create_backend
 from einc.compiler import backward as backward_compiler
 from einc.compiler.backward import derive_backward, einsum_gradient
 from einc.compiler.params import init_parameters
+from einc.compiler.verify import verify
 from einc.ir.backward_plan import EinsumBackward, MixingBackward
 from einc.ir.diagnostics import BackendError
 from einc.ir.plan import EinsumOp, MixingOp
@@ -39,6 +40,7 @@ from oracles import (
     CATEGORICAL3,
     FAMILY_CASES,
     INDICATOR,
+    INDICATOR3,
     NORMAL,
     POISSON,
     enumerate_states,
@@ -59,7 +61,8 @@ ALL_FAMILIES = [BERNOULLI, CATEGORICAL3, BINOMIAL3, NORMAL, POISSON]
 TREE = [-1, 0, 0, 1, 1, 2]  # a parent list: node 0 the root, 1 and 2 its children, ...
 
 STRUCTURES = {
-    "explicit": lambda family: explicit_graph([family] * 4, k=2, inputs=3),
+    # indicator leaves need K = their number of categories
+    "explicit": lambda family: explicit_graph([family] * 4, k=2, inputs=2 if family == INDICATOR else 3),
     "rat": lambda family: rat_graph([family] * 6, depth=2, replicas=2, k=2),
     "pd": lambda family: pd_graph([family] * 6, 2, 3, k=2),
     # element-wise (hadamard) products: a DAG with 3-ary partitions and mixtures, an HCLT
@@ -78,7 +81,7 @@ CIRCUITS["explicit-mixed"] = lambda: explicit_graph(
 CIRCUITS["rat-mixed"] = lambda: rat_graph(ALL_FAMILIES, depth=2, replicas=2, k=3)
 CIRCUITS["pd-mixed"] = lambda: pd_graph(ALL_FAMILIES + [BINOMIAL3], 2, 3, k=2)
 CIRCUITS["hadamard-mixed"] = lambda: hadamard_graph(ALL_FAMILIES, k=3, heads=2)
-CIRCUITS["tree-mixed"] = lambda: tree_graph(ALL_FAMILIES + [INDICATOR], TREE, k=3)
+CIRCUITS["tree-mixed"] = lambda: tree_graph(ALL_FAMILIES + [INDICATOR3], TREE, k=3)
 
 
 
@@ -147,6 +150,7 @@ def assert_params_close(
 def check_queries(make: Any, other: str, device: str = "cpu") -> None:
     """Log-likelihood, per-sample marginals and max-product values agree with torch (float64)."""
     graph = make()
+    assert verify(graph) == []  # every circuit tested here is a valid one
     plan = plan_of(graph)
     params = init_parameters(plan, 1)
     reference, backend = _backends(plan, other=other, device=device)

@@ -701,7 +701,7 @@ def test_indicator_leaves_need_a_component_per_category_after_overrides() -> Non
     assert region_graph(text, "t.pc").inputs == 3
     with pytest.raises(StructureError) as error:
         region_graph(text, "t.pc", CompileOptions(sums=2))  # inputs follow sums
-    assert "t.pc:3:10: error: indicator leaves need one component per category" in str(error.value)
+    assert "t.pc:3:10: error: indicator leaves need exactly one component per category" in str(error.value)
     with pytest.raises(Exception, match="leaf family indicator does not fit"):
         region_graph("var r : real\nvar b : binary\nleaf r ~ indicator\nleaf b ~ bernoulli\n{r, b} -> r * b\n", "t.pc")
 

@@ -31,7 +31,7 @@ from oracles import (
     BINOMIAL3,
     CATEGORICAL3,
     FAMILY_CASES,
-    INDICATOR,
+    INDICATOR3,
     NORMAL,
     POISSON,
     explicit_graph,
@@ -49,7 +49,7 @@ def _plans():
     return [
         plan_of(explicit_graph([BERNOULLI, CATEGORICAL3, BINOMIAL3, NORMAL], k=2)),
         plan_of(rat_graph([FAMILY_CASES[name] for name in sorted(FAMILIES)], 2, 2, k=2)),
-        plan_of(hadamard_graph([BERNOULLI, INDICATOR, NORMAL, POISSON, CATEGORICAL3], k=3, heads=2)),
+        plan_of(hadamard_graph([BERNOULLI, INDICATOR3, NORMAL, POISSON, CATEGORICAL3], k=3, heads=2)),
     ]
 
 

@@ -166,7 +166,7 @@ def test_chow_liu_tree_is_the_bayesian_network_and_one_em_step_gives_its_cpts(
 
     def cpt(v: int, parent_value: float | None) -> np.ndarray:
         rows = train if parent_value is None else train[train[:, tree.parents[v]] == parent_value]
-        counts = np.bincount(rows[:, v].astype(int), minlength=levels[v]) + alpha
+        counts = np.bincount(rows[:, v].astype(int), minlength=levels[v]) + alpha / levels[v]
         return counts / counts.sum()
 
     def bayesian_network(x: np.ndarray) -> float:
@@ -227,6 +227,17 @@ def test_learn_structure_errors_are_clear(tree_files: dict[str, Path], tmp_path:
     real.write_text("var r[7] : real\nleaf r ~ normal\n")
     with pytest.raises(EincError, match="chow_liu needs variables with finitely many values"):
         learn_structure("chow_liu", tree_files["train"], out, variables=real)
+    # a Chow-Liu tree's inner variables are its latents: one K means one number of categories
+    rng = np.random.default_rng(0)
+    c = rng.integers(0, 3, 500)
+    noisy = lambda bits: np.where(rng.random(500) < 0.05, 1 - bits, bits)  # noqa: E731
+    x1 = noisy((c == 2).astype(int))
+    chain = np.stack([noisy((c > 0).astype(int)), x1, noisy(x1), c], 1)  # x0 - c - x1 - x2
+    mixed_data, mixed_spec = tmp_path / "mixed.csv", tmp_path / "mixed.pc"
+    np.savetxt(mixed_data, chain, fmt="%d", delimiter=",")
+    mixed_spec.write_text("var x[3] : binary\nvar c : categorical(3)\nleaf x ~ bernoulli\nleaf c ~ categorical\n")
+    with pytest.raises(EincError, match=r"inner nodes have \[2, 3\]; use `learn-structure hclt`"):
+        learn_structure("chow_liu", mixed_data, out, variables=mixed_spec)
     # a broken spec file is reported at its own line and column
     bad = tmp_path / "bad.pc"
     bad.write_text("var x[7] : binary\nleaf x ~ bernouli\n")
