@@ -27,7 +27,7 @@ structure is the tree in the language (``structure tree(parents = [...])``, read
     >>> import numpy as np
     >>> x = np.array([[0, 0, 1], [1, 1, 0], [1, 1, 1], [0, 0, 0]], dtype=float)
     >>> learn_tree(x, [2, 2, 2]).parents
-    (1, -1, 1)
+    (-1, 0, 0)
 """
 
 from __future__ import annotations

@@ -243,3 +243,15 @@ def test_learn_structure_errors_are_clear(tree_files: dict[str, Path], tmp_path:
     bad.write_text("var x[7] : binary\nleaf x ~ bernouli\n")
     with pytest.raises(EincError, match=r"bad.pc:2:10: error: unknown leaf family 'bernouli'"):
         variables_from_file(bad)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    from einc.compiler import generators
+    from einc.ir import products
+    from einc import structure_learning
+
+    for module in (structure_learning, generators, products):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
