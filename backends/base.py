@@ -76,7 +76,9 @@ class Backend(Protocol):
 
     def statistics(self, params: Params, batch: Batch) -> Statistics: ...
 
-    def em_update(self, params: Params, stats: Statistics, step_size: float) -> Params: ...
+    def em_update(self, params: Params, stats: Statistics, step_size: float, pseudocount: float = 0.0) -> Params:
+        """The M-step (backends.em.em_update); ``pseudocount`` α > 0 is Laplace smoothing."""
+        ...
 
     def backtrack(
         self, params: Params, batch: Batch, mpe: bool, leaf_value: str, heads: np.ndarray, seed: int
