@@ -31,6 +31,8 @@ from einc.ir.program import (
     Call,
     CircuitStatement,
     Index,
+    LatentGeneratorStatement,
+    LatentStatement,
     LeafStatement,
     ListValue,
     Name,
@@ -49,6 +51,7 @@ from einc.ir.program import (
 )
 from einc.ir.region_graph import (
     Domain,
+    Latent,
     LeafFamily,
     Partition,
     Region,
@@ -68,6 +71,7 @@ DEFAULT_MAX_VAR = 10.0
 DOMAINS = ("binary", "categorical(n)", "count", "real", "real(d)")
 FAMILIES = ("bernoulli", "binomial(N)", "categorical", "indicator", "normal", "poisson")
 GENERATORS = ("random_binary_trees", "poon_domingos", "tree")
+LATENT_GENERATORS = ("patches",)
 
 # Words people reach for that are not ours, mapped to ours; difflib catches plain misspellings.
 _DOMAIN_SYNONYMS = {
@@ -345,6 +349,7 @@ class _Builder:
                 "add e.g. `var A, B : binary`"
             )
         structure = self._structure(statements)
+        latents = self._latents(statements, structure[0] if structure is not None else None)
         if self.sink.has_errors or structure is None:
             return None, sort_diagnostics(self.sink.diagnostics)
         regions, partitions, generator = structure
@@ -359,6 +364,7 @@ class _Builder:
             heads=sizes["heads"],
             generator=generator,
             product=product,
+            latents=latents,
         )
         return graph, sort_diagnostics(self.sink.diagnostics)
 
@@ -747,6 +753,112 @@ class _Builder:
             )
             return DEFAULT_PRODUCT
         return kind.text
+
+    # latent variables ------------------------------------------------------------------------
+
+    def _latents(self, statements: Sequence[object], regions: list[Region] | None) -> tuple[Latent, ...]:
+        """Each declared latent resolved to its region, in declaration order.
+
+        A latent names a scope; the region with that scope must exist (generated structures may
+        hold several copies of one scope: the first is taken, and verify reports that the
+        induced trees through the others avoid it). Whether summing the latent out is sound is
+        ``compiler.verify``'s check.
+        """
+        declared: list[tuple[str, Scope, Span, Span]] = []  # name, scope, statement, name span
+        for statement in statements:
+            if isinstance(statement, LatentStatement):
+                scope = self._region_scope(statement.region)
+                if scope is not None:
+                    declared.append((statement.name.text, scope, statement.span, statement.name.span))
+            elif isinstance(statement, LatentGeneratorStatement):
+                declared += self._latent_generator(statement)
+        if regions is None:
+            return ()  # the structure did not build; its errors are reported
+        copies: dict[Scope, list[RegionId]] = {}
+        for region in regions:
+            copies.setdefault(region.scope, []).append(region.id)
+        first_named: dict[str, Span] = {}
+        latents: list[Latent] = []
+        for name, scope, span, name_span in declared:
+            if name in first_named:
+                self.sink.error(
+                    f"latent '{name}' is declared twice", name_span, Note("first declared here", first_named[name])
+                )
+                continue
+            first_named[name] = name_span
+            ids = copies.get(scope)
+            if not ids:
+                self.sink.error(
+                    f"latent '{name}' names {self._scope_text(scope)}, which is not a region of the "
+                    f"circuit; expected the scope of a region (a partition's region or one of its parts)",
+                    span,
+                )
+                continue
+            latents.append(Latent(name, min(ids, key=lambda region_id: region_id[1]), span))
+        return tuple(latents)
+
+    def _scope_text(self, scope: Scope) -> str:
+        return "{" + self._variable_text(scope) + "}"
+
+    def _latent_generator(self, statement: LatentGeneratorStatement) -> list[tuple[str, Scope, Span, Span]]:
+        call = statement.generator
+        if call.name.text not in LATENT_GENERATORS:
+            self.sink.error(
+                f"unknown latent generator '{call.name.text}'; expected {_one_of(LATENT_GENERATORS)}, "
+                f"or a single latent `latent NAME = SCOPE`" + _did_you_mean(call.name.text, LATENT_GENERATORS),
+                call.name.span,
+            )
+            return []
+        return self._patches(call, statement.span)
+
+    def _patches(self, call: Call, span: Span) -> list[tuple[str, Scope, Span, Span]]:
+        """``patches(over = img, size = [h, w])``: one latent per h x w block tiling the 2-D array
+        ``over``, named ``patches[r, c]`` by block row and column, declared row-major."""
+        bound = _bind(call, (_Param("over", "name", None), _Param("size", "ints")), self.sink)
+        if bound is None:
+            return []
+        grids = [g for g in self.groups.values() if len(g.shape) == 2]
+        over = bound.values["over"]
+        if over is None:
+            if len(grids) != 1:
+                self.sink.error(
+                    "patches needs `over = NAME`, the 2-D array variable it tiles (it may be left "
+                    "out only when the circuit has exactly one 2-D array)",
+                    call.span,
+                )
+                return []
+            over = grids[0].name
+        group = self.groups.get(str(over))
+        if group is None:
+            if str(over) not in self.broken:
+                self._unknown_variable(Name(str(over), bound.spans["over"]))
+            return []
+        if len(group.shape) != 2:
+            self.sink.error(
+                f"patches tiles a 2-D array; '{group.name}' is declared {group.describe()}",
+                bound.spans["over"],
+                Note(f"'{group.name}' declared here", group.span),
+            )
+            return []
+        size = tuple(int(v) for v in bound.values["size"])  # type: ignore[attr-defined]
+        if len(size) == 1:
+            size = size * 2  # `size = 7`: square patches
+        height, width = group.shape
+        if len(size) != 2 or any(s < 1 for s in size) or height % size[0] or width % size[1]:
+            self.sink.error(
+                f"patch size {list(size)} does not tile '{group.name}' ({height}x{width}); expected "
+                f"[h, w] with h dividing {height} and w dividing {width}",
+                bound.spans["size"],
+            )
+            return []
+        grid = np.arange(group.first, group.first + group.size).reshape(group.shape)
+        out = []
+        for row in range(height // size[0]):
+            for column in range(width // size[1]):
+                block = grid[row * size[0] : (row + 1) * size[0], column * size[1] : (column + 1) * size[1]]
+                scope = tuple(int(v) for v in np.sort(block, axis=None))
+                out.append((f"{call.name.text}[{row}, {column}]", scope, span, call.name.span))
+        return out
 
     # structure -------------------------------------------------------------------------------
 

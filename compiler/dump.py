@@ -93,6 +93,15 @@ def dump_ir(graph: RegionGraph) -> str:
             for index, partition in enumerate(graph.partitions)
         ]
     )
+    if graph.latents:
+        lines.append(f"latents: {len(graph.latents)} (declaration order: the columns of latents=z)")
+        lines += _table(
+            [
+                [f"z[:, {index}]", latent.name, numbers.get(latent.region, "?"),
+                 region_text(graph, latent.region), f"K {graph.size(latent.region)}"]
+                for index, latent in enumerate(graph.latents)
+            ]
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -248,6 +257,7 @@ def summary(layered: LayeredCircuit) -> str:
             f"{_count(mixing, 'mixed region')})"
         ),
         _sizes(graph),
+        *_latent_lines(graph),
         (
             f"parameters: {count.total:,} (leaf {count.leaf:,}, "
             f"{PRODUCT_LOWERINGS[graph.product].op_kind} {count.product:,}, "
@@ -274,3 +284,13 @@ def _variable_runs(graph: RegionGraph) -> list[list[str]]:
         names = first.name if len(members) == 1 else f"{first.name} .. {last.name}"
         rows.append([columns, names, domain, f"~ {family}"])
     return rows
+
+
+def _latent_lines(graph: RegionGraph) -> list[str]:
+    """The summary's latent line: how many, which, and their number of states."""
+    if not graph.latents:
+        return []
+    names = [latent.name for latent in graph.latents]
+    shown = ", ".join(names) if len(names) <= 4 else f"{names[0]} .. {names[-1]}"
+    states = sorted({graph.size(latent.region) for latent in graph.latents})
+    return [f"latents: {len(names)} ({shown}), {'/'.join(map(str, states))} states each"]

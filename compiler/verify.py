@@ -35,7 +35,7 @@ from einc.compiler.build import sort_diagnostics
 from einc.ir.diagnostics import Diagnostic, Note, Span
 from einc.ir.families import family_rule
 from einc.ir.products import PRODUCT_KINDS, ProductKind
-from einc.ir.region_graph import Partition, RegionGraph, RegionId, Scope
+from einc.ir.region_graph import Latent, Partition, RegionGraph, RegionId, Scope
 
 # Long scopes (a 784-pixel image) are shortened in messages to their first few variables.
 _SHOWN_VARIABLES = 6
@@ -60,6 +60,8 @@ def verify(graph: RegionGraph) -> list[Diagnostic]:
     if product.equal_part_sizes:
         diagnostics += _check_part_sizes(graph, product)
     diagnostics += _check_leaf_components(graph)
+    if graph.latents and all_valid:
+        diagnostics += _check_latents(graph)
     return sort_diagnostics(diagnostics)
 
 
@@ -375,3 +377,100 @@ def _check_leaf_components(graph: RegionGraph) -> list[Diagnostic]:
         if problem:
             out.append(Diagnostic(f"{problem} (variable {variable.name})", variable.family_span))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent variables: every induced tree must pass through the latent's region
+
+
+def _check_latents(graph: RegionGraph) -> list[Diagnostic]:
+    """A latent Z on region R is sound when the circuit is linear in R's vector: then p(x) =
+    Σ_k c_k(x) p_R(x_R | Z = k) and clamping Z = k keeps term k. That holds exactly when every
+    induced tree (one partition per reached region, all parts of it) passes through R; a tree
+    that avoids R would be counted once per state of Z when Z is summed out."""
+    out: list[Diagnostic] = []
+    owner: dict[RegionId, Latent] = {}
+    root = graph.root
+    for latent in graph.latents:
+        where = f"latent '{latent.name}' on {region_text(graph, latent.region)}"
+        if latent.region not in graph.region_by_id:
+            out.append(Diagnostic(f"{where}: the circuit has no such region", latent.span))
+            continue
+        if latent.region == root:
+            out.append(Diagnostic(
+                f"{where}: the root cannot carry a latent; its {graph.heads} output"
+                f"{'s are' if graph.heads != 1 else ' is'} the circuit's heads, not the states of a "
+                f"summed variable; expected a region below the root", latent.span))
+            continue
+        if latent.region in owner:
+            first = owner[latent.region]
+            out.append(Diagnostic(
+                f"{where}: the region already carries latent '{first.name}'; a region has one latent",
+                latent.span, notes=(Note(f"'{first.name}' declared here", first.span),)))
+            continue
+        owner[latent.region] = latent
+        avoiding = _avoiding_partition(graph, latent.region)
+        if avoiding is not None:
+            out.append(Diagnostic(
+                f"{where}: not every induced tree of the circuit passes through this region: "
+                f"the trees that use partition {partition_text(graph, avoiding)} avoid it, so summing "
+                f"'{latent.name}' out would count them once per state; expected a region that every "
+                f"induced tree passes through (e.g. a Poon-Domingos leaf patch, not one RAT-SPN replica)",
+                latent.span))
+    return out
+
+
+def _avoiding_partition(graph: RegionGraph, target: RegionId) -> Partition | None:
+    """A partition through which an induced tree from the root can avoid ``target``, or None if
+    every induced tree passes through it.
+
+    A region Q leads every tree to ``target`` when it is ``target``, or when each of its
+    partitions has a part that contains ``target``'s scope and leads every tree to it (parts are
+    disjoint, so at most one part can). Regions are visited once each (memoised), top-down from
+    the root, following the first partition that fails.
+    """
+    scope = set(target[0])
+    always: dict[RegionId, bool] = {}
+
+    def leads(region_id: RegionId) -> bool:
+        # iterative post-order: deep generated graphs must not hit the recursion limit
+        pending = [region_id]
+        while pending:
+            current = pending[-1]
+            if current in always:
+                pending.pop()
+                continue
+            if current == target:
+                always[current] = True
+                pending.pop()
+                continue
+            partitions = graph.partitions_of.get(current, ())
+            children = [_part_containing(graph.partitions[p], scope) for p in partitions]
+            waiting = [c for c in children if c is not None and c not in always]
+            if waiting:
+                pending.extend(waiting)
+                continue
+            always[current] = bool(partitions) and all(c is not None and always[c] for c in children)
+            pending.pop()
+        return always[region_id]
+
+    current = graph.root
+    if leads(current):
+        return None
+    while True:
+        for index in graph.partitions_of.get(current, ()):
+            part = _part_containing(graph.partitions[index], scope)
+            if part is None or (not leads(part) and graph.is_leaf(part)):
+                return graph.partitions[index]  # its trees never reach target's scope, or stop short
+            if not leads(part):
+                current = part
+                break
+        else:  # the root without partitions (reported by _check_root)
+            return None
+
+
+def _part_containing(partition: Partition, scope: set[int]) -> RegionId | None:
+    for part in partition.parts:
+        if scope.issubset(part[0]):
+            return part
+    return None

@@ -24,6 +24,8 @@ from einc.ir.program import (
     Call,
     CircuitStatement,
     Index,
+    LatentGeneratorStatement,
+    LatentStatement,
     LeafStatement,
     ListValue,
     Name,
@@ -52,7 +54,9 @@ MAX_NUMBER_LENGTH = 100
 # Deeper bracket nesting is a syntax error (the tree transformer recurses once per level).
 MAX_NESTING = 50
 
-KEYWORDS = ("circuit", "var", "leaf", "sums", "inputs", "heads", "structure", "product", "region")
+KEYWORDS = (
+    "circuit", "var", "leaf", "sums", "inputs", "heads", "structure", "product", "region", "latent",
+)
 
 
 @lru_cache(maxsize=1)
@@ -195,6 +199,13 @@ class _ToProgram(Transformer):
         region, *parts = children
         return PartitionStatement(region, tuple(parts), _span(self.filename, meta))
 
+    def latent(self, meta: Meta, children: list) -> LatentStatement:
+        _keyword, name, region = children
+        return LatentStatement(self._name(name), region, _span(self.filename, meta))
+
+    def latent_generator(self, meta: Meta, children: list) -> LatentGeneratorStatement:
+        return LatentGeneratorStatement(children[1], _span(self.filename, meta))
+
     # pieces ---------------------------------------------------------------------------------
 
     def var_decl(self, meta: Meta, children: list) -> VariableDecl:
@@ -297,6 +308,7 @@ _STATEMENT_WORDS = {
     "structure": "a structure statement",
     "product": "a product statement",
     "region": "a region statement",
+    "latent": "a latent statement",
     "partition": "a partition",
 }
 
@@ -327,6 +339,8 @@ def _name_word(context: _Context) -> str:
         return "a product kind (outer, hadamard)"
     if statement == "region":
         return "a variable name" if "=" in seen else "a region name"
+    if statement == "latent":
+        return "a region or variable name" if "=" in seen else "a latent name or generator (patches)"
     return "a region or variable name"
 
 
@@ -373,6 +387,10 @@ _HINTS: dict[tuple[str, str], str] = {
     ("':'", "'~'"): "a domain is given with ':', e.g. var A : binary",
     ("'='", "':'"): "a region is named with '=', e.g. region all = {A, B}",
 }
+# the same slips where a statement words the hint its own way
+_STATEMENT_HINTS: dict[str, dict[tuple[str, str], str]] = {
+    "latent": {("'='", "':'"): "a latent is named with '=', e.g. latent z = {A, B}"},
+}
 
 
 def _syntax_diagnostic(error: UnexpectedInput, lines: list[str], filename: str) -> Diagnostic:
@@ -401,7 +419,8 @@ def _syntax_diagnostic(error: UnexpectedInput, lines: list[str], filename: str) 
     where = _STATEMENT_WORDS.get(context.statement, "")
     message = f"{what} in {where}" if where else what
     message += f"; expected {expected}, found {found}" if expected else f"; found {found}"
-    for (wanted, slip), hint in _HINTS.items():
+    hints = {**_HINTS, **_STATEMENT_HINTS.get(context.statement, {})}
+    for (wanted, slip), hint in hints.items():
         if found == slip and wanted in expected:
             message += f" ({hint})"
     return Diagnostic(message, span)

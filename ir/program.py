@@ -183,6 +183,23 @@ class PartitionStatement:
     span: Span
 
 
+@dataclass(frozen=True)
+class LatentStatement:
+    """``latent z1 = {A, B}`` — names the K-state latent variable of one region."""
+
+    name: Name
+    region: RegionRef
+    span: Span
+
+
+@dataclass(frozen=True)
+class LatentGeneratorStatement:
+    """``latent patches(over = img, size = [7, 7])`` — one latent per region a generator names."""
+
+    generator: Call
+    span: Span
+
+
 Statement = (
     CircuitStatement
     | VarStatement
@@ -192,6 +209,8 @@ Statement = (
     | ProductStatement
     | RegionStatement
     | PartitionStatement
+    | LatentStatement
+    | LatentGeneratorStatement
 )
 
 

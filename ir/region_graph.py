@@ -88,6 +88,20 @@ class Partition:
     span: Span | None = None
 
 
+@dataclass(frozen=True)
+class Latent:
+    """``latent NAME = SCOPE``: the K-state latent variable Z of one region R.
+
+    R's K densities are p(x_R | Z = k); summing Z out gives back p(x) only when every induced
+    tree of the circuit passes through R (``compiler.verify`` checks it). Clamping Z = k keeps
+    entry k of R's vector and drops the others: a log-mask on R's row of the plan.
+    """
+
+    name: str  # "z1", or "patches[1, 2]" for a generated latent
+    region: RegionId
+    span: Span | None = None
+
+
 def region_sort_key(region_id: RegionId) -> tuple:
     scope, copy = region_id
     return (-len(scope), scope, copy)
@@ -106,6 +120,7 @@ class RegionGraph:
     heads: int = 1  # outputs of the root
     generator: str | None = None  # "random_binary_trees(...)" etc., for summaries
     product: str = "outer"  # how partitions combine their parts: a key of ir.products.PRODUCT_KINDS
+    latents: tuple[Latent, ...] = ()  # in declaration order (the columns of `latents=z`)
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @cached_property

@@ -40,6 +40,9 @@ ERROR_KIND: dict[str, type[EincError]] = {
     "tree_with_outer_products": StructureError,
     "hadamard_sizes": StructureError,
     "indicator_components": StructureError,
+    "latent_not_on_every_tree": StructureError,
+    "latent_rules": StructureError,
+    "latent_replica": StructureError,
 }
 
 

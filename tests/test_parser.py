@@ -174,14 +174,14 @@ def test_empty_file_parses_to_no_statements() -> None:
             "@",
             (
                 "unexpected character; expected a statement (circuit, var, leaf, sums, inputs, heads, "
-                "structure, product, region) or a partition (region -> part * part), found '@'"
+                "structure, product, region, latent) or a partition (region -> part * part), found '@'"
             ),
         ),
         (
             "vars A : binary",
             (
                 "unknown statement 'vars'; expected a statement (circuit, var, leaf, sums, inputs, "
-                "heads, structure, product, region) or a partition (region -> part * part), found 'vars' — "
+                "heads, structure, product, region, latent) or a partition (region -> part * part), found 'vars' — "
                 "did you mean 'var'?"
             ),
         ),
