@@ -26,10 +26,12 @@ import numpy as np
 from einc.backends.array_ops import hadamard
 from einc.backends.array_ops.contract import contract, pairwise_steps  # noqa: F401
 from einc.backends.array_ops.contract import finite_max as _finite_max
+from einc.backends.array_ops.contract import no_mass
 from einc.backends.base import BACKENDS, Batch, Params, Statistics, shifted_exp
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
 from einc.backends.input_layer import leaf_features as shared_leaf_features
+from einc.backends.latents import log_mask
 from einc.compiler.backward import derive_backward
 from einc.ir.backward_plan import (
     BackwardPlan,
@@ -150,6 +152,7 @@ class _Data:
 
     x: Any  # (B, columns + 1)
     observed: Any  # (B, columns + 1)
+    latents: Any = None  # (B, latents) clamped states, −1 summed out; None: all summed out
 
     @property
     def size(self) -> int:
@@ -163,6 +166,7 @@ class ResidentData:
     x: Any  # (N, columns + 1)
     observed: Any  # (N, columns + 1)
     heads: Any  # (N,) int
+    latents: Any = None  # (N, latents) int, or None
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,16 @@ class ArrayBackend:
                             xp.asarray(np.asarray(segment.rows, dtype=np.int64)),
                             unique,
                         )
+        # clamped latents (backends/latents.py): per value holding latent rows, those rows, the
+        # latents' columns of z and arange(K)
+        self.latent_groups = {
+            group.value: (
+                xp.asarray(np.asarray(group.rows, dtype=np.int64)),
+                xp.asarray(np.asarray(group.latents, dtype=np.int64)),
+                xp.arange(group.states),
+            )
+            for group in plan.latent_groups
+        }
 
     # ------------------------------------------------------------------ parameters and data
     def put(self, params: dict[str, np.ndarray]) -> Params:
@@ -239,7 +253,8 @@ class ArrayBackend:
         observed = xp.asarray(
             np.concatenate([np.asarray(batch.observed, dtype=np.float64), pad], 1), dtype=self.dtype
         )
-        return _Data(x, observed)
+        latents = None if batch.latents is None else xp.asarray(np.asarray(batch.latents, dtype=np.int64))
+        return _Data(x, observed, latents)
 
     def _read(self, operand: Operand, values: list[Any]) -> Any:
         """An operand's rows: a view for one range, else a concatenation of slices and gathers."""
@@ -305,7 +320,8 @@ class ArrayBackend:
         shift = left_max + right_max
         with np.errstate(divide="ignore"):
             value = xp.log(mixed) + shift
-        return value, (left_exp, right_exp, shift)
+        empty = no_mass(xp, left, -1) | no_mass(xp, right, -1)  # (L, B, 1)
+        return xp.where(empty, -np.inf, value).astype(self.dtype, copy=False), (left_exp, right_exp, shift)
 
     def _mixing(
         self, op: MixingOp, params: Params, values: list[Any], data: _Data, max_product: bool
@@ -322,21 +338,42 @@ class ArrayBackend:
         mixed = contract(xp, op.equation, ((0, 1),), stacked_exp, weights)
         with np.errstate(divide="ignore"):
             value = xp.log(mixed) + top[:, 0]
+        value = xp.where(no_mass(xp, stacked, 1)[:, 0], -np.inf, value).astype(self.dtype, copy=False)
         return value, (stacked_exp, top[:, 0])
 
     def forward(self, params: Params, data: _Data, max_product: bool = False) -> _Forward:
+        """Every value of the plan; the latents ``data`` clamps are masked on their rows."""
         values: list[Any] = []
         saved: list[tuple[Any, ...]] = []
-        for op in self.plan.ops:
+        masks = self.latent_masks(data.latents)
+        for index, op in enumerate(self.plan.ops):
             rule = FORWARD_RULES.get(type(op))
             if rule is None:
                 raise BackendError(
                     f"the {self.name} backend has no forward rule for {type(op).__name__}"
                 )
             value, kept = rule(self, op, params, values, data, max_product)
+            if index in masks:
+                # a value with −inf on the masked entries: the backward rules give those entries
+                # no adjoint (_scaled_adjoint), exactly the adjoint of the unmasked op
+                value = value.copy()
+                value[self.latent_groups[index][0]] += masks[index]
             values.append(value)
             saved.append(kept)
         return _Forward(values, saved)
+
+    def latent_masks(self, latents: Any) -> dict[int, Any]:
+        """(R, B, K) log-masks per value holding latent rows (backends/latents.py); none when
+        nothing is clamped."""
+        if latents is None:
+            return {}
+        xp = self.xp
+        zero = xp.zeros((), dtype=self.dtype)
+        excluded = xp.full((), -np.inf, dtype=self.dtype)
+        return {
+            value: log_mask(xp, latents[:, columns].T, states, zero, excluded)
+            for value, (_rows, columns, states) in self.latent_groups.items()
+        }
 
     def _root(self, values: list[Any]) -> Any:
         value, row = self.plan.root
@@ -363,6 +400,14 @@ class ArrayBackend:
     ) -> tuple[Any, dict[str, Any], dict[str, tuple[Any, Any]]]:
         """The E-step on device arrays: (Σ log p as a 0-d device array, weight counts, leaf
         statistics), with no transfer to the host, so a GPU epoch never waits on one."""
+        total, weights, leaf, _forward, _adjoints = self._backward(params, data, heads)
+        return total, weights, leaf
+
+    def _backward(
+        self, params: Params, data: _Data, heads: Any
+    ) -> tuple[Any, dict[str, Any], dict[str, tuple[Any, Any]], _Forward, list[Any]]:
+        """Forward and the derived backward plan: Σ log p, weight counts, leaf statistics, and
+        the forward values with their adjoints ∂ Σ log p / ∂ value."""
         xp = self.xp
         forward = self.forward(params, data)
         samples = xp.arange(data.size)
@@ -385,7 +430,22 @@ class ArrayBackend:
                     f"the {self.name} backend has no backward rule for {type(step).__name__}"
                 )
             rule(self, step, params, forward, adjoints, weights, leaf)
-        return total, weights, leaf
+        return total, weights, leaf, forward, adjoints
+
+    def latent_posterior(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
+        """p(Z_j = k | x, clamped latents) per latent: the adjoint of each latent's row, which is
+        the adjoint of its log-mask (backends/latents.py), from one backward pass for all."""
+        data = self._data(batch)
+        if data.latents is None:
+            data = _Data(data.x, data.observed, self.xp.full((data.size, len(self.plan.latents)), -1))
+        _total, _weights, _leaf, forward, adjoints = self._backward(
+            params, data, self.xp.asarray(np.asarray(heads, dtype=np.int64))
+        )
+        out = []
+        for slot in self.plan.latents:
+            adjoint = self._adjoint(slot.value, forward, adjoints)[slot.row]  # (B, K)
+            out.append(to_host(self.xp, adjoint).astype(np.float64))
+        return out
 
     def _adjoint(self, index: int, forward: _Forward, adjoints: list[Any]) -> Any:
         if adjoints[index] is None:  # a value nothing read (possible only for the root's siblings)
@@ -499,11 +559,12 @@ class ArrayBackend:
         return em_update(self.xp, self.plan, params, stats.weights, stats.leaf, step_size, pseudocount)
 
     # ------------------------------------------------------------------ resident training
-    def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None) -> "ResidentData":
+    def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
+               latents: np.ndarray | None = None) -> "ResidentData":
         """Put a whole training set on the device once (with the zero pad column)."""
-        data = self._data(Batch(values, observed))
+        data = self._data(Batch(values, observed, None, latents))
         heads = np.zeros(len(values), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-        return ResidentData(data.x, data.observed, self.xp.asarray(heads))
+        return ResidentData(data.x, data.observed, self.xp.asarray(heads), data.latents)
 
     def train_epoch(self, params: Params, data: "ResidentData", order: np.ndarray, batch_size: int,
                     step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
@@ -514,7 +575,8 @@ class ArrayBackend:
         total = xp.zeros((), dtype=self.dtype)
         for start in range(0, len(order), batch_size):
             index = order_device[start : start + batch_size]
-            batch = _Data(data.x[index], data.observed[index])
+            batch = _Data(data.x[index], data.observed[index],
+                          None if data.latents is None else data.latents[index])
             batch_total, weights, leaf = self._statistics(params, batch, data.heads[index])
             params = em_update(xp, self.plan, params, weights, leaf, step_size, pseudocount)
             total = total + batch_total

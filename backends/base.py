@@ -37,6 +37,9 @@ class Batch:
     values: np.ndarray  # (B, columns) float
     observed: np.ndarray  # (B, columns) bool
     labels: np.ndarray | None = None  # (B,) int head index per sample, or None
+    # (B, latents) int: the state each latent is clamped to, −1 where it is summed out; None: all
+    # summed out (see backends/latents.py)
+    latents: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ class Backend(Protocol):
 
     def em_update(self, params: Params, stats: Statistics, step_size: float, pseudocount: float = 0.0) -> Params:
         """The M-step (backends.em.em_update); ``pseudocount`` α > 0 is Laplace smoothing."""
+        ...
+
+    def latent_posterior(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
+        """p(Z_j = k | x, the clamped latents) per latent j of ``plan.latents``: (B, K_j) each,
+        taken at each sample's head (``heads`` (B,))."""
         ...
 
     def backtrack(

@@ -17,7 +17,8 @@ import torch
 from einc.backends.base import Batch, Params, Statistics, shifted_exp
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients, leaf_features
-from einc.backends.torch_ops import TorchOpRule, hadamard
+from einc.backends.latents import log_mask
+from einc.backends.torch_ops import TorchOpRule, hadamard, log_of_mass, log_sum_exp_shift
 from einc.ir.diagnostics import BackendError
 from einc.ir.families import ZERO_PROBABILITY, family_rule
 from einc.ir.plan import EinsumOp, FamilyBlock, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange
@@ -119,6 +120,13 @@ class TorchBackend:
         }
         self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
         self.real_column[-1] = 0.0
+        # clamped latents: per value holding latent rows, those rows (backends/latents.py)
+        self.latent_groups = plan.latent_groups
+        self.latent_rows = {g.value: torch.as_tensor(g.rows, dtype=torch.long, device=self.device)
+                            for g in self.latent_groups}
+        self.latent_states = {g.value: torch.arange(g.states, device=self.device) for g in self.latent_groups}
+        self.latent_columns = {g.value: torch.as_tensor(g.latents, dtype=torch.long, device=self.device)
+                               for g in self.latent_groups}
 
     # ------------------------------------------------------------------ parameters
     def put(self, params: dict[str, np.ndarray]) -> Params:
@@ -126,6 +134,31 @@ class TorchBackend:
 
     def get(self, params: Params) -> dict[str, np.ndarray]:
         return {k: v.detach().to("cpu", torch.float64).numpy() for k, v in params.items()}
+
+    def _latents(self, batch: Batch) -> torch.Tensor | None:
+        """The batch's clamped latent states (B, latents) on the device, or None."""
+        if batch.latents is None:
+            return None
+        return torch.as_tensor(batch.latents, dtype=torch.long, device=self.device)
+
+    def _latent_masks(self, latents: torch.Tensor | None, batch_size: int) -> dict[int, torch.Tensor] | None:
+        """Log-masks per value holding latent rows, (R, B, K) each (backends/latents.py); None
+        when nothing is clamped. Device ops only, so a captured EM step can build them."""
+        if latents is None:
+            return None
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        excluded = torch.full((), float("-inf"), dtype=self.dtype, device=self.device)
+        return {
+            group.value: log_mask(torch, latents.index_select(1, self.latent_columns[group.value]).t(),
+                                  self.latent_states[group.value], zero, excluded)
+            for group in self.latent_groups
+        }
+
+    def _masked(self, index: int, value: torch.Tensor, masks: dict[int, torch.Tensor] | None) -> torch.Tensor:
+        """Value ``index`` with its latent rows' log-masks added (out of place, layout kept)."""
+        if masks is None or index not in masks:
+            return value
+        return value.index_put((self.latent_rows[index],), masks[index], accumulate=True)
 
     def _batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         values = torch.as_tensor(batch.values, dtype=self.dtype, device=self.device)
@@ -232,24 +265,27 @@ class TorchBackend:
         return looked_up + torch.einsum("lsbf,lskf->lbk", features, coef[..., categories:])
 
     def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
-                max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
+                max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None,
+                masks: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Every value of the plan; ``masks`` (``_latent_masks``) clamp latents on their rows."""
         values: list[torch.Tensor] = []
-        for op in self.plan.ops:
+        for index, op in enumerate(self.plan.ops):
             if isinstance(op, InputOp):
                 coefs = coefficients[op.name] if coefficients else self._leaf_coefficients(op, params, max_product)
-                values.append(self._input(op, coefs, x, observed, max_product))
+                value = self._input(op, coefs, x, observed, max_product)
             elif isinstance(op, EinsumOp):
                 left = self._read(op.left, values)  # (L, B, i)
                 right = self._read(op.right, values)  # (L, B, j)
                 weights = params[op.param]  # (L, k, i, j)
                 if max_product:
-                    values.append(_max_einsum(left, right, weights))
-                    continue
-                values.append(self._log_einsum_exp(op, left, right, weights))
+                    value = _max_einsum(left, right, weights)
+                else:
+                    value = self._log_einsum_exp(op, left, right, weights)
             elif isinstance(op, MixingOp):
-                values.append(self._mix(op, params, values, max_product))
+                value = self._mix(op, params, values, max_product)
             else:
-                values.append(self._rule(op).forward(self, op, params, values, max_product))
+                value = self._rule(op).forward(self, op, params, values, max_product)
+            values.append(self._masked(index, value, masks))
         return values
 
     def _log_einsum_exp(self, op: EinsumOp, left: torch.Tensor, right: torch.Tensor,
@@ -264,11 +300,11 @@ class TorchBackend:
         k_axis = 1 if self.batch_minor else 2
         if self.batch_minor:
             left, right = left.transpose(1, 2), right.transpose(1, 2)  # (L, i, B), (L, j, B)
-        left_max = _finite_max(left, dim=k_axis)
-        right_max = _finite_max(right, dim=k_axis)
+        left_max, left_empty = log_sum_exp_shift(left, k_axis)
+        right_max, right_empty = log_sum_exp_shift(right, k_axis)
         # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k), or batch-minor (L, ·, B) throughout
         mixed = contraction(shifted_exp(torch, left, left_max), shifted_exp(torch, right, right_max), weights, op.path)
-        value = torch.log(mixed) + left_max + right_max
+        value = log_of_mass(mixed, left_max + right_max, left_empty | right_empty)
         return value.transpose(1, 2) if self.batch_minor else value
 
     def _rule(self, op: Any) -> TorchOpRule:
@@ -288,10 +324,10 @@ class TorchBackend:
             stacked, weights = stacked.transpose(2, 3), weights[..., None]
         else:
             weights = weights[:, :, None, :]
-        top = _finite_max(stacked, dim=1)  # (M, 1, B, K)
+        top, empty = log_sum_exp_shift(stacked, 1)  # (M, 1, B, K)
         # (M, C, B, K) x (M, C, 1, K) -> (M, B, K), or batch-minor (M, C, K, B) x (M, C, K, 1) -> (M, K, B)
         mixed = (shifted_exp(torch, stacked, top) * weights).sum(1)
-        value = torch.log(mixed) + top[:, 0]
+        value = log_of_mass(mixed, top[:, 0], empty[:, 0])
         return value.transpose(1, 2) if self.batch_minor else value
 
     def _root(self, values: list[torch.Tensor]) -> torch.Tensor:
@@ -300,8 +336,11 @@ class TorchBackend:
 
     def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
         x, observed = self._batch(batch)
+        masks = self._latent_masks(self._latents(batch), x.shape[0])
         with torch.no_grad():
-            if self.capture:
+            if masks is not None:  # clamped latents run eagerly (captured graphs are per batch size)
+                root = self._root(self.forward(params, x, observed, max_product, masks=masks))
+            elif self.capture:
                 # batch sizes are padded to power-of-two buckets so few graphs get captured
                 bucket = max(64, 1 << (x.shape[0] - 1).bit_length())
                 root = self._captured_forward(params, bucket, max_product).run(x, observed)
@@ -328,8 +367,8 @@ class TorchBackend:
     # ------------------------------------------------------------------ EM
     def _root_of_plain(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                        coefficients: dict[str, list[torch.Tensor]] | None = None,
-                       max_product: bool = False) -> torch.Tensor:
-        return self._root(self.forward(params, x, observed, max_product, coefficients))
+                       max_product: bool = False, masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        return self._root(self.forward(params, x, observed, max_product, coefficients, masks))
 
     def _inference_root_plain(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                               max_product: bool) -> torch.Tensor:
@@ -350,12 +389,14 @@ class TorchBackend:
         """E-step by autograd: ∂ Σ log p / ∂W · W gives n (eq. 6); ∂/∂Θ gives Σ p·F."""
         x, observed = self._batch(batch)
         labels = None if batch.labels is None else torch.as_tensor(batch.labels, dtype=torch.long, device=self.device)
-        total, weight_counts, leaf_stats = self._statistics(params, x, observed, labels)
+        total, weight_counts, leaf_stats = self._statistics(params, x, observed, labels, self._latents(batch))
         return Statistics(float(total), int(x.shape[0]), weight_counts, leaf_stats)
 
     def _statistics(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
-                    labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any], dict[str, tuple[Any, Any]]]:
-        """The E-step on device tensors, free of host synchronisation (so it can be graph-captured)."""
+                    labels: torch.Tensor | None, latents: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, Any], dict[str, tuple[Any, Any]]]:
+        """The E-step on device tensors, free of host synchronisation (so it can be graph-captured).
+        With clamped ``latents`` it is the E-step of log p(x, z)."""
         weights = {
             spec.name: params[spec.name].detach().requires_grad_(True)
             for spec in self.plan.params
@@ -366,7 +407,8 @@ class TorchBackend:
             for op in self.plan.ops
             if isinstance(op, InputOp)
         }
-        root = self._root_of({**params, **weights}, x, observed, coefficients)
+        masks = self._latent_masks(latents, x.shape[0])
+        root = self._root_of({**params, **weights}, x, observed, coefficients, False, masks)
         log_p = root[:, 0] if labels is None else torch.gather(root, 1, labels[:, None])[:, 0]
         total = log_p.sum()
         leaves = [c for op_coefs in coefficients.values() for c in op_coefs]
@@ -394,11 +436,12 @@ class TorchBackend:
         return GradientTrainer(self, params, learning_rate)
 
     # ------------------------------------------------------------------ fast training loop
-    def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None) -> "DeviceData":
+    def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
+               latents: np.ndarray | None = None) -> "DeviceData":
         """Put a whole training set on the device once (with the zero pad column)."""
         x, obs = self._batch(Batch(values, observed))
         label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        return DeviceData(x, obs, label_tensor)
+        return DeviceData(x, obs, label_tensor, self._latents(Batch(values, observed, None, latents)))
 
     def train_epoch(self, params: Params, data: "DeviceData", order: np.ndarray, batch_size: int,
                     step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
@@ -434,8 +477,9 @@ class TorchBackend:
         """E-step and M-step on the rows ``index`` of ``data``; ``in_place`` writes the new
         parameters into the old storage (what captured CUDA graphs keep reading)."""
         labels = None if data.labels is None else data.labels.index_select(0, index)
+        latents = None if data.latents is None else data.latents.index_select(0, index)
         batch_total, counts, leaf = self._statistics(
-            params, data.values.index_select(0, index), data.observed.index_select(0, index), labels
+            params, data.values.index_select(0, index), data.observed.index_select(0, index), labels, latents
         )
         with torch.no_grad():
             new = self._m_step(torch, self.plan, params, counts, leaf, step_size, pseudocount)
@@ -461,6 +505,33 @@ class TorchBackend:
             self.captured_steps[key] = step
         return step
 
+    # ------------------------------------------------------------------ latent posteriors
+    def latent_posterior(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
+        """p(Z_j = k | x, clamped latents) per latent: the gradient of log p at each sample's head
+        with respect to the latents' log-masks (backends/latents.py), one backward pass for all."""
+        x, observed = self._batch(batch)
+        batch_size = x.shape[0]
+        latents = self._latents(batch)
+        if latents is None:
+            latents = torch.full((batch_size, len(self.plan.latents)), -1, dtype=torch.long, device=self.device)
+        masks = self._latent_masks(latents, batch_size)
+        assert masks is not None
+        masks = {value: mask.requires_grad_(True) for value, mask in masks.items()}
+        head_index = torch.as_tensor(np.asarray(heads, dtype=np.int64), device=self.device)
+        with torch.enable_grad():
+            root = self._root(self.forward({k: v.detach() for k, v in params.items()}, x, observed, masks=masks))
+            log_p = torch.gather(root, 1, head_index[:, None])[:, 0]
+            # a sample of probability 0 (indicator leaves) has no posterior: zeros
+            possible = torch.where(log_p > ZERO_PROBABILITY, log_p, torch.zeros_like(log_p))
+            grads = torch.autograd.grad(possible.sum(), list(masks.values()), allow_unused=True)
+        out: list[np.ndarray | None] = [None] * len(self.plan.latents)
+        for group, grad in zip(self.latent_groups, grads):
+            mask = masks[group.value]
+            grad = torch.zeros_like(mask) if grad is None else grad  # (R, B, K)
+            for position, latent in enumerate(group.latents):
+                out[latent] = grad[position].to("cpu", torch.float64).numpy()
+        return [posterior for posterior in out if posterior is not None]
+
     # ------------------------------------------------------------------ sampling and MPE
     def backtrack(self, params: Params, batch: Batch, mpe: bool, leaf_value: str,
                   heads: np.ndarray, seed: int) -> np.ndarray:
@@ -469,8 +540,10 @@ class TorchBackend:
         generator.manual_seed(int(seed))
         sampler = TorchSampler(generator)
         batch_size = x.shape[0]
+        masks = self._latent_masks(self._latents(batch), batch_size)
         with torch.no_grad():
-            values = self.forward(params, x, observed, max_product=mpe)
+            # clamped latents mask their rows, so backtracking never chooses a masked state
+            values = self.forward(params, x, observed, max_product=mpe, masks=masks)
             # choice[v][row, b]: which entry of row's K-vector sample b selected, −1 if not reached
             choice = [torch.full((op.rows, batch_size), -1, dtype=torch.long, device=self.device) for op in self.plan.ops]
             root_value, root_row = self.plan.root
@@ -590,8 +663,10 @@ class GradientTrainer:
         total = torch.zeros((), dtype=backend.dtype, device=backend.device)
         for begin in range(0, len(order), batch_size):
             index = order_t[begin : begin + batch_size]
+            latents = None if data.latents is None else data.latents.index_select(0, index)
             root = backend._root_of_plain(self.params(), data.values.index_select(0, index),
-                                          data.observed.index_select(0, index))
+                                          data.observed.index_select(0, index),
+                                          masks=backend._latent_masks(latents, len(index)))
             log_p = root[:, 0] if data.labels is None else torch.gather(root, 1, data.labels.index_select(0, index)[:, None])[:, 0]
             self.optimizer.zero_grad(set_to_none=True)
             (-log_p.mean()).backward()
@@ -639,6 +714,7 @@ class DeviceData:
     values: torch.Tensor  # (N, C+1)
     observed: torch.Tensor  # (N, C+1)
     labels: torch.Tensor | None  # (N,)
+    latents: torch.Tensor | None = None  # (N, latents): clamped states, −1 summed out
 
 
 def _storage_key(params: Params) -> tuple:
@@ -792,11 +868,6 @@ def rule_log_base(block: FamilyBlock, x: torch.Tensor, observed: torch.Tensor, c
     """log h(x)·obs gathered to (L, S, B)."""
     log_base = family_rule(block.family).log_base_measure(torch, x, block.family) * observed
     return log_base.t()[cols]
-
-
-def _finite_max(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Max for the log-einsum-exp trick; rows that are all −inf use 0 so no NaN appears."""
-    return torch.nan_to_num(values.detach().amax(dim, keepdim=True), neginf=0.0)
 
 
 def _max_einsum(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from einc.ir.plan import (
     FamilyBlock,
     HadamardOp,
     InputOp,
+    LatentSlot,
     MixingOp,
     Op,
     Operand,
@@ -178,6 +179,11 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
     region_rows = tuple(
         (region.id, *location[region.id]) for region in graph.regions if region.id in location
     )
+    # a latent lives on its region's row: clamping it masks that row (ir.plan.LatentSlot)
+    latents = tuple(
+        LatentSlot(latent.name, latent.region, *location[latent.region], k_of(latent.region))
+        for latent in graph.latents
+    )
     return Plan(
         graph=graph,
         ops=tuple(ops),
@@ -185,6 +191,7 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
         root=location[graph.root],
         replicas=_count_replicas(graph),
         region_rows=region_rows,
+        latents=latents,
     )
 
 

@@ -424,3 +424,33 @@ def prepare_labels(labels: Any, count: int, heads: int, label: str = "labels") -
         raise DataError(f"{place}: label {array[row]:g} is not a head of the circuit; expected an "
                         f"integer in 0..{heads - 1} (the circuit has {heads} head{'s' if heads != 1 else ''})")
     return array.astype(np.int64)
+
+
+def prepare_latents(slots: Sequence[Any], latents: Any, count: int, label: str = "latents") -> np.ndarray:
+    """Clamped latent states as an int64 (count, len(slots)) array, or ``DataError``.
+
+    One row per sample and one column per latent in declaration order (``Model.latents``); an
+    entry is a state 0..K-1 of its latent, or −1 (or NaN) to sum that latent out. With a single
+    latent a 1-D array of states is accepted too.
+    """
+    if not slots:
+        raise DataError(f"{label}: the circuit declares no latent variables; declare one with "
+                        f"`latent NAME = SCOPE` (e.g. `latent z = {{A, B}}`)")
+    source = latents.source if isinstance(latents, Dataset) else label
+    raw = latents.values if isinstance(latents, Dataset) else latents
+    if len(slots) == 1 and np.ndim(raw) == 1:
+        raw = np.asarray(raw)[:, None]
+    array = as_rows(raw, label)
+    if array.shape != (count, len(slots)):
+        names = ", ".join(slot.name for slot in slots[:4]) + (", ..." if len(slots) > 4 else "")
+        raise DataError(f"{source}: shape {tuple(array.shape)}; expected ({count}, {len(slots)}): one row per "
+                        f"sample and one column per latent ({names}), −1 to sum one out")
+    array = np.where(np.isnan(array), -1.0, array)
+    states = np.array([slot.states for slot in slots], dtype=np.float64)
+    bad = ~(np.isfinite(array) & (array >= -1) & (array < states) & (np.floor(array) == array))
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        place = latents.location(row, column) if isinstance(latents, Dataset) else f"{source}: row {row + 1}, column {column + 1}"
+        raise DataError(f"{place} (latent {slots[column].name}): {array[row, column]:g} is not a state; expected an "
+                        f"integer in 0..{int(states[column]) - 1}, or -1 to sum the latent out")
+    return array.astype(np.int64)

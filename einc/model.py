@@ -20,10 +20,10 @@ from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
-from einc.data import as_rows, prepare, prepare_labels
+from einc.data import as_rows, prepare, prepare_labels, prepare_latents
 from einc.files import atomic_write, check_writable
 from einc.ir.diagnostics import DataError, EincError, ModelFileError, ResourceError, TrainingError
-from einc.ir.plan import Plan
+from einc.ir.plan import LatentSlot, Plan
 
 FORMAT = "einc-model"
 FORMAT_VERSION = 1
@@ -150,6 +150,13 @@ class Model:
     def num_parameters(self) -> int:
         return self.plan.num_parameters
 
+    @property
+    def latents(self) -> tuple[LatentSlot, ...]:
+        """The circuit's latent variables (``latent`` statements) in declaration order — the
+        columns of every ``latents=z`` argument — each with its ``name``, ``region`` and number of
+        ``states`` (its region's K)."""
+        return self.plan.latents
+
     def parameters(self) -> dict[str, np.ndarray]:
         """A float64 NumPy copy of every parameter."""
         return self.backend.get(self.params)
@@ -180,36 +187,67 @@ class Model:
         return 3 * floats * np.dtype(self.dtype).itemsize + 16 * self.graph.num_columns
 
     def _batches(self, data: Any, missing: Any, batch_size: int, labels: Any = None,
-                 label: str = "data") -> Iterator[Batch]:
+                 label: str = "data", latents: Any = None) -> Iterator[Batch]:
         _check_positive_int(batch_size, "batch_size")
         values, observed = prepare(self.graph, data, missing, label, self.dtype)
         rows = min(batch_size, len(values))
         self.check_memory(rows, self._batch_bytes(), f"a batch of {rows} samples")
         label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
+        latent_array = None if latents is None else prepare_latents(self.plan.latents, latents, len(values))
         for start in range(0, len(values), batch_size):
             stop = start + batch_size
             yield Batch(values[start:stop], observed[start:stop],
-                        None if label_array is None else label_array[start:stop])
+                        None if label_array is None else label_array[start:stop],
+                        None if latent_array is None else latent_array[start:stop])
 
-    def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024) -> np.ndarray:
+    def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024, latents: Any = None) -> np.ndarray:
         """log p(x) per sample: shape (N,) — or (N, heads) for a multi-head circuit.
 
         Unobserved entries (NaN in x, or True in ``missing``, per sample) are marginalised exactly.
+        ``latents`` (N, number of latents), in declaration order (``model.latents``): log p(x, z)
+        with each latent clamped to its state, or summed out where its entry is −1.
+
+        >>> model.log_likelihood(x, latents=[[2, -1]])   # log p(x, z1 = 2)  # doctest: +SKIP
         """
-        result = self._log_likelihood_heads(x, missing, batch_size)
+        result = self._log_likelihood_heads(x, missing, batch_size, latents)
         return result[:, 0] if self.plan.heads == 1 else result
 
-    def _log_likelihood_heads(self, x: Any, missing: Any = None, batch_size: int = 1024) -> np.ndarray:
-        out = [self.backend.log_likelihood(self.params, batch) for batch in self._batches(x, missing, batch_size)]
+    def _log_likelihood_heads(self, x: Any, missing: Any = None, batch_size: int = 1024,
+                              latents: Any = None) -> np.ndarray:
+        out = [self.backend.log_likelihood(self.params, batch)
+               for batch in self._batches(x, missing, batch_size, latents=latents)]
         return np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
 
-    def max_log_likelihood(self, evidence: Any, batch_size: int = 1024) -> np.ndarray:
+    def max_log_likelihood(self, evidence: Any, batch_size: int = 1024, latents: Any = None) -> np.ndarray:
         """max over unobserved variables and latent sum choices of log p(x, z): the value of the
-        MPE completion (max-product upward pass)."""
+        MPE completion (max-product upward pass); ``latents`` clamps declared latents."""
         out = [self.backend.log_likelihood(self.params, batch, max_product=True)
-               for batch in self._batches(evidence, None, batch_size, label="evidence")]
+               for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents)]
         result = np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
         return result[:, 0] if self.plan.heads == 1 else result
+
+    def latent_posterior(self, x: Any, missing: Any = None, latents: Any = None, head: int = 0,
+                         batch_size: int = 1024) -> list[np.ndarray]:
+        """The exact posterior p(Z_j = k | x) of every latent: a list, in declaration order, of
+        one (N, K_j) array per latent (rows sum to 1).
+
+        Unobserved entries of x are marginalised; ``latents`` conditions on clamped latents too
+        (p(Z_j | x, z_clamped); a clamped latent's own posterior is one-hot). Computed as the
+        gradient of log p(x) with respect to the latents' log-masks: one backward pass for all.
+
+        >>> posterior = model.latent_posterior(x)          # doctest: +SKIP
+        >>> z = np.stack([p.argmax(1) for p in posterior], 1)  # each latent's MAP state  # doctest: +SKIP
+        """
+        if not self.plan.latents:
+            prepare_latents(self.plan.latents, None, 0)  # raises: the circuit has no latents
+        self._check_head(head)
+        out: list[list[np.ndarray]] = [[] for _ in self.plan.latents]
+        for batch in self._batches(x, missing, batch_size, latents=latents):
+            heads = np.full(len(batch.values), head)
+            for j, posterior in enumerate(self.backend.latent_posterior(self.params, batch, heads)):
+                out[j].append(posterior)
+        return [np.concatenate(parts, 0) if parts else np.zeros((0, slot.states))
+                for parts, slot in zip(out, self.plan.latents)]
 
     def conditional_log_likelihood(self, x: Any, evidence: Any, batch_size: int = 1024) -> np.ndarray:
         """log p(x | evidence) = log p(x) − log p(evidence); ``evidence`` is a mask of given columns."""
@@ -220,25 +258,33 @@ class Model:
         return self.log_likelihood(x, batch_size=batch_size) - self.log_likelihood(x, missing=~given, batch_size=batch_size)
 
     def sample(self, n: int | None = None, evidence: Any = None, seed: int | None = None,
-               head: int = 0, leaf_value: str = "sample", batch_size: int = 4096) -> np.ndarray:
+               head: int = 0, leaf_value: str = "sample", batch_size: int = 4096, latents: Any = None) -> np.ndarray:
         """Draw samples: ``sample(n)`` unconditionally, or ``sample(evidence=x_with_nans)``
         conditionally (one completion per row; observed entries are kept).
 
         ``leaf_value="mean"`` emits leaf means instead of leaf samples (paper addendum D).
+        ``latents`` (one row per sample; without n or evidence, one sample per row) clamps
+        declared latents: the samples follow p(x | z).
         """
         if leaf_value not in ("sample", "mean", "mode"):
             raise EincError(f"leaf_value must be sample, mean or mode, not {leaf_value!r}")
+        if n is None and evidence is None and latents is not None:
+            n = len(np.asarray(latents))
         evidence_array = self._evidence(n, evidence)
-        return self._backtrack(evidence_array, False, leaf_value, head, seed, batch_size)
+        return self._backtrack(evidence_array, False, leaf_value, head, seed, batch_size, latents)
 
-    def mpe(self, evidence: Any = None, n: int | None = None, head: int = 0, batch_size: int = 4096) -> np.ndarray:
+    def mpe(self, evidence: Any = None, n: int | None = None, head: int = 0, batch_size: int = 4096,
+            latents: Any = None) -> np.ndarray:
         """Most probable explanation: max-product upward pass + arg-max backtracking.
 
         Returns the evidence with unobserved entries completed by the joint arg-max over the
-        unobserved variables and the circuit's latent sum choices.
+        unobserved variables and the circuit's latent sum choices; ``latents`` clamps declared
+        latents (the arg-max is then over the choices consistent with them).
         """
+        if n is None and evidence is None and latents is not None:
+            n = len(np.asarray(latents))
         evidence_array = self._evidence(1 if n is None else n, evidence)  # n is used only without evidence
-        return self._backtrack(evidence_array, True, "mode", head, 0, batch_size)
+        return self._backtrack(evidence_array, True, "mode", head, 0, batch_size, latents)
 
     def _evidence(self, n: int | None, evidence: Any) -> np.ndarray:
         if evidence is None:
@@ -250,13 +296,16 @@ class Model:
             return np.full((n, self.graph.num_columns), np.nan)
         return as_rows(evidence, "evidence")
 
-    def _backtrack(self, evidence: np.ndarray, mpe: bool, leaf_value: str, head: int,
-                   seed: int | None, batch_size: int) -> np.ndarray:
+    def _check_head(self, head: Any) -> None:
         if not isinstance(head, (int, np.integer)) or not 0 <= head < self.plan.heads:
             raise EincError(f"head must be an integer in 0..{self.plan.heads - 1}, found {head!r}")
+
+    def _backtrack(self, evidence: np.ndarray, mpe: bool, leaf_value: str, head: int,
+                   seed: int | None, batch_size: int, latents: Any = None) -> np.ndarray:
+        self._check_head(head)
         rng = np.random.default_rng(self.seed if seed is None else seed)
         out = []
-        for batch in self._batches(evidence, None, batch_size, label="evidence"):
+        for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents):
             heads = np.full(len(batch.values), head)
             out.append(self.backend.backtrack(self.params, batch, mpe, leaf_value, heads, int(rng.integers(2**31))))
         return np.concatenate(out, 0) if out else np.zeros((0, self.graph.num_columns))
@@ -268,7 +317,8 @@ class Model:
             keep_best: bool = True, seed: int | None = None, progress: bool = False,
             on_epoch: Callable[[EpochRecord], None] | None = None, patience: int | None = None,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0,
-            resume: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT) -> list[EpochRecord]:
+            resume: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT, latents: Any = None,
+            valid_latents: Any = None) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
 
         ``update="batch"``: stochastic online EM, an M-step after every mini-batch with step size λ
@@ -282,6 +332,11 @@ class Model:
         over each sum-weight vector's entries and each categorical/Bernoulli/binomial leaf's
         outcomes (a Dirichlet/Beta prior, so EM maximises the posterior; ``pseudocount=0`` is
         plain maximum likelihood).
+
+        ``latents`` (N, number of latents; −1 = summed out) trains on (x, z) pairs: EM maximises
+        log p(x, z), the first step of latent variable distillation (``einc.lvd``); the records'
+        train LL is then the mean log p(x, z). ``valid_latents`` does the same for ``valid``
+        (without it the validation LL is log p(x), every latent summed out).
 
         With ``valid``: ``keep_best`` keeps the parameters of the best validation epoch, and
         ``patience=N`` stops after N epochs without a better one. ``checkpoint=PATH`` with
@@ -305,6 +360,9 @@ class Model:
         rows = min(batch_size, len(values))
         self.check_memory(rows, self._batch_bytes(), f"a training batch of {rows} samples")
         label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
+        latent_array = None if latents is None else prepare_latents(self.plan.latents, latents, len(values))
+        if valid_latents is not None and valid is None:
+            raise EincError("valid_latents clamp the latents of the validation rows: give valid too")
         validation = None
         if valid is not None:
             valid_values, valid_observed = prepare(self.graph, valid, None, "valid", self.dtype)
@@ -312,14 +370,17 @@ class Model:
                 raise DataError("valid: no validation samples")
             valid_label_array = None if valid_labels is None else prepare_labels(
                 valid_labels, len(valid_values), self.plan.heads, "valid labels")
-            validation = (valid_values, valid_observed, valid_label_array)
+            valid_latent_array = None if valid_latents is None else prepare_latents(
+                self.plan.latents, valid_latents, len(valid_values), "valid latents")
+            validation = (valid_values, valid_observed, valid_label_array, valid_latent_array)
         if checkpoint is not None:
             check_writable(checkpoint, "checkpoint")
         run = _Run.start(self, resume, method, seed, validation is not None and keep_best)
 
         # a backend may run whole epochs of stochastic EM itself (data resident on its device)
         fast = update == "batch" and hasattr(self.backend, "train_epoch")
-        resident = self.backend.upload(values, observed, label_array) if fast or method == "adam" else None
+        resident = (self.backend.upload(values, observed, label_array, latent_array)
+                    if fast or method == "adam" else None)
         trainer = None
         if method == "adam":
             trainer = self.backend.gradient_trainer(self.params, learning_rate)
@@ -341,8 +402,9 @@ class Model:
                     self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size,
                                                               pseudocount)
                 else:
-                    self._em_epoch(values, observed, label_array, order, batch_size, step_size, update, pseudocount)
-                train_ll = self._mean_ll(values, observed, label_array)
+                    self._em_epoch(values, observed, label_array, order, batch_size, step_size, update, pseudocount,
+                                   latent_array)
+                train_ll = self._mean_ll(values, observed, label_array, latent_array)
                 valid_ll = None if validation is None else self._mean_ll(*validation)
                 if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
                     run.restore(self)
@@ -365,12 +427,13 @@ class Model:
 
     def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
                   order: np.ndarray, batch_size: int, step_size: float, update: str,
-                  pseudocount: float = DEFAULT_PSEUDOCOUNT) -> None:
+                  pseudocount: float = DEFAULT_PSEUDOCOUNT, latents: np.ndarray | None = None) -> None:
         """The backend-independent EM epoch: statistics per batch, M-step per batch or per epoch."""
         accumulated: Statistics | None = None
         for start in range(0, len(values), batch_size):
             index = order[start : start + batch_size]
-            batch = Batch(values[index], observed[index], None if labels is None else labels[index])
+            batch = Batch(values[index], observed[index], None if labels is None else labels[index],
+                          None if latents is None else latents[index])
             stats = self.backend.statistics(self.params, batch)
             if update == "batch":
                 self.params = self.backend.em_update(self.params, stats, step_size, pseudocount)
@@ -385,10 +448,12 @@ class Model:
             return ll[:, 0]
         return ll[np.arange(len(ll)), labels]
 
-    def _mean_ll(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None) -> float:
+    def _mean_ll(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
+                 latents: np.ndarray | None = None) -> float:
         total = 0.0
         for start in range(0, len(values), 1024):
-            batch = Batch(values[start : start + 1024], observed[start : start + 1024])
+            batch = Batch(values[start : start + 1024], observed[start : start + 1024], None,
+                          None if latents is None else latents[start : start + 1024])
             ll = self.backend.log_likelihood(self.params, batch)
             total += float(self._select(ll, None if labels is None else labels[start : start + 1024]).sum())
         return total / max(1, len(values))

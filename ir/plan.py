@@ -326,6 +326,34 @@ Op = Union[InputOp, EinsumOp, MixingOp, HadamardOp]
 
 
 @dataclass(frozen=True)
+class LatentSlot:
+    """Where a latent variable lives in the plan: row ``row`` of value ``value``, whose K =
+    ``states`` entries are the region's densities p(x_R | Z = k).
+
+    Backends clamp Z by adding a log-mask to that row — 0 on the kept states, −inf on the others
+    — after the op computes it; a latent summed out gets no mask. The mask is data, like the
+    zero features of a missing variable: the plan, its backward and every op rule are unchanged
+    (the adjoint of an added mask is the identity).
+    """
+
+    name: str
+    region: RegionId
+    value: int
+    row: int
+    states: int
+
+
+@dataclass(frozen=True)
+class LatentGroup:
+    """The latents whose rows lie in one value: masked together, after that value's op."""
+
+    value: int
+    rows: tuple[int, ...]
+    latents: tuple[int, ...]  # their indices in ``Plan.latents`` (columns of ``latents=z``)
+    states: int  # K of the value's rows
+
+
+@dataclass(frozen=True)
 class Plan:
     graph: RegionGraph
     ops: tuple[Op, ...]
@@ -333,6 +361,19 @@ class Plan:
     root: tuple[int, int]  # (value, row) of the root region
     replicas: int  # the paper's R: leaf regions packed so that one replica has disjoint scopes
     region_rows: tuple[tuple[RegionId, int, int], ...]  # where every region's vector lives
+    latents: tuple[LatentSlot, ...] = ()  # in declaration order
+
+    @property
+    def latent_groups(self) -> tuple[LatentGroup, ...]:
+        """The latents grouped by the value holding their rows, in value order."""
+        by_value: dict[int, list[int]] = {}
+        for index, slot in enumerate(self.latents):
+            by_value.setdefault(slot.value, []).append(index)
+        return tuple(
+            LatentGroup(value, tuple(self.latents[i].row for i in members), tuple(members),
+                        self.ops[value].vector_size)
+            for value, members in sorted(by_value.items())
+        )
 
     @property
     def heads(self) -> int:
@@ -388,10 +429,13 @@ class Plan:
                     reads,
                 )
             )
+        latents = "".join(
+            f"\nlatent {slot.name}: v{slot.value}[{slot.row}], {slot.states} states" for slot in self.latents
+        )
         return format_table(header, rows) + (
             f"\nroot: v{self.root[0]}[{self.root[1]}]  heads: {self.heads}  replicas: {self.replicas}  "
             f"parameters: {self.num_parameters}  MFLOP/batch({batch}): {total_flops / 1e6:.3f}"
-        )
+        ) + latents
 
 
 def format_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -147,8 +147,12 @@ def _logsumexp(a: np.ndarray, axis=None) -> np.ndarray:
 
 
 def oracle_log_density(plan: Plan, params: dict[str, np.ndarray], x: np.ndarray,
-                       observed: np.ndarray | None = None, max_product: bool = False) -> np.ndarray:
-    """Recursive evaluation over regions of log p(x) (or max-product) for one sample -> (heads,)."""
+                       observed: np.ndarray | None = None, max_product: bool = False,
+                       clamped: dict | None = None) -> np.ndarray:
+    """Recursive evaluation over regions of log p(x) (or max-product) for one sample -> (heads,).
+
+    ``clamped`` {region id: state} keeps only that entry of the region's vector (its others
+    become −inf): log p(x, z) for latents on those regions, written out without the plan."""
     graph = plan.graph
     observed = np.ones_like(x, dtype=bool) if observed is None else observed
     leaf_row, partition_loc, mixing_loc = {}, {}, {}
@@ -169,6 +173,13 @@ def oracle_log_density(plan: Plan, params: dict[str, np.ndarray], x: np.ndarray,
     def value(region) -> np.ndarray:
         if region in memo:
             return memo[region]
+        vector = unclamped(region)
+        if clamped and region in clamped and clamped[region] >= 0:
+            vector = np.where(np.arange(len(vector)) == clamped[region], vector, -np.inf)
+        memo[region] = vector
+        return vector
+
+    def unclamped(region) -> np.ndarray:
         if graph.is_leaf(region):
             row = leaf_row[region]
             total = np.zeros(graph.inputs)
@@ -181,7 +192,6 @@ def oracle_log_density(plan: Plan, params: dict[str, np.ndarray], x: np.ndarray,
                         total += _leaf_log_density(block.family, phi[s], x[column])
                     elif max_product:
                         total += _max_leaf(block.family, phi[s])
-            memo[region] = total
             return total
         per_partition = []
         for p in graph.partitions_of[region]:
@@ -196,12 +206,10 @@ def oracle_log_density(plan: Plan, params: dict[str, np.ndarray], x: np.ndarray,
                 scores = np.log(w) + left[None, :, None] + right[None, None, :]
             per_partition.append(reduce(scores.reshape(w.shape[0], -1), axis=1))
         if len(per_partition) == 1:
-            memo[region] = per_partition[0]
-        else:
-            name, row = mixing_loc[region]
-            v = params[name][row]  # (C, K)
-            memo[region] = reduce(np.log(v) + np.stack(per_partition), axis=0)
-        return memo[region]
+            return per_partition[0]
+        name, row = mixing_loc[region]
+        v = params[name][row]  # (C, K)
+        return reduce(np.log(v) + np.stack(per_partition), axis=0)
 
     return value(graph.root)
 

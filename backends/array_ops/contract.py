@@ -18,6 +18,13 @@ def finite_max(xp: ModuleType, values: Any, axis: int) -> Any:
     return xp.where(xp.isfinite(top), top, 0.0).astype(values.dtype, copy=False)
 
 
+def no_mass(xp: ModuleType, values: Any, axis: int) -> Any:
+    """Where a log-sum-exp over ``axis`` (kept) has only −inf terms: its result must be −inf, not
+    the e^-80 the floored shifted exponentials would leave (clamped latents can rule out every
+    state; see backends/latents.py)."""
+    return xp.max(values, axis=axis, keepdims=True) == -float("inf")
+
+
 # ---------------------------------------------------------------- contraction paths
 @functools.cache
 def pairwise_steps(

@@ -22,3 +22,27 @@ class TorchOpRule:
 
     forward: Callable[..., Any]
     backtrack: Callable[..., None]
+
+
+def log_sum_exp_shift(values: Any, dim: int) -> tuple[Any, Any]:
+    """(shift, empty) for a log-sum-exp over ``dim`` (kept): the detached maximum, 0 where every
+    entry is −inf (so no NaN appears), and a mask of those slices, which carry no mass."""
+    import torch
+
+    top = values.detach().amax(dim, keepdim=True)
+    empty = top == float("-inf")
+    return torch.where(empty, torch.zeros_like(top), top), empty
+
+
+def log_of_mass(mixed: Any, shift: Any, empty: Any) -> Any:
+    """log(mixed) + shift, and −inf exactly where the inputs carried no mass (``empty``).
+
+    An empty slice arises when clamped latents rule out every state (a hadamard product of two
+    latents that are one hidden variable, clamped to different states). There the floored
+    shifted exponentials would leave a spurious e^-80 (or an underflowed 0, whose log has an
+    infinite gradient): the mixture is set to 1 before the log and the result to −inf after, so
+    the value is exact and no NaN enters the gradients of the other samples.
+    """
+    import torch
+
+    return (torch.log(mixed.masked_fill(empty, 1.0)) + shift).masked_fill(empty, float("-inf"))

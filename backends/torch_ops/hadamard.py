@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from einc.backends.torch_ops import TorchOpRule
+from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
 from einc.ir.plan import HadamardOp
 
 # Elements of the (L, b, K_out, K_in) max-product scores materialised at once (batch chunks).
@@ -33,11 +33,11 @@ def forward(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor],
     weights = params[op.param]  # (L, k, j)
     if max_product:
         return _max_sum(product, weights)
-    # the shift of the log-sum-exp; rows that are all −inf use 0 so no NaN appears
-    top = torch.nan_to_num(product.detach().amax(-1, keepdim=True), neginf=0.0)  # (L, B, 1)
+    # the shift of the log-sum-exp; rows that are all −inf (no mass) stay −inf
+    top, empty = log_sum_exp_shift(product, -1)  # (L, B, 1)
     # (L, B, j) x (L, j, k) -> (L, B, k)
     mixed = torch.bmm(torch.exp(product - top), weights.transpose(1, 2))
-    return torch.log(mixed) + top
+    return log_of_mass(mixed, top, empty)
 
 
 def _max_sum(product: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
