@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from einc import __version__, commands
+from einc.lvd import DEFAULT_DISTILL_EPOCHS, DEFAULT_FINETUNE_EPOCHS
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler import dump, size
 from einc.compiler.pipeline import (
@@ -288,6 +289,41 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--labels",), {"metavar": "L", "help": "class labels of the training rows: class-conditional training of a multi-head circuit (head = label)"}),
             Arg(("--valid-labels",), {"metavar": "L", "help": "class labels of the validation rows"}),
             Arg(("--mixture",), {"type": positive_int, "metavar": "C", "help": "train a mixture of C circuits, one per k-means cluster (paper §4.2)"}),
+            Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
+        ),
+    ),
+    Command(
+        "lvd",
+        "latent variable distillation: assign the circuit's latents from teacher features (k-means) or a "
+        "file, train on (x, z) with EM, sum the latents out and fine-tune on x; write the model",
+        commands.cmd_lvd,
+        (
+            *NEW_MODEL_OPTIONS,
+            FILE,
+            *K_OPTIONS,
+            Arg(("--data",), {"required": True, "metavar": "TRAIN", "help": "training data (.csv[.gz], .npy, .npz)"}),
+            Arg(("--teacher",), {"metavar": "FEATURES.npy",
+                                 "help": "teacher embeddings (N, latents, D), one per training row and latent in "
+                                         "declaration order: clustered by k-means with one shared codebook"}),
+            Arg(("--latents",), {"metavar": "Z.npy", "help": "the latent states (N, latents) of the training rows "
+                                                            "(instead of --teacher); -1 sums one out"}),
+            Arg(("--epochs",), {"type": positive_int, "default": DEFAULT_DISTILL_EPOCHS,
+                                "help": "EM epochs on log p(x, z) (per round)"}),
+            Arg(("--finetune-epochs",), {"type": non_negative_int, "default": DEFAULT_FINETUNE_EPOCHS,
+                                         "help": "EM epochs on log p(x) afterwards, the latents summed out (0: none)"}),
+            Arg(("--reassign",), {"type": non_negative_int, "default": 0, "metavar": "ROUNDS",
+                                  "help": "after training on (x, z), set z to each row's most probable states and "
+                                          "train again, ROUNDS times"}),
+            Arg(("--valid",), {"metavar": "V", "help": "validation data: keep the best fine-tuning epoch on it"}),
+            Arg(("--test",), {"metavar": "T", "help": "test data: report its log-likelihood at the end"}),
+            Arg(("--batch-size",), {"type": positive_int, "default": DEFAULT_BATCH_SIZE, "help": "samples per EM step"}),
+            Arg(("--step-size",), {"type": step_size, "default": DEFAULT_STEP_SIZE, "help": "online EM step size λ (eqs. 8-9)"}),
+            Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
+                                "help": "M-step after every batch (stochastic EM) or once per epoch"}),
+            Arg(("--pseudocount",), {"type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
+                                     "help": "EM Laplace smoothing (as in einc train)"}),
+            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters, k-means and batch order"}),
+            Arg(("--write-latents",), {"metavar": "OUT", "help": "also write the latent states used (.npy, .npz or .csv)"}),
             Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
         ),
     ),

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from einc.compiler.pipeline import CompileOptions
-from einc.data import prepare, prepare_labels, read_data
+from einc.data import prepare, prepare_labels, prepare_latents, read_data
 from einc.files import check_array_output, check_not_an_input, check_writable, save_array
 from einc.ir.diagnostics import DataError, EincError, TrainingError
 from einc.ir.plan import Plan
@@ -474,4 +474,111 @@ def cmd_learn_structure(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}: {args.kind} over {len(tree.parents)} variables, a tree of depth {tree.depth} "
           f"({inner} inner nodes, mutual information {tree.weight:.4f} nats); "
           f"train it with `einc train {args.output} --data {args.data} -o MODEL.npz`")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# einc lvd
+
+
+def _read_features(path: str) -> np.ndarray:
+    """Teacher features from a .npy (or the one array of a .npz), without pickles."""
+    try:
+        with open(path, "rb"):
+            pass
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise DataError(f"--teacher {path}: cannot read it as a .npy array ({reason})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if len(loaded.files) != 1:
+                raise DataError(f"--teacher {path}: a .npz with {len(loaded.files)} arrays; expected one "
+                                f"(N, latents, D) array")
+            return loaded[loaded.files[0]]
+    return loaded
+
+
+def cmd_lvd(args: argparse.Namespace) -> int:
+    from einc import lvd
+
+    if (args.teacher is None) == (args.latents is None):
+        raise EincError("give --teacher FEATURES.npy (teacher embeddings to cluster) or --latents Z.npy "
+                        "(the latent states of every training row): exactly one of them")
+    output = check_writable(args.output, "model")
+    inputs = {"FILE.pc": args.file, "--data": args.data, "--teacher": args.teacher, "--latents": args.latents,
+              "--valid": args.valid, "--test": args.test}
+    check_not_an_input(output, inputs)
+    if args.write_latents:
+        check_array_output(args.write_latents)
+        check_not_an_input(args.write_latents, {**inputs, "-o": args.output})
+    model = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
+                    options=compile_options(args))
+    if not model.latents:
+        lvd.shared_states(model)  # raises: there is nothing to distill
+    states = lvd.shared_states(model) if args.teacher else None  # a shared codebook needs one K
+    _set_threads(args, model.plan)
+    columns = model.columns
+    train = read_data(args.data, columns=columns)
+    valid = read_data(args.valid, columns=columns) if args.valid else None
+    test = read_data(args.test, columns=columns) if args.test else None
+    for name, data in (("train", train), ("valid", valid), ("test", test)):
+        if data is not None:
+            prepare(model.graph, data, None, name, model.dtype)
+    features = latents = None
+    if args.teacher:
+        features = lvd.per_latent_features(_read_features(args.teacher), len(model.latents),
+                                           label=f"--teacher {args.teacher}")
+        if len(features) != len(train):
+            raise DataError(f"--teacher {args.teacher}: {len(features)} examples for the {len(train)} rows of "
+                            f"--data {args.data}; expected one (latents, D) block per row, in the same order")
+        source = f"k-means with {states} shared centres over {features.shape[0] * features.shape[1]} teacher embeddings"
+    else:
+        latents = read_data(args.latents)
+        prepare_latents(model.latents, latents, len(train))
+        source = f"the states in {args.latents}"
+    print(f"{model.graph.name}: {model.num_parameters} parameters, {len(model.latents)} latents, "
+          f"{len(train)} training samples; latents from {source}")
+
+    def report(phase: str, record: EpochRecord) -> None:
+        print(f"{phase:>9} {_epoch_line(record)}", flush=True)
+
+    try:
+        with _termination_as_interrupt():
+            result = lvd.distill(
+                model, train, latents=latents, features=features, epochs=args.epochs,
+                finetune_epochs=args.finetune_epochs, reassign=args.reassign, valid=valid,
+                batch_size=args.batch_size, step_size=args.step_size, update=args.update,
+                pseudocount=args.pseudocount, seed=args.seed, on_epoch=report)
+    except KeyboardInterrupt as interrupt:
+        if model.training is None:
+            print("einc: interrupted before the first epoch finished; nothing written", file=sys.stderr)
+        else:
+            model.save(output)
+            print(f"einc: interrupted; wrote the parameters after the last finished epoch to {output}",
+                  file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(interrupt, _Terminated) else 130
+    except TrainingError as error:
+        print(error.render("einc"), file=sys.stderr)
+        if model.training is not None:
+            model.save(output)
+            print(f"einc: wrote the last good model to {output}", file=sys.stderr)
+        return 1
+    dims = model.graph.num_columns
+
+    def nats_and_bits(ll: float) -> str:
+        return f"{ll:.4f} nats ({-ll / dims / np.log(2):.4f} bits per dimension)"
+
+    print(f"LVD objective, mean log p(x, z): {nats_and_bits(result.objective)}")
+    print(f"after distillation, mean log p(x): {nats_and_bits(result.distilled_ll)}")
+    if args.finetune_epochs:
+        print(f"after fine-tuning, mean log p(x): {nats_and_bits(result.final_ll)}")
+    if test is not None:
+        print(f"test LL {nats_and_bits(float(model.log_likelihood(test).mean()))}")
+    model.save(output)
+    print(f"wrote {output}")
+    if args.write_latents:
+        save_array(args.write_latents, result.latents,
+                   header=[slot.name for slot in model.latents] if str(args.write_latents).lower().endswith(".csv") else None)
+        print(f"wrote the latent states of the last distillation round to {args.write_latents}")
     return 0
