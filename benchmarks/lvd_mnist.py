@@ -1,0 +1,287 @@
+"""Latent variable distillation on MNIST: four ways to start the same circuit, the same epochs.
+
+    python benchmarks/lvd_mnist.py                     # the CPU run in the README (training subset)
+    python benchmarks/lvd_mnist.py --train-rows 60000 --epochs 20 --distill-epochs 10 \\
+        --teacher-epochs 20 --seeds 0 1 2              # the full-data command (a GPU-sized run)
+
+The circuit is ``examples/lvd/mnist_lvd.pc``: Poon–Domingos with delta 7 over 28×28 categorical(256)
+pixels, K = ``--sums`` densities per region, and one K-state latent per 7×7 leaf patch
+(``latent patches(over = img, size = [7, 7])``). Every arm trains it with the same online EM
+recipe for ``--epochs`` epochs in all:
+
+- ``em``: EM on x alone from the random initialisation;
+- ``random``: latents drawn uniformly at random; ``--distill-epochs`` of EM on (x, z), the rest on x;
+- ``pixels``: latents by k-means (one codebook shared by the 16 positions) over raw patch pixels;
+- ``teacher``: k-means over the embeddings of a teacher trained here on the same rows
+  (``examples/lvd/teacher.py``: a VQ-VAE with a convolutional encoder and an independent
+  per-patch decoder, as in the paper's §5).
+
+Measured per arm and seed: exact test bits per dimension on the test set (−log p(x) / (784 ln 2));
+for the latent arms the paper's triple (§3, Figure 2) on train and test, in bits per dimension:
+the teacher's ELBO under the same discretisation (teacher arm), the LVD objective (mean
+log p(x, z) right after training on the pairs) and the circuit's log p(x) at that moment (the
+variational gap closed by the exact posterior). The verdict compares the teacher arm with
+``em``: success is a lower test bpd by more than two standard deviations of the difference of
+the seed means.
+
+Writes ``benchmarks/results/lvd_mnist.{json,md}`` (machine, date, command, every number) and
+``lvd_mnist.png`` (train bits per dimension per epoch, each arm's seed mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+import einc
+from einc import lvd
+from einc.files import atomic_write
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples" / "lvd"))
+import teacher as teacher_module  # noqa: E402  (examples/lvd/teacher.py)
+
+PIXELS = 784
+ARMS = ("em", "random", "pixels", "teacher")
+COLOURS = {"em": (200, 40, 40), "random": (150, 150, 150), "pixels": (40, 120, 200), "teacher": (30, 150, 60)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--circuit", type=Path, default=ROOT / "examples" / "lvd" / "mnist_lvd.pc")
+    parser.add_argument("--train-rows", type=int, default=5000, help="train on the first N training images")
+    parser.add_argument("--test-rows", type=int, default=None, help="score the first N test images (default all)")
+    parser.add_argument("--sums", type=int, default=10, help="K: densities per region = states per patch latent")
+    parser.add_argument("--epochs", type=int, default=6, help="EM epochs of every arm, in all")
+    parser.add_argument("--distill-epochs", type=int, default=3, help="of which on (x, z) in the latent arms")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--step-size", type=float, default=0.05, help="online EM step size")
+    parser.add_argument("--pseudocount", type=float, default=0.1)
+    parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--teacher-dims", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "lvd_mnist")
+    return parser.parse_args(argv)
+
+
+def bits(ll: float) -> float:
+    """Mean log-likelihood in nats per image -> bits per dimension."""
+    return -ll / PIXELS / math.log(2)
+
+
+def patch_pixels(images: np.ndarray) -> np.ndarray:
+    """(N, 784) -> (N, 16, 49) raw patch pixels in [0, 1], patches in the latents' order."""
+    return teacher_module.to_patches(torch.as_tensor(images)).numpy() / 255.0
+
+
+def run_arm(arm: str, args: argparse.Namespace, seed: int, train: np.ndarray, test: np.ndarray,
+            teacher: dict | None) -> dict:
+    model = einc.compile(args.circuit, seed=seed, options=einc.CompileOptions(sums=args.sums, inputs=args.sums))
+    options = dict(batch_size=args.batch_size, step_size=args.step_size, pseudocount=args.pseudocount)
+    started = time.perf_counter()
+    curve: list[float] = []
+    result: dict = {"arm": arm, "seed": seed}
+
+    def record(*parts) -> None:
+        # fit reports its objective: log p(x, z) while distilling; the curve is log p(x) throughout
+        on_pairs = len(parts) == 2 and parts[0].startswith("distill")
+        curve.append(bits(float(model.log_likelihood(train).mean())) if on_pairs else bits(parts[-1].train_ll))
+        objective = f", log p(x, z) {bits(parts[-1].train_ll):.4f}" if on_pairs else ""
+        print(f"  {arm:8s} seed {seed} epoch {len(curve):2d}  train log p(x) {curve[-1]:.4f} bpd{objective}",
+              flush=True)
+
+    if arm == "em":
+        model.fit(train, epochs=args.epochs, seed=seed, keep_best=False, on_epoch=record, **options)
+    else:
+        states = args.sums
+        if arm == "random":
+            rng = np.random.default_rng(seed)
+            z_train = rng.integers(0, states, (len(train), 16))
+            z_test = rng.integers(0, states, (len(test), 16))
+            codebook = None
+        else:
+            features_train, features_test = (
+                (patch_pixels(train), patch_pixels(test)) if arm == "pixels"
+                else (teacher["features_train"], teacher["features_test"]))
+            z_train, codebook = lvd.assign_latents(features_train, states, seed=seed)
+            z_test = codebook.assign(features_test)
+        distilled = lvd.distill(model, train, latents=z_train, epochs=args.distill_epochs, finetune_epochs=0,
+                                seed=seed, on_epoch=record, **options)
+        result["lvd_objective_train"] = bits(distilled.objective)
+        result["pc_after_distill_train"] = bits(distilled.distilled_ll)
+        result["lvd_objective_test"] = bits(float(model.log_likelihood(test, latents=z_test).mean()))
+        result["pc_after_distill_test"] = bits(float(model.log_likelihood(test).mean()))
+        if arm == "teacher":
+            prior = teacher_module.factorised_prior(z_train, states)
+            net, centres = teacher["model"], codebook.centres
+            result["teacher_elbo_train"] = bits(float(teacher_module.elbo(net, train, z_train, centres, prior).mean()))
+            result["teacher_elbo_test"] = bits(float(teacher_module.elbo(net, test, z_test, centres, prior).mean()))
+        remaining = args.epochs - args.distill_epochs
+        if remaining:
+            model.fit(train, epochs=remaining, seed=seed + 1, keep_best=False, on_epoch=record, **options)
+    result["train_bpd"] = bits(float(model.log_likelihood(train).mean()))
+    result["test_bpd"] = bits(float(model.log_likelihood(test).mean()))
+    result["seconds"] = time.perf_counter() - started
+    result["curve"] = curve
+    print(f"  {arm:8s} seed {seed}: test {result['test_bpd']:.4f} bpd ({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def summarise(results: list[dict], arms: list[str]) -> dict:
+    summary = {}
+    for arm in arms:
+        rows = [r for r in results if r["arm"] == arm]
+        summary[arm] = {}
+        for key in rows[0]:
+            if key in ("arm", "seed", "curve") or not isinstance(rows[0][key], float):
+                continue
+            values = np.array([r[key] for r in rows])
+            summary[arm][key] = {"mean": float(values.mean()),
+                                 "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan")}
+    return summary
+
+
+def verdict(summary: dict) -> dict | None:
+    if "em" not in summary or "teacher" not in summary:
+        return None
+    em, teacher = summary["em"]["test_bpd"], summary["teacher"]["test_bpd"]
+    gap = em["mean"] - teacher["mean"]
+    spread = math.sqrt(em["std"] ** 2 + teacher["std"] ** 2)
+    return {"gap_bpd": gap, "std_of_difference": spread, "success": bool(gap > 2 * spread)}
+
+
+def curve_png(path: Path, results: list[dict], arms: list[str], title: str) -> None:
+    width, height, margin = 720, 420, 60
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    curves = {arm: np.mean([r["curve"] for r in results if r["arm"] == arm], 0) for arm in arms}
+    values = np.concatenate(list(curves.values()))
+    low, high = float(values.min()), float(min(values.max(), values.min() + 1.5))
+    epochs = max(len(c) for c in curves.values())
+
+    def point(epoch: float, value: float) -> tuple[float, float]:
+        x = margin + (epoch - 1) / max(1, epochs - 1) * (width - 2 * margin)
+        y = margin + (min(value, high) - low) / max(1e-9, high - low) * (height - 2 * margin)
+        return x, y
+
+    draw.rectangle([margin, margin, width - margin, height - margin], outline="black")
+    draw.text((margin, 20), title, fill="black")
+    for step in range(5):
+        value = low + step * (high - low) / 4
+        draw.text((5, point(1, value)[1] - 6), f"{value:.2f}", fill="black")
+    for arm, curve in curves.items():
+        points = [point(e + 1, v) for e, v in enumerate(curve)]
+        draw.line(points, fill=COLOURS[arm], width=2)
+        draw.text((points[-1][0] - 50, points[-1][1] - 14), arm, fill=COLOURS[arm])
+    draw.text((width // 2 - 30, height - margin + 10), "epoch", fill="black")
+    canvas.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not 0 <= args.distill_epochs <= args.epochs:
+        raise SystemExit("--distill-epochs must be between 0 and --epochs")
+    torch.set_num_threads(args.threads)
+    command = "python benchmarks/lvd_mnist.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    with np.load(args.data) as mnist:
+        train = mnist["x_train"][: args.train_rows].reshape(-1, PIXELS).astype(np.float64)
+        test = mnist["x_test"][: args.test_rows].reshape(-1, PIXELS).astype(np.float64)
+    print(f"MNIST: {len(train)} training and {len(test)} test images; arms {', '.join(args.arms)}; "
+          f"seeds {args.seeds}; {args.epochs} epochs ({args.distill_epochs} on (x, z) in the latent arms)")
+    results = []
+    teacher_seconds = []
+    for seed in args.seeds:
+        teacher = None
+        if "teacher" in args.arms:
+            began = time.perf_counter()
+            config = teacher_module.TeacherConfig(dims=args.teacher_dims, codes=args.sums)
+            net = teacher_module.train(train.astype(np.float32), config, epochs=args.teacher_epochs, seed=seed)
+            teacher = {"model": net, "features_train": teacher_module.features(net, train.astype(np.float32)),
+                       "features_test": teacher_module.features(net, test.astype(np.float32))}
+            teacher_seconds.append(time.perf_counter() - began)
+        for arm in args.arms:
+            results.append(run_arm(arm, args, seed, train, test, teacher))
+    summary = summarise(results, args.arms)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": command,
+        "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores (shared)".replace("  ", " "),
+        "load_average": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "sums": args.sums,
+        "epochs": args.epochs,
+        "distill_epochs": args.distill_epochs,
+        "recipe": f"online EM, batch {args.batch_size}, step {args.step_size}, pseudocount {args.pseudocount}",
+        "teacher": f"VQ-VAE, {args.teacher_epochs} epochs, D={args.teacher_dims}, {args.sums} codes",
+        "teacher_seconds": teacher_seconds,
+        "elapsed_minutes": (time.perf_counter() - started) / 60,
+    }
+    payload = {"meta": meta, "results": results, "summary": summary, "verdict": verdict(summary)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out.with_suffix(".json"), lambda s: s.write((json.dumps(payload, indent=1) + "\n").encode()))
+    curve_png(args.out.with_suffix(".png"), results, args.arms,
+              f"PD K={args.sums} on {len(train)} MNIST images: train bits per dimension (seed means)")
+    write_markdown(args.out.with_suffix(".md"), meta, summary, payload["verdict"], args.arms, args.out.name)
+    print(args.out.with_suffix(".md").read_text())
+    return 0
+
+
+def write_markdown(path: Path, meta: dict, summary: dict, outcome: dict | None, arms: list[str], name: str) -> None:
+    def cell(arm: str, key: str) -> str:
+        entry = summary[arm].get(key)
+        if entry is None:
+            return "–"
+        spread = "" if math.isnan(entry["std"]) else f" ± {entry['std']:.3f}"
+        return f"{entry['mean']:.3f}{spread}"
+
+    lines = [
+        "# Latent variable distillation on MNIST",
+        "",
+        f"Generated on {meta['date']} by `{meta['command']}` ({meta['machine']}; load average "
+        f"{meta['load_average']}; torch {meta['torch']}, {meta['threads']} thread(s); "
+        f"{meta['elapsed_minutes']:.1f} min in all).",
+        "",
+        f"PD delta 7, K = {meta['sums']}, one latent per 7×7 patch; {meta['train_rows']:,} training images, "
+        f"{meta['test_rows']:,} test images; {meta['epochs']} epochs per arm ({meta['distill_epochs']} on (x, z) "
+        f"in the latent arms); {meta['recipe']}. Teacher: {meta['teacher']}. Bits per dimension, mean ± standard "
+        f"deviation over seeds.",
+        "",
+        "| arm | test bpd | train bpd | LVD objective (train / test) | PC after distillation (train / test) | teacher ELBO (train / test) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for arm in arms:
+        lines.append(
+            f"| {arm} | {cell(arm, 'test_bpd')} | {cell(arm, 'train_bpd')} | "
+            f"{cell(arm, 'lvd_objective_train')} / {cell(arm, 'lvd_objective_test')} | "
+            f"{cell(arm, 'pc_after_distill_train')} / {cell(arm, 'pc_after_distill_test')} | "
+            f"{cell(arm, 'teacher_elbo_train')} / {cell(arm, 'teacher_elbo_test')} |")
+    lines.append("")
+    if outcome is not None:
+        word = "success" if outcome["success"] else "not met (a null result)"
+        lines.append(f"Teacher arm vs EM only: {outcome['gap_bpd']:+.4f} bpd better on test; the standard deviation "
+                     f"of the difference of the seed means is {outcome['std_of_difference']:.4f}; criterion "
+                     f"(> 2 standard deviations): **{word}**.")
+        lines.append("")
+    lines.append(f"![train curves]({name}.png)")
+    atomic_write(path, lambda s: s.write(("\n".join(lines) + "\n").encode()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
