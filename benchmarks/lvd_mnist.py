@@ -49,7 +49,7 @@ from einc.files import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "lvd"))
-import teacher as teacher_module  # noqa: E402  (examples/lvd/teacher.py)
+import teacher as teacher_module  # examples/lvd/teacher.py, on the path above
 
 PIXELS = 784
 ARMS = ("em", "random", "pixels", "teacher")
@@ -90,7 +90,7 @@ def patch_pixels(images: np.ndarray) -> np.ndarray:
 def run_arm(arm: str, args: argparse.Namespace, seed: int, train: np.ndarray, test: np.ndarray,
             teacher: dict | None) -> dict:
     model = einc.compile(args.circuit, seed=seed, options=einc.CompileOptions(sums=args.sums, inputs=args.sums))
-    options = dict(batch_size=args.batch_size, step_size=args.step_size, pseudocount=args.pseudocount)
+    options = {"batch_size": args.batch_size, "step_size": args.step_size, "pseudocount": args.pseudocount}
     started = time.perf_counter()
     curve: list[float] = []
     result: dict = {"arm": arm, "seed": seed}
@@ -254,14 +254,14 @@ def write_markdown(path: Path, meta: dict, summary: dict, outcome: dict | None, 
     lines = [
         "# Latent variable distillation on MNIST",
         "",
-        f"Generated on {meta['date']} by `{meta['command']}` ({meta['machine']}; load average "
-        f"{meta['load_average']}; torch {meta['torch']}, {meta['threads']} thread(s); "
-        f"{meta['elapsed_minutes']:.1f} min in all).",
+        (f"Generated on {meta['date']} by `{meta['command']}` ({meta['machine']}; load average "
+         f"{meta['load_average']}; torch {meta['torch']}, {meta['threads']} thread(s); "
+         f"{meta['elapsed_minutes']:.1f} min in all)."),
         "",
-        f"PD delta 7, K = {meta['sums']}, one latent per 7×7 patch; {meta['train_rows']:,} training images, "
-        f"{meta['test_rows']:,} test images; {meta['epochs']} epochs per arm ({meta['distill_epochs']} on (x, z) "
-        f"in the latent arms); {meta['recipe']}. Teacher: {meta['teacher']}. Bits per dimension, mean ± standard "
-        f"deviation over seeds.",
+        (f"PD delta 7, K = {meta['sums']}, one latent per 7×7 patch; {meta['train_rows']:,} training images, "
+         f"{meta['test_rows']:,} test images; {meta['epochs']} epochs per arm ({meta['distill_epochs']} on (x, z) "
+         f"in the latent arms); {meta['recipe']}. Teacher: {meta['teacher']}. Bits per dimension, mean ± "
+         f"standard deviation over seeds."),
         "",
         "| arm | test bpd | train bpd | LVD objective (train / test) | PC after distillation (train / test) | teacher ELBO (train / test) |",
         "|---|---:|---:|---:|---:|---:|",

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from einc import __version__, commands
-from einc.lvd import DEFAULT_DISTILL_EPOCHS, DEFAULT_FINETUNE_EPOCHS
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler import dump, size
 from einc.compiler.pipeline import (
@@ -40,6 +39,7 @@ from einc.compiler.pipeline import (
 )
 from einc.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
+from einc.lvd import DEFAULT_DISTILL_EPOCHS, DEFAULT_FINETUNE_EPOCHS
 from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 
 

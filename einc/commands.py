@@ -113,16 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_mixture(args)
     model = _training_model(args)
     _set_threads(args, model.plan)
-    columns = model.columns
-    train = read_data(args.data, columns=columns)
-    valid = read_data(args.valid, columns=columns) if args.valid else None
-    test = read_data(args.test, columns=columns) if args.test else None
+    train, valid, test = _read_splits(args, model)
     labels = read_data(args.labels) if args.labels else None
     valid_labels = read_data(args.valid_labels) if args.valid_labels else None
-    # every file is checked against the circuit here, before anything is trained
-    for name, data in (("train", train), ("valid", valid), ("test", test)):
-        if data is not None:
-            prepare(model.graph, data, None, name, model.dtype)
     if labels is not None:
         prepare_labels(labels, len(train), model.plan.heads)
     if valid_labels is not None and valid is not None:
@@ -163,6 +156,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     model.save(output)
     print(f"wrote {output}")
     return 0
+
+
+def _read_splits(args: argparse.Namespace, model: Model) -> tuple[Any, Any, Any]:
+    """--data, --valid and --test, each checked against the circuit before anything is trained."""
+    columns = model.columns
+    train = read_data(args.data, columns=columns)
+    valid = read_data(args.valid, columns=columns) if args.valid else None
+    test = read_data(args.test, columns=columns) if args.test else None
+    for name, data in (("train", train), ("valid", valid), ("test", test)):
+        if data is not None:
+            prepare(model.graph, data, None, name, model.dtype)
+    return train, valid, test
 
 
 def _training_model(args: argparse.Namespace) -> Model:
@@ -230,13 +235,7 @@ def _train_mixture(args: argparse.Namespace) -> int:
     options = compile_options(args)
     probe = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, options=options)
     _set_threads(args, probe.plan)
-    columns = probe.columns
-    train = read_data(args.data, columns=columns)
-    valid = read_data(args.valid, columns=columns) if args.valid else None
-    test = read_data(args.test, columns=columns) if args.test else None
-    for name, data in (("train", train), ("valid", valid), ("test", test)):
-        if data is not None:
-            prepare(probe.graph, data, None, name, probe.dtype)
+    train, valid, test = _read_splits(args, probe)
     if args.mixture > len(train):
         raise DataError(f"--mixture {args.mixture}: more components than the {len(train)} training samples")
     print(f"mixture of {args.mixture} circuits: k-means on {len(train)} samples, one circuit per cluster")
@@ -518,13 +517,7 @@ def cmd_lvd(args: argparse.Namespace) -> int:
         lvd.shared_states(model)  # raises: there is nothing to distill
     states = lvd.shared_states(model) if args.teacher else None  # a shared codebook needs one K
     _set_threads(args, model.plan)
-    columns = model.columns
-    train = read_data(args.data, columns=columns)
-    valid = read_data(args.valid, columns=columns) if args.valid else None
-    test = read_data(args.test, columns=columns) if args.test else None
-    for name, data in (("train", train), ("valid", valid), ("test", test)):
-        if data is not None:
-            prepare(model.graph, data, None, name, model.dtype)
+    train, valid, test = _read_splits(args, model)
     features = latents = None
     if args.teacher:
         features = lvd.per_latent_features(_read_features(args.teacher), len(model.latents),

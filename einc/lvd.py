@@ -169,7 +169,7 @@ def distill(model: Model, x: Any, latents: Any = None, features: Any = None,
                 on_epoch(phase, epoch)
         return record
 
-    options = dict(batch_size=batch_size, step_size=step_size, update=update, pseudocount=pseudocount)
+    options = {"batch_size": batch_size, "step_size": step_size, "update": update, "pseudocount": pseudocount}
     for round_number in range(reassign + 1):
         if round_number:
             z = reassign_latents(model, x)

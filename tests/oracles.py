@@ -143,7 +143,8 @@ def _leaf_log_density(family: LeafFamily, phi: np.ndarray, x: float) -> np.ndarr
 def _logsumexp(a: np.ndarray, axis=None) -> np.ndarray:
     top = np.max(a, axis=axis, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
-    return np.squeeze(top, axis=axis) + np.log(np.sum(np.exp(a - top), axis=axis))
+    with np.errstate(divide="ignore"):  # a sum of only −inf terms (clamped latents) is −inf
+        return np.squeeze(top, axis=axis) + np.log(np.sum(np.exp(a - top), axis=axis))
 
 
 def oracle_log_density(plan: Plan, params: dict[str, np.ndarray], x: np.ndarray,

@@ -16,17 +16,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import einc
 from einc.backends.base import Batch, create_backend
 from einc.compiler.params import init_parameters
 from einc.compiler.verify import verify
 from einc.ir.diagnostics import DataError, EincError
 from einc.ir.plan import EinsumOp, InputOp
 from einc.ir.region_graph import Latent, Partition, Region, RegionGraph
-
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from oracles import (
     BERNOULLI,
     CATEGORICAL3,
@@ -42,6 +39,8 @@ from oracles import (
     tree_graph,
 )
 from test_random_circuits import region_graphs
+
+import einc
 
 BACKENDS = ("torch", "numpy")
 
@@ -311,7 +310,7 @@ def _conditional_draws(backend, params, graph, latents, evidence, n=40000, seed=
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_samples_with_clamped_latents_follow_p_x_given_z(backend_name: str) -> None:
     graph = CASES["three latents, the mixing region and two shared leaves"]()
-    plan, backend, params = _setup(graph, backend_name, seed=2)
+    _plan, backend, params = _setup(graph, backend_name, seed=2)
     free = np.full(graph.num_columns, np.nan)
     for latents in ([2, 1, 0], [0, -1, 1]):
         statistic, dof = chi_square(*_conditional_draws(backend, params, graph, np.array(latents), free))
@@ -326,7 +325,7 @@ def test_samples_with_clamped_latents_follow_p_x_given_z(backend_name: str) -> N
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_mpe_with_clamped_latents_is_the_argmax_consistent_with_them(backend_name: str) -> None:
     graph = CASES["two latents, a leaf region and a region with several partitions"]()
-    plan, backend, params = _setup(graph, backend_name, seed=4)
+    _plan, backend, params = _setup(graph, backend_name, seed=4)
     states = enumerate_states(graph)
     everything = np.ones_like(states, dtype=bool)
     for latents in ([0, 1], [1, -1], [-1, 2]):

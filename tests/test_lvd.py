@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from einc.ir.diagnostics import DataError, EincError
 
 import einc
 from einc import cli, lvd
-from einc.ir.diagnostics import DataError, EincError
 
 PATCHES = """\
 var img[4, 6] : binary
@@ -169,3 +169,30 @@ def test_cli_lvd_refuses_bad_input_before_training(circuit: Path, tmp_path: Path
                          str(tmp_path / "bad_z.npy"), "-o", str(tmp_path / "x.npy")], capsys)
     assert code == 1 and "Traceback" not in err
     assert not Path(out_path).exists()
+
+
+def test_example_teacher_trains_and_gives_features_and_an_elbo() -> None:
+    """examples/lvd/teacher.py on a few random images: the shapes einc lvd reads, a finite ELBO
+    (log p(x | z) of a proper distribution over 0..255 is ≤ 0 per pixel, plus log p(z) ≤ 0)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "lvd"))
+    import teacher
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 784)).astype(np.float32)
+    model = teacher.train(images, teacher.TeacherConfig(dims=4, codes=3, channels=4, hidden=8), epochs=1,
+                          batch_size=20, log=lambda line: None)
+    embeddings = teacher.features(model, images)
+    assert embeddings.shape == (40, 16, 4)
+    z, codebook = lvd.assign_latents(embeddings, 3)
+    prior = teacher.factorised_prior(z, 3)
+    np.testing.assert_allclose(prior.sum(1), 1.0)
+    elbo = teacher.elbo(model, images, z, codebook.centres, prior)
+    assert elbo.shape == (40,) and np.all(np.isfinite(elbo)) and np.all(elbo < 0)
+    # the discretised logistic is a distribution over the 256 grey levels
+    import torch
+
+    levels = torch.arange(256.0)
+    mass = teacher.discretised_logistic(levels, torch.tensor(100.0), torch.tensor(2.0)).exp().sum()
+    assert abs(float(mass) - 1.0) < 1e-5
