@@ -354,8 +354,9 @@ class ArrayBackend:
                 )
             value, kept = rule(self, op, params, values, data, max_product)
             if index in masks:
-                # a value with −inf on the masked entries: the backward rules give those entries
-                # no adjoint (_scaled_adjoint), exactly the adjoint of the unmasked op
+                # −inf on the masked entries: the backward rules of the op give them no adjoint
+                # (_scaled_adjoint is 0 where a value is −inf); what consumers pass back to them
+                # is at most the e^-80 of their floored exponentials (backends/base.py)
                 value = value.copy()
                 value[self.latent_groups[index][0]] += masks[index]
             values.append(value)

@@ -141,7 +141,7 @@ class TorchBackend:
             return None
         return torch.as_tensor(batch.latents, dtype=torch.long, device=self.device)
 
-    def _latent_masks(self, latents: torch.Tensor | None, batch_size: int) -> dict[int, torch.Tensor] | None:
+    def _latent_masks(self, latents: torch.Tensor | None) -> dict[int, torch.Tensor] | None:
         """Log-masks per value holding latent rows, (R, B, K) each (backends/latents.py); None
         when nothing is clamped. Device ops only, so a captured EM step can build them."""
         if latents is None:
@@ -336,7 +336,7 @@ class TorchBackend:
 
     def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
         x, observed = self._batch(batch)
-        masks = self._latent_masks(self._latents(batch), x.shape[0])
+        masks = self._latent_masks(self._latents(batch))
         with torch.no_grad():
             if masks is not None:  # clamped latents run eagerly (captured graphs are per batch size)
                 root = self._root(self.forward(params, x, observed, max_product, masks=masks))
@@ -407,7 +407,7 @@ class TorchBackend:
             for op in self.plan.ops
             if isinstance(op, InputOp)
         }
-        masks = self._latent_masks(latents, x.shape[0])
+        masks = self._latent_masks(latents)
         root = self._root_of({**params, **weights}, x, observed, coefficients, False, masks)
         log_p = root[:, 0] if labels is None else torch.gather(root, 1, labels[:, None])[:, 0]
         total = log_p.sum()
@@ -514,7 +514,7 @@ class TorchBackend:
         latents = self._latents(batch)
         if latents is None:
             latents = torch.full((batch_size, len(self.plan.latents)), -1, dtype=torch.long, device=self.device)
-        masks = self._latent_masks(latents, batch_size)
+        masks = self._latent_masks(latents)
         assert masks is not None
         masks = {value: mask.requires_grad_(True) for value, mask in masks.items()}
         head_index = torch.as_tensor(np.asarray(heads, dtype=np.int64), device=self.device)
@@ -540,7 +540,7 @@ class TorchBackend:
         generator.manual_seed(int(seed))
         sampler = TorchSampler(generator)
         batch_size = x.shape[0]
-        masks = self._latent_masks(self._latents(batch), batch_size)
+        masks = self._latent_masks(self._latents(batch))
         with torch.no_grad():
             # clamped latents mask their rows, so backtracking never chooses a masked state
             values = self.forward(params, x, observed, max_product=mpe, masks=masks)
@@ -666,7 +666,7 @@ class GradientTrainer:
             latents = None if data.latents is None else data.latents.index_select(0, index)
             root = backend._root_of_plain(self.params(), data.values.index_select(0, index),
                                           data.observed.index_select(0, index),
-                                          masks=backend._latent_masks(latents, len(index)))
+                                          masks=backend._latent_masks(latents))
             log_p = root[:, 0] if data.labels is None else torch.gather(root, 1, data.labels.index_select(0, index)[:, None])[:, 0]
             self.optimizer.zero_grad(set_to_none=True)
             (-log_p.mean()).backward()

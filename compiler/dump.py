@@ -164,11 +164,14 @@ def dump_dot(graph: RegionGraph) -> str:
     """Graphviz text: regions as ellipses (leaf regions as boxes), partitions as × nodes."""
     numbers = _region_numbers(graph)
     lines = [f"digraph {_quote(graph.name)} {{", "  rankdir=TB;", '  node [fontname="Helvetica"];']
+    latent_of = {latent.region: latent.name for latent in graph.latents}
     for region in graph.regions:
         shape = "box" if graph.is_leaf(region.id) else "ellipse"
         label = region_text(graph, region.id)
         if region.name:
             label += "\n" + graph.scope_names(region.scope)
+        if region.id in latent_of:
+            label += f"\nlatent {latent_of[region.id]}"
         lines.append(f"  {numbers[region.id]} [label={_quote(label)}, shape={shape}];")
     for index, partition in enumerate(graph.partitions):
         lines.append(f'  p{index} [label="×", shape=circle, width=0.3, fixedsize=true];')

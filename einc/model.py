@@ -101,6 +101,12 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     return model
 
 
+def _rows(latents: Any) -> int:
+    """How many samples a ``latents`` array asks for (its rows; a single row if it is flat)."""
+    shape = np.shape(latents)
+    return int(shape[0]) if len(shape) >= 1 else 1
+
+
 def _check_positive_int(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise EincError(f"{name} must be a whole number of at least 1, found {value!r}")
@@ -269,7 +275,7 @@ class Model:
         if leaf_value not in ("sample", "mean", "mode"):
             raise EincError(f"leaf_value must be sample, mean or mode, not {leaf_value!r}")
         if n is None and evidence is None and latents is not None:
-            n = len(np.asarray(latents))
+            n = _rows(latents)
         evidence_array = self._evidence(n, evidence)
         return self._backtrack(evidence_array, False, leaf_value, head, seed, batch_size, latents)
 
@@ -282,7 +288,7 @@ class Model:
         latents (the arg-max is then over the choices consistent with them).
         """
         if n is None and evidence is None and latents is not None:
-            n = len(np.asarray(latents))
+            n = _rows(latents)
         evidence_array = self._evidence(1 if n is None else n, evidence)  # n is used only without evidence
         return self._backtrack(evidence_array, True, "mode", head, 0, batch_size, latents)
 

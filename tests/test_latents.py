@@ -420,6 +420,17 @@ def test_model_api_clamps_infers_samples_and_trains() -> None:
         model.max_log_likelihood([[1, np.nan, np.nan, 0]], latents=[[0, 1]])[0], abs=1e-10)
 
 
+def test_gradient_training_maximises_the_joint_too() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 2, (200, 4)).astype(float)
+    z = np.stack([rng.integers(0, 2, 200), rng.integers(0, 3, 200)], 1)
+    model = einc.compile(SOURCE, dtype="float64", seed=1)
+    before = model.log_likelihood(x, latents=z).mean()
+    history = model.fit(x, latents=z, method="adam", learning_rate=0.05, epochs=5, batch_size=50)
+    assert history[-1].train_ll == pytest.approx(model.log_likelihood(x, latents=z).mean(), abs=1e-9)
+    assert history[-1].train_ll > before + 0.1
+
+
 def test_resident_training_with_latents_agrees_across_backends() -> None:
     rng = np.random.default_rng(1)
     x = rng.integers(0, 2, (200, 4)).astype(float)
@@ -479,3 +490,22 @@ def test_patches_generator_declares_one_latent_per_pd_leaf_patch() -> None:
     for state in itertools.product(range(2), repeat=6):
         total = np.logaddexp(total, model.log_likelihood(x, latents=np.tile(state, (3, 1))))
     np.testing.assert_allclose(total, model.log_likelihood(x), atol=1e-10)
+
+
+def test_dumps_show_the_latents_and_where_they_live() -> None:
+    from einc.compiler import dump
+    from einc.compiler.pipeline import front_end
+
+    text = ("var img[4, 6] : binary\nleaf img ~ bernoulli\nsums 2\n"
+            "structure poon_domingos(delta = [2], over = img)\nlatent patches(over = img, size = [2, 2])\n")
+    layered = front_end(text, "p.pc")
+    ir = dump.dump_ir(layered.graph)
+    assert "latents: 6 (declaration order: the columns of latents=z)" in ir
+    assert "z[:, 1]  patches[0, 1]" in ir
+    assert "latents: 6 (patches[0, 0] .. patches[1, 2]), 2 states each" in dump.summary(layered)
+    assert 'latent patches[0, 0]"' in dump.dump_dot(layered.graph)
+    plan = einc.compile(text).plan
+    table = plan.table()
+    for slot in plan.latents:
+        assert f"latent {slot.name}: v{slot.value}[{slot.row}], 2 states" in table
+        assert plan.region_rows[[r for r, _v, _row in plan.region_rows].index(slot.region)][1:] == (slot.value, slot.row)
