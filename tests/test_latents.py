@@ -420,6 +420,17 @@ def test_model_api_clamps_infers_samples_and_trains() -> None:
         model.max_log_likelihood([[1, np.nan, np.nan, 0]], latents=[[0, 1]])[0], abs=1e-10)
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_full_batch_fit_on_the_joint_is_monotone(backend_name: str) -> None:
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 2, (300, 4)).astype(float)
+    z = np.stack([rng.integers(-1, 2, 300), rng.integers(0, 3, 300)], 1)
+    model = einc.compile(SOURCE, backend=backend_name, dtype="float64", seed=3)
+    history = model.fit(x, latents=z, epochs=6, update="epoch", step_size=1.0, pseudocount=0, batch_size=128)
+    lls = [record.train_ll for record in history]
+    assert all(b >= a - 1e-10 for a, b in zip(lls, lls[1:]))
+
+
 def test_gradient_training_maximises_the_joint_too() -> None:
     rng = np.random.default_rng(5)
     x = rng.integers(0, 2, (200, 4)).astype(float)
