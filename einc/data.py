@@ -47,10 +47,12 @@ def load_array(path: str | Path, key: str | None = None) -> np.ndarray:
     return array
 
 
-def _parse_csv(text: str, label: str) -> np.ndarray:
+def _parse_csv(text: str, label: str, first_line: int = 1) -> np.ndarray:
+    """Parse CSV text; ``first_line`` numbers its first line in error messages (for chunks of a
+    file streamed piece by piece)."""
     rows = []
     width = None
-    for line_number, line in enumerate(io.StringIO(text), start=1):
+    for line_number, line in enumerate(io.StringIO(text), start=first_line):
         line = line.strip()
         if not line:
             continue
@@ -76,11 +78,12 @@ def _parse_csv(text: str, label: str) -> np.ndarray:
 
 
 def prepare(graph: RegionGraph, data: np.ndarray, missing: np.ndarray | None = None,
-            label: str = "data") -> tuple[np.ndarray, np.ndarray]:
+            label: str = "data", first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Check data against the circuit's variables; return (values with missing zeroed, observed).
 
     Missing entries are NaN or True in ``missing`` (per sample and column). A value outside its
-    variable's domain is an error naming the row, the column's variable and the expected domain.
+    variable's domain is an error naming the row, the column's variable and the expected domain;
+    ``first_row`` is the file row of ``data[0]`` (for data read block by block).
     """
     x = np.array(data, dtype=np.float64, copy=True)
     if x.ndim == 1:
@@ -105,7 +108,7 @@ def prepare(graph: RegionGraph, data: np.ndarray, missing: np.ndarray | None = N
             row, offset = np.argwhere(bad)[0]
             column = variable.column + offset
             raise DataError(
-                f"{label}: row {row + 1}, column {column + 1} (variable {variable.name}): value "
+                f"{label}: row {first_row + row + 1}, column {column + 1} (variable {variable.name}): value "
                 f"{values[row, offset]:g} is outside the domain; expected "
                 f"{rule.domain_text(variable.family, variable.domain)}"
             )

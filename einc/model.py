@@ -193,7 +193,8 @@ class Model:
     def fit(self, train: Any, valid: Any = None, epochs: int = 1, method: str = "em",
             batch_size: int = 100, step_size: float = 0.5, update: str = "batch", learning_rate: float = 0.01,
             labels: Any = None, valid_labels: Any = None, keep_best: bool = True, seed: int | None = None,
-            progress: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
+            progress: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None,
+            batch_order: Callable[[int], np.ndarray] | None = None) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
 
         ``update="batch"``: stochastic online EM, an M-step after every mini-batch with step size λ
@@ -202,17 +203,12 @@ class Model:
         ``method="adam"``: gradient training instead (torch backend), Adam with ``learning_rate`` on
         log-weights and each leaf family's unconstrained parameters, minimising −mean log p.
         With ``valid`` and ``keep_best``, the parameters of the best validation epoch are kept.
+        ``batch_order(epoch)`` (1-based) may give each epoch's row order instead of a fresh random
+        permutation, e.g. ``einc.schedule.Schedule.global_order`` to replay a data-parallel run.
         """
         import time
 
-        if method not in ("em", "adam"):
-            raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
-        if method == "adam" and not hasattr(self.backend, "gradient_trainer"):
-            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{self.backend_name}')")
-        if update not in ("batch", "epoch"):
-            raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
-        if method == "em" and not 0.0 < step_size <= 1.0:
-            raise EincError(f"step_size must be in (0, 1], got {step_size}")
+        self.check_training_options(method, update, step_size)
         values, observed = prepare(self.graph, np.asarray(train, dtype=np.float64), None, "train")
         label_array = None if labels is None else self._labels(labels, len(values))
         rng = np.random.default_rng(self.seed if seed is None else seed)
@@ -229,7 +225,7 @@ class Model:
             epochs_range = tqdm(epochs_range, desc="training", unit="epoch", leave=False)
         for epoch in epochs_range:
             started = time.perf_counter()
-            order = rng.permutation(len(values))
+            order = rng.permutation(len(values)) if batch_order is None else _checked_order(batch_order(epoch), len(values))
             if trainer is not None:
                 self.params, _ = trainer.epoch(resident, order, batch_size)
             elif fast:
@@ -250,6 +246,17 @@ class Model:
         if keep_best and best is not None:
             self.set_parameters(best[1])
         return history
+
+    def check_training_options(self, method: str, update: str, step_size: float) -> None:
+        """Raise a clear error for a training method, update or step size this model cannot use."""
+        if method not in ("em", "adam"):
+            raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
+        if method == "adam" and not hasattr(self.backend, "gradient_trainer"):
+            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{self.backend_name}')")
+        if update not in ("batch", "epoch"):
+            raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
+        if method == "em" and not 0.0 < step_size <= 1.0:
+            raise EincError(f"step_size must be in (0, 1], got {step_size}")
 
     def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
                   order: np.ndarray, batch_size: int, step_size: float, update: str) -> None:
@@ -297,6 +304,13 @@ class Model:
         arrays = {f"param/{k}": v for k, v in self.parameters().items()}
         arrays["meta"] = np.array(json.dumps(self.metadata()))
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
+
+
+def _checked_order(order: Any, count: int) -> np.ndarray:
+    array = np.asarray(order)
+    if array.shape != (count,) or not np.array_equal(np.sort(array), np.arange(count)):
+        raise EincError(f"batch_order must return a permutation of the {count} training rows")
+    return array.astype(np.int64)
 
 
 def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None) -> Any:
