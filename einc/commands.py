@@ -29,6 +29,10 @@ def _epoch_line(record: EpochRecord) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from einc import launch
+
+    if launch.wanted(args):  # --nproc, --stream, one file per worker, or under torchrun
+        return launch.cmd_train_sharded(args, _epoch_line)
     _threads(args)
     train = load_array(args.data)
     valid = load_array(args.valid) if args.valid else None
