@@ -310,7 +310,7 @@ def _categorical_unconstrained(xp: Any, phi: Any, spec: LeafFamily) -> Any:
 
 
 def _categorical_constrained(xp: Any, u: Any, spec: LeafFamily) -> Any:
-    shifted = xp.exp(u - xp.max(u, -1)[..., None])
+    shifted = xp.exp(u - xp.amax(u, -1)[..., None])
     return shifted / xp.sum(shifted, -1)[..., None]
 
 
