@@ -284,7 +284,10 @@ def open_training_data(model: Model, train: Any, labels: Any = None, workers: Wo
 
 def agree(workers: Workers, what: str, action: Callable[[], Any]) -> Any:
     """Run ``action`` on every worker; if it fails on any, raise the same ``SetupError`` on all
-    (the problems of every worker, each once), so that rank 0 alone can report it."""
+    (the problems of every worker, each once), so that rank 0 alone can report it. A single
+    worker raises its own error unchanged."""
+    if workers.world_size == 1:
+        return action()
     result, problem = None, None
     try:
         result = action()
