@@ -12,7 +12,7 @@ the trainer may use, trained by ``einc train --stream`` (one process) and ``--np
   memory fails under it, which the script checks first). File pages of the memory-mapped windows
   are not private memory; they are counted in the *measured* peak RSS, which is the number to
   compare with the cap: the sum of the resident memory of all processes of the run (launcher
-  and workers) and the largest single process, sampled every 0.2 s from /proc.
+  and workers) and the largest single process, sampled every 0.5 s from /proc.
 - Before each run the data file's pages are dropped from the page cache
   (``posix_fadvise(DONTNEED)``), so every run reads the file from disk once per epoch.
 - Runs: ``PxT`` = P processes with T torch threads each (``1x1`` is ``--stream --threads 1``,
@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "scale.jsonl"
 COMPONENTS = 10
 CHUNK_ROWS = 250_000
+# RSS sampling period: often enough for a run of minutes, cheap enough not to slow it
+SAMPLE_SECONDS = 0.5
 
 
 def circuit_text(variables: int) -> str:
@@ -77,26 +79,17 @@ def drop_from_page_cache(path: Path) -> None:
 
 
 def _tree_rss(root: int) -> dict[int, int]:
-    """Resident bytes of ``root`` and its descendants, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-    tree, frontier = {root}, [root]
+    """Resident bytes of ``root`` and its descendants, following /proc/PID/task/TID/children."""
+    rss, frontier = {}, [root]
     while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier += children
-    rss = {}
-    for pid in tree:
+        pid = frontier.pop()
         try:
-            match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-        except OSError:
+            status = Path(f"/proc/{pid}/status").read_text()
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                frontier += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, ValueError):
             continue
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
         if match:
             rss[pid] = int(match.group(1)) * 1024
     return rss
@@ -117,7 +110,7 @@ def run(label: str, command: list[str], cap_bytes: int, data: Path) -> dict[str,
                 peak_total = max(peak_total, sum(rss.values()))
                 peak_single = max(peak_single, max(rss.values()))
                 peak_processes = max(peak_processes, len(rss))
-            time.sleep(0.2)
+            time.sleep(SAMPLE_SECONDS)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
