@@ -321,18 +321,38 @@ def _open_and_check(model: Model, train: Any, labels: Any, workers: Workers,
                         f"in declaration order), found rows of shape {source.row_shape}")
     # every worker checks its own file, or an equal part of the shared one
     if per_worker:
-        first, stop = 0, source.num_rows
+        check_rows(model, source, label_source)
     else:
-        first = source.num_rows * workers.rank // workers.world_size
-        stop = source.num_rows * (workers.rank + 1) // workers.world_size
+        check_rows(model, source, label_source, source.num_rows * workers.rank // workers.world_size,
+                   source.num_rows * (workers.rank + 1) // workers.world_size)
+    return TrainingData(source, label_source, per_worker, (source.num_rows,))
+
+
+def open_checked(model: Model, data: Any, labels: Any = None,
+                 cache_dir: str | os.PathLike | None = None) -> tuple[RowSource, RowSource | None]:
+    """A validation or test set (and its labels) as row sources, checked against the circuit."""
+    source = open_rows(data, cache_dir)
+    label_source = None if labels is None else open_rows(labels, cache_dir, one_row_if_flat=False)
+    if source.columns != model.graph.num_columns:
+        raise DataError(f"{source.label}: expected {model.graph.num_columns} columns, found rows of shape {source.row_shape}")
+    if label_source is not None and (label_source.columns != 1 or label_source.num_rows != source.num_rows):
+        raise DataError(f"{label_source.label}: expected one label for each of the {source.num_rows} rows")
+    check_rows(model, source, label_source)
+    return source, label_source
+
+
+def check_rows(model: Model, source: RowSource, labels: RowSource | None = None, first: int = 0,
+               stop: int | None = None) -> None:
+    """Check rows [first, stop) of ``source`` (and their labels) against the circuit, a chunk at a
+    time; errors name the file row."""
+    stop = source.num_rows if stop is None else stop
     chunk = max(1, CHECK_CELLS // max(1, source.columns))
     for start, window in iter_windows(source, first, stop, chunk):
         with window as rows:
             prepare(model.graph, rows.reshape(len(rows), -1), None, source.label, first_row=start)
-        if label_source is not None:
-            with label_source.window(start, min(start + chunk, stop)) as values:
+        if labels is not None:
+            with labels.window(start, min(start + chunk, stop)) as values:
                 model._labels(values.reshape(-1), len(values))
-    return TrainingData(source, label_source, per_worker, (source.num_rows,))
 
 
 def _for_rank(data: Any, workers: Workers) -> Any:
@@ -418,11 +438,12 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = 1, method:
         raise EincError(f"the data were opened for {len(shard_sizes)} workers, not {workers.world_size}")
     schedule = Schedule(shard_sizes, batch_size, model.seed if seed is None else seed,
                         block_rows or default_block_rows(data.source.columns))
+    if data.total_rows == 0:
+        raise DataError(f"{data.source.label}: no training rows")
     valid_source = valid_label_source = None
-    if valid is not None and workers.is_main:
-        valid_source = open_rows(valid, cache_dir, label="valid")
-        if valid_labels is not None:
-            valid_label_source = open_rows(valid_labels, cache_dir, label="valid labels", one_row_if_flat=False)
+    if valid is not None:  # rank 0 validates
+        valid_source, valid_label_source = agree(workers, "checking the validation data", lambda: (
+            open_checked(model, valid, valid_labels, cache_dir) if workers.is_main else (None, None)))
     # like DistributedDataParallel: start from rank 0's parameters
     _set_parameter_vector(model, workers.broadcast(_parameter_vector(model, workers.device), "setup").cpu())
     epoch_runner = _AdamEpoch(model, learning_rate, workers) if method == "adam" else _EmEpoch(model, update, step_size, workers)
@@ -527,7 +548,8 @@ def mean_log_likelihood(model: Model, source: RowSource | None, labels: RowSourc
     total = 0.0
     for start, window in iter_windows(source, 0, source.num_rows, EVAL_ROWS):
         with window as rows:
-            heads = model._log_likelihood_heads(rows.reshape(len(rows), -1))
+            x, observed = prepare(model.graph, rows.reshape(len(rows), -1), None, source.label, first_row=start)
+        heads = model.backend.log_likelihood(model.params, Batch(x, observed))
         if labels is None:
             total += float(heads[:, 0].sum())
         else:

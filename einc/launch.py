@@ -181,6 +181,8 @@ def _train(args: argparse.Namespace, workers: Workers, epoch_line: Any) -> int:
     model = distributed.agree(workers, "compiling the circuit", lambda: compile(
         args.file, backend=args.backend, device=device, dtype=args.dtype, seed=args.seed))
     data = distributed.open_training_data(model, args.data, args.labels, workers, args.cache_dir)
+    test = distributed.agree(workers, "checking the test data", lambda: (
+        distributed.open_checked(model, args.test, None, args.cache_dir)[0] if args.test and workers.is_main else None))
     engine = "one process" if workers.world_size == 1 else (
         f"{workers.world_size} workers ({'nccl' if device.startswith('cuda') else 'gloo'})")
     say(f"{model.graph.name}: {model.num_parameters} parameters, {data.total_rows} training samples read "
@@ -200,11 +202,11 @@ def _train(args: argparse.Namespace, workers: Workers, epoch_line: Any) -> int:
     if not workers.is_main:
         return 0
     if args.valid is not None:
-        valid_labels = None if args.valid_labels is None else open_rows(args.valid_labels, args.cache_dir, one_row_if_flat=False)
+        valid, valid_labels = distributed.open_checked(model, args.valid, args.valid_labels, args.cache_dir)
         say(f"kept the parameters of the best validation epoch: valid LL "
-            f"{distributed.mean_log_likelihood(model, open_rows(args.valid, args.cache_dir), valid_labels):.4f}")
-    if args.test is not None:
-        say(f"test LL {distributed.mean_log_likelihood(model, open_rows(args.test, args.cache_dir)):.4f}")
+            f"{distributed.mean_log_likelihood(model, valid, valid_labels):.4f}")
+    if test is not None:
+        say(f"test LL {distributed.mean_log_likelihood(model, test):.4f}")
     model.save(args.output)
     say(f"wrote {args.output}")
     return 0

@@ -169,7 +169,7 @@ def open_rows(data: Any, cache_dir: str | Path | None = None, label: str | None 
     ``cache_dir`` (default ``~/.cache/einc``) and memory-mapped from there.
 
     A flat array or file is one sample (as ``load_array`` reads it) unless ``one_row_if_flat`` is
-    False (label files: one label per row).
+    False (label files: one label per row). ``label`` names an in-memory array in messages.
     """
     if isinstance(data, RowSource):
         return data
@@ -183,7 +183,7 @@ def open_rows(data: Any, cache_dir: str | Path | None = None, label: str | None 
     if ".npz:" in text:
         text, key = text.rsplit(":", 1)
     path = Path(text)
-    label = label or str(data)
+    label = str(data)
     if not path.exists():
         raise DataError(f"{path}: no such data file")
     name = path.name.lower()
