@@ -73,12 +73,12 @@ def _preflight(args: argparse.Namespace) -> None:
     """Catch the common mistakes once, before starting workers: the circuit, missing files; and
     build CSV caches here so that workers do not wait on each other for them."""
     compile(args.file, backend=args.backend, dtype=args.dtype, seed=args.seed)
-    for data in (args.data, args.labels):
+    for data, is_labels in ((args.data, False), (args.labels, True)):
         if data is None:
             continue
         paths = [str(data).replace("{rank}", str(rank)) for rank in range(args.nproc)] if "{rank}" in str(data) else [data]
         for path in paths:
-            open_rows(path, args.cache_dir, one_row_if_flat=data is args.data)
+            open_rows(path, args.cache_dir, one_row_if_flat=not is_labels)
 
 
 def launch_local(args: argparse.Namespace, nproc: int) -> int:

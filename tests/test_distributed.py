@@ -179,13 +179,19 @@ def test_two_workers_equal_one_process(torchrun_results, name):
     np.testing.assert_allclose(ranks[0]["valid_ll"], expected_valid, atol=TOLERANCE)
 
 
-def test_cli_nproc_full_batch_equals_one_process(tmp_path):
+@pytest.mark.parametrize("launcher", ["--nproc", "torchrun"])
+def test_cli_full_batch_on_two_workers_equals_one_process(tmp_path, launcher):
+    """`einc train … --nproc 2`, and the same command under torchrun without --nproc."""
     x = make_rows(300, 7)
     np.save(tmp_path / "x.npy", x)
     (tmp_path / "mixed.pc").write_text(CIRCUIT)
-    result = _run([sys.executable, "-m", "einc", "train", str(tmp_path / "mixed.pc"), "--data", str(tmp_path / "x.npy"),
-                   "--nproc", "2", "--dtype", "float64", "--update", "epoch", "--step-size", "1", "--epochs", "3",
-                   "--batch-size", "64", "-o", str(tmp_path / "m.npz")])
+    train = ["train", str(tmp_path / "mixed.pc"), "--data", str(tmp_path / "x.npy"), "--dtype", "float64",
+             "--update", "epoch", "--step-size", "1", "--epochs", "3", "--batch-size", "64", "-o", str(tmp_path / "m.npz")]
+    if launcher == "torchrun":
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "einc", *train]
+    else:
+        command = [sys.executable, "-m", "einc", *train, "--nproc", "2"]
+    result = _run(command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch ") == 3, result.stdout  # progress from rank 0 only
     reference = einc.compile(CIRCUIT, dtype="float64", seed=0)
