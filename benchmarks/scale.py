@@ -17,6 +17,9 @@ the trainer may use, trained by ``einc train --stream`` (one process) and ``--np
   (``posix_fadvise(DONTNEED)``), so every run reads the file from disk once per epoch.
 - Runs: ``PxT`` = P processes with T torch threads each (``1x1`` is ``--stream --threads 1``,
   ``2x1`` is ``--nproc 2``, one thread per worker). Online EM, global batch ``--batch-size``.
+- On a shared machine wall times depend on the load; ``cpu_s`` (user + system seconds of all
+  processes of a run) does not: the CPU cost per row of 1 vs 2 processes is the parallel
+  efficiency, independent of what else runs.
 - Output: a table, and one JSON record (machine, date, command, per-run wall time, epoch seconds,
   rows per second, peak memory) appended to ``benchmarks/results/scale.jsonl``.
 """
@@ -97,6 +100,7 @@ def _tree_rss(root: int) -> dict[int, int]:
 
 def run(label: str, command: list[str], cap_bytes: int, data: Path) -> dict[str, Any]:
     drop_from_page_cache(data)
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                preexec_fn=lambda: limit_memory(cap_bytes))
@@ -124,11 +128,14 @@ def run(label: str, command: list[str], cap_bytes: int, data: Path) -> dict[str,
     sampler.join()
     wall = time.perf_counter() - started
     epochs = [float(m.group(1)) for m in re.finditer(r"^epoch .*\(([\d.]+)s\)$", "".join(output), re.M)]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     return {
         "run": label,
         "command": " ".join(command),
         "exit_code": process.returncode,
         "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),  # user + system time of every process of the run (load-independent)
         "epoch_s": epochs,
         "peak_rss_total_mb": round(peak_total / 2**20, 1),
         "peak_rss_largest_process_mb": round(peak_single / 2**20, 1),
@@ -208,10 +215,10 @@ def main() -> None:
         handle.write(json.dumps(record) + "\n")
     print(f"\n{args.rows:,} rows x {args.variables} binary variables ({record['data_bytes'] / 1e9:.2f} GB uint8), "
           f"cap {args.cap_mb} MiB per process; {record['date']}, {record['cpus']} CPUs, load {record['load_average']}")
-    print("| run | exit | wall s | epoch s | rows/s | speed-up | peak RSS all processes MB | largest process MB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| run | exit | wall s | CPU s | epoch s | rows/s | speed-up | peak RSS all processes MB | largest process MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in record["runs"]:
-        print(f"| {r['run']} | {r['exit_code']} | {r['wall_s']} | {', '.join(f'{s:.1f}' for s in r['epoch_s'])} | "
+        print(f"| {r['run']} | {r['exit_code']} | {r['wall_s']} | {r['cpu_s']} | {', '.join(f'{s:.1f}' for s in r['epoch_s'])} | "
               f"{r.get('rows_per_s', '')} | {r.get('speedup_vs_1x1', '')} | {r['peak_rss_total_mb']} | "
               f"{r['peak_rss_largest_process_mb']} |")
     if not args.keep:
