@@ -102,6 +102,7 @@ def run(label: str, command: list[str], cap_bytes: int, data: Path) -> dict[str,
     drop_from_page_cache(data)
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
+    # no other thread runs at this point (the sampler starts after), so preexec_fn is safe
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                preexec_fn=lambda: limit_memory(cap_bytes))
     peak_total, peak_single, peak_processes, done = 0, 0, 0, threading.Event()
@@ -127,7 +128,7 @@ def run(label: str, command: list[str], cap_bytes: int, data: Path) -> dict[str,
     done.set()
     sampler.join()
     wall = time.perf_counter() - started
-    epochs = [float(m.group(1)) for m in re.finditer(r"^epoch .*\(([\d.]+)s\)$", "".join(output), re.M)]
+    epochs = [float(m.group(1)) for m in re.finditer(r"^epoch .*\(([\d.]+)s\)$", "".join(output), re.MULTILINE)]
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
     return {
@@ -147,7 +148,7 @@ def run(label: str, command: list[str], cap_bytes: int, data: Path) -> dict[str,
 def check_cap_bites(data: Path, cap_bytes: int) -> str:
     """Loading the whole data set into memory must fail under the cap."""
     result = subprocess.run([sys.executable, "-c", f"import numpy; numpy.load({str(data)!r}).sum()"],
-                            capture_output=True, text=True, preexec_fn=lambda: limit_memory(cap_bytes))
+                            capture_output=True, text=True, check=False, preexec_fn=lambda: limit_memory(cap_bytes))
     last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
     return "loaded (the cap does not bite!)" if result.returncode == 0 else f"failed as expected: {last[:120]}"
 
@@ -157,7 +158,8 @@ def machine() -> dict[str, Any]:
     total = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1)) * 1024  # type: ignore[union-attr]
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip()
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit or None, "host": platform.node(), "platform": platform.platform(),
             "cpus": os.cpu_count(), "memory_gb": round(total / 2**30, 1), "python": platform.python_version(),
             "torch": torch.__version__, "load_average": os.getloadavg(), "nice": os.nice(0)}

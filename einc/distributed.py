@@ -68,10 +68,11 @@ class Workers:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
-    device: torch.device = torch.device("cpu")  # where collective buffers live (CUDA for NCCL)
+    # where collective buffers live (CUDA for NCCL)
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
 
     @staticmethod
-    def current() -> "Workers":
+    def current() -> Workers:
         """The default process group if one is initialised, else a single worker."""
         if not (dist.is_available() and dist.is_initialized()):
             return Workers()
@@ -136,7 +137,7 @@ def join(device: str = "cpu", timeout_minutes: float = 30.0) -> Workers:
     if use_cuda:
         if not torch.cuda.is_available():
             raise EincError("--device cuda but torch sees no CUDA device on this machine")
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     try:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
     except (RuntimeError, ValueError) as error:
@@ -201,7 +202,7 @@ class StatisticsBuffer:
                 leaf[spec.name] = (next(parts), next(parts))
             else:
                 weights[spec.name] = next(parts)
-        return Statistics(float(flat[0]), int(round(float(flat[1]))), weights, leaf)
+        return Statistics(float(flat[0]), round(float(flat[1])), weights, leaf)
 
 
 def _flat64(array: Any, device: torch.device) -> torch.Tensor:
@@ -528,7 +529,7 @@ class _AdamEpoch:
             flat = torch.cat([header] + [_flat64(g, device) for g in gradients])
             self.workers.all_reduce(flat, "the gradient step")
             rows = float(flat[1])
-            total_ll, count = total_ll + float(flat[0]), count + int(round(rows))
+            total_ll, count = total_ll + float(flat[0]), count + round(rows)
             if rows == 0:
                 continue
             offset = 2

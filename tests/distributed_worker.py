@@ -37,14 +37,15 @@ WORKERS = 2
 # name -> options of einc.distributed.fit; "data"/"labels"/"valid" name files in the directory,
 # "in_memory" passes the array instead of the file
 CASES: dict[str, dict[str, Any]] = {
-    "full_batch": dict(data="train.npy", update="epoch", step_size=1.0, epochs=3, batch_size=64),
-    "online": dict(data="train.npy", valid="valid.npy", update="batch", step_size=0.3, epochs=3,
-                   batch_size=50, block_rows=70),
-    "online_in_memory": dict(data="train.npy", in_memory=True, valid="valid.npy", update="batch",
-                             step_size=0.3, epochs=3, batch_size=50, block_rows=70),
-    "adam": dict(data="train.npy", method="adam", learning_rate=0.05, epochs=2, batch_size=50, block_rows=70),
-    "files_labels": dict(data="part{rank}.npy", labels="labels{rank}.npy", update="batch", step_size=0.3,
-                         epochs=2, batch_size=50),
+    "full_batch": {"data": "train.npy", "update": "epoch", "step_size": 1.0, "epochs": 3, "batch_size": 64},
+    "online": {"data": "train.npy", "valid": "valid.npy", "update": "batch", "step_size": 0.3, "epochs": 3,
+               "batch_size": 50, "block_rows": 70},
+    "online_in_memory": {"data": "train.npy", "in_memory": True, "valid": "valid.npy", "update": "batch",
+                         "step_size": 0.3, "epochs": 3, "batch_size": 50, "block_rows": 70},
+    "adam": {"data": "train.npy", "method": "adam", "learning_rate": 0.05, "epochs": 2, "batch_size": 50,
+             "block_rows": 70},
+    "files_labels": {"data": "part{rank}.npy", "labels": "labels{rank}.npy", "update": "batch", "step_size": 0.3,
+                     "epochs": 2, "batch_size": 50},
 }
 
 
