@@ -84,6 +84,7 @@ def _preflight(args: argparse.Namespace) -> None:
 def launch_local(args: argparse.Namespace, nproc: int) -> int:
     """Run this ``einc train`` command as ``nproc`` workers on this machine (torch elastic, as
     ``torchrun --standalone --nproc-per-node nproc`` would); return 0 or raise ``WorkersFailed``."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -94,6 +95,11 @@ def launch_local(args: argparse.Namespace, nproc: int) -> int:
     try:
         with _quiet_launcher_logs():
             elastic_launch(config, sys.executable)("-m", "einc", *command_line(args))
+    except SignalException as error:  # the launcher was interrupted; the agent stopped the workers
+        if error.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise WorkersFailed(f"stopped by {signal.Signals(error.sigval).name}; the workers were stopped; "
+                            f"{args.output} was not written") from None
     except ChildFailedError as error:
         rank, exitcode = _first_cause(error.failures)
         raise WorkersFailed(f"{_describe(rank, exitcode, nproc)}; {args.output} was not written") from None
@@ -127,8 +133,11 @@ def _describe(rank: int, exitcode: int, nproc: int) -> str:
 
 @contextlib.contextmanager
 def _quiet_launcher_logs() -> Iterator[None]:
-    """The elastic agent logs every start and stop; einc reports failures itself."""
-    loggers = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.distributed.launcher")]
+    """The elastic agent logs every start and stop; einc reports failures itself. (Its loggers
+    set their own levels, so each is quieted, not just their parent.)"""
+    prefixes = ("torch.distributed.elastic", "torch.distributed.launcher")
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith(prefixes)]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
