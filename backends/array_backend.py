@@ -28,6 +28,7 @@ import numpy as np
 from einc.backends.base import BACKENDS, Batch, Params, Statistics
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
+from einc.backends.input_layer import leaf_features as shared_leaf_features
 from einc.compiler.backward import derive_backward
 from einc.ir.backward_plan import BackwardPlan, EinsumBackward, InputBackward, MixingBackward
 from einc.ir.diagnostics import BackendError
@@ -249,6 +250,15 @@ class _Data:
 
 
 @dataclass(frozen=True)
+class ResidentData:
+    """A training set on the device: values and mask with the pad column, and each row's head."""
+
+    x: Any  # (N, columns + 1)
+    observed: Any  # (N, columns + 1)
+    heads: Any  # (N,) int
+
+
+@dataclass(frozen=True)
 class _Forward:
     """What a forward pass leaves for the backward pass: every value and, per op, its saved
     shifted operands (the tape is this return value, never state on the backend)."""
@@ -343,24 +353,18 @@ class ArrayBackend:
         ]
 
     def leaf_features(self, op: InputOp, data: _Data, max_product: bool) -> list[Any]:
-        """Per block F = [T(x)·obs, obs, log h(x)·obs, (missing)] laid out (B, L, S, f).
+        """Per block F = [T(x)·obs, obs, (log h(x)·obs), (missing)] laid out (B, L, S, f).
 
         Zero features where a variable is unobserved make marginalisation free and per sample; in
         max-product the 'missing' feature picks up max_x log f(x) instead.
         """
-        xp = self.xp
         features = []
         for block in op.blocks:
-            rule = family_rule(block.family)
             cols = self.columns[block.param]  # (L, S)
-            xs = data.x[:, cols]  # (B, L, S)
             obs = data.observed[:, cols]  # (B, L, S)
-            stats = rule.sufficient_statistics(xp, xs, block.family, block.domain) * obs[..., None]
-            log_base = rule.log_base_measure(xp, xs, block.family) * obs
-            parts = [stats.astype(self.dtype, copy=False), obs[..., None], log_base[..., None]]
-            if max_product:
-                parts.append((self.valid[block.param] - obs)[..., None])
-            features.append(xp.concatenate(parts, -1))
+            missing = (self.valid[block.param] - obs) if max_product else None
+            block_features = shared_leaf_features(self.xp, block, data.x[:, cols], obs, missing)
+            features.append(block_features.astype(self.dtype, copy=False))
         return features
 
     def _input(
@@ -437,22 +441,29 @@ class ArrayBackend:
     # ------------------------------------------------------------------ EM
     def statistics(self, params: Params, batch: Batch) -> Statistics:
         """E-step by the compiler-derived backward plan: n = W · ∂J/∂W (eq. 6), ∂J/∂Θ = Σ p·F."""
-        xp = self.xp
-        data = self._data(batch)
-        forward = self.forward(params, data)
         heads = (
-            np.zeros(data.size, dtype=np.int64)
+            np.zeros(batch.values.shape[0], dtype=np.int64)
             if batch.labels is None
             else np.asarray(batch.labels, dtype=np.int64)
         )
-        heads_device = xp.asarray(heads)
+        data = self._data(batch)
+        total, weights, leaf = self._statistics(params, data, self.xp.asarray(heads))
+        return Statistics(float(total), data.size, weights, leaf)
+
+    def _statistics(
+        self, params: Params, data: _Data, heads: Any
+    ) -> tuple[Any, dict[str, Any], dict[str, tuple[Any, Any]]]:
+        """The E-step on device arrays: (Σ log p as a 0-d device array, weight counts, leaf
+        statistics), with no transfer to the host, so a GPU epoch never waits on one."""
+        xp = self.xp
+        forward = self.forward(params, data)
         samples = xp.arange(data.size)
         root = self._root(forward.values)
-        total = float(xp.sum(root[samples, heads_device]))
+        total = xp.sum(root[samples, heads])
         adjoints: list[Any] = [None] * len(self.plan.ops)
         root_value, root_row = self.backward.root
         seed = xp.zeros_like(forward.values[root_value])
-        seed[root_row, samples, heads_device] = 1.0  # ∂J/∂ log p(x_b) at each sample's head
+        seed[root_row, samples, heads] = 1.0  # ∂J/∂ log p(x_b) at each sample's head
         adjoints[root_value] = seed
         weights: dict[str, Any] = {}
         leaf: dict[str, tuple[Any, Any]] = {}
@@ -463,7 +474,7 @@ class ArrayBackend:
                     f"the {self.name} backend has no backward rule for {type(step).__name__}"
                 )
             rule(self, step, params, forward, adjoints, weights, leaf)
-        return Statistics(total, data.size, weights, leaf)
+        return total, weights, leaf
 
     def _adjoint(self, index: int, forward: _Forward, adjoints: list[Any]) -> Any:
         if adjoints[index] is None:  # a value nothing read (possible only for the root's siblings)
@@ -575,6 +586,28 @@ class ArrayBackend:
 
     def em_update(self, params: Params, stats: Statistics, step_size: float) -> Params:
         return em_update(self.xp, self.plan, params, stats.weights, stats.leaf, step_size)
+
+    # ------------------------------------------------------------------ resident training
+    def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None) -> "ResidentData":
+        """Put a whole training set on the device once (with the zero pad column)."""
+        data = self._data(Batch(values, observed))
+        heads = np.zeros(len(values), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        return ResidentData(data.x, data.observed, self.xp.asarray(heads))
+
+    def train_epoch(self, params: Params, data: "ResidentData", order: np.ndarray, batch_size: int,
+                    step_size: float) -> tuple[Params, float]:
+        """One epoch of stochastic EM over resident ``data`` in ``order``: E-step and M-step per
+        batch on the device, one transfer to the host (Σ log p) at the end."""
+        xp = self.xp
+        order_device = xp.asarray(np.asarray(order, dtype=np.int64))
+        total = xp.zeros((), dtype=self.dtype)
+        for start in range(0, len(order), batch_size):
+            index = order_device[start : start + batch_size]
+            batch = _Data(data.x[index], data.observed[index])
+            batch_total, weights, leaf = self._statistics(params, batch, data.heads[index])
+            params = em_update(xp, self.plan, params, weights, leaf, step_size)
+            total = total + batch_total
+        return params, float(total)
 
     # ------------------------------------------------------------------ sampling and MPE
     def backtrack(

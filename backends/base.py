@@ -7,6 +7,7 @@ as explicit dictionaries, so forward, statistics and the EM update are pure func
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -111,4 +112,11 @@ def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "flo
             f"backends: {', '.join(available_backends())}"
         ) from None
     factory: Callable[..., Backend] = getattr(module, entry.factory)
-    return factory(plan, device=device, dtype=dtype, **options)
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise BackendError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+    try:
+        return factory(plan, device=device, dtype=dtype, **options)
+    except (RuntimeError, AssertionError) as error:
+        # e.g. torch without CUDA ("Torch not compiled with CUDA enabled"), no GPU, a bad index
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BackendError(f"backend '{name}' cannot run on device '{device}': {reason}") from None

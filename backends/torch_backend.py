@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 
 from einc.backends.base import Batch, Params, Statistics
 from einc.backends.em import em_update
-from einc.backends.input_layer import leaf_coefficients
+from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.ir.diagnostics import BackendError
 from einc.ir.families import family_rule
 from einc.ir.plan import EinsumOp, FamilyBlock, InputOp, MixingOp, Operand, Plan, RowRange
@@ -52,7 +53,8 @@ class TorchSampler:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32", fuse: bool | None = None) -> None:
+    def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32", fuse: bool | None = None,
+                 capture: bool | None = None, batch_minor: bool | None = None) -> None:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -71,7 +73,15 @@ class TorchBackend:
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
         self.gathers: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}
-        self.flat_index: dict[tuple[str, int], torch.Tensor] = {}
+        # Where each value's batch axis lies in memory. Values are indexed (rows, B, K) everywhere;
+        # on the CPU the contractions store them batch-minor, (rows, K, B) in memory, so that the
+        # batched matmuls have the batch (not K) as their wide side and elementwise work runs along
+        # contiguous batches (about 1.7x faster K=10 epochs on a 2-core EPYC, benchmarks/README.md);
+        # on CUDA batch-major, (rows, B, K), the layout of the measured GPU figures.
+        self.batch_minor = (self.device.type == "cpu") if batch_minor is None else batch_minor
+        self.leaf_rows: dict[str, torch.Tensor] = {
+            param: cols.reshape(-1) for param, cols in self.columns.items()
+        }  # (L·S,): the feature rows each block reads, padding = the zero column C
         # fuse=True: torch.compile the upward pass (with its backward) and the M-step, so their
         # elementwise work runs as a few fused kernels; worthwhile on GPUs, costly to compile.
         # Default: fuse on CUDA (a one-off compile of ~15-30 s per circuit), not on the CPU.
@@ -80,8 +90,21 @@ class TorchBackend:
         # inference has its own compiled function (no autograd, other shapes): separate caches
         self._inference_root = torch.compile(self._inference_root_plain, dynamic=False) if self.fuse else self._inference_root_plain
         self._m_step = torch.compile(em_update, dynamic=False) if self.fuse else em_update
+        # capture=True: each EM step and each inference batch size runs as one replayed CUDA graph
+        # (the default on CUDA); capture=False runs eagerly, kernel by kernel
+        self.capture = (self.device.type == "cuda") if capture is None else capture
+        if self.capture and self.device.type != "cuda":
+            raise BackendError("capture=True needs a CUDA device (CUDA graphs)")
         self.captured_steps: dict[tuple, _CapturedStep] = {}
         self.captured_forwards: dict[tuple, _CapturedForward] = {}
+        # einsum kernels by name (compiler/kernels.py); where Triton cannot run, fused ops run the
+        # same contraction as batched matmuls
+        fused = any(isinstance(op, EinsumOp) and op.kernel == "fused" for op in plan.ops)
+        matmul = _einsum_layer_batch_minor if self.batch_minor else _einsum_layer
+        self.contractions = {
+            "matmul": matmul,
+            "fused": _fused_einsum_layer() if fused and _fused_kernels_run_on(self.device) else matmul,
+        }
         self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
         self.real_column[-1] = 0.0
 
@@ -147,29 +170,27 @@ class TorchBackend:
                 term = self._input_lookup(block, coef, x, observed, max_product)
                 total = term if total is None else total + term
                 continue
-            # per-column features, computed once per column (not once per leaf region)
-            stats = rule.sufficient_statistics(torch, x, block.family, block.domain) * observed[..., None]
-            log_base = rule.log_base_measure(torch, x, block.family) * observed
-            features = [stats, observed[..., None], log_base[..., None]]
-            if max_product:
-                # unobserved real columns (not the zero pad column C) take max log f
-                features.append((self.real_column - observed)[..., None])
-            column_features = torch.cat(features, -1)  # (B, C+1, f); column C is the zero pad
+            # per-column features, computed once per column (not once per leaf region); in
+            # max-product, unobserved real columns (not the zero pad column C) take max log f
+            missing = (self.real_column - observed) if max_product else None
+            column_features = leaf_features(torch, block, x, observed, missing)  # (B, C+1, f)
             cols = self.columns[block.param]  # (L, S)
             rows, width = cols.shape
             f = column_features.shape[-1]
-            if self.device.type == "cuda":
+            k = coef.shape[2]
+            if self.batch_minor:
+                # the features batch-minor, (C+1, f, B), then whole rows of them per leaf factor:
+                # an index of L·S rows (not L·S·B entries) into (L, S·f, B)
+                by_column = column_features.permute(1, 2, 0).contiguous()
+                gathered = by_column.index_select(0, self.leaf_rows[block.param]).reshape(rows, width * f, batch_size)
+                # (L, K, S·f) x (L, S·f, B) -> (L, K, B), indexed as (L, B, K)
+                term = torch.bmm(coef.permute(0, 2, 1, 3).reshape(rows, k, width * f), gathered).transpose(1, 2)
+            else:
                 # the small (L, S) index broadcast over the batch: on an H100 ~20x faster than one
                 # flat gather of L·B·S rows; viewed as (L, B, S·f) without a copy
                 gathered = column_features[:, cols].reshape(batch_size, rows, width * f).transpose(0, 1)
-            else:
-                # on the CPU one flat gather straight into a contiguous (L, B, S·f) is fastest
-                index = self._flat_index(block.param, batch_size)
-                gathered = column_features.reshape(-1, f).index_select(0, index).reshape(rows, batch_size, width * f)
-            # Θ (L, S, K, f) -> (L, S·f, K)
-            weights = coef.permute(0, 1, 3, 2).reshape(rows, width * f, coef.shape[2])
-            # (L, B, S·f) x (L, S·f, K) -> (L, B, K)
-            term = torch.bmm(gathered, weights)
+                # (L, B, S·f) x (L, S·f, K) -> (L, B, K)
+                term = torch.bmm(gathered, coef.permute(0, 1, 3, 2).reshape(rows, width * f, k))
             total = term if total is None else total + term
         assert total is not None
         return total
@@ -186,8 +207,10 @@ class TorchBackend:
         theta = coef[..., :categories]  # (L, S, K, n)
         # (L, S, K, n) gathered at x along n -> (L, S, K, B)
         picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, theta.shape[2], -1))
-        # the remaining features [obs, log h(x)·obs, (missing)] are a small dense contraction
-        dense = [obs, rule_log_base(block, x, observed, cols)]
+        # the remaining features [obs, (log h(x)·obs), (missing)] are a small dense contraction
+        dense = [obs]
+        if block.log_base:
+            dense.append(rule_log_base(block, x, observed, cols))
         if max_product:
             valid = (cols < self.num_columns).to(self.dtype)[..., None]  # (L, S, 1)
             dense.append(valid - obs)
@@ -195,19 +218,6 @@ class TorchBackend:
         # (L, S, K, B) x (L, S, B) -> (L, B, K)  and  (L, S, B, f') x (L, S, K, f') -> (L, B, K)
         looked_up = torch.einsum("lskb,lsb->lbk", picked, obs)
         return looked_up + torch.einsum("lsbf,lskf->lbk", features, coef[..., categories:])
-
-    def _flat_index(self, param: str, batch_size: int) -> torch.Tensor:
-        """Row indices into the (B·(C+1), f) feature table laid out (L, B, S); cached per batch size."""
-        key = (param, batch_size)
-        cached = self.flat_index.get(key)
-        if cached is None:
-            cols = self.columns[param]  # (L, S), padding = C
-            offsets = torch.arange(batch_size, device=self.device) * (self.num_columns + 1)
-            cached = (cols[:, None, :] + offsets[None, :, None]).reshape(-1)
-            if len(self.flat_index) > 16:
-                self.flat_index.clear()
-            self.flat_index[key] = cached
-        return cached
 
     def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                 max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
@@ -225,8 +235,9 @@ class TorchBackend:
                     continue
                 left_max = _finite_max(left)
                 right_max = _finite_max(right)
+                contraction = self.contractions[op.kernel]
                 # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
-                mixed = _einsum_layer(torch.exp(left - left_max), torch.exp(right - right_max), weights, op.path)
+                mixed = contraction(torch.exp(left - left_max), torch.exp(right - right_max), weights, op.path)
                 values.append(torch.log(mixed) + left_max + right_max)
             else:
                 values.append(self._mix(op, params, values, max_product))
@@ -251,7 +262,7 @@ class TorchBackend:
     def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
         x, observed = self._batch(batch)
         with torch.no_grad():
-            if self.device.type == "cuda":
+            if self.capture:
                 # batch sizes are padded to power-of-two buckets so few graphs get captured
                 bucket = max(64, 1 << (x.shape[0] - 1).bit_length())
                 root = self._captured_forward(params, bucket, max_product).run(x, observed)
@@ -359,7 +370,7 @@ class TorchBackend:
         order_t = torch.as_tensor(order, dtype=torch.long, device=self.device)
         full = len(order) // batch_size
         total = torch.zeros((), dtype=self.dtype, device=self.device)
-        if self.device.type == "cuda" and full > 0:
+        if self.capture and full > 0:
             step = self._captured_step(params, data, batch_size, step_size)
             step.total.zero_()
             for number in range(full):
@@ -371,8 +382,8 @@ class TorchBackend:
             start = 0
         for begin in range(start, len(order), batch_size):
             index = order_t[begin : begin + batch_size]
-            # on CUDA keep the storage, so captured graphs stay valid
-            params, batch_total = self._em_step(params, data, index, step_size, in_place=self.device.type == "cuda")
+            # with captured graphs keep the storage, so they stay valid
+            params, batch_total = self._em_step(params, data, index, step_size, in_place=self.capture)
             total = total + batch_total
         return params, float(total)
 
@@ -561,6 +572,29 @@ class GradientTrainer:
         (-log_p.sum()).backward()
         return float(log_p.detach().sum())
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Adam's step counts and moments as host arrays, keyed ``{parameter}/{slot}`` (to save)."""
+        names = list(self.free)
+        out: dict[str, np.ndarray] = {}
+        for index, slots in self.optimizer.state_dict()["state"].items():
+            for slot, value in slots.items():
+                out[f"{names[index]}/{slot}"] = torch.as_tensor(value).detach().cpu().numpy()
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from ``state()``: the same moments, so a resumed run takes the same steps."""
+        names = list(self.free)
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in arrays.items():
+            name, slot = key.rsplit("/", 1)
+            tensor = torch.as_tensor(value)
+            if slot != "step":
+                tensor = tensor.to(device=self.backend.device, dtype=self.backend.dtype)
+            slots.setdefault(names.index(name), {})[slot] = tensor
+        state = self.optimizer.state_dict()
+        state["state"] = slots
+        self.optimizer.load_state_dict(state)
+
 
 @dataclass(frozen=True)
 class DeviceData:
@@ -665,6 +699,55 @@ def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor
     w = weights.permute(0, 3, 1, 2).reshape(rows, k_right, k_out * k_left)
     partial = torch.bmm(right, w).reshape(rows * batch, k_out, k_left)
     return torch.bmm(partial, left.reshape(rows * batch, k_left, 1)).reshape(rows, batch, k_out)
+
+
+def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                              path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """``lbi,lbj,lkij->lbk`` with the batch as the matmuls' wide side: the operands are read as
+    (L, i, B) and (L, j, B) (views where they are stored batch-minor) and the result is stored
+    (L, k, B), returned indexed (L, B, k)."""
+    rows, batch, k_left = left.shape
+    k_out, k_right = weights.shape[1], weights.shape[3]
+    left_t, right_t = left.transpose(1, 2), right.transpose(1, 2)  # (L, i, B), (L, j, B)
+    first = tuple(sorted(path[0]))
+    if first == (0, 1):
+        # (L, i, B) x (L, j, B) -> (L, i·j, B); then (L, k, i·j) x (L, i·j, B) -> (L, k, B)
+        pairs = (left_t[:, :, None, :] * right_t[:, None, :, :]).reshape(rows, k_left * k_right, batch)
+        return torch.bmm(weights.reshape(rows, k_out, k_left * k_right), pairs).transpose(1, 2)
+    if first == (0, 2):
+        # (L, k·j, i) x (L, i, B) -> (L, k, j, B); then Σ_j with (L, j, B) -> (L, k, B)
+        w = weights.permute(0, 1, 3, 2).reshape(rows, k_out * k_right, k_left)
+        partial = torch.bmm(w, left_t.contiguous()).reshape(rows, k_out, k_right, batch)
+        return (partial * right_t[:, None, :, :]).sum(2).transpose(1, 2)
+    # (L, k·i, j) x (L, j, B) -> (L, k, i, B); then Σ_i with (L, i, B) -> (L, k, B)
+    w = weights.reshape(rows, k_out * k_left, k_right)
+    partial = torch.bmm(w, right_t.contiguous()).reshape(rows, k_out, k_left, batch)
+    return (partial * left_t[:, None, :, :]).sum(2).transpose(1, 2)
+
+
+def _fused_kernels_run_on(device: torch.device) -> bool:
+    """Triton runs its kernels on CUDA, and on the CPU only under its interpreter (the tests)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _fused_einsum_layer() -> Any:
+    """``lbi,lbj,lkij->lbk`` by the fused Triton kernels (no K² intermediates; the path is unused)."""
+    try:
+        from einc.backends.fused_einsum import einsum_layer  # imports Triton: only when asked for
+    except ImportError as error:
+        raise BackendError(
+            f"the plan asks for the fused einsum kernel, which needs Triton ({error}); install it with "
+            "`pip install triton`, or compile with CompileOptions(einsum_kernel='matmul')"
+        ) from None
+
+    def contraction(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                    path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+        # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
+        return einsum_layer(left, right, weights)
+
+    return contraction
 
 
 def rule_log_base(block: FamilyBlock, x: torch.Tensor, observed: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

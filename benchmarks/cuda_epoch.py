@@ -1,62 +1,190 @@
-"""H100 measurements of the CUDA fast path (what the README's GPU table reports).
+"""EM epochs and inference on a CUDA GPU, per K, einsum kernel and backend (issue 14's table).
 
-The paper's efficiency setup: 512 Gaussian noise variables, N = 2000, RAT-SPN D=4 R=10,
-K ∈ {10, 20, 40}; an epoch is 20 × (E-step + online-EM M-step) with batch 100 on data resident
-on the GPU, replayed as one captured CUDA graph per step; ``fuse`` adds torch.compile fusion.
-``infer_device_ms`` replays the captured forward graph of a batch of 100 (no host copies);
-``infer_api_ms`` is ``backend.log_likelihood`` with NumPy in and out. Peak memory is
-``torch.cuda.max_memory_allocated`` above what was allocated before the backend was built.
+The paper's efficiency setup (§4.1): 512 Gaussian noise variables, N = 2000, RAT-SPN D=4 R=10,
+K ∈ {10, 20, 40}. An epoch is 20 × (E-step + online-EM M-step) with batch 100 on data resident on
+the GPU (``backend.train_epoch``, what ``Model.fit`` runs). Variants (``--variants``):
 
-    python benchmarks/cuda_epoch.py          # needs a CUDA device
+- ``graph``:   torch, each EM step one captured CUDA graph, fused by ``torch.compile`` (the
+               default on CUDA);
+- ``eager``:   torch, kernel by kernel (no graph capture, no ``torch.compile``);
+- ``cupy``:    the array backend on CuPy (compiler-derived backward plan, no autograd).
+
+Each runs with every einsum kernel in ``--kernels`` (``matmul``: batched matmuls over the K² pair
+products; ``fused``: the Triton kernels of backends/fused_einsum.py; ``auto``: the plan's rule).
+The CuPy backend always runs ``matmul``. Reported per configuration (one JSON line each, on stdout
+and appended to ``--out``):
+``epoch_s`` (median of ``--epochs`` after a warm-up epoch, whose time is ``first_epoch_s`` and
+holds compilation and capture), ``infer_s`` (one batch of 100 through ``log_likelihood``, NumPy in
+and out, median of 30), ``peak_mb`` (``torch.cuda.max_memory_allocated`` above the memory in use
+before the backend was built; for CuPy the memory pool's high-water mark), the GPU's name, the
+date and the command.
+
+    python benchmarks/cuda_epoch.py --K 10 20 40 --kernels matmul fused --variants graph
+    python benchmarks/cuda_epoch.py --K 10 40 --kernels auto --variants eager cupy --out r.jsonl
 """
 
+from __future__ import annotations
+
+import argparse
+import datetime
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from oracles import NORMAL, plan_of, rat_graph  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import BATCH, NUM_SAMPLES, NUM_VARIABLES, circuit_text  # noqa: E402
 
-from einc.backends.base import Batch, create_backend  # noqa: E402
-from einc.compiler.params import init_parameters  # noqa: E402
+import einc  # noqa: E402
+from einc.backends.base import Batch  # noqa: E402
+from einc.compiler.pipeline import CompileOptions  # noqa: E402
+
+VARIANTS = {
+    "graph": ("torch", {"fuse": True, "capture": True}),
+    "eager": ("torch", {"fuse": False, "capture": False}),
+    "cupy": ("cupy", {}),
+}
 
 
-def bench(K, device="cuda", dtype="float32", fuse=False):
-    g = rat_graph([NORMAL]*512, depth=4, replicas=10, k=K)
-    plan = plan_of(g)
-    torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    be = create_backend("torch", plan, device=device, dtype=dtype, fuse=fuse)
-    P = be.put(init_parameters(plan, 0))
-    x = np.random.default_rng(0).normal(size=(2000, 512)); obs = np.ones_like(x, bool)
-    data = be.upload(x, obs, None)
-    order = np.arange(2000)
-    t0 = time.perf_counter(); P, _ = be.train_epoch(P, data, order, 100, 0.5); torch.cuda.synchronize(); first = time.perf_counter() - t0
+def measure(k: int, kernel: str, variant: str, epochs: int, device: str = "cuda") -> dict[str, Any]:
+    backend_name, options = VARIANTS[variant]
+    on_gpu = device.startswith("cuda")
+    if not on_gpu:  # a smoke run of this script on the CPU: no graphs, no GPU memory figures
+        options = {"fuse": False, "capture": False}
+        synchronize, before = (lambda: None), 0
+    elif backend_name == "cupy":
+        import cupy
+
+        pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()
+        synchronize = cupy.cuda.Device().synchronize
+        before = pool.used_bytes()
+    else:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        synchronize = torch.cuda.synchronize
+        before = torch.cuda.memory_allocated()
+    model = einc.compile(circuit_text(k, 4, 10), backend=backend_name, device=device, dtype="float32",
+                         options=CompileOptions(einsum_kernel=kernel), **options)
+    backend = model.backend
+    x = np.random.default_rng(0).normal(size=(NUM_SAMPLES, NUM_VARIABLES))
+    observed = np.ones_like(x, dtype=bool)
+    data = backend.upload(x, observed, None)
+    order = np.random.default_rng(1).permutation(NUM_SAMPLES)
+    started = time.perf_counter()
+    model.params, _ = backend.train_epoch(model.params, data, order, BATCH, 0.5)
+    synchronize()
+    first = time.perf_counter() - started
     times = []
-    for _ in range(5):
-        t = time.perf_counter(); P, ll = be.train_epoch(P, data, order, 100, 0.5); torch.cuda.synchronize(); times.append(time.perf_counter() - t)
-    train_peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    b = Batch(x[:100], obs[:100]); be.log_likelihood(P, b); torch.cuda.synchronize()
-    ti = []
-    for _ in range(50):
-        t = time.perf_counter(); be.log_likelihood(P, b); torch.cuda.synchronize(); ti.append(time.perf_counter() - t)
-    cap = be._captured_forward(P, 100, False); xd, od = data.values[:100].clone(), data.observed[:100].clone()
-    cap.run(xd, od); torch.cuda.synchronize()
-    td = []
-    for _ in range(50):
-        t = time.perf_counter(); cap.graph.replay(); torch.cuda.synchronize(); td.append(time.perf_counter() - t)
-    print(json.dumps(dict(fuse=fuse, K=K, first_epoch_s=round(first, 2), epoch_ms=round(float(np.median(times))*1e3, 2), infer_api_ms=round(float(np.median(ti))*1e3, 3), infer_device_ms=round(float(np.median(td))*1e3, 3), train_peak_MB=round(train_peak, 1), total_peak_MB=round((torch.cuda.max_memory_allocated()-base)/2**20, 1), params=plan.num_parameters)), flush=True)
-    del be, P, data, cap
+    for _ in range(epochs):
+        started = time.perf_counter()
+        model.params, _ = backend.train_epoch(model.params, data, order, BATCH, 0.5)
+        synchronize()
+        times.append(time.perf_counter() - started)
+    batch = Batch(x[:BATCH], observed[:BATCH])
+    backend.log_likelihood(model.params, batch)
+    inference = []
+    for _ in range(30):
+        started = time.perf_counter()
+        backend.log_likelihood(model.params, batch)
+        synchronize()
+        inference.append(time.perf_counter() - started)
+    if not on_gpu:
+        peak = 0
+    elif backend_name == "cupy":
+        peak = pool.total_bytes() - before
+    else:
+        peak = torch.cuda.max_memory_allocated() - before
+    kernels = sorted({getattr(op, "kernel", "") for op in model.plan.ops} - {""})
+    return {
+        "backend": backend_name,
+        "variant": variant,
+        "device": device,
+        "gpu": torch.cuda.get_device_name() if on_gpu else "none",
+        "K": k,
+        "kernel": kernel,
+        "plan_kernels": kernels,
+        "epoch_s": round(statistics.median(times), 6),
+        "epoch_s_min": round(min(times), 6),
+        "epoch_s_max": round(max(times), 6),
+        "first_epoch_s": round(first, 3),
+        "infer_s": round(statistics.median(inference), 7),
+        "peak_mb": round(peak / 2**20, 1),
+        "parameters": model.num_parameters,
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]),
+    }
+
+
+def profile(k: int, kernel: str, out: Path | None) -> None:
+    """Where a compiled (not captured) EM epoch spends GPU time: the top kernels by CUDA time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = einc.compile(circuit_text(k, 4, 10), device="cuda", options=CompileOptions(einsum_kernel=kernel),
+                         fuse=True, capture=False)
+    backend = model.backend
+    x = np.random.default_rng(0).normal(size=(NUM_SAMPLES, NUM_VARIABLES))
+    data = backend.upload(x, np.ones_like(x, dtype=bool), None)
+    order = np.arange(NUM_SAMPLES)
+    for _ in range(2):
+        model.params, _ = backend.train_epoch(model.params, data, order, BATCH, 0.5)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model.params, _ = backend.train_epoch(model.params, data, order, BATCH, 0.5)
+        torch.cuda.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events)
+    print(f"# K={k} kernel={kernel}: {total / 1e3:.2f} ms of kernel time per epoch")
+    top = []
+    for event in events[:15]:
+        share = event.device_time_total / total if total else 0.0
+        print(f"{event.device_time_total / 1e3:9.3f} ms {share:6.1%} {event.count:6d}x  {event.key[:90]}")
+        top.append({"kernel": event.key[:120], "ms": round(event.device_time_total / 1e3, 4), "count": event.count})
+    record = {"benchmark": "cuda_epoch_profile", "gpu": torch.cuda.get_device_name(), "K": k, "kernel": kernel,
+              "kernel_ms_per_epoch": round(total / 1e3, 3), "top": top}
+    if out is not None:
+        with out.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--K", type=int, nargs="+", default=[10, 20, 40])
+    parser.add_argument("--kernels", nargs="+", default=["matmul", "fused"], choices=["auto", "matmul", "fused"])
+    parser.add_argument("--variants", nargs="+", default=["graph"], choices=sorted(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per configuration")
+    parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
+    parser.add_argument("--device", default="cuda", help="cuda (default); cpu runs a smoke test of this script")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: the top kernels of one compiled (uncaptured) epoch per K and kernel")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("benchmarks/cuda_epoch.py needs a CUDA device")
+    if args.profile:
+        for k in args.K:
+            for kernel in args.kernels:
+                profile(k, kernel, args.out)
+        return
+    for variant in args.variants:
+        for k in args.K:
+            for kernel in (["matmul"] if variant == "cupy" else args.kernels):
+                try:
+                    record = measure(k, kernel, variant, args.epochs, args.device)
+                except Exception as error:  # one failing configuration must not lose the others
+                    record = {"variant": variant, "K": k, "kernel": kernel, "error": f"{type(error).__name__}: {error}"}
+                line = json.dumps(record)
+                print(line, flush=True)
+                if args.out is not None:
+                    with args.out.open("a") as file:
+                        file.write(line + "\n")
 
 
 if __name__ == "__main__":
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/cuda_epoch.py needs a CUDA device")
-    print(torch.cuda.get_device_name(), torch.__version__)
-    for fuse in (False, True):
-        for K in (10, 20, 40):
-            bench(K, fuse=fuse)
+    main()

@@ -87,7 +87,7 @@ def _input_rule(plan: Plan, index: int, op: InputOp, batch: int) -> InputBackwar
     # operand 1 of the op's equation; the data (operand 0) needs no adjoint.
     leaves = []
     for block in op.blocks:
-        features = block.stat_dim + 2  # [T(x), obs, log h(x)]
+        features = block.features  # [T(x), obs, (log h(x))]
         sizes = index_sizes(
             op.equation,
             [(batch, op.rows, block.width, features), (op.rows, block.width, features, op.k)],

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 import numpy as np
-from einc.compiler import generators
-from einc.ir.diagnostics import Diagnostic, DiagnosticSink, Note, Span
+from einc.compiler import generators, size
+from einc.ir.diagnostics import Diagnostic, DiagnosticSink, Note, ResourceError, Span
 from einc.ir.program import (
     Call,
     CircuitStatement,
@@ -108,14 +108,20 @@ _SUGGESTED_FAMILY = {
 }
 
 
-def build_region_graph(program: Program) -> tuple[RegionGraph | None, list[Diagnostic]]:
+def build_region_graph(
+    program: Program, limits: size.SizeLimits | None = None
+) -> tuple[RegionGraph | None, list[Diagnostic]]:
     """Resolve ``program`` into a region graph; return it and every semantic error found.
 
     The graph is ``None`` whenever there is an error: a graph is only handed on when each of its
     variables has a domain and a fitting leaf family and each of its scopes resolved. The
     returned graph is not yet verified (see ``compiler.verify.verify``).
+
+    Before declaring variables or running a generator, the size of what it would build is
+    estimated from its arguments; one over ``limits`` raises ``ResourceError`` at once, located at
+    the declaration or the structure statement (nothing absurd is attempted).
     """
-    return _Builder(program).build()
+    return _Builder(program, limits or size.SizeLimits()).build()
 
 
 def sort_diagnostics(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -219,12 +225,15 @@ def _convert(value: Value, kind: str, what: str, sink: DiagnosticSink) -> object
     return None
 
 
-def _value_text(value: Value) -> str:
+def _value_text(value: Value, width: int = 60) -> str:
+    """The value as written, cut to ``width`` characters for a one-line message."""
     if isinstance(value, Number):
-        return value.text
-    if isinstance(value, Name):
-        return f"'{value.text}'"
-    return "[" + ", ".join(_value_text(item) for item in value.items) + "]"
+        text = value.text
+    elif isinstance(value, Name):
+        text = f"'{value.text}'"
+    else:
+        text = "[" + ", ".join(_value_text(item, width) for item in value.items[:20]) + "]"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _bind(call: Call, params: Sequence[_Param], sink: DiagnosticSink) -> _Bound | None:
@@ -301,6 +310,7 @@ def _bind(call: Call, params: Sequence[_Param], sink: DiagnosticSink) -> _Bound 
 @dataclass
 class _Builder:
     program: Program
+    limits: size.SizeLimits = field(default_factory=size.SizeLimits)
     sink: DiagnosticSink = field(default_factory=DiagnosticSink)
     groups: dict[str, _Group] = field(default_factory=dict)
     group_of: list[_Group] = field(default_factory=list)  # variable index -> its group
@@ -308,6 +318,7 @@ class _Builder:
     # Names declared with an invalid domain or shape: already reported, so references to them
     # fail silently instead of cascading into "unknown variable" errors.
     broken: set[str] = field(default_factory=set)
+    referenced: int = 0  # variables named by references so far (explicit scopes, leaf targets)
 
     def build(self) -> tuple[RegionGraph | None, list[Diagnostic]]:
         statements = self.program.statements
@@ -369,6 +380,9 @@ class _Builder:
                 if domain is None or shape is None:
                     self.broken.add(decl.name.text)
                     continue
+                count = next_index + int(np.prod(shape, dtype=object)) if shape else next_index + 1
+                what = f"'{decl.name.text}'" if next_index == 0 else f"the variables up to '{decl.name.text}'"
+                self._check_size(size.SizeEstimate(count, 0, 0, 0, 0, self.limits.dtype), decl.span, what)
                 group = _Group(decl.name.text, shape, next_index, domain, decl.span)
                 self.groups[group.name] = group
                 self.group_of.extend([group] * group.size)
@@ -453,6 +467,7 @@ class _Builder:
                 self._unknown_variable(ref.name)
             return None
         if ref.indices is None:
+            self._count_references(group.size, ref.span)
             return list(group.indices)
         if not group.shape:
             self.sink.error(
@@ -471,16 +486,23 @@ class _Builder:
             )
             return None
         ranges: list[range] = []
-        for index, size in zip(ref.indices, group.shape):
-            selected = self._index_range(index, size, group)
+        for index, extent in zip(ref.indices, group.shape):
+            selected = self._index_range(index, extent, group)
             if selected is None:
                 return None
             ranges.append(selected)
-        offsets = [
-            int(np.ravel_multi_index(position, group.shape))
-            for position in itertools.product(*ranges)
-        ]
-        return [group.first + offset for offset in offsets]
+        self._count_references(int(np.prod([len(r) for r in ranges], dtype=object)), ref.span)
+        # row-major offsets of every selected position, without a Python loop per position
+        grids = np.meshgrid(*[np.arange(r.start, r.stop) for r in ranges], indexing="ij")
+        offsets = np.ravel_multi_index(tuple(g.ravel() for g in grids), group.shape)
+        return (group.first + offsets).tolist()
+
+    def _count_references(self, count: int, span: Span) -> None:
+        """Explicit scopes list variables one reference at a time: a slice of a huge array is
+        short text for a lot of work, so the running total is checked before it is expanded."""
+        self.referenced += count
+        estimate = size.SizeEstimate(len(self.group_of), 0, 0, self.referenced, 0, self.limits.dtype)
+        self._check_size(estimate, span, "the circuit up to this reference")
 
     def _index_range(self, index: Index, size: int, group: _Group) -> range | None:
         for number in (index.start, index.stop):
@@ -732,18 +754,20 @@ class _Builder:
 
     def _scope_of(self, scope: ScopeExpr) -> Scope | None:
         indices: list[int] = []
+        seen: set[int] = set()
         ok = True
         for item in scope.items:
             resolved = self._resolve(item)
             if resolved is None:
                 ok = False
                 continue
-            twice = sorted(set(indices) & set(resolved))
+            twice = sorted(seen.intersection(resolved))
             if twice:
                 self.sink.error(f"the scope lists {self._subject(twice)} twice", item.span)
                 ok = False
                 continue
             indices.extend(resolved)
+            seen.update(resolved)
         return tuple(sorted(indices)) if ok else None
 
     def _name_regions(self, statements: list[RegionStatement]) -> None:
@@ -850,6 +874,14 @@ class _Builder:
         partitions = [Partition(p.region, p.parts, span) for p in partitions]
         return regions, partitions, description
 
+    def _check_size(self, estimate: size.SizeEstimate, span: Span, what: str) -> None:
+        """Stop building (``ResourceError`` at ``span``) when ``estimate`` exceeds the limits."""
+        problem = size.limit_problem(estimate, self.limits, what)
+        if problem is not None:
+            raise ResourceError(
+                [Diagnostic(problem, span)], {self.program.filename: self.program.source}
+            )
+
     def _report_generator_errors(
         self, call: Call, bound: _Bound, errors: list[generators.GeneratorArgumentError]
     ) -> bool:
@@ -866,6 +898,15 @@ class _Builder:
         errors = generators.check_random_binary_trees(len(self.group_of), depth, replicas, seed)
         if not self._report_generator_errors(call, bound, errors):
             return None
+        estimate = size.estimate_random_binary_trees(
+            len(self.group_of), depth, replicas, self.limits.dtype
+        )
+        self._check_size(
+            estimate,
+            call.span,
+            f"random_binary_trees(depth = {depth}, replicas = {replicas}) over "
+            f"{len(self.group_of):,} variables",
+        )
         regions, partitions = generators.random_binary_trees(
             len(self.group_of), depth, replicas, seed
         )
@@ -910,6 +951,18 @@ class _Builder:
         errors = generators.check_poon_domingos(grid, deltas, axes, name=f"'{group.name}'")
         if not self._report_generator_errors(call, bound, errors):
             return None
+        height, width = grid.shape
+        allowed = generators.allowed_axes(axes)
+        estimate = size.estimate_poon_domingos(
+            height, width, deltas if 0 in allowed else (), deltas if 1 in allowed else (),
+            self.limits.dtype, budget=3 * self.limits.partition_budget,
+        )
+        shown_deltas = ", ".join(str(d) for d in deltas)
+        self._check_size(
+            estimate,
+            call.span,
+            f"poon_domingos(delta = [{shown_deltas}], axes = {axes}) over the {height}x{width} grid",
+        )
         regions, partitions = generators.poon_domingos(grid, deltas, axes, name=f"'{group.name}'")
         shown = ", ".join(str(d) for d in deltas)
         description = f"poon_domingos(delta=[{shown}], axes={axes}, over={group.name})"

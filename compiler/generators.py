@@ -82,13 +82,16 @@ def check_random_binary_trees(
                 "random_binary_trees",
             )
         )
-    elif depth >= 1 and 2**depth > num_variables:
+    elif depth >= num_variables.bit_length():
         # Balanced halving leaves every one of the 2**depth leaves non-empty exactly when there
-        # are at least 2**depth variables; a larger depth would produce empty scopes.
+        # are at least 2**depth variables; a larger depth would produce empty scopes. (Compared
+        # by bit length: 2**depth of an absurd depth is a number too long to print.)
+        needed = f"{2**depth}" if depth < 64 else f"2**{depth}"
         errors.append(
             GeneratorArgumentError(
-                f"depth {depth} needs at least {2**depth} variables, "
-                f"the circuit has {num_variables}",
+                f"depth {depth} needs at least {needed} variables, "
+                f"the circuit has {num_variables}; expected depth at most "
+                f"{num_variables.bit_length() - 1}",
                 "depth",
             )
         )
@@ -211,7 +214,7 @@ def check_poon_domingos(
     if errors:
         return errors
 
-    allowed = _allowed_axes(axes)
+    allowed = allowed_axes(axes)
     for delta in deltas:
         if delta < 1:
             errors.append(
@@ -271,7 +274,7 @@ def poon_domingos(
         raise errors[0]
 
     height, width = grid.shape
-    allowed = _allowed_axes(axes)
+    allowed = allowed_axes(axes)
     steps = sorted({int(d) for d in deltas})
     rows = _close_axis(height, steps if 0 in allowed else [])
     columns = _close_axis(width, steps if 1 in allowed else [])
@@ -312,7 +315,7 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-def _allowed_axes(axes: str) -> tuple[int, ...]:
+def allowed_axes(axes: str) -> tuple[int, ...]:
     """Grid axes that may be cut: vertical cut lines split axis 1 (columns), horizontal axis 0."""
     return {"vertical": (1,), "horizontal": (0,), "both": (0, 1)}[axes]
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import opt_einsum
 
+from einc.compiler.kernels import einsum_kernel
 from einc.ir.families import family_rule
 from einc.ir.layers import LayeredCircuit, SumLayer
 from einc.ir.plan import (
@@ -56,8 +57,13 @@ class _Group:
     components: int = 0
 
 
-def lower(layered: LayeredCircuit, batch_hint: int = 100) -> Plan:
-    """Lower a verified, layered region graph to an einsum plan."""
+def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
+          kernel: str = "auto") -> Plan:
+    """Lower a verified, layered region graph to an einsum plan for a ``target`` device.
+
+    ``kernel`` picks every einsum op's kernel (``matmul`` or ``fused``), or ``auto`` lets the
+    target's rule in ``compiler/kernels.py`` pick per op from its K signature.
+    """
     graph = layered.graph
     sum_layers = [layer for layer in layered.layers if isinstance(layer, SumLayer)]
 
@@ -135,7 +141,8 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100) -> Plan:
         if group.kind == "input":
             op, specs = _input_op(graph, group.items, f"input{value}")
         elif group.kind == "einsum":
-            op, specs = _einsum_op(graph, group, location, f"einsum{value}", batch_hint)
+            choice = einsum_kernel(kernel, target, group.k_left, group.k_right)
+            op, specs = _einsum_op(graph, group, location, f"einsum{value}", batch_hint, choice)
         else:
             op, specs = _mixing_op(group, location, f"mixing{value}")
         ops.append(op)
@@ -208,14 +215,16 @@ def _input_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[I
         columns = tuple(tuple(cols + [-1] * (width - len(cols))) for cols in per_region)
         # a real(d) variable's factors are univariate normals over one column each
         factor_domain = Domain("real", 1) if domain.kind == "real" else domain
-        stat_dim = family_rule(family).stat_dim(family, factor_domain)
+        rule = family_rule(family)
+        stat_dim = rule.stat_dim(family, factor_domain)
         param = f"{name}.{number}.{family.name}"
-        blocks.append(FamilyBlock(family, factor_domain, param, columns, stat_dim))
+        blocks.append(FamilyBlock(family, factor_domain, param, columns, stat_dim, not rule.zero_log_base(family)))
         specs.append(ParamSpec(param, (len(regions), width, graph.inputs, stat_dim), "leaf", family, factor_domain))
     return InputOp(name, tuple(regions), graph.inputs, tuple(blocks)), specs
 
 
-def _einsum_op(graph: RegionGraph, group: _Group, location: dict, name: str, batch_hint: int) -> tuple[EinsumOp, list[ParamSpec]]:
+def _einsum_op(graph: RegionGraph, group: _Group, location: dict, name: str, batch_hint: int,
+               kernel: str) -> tuple[EinsumOp, list[ParamSpec]]:
     rows = len(group.items)
     shape = (rows, group.k_out, group.k_left, group.k_right)
     equation = EinsumOp.equation
@@ -237,6 +246,7 @@ def _einsum_op(graph: RegionGraph, group: _Group, location: dict, name: str, bat
         k_right=group.k_right,
         param=f"{name}.weights",
         path=tuple(tuple(step) for step in path),
+        kernel=kernel,
     )
     return op, [ParamSpec(op.param, shape, "einsum")]
 

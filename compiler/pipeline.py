@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from einc.compiler import size
 from einc.compiler.build import build_region_graph
 from einc.compiler.layering import layer
 from einc.compiler.lower import lower
@@ -26,6 +27,7 @@ from einc.ir.diagnostics import (
     Diagnostic,
     EincError,
     PcSemanticError,
+    ResourceError,
     StructureError,
 )
 from einc.ir.layers import LayeredCircuit
@@ -39,11 +41,27 @@ class CompileOptions:
 
     ``sums``/``inputs``/``heads`` override the file's values (``None``: keep the file's), so that
     a sweep over K needs no edited copies of a ``.pc`` file. Lowering options are added here too.
+
+    ``max_bytes`` and ``max_build_seconds`` bound what the front end agrees to build (see
+    ``compiler/size.py``): the size is estimated from the declarations and generator arguments,
+    with parameters counted at ``dtype``, before anything is allocated.
     """
 
     sums: int | None = None
     inputs: int | None = None
     heads: int | None = None
+    # the device the plan is lowered for ("cpu", "cuda", "cuda:1"; None: the device the model
+    # runs on, "cpu" for a bare plan): it picks the einsum kernels
+    target: str | None = None
+    # every einsum op's kernel: "auto" (the target's rule, compiler/kernels.py), "matmul", "fused"
+    einsum_kernel: str = "auto"
+    dtype: str = "float32"
+    max_bytes: int = size.DEFAULT_MAX_BYTES
+    max_build_seconds: float = size.DEFAULT_MAX_BUILD_SECONDS
+
+    @property
+    def limits(self) -> size.SizeLimits:
+        return size.SizeLimits(self.max_bytes, self.max_build_seconds, self.dtype)
 
 
 def load_source(path: str | Path) -> tuple[str, str]:
@@ -62,10 +80,11 @@ def region_graph(
     """Parse, build and verify: the verified ``RegionGraph`` of a ``.pc`` text, or raise."""
     sources = {filename: text}
     program = parse(text, filename)  # PcSyntaxError
-    graph, diagnostics = build_region_graph(program)  # names, domains, families, K
+    graph, diagnostics = build_region_graph(program, options.limits)  # names, domains, families
     _raise_if_errors(PcSemanticError, diagnostics, sources)
     assert graph is not None, "build returns a graph whenever it reports no error"
     graph = _apply_overrides(graph, options, filename)  # K from the command line
+    _check_size(graph, options, filename)  # parameters at the final K fit the limits
     _raise_if_errors(StructureError, verify(graph), sources)  # smooth, decomposable, rooted
     return graph
 
@@ -79,7 +98,8 @@ def front_end(
 
 def compile_plan(text: str, filename: str, options: CompileOptions = CompileOptions()) -> Plan:
     """The whole compiler: a ``.pc`` text to its einsum plan (what ``einc.compile`` runs)."""
-    return lower(front_end(text, filename, options))  # paper §3.3-3.4, appendix B
+    layered = front_end(text, filename, options)
+    return lower(layered, target=options.target or "cpu", kernel=options.einsum_kernel)  # §3.3-3.4, app. B
 
 
 def check_file(path: str | Path, options: CompileOptions = CompileOptions()) -> LayeredCircuit:
@@ -93,6 +113,25 @@ def _raise_if_errors(
 ) -> None:
     if any(d.severity == "error" for d in diagnostics):
         raise kind(diagnostics, sources)
+
+
+def _check_size(graph: RegionGraph, options: CompileOptions, filename: str) -> None:
+    """``ResourceError`` when the built structure with its parameters exceeds the limits."""
+    from einc.compiler.dump import parameter_count
+
+    count = parameter_count(graph)
+    estimate = size.SizeEstimate(
+        len(graph.variables),
+        len(graph.regions),
+        len(graph.partitions),
+        sum(len(region.scope) for region in graph.regions),
+        count.leaf + count.einsum + count.mixing,
+        options.dtype,
+    )
+    what = f"{filename}: with sums {graph.sums}, inputs {graph.inputs} and heads {graph.heads}, the circuit"
+    problem = size.limit_problem(estimate, options.limits, what)
+    if problem is not None:
+        raise ResourceError(problem)
 
 
 def _apply_overrides(graph: RegionGraph, options: CompileOptions, filename: str) -> RegionGraph:

@@ -7,16 +7,21 @@
 """
 
 from einc.backends.base import available_backends
+from einc.compiler.pipeline import CompileOptions
 from einc.ir.diagnostics import (
     BackendError,
     DataError,
     EincError,
     ModelFileError,
+    OutputError,
     PcSemanticError,
     PcSyntaxError,
+    ResourceError,
     StructureError,
+    TrainingError,
 )
 from einc.compare import BackendReport, compare_backends
+from einc.compiler.pipeline import CompileOptions
 from einc.mixture import MixtureModel, fit_mixture
 from einc.model import Model, compile, load
 
@@ -25,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendError",
     "BackendReport",
+    "CompileOptions",
     "MixtureModel",
     "compare_backends",
     "fit_mixture",
@@ -32,9 +38,12 @@ __all__ = [
     "EincError",
     "Model",
     "ModelFileError",
+    "OutputError",
     "PcSemanticError",
     "PcSyntaxError",
+    "ResourceError",
     "StructureError",
+    "TrainingError",
     "available_backends",
     "compile",
     "load",

@@ -1,8 +1,14 @@
 """The ``einc`` command line.
 
 Subcommands live in one table, ``COMMANDS``: adding one is a function ``(args) -> exit code``
-plus one ``Command`` entry naming its arguments. User errors (any ``EincError``) print their
-diagnostics to stderr, without a traceback, and exit 1; ``--debug`` shows the traceback.
+plus one ``Command`` entry naming its arguments. Every numeric option is range-checked by the
+parser (its type is one of the checked types below), and every option shows its default in
+``--help``.
+
+One error path: a user error (a bad option, any ``EincError``, a file the system refuses) prints
+``einc: error: ...`` (or a located ``file:line:col: error: ...`` diagnostic) to stderr and exits 1;
+Ctrl-C exits 130; anything else is a bug and prints a short "internal error" message, exit 2.
+``--debug``, anywhere on the line, adds the traceback.
 
     $ einc check examples/tiny.pc
     $ einc compile examples/tiny.pc --emit layers
@@ -11,23 +17,28 @@ diagnostics to stderr, without a traceback, and exit 1; ``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from einc import __version__, commands
-from einc.compiler import dump
+from einc.compiler import dump, size
 from einc.compiler.pipeline import (
-    compile_plan,
     CompileOptions,
     check_file,
+    compile_plan,
     front_end,
     load_source,
     region_graph,
 )
+from einc.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
+from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 
 
 @dataclass(frozen=True)
@@ -46,42 +57,130 @@ class Command:
     args: tuple[Arg, ...] = ()
 
 
-FILE = Arg(("file",), {"metavar": "FILE.pc", "help": "a .pc circuit file"})
-K_OPTIONS = (
-    Arg(("--sums",), {"type": int, "metavar": "K", "help": "override the file's `sums`"}),
-    Arg(("--inputs",), {"type": int, "metavar": "K", "help": "override the file's `inputs`"}),
-    Arg(("--heads",), {"type": int, "metavar": "K", "help": "override the file's `heads`"}),
-)
+# ---------------------------------------------------------------------------------------------
+# Checked option types: argparse reports a ValueError/ArgumentTypeError from them as a usage error
+# naming the option, so a bad number never reaches the work.
 
 
-RUN_OPTIONS = (
-    Arg(("--backend",), {"default": "torch", "help": "torch (default), numpy or cupy"}),
-    Arg(("--device",), {"default": "cpu", "help": "cpu or cuda"}),
-    Arg(("--dtype",), {"default": "float32", "choices": ["float32", "float64"]}),
-    Arg(("--threads",), {"type": int, "help": "torch CPU threads (default: torch's choice)"}),
-)
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found '{text}'") from None
 
 
-def compile_options(args: argparse.Namespace) -> CompileOptions:
-    return CompileOptions(
-        sums=getattr(args, "sums", None),
-        inputs=getattr(args, "inputs", None),
-        heads=getattr(args, "heads", None),
-    )
+def positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, found {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, found {value}")
+    return value
+
+
+def _real(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found '{text}'")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _real(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, found {text}")
+    return value
+
+
+def step_size(text: str) -> float:
+    value = _real(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 is a full EM step), found {text}")
+    return value
+
+
+def thread_count(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number of at least 1 ({error})") from None
+
+
+def device_name(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, found '{text}'")
+    return text
+
+
+_BYTE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def byte_count(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a size such as 4G, 512M or 1000000, found '{text}'")
+    value = int(float(match.group(1)) * _BYTE_UNITS[match.group(2)])
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, found '{text}'")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
-# einc check
+# Option groups
+
+FILE = Arg(("file",), {"metavar": "FILE.pc", "help": "a .pc circuit file"})
+K_OPTIONS = (
+    Arg(("--sums",), {"type": positive_int, "metavar": "K", "help": "override the file's `sums`"}),
+    Arg(("--inputs",), {"type": positive_int, "metavar": "K", "help": "override the file's `inputs`"}),
+    Arg(("--heads",), {"type": positive_int, "metavar": "K", "help": "override the file's `heads`"}),
+)
+LIMIT_OPTIONS = (
+    Arg(("--max-memory",), {"type": byte_count, "metavar": "BYTES", "default": f"{size.DEFAULT_MAX_BYTES // 2**30}G",
+                            "help": "refuse circuits whose estimated memory exceeds this (e.g. 8G)"}),
+    Arg(("--max-build-seconds",), {"type": positive_float, "metavar": "S", "default": size.DEFAULT_MAX_BUILD_SECONDS,
+                                   "help": "refuse circuits whose front end would take longer than this (estimated)"}),
+)
+DEVICE = Arg(("--device",), {"type": device_name, "default": "cpu", "help": "cpu, cuda or cuda:N"})
+BACKEND = Arg(("--backend",), {"choices": ["torch", "numpy", "cupy"], "default": "torch", "help": "which backend runs the plan"})
+THREADS = Arg(("--threads",), {"type": thread_count, "default": "auto", "metavar": "auto|N",
+                               "help": "torch CPU threads; auto: 1 for small circuits, else the idle cores"})
+# Commands that compile a new model (train) default to float32; those that load one use its own.
+NEW_MODEL_OPTIONS = (
+    BACKEND,
+    DEVICE,
+    Arg(("--dtype",), {"default": "float32", "choices": ["float32", "float64"], "help": "parameter precision"}),
+    THREADS,
+    *LIMIT_OPTIONS,
+)
+LOADED_MODEL_OPTIONS = (
+    BACKEND,
+    DEVICE,
+    Arg(("--dtype",), {"default": None, "choices": ["float32", "float64"],
+                       "help": "run at this precision (default: the model's own)"}),
+    THREADS,
+    *LIMIT_OPTIONS,
+)
+MODEL = Arg(("model",), {"metavar": "MODEL", "help": "a model file written by einc train"})
+
+
+# ---------------------------------------------------------------------------------------------
+# einc check, einc compile --emit
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    layered = check_file(args.file, compile_options(args))
+    layered = check_file(args.file, commands.compile_options(args))
     sys.stdout.write(dump.summary(layered))
     return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# einc compile --emit
 
 
 def _emit_ir(text: str, filename: str, options: CompileOptions) -> str:
@@ -117,11 +216,13 @@ EMITTERS: dict[str, Callable[[str, str, CompileOptions], str]] = {
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    text, filename = load_source(args.file)
-    output = EMITTERS[args.emit](text, filename, compile_options(args))
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(output)
+        check_writable(args.output)
+        check_not_an_input(args.output, {"FILE.pc": args.file})
+    text, filename = load_source(args.file)
+    output = EMITTERS[args.emit](text, filename, commands.compile_options(args))
+    if args.output:
+        atomic_write(args.output, lambda stream: stream.write(output.encode("utf-8")))
     else:
         sys.stdout.write(output)
     return 0
@@ -133,7 +234,7 @@ COMMANDS: tuple[Command, ...] = (
         "verify a circuit and print a summary (variables and their data columns, regions, "
         "layers, parameters)",
         cmd_check,
-        (FILE, *K_OPTIONS),
+        (FILE, *K_OPTIONS, *LIMIT_OPTIONS),
     ),
     Command(
         "compile",
@@ -141,16 +242,10 @@ COMMANDS: tuple[Command, ...] = (
         cmd_compile,
         (
             FILE,
-            Arg(
-                ("--emit",),
-                {
-                    "choices": list(EMITTERS),
-                    "default": "ir",
-                    "help": "which IR to print (default: ir)",
-                },
-            ),
+            Arg(("--emit",), {"choices": list(EMITTERS), "default": "ir", "help": "which IR to print"}),
             Arg(("-o", "--output"), {"metavar": "PATH", "help": "write to PATH, not stdout"}),
             *K_OPTIONS,
+            *LIMIT_OPTIONS,
         ),
     ),
     Command(
@@ -158,25 +253,32 @@ COMMANDS: tuple[Command, ...] = (
         "train a circuit with EM on data, keep the best validation epoch, write the model",
         commands.cmd_train,
         (
-            *RUN_OPTIONS,
+            *NEW_MODEL_OPTIONS,
             FILE,
             Arg(("--data",), {"required": True, "metavar": "TRAIN", "help": "training data (.csv[.gz], .npy, .npz)"}),
             Arg(("--valid",), {"metavar": "V", "help": "validation data: keep the best epoch on it"}),
             Arg(("--test",), {"metavar": "T", "help": "test data: report its log-likelihood at the end"}),
-            Arg(("--epochs",), {"type": int, "default": 10}),
-            Arg(("--batch-size",), {"type": int, "default": 100}),
-            Arg(("--step-size",), {"type": float, "default": 0.1, "help": "online EM step size λ (eqs. 8-9)"}),
+            Arg(("--epochs",), {"type": positive_int, "default": DEFAULT_EPOCHS,
+                                "help": "epochs in all (with --resume: including those already done)"}),
+            Arg(("--batch-size",), {"type": positive_int, "default": DEFAULT_BATCH_SIZE, "help": "samples per EM step"}),
+            Arg(("--step-size",), {"type": step_size, "default": DEFAULT_STEP_SIZE, "help": "online EM step size λ (eqs. 8-9)"}),
             Arg(("--method",), {"choices": ["em", "adam"], "default": "em",
-                                "help": "EM (default) or gradient training with Adam (torch backend)"}),
-            Arg(("--learning-rate",), {"type": float, "default": 0.01, "help": "Adam's learning rate (--method adam)"}),
+                                "help": "EM, or gradient training with Adam (torch backend)"}),
+            Arg(("--learning-rate",), {"type": positive_float, "default": DEFAULT_LEARNING_RATE,
+                                       "help": "Adam's learning rate (--method adam)"}),
             Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
                                 "help": "M-step after every batch (stochastic EM) or once per epoch"}),
-            Arg(("--seed",), {"type": int, "default": 0}),
+            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters and batch order"}),
+            Arg(("--patience",), {"type": positive_int, "metavar": "N",
+                                  "help": "stop after N epochs without a better validation LL (needs --valid)"}),
+            Arg(("--checkpoint-every",), {"type": positive_int, "metavar": "N",
+                                          "help": "write the model (best so far, with the training state) every N epochs"}),
+            Arg(("--resume",), {"metavar": "MODEL", "help": "continue the training saved in MODEL (same circuit)"}),
             Arg(("--labels",), {"metavar": "L", "help": "class labels of the training rows: class-conditional training of a multi-head circuit (head = label)"}),
             Arg(("--valid-labels",), {"metavar": "L", "help": "class labels of the validation rows"}),
-            Arg(("--mixture",), {"type": int, "metavar": "C", "help": "train a mixture of C circuits, one per k-means cluster (paper §4.2)"}),
+            Arg(("--mixture",), {"type": positive_int, "metavar": "C", "help": "train a mixture of C circuits, one per k-means cluster (paper §4.2)"}),
             Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
-            Arg(("--nproc",), {"type": int, "metavar": "N", "help": "data-parallel training: start N local worker "
+            Arg(("--nproc",), {"type": positive_int, "metavar": "N", "help": "data-parallel training: start N local worker "
                                "processes (torch.distributed: gloo on CPU, NCCL on CUDA); under torchrun leave it out"}),
             Arg(("--stream",), {"action": "store_true", "help": "read the training data from disk block by block "
                                 "(out of core) instead of loading it; implied by --nproc and torchrun"}),
@@ -189,23 +291,24 @@ COMMANDS: tuple[Command, ...] = (
         "mean log-likelihood of data under a model (and accuracy with --labels for multi-head models)",
         commands.cmd_eval,
         (
-            *RUN_OPTIONS,
-            Arg(("model",), {"metavar": "MODEL"}),
-            Arg(("--data",), {"required": True}),
+            *LOADED_MODEL_OPTIONS,
+            MODEL,
+            Arg(("--data",), {"required": True, "help": "data to evaluate (.csv[.gz], .npy, .npz)"}),
             Arg(("--labels",), {"help": "class labels (one per row) for a multi-head model"}),
+            Arg(("--per-sample",), {"metavar": "OUT", "help": "also write each sample's log-likelihood (.csv, .npy or .npz)"}),
         ),
     ),
     Command(
         "sample",
-        "draw samples from a model into .csv, .npy or a .png grid",
+        "draw samples from a model into .csv, .npy, .npz or a .png grid",
         commands.cmd_sample,
         (
-            *RUN_OPTIONS,
-            Arg(("model",), {"metavar": "MODEL"}),
-            Arg(("-n",), {"type": int, "default": 16, "help": "number of samples"}),
-            Arg(("--seed",), {"type": int, "default": 0}),
+            *LOADED_MODEL_OPTIONS,
+            MODEL,
+            Arg(("-n",), {"type": positive_int, "default": 16, "help": "number of samples"}),
+            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed"}),
             Arg(("--means",), {"action": "store_true", "help": "emit leaf means instead of leaf samples"}),
-            Arg(("-o", "--output"), {"required": True, "metavar": "OUT"}),
+            Arg(("-o", "--output"), {"required": True, "metavar": "OUT", "help": "where to write the samples"}),
         ),
     ),
     Command(
@@ -213,14 +316,14 @@ COMMANDS: tuple[Command, ...] = (
         "complete masked images by conditional sampling and MPE; write original | masked | sample | MPE as a PNG",
         commands.cmd_inpaint,
         (
-            *RUN_OPTIONS,
-            Arg(("model",), {"metavar": "MODEL"}),
+            *LOADED_MODEL_OPTIONS,
+            MODEL,
             Arg(("--data",), {"required": True, "help": "images to mask (rows of the circuit's columns)"}),
             Arg(("--mask",), {"default": "top", "help": "top, bottom, left, right or random:FRACTION"}),
-            Arg(("-n",), {"type": int, "default": 8, "help": "number of images"}),
-            Arg(("--seed",), {"type": int, "default": 0}),
+            Arg(("-n",), {"type": positive_int, "default": 8, "help": "number of images"}),
+            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed"}),
             Arg(("--means",), {"action": "store_true", "help": "leaf means instead of leaf samples"}),
-            Arg(("-o", "--output"), {"required": True, "metavar": "OUT.png"}),
+            Arg(("-o", "--output"), {"required": True, "metavar": "OUT.png", "help": "the picture to write"}),
         ),
     ),
     Command(
@@ -230,14 +333,16 @@ COMMANDS: tuple[Command, ...] = (
         (
             FILE,
             Arg(("--backends",), {"default": "torch,numpy", "help": "comma-separated, e.g. torch,numpy,cupy (torch:cuda names a device)"}),
-            Arg(("--device",), {"default": None, "help": "device for torch (cpu or cuda); numpy is CPU, cupy is CUDA"}),
-            Arg(("--dtype",), {"default": "float32", "choices": ["float32", "float64"]}),
+            Arg(("--device",), {"type": device_name, "default": None, "help": "device for torch (cpu or cuda); numpy is CPU, cupy is CUDA"}),
+            Arg(("--dtype",), {"default": "float32", "choices": ["float32", "float64"], "help": "precision of the compared runs"}),
             Arg(("--data",), {"help": "data to use (default: Gaussian noise for real circuits, else model samples)"}),
-            Arg(("--samples",), {"type": int, "default": 2000}),
-            Arg(("--batch-size",), {"type": int, "default": 100}),
-            Arg(("--repeats",), {"type": int, "default": 3}),
-            Arg(("--seed",), {"type": int, "default": 0}),
-            Arg(("--threads",), {"type": int, "help": "torch CPU threads"}),
+            Arg(("--samples",), {"type": positive_int, "default": 2000, "help": "number of samples"}),
+            Arg(("--batch-size",), {"type": positive_int, "default": 100, "help": "samples per batch"}),
+            Arg(("--repeats",), {"type": positive_int, "default": 3, "help": "timing repeats"}),
+            Arg(("--json",), {"metavar": "FILE", "help": "also append one JSON line per backend to FILE"}),
+            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed"}),
+            THREADS,
+            *LIMIT_OPTIONS,
         ),
     ),
     Command(
@@ -245,8 +350,8 @@ COMMANDS: tuple[Command, ...] = (
         "exact conditional marginals of target variables given evidence",
         commands.cmd_query,
         (
-            *RUN_OPTIONS,
-            Arg(("model",), {"metavar": "MODEL"}),
+            *LOADED_MODEL_OPTIONS,
+            MODEL,
             Arg(("--evidence",), {"default": "", "help": 'e.g. "x[0]=1,x[3]=0"'}),
             Arg(("--target",), {"required": True, "help": "e.g. x[5] (several: x[5],x[6])"}),
         ),
@@ -255,7 +360,9 @@ COMMANDS: tuple[Command, ...] = (
 
 
 def command_line(args: argparse.Namespace, commands: Sequence[Command] = COMMANDS) -> list[str]:
-    """The arguments that parse back to ``args`` (how a launcher re-runs a command in workers)."""
+    """The arguments that parse back to ``args`` (how a launcher re-runs a command in workers).
+    Every option's value is written out, defaults included, so a worker's parser range-checks
+    the same values."""
     command = next(c for c in commands if c.name == args.command)
     argv = ["--debug"] if getattr(args, "debug", False) else []
     argv.append(command.name)
@@ -271,36 +378,124 @@ def command_line(args: argparse.Namespace, commands: Sequence[Command] = COMMAND
     return argv
 
 
+class UsageError(Exception):
+    """A command line argparse rejects; printed with the usage line, exit 1."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # ArgumentDefaultsHelpFormatter adds "(default: None)" and "(default: False)"; say nothing then
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="einc", description="einc: the Einsum circuit compiler for probabilistic circuits"
+    parser = _Parser(
+        prog="einc", description="einc: the Einsum circuit compiler for probabilistic circuits",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"einc {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks for errors (may be given anywhere on the line)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in commands:
-        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help,
+                                    formatter_class=_HelpFormatter)
         for arg in command.args:
             sub.add_argument(*arg.flags, **arg.options)
+        # main() takes --debug from anywhere on the line; listed here so that --help shows it
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error")
         sub.set_defaults(run=command.run)
     return parser
 
 
+def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``--debug`` may appear anywhere (before a ``--`` that ends the options)."""
+    arguments = list(argv)
+    end = arguments.index("--") if "--" in arguments else len(arguments)
+    debug = "--debug" in arguments[:end]
+    return [a for i, a in enumerate(arguments) if not (i < end and a == "--debug")], debug
+
+
+def _check_option_values(parser: argparse.ArgumentParser, arguments: Sequence[str]) -> None:
+    # argparse turns `--epochs=--` into an empty list without calling the option's type
+    for argument in arguments:
+        if argument == "--":
+            return
+        flag, equals, value = argument.partition("=")
+        if argument.startswith("-") and equals and value == "--":
+            raise UsageError(parser, f"argument {flag}: expected a value, found '--'")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``einc`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
-    args = build_parser().parse_args(argv)
+    arguments, debug = _split_debug(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(COMMANDS)
+    try:
+        _check_option_values(parser, arguments)
+        args = parser.parse_args(arguments)
+    except UsageError as error:
+        # one line, like every other error; the usage is one --help away
+        print(f"einc: error: {error} (see {error.parser.prog} --help)", file=sys.stderr)
+        return 1
+    except SystemExit as exit:  # --help and --version
+        return int(exit.code or 0) if not isinstance(exit.code, str) else 1
+    args.debug = debug  # a launcher passes it on to its workers (command_line)
     try:
         return int(args.run(args))
     except EincError as error:
-        if args.debug:
-            traceback.print_exc()
-        print(str(error), file=sys.stderr)
+        _traceback(debug)
+        print(error.render("einc"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _traceback(debug)
+        print("einc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # `einc compile ... | head`: the reader left; nothing more to say.
+        # `einc compile ... | head`: the reader left; nothing more to say (and nothing to flush).
+        _silence_stdout()
         return 0
+    except MemoryError:
+        _traceback(debug)
+        print("einc: error: out of memory; use a smaller --batch-size, a smaller circuit, or a lower "
+              "--max-memory so that einc refuses such circuits up front", file=sys.stderr)
+        return 1
+    except OSError as error:
+        # the system refused a file or a device: a user-side problem with a system message
+        _traceback(debug)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"einc: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - the catch-all that keeps tracebacks from users
+        _traceback(debug)
+        print(f"einc: internal error: {type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}\n"
+              "This is a bug in einc, not in your input. Please report it to the einc developers "
+              "with the command line and the output of the same command with --debug.", file=sys.stderr)
+        return 2
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

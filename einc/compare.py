@@ -104,6 +104,29 @@ class BackendReport:
                 return result
         raise KeyError(backend)
 
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per backend that ran (what ``einc bench --json`` writes)."""
+        return [
+            {
+                "source": self.source,
+                "backend": result.backend,
+                "device": result.device,
+                "gpu": _device_name(result),
+                "dtype": result.dtype,
+                "samples": self.samples,
+                "batch_size": self.batch_size,
+                "reference": self.reference,
+                "max_abs_diff": result.max_abs_diff,
+                "mpe_mismatch": result.mpe_mismatch,
+                "forward_s": result.seconds["forward"],
+                "statistics_s": result.seconds["statistics"],
+                "epoch_s": result.seconds["em_epoch"],
+                "peak_bytes": result.peak_bytes,
+                "memory_method": result.memory_method,
+            }
+            for result in self.results
+        ]
+
     def __str__(self) -> str:
         header = ("backend", *QUERIES.values(), *TIMINGS.values(), "peak MB", "memory measured by")
         rows = []
@@ -130,6 +153,20 @@ class BackendReport:
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines += [f"skipped {s.backend}: {s.reason}" for s in self.skipped]
         return "\n".join(lines)
+
+
+def _device_name(result: BackendResult) -> str | None:
+    """The GPU's name for a CUDA result (None on the CPU)."""
+    if not result.device.startswith("cuda"):
+        return None
+    if result.backend == "cupy":
+        import cupy
+
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(result.device))
 
 
 def _format_diff(value: float) -> str:

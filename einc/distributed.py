@@ -13,11 +13,18 @@ Rank 0 validates and reports; the caller writes the model from rank 0.
     >>> history = einc.distributed.fit(model, "train.npy", epochs=5)    # doctest: +SKIP
 
 Without a process group ``fit`` trains in one process on data read from disk block by block.
+
+The hardening rules of ``Model.fit`` hold here too: every option and every data row is checked
+before the first epoch (errors name ``file:line:column``), a non-finite log-likelihood or
+parameter stops training with ``TrainingError`` and the last good parameters, an interrupt leaves
+the best (or last completed) epoch's parameters, ``patience`` stops early, checkpoints are
+written atomically by rank 0, and ``resume`` continues from ``model.training``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import time
@@ -31,11 +38,27 @@ import torch
 import torch.distributed as dist
 
 from einc.backends.base import Batch, Statistics
-from einc.data import prepare
-from einc.ir.diagnostics import DataError, EincError
-from einc.model import EpochRecord, Model
+from einc.data import prepare, prepare_labels
+from einc.files import check_writable
+from einc.ir.diagnostics import DataError, EincError, TrainingError
+from einc.model import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_STEP_SIZE,
+    EpochRecord,
+    Model,
+    _Run,
+)
 from einc.rows import RowSource, Window, iter_windows, open_rows
-from einc.schedule import Schedule, Step, aligned_shard_sizes, default_block_rows, shard_starts
+from einc.schedule import (
+    Schedule,
+    Step,
+    aligned_shard_sizes,
+    default_block_rows,
+    local_batch_sizes,
+    shard_starts,
+)
 
 # Cells per chunk when a shard is validated before training (about 8 MB as float64).
 CHECK_CELLS = 1 << 20
@@ -308,18 +331,13 @@ def agree(workers: Workers, what: str, action: Callable[[], Any]) -> Any:
 def _open_and_check(model: Model, train: Any, labels: Any, workers: Workers,
                     cache_dir: str | os.PathLike | None) -> TrainingData:
     per_worker = isinstance(train, (str, os.PathLike)) and "{rank}" in str(train)
-    source = open_rows(_for_rank(train, workers), cache_dir)
+    source = open_rows(_for_rank(train, workers), cache_dir, "train", columns=model.columns)
     label_source = None
     if labels is not None:
         if per_worker != (isinstance(labels, (str, os.PathLike)) and "{rank}" in str(labels)):
             raise DataError("labels must be split like the training data: both with {rank} in the path or neither")
-        label_source = open_rows(_for_rank(labels, workers), cache_dir, one_row_if_flat=False)
-        if label_source.columns != 1 or label_source.num_rows != source.num_rows:
-            raise DataError(f"{label_source.label}: {label_source.num_rows} rows of {label_source.columns} "
-                            f"labels for {source.num_rows} training rows; expected one label per row")
-    if source.columns != model.graph.num_columns:
-        raise DataError(f"{source.label}: expected {model.graph.num_columns} columns (one per variable column, "
-                        f"in declaration order), found rows of shape {source.row_shape}")
+        label_source = open_rows(_for_rank(labels, workers), cache_dir, "labels", one_row_if_flat=False)
+    _check_shapes(model, source, label_source)
     # every worker checks its own file, or an equal part of the shared one
     if per_worker:
         check_rows(model, source, label_source)
@@ -329,31 +347,41 @@ def _open_and_check(model: Model, train: Any, labels: Any, workers: Workers,
     return TrainingData(source, label_source, per_worker, (source.num_rows,))
 
 
-def open_checked(model: Model, data: Any, labels: Any = None,
-                 cache_dir: str | os.PathLike | None = None) -> tuple[RowSource, RowSource | None]:
-    """A validation or test set (and its labels) as row sources, checked against the circuit."""
-    source = open_rows(data, cache_dir)
-    label_source = None if labels is None else open_rows(labels, cache_dir, one_row_if_flat=False)
-    if source.columns != model.graph.num_columns:
-        raise DataError(f"{source.label}: expected {model.graph.num_columns} columns, found rows of shape {source.row_shape}")
-    if label_source is not None and (label_source.columns != 1 or label_source.num_rows != source.num_rows):
-        raise DataError(f"{label_source.label}: expected one label for each of the {source.num_rows} rows")
+def open_checked(model: Model, data: Any, labels: Any = None, cache_dir: str | os.PathLike | None = None,
+                 label: str = "valid") -> tuple[RowSource, RowSource | None]:
+    """A validation or test set (and its labels) as row sources, checked against the circuit;
+    ``label`` names an in-memory array in messages."""
+    source = open_rows(data, cache_dir, label, columns=model.columns)
+    label_source = None if labels is None else open_rows(labels, cache_dir, f"{label} labels", one_row_if_flat=False)
+    _check_shapes(model, source, label_source)
     check_rows(model, source, label_source)
     return source, label_source
 
 
+def _check_shapes(model: Model, source: RowSource, labels: RowSource | None) -> None:
+    """The messages ``prepare`` and ``prepare_labels`` give for data loaded whole."""
+    if source.columns != model.graph.num_columns:
+        raise DataError(f"{source.label}: expected {model.graph.num_columns} columns (one per variable column, "
+                        f"in declaration order), found shape {(source.num_rows, source.columns)}")
+    if labels is not None and (labels.columns != 1 or labels.num_rows != source.num_rows):
+        raise DataError(f"{labels.label}: {labels.num_rows * labels.columns} labels for {source.num_rows} samples; "
+                        f"expected one label per sample")
+
+
 def check_rows(model: Model, source: RowSource, labels: RowSource | None = None, first: int = 0,
                stop: int | None = None) -> None:
-    """Check rows [first, stop) of ``source`` (and their labels) against the circuit, a chunk at a
-    time; errors name the file row."""
+    """Check rows [first, stop) of ``source`` (and their labels) against the circuit at the
+    model's dtype, a chunk at a time; errors name the file, line (or row) and column as
+    ``read_data`` and ``prepare`` do for data loaded whole."""
     stop = source.num_rows if stop is None else stop
     chunk = max(1, CHECK_CELLS // max(1, source.columns))
     for start, window in iter_windows(source, first, stop, chunk):
         with window as rows:
-            prepare(model.graph, rows.reshape(len(rows), -1), None, source.label, first_row=start)
+            prepare(model.graph, source.dataset(rows, start), None, source.label, model.dtype, first_row=start)
+            count = len(rows)
         if labels is not None:
-            with labels.window(start, min(start + chunk, stop)) as values:
-                model._labels(values.reshape(-1), len(values))
+            with labels.window(start, start + count) as values:
+                prepare_labels(labels.dataset(values, start), count, model.plan.heads, labels.label, first_row=start)
 
 
 def _for_rank(data: Any, workers: Workers) -> Any:
@@ -396,7 +424,7 @@ class ShardReader:
                 labels.append(label_window.rows[offsets].reshape(-1))
         self.release(step.finished)
         raw = np.concatenate(values) if len(values) > 1 else values[0]
-        x, observed = prepare(self.model.graph, raw, None, self.data.source.label)
+        x, observed = prepare(self.model.graph, raw, None, self.data.source.label, self.model.dtype)
         return Batch(x, observed, np.concatenate(labels).astype(np.int64) if labels else None)
 
     def release_all(self) -> None:
@@ -414,25 +442,32 @@ class ShardReader:
 # training
 
 
-def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = 1, method: str = "em",
-        batch_size: int = 100, step_size: float = 0.5, update: str = "batch", learning_rate: float = 0.01,
-        labels: Any = None, valid_labels: Any = None, keep_best: bool = True, seed: int | None = None,
-        progress: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None,
+def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EPOCHS, method: str = "em",
+        batch_size: int = DEFAULT_BATCH_SIZE, step_size: float = DEFAULT_STEP_SIZE, update: str = "batch",
+        learning_rate: float = DEFAULT_LEARNING_RATE, labels: Any = None, valid_labels: Any = None,
+        keep_best: bool = True, seed: int | None = None, progress: bool = False,
+        on_epoch: Callable[[EpochRecord], None] | None = None, patience: int | None = None,
+        checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool = False,
         block_rows: int | None = None, cache_dir: str | os.PathLike | None = None,
         workers: Workers | None = None) -> list[EpochRecord]:
     """Train ``model`` on data read block by block, on every worker of the default process group.
 
-    The options mean what they mean in ``Model.fit``; ``batch_size`` is the *global* batch (all
+    The options mean what they mean in ``Model.fit`` (the same defaults, checks, ``patience``,
+    ``checkpoint``/``checkpoint_every`` written by rank 0, ``resume``, and the same behaviour on
+    an interrupt or a non-finite log-likelihood); ``batch_size`` is the *global* batch (all
     workers together). ``train``: a path, an array, a ``RowSource`` or an ``open_training_data``
     result. Every worker ends with the same parameters (the best validation epoch's with
     ``keep_best``). Differences from ``Model.fit``, for data larger than memory: rows are shuffled
-    by blocks of ``block_rows`` (``einc.schedule``), and an epoch's train LL is the mean over its
-    E-steps as they ran (no second pass over the data); ``valid`` is evaluated on rank 0.
+    by blocks of ``block_rows`` (``einc.schedule``; a resumed run continues that schedule
+    exactly), and an epoch's train LL is the mean over its E-steps as they ran (no second pass
+    over the data); ``valid`` is evaluated on rank 0.
     """
     workers = workers or Workers.current()
-    model.check_training_options(method, update, step_size)
-    if epochs < 0:
-        raise EincError(f"epochs must be at least 0, not {epochs}")
+    options = model.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
+                                           learning_rate=learning_rate, patience=patience,
+                                           checkpoint_every=checkpoint_every, has_valid=valid is not None)
+    local_rows = local_batch_sizes(batch_size, workers.world_size)[0]
+    model.check_memory(local_rows, model._batch_bytes(), f"a training batch of {local_rows} samples per worker")
     data = train if isinstance(train, TrainingData) else open_training_data(model, train, labels, workers, cache_dir)
     shard_sizes, start = data.shards(workers, batch_size)
     if len(shard_sizes) != workers.world_size:
@@ -445,14 +480,23 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = 1, method:
     if valid is not None:  # rank 0 validates
         valid_source, valid_label_source = agree(workers, "checking the validation data", lambda: (
             open_checked(model, valid, valid_labels, cache_dir) if workers.is_main else (None, None)))
+    if checkpoint is not None:
+        agree(workers, "checking the checkpoint path", lambda: (
+            check_writable(checkpoint, "checkpoint") if workers.is_main else None))
+    run = _Run.start(model, resume, method, seed, valid is not None and keep_best)
     # like DistributedDataParallel: start from rank 0's parameters
     _set_parameter_vector(model, workers.broadcast(_parameter_vector(model, workers.device), "setup").cpu())
-    epoch_runner = _AdamEpoch(model, learning_rate, workers) if method == "adam" else _EmEpoch(model, update, step_size, workers)
+    epoch_runner: _EmEpoch | _AdamEpoch
+    if method == "adam":
+        epoch_runner = _AdamEpoch(model, learning_rate, workers)
+        if run.optimizer is not None:
+            epoch_runner.trainer.load_state(run.optimizer)
+    else:
+        epoch_runner = _EmEpoch(model, update, step_size, workers)
     reader = ShardReader(model, data, schedule, workers.rank, start)
     history: list[EpochRecord] = []
-    best: tuple[float, dict[str, np.ndarray]] | None = None
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(run.epoch + 1, epochs + 1):
             started = time.perf_counter()
             steps: Iterator[Step] = schedule.steps(epoch, workers.rank)
             if progress and workers.is_main:
@@ -460,24 +504,48 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = 1, method:
 
                 steps = tqdm(steps, total=schedule.num_steps, desc=f"epoch {epoch}", unit="step", leave=False)
             total_ll, count = epoch_runner.run(reader, steps)
+            train_ll = total_ll / max(1, count)
             valid_ll = None
             if valid is not None:
                 mine = mean_log_likelihood(model, valid_source, valid_label_source) if workers.is_main else 0.0
                 valid_ll = float(workers.broadcast(torch.tensor([mine], dtype=torch.float64, device=workers.device),
                                                    "validation")[0])
-            record = EpochRecord(epoch, total_ll / max(1, count), valid_ll, time.perf_counter() - started)
+            # every worker holds the same parameters and log-likelihoods: all decide alike
+            problem = _divergence(model, train_ll, valid_ll)
+            if problem is not None:
+                run.restore(model)
+                raise TrainingError(run.diverged(epoch, train_ll, valid_ll, method, problem))
+            run.finish_epoch(model, epoch, valid_ll, epoch_runner.trainer if method == "adam" else None, method)
+            record = EpochRecord(epoch, train_ll, valid_ll, time.perf_counter() - started)
             history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
-            if keep_best and valid_ll is not None and (best is None or valid_ll > best[0]):
-                best = (valid_ll, model.parameters())
+            if (checkpoint is not None and options.checkpoint_every and epoch % options.checkpoint_every == 0
+                    and workers.is_main):
+                model._write(checkpoint, run.best_params or model.parameters())
+            if options.patience is not None and run.stale_epochs >= options.patience:
+                break
+    except (KeyboardInterrupt, WorkerLost):
+        run.restore(model)  # the best (or last completed) epoch's parameters, as Model.fit leaves them
+        raise
     finally:
         reader.release_all()
-    if keep_best and best is not None:
-        model.set_parameters(best[1])
+    if run.keep_best and run.best_params is not None and run.best_epoch != run.epoch:
+        run.restore(model)
     # every worker returns rank 0's final model
     _set_parameter_vector(model, workers.broadcast(_parameter_vector(model, workers.device), "the end of training").cpu())
     return history
+
+
+def _divergence(model: Model, train_ll: float, valid_ll: float | None) -> str | None:
+    """What went non-finite in an epoch, or None. The train LL was computed before the epoch's
+    last M-step, so the parameters are checked as well."""
+    if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
+        return f"train LL {train_ll}" + ("" if valid_ll is None else f", valid LL {valid_ll}")
+    bad = [name for name, value in model.parameters().items() if not np.all(np.isfinite(value))]
+    if bad:
+        return f"parameter {bad[0]} is not finite" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+    return None
 
 
 class _EmEpoch:
@@ -549,12 +617,14 @@ def mean_log_likelihood(model: Model, source: RowSource | None, labels: RowSourc
     total = 0.0
     for start, window in iter_windows(source, 0, source.num_rows, EVAL_ROWS):
         with window as rows:
-            x, observed = prepare(model.graph, rows.reshape(len(rows), -1), None, source.label, first_row=start)
+            x, observed = prepare(model.graph, source.dataset(rows, start), None, source.label, model.dtype,
+                                  first_row=start)
         heads = model.backend.log_likelihood(model.params, Batch(x, observed))
         if labels is None:
             total += float(heads[:, 0].sum())
         else:
             with labels.window(start, start + len(heads)) as values:
-                chosen = model._labels(values.reshape(-1), len(heads))
+                chosen = prepare_labels(labels.dataset(values, start), len(heads), model.plan.heads, labels.label,
+                                        first_row=start)
             total += float(heads[np.arange(len(heads)), chosen].sum())
     return total / max(1, source.num_rows)

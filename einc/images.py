@@ -73,8 +73,24 @@ def save_png(path: str | os.PathLike, canvas: np.ndarray, scale: int = 3) -> Non
     atomic_write(path, write)
 
 
+def check_mask(spec: str) -> float | None:
+    """Check a --mask spec (top, bottom, left, right or random:FRACTION); return the fraction."""
+    if spec in ("top", "bottom", "left", "right"):
+        return None
+    if spec.startswith("random:"):
+        try:
+            fraction = float(spec.split(":", 1)[1])
+        except ValueError:
+            raise DataError(f"--mask {spec}: expected random:FRACTION, e.g. random:0.5") from None
+        if not 0.0 <= fraction <= 1.0:
+            raise DataError(f"--mask {spec}: the fraction must be in [0, 1]")
+        return fraction
+    raise DataError(f"--mask {spec}: expected top, bottom, left, right or random:FRACTION")
+
+
 def image_mask(spec: str, shape: tuple[int, int, int], count: int, seed: int = 0) -> np.ndarray:
     """Which columns are hidden, per image: top|bottom|left|right (half) or random:FRACTION."""
+    fraction = check_mask(spec)
     height, width, channels = shape
     hidden = np.zeros((count, height, width, channels), dtype=bool)
     if spec == "top":
@@ -85,17 +101,9 @@ def image_mask(spec: str, shape: tuple[int, int, int], count: int, seed: int = 0
         hidden[:, :, : width // 2] = True
     elif spec == "right":
         hidden[:, :, width // 2 :] = True
-    elif spec.startswith("random:"):
-        try:
-            fraction = float(spec.split(":", 1)[1])
-        except ValueError:
-            raise DataError(f"--mask {spec}: expected random:FRACTION, e.g. random:0.5") from None
-        if not 0.0 <= fraction <= 1.0:
-            raise DataError(f"--mask {spec}: the fraction must be in [0, 1]")
+    else:
         pixels = np.random.default_rng(seed).random((count, height, width)) < fraction
         hidden[:] = pixels[..., None]
-    else:
-        raise DataError(f"--mask {spec}: expected top, bottom, left, right or random:FRACTION")
     return hidden.reshape(count, -1)
 
 

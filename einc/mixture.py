@@ -14,15 +14,27 @@ would be a large dependency for thirty lines.
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from einc.compiler.pipeline import CompileOptions
+from einc.data import as_rows
 from einc.files import atomic_write
 from einc.ir.diagnostics import EincError, ModelFileError
-from einc.model import EpochRecord, Model, compile
+from einc.model import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_STEP_SIZE,
+    EpochRecord,
+    Model,
+    compile,
+)
 
 FORMAT = "einc-mixture"
 FORMAT_VERSION = 1
@@ -90,6 +102,10 @@ class MixtureModel:
         return self.components[0].graph
 
     @property
+    def dtype(self) -> str:
+        return self.components[0].dtype
+
+    @property
     def num_parameters(self) -> int:
         return sum(c.num_parameters for c in self.components) + len(self.components) - 1
 
@@ -106,7 +122,7 @@ class MixtureModel:
 
     def component_posterior(self, evidence: Any) -> np.ndarray:
         """(N, C) p(component | observed part of each row)."""
-        joint = self._component_ll(np.asarray(evidence, dtype=np.float64))
+        joint = self._component_ll(as_rows(evidence, "evidence"))
         return np.exp(joint - _logsumexp(joint, 1)[:, None])
 
     def sample(self, n: int | None = None, evidence: Any = None, seed: int | None = None,
@@ -115,12 +131,13 @@ class MixtureModel:
         component by its posterior given each row's evidence, then sample it conditionally)."""
         rng = np.random.default_rng(seed)
         if evidence is None:
-            if n is None or n < 1:
-                raise EincError("give n >= 1 samples, or evidence")
+            if n is None or isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise EincError(f"give n >= 1 samples, or evidence; found n={n!r}")
+            self.components[0].check_memory(n, 32 * len(self.columns), f"{n} samples")
             rows = np.full((n, len(self.columns)), np.nan)
             choice = rng.choice(len(self.components), size=n, p=np.exp(self.log_weights))
         else:
-            rows = np.atleast_2d(np.asarray(evidence, dtype=np.float64))
+            rows = as_rows(evidence, "evidence")
             posterior = self.component_posterior(rows)
             choice = (posterior.cumsum(1) > rng.random((len(rows), 1))).argmax(1)
         out = rows.copy()
@@ -133,7 +150,7 @@ class MixtureModel:
     def mpe(self, evidence: Any = None, n: int | None = None) -> np.ndarray:
         """Joint arg-max over the unobserved variables, each component's latent choices and the
         component itself: the best component's max-product completion."""
-        rows = np.full((n or 1, len(self.columns)), np.nan) if evidence is None else np.atleast_2d(np.asarray(evidence, dtype=np.float64))
+        rows = np.full((n or 1, len(self.columns)), np.nan) if evidence is None else as_rows(evidence, "evidence")
         completions = [c.mpe(evidence=rows) for c in self.components]
         scores = np.stack([c.max_log_likelihood(rows) for c in self.components], 1) + self.log_weights
         best = scores.argmax(1)
@@ -144,33 +161,48 @@ class MixtureModel:
                 "weights": np.exp(self.log_weights).tolist()}
         arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta))}
         for index, component in enumerate(self.components):
-            arrays[f"component{index}/meta"] = np.array(json.dumps(component.metadata()))
-            for name, value in component.parameters().items():
-                arrays[f"component{index}/param/{name}"] = value
+            arrays.update(component.archive_arrays(prefix=f"component{index}/"))
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
-def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str, dtype: str | None) -> MixtureModel:
+def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str, dtype: str | None,
+                 options: CompileOptions | None = None) -> MixtureModel:
+    """The mixture of an open model archive, every component and weight checked (see ``load``)."""
     from einc.model import model_from_archive
 
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: mixture format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
+    count, weights = meta.get("components"), meta.get("weights")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ModelFileError(f"{path}: not a valid einc model file: the mixture has {count!r} components")
+    if (not isinstance(weights, list) or len(weights) != count
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights)
+            or sum(weights) <= 0):
+        raise ModelFileError(f"{path}: not a valid einc model file: the mixture weights are not {count} "
+                             f"non-negative numbers with a positive sum")
     components = [
-        model_from_archive(archive, f"component{index}/", path, backend, device, dtype)
-        for index in range(int(meta["components"]))
+        model_from_archive(archive, f"component{index}/", path, backend, device, dtype, options)
+        for index in range(count)
     ]
-    return MixtureModel(components, np.asarray(meta["weights"]))
+    try:
+        return MixtureModel(components, np.asarray(weights, dtype=np.float64))
+    except EincError as error:
+        raise ModelFileError(f"{path}: not a valid einc model file: {error}") from None
 
 
 def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components: int, valid: np.ndarray | None = None,
-                epochs: int = 10, batch_size: int = 100, step_size: float = 0.1, seed: int = 0,
-                backend: str = "torch", device: str = "cpu", dtype: str = "float32",
-                on_epoch: Callable[[int, EpochRecord], None] | None = None, **backend_options: Any) -> MixtureModel:
-    """K-means on ``train`` into ``components`` clusters, one circuit trained per cluster with EM,
-    mixed with the cluster proportions (EiNet paper §4.2)."""
-    train = np.asarray(train, dtype=np.float64)
+                epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE, step_size: float = DEFAULT_STEP_SIZE,
+                seed: int = 0, backend: str = "torch", device: str = "cpu", dtype: str = "float32",
+                on_epoch: Callable[[int, EpochRecord], None] | None = None, method: str = "em",
+                learning_rate: float = DEFAULT_LEARNING_RATE, update: str = "batch", patience: int | None = None,
+                options: CompileOptions | None = None, **backend_options: Any) -> MixtureModel:
+    """K-means on ``train`` into ``components`` clusters, one circuit trained per cluster with
+    ``Model.fit`` (same options and defaults), mixed with the cluster proportions (EiNet paper §4.2)."""
+    train = as_rows(train, "train")
+    if isinstance(components, bool) or not isinstance(components, (int, np.integer)) or components < 1:
+        raise EincError(f"components must be a whole number of at least 1, found {components!r}")
     assignment, centres = kmeans(train, components, seed)
-    valid_array = None if valid is None else np.asarray(valid, dtype=np.float64)
+    valid_array = None if valid is None else as_rows(valid, "valid")
     # each validation row validates the circuit of its nearest cluster
     valid_assignment = None if valid_array is None else nearest_centre(valid_array, centres)
     models, weights = [], []
@@ -181,8 +213,11 @@ def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components
         valid_members = None
         if valid_array is not None and np.any(valid_assignment == c):
             valid_members = valid_array[valid_assignment == c]
-        model = compile(source_or_path, backend=backend, device=device, dtype=dtype, seed=seed + c, **backend_options)
+        model = compile(source_or_path, backend=backend, device=device, dtype=dtype, seed=seed + c,
+                        options=options, **backend_options)
         model.fit(members, valid=valid_members, epochs=epochs, batch_size=batch_size, step_size=step_size,
+                  method=method, learning_rate=learning_rate, update=update,
+                  patience=patience if valid_members is not None else None,
                   on_epoch=None if on_epoch is None else (lambda record, c=c: on_epoch(c, record)))
         models.append(model)
         weights.append(len(members))

@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from einc.backends.base import Batch, Params, Statistics, create_backend
-from einc.compiler.params import init_parameters
+from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
-from einc.data import prepare
-from einc.files import atomic_write
-from einc.ir.diagnostics import DataError, EincError, ModelFileError
+from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
+from einc.data import as_rows, prepare, prepare_labels
+from einc.files import atomic_write, check_writable
+from einc.ir.diagnostics import DataError, EincError, ModelFileError, ResourceError, TrainingError
 from einc.ir.plan import Plan
 
 FORMAT = "einc-model"
 FORMAT_VERSION = 1
+
+# One training recipe for the API, the CLI and mixtures: the one the DEBD benchmark selected
+# (benchmarks/README.md, "Training recipe"): online EM with batch 100 and step size 0.05.
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCH_SIZE = 100
+DEFAULT_STEP_SIZE = 0.05
+DEFAULT_LEARNING_RATE = 0.01  # Adam (method="adam")
 
 
 @dataclass(frozen=True)
@@ -30,28 +43,66 @@ class EpochRecord:
     seconds: float
 
 
+@dataclass(frozen=True)
+class TrainingState:
+    """Where training stands after a completed epoch: enough to continue it exactly.
+
+    ``fit`` keeps it in ``model.training``; ``save`` writes it with the model and ``load`` reads
+    it back, so ``fit(..., resume=True)`` (CLI: ``einc train --resume MODEL``) continues with the
+    same parameters, batch order and optimiser state as if training had never stopped.
+    """
+
+    epoch: int  # epochs completed
+    params: dict[str, np.ndarray] = field(repr=False)  # after that epoch (not the best ones)
+    rng: dict[str, Any] = field(repr=False)  # the generator that orders each epoch's batches
+    method: str = "em"
+    optimizer: dict[str, np.ndarray] | None = field(default=None, repr=False)  # Adam's moments
+    best_epoch: int | None = None
+    best_valid_ll: float | None = None
+    stale_epochs: int = 0  # epochs since the best validation LL (for patience)
+
+
 def _read_source(source_or_path: str | os.PathLike) -> tuple[str, str]:
-    text = str(source_or_path)
-    if "\n" not in text and (text.endswith(".pc") or Path(text).exists()):
-        path = Path(text)
-        if not path.exists():
-            raise EincError(f"{path}: no such file")
-        return path.read_text(), str(path)
-    return text, "<string>"
+    """(text, filename) of a .pc file, or of .pc text given directly.
+
+    A string without a line break is always a path: no circuit fits on one line (it needs at
+    least a var, a leaf and a structure statement), so a mistyped path is reported as missing
+    instead of being parsed as source.
+    """
+    text = os.fspath(source_or_path) if isinstance(source_or_path, os.PathLike) else source_or_path
+    if not isinstance(text, str):
+        raise EincError(f"expected a .pc path or .pc text, found a {type(source_or_path).__name__}")
+    if "\n" in text and not isinstance(source_or_path, os.PathLike):
+        return text, "<string>"
+    from einc.compiler.pipeline import load_source
+
+    return load_source(text)
 
 
 def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: str = "cpu",
             dtype: str = "float32", seed: int = 0, options: CompileOptions | None = None,
-            **backend_options: Any) -> "Model":
+            **backend_options: Any) -> Model:
     """Compile a .pc file (or its text) into a model with freshly initialised parameters.
+
+    ``options`` (``CompileOptions``) overrides K and sets the size limits the front end checks
+    before building anything (``max_bytes`` at this ``dtype``, ``max_build_seconds``).
 
     >>> import einc
     >>> model = einc.compile("examples/tiny.pc", dtype="float64")   # doctest: +SKIP
     >>> model.log_likelihood([[0, 1, 1, 0]])                          # doctest: +SKIP
     """
     text, filename = _read_source(source_or_path)
-    plan = compile_plan(text, filename, options or CompileOptions())
-    return Model(plan, text, filename, backend, device, dtype, init_parameters(plan, seed), seed, backend_options)
+    options = replace(options or CompileOptions(), dtype=dtype)
+    options = options if options.target else replace(options, target=device)
+    plan = compile_plan(text, filename, options)
+    model = Model(plan, text, filename, backend, device, dtype, init_parameters(plan, seed), seed, backend_options)
+    model.max_bytes = options.max_bytes
+    return model
+
+
+def _check_positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise EincError(f"{name} must be a whole number of at least 1, found {value!r}")
 
 
 class Model:
@@ -73,6 +124,10 @@ class Model:
         self.seed = seed
         self.backend = create_backend(backend, plan, device=device, dtype=dtype, **(backend_options or {}))
         self.params: Params = self.backend.put(params)
+        # how far training has come (fit sets it; save and load carry it): see TrainingState
+        self.training: TrainingState | None = None
+        # the most memory one call may allocate for its rows (CompileOptions.max_bytes)
+        self.max_bytes = DEFAULT_MAX_BYTES
 
     # ------------------------------------------------------------------ description
     @property
@@ -99,28 +154,41 @@ class Model:
         return self.backend.get(self.params)
 
     def set_parameters(self, params: dict[str, np.ndarray]) -> None:
-        for spec in self.plan.params:
-            if spec.name not in params or tuple(np.shape(params[spec.name])) != spec.shape:
-                raise ModelFileError(f"parameter '{spec.name}' missing or not of shape {spec.shape}")
+        """Replace every parameter; each must have the plan's shape and a value its family allows."""
+        problems = parameter_problems(self.plan, params)
+        if problems:
+            raise EincError(f"set_parameters: {problems[0]}")
         self.params = self.backend.put({spec.name: params[spec.name] for spec in self.plan.params})
 
     # ------------------------------------------------------------------ queries
+    def check_memory(self, rows: int, per_row: int, what: str) -> None:
+        """``ResourceError`` before allocating ``rows`` × ``per_row`` bytes beyond ``max_bytes``
+        (set from ``CompileOptions.max_bytes``; the CLI's --max-memory)."""
+        needed = rows * per_row
+        if needed > self.max_bytes:
+            raise ResourceError(
+                f"{what} would need about {format_bytes(needed)}, more than the limit of "
+                f"{format_bytes(self.max_bytes)}; use fewer rows per call, or raise the limit "
+                f"(CompileOptions(max_bytes=...), --max-memory)"
+            )
+
+    def _batch_bytes(self) -> int:
+        """Bytes one sample occupies while a batch runs: every op's output (forward values,
+        their gradients and the autograd copies: about 3 of each) plus the data row."""
+        floats = sum(self.plan.op_cost(op)[2] for op in self.plan.ops)
+        return 3 * floats * np.dtype(self.dtype).itemsize + 16 * self.graph.num_columns
+
     def _batches(self, data: Any, missing: Any, batch_size: int, labels: Any = None,
                  label: str = "data") -> Iterator[Batch]:
-        values, observed = prepare(self.graph, np.asarray(data, dtype=np.float64), missing, label)
-        label_array = None if labels is None else self._labels(labels, len(values))
+        _check_positive_int(batch_size, "batch_size")
+        values, observed = prepare(self.graph, data, missing, label, self.dtype)
+        rows = min(batch_size, len(values))
+        self.check_memory(rows, self._batch_bytes(), f"a batch of {rows} samples")
+        label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
         for start in range(0, len(values), batch_size):
             stop = start + batch_size
             yield Batch(values[start:stop], observed[start:stop],
                         None if label_array is None else label_array[start:stop])
-
-    def _labels(self, labels: Any, count: int) -> np.ndarray:
-        array = np.asarray(labels).reshape(-1)
-        if len(array) != count:
-            raise DataError(f"labels: {len(array)} labels for {count} samples")
-        if not np.all((array >= 0) & (array < self.plan.heads) & (np.floor(array) == array)):
-            raise DataError(f"labels: expected integers in 0..{self.plan.heads - 1} (the circuit has {self.plan.heads} heads)")
-        return array.astype(np.int64)
 
     def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024) -> np.ndarray:
         """log p(x) per sample: shape (N,) — or (N, heads) for a multi-head circuit.
@@ -132,21 +200,22 @@ class Model:
 
     def _log_likelihood_heads(self, x: Any, missing: Any = None, batch_size: int = 1024) -> np.ndarray:
         out = [self.backend.log_likelihood(self.params, batch) for batch in self._batches(x, missing, batch_size)]
-        return np.concatenate(out, 0)
+        return np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
 
     def max_log_likelihood(self, evidence: Any, batch_size: int = 1024) -> np.ndarray:
         """max over unobserved variables and latent sum choices of log p(x, z): the value of the
         MPE completion (max-product upward pass)."""
-        rows = np.atleast_2d(np.asarray(evidence, dtype=np.float64))
         out = [self.backend.log_likelihood(self.params, batch, max_product=True)
-               for batch in self._batches(rows, None, batch_size, label="evidence")]
-        result = np.concatenate(out, 0)
+               for batch in self._batches(evidence, None, batch_size, label="evidence")]
+        result = np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
         return result[:, 0] if self.plan.heads == 1 else result
 
     def conditional_log_likelihood(self, x: Any, evidence: Any, batch_size: int = 1024) -> np.ndarray:
         """log p(x | evidence) = log p(x) − log p(evidence); ``evidence`` is a mask of given columns."""
-        given = np.asarray(evidence, dtype=bool)
-        x = np.asarray(x, dtype=np.float64)
+        x = as_rows(x, "x")
+        given = as_rows(evidence, "evidence").astype(bool)
+        if given.shape != x.shape:
+            raise DataError(f"evidence: a mask of shape {given.shape}; expected the shape of x, {x.shape}")
         return self.log_likelihood(x, batch_size=batch_size) - self.log_likelihood(x, missing=~given, batch_size=batch_size)
 
     def sample(self, n: int | None = None, evidence: Any = None, seed: int | None = None,
@@ -172,29 +241,33 @@ class Model:
 
     def _evidence(self, n: int | None, evidence: Any) -> np.ndarray:
         if evidence is None:
-            if n is None or n < 1:
+            if n is None:
                 raise EincError("give n >= 1 samples, or evidence")
+            _check_positive_int(n, "n")
+            # the evidence, the prepared values and mask, and the samples returned
+            self.check_memory(n, 32 * self.graph.num_columns, f"{n} samples")
             return np.full((n, self.graph.num_columns), np.nan)
-        array = np.asarray(evidence, dtype=np.float64)
-        return array[None, :] if array.ndim == 1 else array
+        return as_rows(evidence, "evidence")
 
     def _backtrack(self, evidence: np.ndarray, mpe: bool, leaf_value: str, head: int,
                    seed: int | None, batch_size: int) -> np.ndarray:
-        if not 0 <= head < self.plan.heads:
-            raise EincError(f"head must be in 0..{self.plan.heads - 1}")
+        if not isinstance(head, (int, np.integer)) or not 0 <= head < self.plan.heads:
+            raise EincError(f"head must be an integer in 0..{self.plan.heads - 1}, found {head!r}")
         rng = np.random.default_rng(self.seed if seed is None else seed)
         out = []
         for batch in self._batches(evidence, None, batch_size, label="evidence"):
             heads = np.full(len(batch.values), head)
             out.append(self.backend.backtrack(self.params, batch, mpe, leaf_value, heads, int(rng.integers(2**31))))
-        return np.concatenate(out, 0)
+        return np.concatenate(out, 0) if out else np.zeros((0, self.graph.num_columns))
 
     # ------------------------------------------------------------------ training
-    def fit(self, train: Any, valid: Any = None, epochs: int = 1, method: str = "em",
-            batch_size: int = 100, step_size: float = 0.5, update: str = "batch", learning_rate: float = 0.01,
-            labels: Any = None, valid_labels: Any = None, keep_best: bool = True, seed: int | None = None,
-            progress: bool = False, on_epoch: Callable[[EpochRecord], None] | None = None,
-            batch_order: Callable[[int], np.ndarray] | None = None) -> list[EpochRecord]:
+    def fit(self, train: Any, valid: Any = None, epochs: int = DEFAULT_EPOCHS, method: str = "em",
+            batch_size: int = DEFAULT_BATCH_SIZE, step_size: float = DEFAULT_STEP_SIZE, update: str = "batch",
+            learning_rate: float = DEFAULT_LEARNING_RATE, labels: Any = None, valid_labels: Any = None,
+            keep_best: bool = True, seed: int | None = None, progress: bool = False,
+            on_epoch: Callable[[EpochRecord], None] | None = None, patience: int | None = None,
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0,
+            resume: bool = False, batch_order: Callable[[int], np.ndarray] | None = None) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
 
         ``update="batch"``: stochastic online EM, an M-step after every mini-batch with step size λ
@@ -202,61 +275,98 @@ class Model:
         epoch (``step_size=1`` is classic full-batch EM, which never decreases the training LL).
         ``method="adam"``: gradient training instead (torch backend), Adam with ``learning_rate`` on
         log-weights and each leaf family's unconstrained parameters, minimising −mean log p.
-        With ``valid`` and ``keep_best``, the parameters of the best validation epoch are kept.
+        The defaults are the DEBD benchmark's recipe (online EM, batch 100, step size 0.05).
+
+        With ``valid``: ``keep_best`` keeps the parameters of the best validation epoch, and
+        ``patience=N`` stops after N epochs without a better one. ``checkpoint=PATH`` with
+        ``checkpoint_every=N`` writes the model (best parameters so far, with the training state)
+        atomically every N epochs. ``resume=True`` continues a run from ``model.training`` (set by
+        an earlier ``fit`` or read by ``load``) up to ``epochs`` epochs in all.
+
+        Nothing done is lost: on KeyboardInterrupt the model keeps the best (or, without
+        ``valid``, the last completed) epoch's parameters before the interrupt propagates; if an
+        epoch makes the log-likelihood non-finite, the model goes back to the last good
+        parameters and ``TrainingError`` is raised.
+
         ``batch_order(epoch)`` (1-based) may give each epoch's row order instead of a fresh random
         permutation, e.g. ``einc.schedule.Schedule.global_order`` to replay a data-parallel run.
         """
-        import time
+        options = self.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
+                                              learning_rate=learning_rate, patience=patience,
+                                              checkpoint_every=checkpoint_every, has_valid=valid is not None)
+        values, observed = prepare(self.graph, train, None, "train", self.dtype)
+        if len(values) == 0:
+            raise DataError("train: no training samples")
+        rows = min(batch_size, len(values))
+        self.check_memory(rows, self._batch_bytes(), f"a training batch of {rows} samples")
+        label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
+        validation = None
+        if valid is not None:
+            valid_values, valid_observed = prepare(self.graph, valid, None, "valid", self.dtype)
+            if len(valid_values) == 0:
+                raise DataError("valid: no validation samples")
+            valid_label_array = None if valid_labels is None else prepare_labels(
+                valid_labels, len(valid_values), self.plan.heads, "valid labels")
+            validation = (valid_values, valid_observed, valid_label_array)
+        if checkpoint is not None:
+            check_writable(checkpoint, "checkpoint")
+        run = _Run.start(self, resume, method, seed, validation is not None and keep_best)
 
-        self.check_training_options(method, update, step_size)
-        values, observed = prepare(self.graph, np.asarray(train, dtype=np.float64), None, "train")
-        label_array = None if labels is None else self._labels(labels, len(values))
-        rng = np.random.default_rng(self.seed if seed is None else seed)
-        history: list[EpochRecord] = []
-        best: tuple[float, dict[str, np.ndarray]] | None = None
         # a backend may run whole epochs of stochastic EM itself (data resident on its device)
         fast = update == "batch" and hasattr(self.backend, "train_epoch")
         resident = self.backend.upload(values, observed, label_array) if fast or method == "adam" else None
-        trainer = self.backend.gradient_trainer(self.params, learning_rate) if method == "adam" else None
-        epochs_range = range(1, epochs + 1)
+        trainer = None
+        if method == "adam":
+            trainer = self.backend.gradient_trainer(self.params, learning_rate)
+            if run.optimizer is not None:
+                trainer.load_state(run.optimizer)
+        history: list[EpochRecord] = []
+        epochs_range: Any = range(run.epoch + 1, epochs + 1)
         if progress:
             from tqdm import tqdm
 
             epochs_range = tqdm(epochs_range, desc="training", unit="epoch", leave=False)
-        for epoch in epochs_range:
-            started = time.perf_counter()
-            order = rng.permutation(len(values)) if batch_order is None else _checked_order(batch_order(epoch), len(values))
-            if trainer is not None:
-                self.params, _ = trainer.epoch(resident, order, batch_size)
-            elif fast:
-                self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size)
-            else:
-                self._em_epoch(values, observed, label_array, order, batch_size, step_size, update)
-            train_ll = self._mean_ll(values, observed, label_array)
-            valid_ll = None
-            if valid is not None:
-                valid_labels_array = None if valid_labels is None else self._labels(valid_labels, len(valid))
-                valid_ll = float(np.mean(self._select(self._log_likelihood_heads(valid), valid_labels_array)))
-            record = EpochRecord(epoch, train_ll, valid_ll, time.perf_counter() - started)
-            history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            if keep_best and valid_ll is not None and (best is None or valid_ll > best[0]):
-                best = (valid_ll, self.parameters())
-        if keep_best and best is not None:
-            self.set_parameters(best[1])
+        try:
+            for epoch in epochs_range:
+                started = time.perf_counter()
+                order = (run.rng.permutation(len(values)) if batch_order is None
+                         else _checked_order(batch_order(epoch), len(values)))
+                if trainer is not None:
+                    self.params, _ = trainer.epoch(resident, order, batch_size)
+                elif fast:
+                    self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size)
+                else:
+                    self._em_epoch(values, observed, label_array, order, batch_size, step_size, update)
+                train_ll = self._mean_ll(values, observed, label_array)
+                valid_ll = None if validation is None else self._mean_ll(*validation)
+                if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
+                    run.restore(self)
+                    raise TrainingError(run.diverged(epoch, train_ll, valid_ll, method))
+                run.finish_epoch(self, epoch, valid_ll, trainer, method)
+                record = EpochRecord(epoch, train_ll, valid_ll, time.perf_counter() - started)
+                history.append(record)
+                if on_epoch is not None:
+                    on_epoch(record)
+                if checkpoint is not None and options.checkpoint_every and epoch % options.checkpoint_every == 0:
+                    self._write(checkpoint, run.best_params or self.parameters())
+                if options.patience is not None and run.stale_epochs >= options.patience:
+                    break
+        except KeyboardInterrupt:
+            run.restore(self)
+            raise
+        if run.keep_best and run.best_params is not None and run.best_epoch != run.epoch:
+            run.restore(self)
         return history
 
-    def check_training_options(self, method: str, update: str, step_size: float) -> None:
-        """Raise a clear error for a training method, update or step size this model cannot use."""
-        if method not in ("em", "adam"):
-            raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
-        if method == "adam" and not hasattr(self.backend, "gradient_trainer"):
-            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{self.backend_name}')")
-        if update not in ("batch", "epoch"):
-            raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
-        if method == "em" and not 0.0 < step_size <= 1.0:
-            raise EincError(f"step_size must be in (0, 1], got {step_size}")
+    def check_training_options(self, method: str, update: str, step_size: float, *, epochs: int = 1,
+                               batch_size: int = DEFAULT_BATCH_SIZE, learning_rate: float = DEFAULT_LEARNING_RATE,
+                               patience: int | None = None, checkpoint_every: int = 0,
+                               has_valid: bool = False) -> _TrainingOptions:
+        """Raise a clear error for a training option this model cannot use (every option of
+        ``fit``, each with its own message), before any work; ``einc.distributed.fit`` checks its
+        options here too."""
+        return _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,
+                                        patience, checkpoint_every, has_valid, self)
 
     def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
                   order: np.ndarray, batch_size: int, step_size: float, update: str) -> None:
@@ -299,10 +409,29 @@ class Model:
             "seed": self.seed,
         }
 
+    def archive_arrays(self, params: dict[str, np.ndarray] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
+        """The arrays of a model file under ``prefix``: metadata, parameters and training state."""
+        meta = self.metadata()
+        arrays = {f"{prefix}param/{k}": v for k, v in (params or self.parameters()).items()}
+        if self.training is not None:
+            state = self.training
+            meta["training"] = {
+                "epoch": state.epoch, "rng": state.rng, "method": state.method, "best_epoch": state.best_epoch,
+                "best_valid_ll": state.best_valid_ll, "stale_epochs": state.stale_epochs,
+            }
+            arrays.update({f"{prefix}training/param/{k}": v for k, v in state.params.items()})
+            arrays.update({f"{prefix}training/optimizer/{k}": v for k, v in (state.optimizer or {}).items()})
+        arrays[f"{prefix}meta"] = np.array(json.dumps(meta))
+        return arrays
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model atomically: a .npz with the circuit source and parameters (no pickle)."""
-        arrays = {f"param/{k}": v for k, v in self.parameters().items()}
-        arrays["meta"] = np.array(json.dumps(self.metadata()))
+        """Write the model atomically: a .npz with the circuit source and parameters (no pickle),
+        and the training state when the model was trained (so that training can resume).
+        An existing read-only file is not replaced."""
+        self._write(path, self.parameters())
+
+    def _write(self, path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
+        arrays = self.archive_arrays(params)
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
@@ -313,34 +442,230 @@ def _checked_order(order: Any, count: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None) -> Any:
-    """Load a model (or a mixture) written by ``save``: recompiles the source, restores parameters."""
+@dataclass(frozen=True)
+class _TrainingOptions:
+    patience: int | None
+    checkpoint_every: int
+
+    @staticmethod
+    def checked(epochs: Any, method: str, batch_size: Any, step_size: Any, update: str, learning_rate: Any,
+                patience: Any, checkpoint_every: Any, has_valid: bool, model: Model) -> _TrainingOptions:
+        """Every training option checked before any work, each with its own message."""
+        if method not in ("em", "adam"):
+            raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
+        if method == "adam" and not hasattr(model.backend, "gradient_trainer"):
+            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{model.backend_name}')")
+        if update not in ("batch", "epoch"):
+            raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
+        _check_positive_int(epochs, "epochs")
+        _check_positive_int(batch_size, "batch_size")
+        if method == "em" and not (isinstance(step_size, (int, float)) and 0.0 < step_size <= 1.0):
+            raise EincError(f"step_size must be in (0, 1], found {step_size!r}")
+        if method == "adam" and not (isinstance(learning_rate, (int, float)) and 0.0 < learning_rate < math.inf):
+            raise EincError(f"learning_rate must be a positive number, found {learning_rate!r}")
+        if patience is not None:
+            _check_positive_int(patience, "patience")
+            if not has_valid:
+                raise EincError("patience stops on the validation log-likelihood: give valid data too")
+        if checkpoint_every:
+            _check_positive_int(checkpoint_every, "checkpoint_every")
+        return _TrainingOptions(patience, int(checkpoint_every or 0))
+
+
+@dataclass
+class _Run:
+    """The bookkeeping of one ``fit`` call: epoch count, batch-order generator, best and last good
+    parameters (host copies), so that an interrupt or a divergence never loses finished work."""
+
+    epoch: int
+    rng: np.random.Generator
+    keep_best: bool
+    last_good: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray] | None = None
+    best_epoch: int | None = None
+    best_valid_ll: float | None = None
+    best_params: dict[str, np.ndarray] | None = None
+    stale_epochs: int = 0
+
+    @staticmethod
+    def start(model: Model, resume: bool, method: str, seed: int | None, keep_best: bool) -> _Run:
+        if not resume:
+            rng = np.random.default_rng(model.seed if seed is None else seed)
+            return _Run(0, rng, keep_best, model.parameters())
+        state = model.training
+        if state is None:
+            raise EincError("nothing to resume: this model holds no training state (train it with fit first)")
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.rng
+        # the model's own parameters are the best so far; training continues from the last epoch's
+        best = model.parameters() if state.best_valid_ll is not None else None
+        model.set_parameters(state.params)
+        optimizer = state.optimizer if state.method == method else None
+        return _Run(state.epoch, rng, keep_best, dict(state.params), optimizer, state.best_epoch,
+                    state.best_valid_ll, best, state.stale_epochs)
+
+    def finish_epoch(self, model: Model, epoch: int, valid_ll: float | None, trainer: Any, method: str) -> None:
+        self.epoch = epoch
+        self.last_good = model.parameters()
+        if valid_ll is not None:
+            if self.best_valid_ll is None or valid_ll > self.best_valid_ll:
+                self.best_epoch, self.best_valid_ll, self.best_params = epoch, valid_ll, self.last_good
+                self.stale_epochs = 0
+            else:
+                self.stale_epochs += 1
+        self.optimizer = None if trainer is None else trainer.state()
+        model.training = TrainingState(epoch, self.last_good, self.rng.bit_generator.state, method,
+                                       self.optimizer, self.best_epoch, self.best_valid_ll, self.stale_epochs)
+
+    def restore(self, model: Model) -> None:
+        """Leave the model at its best validation epoch (with keep_best) or its last good one."""
+        model.set_parameters(self.best_params if self.keep_best and self.best_params is not None else self.last_good)
+
+    def diverged(self, epoch: int, train_ll: float, valid_ll: float | None, method: str,
+                 problem: str | None = None) -> str:
+        which = problem or f"train LL {train_ll}" + ("" if valid_ll is None else f", valid LL {valid_ll}")
+        kept = (f"epoch {self.best_epoch} (best valid LL {self.best_valid_ll:.4f})"
+                if self.keep_best and self.best_params is not None else
+                f"epoch {self.epoch}" if self.epoch else "the initial parameters")
+        knob = "learning_rate" if method == "adam" else "step_size"
+        return (f"training diverged in epoch {epoch}: {which}; the model keeps the parameters of {kept}. "
+                f"Try a smaller {knob}, dtype float64, or check the data for extreme values")
+
+
+def _model_file_error(path: Path, problem: str) -> ModelFileError:
+    return ModelFileError(f"{path}: not a valid einc model file: {problem}")
+
+
+def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None,
+         options: CompileOptions | None = None) -> Any:
+    """Load a model (or a mixture) written by ``save``: recompiles the source, restores parameters.
+
+    Every part is checked, and a failed check is a ``ModelFileError`` that says which: the file is
+    an einc archive of a known format and version, its circuit source compiles, and every
+    parameter is present with the plan's shape, a numeric dtype, finite values and values its
+    family allows (normalised non-negative weights; leaf parameters inside their family's range).
+    """
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a directory; expected a model file written by einc train or Model.save")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head.startswith(b"PK"):
+        hint = (" (it looks like a .pc circuit: train it first, e.g. einc train FILE.pc --data DATA -o MODEL.npz)"
+                if path.suffix == ".pc" or head[:1].isalpha() or head[:1] == b"#" else "")
+        raise ModelFileError(f"{path}: not an einc model file: not an .npz archive{hint}")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(str(archive["meta"]))
+            meta = _read_meta(archive, "", path)
             if meta.get("format") == "einc-mixture":
                 from einc.mixture import load_mixture
 
-                return load_mixture(archive, meta, path, backend, device, dtype)
-            return model_from_archive(archive, "", path, backend, device, dtype)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
-        raise ModelFileError(f"{path}: not an einc model file ({error})") from None
+                return load_mixture(archive, meta, path, backend, device, dtype, options)
+            return model_from_archive(archive, "", path, backend, device, dtype, options)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise _model_file_error(path, f"cannot read it ({str(error).splitlines()[0][:200] or type(error).__name__})") from None
 
 
-def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None) -> Model:
-    """Rebuild one model from the arrays under ``prefix`` of an open .npz archive."""
-    meta = json.loads(str(archive[f"{prefix}meta"]))
+def _read_meta(archive: Any, prefix: str, path: Path) -> dict[str, Any]:
+    key = f"{prefix}meta"
+    if key not in archive.files:
+        raise ModelFileError(f"{path}: not an einc model file (no '{key}' entry)")
+    raw = archive[key]
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise _model_file_error(path, f"'{key}' is not a JSON text")
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as error:
+        raise _model_file_error(path, f"'{key}' is not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise _model_file_error(path, f"'{key}' is a JSON {type(meta).__name__}; expected an object")
+    return meta
+
+
+def _meta_field(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, default: Any = None) -> Any:
+    value = meta.get(key, default)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise _model_file_error(path, f"metadata '{key}' is {value!r}; expected a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _parameters(archive: Any, prefix: str, plan: Plan, path: Path, what: str) -> dict[str, np.ndarray]:
+    """The parameters stored under ``prefix``, checked completely against the plan."""
+    stored = {k[len(prefix):]: k for k in archive.files if k.startswith(prefix)}
+    wanted = {spec.name for spec in plan.params}
+    missing = sorted(wanted - set(stored))
+    if missing:
+        raise _model_file_error(path, f"{what} '{missing[0]}' is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unexpected = sorted(set(stored) - wanted)
+    if unexpected:
+        raise _model_file_error(path, f"unexpected {what} '{unexpected[0]}': the circuit has no such parameter")
+    params: dict[str, np.ndarray] = {}
+    for name in sorted(wanted):
+        try:
+            params[name] = archive[stored[name]]
+        except ValueError as error:
+            raise _model_file_error(path, f"{what} '{name}' cannot be read ({_first_line(error)})") from None
+    problems = parameter_problems(plan, params)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise _model_file_error(path, f"{what} {problems[0]}{more}")
+    return params
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    if "pickle" in text:
+        return "it holds Python objects"
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None,
+                       options: CompileOptions | None = None) -> Model:
+    """Rebuild one model from the arrays under ``prefix`` of an open .npz archive, checking everything."""
+    meta = _read_meta(archive, prefix, path)
     if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not an einc model file")
+        raise ModelFileError(f"{path}: not an einc model file (format {meta.get('format')!r})")
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: model format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
-    params = {k[len(prefix) + len("param/"):]: archive[k] for k in archive.files if k.startswith(f"{prefix}param/")}
-    plan = compile_plan(meta["source"], meta["filename"])
-    model = Model(plan, meta["source"], meta["filename"], backend, device, dtype or meta["dtype"],
-                  init_parameters(plan, 0), int(meta.get("seed", 0)))
-    model.set_parameters(params)
+    source = _meta_field(meta, "source", str, path)
+    filename = _meta_field(meta, "filename", str, path, "<model>")
+    stored_dtype = _meta_field(meta, "dtype", str, path, "float32")
+    if stored_dtype not in ("float32", "float64"):
+        raise _model_file_error(path, f"metadata 'dtype' is {stored_dtype!r}; expected float32 or float64")
+    seed = _meta_field(meta, "seed", int, path, 0)
+    dtype = dtype or stored_dtype
+    try:
+        options = options or CompileOptions()
+        plan = compile_plan(source, filename, replace(options, dtype=dtype, target=options.target or device))
+    except EincError as error:
+        raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
+    params = _parameters(archive, f"{prefix}param/", plan, path, "parameter")
+    model = Model(plan, source, filename, backend, device, dtype, params, seed)
+    model.max_bytes = options.max_bytes
+    if "training" in meta:
+        model.training = _training_state(archive, prefix, meta["training"], plan, path)
     return model
 
+
+def _training_state(archive: Any, prefix: str, meta: Any, plan: Plan, path: Path) -> TrainingState:
+    if not isinstance(meta, dict):
+        raise _model_file_error(path, "the training state is not a JSON object")
+    epoch = _meta_field(meta, "epoch", int, path)
+    method = _meta_field(meta, "method", str, path, "em")
+    rng = _meta_field(meta, "rng", dict, path)
+    try:
+        np.random.default_rng().bit_generator.state = rng
+    except (TypeError, ValueError, KeyError):
+        raise _model_file_error(path, "the training state's random generator state is not valid") from None
+    best_valid = meta.get("best_valid_ll")
+    if best_valid is not None and not (isinstance(best_valid, (int, float)) and math.isfinite(best_valid)):
+        raise _model_file_error(path, f"the training state's best_valid_ll is {best_valid!r}")
+    params = _parameters(archive, f"{prefix}training/param/", plan, path, "training-state parameter")
+    optimizer_prefix = f"{prefix}training/optimizer/"
+    optimizer = {k[len(optimizer_prefix):]: archive[k] for k in archive.files if k.startswith(optimizer_prefix)}
+    if any(v.dtype.kind not in "biuf" or not np.all(np.isfinite(v)) for v in optimizer.values()):
+        raise _model_file_error(path, "the training state's optimiser arrays are not finite numbers")
+    return TrainingState(epoch, params, rng, method, optimizer or None, meta.get("best_epoch"), best_valid,
+                         int(meta.get("stale_epochs", 0) or 0))

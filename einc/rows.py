@@ -6,6 +6,11 @@ holds is the windows in use, never the file. CSV files (optionally gzip-compress
 arrays are streamed once into a ``.npy`` cache and then read the same way. In-memory arrays are
 sources too, so the same training loop serves arrays, files and caches.
 
+Files are recognised and checked as ``einc.data.read_data`` does (the same rules and messages):
+the format comes from the content, a CSV file is parsed by the same parser piece by piece, and
+``dataset`` names a window's rows by their file line (CSV) or row, so that errors found later
+read ``train.csv:12:3 (variable C): ...`` as for a file loaded whole.
+
     >>> source = open_rows("train.npy")                  # doctest: +SKIP
     >>> with source.window(0, 1000) as rows:             # doctest: +SKIP
     ...     first = np.array(rows[:10])
@@ -22,14 +27,24 @@ import os
 import struct
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from einc.data import _parse_csv
-from einc.files import publish
+from einc.data import (
+    READ_ERRORS,
+    CsvParser,
+    DataFile,
+    Dataset,
+    _decode,
+    array_rows_shape,
+    as_rows,
+    cannot_read,
+    find_data_file,
+)
+from einc.files import atomic_write, publish
 from einc.ir.diagnostics import DataError
 
 # Our caches' .npy header has a fixed size, so the row count can be written after streaming.
@@ -88,6 +103,16 @@ class RowSource:
     def window(self, start: int, stop: int) -> Window:
         raise NotImplementedError
 
+    def lines(self, start: int, stop: int) -> np.ndarray | None:
+        """The file line of each of rows [start, stop) (CSV caches), or None: rows are numbered."""
+        return None
+
+    def dataset(self, rows: np.ndarray, start: int) -> Dataset:
+        """Rows read from ``window(start, ...)`` as a ``Dataset`` that names them by their place in
+        the file (``file:line:column``), for ``prepare`` and ``prepare_labels`` messages."""
+        values = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+        return Dataset(values, self.label, self.lines(start, start + len(rows)), start)
+
 
 class ArrayRows(RowSource):
     """An in-memory array as a row source (windows are views)."""
@@ -95,7 +120,7 @@ class ArrayRows(RowSource):
     def __init__(self, array: Any, label: str = "data") -> None:
         self.array = np.asarray(array)
         if self.array.ndim == 0:
-            raise DataError(f"{label}: expected rows of data, found a single number")
+            raise DataError(f"{label}: a single number; expected an array of shape (N, columns)")
         self.label = label
         self.num_rows = len(self.array)
         self.row_shape = tuple(self.array.shape[1:])
@@ -104,13 +129,19 @@ class ArrayRows(RowSource):
     def window(self, start: int, stop: int) -> Window:
         return Window(self.array[start:stop])
 
+    def dataset(self, rows: np.ndarray, start: int) -> Any:
+        # an array from Python: its rows are named "train: row 12, column 3" (prepare's first_row)
+        return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+
 
 class NpyRows(RowSource):
     """A C-ordered ``.npy`` file, memory-mapped one window at a time."""
 
-    def __init__(self, path: str | Path, label: str | None = None, one_row_if_flat: bool = False) -> None:
+    def __init__(self, path: str | Path, label: str | None = None, one_row_if_flat: bool = False,
+                 line_map: np.ndarray | None = None) -> None:
         self.path = Path(path)
         self.label = label or str(path)
+        self.line_map = line_map  # CSV caches: see _LineMap
         try:
             with open(self.path, "rb") as handle:
                 version = np.lib.format.read_magic(handle)
@@ -125,12 +156,9 @@ class NpyRows(RowSource):
             size = self.path.stat().st_size
         except FileNotFoundError:
             raise DataError(f"{self.label}: no such data file") from None
-        except (OSError, ValueError) as error:
-            raise DataError(f"{self.label}: not a readable .npy file ({error})") from None
-        if dtype.hasobject or dtype.kind not in "biuf":
-            raise DataError(f"{self.label}: holds {dtype} values; expected numbers (bool, integer or float)")
-        if len(shape) == 0:
-            raise DataError(f"{self.label}: expected rows of data, found a single number")
+        except READ_ERRORS as error:
+            raise cannot_read(self.label, error) from None
+        array_rows_shape(dtype, shape, self.label, one_row_if_flat)  # the checks read_data makes
         if fortran_order and len(shape) > 1:
             raise DataError(f"{self.label}: stored in Fortran order; rows must be contiguous "
                             f"(save it with numpy.save(path, numpy.ascontiguousarray(x)))")
@@ -157,122 +185,168 @@ class NpyRows(RowSource):
         rows = np.frombuffer(mapping, dtype=self.dtype, count=count * self.columns, offset=begin - aligned)
         return Window(rows.reshape((count, *self.row_shape)), mapping)
 
+    def lines(self, start: int, stop: int) -> np.ndarray | None:
+        return None if self.line_map is None else _LineMap.lookup(self.line_map, start, stop)
+
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "einc"
 
 
 def open_rows(data: Any, cache_dir: str | Path | None = None, label: str | None = None,
-              one_row_if_flat: bool = True) -> RowSource:
+              one_row_if_flat: bool = True, columns: Sequence[str] | None = None) -> RowSource:
     """A row source for an array, a ``.npy`` file (memory-mapped), or a CSV (``.csv``, ``.csv.gz``)
     or ``.npz`` file (``file.npz:key`` names an array) streamed once into a ``.npy`` cache in
-    ``cache_dir`` (default ``~/.cache/einc``) and memory-mapped from there.
+    ``cache_dir`` (default ``~/.cache/einc``) and memory-mapped from there. A file's format is
+    recognised from its content, as ``read_data`` does, and checked by the same rules.
 
-    A flat array or file is one sample (as ``load_array`` reads it) unless ``one_row_if_flat`` is
+    A flat array or file is one sample (as ``read_data`` reads it) unless ``one_row_if_flat`` is
     False (label files: one label per row). ``label`` names an in-memory array in messages.
+    ``columns`` (``model.columns``) are the expected CSV header names, as for ``read_data``.
     """
     if isinstance(data, RowSource):
         return data
-    if not isinstance(data, (str, os.PathLike)):
-        array = np.asarray(data)
-        if one_row_if_flat and array.ndim == 1:
-            array = array[None, :]
-        return ArrayRows(array, label or "data")
-    text = str(data)
-    key = None
-    if ".npz:" in text:
-        text, key = text.rsplit(":", 1)
-    path = Path(text)
-    label = str(data)
-    if not path.exists():
-        raise DataError(f"{path}: no such data file")
-    name = path.name.lower()
-    if name.endswith(".npy"):
-        return NpyRows(path, label, one_row_if_flat)
-    cache = cached_npy(path, key, Path(cache_dir) if cache_dir else default_cache_dir(), label)
-    return NpyRows(cache, label, one_row_if_flat)
+    if isinstance(data, Dataset) or not isinstance(data, (str, os.PathLike)):
+        name = label or "data"
+        array = as_rows(data, name)  # strings, dicts, ragged lists are refused as read_data does
+        return ArrayRows(array if one_row_if_flat else array.reshape(-1), name)
+    found = find_data_file(data)
+    if found.format == "npy":
+        return NpyRows(found.file, found.source, one_row_if_flat)
+    cache, line_map = cached_npy(found, Path(cache_dir) if cache_dir else default_cache_dir(), columns)
+    return NpyRows(cache, found.source, one_row_if_flat, line_map)
 
 
-def cached_npy(path: Path, key: str | None, cache_dir: Path, label: str) -> Path:
-    """The ``.npy`` cache of a CSV or ``.npz`` file, built on first use by streaming the file once.
+def cached_npy(found: DataFile, cache_dir: Path, columns: Sequence[str] | None = None) -> tuple[Path, np.ndarray | None]:
+    """The ``.npy`` cache of a CSV or ``.npz`` file, built on first use by streaming the file once,
+    and for CSV the map from cache rows to file lines (stored beside it, ``.lines``).
 
-    The cache name hashes the file's path, size and modification time, so an edited file gets a
-    new cache. Concurrent builders (workers of one machine) take turns on a lock file; the cache
-    appears atomically, complete or not at all.
+    The cache name hashes the file's path, size and modification time (and, for CSV, the column
+    names its header is matched against), so an edited file gets a new cache. Concurrent builders
+    (workers of one machine) take turns on a lock file; the cache appears atomically, complete or
+    not at all.
     """
+    path, label = found.file, found.source
     stat = path.stat()
-    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{key}"
+    header = "|".join(columns) if columns is not None and found.format != "npz" else ""
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{found.key}|{header}"
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    stem = path.name.split(".")[0] + (f"-{key}" if key else "")
+    stem = path.name.split(".")[0] + (f"-{found.key}" if found.key else "")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise DataError(f"{label}: cannot create the cache directory {cache_dir} ({error}); "
+        raise DataError(f"{label}: cannot create the cache directory {cache_dir} ({error.strerror or error}); "
                         f"choose another with --cache-dir") from None
     target = cache_dir / f"{stem}-{digest}.npy"
+    lines = target.with_name(target.name + ".lines") if found.format != "npz" else None
     with open(cache_dir / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not target.exists():
-            if path.name.lower().endswith(".npz"):
-                _stream_npz(path, key, target, label)
+        if not target.exists() or (lines is not None and not lines.exists()):
+            if found.format == "npz":
+                _stream_npz(found, target)
             else:
-                _stream_csv(path, target, label)
-    return target
+                _stream_csv(found, target, lines, columns)
+    return target, None if lines is None else np.load(lines, allow_pickle=False)
 
 
-def _stream_csv(path: Path, target: Path, label: str) -> None:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+def _stream_csv(found: DataFile, target: Path, lines_path: Path, columns: Sequence[str] | None) -> None:
+    """Parse a CSV file (gzip-compressed or not) chunk by chunk into a ``.npy`` cache, with the
+    same parser, rules and messages as ``read_data``."""
+    label = found.source
+    parser = CsvParser(label, columns)
+    line_map = _LineMap()
     writer = _NpyWriter(target)
+    opener = gzip.open if found.format == "gzip" else open
     try:
-        with opener(path, "rt") as handle:  # type: ignore[operator]
-            line_number = 1
+        with opener(found.file, "rb") as handle:  # type: ignore[operator]
+            line_number, offset = 1, 0
             while True:
-                lines = list(itertools.islice(handle, CSV_CHUNK_LINES))
-                if not lines:
+                raw_lines = list(itertools.islice(handle, CSV_CHUNK_LINES))
+                if not raw_lines:
                     break
-                chunk = _parse_csv_lines(lines, label, line_number)
-                if len(chunk):
-                    if writer.row_shape is not None and chunk.shape[1:] != writer.row_shape:
-                        first = line_number + next(i for i, line in enumerate(lines) if line.strip())
-                        raise DataError(f"{label}:{first}: row has {chunk.shape[1]} columns; "
-                                        f"expected {writer.row_shape[0]}")
-                    writer.append(chunk)
-                line_number += len(lines)
+                raw = b"".join(raw_lines)
+                values, lines = _parse_chunk(parser, _decode(raw, label, offset), line_number)
+                if len(values):
+                    line_map.add(lines, writer.rows)
+                    writer.append(values)
+                line_number += len(raw_lines)
+                offset += len(raw)
         if writer.rows == 0:
-            raise DataError(f"{label}: the file holds no rows")
+            raise DataError(f"{label}: the file holds no data rows")
+        atomic_write(lines_path, lambda stream: np.save(stream, line_map.finish()))
         writer.finish()
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
+    except DataError:
         writer.abort()
-        raise DataError(f"{label}: cannot read data ({error})") from None
+        raise
+    except READ_ERRORS as error:
+        writer.abort()
+        raise cannot_read(label, error) from None
     except BaseException:
         writer.abort()
         raise
 
 
-def _parse_csv_lines(lines: list[str], label: str, first_line: int) -> np.ndarray:
-    """Parse a chunk of CSV lines: NumPy's C parser when the chunk is plain numbers, else the
-    reference parser (missing-value markers such as ``?``, and located errors)."""
-    try:
-        return np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2, comments=None)
-    except ValueError:
-        if not any(line.strip() for line in lines):
-            return np.zeros((0, 0))
-        return _parse_csv("".join(lines), label, first_line)
+def _parse_chunk(parser: CsvParser, text: str, first_line: int) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a chunk of CSV lines: NumPy's C parser when the chunk is plain numbers on non-blank
+    lines (after the header decision; the rows and values ``CsvParser`` would give), else
+    ``CsvParser`` itself (quotes, missing-value markers, blank lines, located errors)."""
+    if not parser.first and parser.width is not None and '"' not in text:
+        lines = text.split("\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        if all(line.strip() for line in lines):
+            try:
+                values = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2, comments=None)
+            except ValueError:
+                pass
+            else:
+                if values.shape == (len(lines), parser.width):
+                    return values, first_line + np.arange(len(lines), dtype=np.int64)
+    return parser.parse(text, first_line)
 
 
-def _stream_npz(path: Path, key: str | None, target: Path, label: str) -> None:
+class _LineMap:
+    """Cache row -> CSV line as breakpoints ``(row, line)`` where the two stop advancing together
+    (a header, blank lines): one breakpoint for most files, whatever their length."""
+
+    def __init__(self) -> None:
+        self.points: list[np.ndarray] = []
+        self.offset: int | None = None  # line - row at the last row seen
+
+    def add(self, lines: np.ndarray, first_row: int) -> None:
+        rows = first_row + np.arange(len(lines), dtype=np.int64)
+        offsets = lines - rows
+        previous = np.concatenate([[offsets[0] - 1 if self.offset is None else self.offset], offsets[:-1]])
+        changed = offsets != previous
+        self.points.append(np.stack([rows[changed], lines[changed]], axis=1))
+        self.offset = int(offsets[-1])
+
+    def finish(self) -> np.ndarray:
+        return np.concatenate(self.points) if self.points else np.zeros((0, 2), dtype=np.int64)
+
+    @staticmethod
+    def lookup(points: np.ndarray, start: int, stop: int) -> np.ndarray:
+        rows = np.arange(start, stop, dtype=np.int64)
+        index = np.maximum(np.searchsorted(points[:, 0], rows, side="right") - 1, 0)
+        return points[index, 1] + rows - points[index, 0]
+
+
+def _stream_npz(found: DataFile, target: Path) -> None:
+    label = found.source
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(found.file) as archive:
             names = [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
             if not names:
-                raise DataError(f"{label}: the archive holds no arrays")
-            key = names[0] if key is None else key
+                raise DataError(f"{found.file}: the .npz archive holds no arrays")
+            key = names[0] if found.key is None else found.key
             if key not in names:
-                raise DataError(f"{label}: no array '{key}'; the file has {', '.join(names)}")
+                raise DataError(f"{found.file}: no array '{key}'; the file has {', '.join(names)}")
             with archive.open(f"{key}.npy") as member:
                 _copy_npy_stream(member, target, label)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise DataError(f"{label}: cannot read data ({error})") from None
+    except DataError:
+        raise
+    except READ_ERRORS as error:
+        raise cannot_read(label, error) from None
 
 
 def _copy_npy_stream(stream: IO[bytes], target: Path, label: str) -> None:
@@ -280,8 +354,7 @@ def _copy_npy_stream(stream: IO[bytes], target: Path, label: str) -> None:
     version = np.lib.format.read_magic(stream)
     reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran_order, dtype = reader(stream)
-    if dtype.hasobject or dtype.kind not in "biuf" or len(shape) == 0:
-        raise DataError(f"{label}: holds {dtype} values of shape {shape}; expected rows of numbers")
+    array_rows_shape(dtype, shape, label)  # the checks read_data makes
     if fortran_order and len(shape) > 1:
         raise DataError(f"{label}: stored in Fortran order; save it C-ordered with numpy.savez")
     row_cells = int(np.prod(shape[1:], dtype=np.int64))

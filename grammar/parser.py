@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from einc.ir.diagnostics import Diagnostic, PcSyntaxError, Span
+from einc.ir.diagnostics import Diagnostic, PcSyntaxError, Span, shorten
 from einc.ir.program import (
     Argument,
     Call,
@@ -46,6 +46,10 @@ from lark.tree import Meta
 
 # Enough to show everything wrong in a hand-written file without re-parsing forever on garbage.
 MAX_SYNTAX_ERRORS = 50
+# Longer numeric literals are syntax errors: every size, index and seed fits in far fewer digits.
+MAX_NUMBER_LENGTH = 100
+# Deeper bracket nesting is a syntax error (the tree transformer recurses once per level).
+MAX_NESTING = 50
 
 KEYWORDS = ("circuit", "var", "leaf", "sums", "inputs", "heads", "structure", "region")
 
@@ -59,6 +63,9 @@ def _parser() -> Lark:
 
 def parse(text: str, filename: str) -> Program:
     """Parse ``.pc`` source text into a ``Program``; raise ``PcSyntaxError`` with every error."""
+    too_deep = _nesting_error(text, filename)
+    if too_deep is not None:
+        raise PcSyntaxError([too_deep], {filename: text})
     source = text if text.endswith("\n") else text + "\n"
     original_lines = source.split("\n")
     diagnostics: list[Diagnostic] = []
@@ -79,9 +86,32 @@ def parse(text: str, filename: str) -> Program:
     try:
         statements = _ToProgram(filename).transform(tree)
     except VisitError as error:
-        # Lark wraps whatever a transformer method raises; users should see the original error.
-        raise error.orig_exc from None
+        # Lark wraps whatever a transformer method raises; users should see the original error,
+        # with the source text so that it prints the line and a caret.
+        original = error.orig_exc
+        if isinstance(original, PcSyntaxError):
+            raise PcSyntaxError(original.diagnostics, {filename: text}) from None
+        raise original from None
     return Program(filename=filename, statements=tuple(statements), source=text)
+
+
+def _nesting_error(text: str, filename: str) -> Diagnostic | None:
+    """A located error at the first bracket nested deeper than ``MAX_NESTING`` (else None)."""
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        depth = 0
+        for column, char in enumerate(line.split("#", 1)[0], start=1):
+            if char in "([{":
+                depth += 1
+                if depth > MAX_NESTING:
+                    span = Span(filename, line_number, column, line_number, column)
+                    return Diagnostic(
+                        f"brackets nested more than {MAX_NESTING} levels deep; "
+                        f"expected a value such as 7 or [7, 4]",
+                        span,
+                    )
+            elif char in ")]}":
+                depth = max(depth - 1, 0)
+    return None
 
 
 def _blank_line(text: str, line: int) -> str:
@@ -208,8 +238,15 @@ class _ToProgram(Transformer):
 
     def number(self, meta: Meta, children: list) -> Number:
         text = str(children[0])
+        span = _span(self.filename, meta)
+        if len(text) > MAX_NUMBER_LENGTH:
+            # int() refuses very long literals (and nothing in a circuit needs one)
+            raise PcSyntaxError([Diagnostic(
+                f"number too long ({len(text)} characters); expected at most {MAX_NUMBER_LENGTH}",
+                span,
+            )])
         value: int | float = int(text) if _INTEGER.fullmatch(text) else float(text)
-        return Number(value, text, _span(self.filename, meta))
+        return Number(value, text, span)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +353,7 @@ def _found(error: UnexpectedInput, line: str) -> tuple[str, int]:
             return ("end of line", 1)
         if token.type == "$END":
             return ("end of file", 1)
-        return (f"'{token}'", max(len(str(token)), 1))
+        return (f"'{shorten(str(token))}'", max(len(str(token)), 1))
     char = line[error.column - 1] if 0 < error.column <= len(line) else "?"
     return (f"'{char}'", 1)
 
@@ -372,7 +409,7 @@ def _unknown_statement(line: str, filename: str, line_number: int) -> Diagnostic
     column = match.start(1) + 1
     span = Span(filename, line_number, column, line_number, column + len(word) - 1)
     guess = difflib.get_close_matches(word, KEYWORDS, n=1, cutoff=0.6)
-    message = f"unknown statement '{word}'; expected {_A_STATEMENT}, found '{word}'"
+    message = f"unknown statement '{shorten(word)}'; expected {_A_STATEMENT}, found '{shorten(word)}'"
     if guess:
         message += f" — did you mean '{guess[0]}'?"
     return Diagnostic(message, span)

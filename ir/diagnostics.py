@@ -11,8 +11,8 @@ Stages *return* diagnostics; the public boundary (``einc.compile``, the CLI) rai
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 
 @dataclass(frozen=True, order=True)
@@ -44,9 +44,13 @@ class Diagnostic:
     severity: str = "error"
     notes: tuple[Note, ...] = ()
 
-    def format(self, sources: Mapping[str, str] | None = None) -> str:
-        """Render as ``file:line:col: error: message`` plus the source line and a caret."""
-        lines = [_headline(self.severity, self.message, self.span)]
+    def format(self, sources: Mapping[str, str] | None = None, program: str = "") -> str:
+        """Render as ``file:line:col: error: message`` plus the source line and a caret.
+
+        Without a location the headline is ``error: message``, or ``einc: error: message`` with
+        ``program="einc"`` (how the command line names itself, like other tools do).
+        """
+        lines = [_headline(self.severity, self.message, self.span, program)]
         lines += _excerpt(self.span, sources)
         for note in self.notes:
             lines.append(_headline("note", note.message, note.span))
@@ -54,8 +58,8 @@ class Diagnostic:
         return "\n".join(lines)
 
 
-def _headline(severity: str, message: str, span: Span | None) -> str:
-    where = f"{span}: " if span is not None else ""
+def _headline(severity: str, message: str, span: Span | None, program: str = "") -> str:
+    where = f"{span}: " if span is not None else f"{program}: " if program else ""
     return f"{where}{severity}: {message}"
 
 
@@ -70,12 +74,34 @@ def _excerpt(span: Span | None, sources: Mapping[str, str] | None) -> list[str]:
     width = 1
     if span.end_line == span.line and span.end_col >= span.col:
         width = span.end_col - span.col + 1
-    caret = " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" + "~" * (width - 1)
+    column = span.col
+    if len(text) > _EXCERPT_WIDTH:
+        # a very long line: show a window around the column, marked with "..." where cut
+        start = max(0, min(span.col - 1 - _EXCERPT_WIDTH // 4, len(text) - _EXCERPT_WIDTH))
+        shown = text[start : start + _EXCERPT_WIDTH]
+        prefix = "..." if start else ""
+        text = prefix + shown + ("..." if start + _EXCERPT_WIDTH < len(text) else "")
+        column = span.col - start + len(prefix)
+        width = min(width, _EXCERPT_WIDTH - (column - 1 - len(prefix)))
+    caret = " " * (len(gutter) - 2) + "| " + " " * (column - 1) + "^" + "~" * (max(width, 1) - 1)
     return [gutter + text, caret]
 
 
-def format_diagnostics(diagnostics: Sequence[Diagnostic], sources: Mapping[str, str] | None) -> str:
-    return "\n".join(d.format(sources) for d in diagnostics)
+# Longest source excerpt printed under a diagnostic (a longer line is cut around the column).
+_EXCERPT_WIDTH = 120
+
+
+def shorten(text: str, width: int = 40) -> str:
+    """Text quoted in a one-line message: control characters escaped, long text cut."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_diagnostics(
+    diagnostics: Sequence[Diagnostic], sources: Mapping[str, str] | None, program: str = ""
+) -> str:
+    return "\n".join(d.format(sources, program) for d in diagnostics)
 
 
 class EincError(Exception):
@@ -92,6 +118,10 @@ class EincError(Exception):
             self.diagnostics = tuple(message_or_diagnostics)
         self.sources = dict(sources or {})
         super().__init__(format_diagnostics(self.diagnostics, self.sources))
+
+    def render(self, program: str = "") -> str:
+        """The message as a command line prints it (``einc: error: ...`` for unlocated ones)."""
+        return format_diagnostics(self.diagnostics, self.sources, program)
 
 
 class PcSyntaxError(EincError):
@@ -110,12 +140,24 @@ class DataError(EincError):
     """Data does not fit the circuit's variables (shape, domain, file format)."""
 
 
+class OutputError(DataError):
+    """An output path einc cannot or will not write (a folder, read-only, in an unwritable place)."""
+
+
 class BackendError(EincError):
     """A backend is unknown or unavailable on this machine."""
 
 
 class ModelFileError(EincError):
     """A saved model file is missing, corrupt or of an unsupported version."""
+
+
+class TrainingError(EincError):
+    """Training cannot go on: the log-likelihood became non-finite (the last good model is kept)."""
+
+
+class ResourceError(EincError):
+    """What was asked for would not fit: a circuit or output larger than the configured limits."""
 
 
 @dataclass

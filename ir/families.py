@@ -43,10 +43,18 @@ def _log_factorial(xp: Any, x: Any) -> Any:
     """log(x!) for integer-valued float arrays, via lgamma where the backend has it."""
     if hasattr(xp, "lgamma"):  # torch
         return xp.lgamma(x + 1.0)
-    # numpy/cupy: a cumulative table up to the largest value present (values are counts, small).
+    # numpy/cupy: a cumulative table up to the largest value present (counts are usually small);
+    # past _LOG_FACTORIAL_TABLE the table would be large, so use math.lgamma on the host instead.
     top = int(xp.max(x)) if x.size else 0
+    if top > _LOG_FACTORIAL_TABLE:
+        host = x.get() if hasattr(x, "get") else x  # cupy arrays come to the host
+        values = np.frompyfunc(lambda v: math.lgamma(v + 1.0), 1, 1)(np.asarray(host, dtype=np.float64))
+        return xp.asarray(values.astype(np.float64)).astype(x.dtype)
     table = xp.concatenate([xp.zeros(1, dtype=x.dtype), xp.cumsum(xp.log(xp.arange(1, top + 1, dtype=x.dtype)))])
     return table[x.astype(np.int64)]
+
+
+_LOG_FACTORIAL_TABLE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,9 @@ class FamilyRule:
     constrained: Callable[[Any, Any, LeafFamily], Any]  # u -> φ
     # T(x) is the one-hot vector of x: backends may look θ[x] up instead of a one-hot matmul
     one_hot_statistics: bool = False
+    # log h(x) is 0 for every x: the input layer then carries no log h feature (a column of zeros
+    # would cost a quarter of a normal leaf's features and a third of a bernoulli's)
+    zero_log_base: Callable[[LeafFamily], bool] = lambda spec: False
 
     def max_log_density(self, xp: Any, phi: Any, spec: LeafFamily, domain: Domain) -> Any:
         """max_x log f(x): the value of an unobserved variable in a max-product (MPE) pass."""
@@ -349,6 +360,7 @@ FAMILIES: dict[str, FamilyRule] = {
         domain_text=_binomial_domain_text,
         unconstrained=_binomial_unconstrained,
         constrained=_binomial_constrained,
+        zero_log_base=lambda spec: _binomial_n(spec) == 1.0,  # bernoulli: log C(1, x) = 0
     ),
     "categorical": FamilyRule(
         name="categorical",
@@ -368,6 +380,7 @@ FAMILIES: dict[str, FamilyRule] = {
         one_hot_statistics=True,
         unconstrained=_categorical_unconstrained,
         constrained=_categorical_constrained,
+        zero_log_base=lambda spec: True,
     ),
     "normal": FamilyRule(
         name="normal",
@@ -386,6 +399,7 @@ FAMILIES: dict[str, FamilyRule] = {
         domain_text=lambda spec, domain: "a finite real number",
         unconstrained=_normal_unconstrained,
         constrained=_normal_constrained,
+        zero_log_base=lambda spec: True,  # −½ log 2π lives in A
     ),
     "poisson": FamilyRule(
         name="poisson",

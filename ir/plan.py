@@ -100,10 +100,16 @@ class FamilyBlock:
     param: str
     columns: tuple[tuple[int, ...], ...]
     stat_dim: int
+    log_base: bool = True  # whether F carries log h(x)·obs (a family with log h = 0 has none)
 
     @property
     def width(self) -> int:
         return len(self.columns[0]) if self.columns else 0
+
+    @property
+    def features(self) -> int:
+        """f in a sum-product pass: T(x) (stat_dim entries), obs and, where nonzero, log h(x)."""
+        return self.stat_dim + 1 + int(self.log_base)
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,7 @@ class EinsumOp:
     path: tuple[tuple[int, ...], ...]  # opt-einsum contraction path for `equation`
     # (L, batch, i) x (L, batch, j) x (L, k, i, j) -> (L, batch, k)
     equation: str = "lbi,lbj,lkij->lbk"
+    kernel: str = "matmul"  # "matmul" (the path as batched matmuls) or "fused" (compiler/kernels.py)
 
     @property
     def rows(self) -> int:
@@ -191,7 +198,7 @@ class Plan:
     def op_cost(self, op: Op) -> tuple[int, int, int]:
         """(multiply-adds per sample, parameter count, output floats per sample) of one op."""
         if isinstance(op, InputOp):
-            feats = sum(b.width * (b.stat_dim + 2) for b in op.blocks)
+            feats = sum(b.width * b.features for b in op.blocks)
             params = sum(self.param(b.param).size for b in op.blocks)
             return op.rows * feats * op.k, params, op.rows * op.k
         if isinstance(op, EinsumOp):
@@ -201,7 +208,7 @@ class Plan:
 
     def table(self, batch: int = 100, itemsize: int = 4) -> str:
         """The plan as a text table: op, equation, shapes, FLOPs, bytes, operand reads."""
-        header = ("#", "op", "equation", "out (rows,B,K)", "weights", "MFLOP/batch", "out KB", "reads")
+        header = ("#", "op", "equation", "kernel", "out (rows,B,K)", "weights", "MFLOP/batch", "out KB", "reads")
         rows: list[tuple[str, ...]] = []
         total_flops = 0
         for index, op in enumerate(self.ops):
@@ -211,22 +218,26 @@ class Plan:
                 kind = "input"
                 weights = " ".join(f"{b.family}{self.param(b.param).shape}" for b in op.blocks)
                 reads = "data"
+                kernel = "matmul"
                 k = op.k
             elif isinstance(op, EinsumOp):
                 kind = "einsum"
                 weights = str(self.param(op.param).shape)
                 reads = f"L={op.left.describe()} R={op.right.describe()}"
+                kernel = op.kernel
                 k = op.k_out
             else:
                 kind = "mixing"
                 weights = str(self.param(op.param).shape)
                 reads = op.input.describe()
+                kernel = "matmul"
                 k = op.k
             rows.append(
                 (
                     str(index),
                     kind,
                     op.equation,
+                    kernel,
                     f"({op.rows},{batch},{k})",
                     weights,
                     f"{2 * madds * batch / 1e6:.3f}",

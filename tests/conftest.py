@@ -7,8 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
+
+# Without a CUDA device, Triton kernels (backends/fused_einsum.py) run under Triton's interpreter,
+# which is read when a kernel is defined: set it before any test imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

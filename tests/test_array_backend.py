@@ -237,6 +237,37 @@ def check_em(make: Any, other: str, device: str = "cpu") -> None:
     np.testing.assert_allclose(got_history, expected_history, rtol=1e-12, atol=TOL)
 
 
+def check_resident_epochs(make: Any, other: str, device: str = "cpu") -> None:
+    """``train_epoch`` on uploaded data (with heads) gives torch's parameters and Σ log p, and
+    equals the host loop of statistics + M-step per batch in the same order."""
+    graph = make()
+    plan = plan_of(graph)
+    init = init_parameters(plan, 5)
+    x = random_data(graph, 70, 8)
+    batch = _batch(x, missing=0.2, seed=9, labels=np.arange(len(x)) % plan.heads)
+    orders = [np.random.default_rng(seed).permutation(len(x)) for seed in range(2)]
+    results = []
+    for backend in _backends(plan, other=other, device=device):
+        params = backend.put(init)
+        data = backend.upload(batch.values, batch.observed, batch.labels)
+        totals = []
+        for order in orders:
+            params, total = backend.train_epoch(params, data, order, 32, 0.5)
+            totals.append(total)
+        results.append((backend.get(params), totals))
+    (expected, expected_totals), (got, got_totals) = results
+    assert_params_close(expected, got)
+    np.testing.assert_allclose(got_totals, expected_totals, rtol=1e-12)
+    backend = _backends(plan, other=other, device=device)[1]
+    params = backend.put(init)
+    for order in orders:
+        for start in range(0, len(x), 32):
+            index = order[start : start + 32]
+            part = Batch(batch.values[index], batch.observed[index], batch.labels[index])
+            params = backend.em_update(params, backend.statistics(params, part), 0.5)
+    assert_params_close(expected, backend.get(params))
+
+
 # ---------------------------------------------------------------- torch == numpy
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_queries_agree_with_torch(name: str) -> None:
@@ -256,6 +287,15 @@ def test_mpe_agrees_with_torch(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_em_agrees_with_torch(name: str) -> None:
     check_em(CIRCUITS[name], "numpy")
+
+
+@pytest.mark.parametrize("name", ["explicit-mixed", "rat-mixed", "pd-mixed"])
+def test_resident_epochs_agree_with_torch(name: str) -> None:
+    check_resident_epochs(CIRCUITS[name], "numpy")
+
+
+def test_resident_epochs_with_heads_agree_with_torch() -> None:
+    check_resident_epochs(lambda: rat_graph([BERNOULLI] * 4, depth=1, replicas=2, heads=3), "numpy")
 
 
 def test_multi_head_statistics_with_labels_agree() -> None:

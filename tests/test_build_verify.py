@@ -279,7 +279,7 @@ def test_generator_and_partitions_conflict() -> None:
 @pytest.mark.parametrize(
     ("arguments", "message", "column"),
     [
-        ("depth = 5, replicas = 2", "depth 5 needs at least 32 variables, the circuit has 16", 39),
+        ("depth = 5, replicas = 2", "depth 5 needs at least 32 variables, the circuit has 16; expected depth at most 4", 39),
         ("depth = 0, replicas = 2", "depth must be at least 1, found 0", 39),
         ("depth = 2, replicas = 0", "replicas must be at least 1, found 0", 53),
         ("depth = 2.5, replicas = 2", "depth must be a whole number, found 2.5", 39),

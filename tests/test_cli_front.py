@@ -107,7 +107,7 @@ def test_bad_examples_report_located_errors(
     code, out, err = run(["check", relative], capsys)
     assert code == 1 and out == ""
     assert "Traceback" not in err
-    assert err.startswith((f"{relative}:", "error: "))
+    assert err.startswith((f"{relative}:", "einc: error: "))
     golden(f"errors/{path.stem}.txt", err)
 
     with pytest.raises(EincError) as caught:
@@ -126,13 +126,15 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
 def test_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["check", "examples/nope.pc"], capsys)
     assert (code, out) == (1, "")
-    assert err.startswith("error: cannot read examples/nope.pc:")
+    assert err.startswith("einc: error: cannot read examples/nope.pc:")
 
 
-def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as caught:
-        cli.main(["compile", "examples/tiny.pc", "--emit", "nonsense"])
-    assert caught.value.code == 2
+def test_usage_errors_exit_1_with_one_message(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["compile", "examples/tiny.pc", "--emit", "nonsense"], capsys)
+    assert (code, out) == (1, "")
+    assert len(err.splitlines()) == 1
+    assert err.startswith("einc: error: argument --emit: invalid choice: 'nonsense'")
+    assert err.rstrip().endswith("(see einc compile --help)")
 
 
 def test_python_dash_m_einc() -> None:
@@ -159,7 +161,9 @@ def test_k_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     ).graph
     assert (graph.sums, graph.inputs) == (5, 3)  # tiny sets inputs itself
     code, _, err = run(["check", "examples/tiny.pc", "--heads", "0"], capsys)
-    assert code == 1 and "heads must be at least 1, found 0" in err
+    assert code == 1 and "einc: error: argument --heads: must be at least 1, found 0" in err
+    with pytest.raises(PcSemanticError, match="heads must be at least 1, found 0"):
+        front_end((ROOT / "examples/tiny.pc").read_text(), "tiny.pc", CompileOptions(heads=0))
 
 
 def test_parameter_count_by_hand() -> None:

@@ -141,7 +141,7 @@ def test_bad_row_is_reported_with_its_file_row_before_training(tmp_path, capsys)
     x[321, 4] = 3
     np.save(tmp_path / "x.npy", x)
     model = einc.compile(_binary_circuit(16))
-    with pytest.raises(einc.DataError, match=r"x\.npy: row 322, column 5 \(variable x\[4\]\)"):
+    with pytest.raises(einc.DataError, match=r"x\.npy:322:5 \(variable x\[4\]\)"):
         distributed.fit(model, str(tmp_path / "x.npy"), epochs=1)
 
 
@@ -208,7 +208,7 @@ def test_bad_row_in_one_shard_stops_all_workers_with_one_message(tmp_path):
     result = _run([sys.executable, "-m", "einc", "train", str(tmp_path / "c.pc"), "--data", str(tmp_path / "x.npy"),
                    "--nproc", "2", "-o", str(tmp_path / "m.npz")])
     assert result.returncode == 1
-    assert result.stderr.count("row 351, column 3 (variable x[2])") == 1, result.stderr
+    assert result.stderr.count("x.npy:351:3 (variable x[2])") == 1, result.stderr
     assert "worker 1:" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "m.npz").exists()
 

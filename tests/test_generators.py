@@ -221,8 +221,22 @@ def test_rat_replicas_with_equal_scopes_stay_separate() -> None:
     [
         ((16, 0, 2, 0), "depth", "depth must be at least 1, found 0"),
         ((16, 2, 0, 0), "replicas", "replicas must be at least 1, found 0"),
-        ((16, 5, 2, 0), "depth", "depth 5 needs at least 32 variables, the circuit has 16"),
-        ((5, 3, 1, 0), "depth", "depth 3 needs at least 8 variables, the circuit has 5"),
+        (
+            (16, 5, 2, 0),
+            "depth",
+            "depth 5 needs at least 32 variables, the circuit has 16; expected depth at most 4",
+        ),
+        (
+            (5, 3, 1, 0),
+            "depth",
+            "depth 3 needs at least 8 variables, the circuit has 5; expected depth at most 2",
+        ),
+        (
+            (16, 100_000, 1, 0),
+            "depth",
+            "depth 100000 needs at least 2**100000 variables, the circuit has 16; "
+            "expected depth at most 4",
+        ),
         ((16, 2, 1, -1), "seed", "seed must be between 0 and 2**32 - 1, found -1"),
         (
             (1, 1, 1, 0),

@@ -32,8 +32,11 @@ from test_array_backend import (
     check_em,
     check_mpe,
     check_queries,
+    check_resident_epochs,
     check_statistics,
 )
+from einc.compiler.layering import layer
+from einc.compiler.lower import lower
 
 pytestmark = pytest.mark.gpu
 
@@ -83,6 +86,12 @@ def test_mpe_agrees_with_torch_cpu(target: str, name: str) -> None:
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_em_agrees_with_torch_cpu(target: str, name: str) -> None:
     check_em(CIRCUITS[name], *_backend_or_skip(target))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", ["explicit-mixed", "rat-mixed", "pd-mixed"])
+def test_resident_epochs_agree_with_torch_cpu(target: str, name: str) -> None:
+    check_resident_epochs(CIRCUITS[name], *_backend_or_skip(target))
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -141,17 +150,21 @@ def test_cupy_sampler_draws_follow_their_distributions() -> None:
     np.testing.assert_allclose(frequencies, [0.2, 0.5, 0.3], atol=0.01)
 
 
+@pytest.mark.parametrize("kernel", ["matmul", "fused"])
 @pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("families", ["bernoulli", "categorical", "normal"])
-def test_cuda_graph_training_and_inference_equal_cpu(fuse: bool, families: str) -> None:
+def test_cuda_graph_training_and_inference_equal_cpu(kernel: str, fuse: bool, families: str) -> None:
     """The CUDA fast path (whole EM step captured as one CUDA graph, optionally fused by
-    torch.compile; bucketed inference graphs) computes the same numbers as eager CPU code."""
+    torch.compile; bucketed inference graphs; either einsum kernel) computes the same numbers as
+    eager CPU code."""
     if not torch.cuda.is_available():
         pytest.skip("torch sees no CUDA device")
     from oracles import CATEGORICAL3
 
     family = {"bernoulli": BERNOULLI, "categorical": CATEGORICAL3, "normal": NORMAL}[families]
-    plan = plan_of(rat_graph([family] * 8, depth=2, replicas=3, k=4))
+    layered = layer(rat_graph([family] * 8, depth=2, replicas=3, k=4))
+    plans = {"cpu": lower(layered), "cuda": lower(layered, target="cuda", kernel=kernel)}
+    plan = plans["cpu"]
     params = init_parameters(plan, 0)
     rng = np.random.default_rng(1)
     if families == "normal":
@@ -162,7 +175,7 @@ def test_cuda_graph_training_and_inference_equal_cpu(fuse: bool, families: str) 
     order = rng.permutation(250)
     results = {}
     for device in ("cpu", "cuda"):
-        backend = create_backend("torch", plan, device=device, dtype="float64", fuse=fuse and device == "cuda")
+        backend = create_backend("torch", plans[device], device=device, dtype="float64", fuse=fuse and device == "cuda")
         p = backend.put(params)
         data = backend.upload(np.where(observed, x, 0), observed, None)
         for _ in range(2):
@@ -176,3 +189,32 @@ def test_cuda_graph_training_and_inference_equal_cpu(fuse: bool, families: str) 
     assert math.isclose(cuda[1], cpu[1], rel_tol=1e-10)
     np.testing.assert_allclose(cuda[2], cpu[2], rtol=1e-10)
     np.testing.assert_allclose(cuda[3], cpu[3], rtol=1e-10)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_fused_kernel_float32_training_matches_float64_reference(fuse: bool) -> None:
+    """Wide layers (K=24) through the fused kernel in float32 on the captured path:
+    log-likelihoods and parameters after two EM epochs close to the float64 CPU reference."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    layered = layer(rat_graph([NORMAL] * 16, depth=2, replicas=2, k=24))
+    cuda_plan = lower(layered, target="cuda", kernel="fused")
+    cpu_plan = lower(layered)
+    params = init_parameters(cpu_plan, 0)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 16))
+    observed = rng.random(x.shape) < 0.8
+    order = rng.permutation(300)
+    results = {}
+    for device, plan, dtype in (("cpu", cpu_plan, "float64"), ("cuda", cuda_plan, "float32")):
+        backend = create_backend("torch", plan, device=device, dtype=dtype, fuse=fuse and device == "cuda")
+        p = backend.put(params)
+        data = backend.upload(np.where(observed, x, 0), observed, None)
+        for _ in range(2):
+            p, total = backend.train_epoch(p, data, order, 100, 0.3)
+        results[device] = (backend.get(p), total, backend.log_likelihood(p, Batch(np.where(observed, x, 0)[:50], observed[:50])))
+    cpu, cuda = results["cpu"], results["cuda"]
+    assert math.isclose(cuda[1], cpu[1], rel_tol=1e-4)
+    np.testing.assert_allclose(cuda[2], cpu[2], rtol=1e-4)
+    for name in cpu[0]:
+        np.testing.assert_allclose(cuda[0][name], cpu[0][name], rtol=1e-3, atol=1e-5, err_msg=name)

@@ -100,7 +100,8 @@ def test_cli_bad_data_exits_non_zero_without_traceback(tmp_path, capsys):
     bad.write_text("0,1,1,0\n0,1,3,0\n")
     assert main(["train", TINY, "--data", str(bad), "-o", str(tmp_path / "m.npz")]) == 1
     err = capsys.readouterr().err
-    assert "row 2, column 3 (variable C)" in err and "Traceback" not in err
+    assert "bad.csv:2:3 (variable C): value 3 is outside the domain; expected 0 or 1" in err
+    assert "Traceback" not in err
     assert not (tmp_path / "m.npz").exists()
 
 

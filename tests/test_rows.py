@@ -111,7 +111,7 @@ def test_csv_errors_name_the_line_in_a_later_chunk(tmp_path, small_chunks):
     lines[137] = "0,1,0"
     lines[160] = "0,1"
     (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"bad\.csv:161: row has 2 columns; expected 3"):
+    with pytest.raises(DataError, match=r"bad\.csv:161: the row has 2 columns; expected 3"):
         open_rows(tmp_path / "bad.csv", tmp_path / "cache")
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
 
