@@ -17,23 +17,30 @@ the only difference). NumPy is the readable reference; nothing here loops over s
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-from einc.backends.base import BACKENDS, Batch, Params, Statistics
+from einc.backends.array_ops import hadamard
+from einc.backends.array_ops.contract import contract, pairwise_steps  # noqa: F401
+from einc.backends.array_ops.contract import finite_max as _finite_max
+from einc.backends.base import BACKENDS, Batch, Params, Statistics, shifted_exp
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
 from einc.backends.input_layer import leaf_features as shared_leaf_features
 from einc.compiler.backward import derive_backward
-from einc.ir.backward_plan import BackwardPlan, EinsumBackward, InputBackward, MixingBackward
+from einc.ir.backward_plan import (
+    BackwardPlan,
+    EinsumBackward,
+    HadamardBackward,
+    InputBackward,
+    MixingBackward,
+)
 from einc.ir.diagnostics import BackendError
-from einc.ir.families import family_rule
-from einc.ir.plan import EinsumOp, InputOp, MixingOp, Operand, Plan, RowRange
+from einc.ir.families import ZERO_PROBABILITY, family_rule
+from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange
 
 _DTYPES = ("float32", "float64")
 # Elements of the (L, batch, K, i, j) scores a max-product einsum or an einsum backtrack
@@ -102,106 +109,6 @@ def _scatter_max(xp: ModuleType, target: Any, rows: Any, update: Any) -> None:
     import cupyx
 
     cupyx.scatter_max(target, rows, update)
-
-
-def _finite_max(xp: ModuleType, values: Any, axis: int) -> Any:
-    """Max for the log-einsum-exp shift (kept dims); all −inf slices use 0 so no NaN appears."""
-    top = xp.max(values, axis=axis, keepdims=True)
-    return xp.where(xp.isfinite(top), top, 0.0).astype(values.dtype, copy=False)
-
-
-# ---------------------------------------------------------------- contraction paths
-@functools.cache
-def pairwise_steps(
-    equation: str, path: tuple[tuple[int, ...], ...]
-) -> tuple[tuple[tuple[int, ...], str], ...]:
-    """The equations of an opt-einsum path's steps: ((positions, "ab,bc->ac"), …).
-
-    Each step removes the operands at ``positions`` and appends their contraction, which keeps
-    the indices still needed by the remaining operands or the output (in order of appearance);
-    the last step produces the output in the equation's order.
-    """
-    inputs, output = equation.split("->")
-    terms = inputs.split(",")
-    if not path:
-        path = tuple((0, 1) for _ in range(len(terms) - 1)) or ((0,),)
-    steps = []
-    for positions in path:
-        picked = [terms[p] for p in positions]
-        for p in sorted(positions, reverse=True):
-            del terms[p]
-        if terms:
-            keep = set(output) | set("".join(terms))
-            result = "".join(c for c in dict.fromkeys("".join(picked)) if c in keep)
-        else:
-            result = output
-        steps.append((tuple(positions), ",".join(picked) + "->" + result))
-        terms.append(result)
-    return tuple(steps)
-
-
-def contract(
-    xp: ModuleType, equation: str, path: tuple[tuple[int, ...], ...], *operands: Any
-) -> Any:
-    """``opt_einsum.contract(equation, *operands, optimize=path)`` with batched-matmul steps."""
-    arrays = list(operands)
-    for positions, step in pairwise_steps(equation, path):
-        picked = [arrays[p] for p in positions]
-        for p in sorted(positions, reverse=True):
-            del arrays[p]
-        arrays.append(
-            _pairwise(xp, step, *picked) if len(picked) == 2 else xp.einsum(step, *picked)
-        )
-    (result,) = arrays
-    return result
-
-
-def _pairwise(xp: ModuleType, equation: str, a: Any, b: Any) -> Any:
-    """A two-operand einsum as one batched matmul (batch, left, inner) @ (batch, inner, right).
-
-    Indices are classed as batch (in a, b and the output), left (a and output), right (b and
-    output), inner (a and b, summed); an index in one operand only and not in the output is
-    summed first. Without inner indices the product is an outer product by broadcasting.
-    """
-    inputs, out = equation.split("->")
-    ta, tb = inputs.split(",")
-    alone_a = tuple(i for i, c in enumerate(ta) if c not in tb and c not in out)
-    if alone_a:
-        a = a.sum(axis=alone_a)
-        ta = "".join(c for c in ta if c in tb or c in out)
-    alone_b = tuple(i for i, c in enumerate(tb) if c not in ta and c not in out)
-    if alone_b:
-        b = b.sum(axis=alone_b)
-        tb = "".join(c for c in tb if c in ta or c in out)
-    inner = [c for c in ta if c in tb and c not in out]
-    if not inner:
-        # elementwise/outer product: align both operands to the output's index order
-        return _aligned(xp, a, ta, out) * _aligned(xp, b, tb, out)
-    size = {c: n for c, n in zip(ta, a.shape)} | {c: n for c, n in zip(tb, b.shape)}
-    batch = [c for c in out if c in ta and c in tb]
-    left = [c for c in out if c in ta and c not in tb]
-    right = [c for c in out if c in tb and c not in ta]
-
-    def prod(letters: list[str]) -> int:
-        return math.prod(size[c] for c in letters)
-
-    a_mat = a.transpose([ta.index(c) for c in batch + left + inner]).reshape(
-        prod(batch), prod(left), prod(inner)
-    )
-    b_mat = b.transpose([tb.index(c) for c in batch + inner + right]).reshape(
-        prod(batch), prod(inner), prod(right)
-    )
-    # (batch, left, inner) @ (batch, inner, right) -> (batch, left, right)
-    result = xp.matmul(a_mat, b_mat).reshape([size[c] for c in batch + left + right])
-    order = batch + left + right
-    return result.transpose([order.index(c) for c in out])
-
-
-def _aligned(xp: ModuleType, array: Any, term: str, out: str) -> Any:
-    """``array`` (indices ``term``) transposed to ``out``'s order with size-1 axes for the rest."""
-    present = [c for c in out if c in term]
-    moved = array.transpose([term.index(c) for c in present])
-    return moved.reshape([array.shape[term.index(c)] if c in term else 1 for c in out])
 
 
 # ---------------------------------------------------------------- sampler
@@ -304,9 +211,10 @@ class ArrayBackend:
                         np.where(cols < 0, self.num_columns, cols)
                     )
         # gathers by index: device index arrays, and whether rows repeat (then scatter-add)
-        self.row_index: dict[tuple[int, ...], tuple[Any, bool]] = {}
+        # (op-kind rules add their own derived index arrays here, keyed by a tagged tuple)
+        self.row_index: dict[tuple, tuple[Any, bool]] = {}
         for op in plan.ops:
-            for operand in _operands(op):
+            for operand in op.operands():
                 for segment in operand.segments:
                     if not isinstance(segment, RowRange) and segment.rows not in self.row_index:
                         unique = len(set(segment.rows)) == len(segment.rows)
@@ -390,8 +298,8 @@ class ArrayBackend:
             return _max_einsum(xp, left, right, weights), ()
         left_max = _finite_max(xp, left, -1)  # a  (L, B, 1)
         right_max = _finite_max(xp, right, -1)  # a' (L, B, 1)
-        left_exp = xp.exp(left - left_max)  # ≤ 1
-        right_exp = xp.exp(right - right_max)
+        left_exp = shifted_exp(xp, left, left_max)  # ≤ 1
+        right_exp = shifted_exp(xp, right, right_max)
         # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
         mixed = contract(xp, op.equation, op.path, left_exp, right_exp, weights)
         shift = left_max + right_max
@@ -409,7 +317,7 @@ class ArrayBackend:
         if max_product:
             return xp.max(xp.log(weights)[:, :, None, :] + stacked, axis=1), ()
         top = _finite_max(xp, stacked, 1)  # (M, 1, B, K)
-        stacked_exp = xp.exp(stacked - top)
+        stacked_exp = shifted_exp(xp, stacked, top)
         # (M, C, B, K) x (M, C, K) -> (M, B, K)
         mixed = contract(xp, op.equation, ((0, 1),), stacked_exp, weights)
         with np.errstate(divide="ignore"):
@@ -463,7 +371,10 @@ class ArrayBackend:
         adjoints: list[Any] = [None] * len(self.plan.ops)
         root_value, root_row = self.backward.root
         seed = xp.zeros_like(forward.values[root_value])
-        seed[root_row, samples, heads] = 1.0  # ∂J/∂ log p(x_b) at each sample's head
+        # ∂J/∂ log p(x_b) = 1 at each sample's head; a sample of probability 0 (possible with
+        # indicator leaves) has no posterior and gets no counts
+        possible = root[samples, heads] > ZERO_PROBABILITY
+        seed[root_row, samples, heads] = possible.astype(self.dtype)
         adjoints[root_value] = seed
         weights: dict[str, Any] = {}
         leaf: dict[str, tuple[Any, Any]] = {}
@@ -584,8 +495,8 @@ class ArrayBackend:
             )  # (L, S, K, f)
             leaf[gradient.param] = (grad[..., : gradient.stat_dim], grad[..., gradient.stat_dim])
 
-    def em_update(self, params: Params, stats: Statistics, step_size: float) -> Params:
-        return em_update(self.xp, self.plan, params, stats.weights, stats.leaf, step_size)
+    def em_update(self, params: Params, stats: Statistics, step_size: float, pseudocount: float = 0.0) -> Params:
+        return em_update(self.xp, self.plan, params, stats.weights, stats.leaf, step_size, pseudocount)
 
     # ------------------------------------------------------------------ resident training
     def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None) -> "ResidentData":
@@ -595,7 +506,7 @@ class ArrayBackend:
         return ResidentData(data.x, data.observed, self.xp.asarray(heads))
 
     def train_epoch(self, params: Params, data: "ResidentData", order: np.ndarray, batch_size: int,
-                    step_size: float) -> tuple[Params, float]:
+                    step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
         """One epoch of stochastic EM over resident ``data`` in ``order``: E-step and M-step per
         batch on the device, one transfer to the host (Σ log p) at the end."""
         xp = self.xp
@@ -605,7 +516,7 @@ class ArrayBackend:
             index = order_device[start : start + batch_size]
             batch = _Data(data.x[index], data.observed[index])
             batch_total, weights, leaf = self._statistics(params, batch, data.heads[index])
-            params = em_update(xp, self.plan, params, weights, leaf, step_size)
+            params = em_update(xp, self.plan, params, weights, leaf, step_size, pseudocount)
             total = total + batch_total
         return params, float(total)
 
@@ -793,32 +704,27 @@ def _max_einsum(xp: ModuleType, left: Any, right: Any, weights: Any) -> Any:
     return out[0] if len(out) == 1 else xp.concatenate(out, 1)
 
 
-def _operands(op: Any) -> list[Operand]:
-    if isinstance(op, EinsumOp):
-        return [op.left, op.right]
-    if isinstance(op, MixingOp):
-        return [op.input]
-    return []
-
-
 # ---------------------------------------------------------------- rule tables, keyed by type
 # forward (and its max-product variant): (backend, op, params, values, data, max_product) -> (value, saved)
 FORWARD_RULES: dict[type, Callable[..., tuple[Any, tuple[Any, ...]]]] = {
     InputOp: ArrayBackend._input,
     EinsumOp: ArrayBackend._einsum,
     MixingOp: ArrayBackend._mixing,
+    HadamardOp: hadamard.forward,
 }
 # backward plan steps: (backend, step, params, forward, adjoints, weight counts, leaf stats) -> None
 BACKWARD_RULES: dict[type, Callable[..., None]] = {
     InputBackward: ArrayBackend._input_backward,
     EinsumBackward: ArrayBackend._einsum_backward,
     MixingBackward: ArrayBackend._mixing_backward,
+    HadamardBackward: hadamard.backward,
 }
 # top-down sampling / MPE: (backend, op, params, values, choice, chosen, data, completed, mpe, ...) -> None
 BACKTRACK_RULES: dict[type, Callable[..., None]] = {
     InputOp: ArrayBackend._input_backtrack,
     EinsumOp: ArrayBackend._einsum_backtrack,
     MixingOp: ArrayBackend._mixing_backtrack,
+    HadamardOp: hadamard.backtrack,
 }
 
 

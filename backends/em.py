@@ -3,6 +3,15 @@
 Written against an array namespace ``xp`` so that every backend runs the same update.
 A weight vector or leaf component that received no posterior mass keeps its parameters: the
 mini-batch estimate is undefined there, and replacing it by 0/0 is how NaNs enter other libraries.
+
+Sum weights of every op kind are updated alike: counts normalised over the axes their
+``ParamSpec.normalised_over`` names. A pseudocount α > 0 is Laplace smoothing (a symmetric
+Dirichlet prior, MAP-EM) with the convention of Juice.jl and PyJuice: α pseudo-observations per
+distribution, spread evenly over its n outcomes — a weight vector gets n + α/n on each entry and
+its total n + α, a categorical leaf α/n per category, a Bernoulli α/2 on each side (the family's
+``pseudocounts`` rule). So the prior's strength does not grow with the fan-out: an einsum row of
+K² weights gets as much as a hadamard row of K. Then nothing is left without mass. Leaf families
+with fixed parameters (indicators) are never updated.
 """
 
 from __future__ import annotations
@@ -16,10 +25,21 @@ from einc.ir.plan import Plan
 NO_MASS = 1e-30
 # Sum weights are kept strictly positive so the log-einsum-exp trick stays finite (paper §3.2).
 MIN_WEIGHT = 1e-12
+# What Model.fit and `einc train` use: 0.01 pseudo-observations per distribution, spread over its
+# outcomes: small enough to leave well-fed estimates as they are, large enough that a weight row
+# or category no sample reached in a batch gets no exact zero.
+DEFAULT_PSEUDOCOUNT = 0.01
 
 
-def _normalise(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float) -> Any:
-    """w_batch = n / Σn over ``axes``; w ← (1−λ) w + λ w_batch; kept ≥ MIN_WEIGHT and normalised."""
+def _normalise(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float,
+               pseudocount: float = 0.0) -> Any:
+    """w_batch = (n + α/m) / (Σn + α) over ``axes`` (m entries); w ← (1−λ) w + λ w_batch; kept
+    ≥ MIN_WEIGHT and normalised."""
+    if pseudocount:
+        entries = 1
+        for axis in axes:
+            entries *= counts.shape[axis]
+        counts = counts + pseudocount / entries
     total = counts.sum(axis=axes, keepdims=True)
     has_mass = total > NO_MASS
     estimate = xp.where(has_mass, counts / xp.where(has_mass, total, 1.0), old)
@@ -28,20 +48,27 @@ def _normalise(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size:
 
 
 def em_update(xp: Any, plan: Plan, params: dict[str, Any], weight_counts: dict[str, Any],
-              leaf_stats: dict[str, tuple[Any, Any]], step_size: float) -> dict[str, Any]:
+              leaf_stats: dict[str, tuple[Any, Any]], step_size: float,
+              pseudocount: float = 0.0) -> dict[str, Any]:
     """Return new parameters: w ← (1−λ) w + λ w_batch,  φ ← (1−λ) φ + λ φ_batch."""
     new = dict(params)
     for spec in plan.params:
-        if spec.kind == "einsum":
-            # weights (L, K, i, j) normalised over (i, j)
-            new[spec.name] = _normalise(xp, weight_counts[spec.name], (2, 3), params[spec.name], step_size)
-        elif spec.kind == "mixing":
-            # weights (M, C, K) normalised over C
-            new[spec.name] = _normalise(xp, weight_counts[spec.name], (1,), params[spec.name], step_size)
+        if spec.kind != "leaf":
+            # sum weights of any op kind, e.g. einsum (L, K, i, j) over (i, j), mixing (M, C, K)
+            # over C, hadamard (L, K, j) over j
+            new[spec.name] = _normalise(
+                xp, weight_counts[spec.name], spec.normalised_over, params[spec.name], step_size, pseudocount
+            )
         else:
-            assert spec.family is not None
+            assert spec.family is not None and spec.domain is not None
             rule = family_rule(spec.family)
+            if rule.fixed:
+                continue
             sum_pt, sum_p = leaf_stats[spec.name]  # (L, S, K, t), (L, S, K)
+            if pseudocount and rule.pseudocounts is not None:
+                per_statistic, per_count = rule.pseudocounts(spec.family, spec.domain)
+                sum_pt = sum_pt + pseudocount * per_statistic
+                sum_p = sum_p + pseudocount * per_count
             old = params[spec.name]
             has_mass = (sum_p > NO_MASS)[..., None]
             estimate = xp.where(has_mass, sum_pt / xp.where(has_mass, sum_p[..., None], 1.0), old)

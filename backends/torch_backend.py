@@ -1,4 +1,9 @@
-"""PyTorch backend: interprets the plan with torch ops; EM statistics come from autograd (§3.5)."""
+"""PyTorch backend: interprets the plan with torch ops; EM statistics come from autograd (§3.5).
+
+The EiNet core op kinds (input, einsum, mixing) are interpreted here, with their CUDA-graph and
+fused paths; every further op kind is one entry of ``OP_RULES``, in its own module under
+``backends/torch_ops/`` (forward and max-product, top-down backtracking).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from einc.backends.base import Batch, Params, Statistics
+from einc.backends.base import Batch, Params, Statistics, shifted_exp
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients, leaf_features
+from einc.backends.torch_ops import TorchOpRule, hadamard
 from einc.ir.diagnostics import BackendError
-from einc.ir.families import family_rule
-from einc.ir.plan import EinsumOp, FamilyBlock, InputOp, MixingOp, Operand, Plan, RowRange
+from einc.ir.families import ZERO_PROBABILITY, family_rule
+from einc.ir.plan import EinsumOp, FamilyBlock, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Op kinds beyond the EiNet core: one rule each (tests/test_op_kinds.py checks the coverage).
+OP_RULES: dict[type, TorchOpRule] = {
+    HadamardOp: hadamard.RULE,
+}
+CORE_OPS = (InputOp, EinsumOp, MixingOp)  # interpreted inline below
 
 
 class TorchSampler:
@@ -103,7 +115,7 @@ class TorchBackend:
         matmul = _einsum_layer_batch_minor if self.batch_minor else _einsum_layer
         self.contractions = {
             "matmul": matmul,
-            "fused": _fused_einsum_layer() if fused and _fused_kernels_run_on(self.device) else matmul,
+            "fused": _fused_einsum_layer(self.batch_minor) if fused and _fused_kernels_run_on(self.device) else matmul,
         }
         self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
         self.real_column[-1] = 0.0
@@ -233,15 +245,37 @@ class TorchBackend:
                 if max_product:
                     values.append(_max_einsum(left, right, weights))
                     continue
-                left_max = _finite_max(left)
-                right_max = _finite_max(right)
-                contraction = self.contractions[op.kernel]
-                # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
-                mixed = contraction(torch.exp(left - left_max), torch.exp(right - right_max), weights, op.path)
-                values.append(torch.log(mixed) + left_max + right_max)
-            else:
+                values.append(self._log_einsum_exp(op, left, right, weights))
+            elif isinstance(op, MixingOp):
                 values.append(self._mix(op, params, values, max_product))
+            else:
+                values.append(self._rule(op).forward(self, op, params, values, max_product))
         return values
+
+    def _log_einsum_exp(self, op: EinsumOp, left: torch.Tensor, right: torch.Tensor,
+                        weights: torch.Tensor) -> torch.Tensor:
+        """log Σ_ij W[l,k,i,j] exp(N[l,b,i]) exp(N'[l,b,j]) (eq. 4), shifted by the operands' maxima.
+
+        Batch-minor, the shift, exp and log run on the stored (L, K, B) memory (contiguous along
+        the batch) and the contraction takes and returns that layout; the result is indexed
+        (L, B, k) like every value.
+        """
+        contraction = self.contractions[op.kernel]
+        k_axis = 1 if self.batch_minor else 2
+        if self.batch_minor:
+            left, right = left.transpose(1, 2), right.transpose(1, 2)  # (L, i, B), (L, j, B)
+        left_max = _finite_max(left, dim=k_axis)
+        right_max = _finite_max(right, dim=k_axis)
+        # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k), or batch-minor (L, ·, B) throughout
+        mixed = contraction(shifted_exp(torch, left, left_max), shifted_exp(torch, right, right_max), weights, op.path)
+        value = torch.log(mixed) + left_max + right_max
+        return value.transpose(1, 2) if self.batch_minor else value
+
+    def _rule(self, op: Any) -> TorchOpRule:
+        rule = OP_RULES.get(type(op))
+        if rule is None:
+            raise BackendError(f"the torch backend has no rule for plan op {type(op).__name__} ('{op.name}')")
+        return rule
 
     def _mix(self, op: MixingOp, params: Params, values: list[torch.Tensor], max_product: bool) -> torch.Tensor:
         rows = self._read(op.input, values)
@@ -250,10 +284,15 @@ class TorchBackend:
         weights = params[op.param]  # (M, C, K)
         if max_product:
             return (torch.log(weights)[:, :, None, :] + stacked).amax(1)
+        if self.batch_minor:  # work in the stored order (M, C, K, B)
+            stacked, weights = stacked.transpose(2, 3), weights[..., None]
+        else:
+            weights = weights[:, :, None, :]
         top = _finite_max(stacked, dim=1)  # (M, 1, B, K)
-        # (M, C, B, K) x (M, C, K) -> (M, B, K)
-        mixed = torch.einsum(op.equation, torch.exp(stacked - top), weights)
-        return torch.log(mixed) + top[:, 0]
+        # (M, C, B, K) x (M, C, 1, K) -> (M, B, K), or batch-minor (M, C, K, B) x (M, C, K, 1) -> (M, K, B)
+        mixed = (shifted_exp(torch, stacked, top) * weights).sum(1)
+        value = torch.log(mixed) + top[:, 0]
+        return value.transpose(1, 2) if self.batch_minor else value
 
     def _root(self, values: list[torch.Tensor]) -> torch.Tensor:
         value, row = self.plan.root
@@ -331,7 +370,9 @@ class TorchBackend:
         log_p = root[:, 0] if labels is None else torch.gather(root, 1, labels[:, None])[:, 0]
         total = log_p.sum()
         leaves = [c for op_coefs in coefficients.values() for c in op_coefs]
-        grads = torch.autograd.grad(total, list(weights.values()) + leaves)
+        # a sample of probability 0 (possible with indicator leaves) has no posterior: no counts
+        possible = torch.where(log_p > ZERO_PROBABILITY, log_p, torch.zeros_like(log_p))
+        grads = torch.autograd.grad(possible.sum(), list(weights.values()) + leaves)
         weight_counts = {name: w.detach() * g for (name, w), g in zip(weights.items(), grads)}
         leaf_stats: dict[str, tuple[Any, Any]] = {}
         leaf_grads = iter(grads[len(weights):])
@@ -342,9 +383,9 @@ class TorchBackend:
                     leaf_stats[block.param] = (g[..., : block.stat_dim], g[..., block.stat_dim])
         return total.detach(), weight_counts, leaf_stats
 
-    def em_update(self, params: Params, stats: Statistics, step_size: float) -> Params:
+    def em_update(self, params: Params, stats: Statistics, step_size: float, pseudocount: float = 0.0) -> Params:
         with torch.no_grad():
-            return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size)
+            return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size, pseudocount)
 
     # ------------------------------------------------------------------ gradient training
     def gradient_trainer(self, params: Params, learning_rate: float) -> "GradientTrainer":
@@ -360,7 +401,7 @@ class TorchBackend:
         return DeviceData(x, obs, label_tensor)
 
     def train_epoch(self, params: Params, data: "DeviceData", order: np.ndarray, batch_size: int,
-                    step_size: float) -> tuple[Params, float]:
+                    step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
         """One epoch of stochastic EM over ``data`` in ``order``; returns (params, Σ log p).
 
         On CUDA every full batch replays one captured CUDA graph of the whole step (gather,
@@ -371,7 +412,7 @@ class TorchBackend:
         full = len(order) // batch_size
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         if self.capture and full > 0:
-            step = self._captured_step(params, data, batch_size, step_size)
+            step = self._captured_step(params, data, batch_size, step_size, pseudocount)
             step.total.zero_()
             for number in range(full):
                 step.index.copy_(order_t[number * batch_size : (number + 1) * batch_size])
@@ -383,12 +424,13 @@ class TorchBackend:
         for begin in range(start, len(order), batch_size):
             index = order_t[begin : begin + batch_size]
             # with captured graphs keep the storage, so they stay valid
-            params, batch_total = self._em_step(params, data, index, step_size, in_place=self.capture)
+            params, batch_total = self._em_step(params, data, index, step_size, in_place=self.capture,
+                                                pseudocount=pseudocount)
             total = total + batch_total
         return params, float(total)
 
     def _em_step(self, params: Params, data: "DeviceData", index: torch.Tensor, step_size: float,
-                 in_place: bool) -> tuple[Params, torch.Tensor]:
+                 in_place: bool, pseudocount: float = 0.0) -> tuple[Params, torch.Tensor]:
         """E-step and M-step on the rows ``index`` of ``data``; ``in_place`` writes the new
         parameters into the old storage (what captured CUDA graphs keep reading)."""
         labels = None if data.labels is None else data.labels.index_select(0, index)
@@ -396,25 +438,26 @@ class TorchBackend:
             params, data.values.index_select(0, index), data.observed.index_select(0, index), labels
         )
         with torch.no_grad():
-            new = self._m_step(torch, self.plan, params, counts, leaf, step_size)
+            new = self._m_step(torch, self.plan, params, counts, leaf, step_size, pseudocount)
             if not in_place:
                 return new, batch_total
             for name, value in new.items():
                 params[name].copy_(value)
         return params, batch_total
 
-    def _captured_step(self, params: Params, data: "DeviceData", batch_size: int, step_size: float) -> "_CapturedStep":
-        key = (id(data), batch_size, step_size, _storage_key(params))
+    def _captured_step(self, params: Params, data: "DeviceData", batch_size: int, step_size: float,
+                       pseudocount: float = 0.0) -> "_CapturedStep":
+        key = (id(data), batch_size, step_size, pseudocount, _storage_key(params))
         step = self.captured_steps.get(key)
         if step is None:
             self.captured_steps.clear()
             try:
-                step = _CapturedStep(self, params, data, batch_size, step_size)
+                step = _CapturedStep(self, params, data, batch_size, step_size, pseudocount)
             except Exception as error:  # a compiler failure must not stop training
                 if not self.fuse:
                     raise
                 self._without_fusion(error)
-                step = _CapturedStep(self, params, data, batch_size, step_size)
+                step = _CapturedStep(self, params, data, batch_size, step_size, pseudocount)
             self.captured_steps[key] = step
         return step
 
@@ -436,6 +479,9 @@ class TorchBackend:
             for index in range(len(self.plan.ops) - 1, -1, -1):
                 op = self.plan.ops[index]
                 chosen = choice[index]
+                if not isinstance(op, CORE_OPS):
+                    self._rule(op).backtrack(self, op, params, values, choice, chosen, sampler, mpe)
+                    continue
                 reached = chosen >= 0
                 k = chosen.clamp(min=0)
                 if isinstance(op, MixingOp):
@@ -530,11 +576,8 @@ class GradientTrainer:
         out: Params = {}
         for spec in self.backend.plan.params:
             free = self.free[spec.name]
-            if spec.kind == "einsum":  # softmax over the (i, j) child pairs
-                rows, k_out = spec.shape[:2]
-                out[spec.name] = torch.softmax(free.reshape(rows, k_out, -1), -1).reshape(spec.shape)
-            elif spec.kind == "mixing":  # softmax over the partitions
-                out[spec.name] = torch.softmax(free, 1)
+            if spec.kind != "leaf":  # sum weights: a softmax over the axes they are normalised over
+                out[spec.name] = _softmax_over(free, spec.normalised_over)
             else:
                 assert spec.family is not None
                 out[spec.name] = family_rule(spec.family).constrained(torch, free, spec.family)
@@ -596,6 +639,14 @@ class GradientTrainer:
         self.optimizer.load_state_dict(state)
 
 
+def _softmax_over(free: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """Softmax over several axes at once: moved to the end, flattened, and back."""
+    trailing = tuple(range(free.dim() - len(axes), free.dim()))
+    moved = free.movedim(axes, trailing)
+    flat = torch.softmax(moved.reshape(*moved.shape[: -len(axes)], -1), -1)
+    return flat.reshape(moved.shape).movedim(trailing, axes)
+
+
 @dataclass(frozen=True)
 class DeviceData:
     """A training set resident on the device: values and mask with the pad column, labels."""
@@ -630,13 +681,14 @@ class _CapturedStep:
     runs are undone by restoring a snapshot.
     """
 
-    def __init__(self, backend: TorchBackend, params: Params, data: DeviceData, batch_size: int, step_size: float) -> None:
+    def __init__(self, backend: TorchBackend, params: Params, data: DeviceData, batch_size: int, step_size: float,
+                 pseudocount: float = 0.0) -> None:
         self.index = torch.zeros(batch_size, dtype=torch.long, device=backend.device)
         self.total = torch.zeros((), dtype=backend.dtype, device=backend.device)
         snapshot = {name: value.clone() for name, value in params.items()}
 
         def step() -> None:
-            _, batch_total = backend._em_step(params, data, self.index, step_size, in_place=True)
+            _, batch_total = backend._em_step(params, data, self.index, step_size, in_place=True, pseudocount=pseudocount)
             with torch.no_grad():
                 self.total.add_(batch_total)
 
@@ -703,26 +755,23 @@ def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor
 
 def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
                               path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-    """``lbi,lbj,lkij->lbk`` with the batch as the matmuls' wide side: the operands are read as
-    (L, i, B) and (L, j, B) (views where they are stored batch-minor) and the result is stored
-    (L, k, B), returned indexed (L, B, k)."""
-    rows, batch, k_left = left.shape
+    """``lib,ljb,lkij->lkb``: the einsum layer batch-minor, the batch the matmuls' wide side."""
+    rows, k_left, batch = left.shape
     k_out, k_right = weights.shape[1], weights.shape[3]
-    left_t, right_t = left.transpose(1, 2), right.transpose(1, 2)  # (L, i, B), (L, j, B)
     first = tuple(sorted(path[0]))
     if first == (0, 1):
         # (L, i, B) x (L, j, B) -> (L, i·j, B); then (L, k, i·j) x (L, i·j, B) -> (L, k, B)
-        pairs = (left_t[:, :, None, :] * right_t[:, None, :, :]).reshape(rows, k_left * k_right, batch)
-        return torch.bmm(weights.reshape(rows, k_out, k_left * k_right), pairs).transpose(1, 2)
+        pairs = (left[:, :, None, :] * right[:, None, :, :]).reshape(rows, k_left * k_right, batch)
+        return torch.bmm(weights.reshape(rows, k_out, k_left * k_right), pairs)
     if first == (0, 2):
         # (L, k·j, i) x (L, i, B) -> (L, k, j, B); then Σ_j with (L, j, B) -> (L, k, B)
         w = weights.permute(0, 1, 3, 2).reshape(rows, k_out * k_right, k_left)
-        partial = torch.bmm(w, left_t.contiguous()).reshape(rows, k_out, k_right, batch)
-        return (partial * right_t[:, None, :, :]).sum(2).transpose(1, 2)
+        partial = torch.bmm(w, left).reshape(rows, k_out, k_right, batch)
+        return (partial * right[:, None, :, :]).sum(2)
     # (L, k·i, j) x (L, j, B) -> (L, k, i, B); then Σ_i with (L, i, B) -> (L, k, B)
     w = weights.reshape(rows, k_out * k_left, k_right)
-    partial = torch.bmm(w, right_t.contiguous()).reshape(rows, k_out, k_left, batch)
-    return (partial * left_t[:, None, :, :]).sum(2).transpose(1, 2)
+    partial = torch.bmm(w, right).reshape(rows, k_out, k_left, batch)
+    return (partial * left[:, None, :, :]).sum(2)
 
 
 def _fused_kernels_run_on(device: torch.device) -> bool:
@@ -732,8 +781,9 @@ def _fused_kernels_run_on(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _fused_einsum_layer() -> Any:
-    """``lbi,lbj,lkij->lbk`` by the fused Triton kernels (no K² intermediates; the path is unused)."""
+def _fused_einsum_layer(batch_minor: bool) -> Any:
+    """``lbi,lbj,lkij->lbk`` by the fused Triton kernels (no K² intermediates; the path is unused),
+    taking and returning the backend's layout (batch-minor: ``lib,ljb,lkij->lkb``)."""
     try:
         from einc.backends.fused_einsum import einsum_layer  # imports Triton: only when asked for
     except ImportError as error:
@@ -744,6 +794,9 @@ def _fused_einsum_layer() -> Any:
 
     def contraction(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
                     path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+        if batch_minor:
+            # (L, i, B) x (L, j, B) x (L, k, i, j) -> (L, k, B), through the kernels' (L, B, ·)
+            return einsum_layer(left.transpose(1, 2), right.transpose(1, 2), weights).transpose(1, 2)
         # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
         return einsum_layer(left, right, weights)
 

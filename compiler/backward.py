@@ -20,12 +20,13 @@ from einc.ir.backward_plan import (
     BackwardStep,
     Contraction,
     EinsumBackward,
+    HadamardBackward,
     InputBackward,
     LeafGradient,
     MixingBackward,
 )
 from einc.ir.diagnostics import EincError
-from einc.ir.plan import EinsumOp, InputOp, MixingOp, Op, Plan
+from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Op, Plan
 
 
 def einsum_gradient(equation: str, operand: int) -> str:
@@ -135,10 +136,28 @@ def _mixing_rule(plan: Plan, index: int, op: MixingOp, batch: int) -> MixingBack
     )
 
 
+def _hadamard_rule(plan: Plan, index: int, op: HadamardOp, batch: int) -> HadamardBackward:
+    # S = log Σ_j W exp(P − top) + top with P = Σ parts: G = ∂J/∂S / exp(S − top) as above; the
+    # log-product's adjoint exp(P − top) · Σ_k G W goes unchanged to each part of its row.
+    sizes = index_sizes(
+        op.equation, [(op.rows, batch, op.k_in), (op.rows, op.k_out, op.k_in)]
+    )
+    return HadamardBackward(
+        op=index,
+        name=op.name,
+        param=op.param,
+        parts=op.parts,
+        owner=op.owner,
+        product_adjoint=_gradient(op.equation, 0, sizes),
+        weight_gradient=_gradient(op.equation, 1, sizes),
+    )
+
+
 BACKWARD_RULES: dict[type, Callable[[Plan, int, Op, int], BackwardStep]] = {
     InputOp: _input_rule,  # type: ignore[dict-item]
     EinsumOp: _einsum_rule,  # type: ignore[dict-item]
     MixingOp: _mixing_rule,  # type: ignore[dict-item]
+    HadamardOp: _hadamard_rule,  # type: ignore[dict-item]
 }
 
 

@@ -36,6 +36,7 @@ from einc.ir.program import (
     Name,
     Number,
     PartitionStatement,
+    ProductStatement,
     Program,
     RegionRef,
     RegionStatement,
@@ -57,6 +58,7 @@ from einc.ir.region_graph import (
     Variable,
     region_sort_key,
 )
+from einc.ir.products import DEFAULT_PRODUCT, PRODUCT_KINDS
 
 DEFAULT_SUMS = 10
 DEFAULT_HEADS = 1
@@ -64,8 +66,8 @@ DEFAULT_MIN_VAR = 1e-4
 DEFAULT_MAX_VAR = 10.0
 
 DOMAINS = ("binary", "categorical(n)", "count", "real", "real(d)")
-FAMILIES = ("bernoulli", "binomial(N)", "categorical", "normal", "poisson")
-GENERATORS = ("random_binary_trees", "poon_domingos")
+FAMILIES = ("bernoulli", "binomial(N)", "categorical", "indicator", "normal", "poisson")
+GENERATORS = ("random_binary_trees", "poon_domingos", "tree")
 
 # Words people reach for that are not ours, mapped to ours; difflib catches plain misspellings.
 _DOMAIN_SYNONYMS = {
@@ -91,12 +93,21 @@ _FAMILY_SYNONYMS = {
     "bool": "bernoulli",
 }
 
+_PRODUCT_SYNONYMS = {
+    "elementwise": "hadamard",
+    "element_wise": "hadamard",
+    "cp": "hadamard",
+    "einsum": "outer",
+    "kronecker": "outer",
+}
+
 # The domain kinds each family accepts; size limits (bernoulli: 2 categories, binomial(N):
 # N + 1) are checked in _family_fits.
 _FAMILY_DOMAINS = {
     "bernoulli": ("binary", "categorical"),
     "categorical": ("binary", "categorical"),
     "binomial": ("binary", "categorical", "count"),
+    "indicator": ("binary", "categorical"),
     "poisson": ("binary", "categorical", "count"),
     "normal": ("real",),
 }
@@ -319,6 +330,7 @@ class _Builder:
     # fail silently instead of cascading into "unknown variable" errors.
     broken: set[str] = field(default_factory=set)
     referenced: int = 0  # variables named by references so far (explicit scopes, leaf targets)
+    family_spans: dict[int, Span] = field(default_factory=dict)  # variable -> its `leaf` family
 
     def build(self) -> tuple[RegionGraph | None, list[Diagnostic]]:
         statements = self.program.statements
@@ -326,6 +338,7 @@ class _Builder:
         self._declare([s for s in statements if isinstance(s, VarStatement)])
         families = self._leaf_families([s for s in statements if isinstance(s, LeafStatement)])
         sizes = self._sizes([s for s in statements if isinstance(s, SizeStatement)])
+        product = self._product([s for s in statements if isinstance(s, ProductStatement)])
         if not any(isinstance(s, VarStatement) for s in statements):
             self.sink.error(
                 f"{self.program.filename}: the circuit declares no variables; "
@@ -345,6 +358,7 @@ class _Builder:
             inputs=sizes["inputs"],
             heads=sizes["heads"],
             generator=generator,
+            product=product,
         )
         return graph, sort_diagnostics(self.sink.diagnostics)
 
@@ -444,6 +458,7 @@ class _Builder:
                     family=families[index],
                     column=column,
                     span=group.span,
+                    family_span=self.family_spans.get(index),
                 )
             )
             column += group.domain.columns
@@ -579,6 +594,7 @@ class _Builder:
                     continue
                 for i in indices:
                     given_at[i] = target.span
+                    self.family_spans[i] = statement.family.span
                 if family is None:
                     continue
                 self._check_fit(family, categories, statement.family, target, indices)
@@ -608,7 +624,7 @@ class _Builder:
 
     def _family_of(self, call: Call) -> LeafFamily | None:
         name = call.name.text
-        if name in ("bernoulli", "poisson"):
+        if name in ("bernoulli", "indicator", "poisson"):
             return LeafFamily(name) if _bind(call, (), self.sink) else None
         if name == "categorical":
             # n comes from the domain; an explicit categorical(n) is checked against it.
@@ -710,6 +726,27 @@ class _Builder:
             "inputs": values.get("inputs", sums),
             "heads": values.get("heads", DEFAULT_HEADS),
         }
+
+    # product kind ----------------------------------------------------------------------------
+
+    def _product(self, statements: list[ProductStatement]) -> str:
+        for extra in statements[1:]:
+            self.sink.error(
+                "product is given twice; a circuit has one product kind",
+                extra.span,
+                Note("first given here", statements[0].span),
+            )
+        if not statements:
+            return DEFAULT_PRODUCT
+        kind = statements[0].kind
+        if kind.text not in PRODUCT_KINDS:
+            self.sink.error(
+                f"unknown product kind '{kind.text}'; expected {_one_of(list(PRODUCT_KINDS))}"
+                + _did_you_mean(kind.text, list(PRODUCT_KINDS), _PRODUCT_SYNONYMS),
+                kind.span,
+            )
+            return DEFAULT_PRODUCT
+        return kind.text
 
     # structure -------------------------------------------------------------------------------
 
@@ -852,6 +889,7 @@ class _Builder:
         builders = {
             "random_binary_trees": self._random_binary_trees,
             "poon_domingos": self._poon_domingos,
+            "tree": self._tree,
         }
         builder = builders.get(call.name.text)
         if builder is None:
@@ -911,6 +949,20 @@ class _Builder:
             len(self.group_of), depth, replicas, seed
         )
         description = f"random_binary_trees(depth={depth}, replicas={replicas}, seed={seed})"
+        return regions, partitions, description
+
+    def _tree(self, call: Call) -> tuple[list[Region], list[Partition], str] | None:
+        bound = _bind(call, (_Param("parents", "ints"),), self.sink)
+        if bound is None:
+            return None
+        parents = tuple(int(p) for p in bound.values["parents"])  # type: ignore[attr-defined]
+        names = [self._name_of(i) for i in range(len(self.group_of))]
+        errors = generators.check_tree(parents, names)
+        if not self._report_generator_errors(call, bound, errors):
+            return None
+        regions, partitions = generators.tree(parents)
+        root = parents.index(-1)
+        description = f"tree(parents=[{len(parents)} entries], root={names[root]})"
         return regions, partitions, description
 
     def _poon_domingos(self, call: Call) -> tuple[list[Region], list[Partition], str] | None:
@@ -991,6 +1043,8 @@ def _fitting_domains(family: LeafFamily, categories_required: int | None) -> str
     if family.name == "categorical":
         if categories_required is not None:
             return f"a categorical({categories_required}) variable"
+        return "a binary or categorical(n) variable"
+    if family.name == "indicator":
         return "a binary or categorical(n) variable"
     if family.name == "poisson":
         return "a binary, categorical(n) or count variable"

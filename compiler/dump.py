@@ -15,9 +15,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from einc.compiler.lower import PRODUCT_LOWERINGS
 from einc.compiler.verify import partition_text, region_text
 from einc.ir.families import family_rule
 from einc.ir.layers import LayeredCircuit, LeafLayer, ProductLayer, SumLayer
+from einc.ir.products import DEFAULT_PRODUCT, PRODUCT_KINDS
 from einc.ir.region_graph import Partition, RegionGraph, RegionId, Variable
 
 
@@ -46,6 +48,12 @@ def _structure(graph: RegionGraph) -> str:
     return graph.generator or "explicit region graph"
 
 
+def _sizes(graph: RegionGraph) -> str:
+    """The K line; the product kind is shown when it is not the default."""
+    text = f"K: sums {graph.sums}, inputs {graph.inputs}, heads {graph.heads}"
+    return text if graph.product == DEFAULT_PRODUCT else f"{text}; product {graph.product}"
+
+
 # ---------------------------------------------------------------------------------------------
 # IR
 
@@ -55,7 +63,7 @@ def dump_ir(graph: RegionGraph) -> str:
     numbers = _region_numbers(graph)
     lines = [
         f"circuit {graph.name}  ({_structure(graph)})",
-        f"K: sums {graph.sums}, inputs {graph.inputs}, heads {graph.heads}",
+        _sizes(graph),
         (
             f"variables: {graph.num_variables} in {graph.num_columns} data columns "
             "(declaration order, arrays row-major)"
@@ -171,12 +179,12 @@ class ParameterCount:
     """Free parameters of the circuit for its K (EiNet layout: paper §3.3, §3.4, appendix B)."""
 
     leaf: int  # per leaf region: inputs x sum over its variables of the family's statistics
-    einsum: int  # per partition: K_out x K_left x K_right
+    product: int  # per partition: its product kind's weights (outer: K_out·K_left·K_right)
     mixing: int  # per region with C > 1 partitions: K_out x C
 
     @property
     def total(self) -> int:
-        return self.leaf + self.einsum + self.mixing
+        return self.leaf + self.product + self.mixing
 
 
 def parameter_count(graph: RegionGraph) -> ParameterCount:
@@ -184,37 +192,33 @@ def parameter_count(graph: RegionGraph) -> ParameterCount:
 
     A leaf region holds ``inputs`` factorised densities, each with one expectation parameter per
     sufficient statistic of each of its variables (bernoulli/binomial/poisson 1, categorical(n) n,
-    normal 2 per real dimension). A partition's einsum weights are ``K_out x K_left x K_right``,
-    where ``K_out`` is ``heads`` for the root's partitions and ``sums`` otherwise, and a part has
+    normal 2 per real dimension; fixed indicator leaves none). A partition's weights are its
+    product kind's (``outer``: ``K_out x K_left x K_right``; ``hadamard``: ``K_out x K``), where
+    ``K_out`` is ``heads`` for the root's partitions and ``sums`` otherwise, and a part has
     ``inputs`` densities if it is a leaf region, ``sums`` if internal. A region with C > 1
     partitions adds a mixing layer of ``K_out x C`` weights.
     """
     per_variable = [
-        family_rule(v.family).stat_dim(v.family, v.domain) * v.domain.columns
+        0
+        if family_rule(v.family).fixed
+        else family_rule(v.family).stat_dim(v.family, v.domain) * v.domain.columns
         for v in graph.variables
     ]
     leaf = sum(
         graph.inputs * sum(per_variable[i] for i in region[0]) for region in graph.leaf_regions
     )
 
-    def k_out(region_id: RegionId) -> int:
-        return graph.heads if region_id == graph.root else graph.sums
-
-    def k_of(region_id: RegionId) -> int:
-        return graph.inputs if graph.is_leaf(region_id) else graph.sums
-
-    einsum = 0
-    for partition in graph.partitions:
-        weights = k_out(partition.region)
-        for part in partition.parts:
-            weights *= k_of(part)
-        einsum += weights
+    product = PRODUCT_KINDS[graph.product]
+    weights = sum(
+        product.weights(graph.size(p.region), [graph.size(part) for part in p.parts])
+        for p in graph.partitions
+    )
     mixing = sum(
-        k_out(region_id) * len(graph.partitions_of[region_id])
+        graph.size(region_id) * len(graph.partitions_of[region_id])
         for region_id in graph.internal_regions
         if len(graph.partitions_of[region_id]) > 1
     )
-    return ParameterCount(leaf, einsum, mixing)
+    return ParameterCount(leaf, weights, mixing)
 
 
 def summary(layered: LayeredCircuit) -> str:
@@ -243,9 +247,10 @@ def summary(layered: LayeredCircuit) -> str:
             f"layers: {len(layers)} (1 leaf, {len(layers) - 1 - len(sums)} product, {len(sums)} sum; "
             f"{_count(mixing, 'mixed region')})"
         ),
-        f"K: sums {graph.sums}, inputs {graph.inputs}, heads {graph.heads}",
+        _sizes(graph),
         (
-            f"parameters: {count.total:,} (leaf {count.leaf:,}, einsum {count.einsum:,}, "
+            f"parameters: {count.total:,} (leaf {count.leaf:,}, "
+            f"{PRODUCT_LOWERINGS[graph.product].op_kind} {count.product:,}, "
             f"mixing {count.mixing:,})"
         ),
     ]

@@ -1,12 +1,16 @@
 """Structure generators: region graphs built from a few arguments instead of written out.
 
-Two generators, both as used by Einsum Networks (paper §4.1 and §4.2):
+Two generators as used by Einsum Networks (paper §4.1 and §4.2), and one for learned trees:
 
 - ``random_binary_trees`` — RAT-SPNs (Peharz et al., 2019): R random balanced binary trees of
   split-depth D over all variables, mixed at a shared root.
 - ``poon_domingos`` — the PD structure (Poon & Domingos, 2011) over a 2-D grid of variables:
   every rectangle is split in two at every multiple of a step size ``delta``; sub-rectangles are
   shared between parents, so the result is a DAG.
+- ``tree`` — a tree over the variables given by a parent list (a Chow–Liu tree, or the backbone of
+  a hidden Chow–Liu tree, HCLT; Liu & Van den Broeck 2021): every tree node's region is its
+  subtree, partitioned into the node's own variable and each child's subtree (n-ary partitions,
+  meant for ``product hadamard``). ``einc learn-structure`` writes these parent lists.
 
 Both return ``(regions, partitions)`` in a deterministic order: regions sorted by
 ``region_sort_key``, partitions grouped by region in the same order and, within one region, in
@@ -354,3 +358,129 @@ def _canonical(
     ordered_regions = sorted(regions, key=lambda region: region_sort_key(region.id))
     ordered_partitions = sorted(partitions, key=lambda partition: region_sort_key(partition.region))
     return ordered_regions, ordered_partitions
+
+
+# --------------------------------------------------------------------------------------------
+# Trees from a parent list (Chow-Liu trees, HCLTs)
+# --------------------------------------------------------------------------------------------
+
+
+def check_tree(parents: Sequence[int], names: Sequence[str]) -> list[GeneratorArgumentError]:
+    """Every reason ``parents`` is not a tree over the ``len(names)`` variables (empty if none).
+
+    ``parents[v]`` is the parent variable of variable ``v``; the root has ``-1``.
+    """
+    count = len(names)
+    errors: list[GeneratorArgumentError] = []
+    if len(parents) != count:
+        errors.append(
+            GeneratorArgumentError(
+                f"parents has {len(parents)} entries; expected one per variable ({count}), in "
+                "declaration order, -1 for the root",
+                "parents",
+            )
+        )
+        return errors
+    if count < 2:
+        errors.append(
+            GeneratorArgumentError(
+                f"tree needs at least 2 variables to split, the circuit has {count}", "tree"
+            )
+        )
+        return errors
+    for v, parent in enumerate(parents):
+        if parent == v:
+            errors.append(
+                GeneratorArgumentError(
+                    f"parents[{v}] = {v}: variable {names[v]} cannot be its own parent", "parents"
+                )
+            )
+        elif not -1 <= parent < count:
+            errors.append(
+                GeneratorArgumentError(
+                    f"parents[{v}] = {parent} is not a variable; expected -1 (the root) or "
+                    f"0..{count - 1}",
+                    "parents",
+                )
+            )
+    roots = [v for v, parent in enumerate(parents) if parent == -1]
+    if len(roots) != 1:
+        listed = ", ".join(names[v] for v in roots[:4]) + (" ..." if len(roots) > 4 else "")
+        found = f"{len(roots)} ({listed})" if roots else "none"
+        errors.append(
+            GeneratorArgumentError(
+                f"a tree has exactly one root (parent -1); found {found}", "parents"
+            )
+        )
+    if errors:
+        return errors
+    # Every variable must reach the root: walking up from any node meets no node twice.
+    state = [0] * count  # 0 unvisited, 1 on the current walk, 2 known to reach the root
+    state[roots[0]] = 2
+    for start in range(count):
+        walk = []
+        v = start
+        while state[v] == 0:
+            state[v] = 1
+            walk.append(v)
+            v = parents[v]
+        if state[v] == 1:
+            cycle = walk[walk.index(v) :] + [v]
+            errors.append(
+                GeneratorArgumentError(
+                    "parents make a cycle, not a tree: "
+                    + " -> ".join(names[u] for u in cycle[:8])
+                    + (" -> ..." if len(cycle) > 8 else ""),
+                    "parents",
+                )
+            )
+            return errors
+        for u in walk:
+            state[u] = 2
+    return errors
+
+
+def tree(parents: Sequence[int]) -> tuple[list[Region], list[Partition]]:
+    """The region graph of a tree over variables 0..V-1 given by ``parents`` (root: -1).
+
+    Every tree node v is the region of its subtree's variables; an inner node has one partition,
+    ``subtree(v) -> {v} * subtree(c1) * ... * subtree(cm)`` over its children c. A tree leaf's
+    subtree is the leaf region ``{v}``. With ``product hadamard`` and K states per region this is
+    a hidden Chow–Liu tree (the K entries of subtree(v)'s vector are the states of v's parent's
+    hidden variable, the element-wise product runs over the states of v's own); with indicator
+    leaves on inner nodes and K = their number of categories it is a Chow–Liu tree.
+
+    >>> regions, partitions = tree([-1, 0, 0, 1])
+    >>> [r.scope for r in regions], [[part[0] for part in p.parts] for p in partitions]
+    ([(0, 1, 2, 3), (1, 3), (0,), (1,), (2,), (3,)], [[(0,), (1, 3), (2,)], [(1,), (3,)]])
+    """
+    names = [f"variable {v}" for v in range(len(parents))]
+    errors = check_tree(parents, names)
+    if errors:
+        raise errors[0]
+    count = len(parents)
+    children: list[list[int]] = [[] for _ in range(count)]
+    for v, parent in enumerate(parents):
+        if parent >= 0:
+            children[parent].append(v)
+    root = parents.index(-1)
+    # subtree scopes bottom-up: a post-order of an explicit stack (trees can be deep: no recursion)
+    order: list[int] = []
+    stack = [root]
+    while stack:
+        v = stack.pop()
+        order.append(v)
+        stack.extend(children[v])
+    scope: list[tuple[int, ...]] = [()] * count
+    for v in reversed(order):
+        scope[v] = tuple(sorted([v, *(u for c in children[v] for u in scope[c])]))
+    regions: dict[RegionId, Region] = {}
+    partitions: list[Partition] = []
+    for v in order:
+        regions[(scope[v], 0)] = Region(scope[v], 0)
+        if not children[v]:
+            continue
+        regions[((v,), 0)] = Region((v,), 0)
+        parts = sorted([((v,), 0), *((scope[c], 0) for c in children[v])])
+        partitions.append(Partition((scope[v], 0), tuple(parts)))
+    return _canonical(regions.values(), partitions)

@@ -1,8 +1,14 @@
 """Lowering: layered circuit -> einsum plan (EiNet paper §3.3, §3.4, appendix B).
 
-Each sum layer becomes einsum op(s) over all partitions of its regions, grouped by their K
-signature (k_out, k_left, k_right), followed by mixing op(s) for regions with C > 1 partitions,
-grouped by C. The leaf layer becomes one input op with a block per (family, domain).
+Each sum layer becomes product op(s) over all partitions of its regions, followed by mixing
+op(s) for regions with C > 1 partitions, grouped by C. The leaf layer becomes one input op with a
+block per (family, domain). Which product op a partition becomes is the circuit's product kind,
+looked up in ``PRODUCT_LOWERINGS``:
+
+- ``outer``: einsum ops grouped by K signature (k_out, k_left, k_right), reading all left children,
+  then all right children;
+- ``hadamard``: hadamard ops grouped by (k_out, k_in), any arity in one op, reading every part of
+  every partition in one operand ordered by the value the part comes from.
 
 Row order is decided top-down, before any op is emitted: a region (or partition) is placed in its
 producer's output in the order consumers first read it, and every einsum op reads all its left
@@ -15,6 +21,7 @@ partitions are gathered by index only where the order cannot serve every reader.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import opt_einsum
@@ -25,6 +32,7 @@ from einc.ir.layers import LayeredCircuit, SumLayer
 from einc.ir.plan import (
     EinsumOp,
     FamilyBlock,
+    HadamardOp,
     InputOp,
     MixingOp,
     Op,
@@ -45,16 +53,40 @@ Item = object
 class _Group:
     """One future op: its kind, the items it outputs (in row order) and what it reads."""
 
-    kind: str  # "input" | "einsum" | "mixing"
+    kind: str  # "input" | "mixing" | a product lowering's op kind ("einsum", "hadamard")
     key: tuple
     items: list = field(default_factory=list)
     left: list[Item] = field(default_factory=list)
     right: list[Item] = field(default_factory=list)
     inputs: list[Item] = field(default_factory=list)
+    owner: list[int] = field(default_factory=list)  # hadamard: output row of each input item
     k_out: int = 0
     k_left: int = 0
     k_right: int = 0
     components: int = 0
+
+
+@dataclass(frozen=True)
+class _ProductLowering:
+    """How one product kind becomes plan ops: its group (op) signature per partition, the order
+    in which a group reads its parts (which decides the producers' row order), and the op."""
+
+    op_kind: str
+    # (graph, partition index) -> the K signature that must be shared by one op's rows
+    signature: Callable[[RegionGraph, int], tuple[int, ...]]
+    new_group: Callable[[str, tuple, tuple[int, ...]], _Group]
+    # (graph, group, producer of each item) -> fills the group's reads, in reading order
+    plan_reads: Callable[[RegionGraph, _Group, dict], None]
+    # (graph, group, location, op name, batch_hint, target) -> the op and its parameters
+    emit: Callable[[RegionGraph, _Group, dict, str, int, "_Target"], tuple[Op, list[ParamSpec]]]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What an op's lowering may depend on besides the graph: the device and the kernel asked for."""
+
+    device: str = "cpu"
+    einsum_kernel: str = "auto"  # compiler/kernels.py
 
 
 def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
@@ -64,13 +96,11 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
     ``kernel`` picks every einsum op's kernel (``matmul`` or ``fused``), or ``auto`` lets the
     target's rule in ``compiler/kernels.py`` pick per op from its K signature.
     """
+    lowering_target = _Target(target, kernel)
     graph = layered.graph
     sum_layers = [layer for layer in layered.layers if isinstance(layer, SumLayer)]
-
-    def k_of(region: RegionId) -> int:
-        if region == graph.root:
-            return graph.heads
-        return graph.inputs if graph.is_leaf(region) else graph.sums
+    product = PRODUCT_LOWERINGS[graph.product]
+    k_of = graph.size
 
     # ---- assign every region/partition to the group (future op) that produces it
     producer: dict[Item, tuple] = {}
@@ -83,11 +113,10 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
         for region in layer.regions:
             partition_indices = graph.partitions_of[region]
             for p in partition_indices:
-                parts = graph.partitions[p].parts
-                signature = (k_of(region), k_of(parts[0]), k_of(parts[1]))
-                key = ("einsum", depth, signature)
+                signature = product.signature(graph, p)
+                key = (product.op_kind, depth, signature)
                 if key not in groups:
-                    groups[key] = _Group("einsum", key, k_out=signature[0], k_left=signature[1], k_right=signature[2])
+                    groups[key] = product.new_group(product.op_kind, key, signature)
                 item = region if len(partition_indices) == 1 else ("partition", p)
                 producer[item] = key
             if len(partition_indices) > 1:
@@ -114,21 +143,20 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
             group.items = ordered(key)
             group.inputs = [("partition", p) for region in group.items for p in graph.partitions_of[region]]
             read(group.inputs)
-        for key in sorted((k for k in layer_keys if k[0] == "einsum"), key=repr):
+        for key in sorted((k for k in layer_keys if k[0] == product.op_kind), key=repr):
             group = groups[key]
             group.items = ordered(key)
-            partitions = [_partition_index(graph, item) for item in group.items]
-            group.left = [graph.partitions[p].parts[0] for p in partitions]
-            group.right = [graph.partitions[p].parts[1] for p in partitions]
+            product.plan_reads(graph, group, producer)
             read(group.left)
             read(group.right)
+            read(group.inputs)
     groups[input_key].items = ordered(input_key)
 
     # ---- bottom-up: emit ops; value index = op index
     emit_order = [input_key]
     for depth in range(len(sum_layers)):
         layer_keys = [k for k in groups if k[0] != "input" and k[1] == depth]
-        emit_order += sorted((k for k in layer_keys if k[0] == "einsum"), key=repr)
+        emit_order += sorted((k for k in layer_keys if k[0] == product.op_kind), key=repr)
         emit_order += sorted((k for k in layer_keys if k[0] == "mixing"), key=repr)
 
     location: dict[Item, tuple[int, int]] = {}
@@ -140,11 +168,10 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
             location[item] = (value, row)
         if group.kind == "input":
             op, specs = _input_op(graph, group.items, f"input{value}")
-        elif group.kind == "einsum":
-            choice = einsum_kernel(kernel, target, group.k_left, group.k_right)
-            op, specs = _einsum_op(graph, group, location, f"einsum{value}", batch_hint, choice)
-        else:
+        elif group.kind == "mixing":
             op, specs = _mixing_op(group, location, f"mixing{value}")
+        else:
+            op, specs = product.emit(graph, group, location, f"{group.kind}{value}", batch_hint, lowering_target)
         ops.append(op)
         params += specs
 
@@ -223,8 +250,26 @@ def _input_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[I
     return InputOp(name, tuple(regions), graph.inputs, tuple(blocks)), specs
 
 
+def _einsum_signature(graph: RegionGraph, index: int) -> tuple[int, ...]:
+    partition = graph.partitions[index]
+    left, right = partition.parts
+    return (graph.size(partition.region), graph.size(left), graph.size(right))
+
+
+def _einsum_group(kind: str, key: tuple, signature: tuple[int, ...]) -> _Group:
+    k_out, k_left, k_right = signature
+    return _Group(kind, key, k_out=k_out, k_left=k_left, k_right=k_right)
+
+
+def _einsum_reads(graph: RegionGraph, group: _Group, producer: dict) -> None:
+    # all left children, then all right children: on trees each is one contiguous view
+    partitions = [_partition_index(graph, item) for item in group.items]
+    group.left = [graph.partitions[p].parts[0] for p in partitions]
+    group.right = [graph.partitions[p].parts[1] for p in partitions]
+
+
 def _einsum_op(graph: RegionGraph, group: _Group, location: dict, name: str, batch_hint: int,
-               kernel: str) -> tuple[EinsumOp, list[ParamSpec]]:
+               target: _Target) -> tuple[EinsumOp, list[ParamSpec]]:
     rows = len(group.items)
     shape = (rows, group.k_out, group.k_left, group.k_right)
     equation = EinsumOp.equation
@@ -246,9 +291,55 @@ def _einsum_op(graph: RegionGraph, group: _Group, location: dict, name: str, bat
         k_right=group.k_right,
         param=f"{name}.weights",
         path=tuple(tuple(step) for step in path),
-        kernel=kernel,
+        kernel=einsum_kernel(target.einsum_kernel, target.device, group.k_left, group.k_right),
     )
-    return op, [ParamSpec(op.param, shape, "einsum")]
+    return op, [ParamSpec(op.param, shape, "einsum", normalised_over=(2, 3))]
+
+
+def _hadamard_signature(graph: RegionGraph, index: int) -> tuple[int, ...]:
+    partition = graph.partitions[index]
+    # verify guarantees that every part has the same K (the element-wise product needs it)
+    return (graph.size(partition.region), graph.size(partition.parts[0]))
+
+
+def _hadamard_group(kind: str, key: tuple, signature: tuple[int, ...]) -> _Group:
+    k_out, k_in = signature
+    return _Group(kind, key, k_out=k_out, k_left=k_in)
+
+
+def _hadamard_reads(graph: RegionGraph, group: _Group, producer: dict) -> None:
+    # Every part of every row in one operand. The order of the factors of a product does not
+    # matter, so the parts are read grouped by the op producing them (stable within): the
+    # producers then place them in consecutive rows and most reads become contiguous views.
+    reads = [
+        (row, part)
+        for row, item in enumerate(group.items)
+        for part in graph.partitions[_partition_index(graph, item)].parts
+    ]
+    reads.sort(key=lambda read: repr(producer[read[1]]))
+    group.inputs = [part for _row, part in reads]
+    group.owner = [row for row, _part in reads]
+
+
+def _hadamard_op(graph: RegionGraph, group: _Group, location: dict, name: str, batch_hint: int,
+                 target: _Target) -> tuple[HadamardOp, list[ParamSpec]]:
+    rows = len(group.items)
+    op = HadamardOp(
+        name=name,
+        partitions=tuple(_partition_index(graph, item) for item in group.items),
+        parts=_operand(group.inputs, location),
+        owner=tuple(group.owner),
+        k_out=group.k_out,
+        k_in=group.k_left,
+        param=f"{name}.weights",
+    )
+    return op, [ParamSpec(op.param, (rows, group.k_out, group.k_left), "hadamard", normalised_over=(2,))]
+
+
+PRODUCT_LOWERINGS: dict[str, _ProductLowering] = {
+    "outer": _ProductLowering("einsum", _einsum_signature, _einsum_group, _einsum_reads, _einsum_op),
+    "hadamard": _ProductLowering("hadamard", _hadamard_signature, _hadamard_group, _hadamard_reads, _hadamard_op),
+}
 
 
 def _mixing_op(group: _Group, location: dict, name: str) -> tuple[MixingOp, list[ParamSpec]]:
@@ -260,7 +351,7 @@ def _mixing_op(group: _Group, location: dict, name: str) -> tuple[MixingOp, list
         k=group.k_out,
         param=f"{name}.weights",
     )
-    return op, [ParamSpec(op.param, (len(group.items), group.components, group.k_out), "mixing")]
+    return op, [ParamSpec(op.param, (len(group.items), group.components, group.k_out), "mixing", normalised_over=(1,))]
 
 
 def _count_replicas(graph: RegionGraph) -> int:

@@ -1,7 +1,7 @@
 """Parameters of a plan: their initial values and what makes a value valid, per parameter kind.
 
-Sum weights (``einsum``, ``mixing``) are non-negative and normalised over the axes in
-``NORMALISED_AXES``; leaf parameters are valid when their family's projection leaves them
+Sum weights (every kind but ``leaf``) are non-negative and normalised over the axes their
+``ParamSpec.normalised_over`` names (the op kind decides them at lowering); leaf parameters are valid when their family's projection leaves them
 unchanged. ``init_parameters`` draws values that satisfy these rules and ``parameter_problems``
 checks them (what ``einc.load`` and ``Model.set_parameters`` run), so both read one table.
 """
@@ -15,11 +15,6 @@ import numpy as np
 from einc.ir.families import family_rule
 from einc.ir.plan import ParamSpec, Plan
 
-# Sum-weight kinds: the axes a weight tensor is normalised over.
-NORMALISED_AXES: dict[str, tuple[int, ...]] = {
-    "einsum": (2, 3),  # (rows, K, i, j): over the (i, j) child pairs
-    "mixing": (1,),  # (rows, partitions, K): over the partitions
-}
 # Stored weights are float32 sums of up to K² terms: allow rounding, not a different distribution.
 _SUM_TOLERANCE = 1e-3
 _LEAF_RELATIVE_TOLERANCE = 1e-3
@@ -30,10 +25,11 @@ def init_parameters(plan: Plan, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
     for spec in plan.params:
-        if spec.kind in NORMALISED_AXES:
-            # random positive weights, normalised like the kind's rule requires
+        if spec.kind != "leaf":
+            # random positive sum weights, normalised over their axes (einsum: the (i, j) child
+            # pairs; mixing: the partitions; hadamard: the child entries j)
             raw = rng.uniform(0.01, 1.0, size=spec.shape)
-            params[spec.name] = raw / raw.sum(axis=NORMALISED_AXES[spec.kind], keepdims=True)
+            params[spec.name] = raw / raw.sum(axis=spec.normalised_over, keepdims=True)
         else:
             assert spec.family is not None and spec.domain is not None
             rule = family_rule(spec.family)
@@ -68,10 +64,10 @@ def _problem(spec: ParamSpec, value: Any) -> str | None:
     array = array.astype(np.float64, copy=False)
     if not np.all(np.isfinite(array)):
         return f"holds a non-finite value ({_first(array, ~np.isfinite(array))})"
-    if spec.kind in NORMALISED_AXES:
+    if spec.normalised_over:
         if np.any(array < 0):
             return f"holds a negative weight ({_first(array, array < 0)}); weights are probabilities"
-        sums = array.sum(axis=NORMALISED_AXES[spec.kind])
+        sums = array.sum(axis=spec.normalised_over)
         off = np.abs(sums - 1.0) > _SUM_TOLERANCE
         if np.any(off):
             where = tuple(int(i) for i in np.argwhere(off)[0])

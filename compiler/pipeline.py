@@ -125,7 +125,7 @@ def _check_size(graph: RegionGraph, options: CompileOptions, filename: str) -> N
         len(graph.regions),
         len(graph.partitions),
         sum(len(region.scope) for region in graph.regions),
-        count.leaf + count.einsum + count.mixing,
+        count.total,
         options.dtype,
     )
     what = f"{filename}: with sums {graph.sums}, inputs {graph.inputs} and heads {graph.heads}, the circuit"

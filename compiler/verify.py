@@ -13,17 +13,18 @@ partition or region when it has one. The caller decides whether to raise.
     >>> print(verify(graph)[0].message)
     partition {A, B, C} -> {A, B} * {B, C} is not decomposable: parts {A, B} and {B, C} share B
 
-Checks, in order: every part is a region; a partition has at least two parts and (decision)
-exactly two; it is decomposable (parts pairwise disjoint) and smooth (parts cover exactly the
-region); the graph is acyclic; exactly one region covers every variable (the root); every region
-is reachable from it.
+Checks, in order: every part is a region; a partition has at least two parts, and as many as
+its product kind allows (``outer``: exactly two; ``hadamard``: any number); it is decomposable
+(parts pairwise disjoint) and smooth (parts cover exactly the region); the graph is acyclic;
+exactly one region covers every variable (the root); every region is reachable from it. Then the
+sizes: a ``hadamard`` product multiplies its parts element-wise, so their K must agree; a leaf
+family whose components are fixed (``indicator``) needs enough of them (``inputs``).
 
-Why binary only: an EiNet einsum layer (paper eq. 5) contracts one weight tensor W[l,k,i,j] with
-exactly two child vectors. A partition into more parts would need a differently shaped einsum per
-arity; a product of n parts is written equivalently as nested binary partitions,
-``{A,B,C} -> {A} * {B,C}`` and ``{B,C} -> {B} * {C}``, which also gives the nested product its
-own K-vector of sums. So einc rejects n-ary partitions with that suggestion instead of
-half-supporting them.
+Why ``outer`` is binary: an EiNet einsum layer (paper eq. 5) contracts one weight tensor
+W[l,k,i,j] with exactly two child vectors, and an n-ary outer product would need K^(n+1) weights.
+A product of n parts is written equivalently as nested binary partitions,
+``{A,B,C} -> {A} * {B,C}`` and ``{B,C} -> {B} * {C}``, or with ``product hadamard``, whose
+element-wise product takes any number of parts for K_out·K weights.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from collections.abc import Sequence
 
 from einc.compiler.build import sort_diagnostics
 from einc.ir.diagnostics import Diagnostic, Note, Span
+from einc.ir.families import family_rule
+from einc.ir.products import PRODUCT_KINDS, ProductKind
 from einc.ir.region_graph import Partition, RegionGraph, RegionId, Scope
 
 # Long scopes (a 784-pixel image) are shortened in messages to their first few variables.
@@ -42,17 +45,21 @@ def verify(graph: RegionGraph) -> list[Diagnostic]:
     """Every structural error of ``graph`` (empty when it is a valid circuit)."""
     diagnostics: list[Diagnostic] = []
     regions = graph.region_by_id
+    product = PRODUCT_KINDS[graph.product]
     all_valid = True
     for partition in graph.partitions:
-        if _is_valid_binary(partition, regions):
+        if _is_valid(partition, regions, product.max_parts):
             continue  # the common case, checked without building any message (PD: 10^5 of them)
         all_valid = False
-        diagnostics += _check_partition(graph, partition)
+        diagnostics += _check_partition(graph, partition, product)
     if not all_valid:
         # With every partition valid, each part is a strictly smaller scope than its region, so
         # no cycle can exist; only a failed partition can close one.
         diagnostics += _check_cycles(graph)
     diagnostics += _check_root(graph)
+    if product.equal_part_sizes:
+        diagnostics += _check_part_sizes(graph, product)
+    diagnostics += _check_leaf_components(graph)
     return sort_diagnostics(diagnostics)
 
 
@@ -99,24 +106,22 @@ def _partition_span(graph: RegionGraph, partition: Partition) -> Span | None:
 # Partitions: known parts, arity, decomposability, smoothness
 
 
-def _is_valid_binary(partition: Partition, regions: dict[RegionId, object]) -> bool:
-    """Two known, non-empty parts whose scopes together are exactly the region's scope."""
-    if len(partition.parts) != 2 or partition.region not in regions:
+def _is_valid(partition: Partition, regions: dict[RegionId, object], max_parts: int | None) -> bool:
+    """At least two (at most ``max_parts``) known, non-empty parts whose scopes together are
+    exactly the region's scope."""
+    parts = partition.parts
+    if len(parts) < 2 or (max_parts is not None and len(parts) > max_parts):
         return False
-    (left, _), (right, _) = partition.parts
-    if (
-        not left
-        or not right
-        or partition.parts[0] not in regions
-        or partition.parts[1] not in regions
-    ):
+    if partition.region not in regions:
+        return False
+    if any(not part[0] or part not in regions for part in parts):
         return False
     # Scopes are sorted and duplicate-free, so equal sorted concatenation means disjoint parts
     # (decomposable) that cover the region exactly (smooth).
-    return sorted(left + right) == list(partition.region[0])
+    return sorted(v for part in parts for v in part[0]) == list(partition.region[0])
 
 
-def _check_partition(graph: RegionGraph, partition: Partition) -> list[Diagnostic]:
+def _check_partition(graph: RegionGraph, partition: Partition, product: ProductKind) -> list[Diagnostic]:
     span = _partition_span(graph, partition)
     text = partition_text(graph, partition)
     out: list[Diagnostic] = []
@@ -138,12 +143,13 @@ def _check_partition(graph: RegionGraph, partition: Partition) -> list[Diagnosti
                 span,
             )
         )
-    elif len(partition.parts) > 2:
+    elif product.max_parts is not None and len(partition.parts) > product.max_parts:
         out.append(
             Diagnostic(
-                f"partition {text} has {len(partition.parts)} parts; einc supports binary "
-                f"partitions only (an EiNet einsum layer multiplies two children); nest binary "
-                f"partitions instead, e.g. {_nested_suggestion(graph, partition)}",
+                f"partition {text} has {len(partition.parts)} parts; `product {product.name}` "
+                f"multiplies exactly {product.max_parts} children (an EiNet einsum layer); write "
+                f"`product hadamard` for element-wise products of any number of parts, or nest "
+                f"binary partitions, e.g. {_nested_suggestion(graph, partition)}",
                 span,
             )
         )
@@ -198,6 +204,9 @@ def _nested_suggestion(graph: RegionGraph, partition: Partition) -> str:
     first, *rest = partition.parts
     rest_scope = tuple(sorted(v for part in rest for v in part[0]))
     inner = " * ".join(_scope_text(graph, part[0]) for part in rest)
+    if len(rest) > 2:  # the inner product is still n-ary: nest it the same way, and so on
+        tail = tuple(sorted(v for part in rest[1:] for v in part[0]))
+        inner = f"{_scope_text(graph, rest[0][0])} * {_scope_text(graph, tail)}, and so on"
     return (
         f"{region_text(graph, partition.region)} -> {_scope_text(graph, first[0])} * "
         f"{_scope_text(graph, rest_scope)} and {_scope_text(graph, rest_scope)} -> {inner}"
@@ -314,4 +323,55 @@ def _check_root(graph: RegionGraph) -> list[Diagnostic]:
                 notes=(Note(f"the root is {region_text(graph, root)}", _region_span(graph, root)),),
             )
         )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes: element-wise products need equal K; fixed leaf components need enough K
+
+
+def _check_part_sizes(graph: RegionGraph, product: ProductKind) -> list[Diagnostic]:
+    """Parts of an element-wise product must have one K. Partitions generated from one statement
+    share its span: those are reported once, with a count, instead of once per partition."""
+    regions = graph.region_by_id
+    by_span: dict[Span | None, list[Partition]] = {}
+    for partition in graph.partitions:
+        if partition.region not in regions or any(part not in regions for part in partition.parts):
+            continue  # reported above
+        if len({graph.size(part) for part in partition.parts}) > 1:
+            by_span.setdefault(_partition_span(graph, partition), []).append(partition)
+    out = []
+    for span, partitions in by_span.items():
+        first = partitions[0]
+        sizes = ", ".join(
+            f"{region_text(graph, part)} has K = {graph.size(part)} "
+            f"({'inputs' if graph.is_leaf(part) else 'sums'})"
+            for part in first.parts
+        )
+        more = f" (and {len(partitions) - 1} more partitions like it)" if len(partitions) > 1 else ""
+        out.append(
+            Diagnostic(
+                f"partition {partition_text(graph, first)} multiplies parts of different sizes: "
+                f"{sizes}{more}; `product {product.name}` multiplies its parts element-wise, so "
+                f"their K must agree; expected inputs = sums, found inputs {graph.inputs} and "
+                f"sums {graph.sums}",
+                span,
+            )
+        )
+    return out
+
+
+def _check_leaf_components(graph: RegionGraph) -> list[Diagnostic]:
+    """A family may constrain the number of leaf components (``indicator``: one per category)."""
+    out = []
+    seen: set[tuple[object, object]] = set()
+    for variable in graph.variables:
+        key = (variable.family, variable.domain)
+        if key in seen:
+            continue
+        seen.add(key)
+        check = family_rule(variable.family).check_components
+        problem = check(variable.family, variable.domain, graph.inputs) if check else None
+        if problem:
+            out.append(Diagnostic(f"{problem} (variable {variable.name})", variable.family_span))
     return out

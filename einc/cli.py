@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from einc import __version__, commands
+from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler import dump, size
 from einc.compiler.pipeline import (
     CompileOptions,
@@ -97,6 +98,13 @@ def positive_float(text: str) -> float:
     value = _real(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, found {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _real(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, found {text}")
     return value
 
 
@@ -268,6 +276,9 @@ COMMANDS: tuple[Command, ...] = (
                                        "help": "Adam's learning rate (--method adam)"}),
             Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
                                 "help": "M-step after every batch (stochastic EM) or once per epoch"}),
+            Arg(("--pseudocount",), {"type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
+                                     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector and "
+                                             f"categorical/Bernoulli leaf at each M-step (default {DEFAULT_PSEUDOCOUNT}; 0: none)"}),
             Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters and batch order"}),
             Arg(("--patience",), {"type": positive_int, "metavar": "N",
                                   "help": "stop after N epochs without a better validation LL (needs --valid)"}),
@@ -284,6 +295,25 @@ COMMANDS: tuple[Command, ...] = (
                                 "(out of core) instead of loading it; implied by --nproc and torchrun"}),
             Arg(("--cache-dir",), {"metavar": "DIR", "help": "where CSV and .npz training data are cached as .npy "
                                    "for out-of-core reading (default: ~/.cache/einc)"}),
+        ),
+    ),
+    Command(
+        "learn-structure",
+        "learn a Chow-Liu tree or a hidden Chow-Liu tree (HCLT) from data and write it as a .pc file",
+        commands.cmd_learn_structure,
+        (
+            Arg(("kind",), {"choices": ["hclt", "chow_liu"], "help": "hclt (hidden states per tree node) or chow_liu"}),
+            Arg(("--data",), {"required": True, "metavar": "TRAIN", "help": "training data (.csv[.gz], .npy, .npz)"}),
+            Arg(("--sums",), {"type": positive_int, "metavar": "K", "help": "hidden states per tree node (hclt; default 16)"}),
+            Arg(("-o", "--output"), {"required": True, "metavar": "OUT.pc", "help": "the .pc file to write"}),
+            Arg(("--variables",), {"metavar": "SPEC.pc", "help": "reuse the var and leaf lines of this .pc file "
+                                   "(default: every column a binary variable with bernoulli leaves)"}),
+            Arg(("--bins",), {"type": positive_int, "default": 16, "help": "bins for the mutual information of "
+                              "variables with more values (default 16)"}),
+            Arg(("--pseudocount",), {"type": non_negative_float, "default": 1.0, "metavar": "ALPHA",
+                                     "help": "pseudocount of the pairwise counts (default 1)"}),
+            Arg(("--max-rows",), {"type": positive_int, "metavar": "N", "help": "estimate the tree from N random rows"}),
+            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "seed of the --max-rows subsample"}),
         ),
     ),
     Command(

@@ -146,7 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 method=args.method, learning_rate=args.learning_rate, update=args.update, labels=labels,
                 valid_labels=valid_labels, keep_best=valid is not None, seed=args.seed, patience=args.patience,
                 checkpoint=output if args.checkpoint_every else None, checkpoint_every=args.checkpoint_every or 0,
-                resume=bool(args.resume), progress=sys.stderr.isatty(), on_epoch=report)
+                resume=bool(args.resume), progress=sys.stderr.isatty(), on_epoch=report,
+                pseudocount=args.pseudocount)
     except KeyboardInterrupt as interrupt:
         return _save_interrupted(model, output, interrupt)
     except TrainingError as error:
@@ -254,7 +255,8 @@ def _train_mixture(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, step_size=args.step_size, seed=args.seed,
                               backend=args.backend, device=args.device, dtype=args.dtype, on_epoch=report,
                               method=args.method, learning_rate=args.learning_rate, update=args.update,
-                              patience=args.patience, options=options)
+                              patience=args.patience, options=options,
+                              pseudocount=args.pseudocount)
     except KeyboardInterrupt:
         print("einc: interrupted; a mixture is written only once all its components are trained, so "
               "nothing was written", file=sys.stderr)
@@ -464,3 +466,18 @@ def _random_data(model: Model, samples: int, seed: int) -> np.ndarray:
         return np.random.default_rng(seed).standard_normal((samples, model.graph.num_columns))
     return model.sample(samples, seed=seed)
 
+
+def cmd_learn_structure(args: argparse.Namespace) -> int:
+    """Learn a Chow-Liu tree or an HCLT from data; write it as a verified .pc file."""
+    from einc.files import atomic_write
+    from einc.structure_learning import learn_structure
+
+    text, tree = learn_structure(args.kind, args.data, args.output, hidden_states=args.sums,
+                                 variables=args.variables, bins=args.bins, pseudocount=args.pseudocount,
+                                 max_rows=args.max_rows, seed=args.seed)
+    atomic_write(args.output, lambda stream: stream.write(text.encode("utf-8")))
+    inner = sum(1 for v in range(len(tree.parents)) if v in set(tree.parents))
+    print(f"wrote {args.output}: {args.kind} over {len(tree.parents)} variables, a tree of depth {tree.depth} "
+          f"({inner} inner nodes, mutual information {tree.weight:.4f} nats); "
+          f"train it with `einc train {args.output} --data {args.data} -o MODEL.npz`")
+    return 0

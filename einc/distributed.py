@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from einc.backends.base import Batch, Statistics
+from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.data import prepare, prepare_labels
 from einc.files import check_writable
 from einc.ir.diagnostics import DataError, EincError, TrainingError
@@ -448,12 +449,13 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
         keep_best: bool = True, seed: int | None = None, progress: bool = False,
         on_epoch: Callable[[EpochRecord], None] | None = None, patience: int | None = None,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool = False,
-        block_rows: int | None = None, cache_dir: str | os.PathLike | None = None,
+        pseudocount: float = DEFAULT_PSEUDOCOUNT, block_rows: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
         workers: Workers | None = None) -> list[EpochRecord]:
     """Train ``model`` on data read block by block, on every worker of the default process group.
 
-    The options mean what they mean in ``Model.fit`` (the same defaults, checks, ``patience``,
-    ``checkpoint``/``checkpoint_every`` written by rank 0, ``resume``, and the same behaviour on
+    The options mean what they mean in ``Model.fit`` (the same defaults, checks, ``pseudocount``,
+    ``patience``, ``checkpoint``/``checkpoint_every`` written by rank 0, ``resume``, the behaviour on
     an interrupt or a non-finite log-likelihood); ``batch_size`` is the *global* batch (all
     workers together). ``train``: a path, an array, a ``RowSource`` or an ``open_training_data``
     result. Every worker ends with the same parameters (the best validation epoch's with
@@ -465,7 +467,8 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
     workers = workers or Workers.current()
     options = model.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
                                            learning_rate=learning_rate, patience=patience,
-                                           checkpoint_every=checkpoint_every, has_valid=valid is not None)
+                                           checkpoint_every=checkpoint_every, has_valid=valid is not None,
+                                           pseudocount=pseudocount)
     local_rows = local_batch_sizes(batch_size, workers.world_size)[0]
     model.check_memory(local_rows, model._batch_bytes(), f"a training batch of {local_rows} samples per worker")
     data = train if isinstance(train, TrainingData) else open_training_data(model, train, labels, workers, cache_dir)
@@ -492,7 +495,7 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
         if run.optimizer is not None:
             epoch_runner.trainer.load_state(run.optimizer)
     else:
-        epoch_runner = _EmEpoch(model, update, step_size, workers)
+        epoch_runner = _EmEpoch(model, update, step_size, workers, pseudocount)
     reader = ShardReader(model, data, schedule, workers.rank, start)
     history: list[EpochRecord] = []
     try:
@@ -551,8 +554,10 @@ def _divergence(model: Model, train_ll: float, valid_ll: float | None) -> str | 
 class _EmEpoch:
     """Online EM (an M-step after every global batch) or full-batch EM (after the epoch)."""
 
-    def __init__(self, model: Model, update: str, step_size: float, workers: Workers) -> None:
+    def __init__(self, model: Model, update: str, step_size: float, workers: Workers,
+                 pseudocount: float = DEFAULT_PSEUDOCOUNT) -> None:
         self.model, self.update, self.step_size, self.workers = model, update, step_size, workers
+        self.pseudocount = pseudocount
         self.buffer = StatisticsBuffer(model, workers.device)
 
     def run(self, reader: ShardReader, steps: Iterator[Step]) -> tuple[float, int]:
@@ -566,14 +571,14 @@ class _EmEpoch:
                 stats = self.buffer.all_reduce(stats, self.workers)
                 total_ll, count = total_ll + stats.log_likelihood, count + stats.count
                 if stats.count:
-                    model.params = backend.em_update(model.params, stats, self.step_size)
+                    model.params = backend.em_update(model.params, stats, self.step_size, self.pseudocount)
             else:
                 accumulated = stats if accumulated is None else accumulated + stats
         if accumulated is not None:
             stats = self.buffer.all_reduce(accumulated, self.workers)
             total_ll, count = stats.log_likelihood, stats.count
             if stats.count:
-                model.params = backend.em_update(model.params, stats, self.step_size)
+                model.params = backend.em_update(model.params, stats, self.step_size, self.pseudocount)
         return total_ll, count
 
 

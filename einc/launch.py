@@ -275,7 +275,8 @@ def _train(args: argparse.Namespace, workers: Workers, epoch_line: Any, interrup
             valid_labels=args.valid_labels, keep_best=args.valid is not None, seed=args.seed,
             progress=workers.is_main and sys.stderr.isatty(), on_epoch=report, patience=args.patience,
             checkpoint=args.output if args.checkpoint_every else None,  # written by rank 0
-            checkpoint_every=args.checkpoint_every or 0, resume=bool(args.resume), cache_dir=args.cache_dir,
+            checkpoint_every=args.checkpoint_every or 0, resume=bool(args.resume), pseudocount=args.pseudocount,
+            cache_dir=args.cache_dir,
             workers=workers)
     except WorkerLost:
         if not _was_interrupted(interrupted):

@@ -24,6 +24,7 @@ import numpy as np
 
 from einc.compiler.pipeline import CompileOptions
 from einc.data import as_rows
+from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.files import atomic_write
 from einc.ir.diagnostics import EincError, ModelFileError
 from einc.model import (
@@ -195,7 +196,8 @@ def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components
                 seed: int = 0, backend: str = "torch", device: str = "cpu", dtype: str = "float32",
                 on_epoch: Callable[[int, EpochRecord], None] | None = None, method: str = "em",
                 learning_rate: float = DEFAULT_LEARNING_RATE, update: str = "batch", patience: int | None = None,
-                options: CompileOptions | None = None, **backend_options: Any) -> MixtureModel:
+                options: CompileOptions | None = None, pseudocount: float = DEFAULT_PSEUDOCOUNT,
+                **backend_options: Any) -> MixtureModel:
     """K-means on ``train`` into ``components`` clusters, one circuit trained per cluster with
     ``Model.fit`` (same options and defaults), mixed with the cluster proportions (EiNet paper §4.2)."""
     train = as_rows(train, "train")
@@ -216,7 +218,7 @@ def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components
         model = compile(source_or_path, backend=backend, device=device, dtype=dtype, seed=seed + c,
                         options=options, **backend_options)
         model.fit(members, valid=valid_members, epochs=epochs, batch_size=batch_size, step_size=step_size,
-                  method=method, learning_rate=learning_rate, update=update,
+                  method=method, learning_rate=learning_rate, update=update, pseudocount=pseudocount,
                   patience=patience if valid_members is not None else None,
                   on_epoch=None if on_epoch is None else (lambda record, c=c: on_epoch(c, record)))
         models.append(model)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from einc.backends.base import Batch, Params, Statistics, create_backend
+from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
@@ -267,7 +268,8 @@ class Model:
             keep_best: bool = True, seed: int | None = None, progress: bool = False,
             on_epoch: Callable[[EpochRecord], None] | None = None, patience: int | None = None,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0,
-            resume: bool = False, batch_order: Callable[[int], np.ndarray] | None = None) -> list[EpochRecord]:
+            resume: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT,
+            batch_order: Callable[[int], np.ndarray] | None = None) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
 
         ``update="batch"``: stochastic online EM, an M-step after every mini-batch with step size λ
@@ -276,6 +278,11 @@ class Model:
         ``method="adam"``: gradient training instead (torch backend), Adam with ``learning_rate`` on
         log-weights and each leaf family's unconstrained parameters, minimising −mean log p.
         The defaults are the DEBD benchmark's recipe (online EM, batch 100, step size 0.05).
+
+        ``pseudocount`` α (EM): Laplace smoothing at every M-step — α pseudo-observations spread
+        over each sum-weight vector's entries and each categorical/Bernoulli/binomial leaf's
+        outcomes (a Dirichlet/Beta prior, so EM maximises the posterior; ``pseudocount=0`` is
+        plain maximum likelihood).
 
         With ``valid``: ``keep_best`` keeps the parameters of the best validation epoch, and
         ``patience=N`` stops after N epochs without a better one. ``checkpoint=PATH`` with
@@ -293,7 +300,8 @@ class Model:
         """
         options = self.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
                                               learning_rate=learning_rate, patience=patience,
-                                              checkpoint_every=checkpoint_every, has_valid=valid is not None)
+                                              checkpoint_every=checkpoint_every, has_valid=valid is not None,
+                                              pseudocount=pseudocount)
         values, observed = prepare(self.graph, train, None, "train", self.dtype)
         if len(values) == 0:
             raise DataError("train: no training samples")
@@ -334,9 +342,10 @@ class Model:
                 if trainer is not None:
                     self.params, _ = trainer.epoch(resident, order, batch_size)
                 elif fast:
-                    self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size)
+                    self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size,
+                                                              pseudocount)
                 else:
-                    self._em_epoch(values, observed, label_array, order, batch_size, step_size, update)
+                    self._em_epoch(values, observed, label_array, order, batch_size, step_size, update, pseudocount)
                 train_ll = self._mean_ll(values, observed, label_array)
                 valid_ll = None if validation is None else self._mean_ll(*validation)
                 if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
@@ -361,15 +370,20 @@ class Model:
     def check_training_options(self, method: str, update: str, step_size: float, *, epochs: int = 1,
                                batch_size: int = DEFAULT_BATCH_SIZE, learning_rate: float = DEFAULT_LEARNING_RATE,
                                patience: int | None = None, checkpoint_every: int = 0,
-                               has_valid: bool = False) -> _TrainingOptions:
+                               has_valid: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT) -> _TrainingOptions:
         """Raise a clear error for a training option this model cannot use (every option of
         ``fit``, each with its own message), before any work; ``einc.distributed.fit`` checks its
         options here too."""
-        return _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,
-                                        patience, checkpoint_every, has_valid, self)
+        options = _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,
+                                           patience, checkpoint_every, has_valid, self)
+        if isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0.0 \
+                or not math.isfinite(pseudocount):
+            raise EincError(f"pseudocount must be a finite number of at least 0, found {pseudocount!r}")
+        return options
 
     def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
-                  order: np.ndarray, batch_size: int, step_size: float, update: str) -> None:
+                  order: np.ndarray, batch_size: int, step_size: float, update: str,
+                  pseudocount: float = DEFAULT_PSEUDOCOUNT) -> None:
         """The backend-independent EM epoch: statistics per batch, M-step per batch or per epoch."""
         accumulated: Statistics | None = None
         for start in range(0, len(values), batch_size):
@@ -377,11 +391,11 @@ class Model:
             batch = Batch(values[index], observed[index], None if labels is None else labels[index])
             stats = self.backend.statistics(self.params, batch)
             if update == "batch":
-                self.params = self.backend.em_update(self.params, stats, step_size)
+                self.params = self.backend.em_update(self.params, stats, step_size, pseudocount)
             else:
                 accumulated = stats if accumulated is None else accumulated + stats
         if accumulated is not None:
-            self.params = self.backend.em_update(self.params, accumulated, step_size)
+            self.params = self.backend.em_update(self.params, accumulated, step_size, pseudocount)
 
     def _select(self, ll: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         """Per-sample log p from (N, heads): head 0, or each sample's labelled head."""

@@ -29,6 +29,7 @@ from einc.ir.program import (
     Name,
     Number,
     PartitionStatement,
+    ProductStatement,
     Program,
     RegionStatement,
     ScopeExpr,
@@ -51,7 +52,7 @@ MAX_NUMBER_LENGTH = 100
 # Deeper bracket nesting is a syntax error (the tree transformer recurses once per level).
 MAX_NESTING = 50
 
-KEYWORDS = ("circuit", "var", "leaf", "sums", "inputs", "heads", "structure", "region")
+KEYWORDS = ("circuit", "var", "leaf", "sums", "inputs", "heads", "structure", "product", "region")
 
 
 @lru_cache(maxsize=1)
@@ -182,6 +183,10 @@ class _ToProgram(Transformer):
     def structure(self, meta: Meta, children: list) -> StructureStatement:
         return StructureStatement(children[1], _span(self.filename, meta))
 
+    def product(self, meta: Meta, children: list) -> ProductStatement:
+        _keyword, kind = children
+        return ProductStatement(self._name(kind), _span(self.filename, meta))
+
     def region(self, meta: Meta, children: list) -> RegionStatement:
         _keyword, name, scope = children
         return RegionStatement(self._name(name), scope, _span(self.filename, meta))
@@ -290,6 +295,7 @@ _STATEMENT_WORDS = {
     "inputs": "an inputs statement",
     "heads": "a heads statement",
     "structure": "a structure statement",
+    "product": "a product statement",
     "region": "a region statement",
     "partition": "a partition",
 }
@@ -313,10 +319,12 @@ def _name_word(context: _Context) -> str:
         )
     if statement == "leaf":
         if "~" in seen:
-            return "a leaf family (bernoulli, binomial(N), categorical, normal, poisson)"
+            return "a leaf family (bernoulli, binomial(N), categorical, indicator, normal, poisson)"
         return "a variable name"
     if statement == "structure":
-        return "a generator (random_binary_trees, poon_domingos)"
+        return "a generator (random_binary_trees, poon_domingos, tree)"
+    if statement == "product":
+        return "a product kind (outer, hadamard)"
     if statement == "region":
         return "a variable name" if "=" in seen else "a region name"
     return "a region or variable name"

@@ -22,8 +22,11 @@ unshifted log value:
     ∂J/∂N[i]    = exp(N[i] − a) · Σ_kj G[k] W[k,i,j] exp(N'[j] − a')
     ∂J/∂W[kij]  = Σ_b G[k] exp(N[i] − a) exp(N'[j] − a')
 
-and the mixing op likewise with its shift ``top = max_c S_c``. Adjoints of log values are
-posterior flows in [0, 1], so nothing overflows in float32.
+and the mixing op likewise with its shift ``top = max_c S_c``, the hadamard op with its shift
+``top = max_j P`` of the log-product P (whose adjoint is gathered to every part of its row).
+Adjoints of log values are posterior flows in [0, 1], so nothing overflows in float32.
+
+Each step type lists its own contractions for the printed table (``contractions()``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ class InputBackward:
     name: str
     leaves: tuple[LeafGradient, ...]
 
+    def contractions(self) -> list[tuple[str, Contraction, str]]:
+        return [("Σp·F", leaf.coefficients, leaf.param) for leaf in self.leaves]
+
 
 @dataclass(frozen=True)
 class EinsumBackward:
@@ -83,6 +89,13 @@ class EinsumBackward:
     # (L, batch, k) x (L, batch, i) x (L, batch, j) -> (L, k, i, j)    then n = W · grad
     weight_gradient: Contraction
 
+    def contractions(self) -> list[tuple[str, Contraction, str]]:
+        return [
+            ("∂left", self.left_adjoint, _writes(self.left)),
+            ("∂right", self.right_adjoint, _writes(self.right)),
+            ("n=W·∂W", self.weight_gradient, self.param),
+        ]
+
 
 @dataclass(frozen=True)
 class MixingBackward:
@@ -96,8 +109,33 @@ class MixingBackward:
     # (M, batch, K) x (M, C, batch, K) -> (M, C, K)    then n = V · grad
     weight_gradient: Contraction
 
+    def contractions(self) -> list[tuple[str, Contraction, str]]:
+        return [
+            ("∂input", self.input_adjoint, _writes(self.input)),
+            ("n=V·∂V", self.weight_gradient, self.param),
+        ]
 
-BackwardStep = InputBackward | EinsumBackward | MixingBackward
+
+@dataclass(frozen=True)
+class HadamardBackward:
+    op: int
+    name: str
+    param: str
+    parts: Operand  # where every part's adjoint is added
+    owner: tuple[int, ...]  # the output row of each part row: ∂part[r] = ∂P[owner[r]]
+    # (L, batch, k) x (L, k, j) -> (L, batch, j)   then · exp(P − top), gathered to the parts
+    product_adjoint: Contraction
+    # (L, batch, k) x (L, batch, j) -> (L, k, j)   then n = W · grad
+    weight_gradient: Contraction
+
+    def contractions(self) -> list[tuple[str, Contraction, str]]:
+        return [
+            ("∂P→parts", self.product_adjoint, _writes(self.parts)),
+            ("n=W·∂W", self.weight_gradient, self.param),
+        ]
+
+
+BackwardStep = InputBackward | EinsumBackward | MixingBackward | HadamardBackward
 
 
 @dataclass(frozen=True)
@@ -112,18 +150,7 @@ class BackwardPlan:
 
     def contractions(self, step: BackwardStep) -> list[tuple[str, Contraction, str]]:
         """(what is computed, the contraction, where the result goes) for one step."""
-        if isinstance(step, EinsumBackward):
-            return [
-                ("∂left", step.left_adjoint, _writes(step.left)),
-                ("∂right", step.right_adjoint, _writes(step.right)),
-                ("n=W·∂W", step.weight_gradient, step.param),
-            ]
-        if isinstance(step, MixingBackward):
-            return [
-                ("∂input", step.input_adjoint, _writes(step.input)),
-                ("n=V·∂V", step.weight_gradient, step.param),
-            ]
-        return [("Σp·F", leaf.coefficients, leaf.param) for leaf in step.leaves]
+        return step.contractions()
 
     def table(self, batch: int | None = None, itemsize: int = 4) -> str:
         """The backward plan as a text table: step, equation, path, FLOPs, writes."""

@@ -23,6 +23,12 @@ from .region_graph import Domain, LeafFamily
 
 # Probabilities are kept inside [EPS, 1 − EPS] so that natural parameters stay finite in float32.
 PROB_EPS = 1e-6
+# log 0 of an indicator leaf: finite, so 0·LOG_ZERO = 0 for unobserved entries (−inf would give
+# NaN), and exp(LOG_ZERO − max) is exactly 0 in float32 and float64.
+LOG_ZERO = -1e30
+# A log-density at or below this is probability 0 (an indicator mismatch somewhere below it): no
+# genuine density reaches it, and its posterior is undefined, so the E-step skips such samples.
+ZERO_PROBABILITY = LOG_ZERO / 2
 
 
 def _astype(xp: Any, x: Any, like: Any) -> Any:
@@ -83,6 +89,14 @@ class FamilyRule:
     # log h(x) is 0 for every x: the input layer then carries no log h feature (a column of zeros
     # would cost a quarter of a normal leaf's features and a third of a bernoulli's)
     zero_log_base: Callable[[LeafFamily], bool] = lambda spec: False
+    # parameters fixed by the component index (indicator leaves): never updated, not counted
+    fixed: bool = False
+    # Laplace smoothing of the M-step per unit of pseudocount α, which is α pseudo-observations
+    # spread evenly over the outcomes: (added to each Σ p·T, added to Σ p); None where no
+    # conjugate count prior is defined (normal, poisson)
+    pseudocounts: Callable[[LeafFamily, Domain], tuple[float, float]] | None = None
+    # an error message when the circuit's `inputs` K does not fit this family (None: any K)
+    check_components: Callable[[LeafFamily, Domain, int], str | None] | None = None
 
     def max_log_density(self, xp: Any, phi: Any, spec: LeafFamily, domain: Domain) -> Any:
         """max_x log f(x): the value of an unobserved variable in a max-product (MPE) pass."""
@@ -146,6 +160,12 @@ def _binomial_sample(sampler: Any, phi: Any, spec: LeafFamily) -> Any:
     return sampler.binomial(_binomial_n(spec), _binomial_p(sampler.xp, phi, spec))
 
 
+def _binomial_pseudocounts(spec: LeafFamily, domain: Domain) -> tuple[float, float]:
+    # α/2 pseudo-successes and α/2 pseudo-failures on p = φ/n: p = (Σp·x + α/2)/(n·Σp + α),
+    # i.e. φ = (Σp·x + α/2)/(Σp + α/n); bernoulli (n = 1): (Σp·x + α/2)/(Σp + α)
+    return 0.5, 1.0 / _binomial_n(spec)
+
+
 def _binomial_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
     # EiNet draws uniform random means; keep away from the boundary so early EM steps are stable.
     return (_binomial_n(spec) * rng.uniform(0.2, 0.8, size=shape))[..., None]
@@ -205,6 +225,11 @@ def _categorical_sample(sampler: Any, phi: Any, spec: LeafFamily) -> Any:
     return sampler.categorical(phi)
 
 
+def _categorical_pseudocounts(spec: LeafFamily, domain: Domain) -> tuple[float, float]:
+    # α/n added to every category's count: φ_c = (Σp·[x=c] + α/n)/(Σp + α)
+    return 1.0 / _categories(domain), 1.0
+
+
 def _categorical_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
     raw = rng.uniform(0.5, 1.5, size=(*shape, _categories(domain)))
     return raw / raw.sum(-1, keepdims=True)
@@ -216,6 +241,38 @@ def _categorical_valid(x: np.ndarray, spec: LeafFamily, domain: Domain) -> np.nd
 
 def _categorical_domain_text(spec: LeafFamily, domain: Domain) -> str:
     return f"an integer in 0..{_categories(domain) - 1}"
+
+
+# ---------------------------------------------------------------- indicator
+# Component k is the point mass at category k: log f_k(x) = 0 if x = k, else log 0. The circuit's
+# `inputs` K must be the number of categories: fewer leave values no component explains, more
+# leave components that match no value, and a sum weight on such a dead component is probability
+# mass the circuit loses. These are the literals of a Chow-Liu tree written as a circuit: a
+# variable that is its own latent.
+def _indicator_natural(xp: Any, phi: Any, spec: LeafFamily) -> Any:
+    return (1.0 - phi) * LOG_ZERO  # φ is exactly one-hot (or all zero for k ≥ n)
+
+
+def _indicator_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFamily, domain: Domain) -> np.ndarray:
+    categories = _categories(domain)
+    components = np.arange(shape[-1])  # K = n once verified; a graph built by hand may differ
+    one_hot = (components[:, None] == np.arange(categories)[None, :]).astype(np.float64)  # (K, n)
+    return np.broadcast_to(one_hot, (*shape, categories)).copy()
+
+
+def _indicator_fixed(xp: Any, u: Any, spec: LeafFamily) -> Any:
+    # rounding has a zero gradient: gradient training leaves indicators as they are
+    return xp.floor(u + 0.5)
+
+
+def _indicator_components(spec: LeafFamily, domain: Domain, inputs: int) -> str | None:
+    categories = _categories(domain)
+    if inputs == categories:
+        return None
+    return (
+        f"indicator leaves need exactly one component per category: inputs K must be "
+        f"{categories} for a {domain} variable, found {inputs}; set `inputs {categories}`"
+    )
 
 
 # ---------------------------------------------------------------- normal(min_var, max_var)
@@ -321,7 +378,7 @@ def _categorical_unconstrained(xp: Any, phi: Any, spec: LeafFamily) -> Any:
 
 
 def _categorical_constrained(xp: Any, u: Any, spec: LeafFamily) -> Any:
-    shifted = xp.exp(u - xp.amax(u, -1)[..., None])
+    shifted = xp.exp(u - xp.amax(u, -1)[..., None])  # amax: one call for numpy, cupy and torch
     return shifted / xp.sum(shifted, -1)[..., None]
 
 
@@ -361,6 +418,7 @@ FAMILIES: dict[str, FamilyRule] = {
         unconstrained=_binomial_unconstrained,
         constrained=_binomial_constrained,
         zero_log_base=lambda spec: _binomial_n(spec) == 1.0,  # bernoulli: log C(1, x) = 0
+        pseudocounts=_binomial_pseudocounts,
     ),
     "categorical": FamilyRule(
         name="categorical",
@@ -380,6 +438,29 @@ FAMILIES: dict[str, FamilyRule] = {
         one_hot_statistics=True,
         unconstrained=_categorical_unconstrained,
         constrained=_categorical_constrained,
+        zero_log_base=lambda spec: True,
+        pseudocounts=_categorical_pseudocounts,
+    ),
+    "indicator": FamilyRule(
+        name="indicator",
+        domains=frozenset({"binary", "categorical"}),
+        stat_dim=lambda spec, domain: _categories(domain),
+        sufficient_statistics=_categorical_stats,
+        log_base_measure=lambda xp, x, spec: x * 0.0,
+        natural=_indicator_natural,
+        log_normalizer=_categorical_log_normalizer,
+        project=lambda xp, phi, spec: phi,
+        mode=_categorical_mode,
+        mean=_categorical_mode,
+        sample=lambda sampler, phi, spec: _categorical_mode(sampler.xp, phi, spec),
+        init=_indicator_init,
+        valid_values=_categorical_valid,
+        domain_text=_categorical_domain_text,
+        one_hot_statistics=True,
+        unconstrained=lambda xp, phi, spec: phi,
+        constrained=_indicator_fixed,
+        fixed=True,
+        check_components=_indicator_components,
         zero_log_base=lambda spec: True,
     ),
     "normal": FamilyRule(

@@ -11,12 +11,23 @@ Ops (paper §3.3–3.4, appendix B):
   variable is unobserved, so marginalisation is free and per sample) with Θ = [θ, −A(θ), 1].
 - ``EinsumOp``: S[l,b,k] = log Σ_ij W[l,k,i,j] exp(N[l,b,i]) exp(N'[l,b,j])  (log-einsum-exp, eq. 4).
 - ``MixingOp``: S[m,b,k] = log Σ_c V[m,c,k] exp(S_c[m,b,k])  for regions with C > 1 partitions.
+- ``HadamardOp``: S[l,b,k] = log Σ_j W[l,k,j] exp(Σ_{c ∈ parts(l)} C_c[b,j])  — an element-wise
+  (CP) product of any number of equally sized part vectors, then a K_out × K_in sum.
+
+Each op class is the IR half of its *op kind*: its fields, the operands it reads, its cost
+(multiply-adds, weights, output floats: the plan table's FLOPs and bytes) and its row of the
+plan table. The other halves are keyed by the op's type: the reverse-mode rule in
+``compiler.backward.BACKWARD_RULES`` and each backend's execution rules (forward and max-product,
+top-down sampling/MPE, backward). The M-step of an op's sum weights is data: its ``ParamSpec``
+says over which axes they are normalised. ``tests/test_op_kinds.py`` fails when a kind lacks an
+entry anywhere.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Union
+from typing import ClassVar, Union
 
 from .region_graph import Domain, LeafFamily, RegionGraph, RegionId
 
@@ -74,9 +85,11 @@ class Operand:
 class ParamSpec:
     name: str
     shape: tuple[int, ...]
-    kind: str  # "einsum" | "mixing" | "leaf"
+    kind: str  # the op kind that owns it ("einsum", "mixing", "hadamard", ...) or "leaf"
     family: LeafFamily | None = None
     domain: Domain | None = None
+    # sum weights: the axes they sum to 1 over (what init, the M-step and softmax normalise)
+    normalised_over: tuple[int, ...] = ()
 
     @property
     def size(self) -> int:
@@ -113,21 +126,81 @@ class FamilyBlock:
 
 
 @dataclass(frozen=True)
-class InputOp:
+class OpCost:
+    """Per sample: multiply-adds and output floats; and the op's parameter count."""
+
+    madds: int
+    params: int
+    out_floats: int
+
+
+class PlanOp(ABC):
+    """What every plan op kind tells the plan (and its printed table) about itself."""
+
+    kind: ClassVar[str]  # the name in the plan table and in ParamSpec.kind
+    name: str
+    equation: str
+
+    @property
+    @abstractmethod
+    def rows(self) -> int:
+        """Output rows (regions or partitions)."""
+
+    @property
+    @abstractmethod
+    def vector_size(self) -> int:
+        """K of each output row's vector."""
+
+    @abstractmethod
+    def operands(self) -> tuple["Operand", ...]:
+        """The rows of earlier values this op reads (what backward passes add adjoints into)."""
+
+    @abstractmethod
+    def cost(self, plan: "Plan") -> OpCost: ...
+
+    @abstractmethod
+    def describe(self, plan: "Plan") -> tuple[str, str]:
+        """(weights, reads) columns of the plan table."""
+
+    @property
+    def kernel_name(self) -> str:
+        """The implementation the plan asks for ('-': the op kind has one; compiler/kernels.py)."""
+        return "-"
+
+
+@dataclass(frozen=True)
+class InputOp(PlanOp):
     name: str
     regions: tuple[RegionId, ...]  # output rows
     k: int
     blocks: tuple[FamilyBlock, ...]
     # (batch, L, S, f) x (L, S, f, K) -> (L, batch, K)
     equation: str = "blsf,lsfk->lbk"
+    kind: ClassVar[str] = "input"
 
     @property
     def rows(self) -> int:
         return len(self.regions)
 
+    @property
+    def vector_size(self) -> int:
+        return self.k
+
+    def operands(self) -> tuple[Operand, ...]:
+        return ()
+
+    def cost(self, plan: Plan) -> OpCost:
+        feats = sum(b.width * b.features for b in self.blocks)
+        params = sum(plan.param(b.param).size for b in self.blocks)
+        return OpCost(self.rows * feats * self.k, params, self.rows * self.k)
+
+    def describe(self, plan: Plan) -> tuple[str, str]:
+        weights = " ".join(f"{b.family}{plan.param(b.param).shape}" for b in self.blocks)
+        return weights, "data"
+
 
 @dataclass(frozen=True)
-class EinsumOp:
+class EinsumOp(PlanOp):
     name: str
     partitions: tuple[int, ...]  # output rows: indices into RegionGraph.partitions
     left: Operand
@@ -140,14 +213,33 @@ class EinsumOp:
     # (L, batch, i) x (L, batch, j) x (L, k, i, j) -> (L, batch, k)
     equation: str = "lbi,lbj,lkij->lbk"
     kernel: str = "matmul"  # "matmul" (the path as batched matmuls) or "fused" (compiler/kernels.py)
+    kind: ClassVar[str] = "einsum"
 
     @property
     def rows(self) -> int:
         return len(self.partitions)
 
+    @property
+    def vector_size(self) -> int:
+        return self.k_out
+
+    def operands(self) -> tuple[Operand, ...]:
+        return (self.left, self.right)
+
+    def cost(self, plan: Plan) -> OpCost:
+        flops = self.rows * (self.k_left * self.k_right * self.k_out + self.k_left * self.k_right)
+        return OpCost(flops, plan.param(self.param).size, self.rows * self.k_out)
+
+    def describe(self, plan: Plan) -> tuple[str, str]:
+        return str(plan.param(self.param).shape), f"L={self.left.describe()} R={self.right.describe()}"
+
+    @property
+    def kernel_name(self) -> str:
+        return self.kernel
+
 
 @dataclass(frozen=True)
-class MixingOp:
+class MixingOp(PlanOp):
     name: str
     regions: tuple[RegionId, ...]  # output rows
     input: Operand  # rows m*C + c: the c-th partition of region m
@@ -156,13 +248,81 @@ class MixingOp:
     param: str  # weights (M, C, K), normalised over C
     # (M, C, batch, K) x (M, C, K) -> (M, batch, K)
     equation: str = "mcbk,mck->mbk"
+    kind: ClassVar[str] = "mixing"
 
     @property
     def rows(self) -> int:
         return len(self.regions)
 
+    @property
+    def vector_size(self) -> int:
+        return self.k
 
-Op = Union[InputOp, EinsumOp, MixingOp]
+    def operands(self) -> tuple[Operand, ...]:
+        return (self.input,)
+
+    def cost(self, plan: Plan) -> OpCost:
+        return OpCost(self.rows * self.components * self.k, plan.param(self.param).size, self.rows * self.k)
+
+    def describe(self, plan: Plan) -> tuple[str, str]:
+        return str(plan.param(self.param).shape), self.input.describe()
+
+
+@dataclass(frozen=True)
+class HadamardOp(PlanOp):
+    """Element-wise (CP) products of n ≥ 2 equally sized part vectors, then a K_out × K_in sum.
+
+    ``parts`` reads every part of every output row in one operand; ``owner[r]`` is the output row
+    whose product part row r is a factor of. Rows are grouped by the value they come from, not by
+    owner, so that most reads are contiguous views; partitions of any arity share one op.
+
+        log P[l,b,j] = Σ_{r: owner[r] = l} C[r,b,j]                      (the product, in logs)
+        S[l,b,k]     = log Σ_j W[l,k,j] exp(P[l,b,j])                   (log-sum-exp, stabilised)
+    """
+
+    name: str
+    partitions: tuple[int, ...]  # output rows: indices into RegionGraph.partitions
+    parts: Operand  # (R, batch, K_in): every part row of every output row
+    owner: tuple[int, ...]  # len R: the output row each part row belongs to
+    k_out: int
+    k_in: int
+    param: str  # weights (L, k_out, k_in), normalised over k_in
+    # (L, batch, j) x (L, k, j) -> (L, batch, k)
+    equation: str = "lbj,lkj->lbk"
+    kind: ClassVar[str] = "hadamard"
+
+    @property
+    def rows(self) -> int:
+        return len(self.partitions)
+
+    @property
+    def vector_size(self) -> int:
+        return self.k_out
+
+    @property
+    def arities(self) -> tuple[int, ...]:
+        """Number of parts of each output row."""
+        counts = [0] * self.rows
+        for row in self.owner:
+            counts[row] += 1
+        return tuple(counts)
+
+    def operands(self) -> tuple[Operand, ...]:
+        return (self.parts,)
+
+    def cost(self, plan: Plan) -> OpCost:
+        # the product is one addition of log-values per part entry; the sum a K_out x K_in matvec
+        madds = len(self.owner) * self.k_in + self.rows * self.k_out * self.k_in
+        return OpCost(madds, plan.param(self.param).size, self.rows * self.k_out)
+
+    def describe(self, plan: Plan) -> tuple[str, str]:
+        low, high = min(self.arities), max(self.arities)
+        arity = str(low) if low == high else f"{low}-{high}"
+        reads = f"{len(self.owner)} parts, {arity} per row: {self.parts.describe()}"
+        return str(plan.param(self.param).shape), reads
+
+
+Op = Union[InputOp, EinsumOp, MixingOp, HadamardOp]
 
 
 @dataclass(frozen=True)
@@ -180,11 +340,17 @@ class Plan:
 
     @property
     def num_parameters(self) -> int:
-        """Free parameters: weights plus leaf parameters of real (not padding) factors."""
+        """Free parameters: weights plus leaf parameters of real (not padding) factors; fixed
+        leaves (indicators) have none."""
+        from .families import family_rule
+
         padded = 0
         for op in self.ops:
             if isinstance(op, InputOp):
                 for block in op.blocks:
+                    if family_rule(block.family).fixed:
+                        padded += self.param(block.param).size
+                        continue
                     pads = sum(column < 0 for row in block.columns for column in row)
                     padded += pads * op.k * block.stat_dim
         return sum(p.size for p in self.params) - padded
@@ -197,14 +363,8 @@ class Plan:
 
     def op_cost(self, op: Op) -> tuple[int, int, int]:
         """(multiply-adds per sample, parameter count, output floats per sample) of one op."""
-        if isinstance(op, InputOp):
-            feats = sum(b.width * b.features for b in op.blocks)
-            params = sum(self.param(b.param).size for b in op.blocks)
-            return op.rows * feats * op.k, params, op.rows * op.k
-        if isinstance(op, EinsumOp):
-            flops = op.rows * (op.k_left * op.k_right * op.k_out + op.k_left * op.k_right)
-            return flops, self.param(op.param).size, op.rows * op.k_out
-        return op.rows * op.components * op.k, self.param(op.param).size, op.rows * op.k
+        cost = op.cost(self)
+        return cost.madds, cost.params, cost.out_floats
 
     def table(self, batch: int = 100, itemsize: int = 4) -> str:
         """The plan as a text table: op, equation, shapes, FLOPs, bytes, operand reads."""
@@ -214,31 +374,14 @@ class Plan:
         for index, op in enumerate(self.ops):
             madds, _, out_floats = self.op_cost(op)
             total_flops += 2 * madds * batch
-            if isinstance(op, InputOp):
-                kind = "input"
-                weights = " ".join(f"{b.family}{self.param(b.param).shape}" for b in op.blocks)
-                reads = "data"
-                kernel = "matmul"
-                k = op.k
-            elif isinstance(op, EinsumOp):
-                kind = "einsum"
-                weights = str(self.param(op.param).shape)
-                reads = f"L={op.left.describe()} R={op.right.describe()}"
-                kernel = op.kernel
-                k = op.k_out
-            else:
-                kind = "mixing"
-                weights = str(self.param(op.param).shape)
-                reads = op.input.describe()
-                kernel = "matmul"
-                k = op.k
+            weights, reads = op.describe(self)
             rows.append(
                 (
                     str(index),
-                    kind,
+                    op.kind,
                     op.equation,
-                    kernel,
-                    f"({op.rows},{batch},{k})",
+                    op.kernel_name,
+                    f"({op.rows},{batch},{op.vector_size})",
                     weights,
                     f"{2 * madds * batch / 1e6:.3f}",
                     f"{out_floats * batch * itemsize / 1024:.1f}",

@@ -158,6 +158,14 @@ class StructureStatement:
 
 
 @dataclass(frozen=True)
+class ProductStatement:
+    """``product hadamard`` — how the circuit's partitions combine their parts."""
+
+    kind: Name
+    span: Span
+
+
+@dataclass(frozen=True)
 class RegionStatement:
     """``region all = {A, B, C, D}`` — a name for a scope."""
 
@@ -181,6 +189,7 @@ Statement = (
     | LeafStatement
     | SizeStatement
     | StructureStatement
+    | ProductStatement
     | RegionStatement
     | PartitionStatement
 )

@@ -64,6 +64,7 @@ class Variable:
     family: LeafFamily
     column: int  # first data column; the variable occupies domain.columns columns
     span: Span | None = None
+    family_span: Span | None = None  # the `leaf` statement that gave the family
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class RegionGraph:
     inputs: int  # K of leaf regions
     heads: int = 1  # outputs of the root
     generator: str | None = None  # "random_binary_trees(...)" etc., for summaries
+    product: str = "outer"  # how partitions combine their parts: a key of ir.products.PRODUCT_KINDS
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @cached_property
@@ -145,6 +147,12 @@ class RegionGraph:
 
     def is_leaf(self, region_id: RegionId) -> bool:
         return not self.partitions_of.get(region_id)
+
+    def size(self, region_id: RegionId) -> int:
+        """K of a region's vector: ``heads`` at the root, ``inputs`` for leaf regions, else ``sums``."""
+        if region_id == self.root:
+            return self.heads
+        return self.inputs if self.is_leaf(region_id) else self.sums
 
     @property
     def leaf_regions(self) -> tuple[RegionId, ...]:

@@ -8,11 +8,12 @@ import math
 
 import numpy as np
 
-from einc.compiler.generators import poon_domingos, random_binary_trees
+from einc.compiler.generators import poon_domingos, random_binary_trees, tree
 from einc.backends.base import Batch
 from einc.compiler.layering import layer
 from einc.compiler.lower import lower
-from einc.ir.plan import EinsumOp, InputOp, MixingOp, Plan
+from einc.ir.families import LOG_ZERO
+from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Plan
 from einc.ir.region_graph import Domain, LeafFamily, Partition, Region, RegionGraph, Variable, region_sort_key
 
 BERNOULLI = (LeafFamily("bernoulli"), Domain("binary", 2))
@@ -20,6 +21,17 @@ CATEGORICAL3 = (LeafFamily("categorical"), Domain("categorical", 3))
 BINOMIAL3 = (LeafFamily("binomial", (("n", 3.0),)), Domain("categorical", 4))
 POISSON = (LeafFamily("poisson"), Domain("count", 1))
 NORMAL = (LeafFamily("normal", (("min_var", 1e-4), ("max_var", 10.0))), Domain("real", 1))
+INDICATOR = (LeafFamily("indicator"), Domain("binary", 2))
+INDICATOR3 = (LeafFamily("indicator"), Domain("categorical", 3))  # for circuits with K = 3
+# every family in ir.families.FAMILIES, as a (LeafFamily, Domain) the oracles can build
+FAMILY_CASES = {
+    "bernoulli": BERNOULLI,
+    "categorical": CATEGORICAL3,
+    "binomial": BINOMIAL3,
+    "normal": NORMAL,
+    "poisson": POISSON,
+    "indicator": INDICATOR,
+}
 
 
 def variables(families: list[tuple[LeafFamily, Domain]]) -> tuple[Variable, ...]:
@@ -30,11 +42,13 @@ def variables(families: list[tuple[LeafFamily, Domain]]) -> tuple[Variable, ...]
     return tuple(out)
 
 
-def make_graph(families, regions, partitions, k=3, inputs=None, heads=1, name="test") -> RegionGraph:
+def make_graph(families, regions, partitions, k=3, inputs=None, heads=1, name="test",
+               product="outer") -> RegionGraph:
     regions = tuple(sorted(regions, key=lambda r: region_sort_key(r.id)))
     order = {r.id: i for i, r in enumerate(regions)}
     partitions = tuple(sorted(partitions, key=lambda p: (order[p.region], p.parts)))
-    return RegionGraph(name, variables(families), regions, partitions, k, inputs or k, heads)
+    return RegionGraph(name, variables(families), regions, partitions, k, inputs or k, heads,
+                       product=product)
 
 
 def explicit_graph(families, k=3, inputs=None, heads=1) -> RegionGraph:
@@ -55,6 +69,34 @@ def explicit_graph(families, k=3, inputs=None, heads=1) -> RegionGraph:
     regions = [r for r in regions if r.scope != (0, 2, 3)]
     partitions = partitions[:5]
     return make_graph(families, regions, partitions, k, inputs, heads)
+
+
+def hadamard_graph(families, k=3, heads=1) -> RegionGraph:
+    """5 variables, element-wise products: 3-ary and binary partitions, a mixture at the root and
+    at {2,3,4}, and {3,4} shared by two partitions (a DAG)."""
+    assert len(families) == 5
+
+    def rid(*scope):
+        return (tuple(scope), 0)
+
+    scopes = [(0, 1, 2, 3, 4), (0,), (1, 2), (3, 4), (0, 1), (2, 3, 4), (1,), (2,), (3,), (4,)]
+    partitions = [
+        Partition(rid(0, 1, 2, 3, 4), (rid(0,), rid(1, 2), rid(3, 4))),
+        Partition(rid(0, 1, 2, 3, 4), (rid(0, 1), rid(2, 3, 4))),
+        Partition(rid(1, 2), (rid(1,), rid(2,))),
+        Partition(rid(3, 4), (rid(3,), rid(4,))),
+        Partition(rid(0, 1), (rid(0,), rid(1,))),
+        Partition(rid(2, 3, 4), (rid(2,), rid(3,), rid(4,))),
+        Partition(rid(2, 3, 4), (rid(2,), rid(3, 4))),
+    ]
+    return make_graph(families, [Region(s) for s in scopes], partitions, k, k, heads,
+                      product="hadamard")
+
+
+def tree_graph(families, parents, k=3, inputs=None, heads=1) -> RegionGraph:
+    """The ``tree`` generator's region graph (an HCLT with K = k) with hadamard products."""
+    regions, partitions = tree(parents)
+    return make_graph(families, regions, partitions, k, inputs or k, heads, product="hadamard")
 
 
 def rat_graph(families, depth=2, replicas=3, seed=0, k=3, heads=1) -> RegionGraph:
@@ -81,6 +123,8 @@ def _leaf_log_density(family: LeafFamily, phi: np.ndarray, x: float) -> np.ndarr
         return x * np.log(p) + (1 - x) * np.log1p(-p)
     if name == "categorical":
         return np.log(phi[:, int(x)])
+    if name == "indicator":
+        return np.where(phi[:, int(x)] > 0.5, 0.0, LOG_ZERO)
     if name == "binomial":
         n = family.arg("n")
         p = phi[:, 0] / n
@@ -113,7 +157,7 @@ def oracle_log_density(plan: Plan, params: dict[str, np.ndarray], x: np.ndarray,
             input_op = op
             for row, region in enumerate(op.regions):
                 leaf_row[region] = row
-        elif isinstance(op, EinsumOp):
+        elif isinstance(op, (EinsumOp, HadamardOp)):
             for row, p in enumerate(op.partitions):
                 partition_loc[p] = (op.param, row)
         elif isinstance(op, MixingOp):
@@ -142,9 +186,14 @@ def oracle_log_density(plan: Plan, params: dict[str, np.ndarray], x: np.ndarray,
         per_partition = []
         for p in graph.partitions_of[region]:
             name, row = partition_loc[p]
-            w = params[name][row]  # (k, i, j)
-            left, right = (value(part) for part in graph.partitions[p].parts)
-            scores = np.log(w) + left[None, :, None] + right[None, None, :]
+            parts = [value(part) for part in graph.partitions[p].parts]
+            if graph.product == "hadamard":
+                w = params[name][row]  # (k, j): an element-wise product of the parts, then a sum
+                scores = np.log(w) + np.sum(parts, axis=0)[None, :]
+            else:
+                w = params[name][row]  # (k, i, j): the outer product of two parts, then a sum
+                left, right = parts
+                scores = np.log(w) + left[None, :, None] + right[None, None, :]
             per_partition.append(reduce(scores.reshape(w.shape[0], -1), axis=1))
         if len(per_partition) == 1:
             memo[region] = per_partition[0]
@@ -162,14 +211,15 @@ def _max_leaf(family: LeafFamily, phi: np.ndarray) -> np.ndarray:
     if family.name == "normal":
         var = np.clip(phi[:, 1] - phi[:, 0] ** 2, family.arg("min_var"), family.arg("max_var"))
         return -0.5 * np.log(2 * np.pi * var)
-    candidates = _support(family, Domain("categorical", phi.shape[-1]) if family.name == "categorical" else None)
+    discrete = family.name in ("categorical", "indicator")
+    candidates = _support(family, Domain("categorical", phi.shape[-1]) if discrete else None)
     return np.max(np.stack([_leaf_log_density(family, phi, v) for v in candidates]), axis=0)
 
 
 def _support(family: LeafFamily, domain: Domain | None = None) -> list[float]:
     if family.name == "bernoulli":
         return [0.0, 1.0]
-    if family.name == "categorical":
+    if family.name in ("categorical", "indicator"):
         return [float(v) for v in range(domain.size if domain else 3)]
     if family.name == "binomial":
         return [float(v) for v in range(int(family.arg("n")) + 1)]
@@ -194,7 +244,7 @@ def random_data(graph: RegionGraph, n: int, seed: int) -> np.ndarray:
         name = variable.family.name
         if name == "bernoulli":
             columns.append(rng.integers(0, 2, n))
-        elif name == "categorical":
+        elif name in ("categorical", "indicator"):
             columns.append(rng.integers(0, variable.domain.size, n))
         elif name == "binomial":
             columns.append(rng.integers(0, int(variable.family.arg("n")) + 1, n))

@@ -390,7 +390,7 @@ def test_not_smooth_names_missing_and_extra_variables() -> None:
 def test_partitions_into_more_than_two_parts_are_rejected() -> None:
     graph = built("var A, B, C : binary\nleaf A, B, C ~ bernoulli\n{A, B, C} -> A * B * C\n")
     [diagnostic] = verify(graph)
-    assert "has 3 parts; einc supports binary partitions only" in diagnostic.message
+    assert "has 3 parts; `product outer` multiplies exactly 2 children" in diagnostic.message
     assert "{A, B, C} -> {A} * {B, C} and {B, C} -> {B} * {C}" in diagnostic.message
     assert diagnostic.span == Span("t.pc", 3, 1, 3, 22)
 
@@ -618,3 +618,109 @@ def test_docstring_examples_run() -> None:
     for module in (build_module, verify_module):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Product kinds, the tree generator, indicator leaves
+
+
+def test_product_kind_is_parsed_and_defaults_to_outer() -> None:
+    assert built(AB + "{A, B} -> A * B\n").product == "outer"
+    graph = built(ABCD + "product hadamard\n{A, B, C, D} -> A * B * {C, D}\n{C, D} -> C * D\n")
+    assert graph.product == "hadamard" and verify(graph) == []
+    assert [len(p.parts) for p in graph.partitions] == [3, 2]
+
+
+def test_unknown_and_repeated_product_kinds_are_located() -> None:
+    found = messages(AB + "product cp\nproduct outer\n{A, B} -> A * B\n")
+    assert found == [
+        "unknown product kind 'cp'; expected one of outer, hadamard — did you mean hadamard?",
+        "product is given twice; a circuit has one product kind",
+    ]
+
+
+def test_lists_may_run_over_several_lines_with_comments() -> None:
+    text = (
+        "var x[6] : binary\nleaf x ~ bernoulli\nproduct hadamard\n"
+        "structure tree(parents = [\n  -1, 0, 0,   # x[0..2]\n  1, 1, 2,    # x[3..5]\n])\n"
+    )
+    graph = built(text)
+    assert graph.generator == "tree(parents=[6 entries], root=x[0])"
+    assert verify(graph) == []
+
+
+def test_tree_generator_regions_are_subtrees() -> None:
+    graph = built("var x[5] : binary\nleaf x ~ bernoulli\nproduct hadamard\nstructure tree(parents = [1, -1, 1, 0, 0])\n")
+    partitions = {p.region[0]: sorted(part[0] for part in p.parts) for p in graph.partitions}
+    # x[1] is the root with children x[0] (which has x[3], x[4]) and x[2]
+    assert partitions == {(0, 1, 2, 3, 4): [(0, 3, 4), (1,), (2,)], (0, 3, 4): [(0,), (3,), (4,)]}
+    assert verify(graph) == []
+
+
+@pytest.mark.parametrize(
+    "parents, message",
+    [
+        ("[-1, 0, 0]", "parents has 3 entries; expected one per variable (4), in declaration order, -1 for the root"),
+        ("[-1, 1, 0, 0]", "parents[1] = 1: variable x[1] cannot be its own parent"),
+        ("[-1, 0, 7, 0]", "parents[2] = 7 is not a variable; expected -1 (the root) or 0..3"),
+        ("[-1, 0, -1, 0]", "a tree has exactly one root (parent -1); found 2 (x[0], x[2])"),
+        ("[1, 2, 0, 0]", "a tree has exactly one root (parent -1); found none"),
+        ("[-1, 2, 3, 1]", "parents make a cycle, not a tree: x[1] -> x[2] -> x[3] -> x[1]"),
+        ("[-1, 0.5, 0, 0]", "parents must be a whole number, found 0.5"),
+    ],
+)
+def test_tree_generator_arguments_are_checked_and_located(parents: str, message: str) -> None:
+    text = f"var x[4] : binary\nleaf x ~ bernoulli\nproduct hadamard\nstructure tree(parents = {parents})\n"
+    graph, diagnostics = build(text)
+    assert graph is None and [d.message for d in diagnostics] == [message]
+    assert diagnostics[0].span.line == 4 and diagnostics[0].span.col >= 26
+
+
+def test_hadamard_parts_must_have_equal_sizes_reported_once_per_statement() -> None:
+    text = "var x[6] : binary\nleaf x ~ bernoulli\nproduct hadamard\nsums 4\ninputs 2\nstructure tree(parents = [-1, 0, 1, 2, 2, 2])\n"
+    [diagnostic] = verify(built(text))
+    assert "multiplies parts of different sizes" in diagnostic.message
+    assert "(and 1 more partitions like it)" in diagnostic.message
+    assert "expected inputs = sums, found inputs 2 and sums 4" in diagnostic.message
+    assert diagnostic.span.line == 6
+
+
+def test_outer_products_accept_binary_trees_and_reject_n_ary_ones() -> None:
+    chain = "var x[3] : binary\nleaf x ~ bernoulli\nstructure tree(parents = [-1, 0, 1])\n"
+    assert verify(built(chain)) == []  # every node has one child: binary partitions
+    star = "var x[4] : binary\nleaf x ~ bernoulli\nstructure tree(parents = [-1, 0, 0, 0])\n"
+    [diagnostic] = verify(built(star))
+    assert "has 4 parts; `product outer` multiplies exactly 2 children" in diagnostic.message
+
+
+def test_indicator_leaves_need_a_component_per_category_after_overrides() -> None:
+    from einc.compiler.pipeline import CompileOptions, region_graph
+    from einc.ir.diagnostics import StructureError
+
+    text = "var c : categorical(3)\nvar b : binary\nleaf c ~ indicator\nleaf b ~ bernoulli\nsums 3\n{c, b} -> c * b\n"
+    assert region_graph(text, "t.pc").inputs == 3
+    with pytest.raises(StructureError) as error:
+        region_graph(text, "t.pc", CompileOptions(sums=2))  # inputs follow sums
+    assert "t.pc:3:10: error: indicator leaves need exactly one component per category" in str(error.value)
+    with pytest.raises(Exception, match="leaf family indicator does not fit"):
+        region_graph("var r : real\nvar b : binary\nleaf r ~ indicator\nleaf b ~ bernoulli\n{r, b} -> r * b\n", "t.pc")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=11))
+def test_random_trees_verify_with_hadamard_products(draws: list[int]) -> None:
+    # a random tree: node v + 1 hangs under one of the nodes 0..v; then the labels are shuffled
+    count = len(draws) + 1
+    parents = [-1] + [draw % (v + 1) for v, draw in enumerate(draws)]
+    relabel = np.random.default_rng(draws[0]).permutation(count)
+    shuffled = [-1] * count
+    for v, parent in enumerate(parents):
+        shuffled[relabel[v]] = -1 if parent < 0 else int(relabel[parent])
+    regions, partitions = generators.tree(shuffled)
+    inner = {p for p in shuffled if p >= 0}
+    assert len(partitions) == len(inner) and len(regions) == count + len(inner)
+    variables = tuple(Variable(i, f"x{i}", Domain("binary", 2), LeafFamily("bernoulli"), column=i) for i in range(count))
+    graph = RegionGraph("t", variables, tuple(regions), tuple(partitions), sums=2, inputs=2, product="hadamard")
+    assert verify(graph) == []
+    layered = layer(graph)
+    assert isinstance(layered.layers[0], LeafLayer)

@@ -37,6 +37,9 @@ ERROR_KIND: dict[str, type[EincError]] = {
     "no_root": StructureError,
     "unreachable": StructureError,
     "cycle": StructureError,
+    "tree_with_outer_products": StructureError,
+    "hadamard_sizes": StructureError,
+    "indicator_components": StructureError,
 }
 
 
@@ -67,6 +70,25 @@ def test_check_tiny(capsys: pytest.CaptureFixture[str], golden: Golden) -> None:
     code, out, err = run(["check", "examples/tiny.pc"], capsys)
     assert (code, err) == (0, "")
     golden("front/tiny.check.txt", out)
+
+
+@pytest.mark.parametrize("emit", ["check", "ir", "layers", "plan", "backward"])
+def test_hadamard_example_outputs(emit: str, capsys: pytest.CaptureFixture[str], golden: Golden) -> None:
+    """Element-wise products: the product kind in the IR and check summary, hadamard ops with
+    their arities and reads in the plan, the derived backward steps."""
+    argv = ["check"] if emit == "check" else ["compile", "--emit", emit]
+    code, out, err = run([*argv, "examples/tiny_hadamard.pc"], capsys)
+    assert (code, err) == (0, "")
+    golden(f"front/tiny_hadamard.{emit}.txt", out)
+
+
+def test_learned_hclt_example_plan(capsys: pytest.CaptureFixture[str], golden: Golden) -> None:
+    """The plan of a learned tree (examples/nltcs_hclt.pc): one hadamard op per tree level, every
+    operand a contiguous view or two."""
+    code, out, err = run(["compile", "--emit", "plan", "examples/nltcs_hclt.pc"], capsys)
+    assert (code, err) == (0, "")
+    golden("front/nltcs_hclt.plan.txt", out)
+    assert "gather" not in out
 
 
 def test_check_prints_column_order_for_arrays(capsys: pytest.CaptureFixture[str]) -> None:
@@ -170,14 +192,14 @@ def test_parameter_count_by_hand() -> None:
     # tiny: 4 leaf regions x inputs 3 x 1 bernoulli parameter; root partitions 2 x (1 x 4 x 4);
     # four inner partitions x (4 x 3 x 3); the root mixes 2 partitions: 1 x 2.
     graph = front_end((ROOT / "examples/tiny.pc").read_text(), "tiny.pc").graph
-    assert parameter_count(graph) == ParameterCount(leaf=12, einsum=2 * 16 + 4 * 36, mixing=2)
+    assert parameter_count(graph) == ParameterCount(leaf=12, product=2 * 16 + 4 * 36, mixing=2)
     # categorical(n) counts n, normal 2 per real dimension
     text = (
         "var c : categorical(5)\nvar v : real(3)\nleaf c ~ categorical\nleaf v ~ normal\n"
         "sums 2\ninputs 4\nheads 3\n{c, v} -> c * v\n"
     )
     graph = front_end(text, "mixed.pc").graph
-    assert parameter_count(graph) == ParameterCount(leaf=4 * 5 + 4 * 6, einsum=3 * 4 * 4, mixing=0)
+    assert parameter_count(graph) == ParameterCount(leaf=4 * 5 + 4 * 6, product=3 * 4 * 4, mixing=0)
 
 
 @pytest.mark.parametrize("name", ["tiny", "nltcs", "mnist", "accidents"])
@@ -187,7 +209,7 @@ def test_parameter_count_matches_the_plan(name: str) -> None:
     sizes: dict[str, int] = {}
     for spec in compile_plan(text, name).params:
         sizes[spec.kind] = sizes.get(spec.kind, 0) + spec.size
-    assert (sizes["einsum"], sizes.get("mixing", 0)) == (count.einsum, count.mixing)
+    assert (sizes["einsum"], sizes.get("mixing", 0)) == (count.product, count.mixing)
     # the plan may pad leaf parameters (EiNet's D x K x R layout); it never has fewer
     assert sizes["leaf"] >= count.leaf
 

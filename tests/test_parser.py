@@ -145,7 +145,7 @@ def test_empty_file_parses_to_no_statements() -> None:
             "leaf A ~",
             (
                 "syntax error in a leaf statement; expected a leaf family (bernoulli, binomial(N), "
-                "categorical, normal, poisson), found end of line"
+                "categorical, indicator, normal, poisson), found end of line"
             ),
         ),
         ("{A, B -> A", "syntax error in a partition; expected ',' or '}', found '->'"),
@@ -174,14 +174,14 @@ def test_empty_file_parses_to_no_statements() -> None:
             "@",
             (
                 "unexpected character; expected a statement (circuit, var, leaf, sums, inputs, heads, "
-                "structure, region) or a partition (region -> part * part), found '@'"
+                "structure, product, region) or a partition (region -> part * part), found '@'"
             ),
         ),
         (
             "vars A : binary",
             (
                 "unknown statement 'vars'; expected a statement (circuit, var, leaf, sums, inputs, "
-                "heads, structure, region) or a partition (region -> part * part), found 'vars' — "
+                "heads, structure, product, region) or a partition (region -> part * part), found 'vars' — "
                 "did you mean 'var'?"
             ),
         ),

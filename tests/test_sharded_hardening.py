@@ -148,13 +148,14 @@ def test_bad_labels_and_in_memory_rows_are_located_like_model_fit(tmp_path: Path
 def test_distributed_fit_checks_every_option_and_shares_the_defaults() -> None:
     model = einc.compile(TINY)
     fit, sharded = inspect.signature(einc.Model.fit).parameters, inspect.signature(distributed.fit).parameters
-    for name in ("epochs", "batch_size", "step_size", "learning_rate", "update", "method"):
+    for name in ("epochs", "batch_size", "step_size", "learning_rate", "update", "method", "pseudocount"):
         assert sharded[name].default == fit[name].default, name
     x = _binary_data(40)
     for options, fragment in (({"epochs": 0}, "epochs must be"), ({"batch_size": 0}, "batch_size must be"),
                               ({"step_size": 2.0}, "step_size must be in (0, 1]"),
                               ({"method": "adam", "learning_rate": -1.0}, "learning_rate must be"),
-                              ({"patience": 2}, "give valid data too"), ({"update": "sometimes"}, "update must be")):
+                              ({"patience": 2}, "give valid data too"), ({"update": "sometimes"}, "update must be"),
+                              ({"pseudocount": -1.0}, "pseudocount must be")):
         with pytest.raises(einc.EincError, match=fragment.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
             distributed.fit(model, x, **options)
 
@@ -189,9 +190,9 @@ def test_divergence_keeps_the_last_good_parameters(monkeypatch: pytest.MonkeyPat
     original = backend_class.em_update
     calls: list[int] = []
 
-    def nan_from_the_third_m_step(self, params, stats, step_size):
+    def nan_from_the_third_m_step(self, params, stats, *args):
         calls.append(1)
-        updated = original(self, params, stats, step_size)
+        updated = original(self, params, stats, *args)
         return {k: v * np.nan for k, v in updated.items()} if len(calls) >= 3 else updated
 
     monkeypatch.setattr(backend_class, "em_update", nan_from_the_third_m_step)

@@ -107,7 +107,7 @@ def test_limits_are_configurable_and_count_at_the_dtype() -> None:
     graph = region_graph(text, "ok.pc")
     count = parameter_count(graph)
     counts = (16, len(graph.regions), len(graph.partitions), sum(len(r.scope) for r in graph.regions),
-              count.leaf + count.einsum + count.mixing)
+              count.leaf + count.product + count.mixing)
     bytes32 = size.SizeEstimate(*counts, "float32").bytes
     bytes64 = size.SizeEstimate(*counts, "float64").bytes
     assert bytes64 - bytes32 == 4 * counts[4]

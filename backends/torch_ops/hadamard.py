@@ -1,0 +1,73 @@
+"""The hadamard (element-wise / CP) product op on torch: forward, max-product and backtracking.
+
+    log P[l,b,j] = Σ_{r: owner[r] = l} C[r,b,j]         element-wise product of the parts, in logs
+    S[l,b,k]     = log Σ_j W[l,k,j] exp(P[l,b,j])      a K_out × K_in sum, shifted by max_j P
+
+EM statistics come from autograd like every other torch op: n = W · ∂ Σ log p / ∂W.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from einc.backends.torch_ops import TorchOpRule
+from einc.ir.plan import HadamardOp
+
+# Elements of the (L, b, K_out, K_in) max-product scores materialised at once (batch chunks).
+_CHUNK_ELEMENTS = 2**24
+
+
+def log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) -> torch.Tensor:
+    """log P (L, B, K_in): each row's parts added up (a product of densities is a sum of logs)."""
+    parts = backend._read(op.parts, values)  # (R, B, K_in)
+    owner = backend._index(op.owner)  # (R,)
+    # (R, B, j) summed by owner -> (L, B, j); out-of-place, so autograd sees it
+    return parts.new_zeros((op.rows, parts.shape[1], op.k_in)).index_add(0, owner, parts)
+
+
+def forward(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor],
+            values: list[torch.Tensor], max_product: bool) -> torch.Tensor:
+    product = log_product(backend, op, values)  # (L, B, j)
+    weights = params[op.param]  # (L, k, j)
+    if max_product:
+        return _max_sum(product, weights)
+    # the shift of the log-sum-exp; rows that are all −inf use 0 so no NaN appears
+    top = torch.nan_to_num(product.detach().amax(-1, keepdim=True), neginf=0.0)  # (L, B, 1)
+    # (L, B, j) x (L, j, k) -> (L, B, k)
+    mixed = torch.bmm(torch.exp(product - top), weights.transpose(1, 2))
+    return torch.log(mixed) + top
+
+
+def _max_sum(product: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """max_j log W[l,k,j] + P[l,b,j] -> (L, B, k), in batch chunks of bounded size."""
+    log_w = torch.log(weights)[:, None]  # (L, 1, k, j)
+    rows, k_out, k_in = weights.shape
+    step = max(1, _CHUNK_ELEMENTS // max(1, rows * k_out * k_in))
+    out = []
+    for start in range(0, product.shape[1], step):
+        part = product[:, start : start + step, None, :]  # (L, b, 1, j)
+        out.append((log_w + part).amax(-1))  # (L, b, k)
+    return out[0] if len(out) == 1 else torch.cat(out, 1)
+
+
+def backtrack(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],
+              choice: list[torch.Tensor], chosen: torch.Tensor, sampler: Any, mpe: bool) -> None:
+    """Pick the entry j of the element-wise product for each reached row, by arg-max (MPE) or
+    Gumbel-max (sampling) of log W[l,k,j] + log P[l,b,j]; every part of the row selects j."""
+    reached = chosen >= 0  # (L, B)
+    k = chosen.clamp(min=0)
+    product = log_product(backend, op, values)  # (L, B, j)
+    rows, batch, k_in = product.shape
+    log_w = torch.log(params[op.param])  # (L, k, j)
+    # (L, k, j) at each sample's chosen k -> (L, B, j)
+    picked = torch.gather(log_w, 1, k[:, :, None].expand(rows, batch, k_in))
+    logits = picked + product
+    if not mpe:
+        logits = logits + sampler.gumbel(logits)
+    best = torch.where(reached, logits.argmax(-1), torch.full_like(k, -1))  # (L, B)
+    backend._write(op.parts, best[backend._index(op.owner)], choice)  # (R, B)
+
+
+RULE = TorchOpRule(forward=forward, backtrack=backtrack)

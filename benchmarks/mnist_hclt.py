@@ -1,0 +1,219 @@
+"""A hidden Chow-Liu tree (HCLT) over MNIST's 784 pixels with categorical(256) leaves (issue 8).
+
+    python benchmarks/mnist_hclt.py                                   # CPU: K=16, 15-minute budget
+    python benchmarks/mnist_hclt.py --device cuda --sums 32 --epochs 350 --budget-minutes 600
+
+Protocol: the last 5,000 training images are the validation split; the tree is learned by
+``einc.structure_learning`` (``einc learn-structure hclt --variables examples/mnist_categorical.pc``)
+from at most ``--tree-rows`` of the other 55,000, with ``--bins`` equal-width grey-level bins; the
+HCLT is trained by stochastic online EM (the torch backend's resident-data epoch: one captured
+CUDA graph per batch on a GPU), the parameters of the best validation epoch are kept, and the
+whole test set is scored with them: test bits per dimension = −log p(x) / (784 ln 2).
+
+Writes ``benchmarks/results/mnist_hclt.{json,md}`` (machine, date, command, budget, the curve),
+the training curve as ``mnist_hclt.png`` and the learned circuit as ``mnist_hclt.pc``. Targets
+for comparison: PyJuice's HCLT K=32 reaches 1.22 bpd after 350 epochs (GPU); einc's PD EiNet
+1.68; the issue asks for ≤ 1.25.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+import einc
+from einc.backends.base import Batch
+from einc.data import prepare
+from einc.files import atomic_write
+from einc.structure_learning import learn_structure
+
+ROOT = Path(__file__).resolve().parent.parent
+PIXELS = 784
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--sums", type=int, default=16, help="hidden states K per tree node")
+    parser.add_argument("--epochs", type=int, default=50, help="at most this many epochs")
+    parser.add_argument("--budget-minutes", type=float, default=15.0, help="training stops after this")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--step-size", type=float, default=0.1, help="online EM step size")
+    parser.add_argument("--pseudocount", type=float, default=0.1)
+    parser.add_argument("--bins", type=int, default=8, help="grey-level bins for the mutual information")
+    parser.add_argument("--tree-rows", type=int, default=20000, help="training rows the tree is learned from")
+    parser.add_argument("--valid-rows", type=int, default=5000)
+    parser.add_argument("--train-rows", type=int, default=None, help="train on the first N (smoke runs)")
+    parser.add_argument("--test-rows", type=int, default=None, help="score the first N test images")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mnist_hclt")
+    return parser.parse_args(argv)
+
+
+def bits_per_dimension(model: einc.Model, values: np.ndarray, observed: np.ndarray, batch: int = 2000) -> float:
+    total = 0.0
+    for start in range(0, len(values), batch):
+        part = Batch(values[start : start + batch], observed[start : start + batch])
+        total += float(model.backend.log_likelihood(model.params, part)[:, 0].sum())
+    return -total / len(values) / (PIXELS * math.log(2))
+
+
+def curve_png(path: Path, history: list[dict[str, float]], title: str) -> None:
+    """Bits per dimension per epoch (train, valid, test) as a small line chart."""
+    width, height, margin = 640, 400, 60
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    series = {"train": (31, 119, 180), "valid": (255, 127, 14), "test": (44, 160, 44)}
+    values = [h[name] for h in history for name in series if name in h]
+    low, high = min(values), max(values)
+    high = high if high > low else low + 1.0
+    epochs = [h["epoch"] for h in history]
+    first, last = min(epochs), max(max(epochs), min(epochs) + 1)
+
+    def point(epoch: float, value: float) -> tuple[float, float]:
+        x = margin + (epoch - first) / (last - first) * (width - 2 * margin)
+        y = height - margin - (value - low) / (high - low) * (height - 2 * margin)
+        return x, y
+
+    draw.rectangle([margin, margin, width - margin, height - margin], outline=(0, 0, 0))
+    for fraction in (0.0, 0.5, 1.0):
+        value = low + fraction * (high - low)
+        draw.text((5, point(first, value)[1] - 6), f"{value:.3f}", fill=(0, 0, 0))
+    draw.text((margin, height - margin + 8), f"epoch {first}", fill=(0, 0, 0))
+    draw.text((width - margin - 50, height - margin + 8), f"epoch {last}", fill=(0, 0, 0))
+    draw.text((margin, 20), title, fill=(0, 0, 0))
+    for offset, (name, colour) in enumerate(series.items()):
+        points = [point(h["epoch"], h[name]) for h in history if name in h]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+        draw.text((width - margin - 150 + 50 * offset, 40), name, fill=colour)
+    atomic_write(path, lambda stream: canvas.save(stream, format="PNG"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    command = "python " + " ".join(["benchmarks/mnist_hclt.py", *(sys.argv[1:] if argv is None else argv)])
+    started = time.perf_counter()
+    with np.load(args.data) as archive:
+        images = archive["x_train"].reshape(-1, PIXELS).astype(np.float64)
+        test = archive["x_test"].reshape(-1, PIXELS).astype(np.float64)
+    train, valid = images[: -args.valid_rows][: args.train_rows], images[-args.valid_rows :]
+    test = test[: args.test_rows]
+    source, tree = learn_structure(
+        "hclt", train, args.out.with_suffix(".pc"), hidden_states=args.sums,
+        variables=ROOT / "examples" / "mnist_categorical.pc", bins=args.bins, max_rows=args.tree_rows,
+        seed=args.seed,
+    )
+    atomic_write(args.out.with_suffix(".pc"), lambda stream: stream.write(source.encode("utf-8")))
+    learning = time.perf_counter() - started
+    print(f"tree: depth {tree.depth}, {tree.weight:.2f} nats of mutual information ({learning:.0f} s)",
+          file=sys.stderr, flush=True)
+    model = einc.compile(source, backend="torch", device=args.device, dtype=args.dtype, seed=args.seed)
+    splits = {name: prepare(model.graph, data, None, name) for name, data in
+              (("train", train), ("valid", valid), ("test", test))}
+    resident = model.backend.upload(*splits["train"], None)
+    rng = np.random.default_rng(args.seed)
+    history: list[dict[str, float]] = []
+    best = (math.inf, model.parameters(), 0)
+    deadline = time.perf_counter() + 60.0 * args.budget_minutes
+    for epoch in range(1, args.epochs + 1):
+        epoch_started = time.perf_counter()
+        model.params, total = model.backend.train_epoch(
+            model.params, resident, rng.permutation(len(train)), args.batch_size, args.step_size,
+            args.pseudocount,
+        )
+        seconds = time.perf_counter() - epoch_started
+        record = {
+            "epoch": epoch,
+            "seconds": seconds,
+            # the running mean over the epoch's batches, each before its update
+            "train": -total / len(train) / (PIXELS * math.log(2)),
+            "valid": bits_per_dimension(model, *splits["valid"]),
+        }
+        if record["valid"] < best[0]:
+            best = (record["valid"], model.parameters(), epoch)
+        record["test"] = bits_per_dimension(model, *splits["test"])
+        history.append(record)
+        print(f"epoch {epoch:3d}: train {record['train']:.4f} valid {record['valid']:.4f} "
+              f"test {record['test']:.4f} bpd ({seconds:.0f} s)", file=sys.stderr, flush=True)
+        write(args, command, history, tree, learning, model, None, started)
+        if time.perf_counter() + seconds > deadline:
+            break
+    model.set_parameters(best[1])
+    final = {"epoch": best[2], "valid": best[0], "test": bits_per_dimension(model, *splits["test"])}
+    write(args, command, history, tree, learning, model, final, started)
+    print(args.out.with_suffix(".md").read_text())
+    return 0
+
+
+def write(args: argparse.Namespace, command: str, history: list[dict[str, float]], tree, learning: float,
+          model: einc.Model, final: dict[str, float] | None, started: float) -> None:
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": command,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores"
+                   + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
+        "load_average": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "sums": args.sums,
+        "parameters": model.num_parameters,
+        "recipe": f"online EM, batch {args.batch_size}, step {args.step_size}, pseudocount {args.pseudocount}",
+        "budget_minutes": args.budget_minutes,
+        "tree": {"depth": tree.depth, "root": int(tree.root), "mutual_information": tree.weight,
+                 "bins": args.bins, "rows": args.tree_rows, "seconds": learning},
+        "elapsed_minutes": (time.perf_counter() - started) / 60,
+    }
+    payload = {"meta": meta, "history": history, "final": final}
+    atomic_write(args.out.with_suffix(".json"), lambda s: s.write((json.dumps(payload, indent=1) + "\n").encode()))
+    curve_png(args.out.with_suffix(".png"), history, f"HCLT K={args.sums} on MNIST: bits per dimension")
+    lines = [
+        "# MNIST: a hidden Chow-Liu tree with categorical(256) pixel leaves",
+        "",
+        f"Generated on {meta['date']} by `{command}` ({meta['machine']}; load average "
+        f"{meta['load_average']}; torch {meta['torch']}, {args.device}, {args.dtype}, {args.threads} thread(s)).",
+        "",
+        f"HCLT K={args.sums}: {meta['parameters']:,} parameters; tree learned in {learning:.0f} s from "
+        f"{args.tree_rows} training rows ({args.bins} grey-level bins), depth {tree.depth}. "
+        f"Recipe: {meta['recipe']}; training budget {args.budget_minutes:g} min "
+        f"(wall time so far {meta['elapsed_minutes']:.1f} min including evaluation).",
+        "",
+    ]
+    if final is not None:
+        lines += [
+            f"**Test: {final['test']:.4f} bits per dimension** (the best validation epoch, {final['epoch']}, "
+            f"of {len(history)}; valid {final['valid']:.4f}). For comparison: PyJuice's HCLT K=32, "
+            "1.22 bpd after 350 epochs on a GPU; einc's PD EiNet 1.68 bpd; target ≤ 1.25.",
+            "",
+        ]
+    lines += [
+        "![curve](mnist_hclt.png)",
+        "",
+        "| epoch | seconds | train bpd | valid bpd | test bpd |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for h in history:
+        lines.append(f"| {h['epoch']} | {h['seconds']:.0f} | {h['train']:.4f} | {h['valid']:.4f} | {h['test']:.4f} |")
+    atomic_write(args.out.with_suffix(".md"), lambda s: s.write(("\n".join(lines) + "\n").encode()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
