@@ -246,7 +246,7 @@ def _interrupts(workers: Workers) -> Iterator[threading.Event]:
 
 
 def _train(args: argparse.Namespace, workers: Workers, epoch_line: Any, interrupted: threading.Event) -> int:
-    from einc.commands import _save_interrupted, _training_model
+    from einc.commands import _finish_training, _save_diverged, _save_interrupted, _training_model
 
     say = print if workers.is_main else _silent
     device = distributed.worker_device(args.device, workers)
@@ -285,28 +285,13 @@ def _train(args: argparse.Namespace, workers: Workers, epoch_line: Any, interrup
     except KeyboardInterrupt as interrupt:  # the parameters are the best (or last completed) epoch's
         return _save_interrupted(model, output, interrupt) if workers.is_main else 130
     except TrainingError as error:  # the same on every worker: rank 0 reports and writes
-        if not workers.is_main:
-            return STOPPED
-        print(error.render("einc"), file=sys.stderr)
-        if model.training is not None:
-            model.save(output)
-            print(f"einc: wrote the last good model (epoch {model.training.epoch}) to {output}", file=sys.stderr)
-        return 1
+        return _save_diverged(model, output, error) if workers.is_main else STOPPED
     # write only once every worker has finished: a failure anywhere leaves no model file
     workers.barrier("the end of training")
     if not workers.is_main:
         return 0
-    if args.resume and not history:
-        say(f"already trained for {model.training.epoch if model.training else 0} epochs; "
-            f"raise --epochs to train longer")
-    if model.training is not None and model.training.best_epoch is not None:
-        say(f"kept the parameters of the best validation epoch ({model.training.best_epoch}): "
-            f"valid LL {model.training.best_valid_ll:.4f}")
-    if test is not None:
-        say(f"test LL {distributed.mean_log_likelihood(model, test):.4f}")
-    model.save(output)
-    say(f"wrote {output}")
-    return 0
+    test_ll = None if test is None else distributed.mean_log_likelihood(model, test)
+    return _finish_training(model, output, args, history, test_ll)
 
 
 def _was_interrupted(interrupted: threading.Event) -> bool:
