@@ -173,8 +173,9 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
                                 "help": "M-step after every batch (stochastic EM) or once per epoch"}),
             Arg(("--pseudocount",), {"type": float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
-                                     "help": "EM Laplace smoothing: ALPHA added to every sum-weight and categorical/"
-                                             f"Bernoulli count at each M-step (default {DEFAULT_PSEUDOCOUNT}; 0: none)"}),
+                                     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector "
+                                             "and categorical/Bernoulli leaf, spread over its outcomes, at each M-step "
+                                             f"(default {DEFAULT_PSEUDOCOUNT}; 0: none)"}),
             Arg(("--seed",), {"type": int, "default": 0}),
             Arg(("--labels",), {"metavar": "L", "help": "class labels of the training rows: class-conditional training of a multi-head circuit (head = label)"}),
             Arg(("--valid-labels",), {"metavar": "L", "help": "class labels of the validation rows"}),

@@ -203,9 +203,10 @@ class Model:
         epoch (``step_size=1`` is classic full-batch EM, which never decreases the training LL).
         ``method="adam"``: gradient training instead (torch backend), Adam with ``learning_rate`` on
         log-weights and each leaf family's unconstrained parameters, minimising −mean log p.
-        ``pseudocount`` α (EM): Laplace smoothing at every M-step — α is added to each sum
-        weight's count and to categorical/Bernoulli/binomial leaf counts (a Dirichlet/Beta prior,
-        so EM maximises the posterior; ``pseudocount=0`` is plain maximum likelihood).
+        ``pseudocount`` α (EM): Laplace smoothing at every M-step — α pseudo-observations per
+        sum-weight vector and per categorical/Bernoulli/binomial leaf, spread evenly over its
+        outcomes (a Dirichlet/Beta prior, so EM maximises the posterior; ``pseudocount=0`` is
+        plain maximum likelihood).
         With ``valid`` and ``keep_best``, the parameters of the best validation epoch are kept.
         """
         import time
