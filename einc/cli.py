@@ -277,8 +277,9 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
                                 "help": "M-step after every batch (stochastic EM) or once per epoch"}),
             Arg(("--pseudocount",), {"type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
-                                     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector and "
-                                             f"categorical/Bernoulli leaf at each M-step (default {DEFAULT_PSEUDOCOUNT}; 0: none)"}),
+                                     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector "
+                                             "and categorical/Bernoulli leaf, spread over its outcomes, at each M-step "
+                                             f"(default {DEFAULT_PSEUDOCOUNT}; 0: none)"}),
             Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters and batch order"}),
             Arg(("--patience",), {"type": positive_int, "metavar": "N",
                                   "help": "stop after N epochs without a better validation LL (needs --valid)"}),

@@ -279,8 +279,8 @@ class Model:
         log-weights and each leaf family's unconstrained parameters, minimising −mean log p.
         The defaults are the DEBD benchmark's recipe (online EM, batch 100, step size 0.05).
 
-        ``pseudocount`` α (EM): Laplace smoothing at every M-step — α pseudo-observations spread
-        over each sum-weight vector's entries and each categorical/Bernoulli/binomial leaf's
+        ``pseudocount`` α (EM): Laplace smoothing at every M-step — α pseudo-observations per
+        sum-weight vector and per categorical/Bernoulli/binomial leaf, spread evenly over its
         outcomes (a Dirichlet/Beta prior, so EM maximises the posterior; ``pseudocount=0`` is
         plain maximum likelihood).
 
