@@ -675,6 +675,21 @@ class GradientTrainer:
         with torch.no_grad():
             return {k: v.detach() for k, v in self.params().items()}, float(total)
 
+    def accumulate(self, batch: Batch) -> float:
+        """Add the gradients of −Σ log p over a host batch to ``free[name].grad`` (no step) and
+        return Σ log p. Data-parallel training sums these across workers, divides by the global
+        batch size and then steps ``optimizer``: the same step as ``epoch`` on the whole batch."""
+        backend = self.backend
+        x, observed = backend._batch(batch)
+        root = backend._root_of_plain(self.params(), x, observed)
+        if batch.labels is None:
+            log_p = root[:, 0]
+        else:
+            labels = torch.as_tensor(batch.labels, dtype=torch.long, device=backend.device)
+            log_p = torch.gather(root, 1, labels[:, None])[:, 0]
+        (-log_p.sum()).backward()
+        return float(log_p.detach().sum())
+
     def state(self) -> dict[str, np.ndarray]:
         """Adam's step counts and moments as host arrays, keyed ``{parameter}/{slot}`` (to save)."""
         names = list(self.free)

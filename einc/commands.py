@@ -105,7 +105,11 @@ def _check_train_options(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from einc import launch
+
     _check_train_options(args)
+    if launch.wanted(args):  # --nproc, --stream, one file per worker, or under torchrun
+        return launch.cmd_train_sharded(args, _epoch_line)
     output = check_writable(args.output, "model")
     check_not_an_input(output, {"FILE.pc": args.file, "--data": args.data, "--valid": args.valid,
                                 "--test": args.test, "--labels": args.labels, "--valid-labels": args.valid_labels})
@@ -140,19 +144,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupt:
         return _save_interrupted(model, output, interrupt)
     except TrainingError as error:
-        print(error.render("einc"), file=sys.stderr)
-        if model.training is not None:
-            model.save(output)
-            print(f"einc: wrote the last good model (epoch {model.training.epoch}) to {output}", file=sys.stderr)
-        return 1
+        return _save_diverged(model, output, error)
+    return _finish_training(model, output, args, history, None if test is None else model.log_likelihood(test).mean())
+
+
+def _finish_training(model: Model, output: Any, args: argparse.Namespace, history: list[EpochRecord],
+                     test_ll: float | None) -> int:
+    """Say how training ended and write the model (one process, or rank 0 of several)."""
     if args.resume and not history:
         print(f"already trained for {model.training.epoch if model.training else 0} epochs; "
               f"raise --epochs to train longer")
-    if valid is not None and model.training is not None and model.training.best_epoch is not None:
+    if args.valid and model.training is not None and model.training.best_epoch is not None:
         print(f"kept the parameters of the best validation epoch ({model.training.best_epoch}): "
               f"valid LL {model.training.best_valid_ll:.4f}")
-    if test is not None:
-        print(f"test LL {model.log_likelihood(test).mean():.4f}")
+    if test_ll is not None:
+        print(f"test LL {test_ll:.4f}")
     model.save(output)
     print(f"wrote {output}")
     return 0
@@ -170,14 +176,25 @@ def _read_splits(args: argparse.Namespace, model: Model) -> tuple[Any, Any, Any]
     return train, valid, test
 
 
-def _training_model(args: argparse.Namespace) -> Model:
-    """A fresh model from FILE.pc, or the model of --resume (which must have the same circuit)."""
+def _save_diverged(model: Model, output: Any, error: TrainingError) -> int:
+    """Training diverged: report it and write the last good model (the parameters fit restored)."""
+    print(error.render("einc"), file=sys.stderr)
+    if model.training is not None:
+        model.save(output)
+        print(f"einc: wrote the last good model (epoch {model.training.epoch}) to {output}", file=sys.stderr)
+    return 1
+
+
+def _training_model(args: argparse.Namespace, device: str | None = None) -> Model:
+    """A fresh model from FILE.pc, or the model of --resume (which must have the same circuit);
+    on ``device`` (default ``--device``: a data-parallel worker passes its own GPU)."""
+    device = device or args.device
     options = compile_options(args)
-    model = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
+    model = compile(args.file, backend=args.backend, device=device, dtype=args.dtype, seed=args.seed,
                     options=options)
     if not args.resume:
         return model
-    resumed = load(args.resume, backend=args.backend, device=args.device, dtype=args.dtype, options=options)
+    resumed = load(args.resume, backend=args.backend, device=device, dtype=args.dtype, options=options)
     if not isinstance(resumed, Model):
         raise EincError(f"--resume {args.resume}: a mixture cannot be resumed")
     shapes = [(s.name, s.shape) for s in model.plan.params]
