@@ -42,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import records  # benchmarks/records.py, on the path above
+
 SHARED = ROOT.parent / "shared"
 RESULTS = ROOT / "benchmarks" / "results" / "peers.jsonl"
 NUM_VARIABLES, NUM_SAMPLES, BATCH, DEPTH, REPLICAS = 512, 2000, 100, 4, 10
@@ -219,7 +222,7 @@ def main() -> None:
     if args.peer == "cirkit" and "mnist" in args.setups:
         parser.error("the cirkit harness covers the rat setup only")
     args.peer_python = args.peer_python or Path(sys.executable)
-    machine = _machine()
+    machine = records.machine()
     print(f"# {machine['cpu']}, {machine['cores']} cores, {platform.python_version()}; peer {args.peer}; one thread each")
     print(f"{'setup':6} {'K':>3} {'round':>5} {'load':>5} {'einc epoch':>11} {'peer epoch':>11} {'ratio':>6} "
           f"{'cpu ratio':>9} {'einc infer':>11} {'peer infer':>11} {'ratio':>6}")
@@ -253,22 +256,6 @@ def main() -> None:
             if ratios:
                 print(f"{setup:6} {k:>3} epoch ratio over {len(ratios)} rounds: min {min(ratios):.1f}× "
                       f"median {statistics.median(ratios):.1f}× max {max(ratios):.1f}×")
-
-
-def _machine() -> dict[str, Any]:
-    cpu, flags = platform.processor() or "unknown", ""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line
-                    break
-    except OSError:
-        pass
-    simd = [flag for flag in ("avx2", "avx512f", "fma") if f" {flag}" in flags]
-    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd}
 
 
 if __name__ == "__main__":
