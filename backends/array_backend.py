@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 from einc.backends.array_ops import hadamard
-from einc.backends.array_ops.contract import contract, pairwise_steps  # noqa: F401
+from einc.backends.array_ops.contract import contract, no_mass, pairwise_steps  # noqa: F401
 from einc.backends.array_ops.contract import finite_max as _finite_max
-from einc.backends.array_ops.contract import no_mass
 from einc.backends.base import BACKENDS, Batch, Params, Statistics, shifted_exp
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
@@ -561,13 +560,13 @@ class ArrayBackend:
 
     # ------------------------------------------------------------------ resident training
     def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
-               latents: np.ndarray | None = None) -> "ResidentData":
+               latents: np.ndarray | None = None) -> ResidentData:
         """Put a whole training set on the device once (with the zero pad column)."""
         data = self._data(Batch(values, observed, None, latents))
         heads = np.zeros(len(values), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         return ResidentData(data.x, data.observed, self.xp.asarray(heads), data.latents)
 
-    def train_epoch(self, params: Params, data: "ResidentData", order: np.ndarray, batch_size: int,
+    def train_epoch(self, params: Params, data: ResidentData, order: np.ndarray, batch_size: int,
                     step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
         """One epoch of stochastic EM over resident ``data`` in ``order``: E-step and M-step per
         batch on the device, one transfer to the host (Σ log p) at the end."""

@@ -530,9 +530,8 @@ def cmd_lvd(args: argparse.Namespace) -> int:
         check_not_an_input(args.write_latents, {**inputs, "-o": args.output})
     model = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
                     options=compile_options(args))
-    if not model.latents:
-        lvd.shared_states(model)  # raises: there is nothing to distill
-    states = lvd.shared_states(model) if args.teacher else None  # a shared codebook needs one K
+    # raises without latents (nothing to distill) and, for --teacher, unless they share one K (one codebook)
+    states = lvd.shared_states(model) if args.teacher or not model.latents else None
     _set_threads(args, model.plan)
     train, valid, test = _read_splits(args, model)
     features = latents = None
@@ -569,11 +568,7 @@ def cmd_lvd(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(interrupt, _Terminated) else 130
     except TrainingError as error:
-        print(error.render("einc"), file=sys.stderr)
-        if model.training is not None:
-            model.save(output)
-            print(f"einc: wrote the last good model to {output}", file=sys.stderr)
-        return 1
+        return _save_diverged(model, output, error)
     dims = model.graph.num_columns
 
     def nats_and_bits(ll: float) -> str:

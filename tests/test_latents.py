@@ -428,7 +428,7 @@ def test_full_batch_fit_on_the_joint_is_monotone(backend_name: str) -> None:
     model = einc.compile(SOURCE, backend=backend_name, dtype="float64", seed=3)
     history = model.fit(x, latents=z, epochs=6, update="epoch", step_size=1.0, pseudocount=0, batch_size=128)
     lls = [record.train_ll for record in history]
-    assert all(b >= a - 1e-10 for a, b in zip(lls, lls[1:]))
+    assert all(b >= a - 1e-10 for a, b in itertools.pairwise(lls))
 
 
 def test_gradient_training_maximises_the_joint_too() -> None:
