@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "lvd_mnist")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only write the table and PNG again from the JSON of an earlier run at --out")
     return parser.parse_args(argv)
 
 
@@ -188,9 +190,11 @@ def summarise(results: list[dict], arms: list[str]) -> dict:
 
 
 def verdict(summary: dict) -> dict | None:
-    if "em" not in summary or "teacher" not in summary or math.isnan(summary["em"]["test_bpd"]["std"]):
+    if "em" not in summary or "teacher" not in summary:
         return None
     em, teacher = summary["em"]["test_bpd"], summary["teacher"]["test_bpd"]
+    if math.isnan(em["std"]) or math.isnan(teacher["std"]):  # fewer than two seeds so far
+        return None
     gap = em["mean"] - teacher["mean"]
     spread = math.sqrt(em["std"] ** 2 + teacher["std"] ** 2)
     return {"gap_bpd": gap, "std_of_difference": spread, "success": bool(gap > 2 * spread)}
@@ -221,7 +225,10 @@ def curve_png(path: Path, results: list[dict], arms: list[str], title: str) -> N
         points = [point(e + 1, v) for e, v in enumerate(curve)]
         draw.line(points, fill=COLOURS[arm], width=3)
         draw.text((points[-1][0] - 50, points[-1][1] - 14), arm, fill=COLOURS[arm])
-    draw.text((width // 2 - 30, height - margin + 10), "epoch", fill="black")
+    for epoch in range(1, epochs + 1):
+        draw.text((point(epoch, low)[0] - 3, height - margin + 4), str(epoch), fill="black")
+    draw.text((width // 2 - 30, height - margin + 20), "epoch", fill="black")
+    draw.text((5, margin - 16), "bpd (lower is better, up)", fill="black")
     canvas.save(path)
 
 
@@ -229,8 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not 0 <= args.distill_epochs <= args.epochs:
         raise SystemExit("--distill-epochs must be between 0 and --epochs")
+    if args.report_only:
+        payload = json.loads(args.out.with_suffix(".json").read_text())
+        args.arms = [arm for arm in ARMS if any(r["arm"] == arm for r in payload["results"])]
+        args.sums = payload["meta"]["sums"]
+        write_results(args, payload["meta"], payload["results"])
+        print(args.out.with_suffix(".md").read_text())
+        return 0
     torch.set_num_threads(args.threads)
-    command = "python benchmarks/lvd_mnist.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python benchmarks/lvd_mnist.py", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()
     with np.load(args.data) as mnist:
         images = mnist["x_train"].reshape(-1, PIXELS)
