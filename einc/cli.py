@@ -180,6 +180,18 @@ LOADED_MODEL_OPTIONS = (
     *LIMIT_OPTIONS,
 )
 MODEL = Arg(("model",), {"metavar": "MODEL", "help": "a model file written by einc train"})
+# the data and EM options einc train and einc lvd share
+TRAIN_DATA = Arg(("--data",), {"required": True, "metavar": "TRAIN", "help": "training data (.csv[.gz], .npy, .npz)"})
+TEST_DATA = Arg(("--test",), {"metavar": "T", "help": "test data: report its log-likelihood at the end"})
+BATCH_SIZE = Arg(("--batch-size",), {"type": positive_int, "default": DEFAULT_BATCH_SIZE, "help": "samples per EM step"})
+STEP_SIZE = Arg(("--step-size",), {"type": step_size, "default": DEFAULT_STEP_SIZE,
+                                   "help": "online EM step size λ (eqs. 8-9)"})
+UPDATE = Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
+                             "help": "M-step after every batch (stochastic EM) or once per epoch"})
+PSEUDOCOUNT = Arg(("--pseudocount",), {
+    "type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
+    "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector and categorical/Bernoulli "
+            "leaf, spread over its outcomes, at each M-step (0: none)"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,23 +276,19 @@ COMMANDS: tuple[Command, ...] = (
         (
             *NEW_MODEL_OPTIONS,
             FILE,
-            Arg(("--data",), {"required": True, "metavar": "TRAIN", "help": "training data (.csv[.gz], .npy, .npz)"}),
+            TRAIN_DATA,
             Arg(("--valid",), {"metavar": "V", "help": "validation data: keep the best epoch on it"}),
-            Arg(("--test",), {"metavar": "T", "help": "test data: report its log-likelihood at the end"}),
+            TEST_DATA,
             Arg(("--epochs",), {"type": positive_int, "default": DEFAULT_EPOCHS,
                                 "help": "epochs in all (with --resume: including those already done)"}),
-            Arg(("--batch-size",), {"type": positive_int, "default": DEFAULT_BATCH_SIZE, "help": "samples per EM step"}),
-            Arg(("--step-size",), {"type": step_size, "default": DEFAULT_STEP_SIZE, "help": "online EM step size λ (eqs. 8-9)"}),
+            BATCH_SIZE,
+            STEP_SIZE,
             Arg(("--method",), {"choices": ["em", "adam"], "default": "em",
                                 "help": "EM, or gradient training with Adam (torch backend)"}),
             Arg(("--learning-rate",), {"type": positive_float, "default": DEFAULT_LEARNING_RATE,
                                        "help": "Adam's learning rate (--method adam)"}),
-            Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
-                                "help": "M-step after every batch (stochastic EM) or once per epoch"}),
-            Arg(("--pseudocount",), {"type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
-                                     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector "
-                                             "and categorical/Bernoulli leaf, spread over its outcomes, at each M-step "
-                                             f"(default {DEFAULT_PSEUDOCOUNT}; 0: none)"}),
+            UPDATE,
+            PSEUDOCOUNT,
             Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters and batch order"}),
             Arg(("--patience",), {"type": positive_int, "metavar": "N",
                                   "help": "stop after N epochs without a better validation LL (needs --valid)"}),
@@ -308,7 +316,7 @@ COMMANDS: tuple[Command, ...] = (
             *NEW_MODEL_OPTIONS,
             FILE,
             *K_OPTIONS,
-            Arg(("--data",), {"required": True, "metavar": "TRAIN", "help": "training data (.csv[.gz], .npy, .npz)"}),
+            TRAIN_DATA,
             Arg(("--teacher",), {"metavar": "FEATURES.npy",
                                  "help": "teacher embeddings (N, latents, D), one per training row and latent in "
                                          "declaration order: clustered by k-means with one shared codebook"}),
@@ -322,13 +330,11 @@ COMMANDS: tuple[Command, ...] = (
                                   "help": "after training on (x, z), set z to each row's most probable states and "
                                           "train again, ROUNDS times"}),
             Arg(("--valid",), {"metavar": "V", "help": "validation data: keep the best fine-tuning epoch on it"}),
-            Arg(("--test",), {"metavar": "T", "help": "test data: report its log-likelihood at the end"}),
-            Arg(("--batch-size",), {"type": positive_int, "default": DEFAULT_BATCH_SIZE, "help": "samples per EM step"}),
-            Arg(("--step-size",), {"type": step_size, "default": DEFAULT_STEP_SIZE, "help": "online EM step size λ (eqs. 8-9)"}),
-            Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
-                                "help": "M-step after every batch (stochastic EM) or once per epoch"}),
-            Arg(("--pseudocount",), {"type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
-                                     "help": "EM Laplace smoothing (as in einc train)"}),
+            TEST_DATA,
+            BATCH_SIZE,
+            STEP_SIZE,
+            UPDATE,
+            PSEUDOCOUNT,
             Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters, k-means and batch order"}),
             Arg(("--write-latents",), {"metavar": "OUT", "help": "also write the latent states used (.npy, .npz or .csv)"}),
             Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
