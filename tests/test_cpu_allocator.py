@@ -12,27 +12,28 @@ import pytest
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="the settings are glibc malloc's")
 
-# a RAT-SPN whose per-step temporaries (a few MB each) sit above glibc's default mmap threshold
+# the K=10 RAT-SPN of benchmarks/peers.py: its per-step temporaries (MBs each) sit above glibc's
+# default mmap threshold
 PROBE = r"""
 import json, resource, sys
 import numpy as np
 import einc
-from einc.backends.base import Batch
 backend_name = sys.argv[1]
 model = einc.compile('''
-var x[256] : real
+var x[512] : real
 leaf x ~ normal
-sums 8
-inputs 8
-structure random_binary_trees(depth = 3, replicas = 6, seed = 0)
+sums 10
+inputs 10
+structure random_binary_trees(depth = 4, replicas = 10, seed = 0)
 ''', backend=backend_name)
-x = np.random.default_rng(0).normal(size=(500, 256))
-batch = Batch(x, np.ones_like(x, dtype=bool))
-for _ in range(3):
-    model.backend.statistics(model.params, batch)  # warm-up: the heap grows to its working size
+x = np.random.default_rng(0).normal(size=(1000, 512))
+data = model.backend.upload(x, np.ones_like(x, dtype=bool), None)
+order = np.arange(len(x))
+def epoch():  # 10 EM steps of 100 rows
+    model.params, _ = model.backend.train_epoch(model.params, data, order, 100, 0.05)
+epoch()  # warm-up: the heap grows to its working size
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    model.backend.statistics(model.params, batch)
+epoch()
 print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
 
@@ -49,10 +50,11 @@ def _faults(backend: str, allocator: str | None) -> int:
 
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
 def test_repeated_steps_reuse_freed_memory(backend):
-    tuned, system = _faults(backend, None), _faults(backend, "system")
-    # with the system's settings every step maps and faults its large temporaries in again
-    assert system > 5000, system
-    assert tuned < system / 5, (tuned, system)
+    # an EM step's temporaries are about 30 MB (7,000+ pages): reused, 10 steps fault in almost
+    # none. With the system's settings, how many are mapped and faulted in again varies with
+    # glibc's adaptive mmap threshold (1,500-36,000 measured here), so it is only reported.
+    tuned = _faults(backend, None)
+    assert tuned < 1000, (tuned, _faults(backend, "system"))
 
 
 def test_the_environment_leaves_malloc_alone():
