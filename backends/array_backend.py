@@ -26,7 +26,7 @@ import numpy as np
 from einc.backends.array_ops import hadamard
 from einc.backends.array_ops.contract import contract, no_mass, pairwise_steps  # noqa: F401
 from einc.backends.array_ops.contract import finite_max as _finite_max
-from einc.backends.base import BACKENDS, Batch, Params, Statistics, shifted_exp
+from einc.backends.base import BACKENDS, Batch, Params, Statistics, keep_freed_memory, shifted_exp
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
 from einc.backends.input_layer import leaf_features as shared_leaf_features
@@ -194,6 +194,8 @@ class ArrayBackend:
             xp = _load_cupy() if device.startswith("cuda") else np
         self.xp = xp
         self.name = "numpy" if _is_numpy(xp) else "cupy"
+        if self.name == "numpy":
+            keep_freed_memory()  # each step's temporaries reuse warm pages (backends/base.py)
         self.device = device
         if not _is_numpy(xp) and device.startswith("cuda:"):
             xp.cuda.Device(int(device.split(":", 1)[1])).use()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from einc.backends.base import Batch, Params, Statistics, shifted_exp
+from einc.backends.base import Batch, Params, Statistics, keep_freed_memory, shifted_exp
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.backends.latents import log_mask
@@ -75,6 +75,8 @@ class TorchBackend:
         self.plan = plan
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
+        if self.device.type == "cpu":
+            keep_freed_memory()  # each step's temporaries reuse warm pages (backends/base.py)
         self.num_columns = plan.graph.num_columns
         # data column indices per family block; padding (-1) points at an extra all-zero column
         self.columns: dict[str, torch.Tensor] = {}
