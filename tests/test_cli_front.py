@@ -40,6 +40,7 @@ ERROR_KIND: dict[str, type[EincError]] = {
     "tree_with_outer_products": StructureError,
     "hadamard_sizes": StructureError,
     "indicator_components": StructureError,
+    "vae_mixed_region": StructureError,
 }
 
 
