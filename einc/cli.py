@@ -39,6 +39,7 @@ from einc.compiler.pipeline import (
 )
 from einc.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
+from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
 from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 
 
@@ -270,8 +271,12 @@ COMMANDS: tuple[Command, ...] = (
                                 "help": "epochs in all (with --resume: including those already done)"}),
             Arg(("--batch-size",), {"type": positive_int, "default": DEFAULT_BATCH_SIZE, "help": "samples per EM step"}),
             Arg(("--step-size",), {"type": step_size, "default": DEFAULT_STEP_SIZE, "help": "online EM step size λ (eqs. 8-9)"}),
-            Arg(("--method",), {"choices": ["em", "adam"], "default": "em",
-                                "help": "EM, or gradient training with Adam (torch backend)"}),
+            Arg(("--method",), {"choices": ["em", "adam"], "default": None,
+                                "help": "EM, or gradient training with Adam (torch backend); default: em, "
+                                        "or adam for circuits with vae leaves (which EM cannot train)"}),
+            Arg(("--samples",), {"type": positive_int, "default": DEFAULT_TRAINING_SAMPLES, "metavar": "K",
+                                 "help": "vae leaves: importance samples per leaf of the IWAE bound trained on "
+                                         f"(default {DEFAULT_TRAINING_SAMPLES}, the SPVAE paper's)"}),
             Arg(("--learning-rate",), {"type": positive_float, "default": DEFAULT_LEARNING_RATE,
                                        "help": "Adam's learning rate (--method adam)"}),
             Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
@@ -320,6 +325,9 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--data",), {"required": True, "help": "data to evaluate (.csv[.gz], .npy, .npz)"}),
             Arg(("--labels",), {"help": "class labels (one per row) for a multi-head model"}),
             Arg(("--per-sample",), {"metavar": "OUT", "help": "also write each sample's log-likelihood (.csv, .npy or .npz)"}),
+            Arg(("--samples",), {"type": positive_int, "default": DEFAULT_QUERY_SAMPLES, "metavar": "K",
+                                 "help": "vae leaves: the log-likelihood is an IWAE estimate with K importance samples "
+                                         f"per leaf (default {DEFAULT_QUERY_SAMPLES}; exact circuits ignore it)"}),
         ),
     ),
     Command(

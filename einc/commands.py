@@ -23,6 +23,7 @@ from einc.compiler.pipeline import CompileOptions
 from einc.data import prepare, prepare_labels, read_data
 from einc.files import check_array_output, check_not_an_input, check_writable, save_array
 from einc.ir.diagnostics import DataError, EincError, TrainingError
+from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.ir.plan import Plan
 from einc.model import EpochRecord, Model, compile, load
 
@@ -129,6 +130,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         prepare_labels(valid_labels, len(valid), model.plan.heads)
     print(f"{model.graph.name}: {model.num_parameters} parameters, {len(train)} training samples, "
           f"backend {args.backend} on {args.device} ({model.dtype})")
+    if not model.exact:
+        print(f"vae leaves: Adam on the IWAE bound with {args.samples} samples per leaf; the epoch lines show "
+              f"that estimate (a lower bound of the log-likelihood in expectation)")
     if args.resume and model.training is not None:
         print(f"resuming after epoch {model.training.epoch} of {args.resume}")
 
@@ -143,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 valid_labels=valid_labels, keep_best=valid is not None, seed=args.seed, patience=args.patience,
                 checkpoint=output if args.checkpoint_every else None, checkpoint_every=args.checkpoint_every or 0,
                 resume=bool(args.resume), progress=sys.stderr.isatty(), on_epoch=report,
-                pseudocount=args.pseudocount)
+                pseudocount=args.pseudocount, samples=args.samples)
     except KeyboardInterrupt as interrupt:
         return _save_interrupted(model, output, interrupt)
     except TrainingError as error:
@@ -159,7 +163,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"kept the parameters of the best validation epoch ({model.training.best_epoch}): "
               f"valid LL {model.training.best_valid_ll:.4f}")
     if test is not None:
-        print(f"test LL {model.log_likelihood(test).mean():.4f}")
+        if model.exact:
+            print(f"test LL {model.log_likelihood(test).mean():.4f}")
+        else:
+            print(f"test LL {model.log_likelihood(test, samples=DEFAULT_QUERY_SAMPLES).mean():.4f} "
+                  f"(IWAE estimate with {DEFAULT_QUERY_SAMPLES} samples per leaf)")
     model.save(output)
     print(f"wrote {output}")
     return 0
@@ -276,7 +284,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _set_threads(args, getattr(model, "plan", None))
     data = read_data(args.data, columns=model.columns)
     labels = prepare_labels(read_data(args.labels), len(data), _heads(model)) if args.labels else None
-    ll = model.log_likelihood(data)
+    exact = getattr(model, "exact", True)
+    ll = model.log_likelihood(data) if exact else model.log_likelihood(data, samples=args.samples)
+    if not exact:
+        print(f"an IWAE estimate with {args.samples} samples per vae leaf (a lower bound of the "
+              f"log-likelihood in expectation; more --samples tighten it)")
     if args.per_sample:
         per_sample = ll if ll.ndim == 2 else ll[:, None]
         header = ["log_likelihood"] if per_sample.shape[1] == 1 else [f"head{h}" for h in range(per_sample.shape[1])]

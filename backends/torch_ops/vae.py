@@ -109,20 +109,12 @@ def _layer(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, last: bool
 def encode(op: VaeOp, params: dict[str, torch.Tensor], x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q(z | x) of every expert: (μ, σ), each (L, K, B, Z), from the regions' inputs (L, B, D)."""
     rows, batch, width = x_in.shape
-    k = op.k
-    (weight, bias), *rest = op.encoder
-    w, b = params[weight], params[bias]  # (L, K, D, H), (L, K, H)
-    hidden = w.shape[-1]
-    # the K experts of a region read the same x: (L, B, D) x (L, D, K·H) -> (L, B, K, H)
-    first = torch.bmm(x_in, w.permute(0, 2, 1, 3).reshape(rows, width, k * hidden)).reshape(rows, batch, k, hidden)
-    h = first.permute(0, 2, 1, 3) + b[:, :, None, :]  # (L, K, B, H)
-    if rest:
-        h = F.softplus(h)
-    h = h.reshape(rows * k, batch, hidden)
-    for number, (weight, bias) in enumerate(rest):
-        h = _layer(h, params[weight], params[bias], number == len(rest) - 1)
+    # the K experts of a region read the same x: (L, B, D) -> (L·K, B, D)
+    h = x_in[:, None].expand(rows, op.k, batch, width).reshape(rows * op.k, batch, width)
+    for number, (weight, bias) in enumerate(op.encoder):
+        h = _layer(h, params[weight], params[bias], number == len(op.encoder) - 1)
     latent = h.shape[-1] // 2
-    out = h.reshape(rows, k, batch, 2 * latent)
+    out = h.reshape(rows, op.k, batch, 2 * latent)
     return out[..., :latent], F.softplus(out[..., latent:]) + MIN_STD
 
 
@@ -173,6 +165,9 @@ def region_data(backend: Any, op: VaeOp, data: PassData) -> tuple[torch.Tensor, 
 
 
 def _noise(like: torch.Tensor, shape: tuple[int, ...], noise: Noise) -> torch.Tensor:
+    if noise.generator is None:
+        # no generator argument at all: torch.compile traces this form with symbolic batch sizes
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
     return torch.randn(shape, generator=noise.generator, device=like.device, dtype=like.dtype)
 
 
