@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from einc.backends.base import Params
+from einc.backends.base import Batch, Params
 from einc.backends.torch_ops import Noise
 from einc.ir.diagnostics import DataError
 from einc.ir.families import family_rule
@@ -188,6 +188,22 @@ class GradientTrainer:
             self.optimizer.step()
             total = total + log_p.detach().sum()
         return float(total)
+
+    def accumulate(self, batch: Batch) -> float:
+        """Add the gradients of −Σ log p over a host batch to the module's ``.grad`` (no step) and
+        return Σ log p. Data-parallel training sums these across workers, divides by the global
+        batch size and then steps ``optimizer``: the same step as ``epoch`` on the whole batch.
+        With neural leaves the noise comes from torch's global generator."""
+        backend = self.module.backend
+        x, observed = backend._batch(batch)
+        root = self.module.log_density(x, observed)
+        if batch.labels is None:
+            log_p = root[:, 0]
+        else:
+            labels = torch.as_tensor(batch.labels, dtype=torch.long, device=backend.device)
+            log_p = torch.gather(root, 1, labels[:, None])[:, 0]
+        (-log_p.sum()).backward()
+        return float(log_p.detach().sum())
 
     def state(self) -> dict[str, np.ndarray]:
         """Adam's step counts and moments as host arrays, keyed ``{parameter}/{slot}`` (to save)."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import emit  # noqa: E402
 from speed import BATCH, NUM_SAMPLES, NUM_VARIABLES, circuit_text  # noqa: E402
 
 import einc  # noqa: E402
@@ -149,9 +149,7 @@ def profile(k: int, kernel: str, out: Path | None) -> None:
         top.append({"kernel": event.key[:120], "ms": round(event.device_time_total / 1e3, 4), "count": event.count})
     record = {"benchmark": "cuda_epoch_profile", "gpu": torch.cuda.get_device_name(), "K": k, "kernel": kernel,
               "kernel_ms_per_epoch": round(total / 1e3, 3), "top": top}
-    if out is not None:
-        with out.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+    emit(record, out)
 
 
 def main() -> None:
@@ -179,11 +177,7 @@ def main() -> None:
                     record = measure(k, kernel, variant, args.epochs, args.device)
                 except Exception as error:  # one failing configuration must not lose the others
                     record = {"variant": variant, "K": k, "kernel": kernel, "error": f"{type(error).__name__}: {error}"}
-                line = json.dumps(record)
-                print(line, flush=True)
-                if args.out is not None:
-                    with args.out.open("a") as file:
-                        file.write(line + "\n")
+                emit(record, args.out)
 
 
 if __name__ == "__main__":

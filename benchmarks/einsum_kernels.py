@@ -13,11 +13,13 @@ credit for padding. One JSON line per (K, kernel) on stdout and appended to ``--
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import emit  # noqa: E402
 
 
 def main() -> None:
@@ -63,11 +65,7 @@ def main() -> None:
                 "forward_tflops": round(flop / forward_ms / 1e9, 2),
                 "forward_backward_tflops": round(4 * flop / both_ms / 1e9, 2),
             }
-            line = json.dumps(record)
-            print(line, flush=True)
-            if args.out is not None:
-                with args.out.open("a") as file:
-                    file.write(line + "\n")
+            emit(record, args.out)
 
 
 if __name__ == "__main__":

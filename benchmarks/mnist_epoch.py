@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import sys
 import time
@@ -24,6 +23,9 @@ import numpy as np
 
 import einc
 from einc.compiler.pipeline import CompileOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import emit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +42,7 @@ def run(data: Path, k: int, device: str, step_size: float, kernel: str, limit: i
     values, observed = np.nan_to_num(train), ~np.isnan(train)
     resident = backend.upload(values, observed, None)
     started = time.perf_counter()
-    model.params, _ = backend.train_epoch(model.params, resident, np.arange(1000), 100, step_size)
+    model.params, _ = backend.train_epoch(model.params, resident, np.arange(min(1000, len(train))), 100, step_size)
     synchronize()
     warmup = time.perf_counter() - started
     order = np.random.default_rng(0).permutation(len(train))
@@ -84,11 +86,7 @@ def main() -> None:
             record = run(args.data, k, args.device, args.step_size, args.kernel, args.limit)
         except Exception as error:  # one failing K must not lose the others
             record = {"benchmark": "mnist_epoch", "K": k, "error": f"{type(error).__name__}: {error}"}
-        line = json.dumps(record)
-        print(line, flush=True)
-        if args.out is not None:
-            with args.out.open("a") as file:
-                file.write(line + "\n")
+        emit(record, args.out)
 
 
 if __name__ == "__main__":

@@ -282,8 +282,9 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
                                 "help": "M-step after every batch (stochastic EM) or once per epoch"}),
             Arg(("--pseudocount",), {"type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
-                                     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector and "
-                                             f"categorical/Bernoulli leaf at each M-step (default {DEFAULT_PSEUDOCOUNT}; 0: none)"}),
+                                     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector "
+                                             "and categorical/Bernoulli leaf, spread over its outcomes, at each M-step "
+                                             f"(default {DEFAULT_PSEUDOCOUNT}; 0: none)"}),
             Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters and batch order"}),
             Arg(("--patience",), {"type": positive_int, "metavar": "N",
                                   "help": "stop after N epochs without a better validation LL (needs --valid)"}),
@@ -294,6 +295,12 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--valid-labels",), {"metavar": "L", "help": "class labels of the validation rows"}),
             Arg(("--mixture",), {"type": positive_int, "metavar": "C", "help": "train a mixture of C circuits, one per k-means cluster (paper §4.2)"}),
             Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
+            Arg(("--nproc",), {"type": positive_int, "metavar": "N", "help": "data-parallel training: start N local worker "
+                               "processes (torch.distributed: gloo on CPU, NCCL on CUDA); under torchrun leave it out"}),
+            Arg(("--stream",), {"action": "store_true", "help": "read the training data from disk block by block "
+                                "(out of core) instead of loading it; implied by --nproc and torchrun"}),
+            Arg(("--cache-dir",), {"metavar": "DIR", "help": "where CSV and .npz training data are cached as .npy "
+                                   "for out-of-core reading (default: ~/.cache/einc)"}),
         ),
     ),
     Command(
@@ -391,6 +398,25 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+def command_line(args: argparse.Namespace, commands: Sequence[Command] = COMMANDS) -> list[str]:
+    """The arguments that parse back to ``args`` (how a launcher re-runs a command in workers).
+    Every option's value is written out, defaults included, so a worker's parser range-checks
+    the same values."""
+    command = next(c for c in commands if c.name == args.command)
+    argv = ["--debug"] if getattr(args, "debug", False) else []
+    argv.append(command.name)
+    for arg in command.args:
+        flag = next((f for f in arg.flags if f.startswith("--")), arg.flags[0])
+        value = getattr(args, arg.options.get("dest", flag.lstrip("-").replace("-", "_")))
+        if not flag.startswith("-"):
+            argv.append(str(value))
+        elif arg.options.get("action") == "store_true":
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 class UsageError(Exception):
     """A command line argparse rejects; printed with the usage line, exit 1."""
 
@@ -464,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except SystemExit as exit:  # --help and --version
         return int(exit.code or 0) if not isinstance(exit.code, str) else 1
+    args.debug = debug  # a launcher passes it on to its workers (command_line)
     try:
         return int(args.run(args))
     except EincError as error:

@@ -106,7 +106,11 @@ def _check_train_options(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from einc import launch
+
     _check_train_options(args)
+    if launch.wanted(args):  # --nproc, --stream, one file per worker, or under torchrun
+        return launch.cmd_train_sharded(args, _epoch_line)
     output = check_writable(args.output, "model")
     check_not_an_input(output, {"FILE.pc": args.file, "--data": args.data, "--valid": args.valid,
                                 "--test": args.test, "--labels": args.labels, "--valid-labels": args.valid_labels})
@@ -151,36 +155,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as interrupt:
         return _save_interrupted(model, output, interrupt)
     except TrainingError as error:
-        print(error.render("einc"), file=sys.stderr)
-        if model.training is not None:
-            model.save(output)
-            print(f"einc: wrote the last good model (epoch {model.training.epoch}) to {output}", file=sys.stderr)
-        return 1
+        return _save_diverged(model, output, error)
+    test_ll = None if test is None else float(model.log_likelihood(test, samples=DEFAULT_QUERY_SAMPLES).mean())
+    return _finish_training(model, output, args, history, test_ll)
+
+
+def _finish_training(model: Model, output: Any, args: argparse.Namespace, history: list[EpochRecord],
+                     test_ll: float | None) -> int:
+    """Say how training ended and write the model (one process, or rank 0 of several)."""
     if args.resume and not history:
         print(f"already trained for {model.training.epoch if model.training else 0} epochs; "
               f"raise --epochs to train longer")
-    if valid is not None and model.training is not None and model.training.best_epoch is not None:
+    if args.valid and model.training is not None and model.training.best_epoch is not None:
         print(f"kept the parameters of the best validation epoch ({model.training.best_epoch}): "
               f"valid LL {model.training.best_valid_ll:.4f}")
-    if test is not None:
-        if model.exact:
-            print(f"test LL {model.log_likelihood(test).mean():.4f}")
-        else:
-            print(f"test LL {model.log_likelihood(test, samples=DEFAULT_QUERY_SAMPLES).mean():.4f} "
-                  f"(IWAE estimate with {DEFAULT_QUERY_SAMPLES} samples per leaf)")
+    if test_ll is not None:
+        estimate = "" if model.exact else f" (IWAE estimate with {DEFAULT_QUERY_SAMPLES} samples per leaf)"
+        print(f"test LL {test_ll:.4f}{estimate}")
     model.save(output)
     print(f"wrote {output}")
     return 0
 
 
-def _training_model(args: argparse.Namespace) -> Model:
-    """A fresh model from FILE.pc, or the model of --resume (which must have the same circuit)."""
+def _save_diverged(model: Model, output: Any, error: TrainingError) -> int:
+    """Training diverged: report it and write the last good model (the parameters fit restored)."""
+    print(error.render("einc"), file=sys.stderr)
+    if model.training is not None:
+        model.save(output)
+        print(f"einc: wrote the last good model (epoch {model.training.epoch}) to {output}", file=sys.stderr)
+    return 1
+
+
+def _training_model(args: argparse.Namespace, device: str | None = None) -> Model:
+    """A fresh model from FILE.pc, or the model of --resume (which must have the same circuit);
+    on ``device`` (default ``--device``: a data-parallel worker passes its own GPU)."""
+    device = device or args.device
     options = compile_options(args)
-    model = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
+    model = compile(args.file, backend=args.backend, device=device, dtype=args.dtype, seed=args.seed,
                     options=options)
     if not args.resume:
         return model
-    resumed = load(args.resume, backend=args.backend, device=args.device, dtype=args.dtype, options=options)
+    resumed = load(args.resume, backend=args.backend, device=device, dtype=args.dtype, options=options)
     if not isinstance(resumed, Model):
         raise EincError(f"--resume {args.resume}: a mixture cannot be resumed")
     shapes = [(s.name, s.shape) for s in model.plan.params]

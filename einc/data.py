@@ -14,6 +14,10 @@ The file's format is recognised from its first bytes, not its name: a ``.npy`` o
 archive, a gzip stream (decompressed, then read as CSV) or CSV text. A CSV file may start with a
 header line; it is recognised when it holds the circuit's column names (``sample -o out.csv``
 writes one) or, when the names are not known, when none of its cells is a number.
+
+The out-of-core reader (``einc.rows``) shares these rules through ``find_data_file``,
+``array_rows_shape`` and ``CsvParser`` (which parses a file in consecutive pieces exactly as in
+one), so a file read block by block gets the same messages as one loaded whole.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class Dataset:
     values: np.ndarray  # (N, columns) float64, NaN = missing
     source: str  # the path as the user gave it (with ``:key`` for an .npz member)
     lines: np.ndarray | None = None  # (N,) the CSV line of each row; None for array files
+    first_row: int = 0  # array files read in pieces: the file row (0-based) of values[0]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return self.values if dtype is None else self.values.astype(dtype, copy=False)
@@ -80,11 +85,11 @@ class Dataset:
     def head(self, count: int) -> Dataset:
         """The first ``count`` rows, still naming their file and lines."""
         lines = None if self.lines is None else self.lines[:count]
-        return Dataset(self.values[:count], self.source, lines)
+        return Dataset(self.values[:count], self.source, lines, self.first_row)
 
     def location(self, row: int, column: int) -> str:
         """``file:line:column`` of a cell (0-based ``row`` and ``column``; the result is 1-based)."""
-        line = row + 1 if self.lines is None else int(self.lines[row])
+        line = self.first_row + row + 1 if self.lines is None else int(self.lines[row])
         return f"{self.source}:{line}:{column + 1}"
 
 
@@ -105,6 +110,45 @@ def read_data(path: str | Path, key: str | None = None, columns: Sequence[str] |
     them is skipped, one holding other names is an error. A 1-D array is one row; arrays with
     more dimensions are flattened per row (images of shape (N, 28, 28) become (N, 784)).
     """
+    found = find_data_file(path, key)
+    text = found.name
+    try:
+        if found.format == "npy":
+            return _array_dataset(np.load(found.file, allow_pickle=False), found.source)
+        if found.format == "npz":
+            return _npz_dataset(found.file, found.key, found.source)
+        raw = found.file.read_bytes()
+        if found.format == "gzip":
+            raw = gzip.decompress(raw)
+        return _read_csv(_decode(raw, text), text, columns)
+    except DataError:
+        raise
+    except READ_ERRORS as error:
+        raise cannot_read(text, error) from None
+
+
+# What reading a data file may raise besides DataError (a damaged or truncated file).
+READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+def cannot_read(path: str, error: BaseException) -> DataError:
+    return DataError(f"{path}: cannot read data ({_reason(error)}); expected .csv, .csv.gz, .npy or .npz")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A data file that exists, with its format recognised from its first bytes."""
+
+    file: Path
+    name: str  # the path as the user gave it (without ``:key``)
+    key: str | None  # the .npz member named by ``file.npz:key``
+    source: str  # how messages name it: the path, with ``:key`` when one was given
+    format: str  # "npy", "npz", "gzip" (CSV inside) or "csv"
+
+
+def find_data_file(path: str | Path, key: str | None = None) -> DataFile:
+    """Check that ``path`` (``file.npz:key`` names an array) is a readable, non-empty file and
+    recognise its format from its content; ``DataError`` naming the path otherwise."""
     text = str(path)
     if key is None and ".npz:" in text:
         text, key = text.rsplit(":", 1)
@@ -121,23 +165,15 @@ def read_data(path: str | Path, key: str | None = None, columns: Sequence[str] |
         raise DataError(f"{text}: cannot read data ({error.strerror or error})") from None
     if not head:
         raise DataError(f"{text}: the file is empty; expected data rows")
-    try:
-        if head.startswith(_NPY_MAGIC):
-            if key is not None:
-                raise DataError(f"{text}: a .npy file holds one array; ':{key}' names an .npz member")
-            return _array_dataset(np.load(file, allow_pickle=False), source)
-        if head.startswith((_ZIP_MAGIC, _EMPTY_ZIP_MAGIC)):
-            return _npz_dataset(file, key, source)
+    if head.startswith(_NPY_MAGIC):
         if key is not None:
-            raise DataError(f"{text}: not an .npz archive, so ':{key}' cannot name an array in it")
-        raw = file.read_bytes()
-        if head.startswith(_GZIP_MAGIC):
-            raw = gzip.decompress(raw)
-        return _read_csv(_decode(raw, text), text, columns)
-    except DataError:
-        raise
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as error:
-        raise DataError(f"{text}: cannot read data ({_reason(error)}); expected .csv, .csv.gz, .npy or .npz") from None
+            raise DataError(f"{text}: a .npy file holds one array; ':{key}' names an .npz member")
+        return DataFile(file, text, None, source, "npy")
+    if head.startswith((_ZIP_MAGIC, _EMPTY_ZIP_MAGIC)):
+        return DataFile(file, text, key, source, "npz")
+    if key is not None:
+        raise DataError(f"{text}: not an .npz archive, so ':{key}' cannot name an array in it")
+    return DataFile(file, text, None, source, "gzip" if head.startswith(_GZIP_MAGIC) else "csv")
 
 
 def _reason(error: BaseException) -> str:
@@ -147,12 +183,14 @@ def _reason(error: BaseException) -> str:
     return message.splitlines()[0][:200]
 
 
-def _decode(raw: bytes, source: str) -> str:
+def _decode(raw: bytes, source: str, first_byte: int = 0) -> str:
+    """UTF-8 text (a leading byte-order mark dropped); ``first_byte`` is the file offset of
+    ``raw`` (for a file decoded piece by piece), so the message names the byte in the file."""
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig" if first_byte == 0 else "utf-8")
     except UnicodeDecodeError as error:
         raise DataError(
-            f"{source}: not a text file (byte {error.start} is not UTF-8); expected CSV text, "
+            f"{source}: not a text file (byte {first_byte + error.start} is not UTF-8); expected CSV text, "
             f".csv.gz, .npy or .npz"
         ) from None
 
@@ -172,28 +210,37 @@ def _npz_dataset(file: Path, key: str | None, source: str) -> Dataset:
 
 def _array_dataset(array: np.ndarray, source: str) -> Dataset:
     """Check an array read from a file: numbers, at least one row and column; rows flattened."""
-    kind = array.dtype.kind
-    if array.dtype.names:
+    shape = array_rows_shape(array.dtype, array.shape, source)
+    return Dataset(np.asarray(array.reshape(shape), dtype=np.float64), source)
+
+
+def array_rows_shape(dtype: np.dtype, shape: tuple[int, ...], source: str, flat_is_one_row: bool = True) -> tuple[int, int]:
+    """The (rows, columns) an array file of this dtype and shape is read as, or ``DataError``:
+    numbers only, at least one row and one column; a flat array is one row (or, without
+    ``flat_is_one_row``, one value per row: label files), more dimensions are flattened per row.
+    One rule for arrays loaded whole and for files read window by window (``einc.rows``)."""
+    kind = dtype.kind
+    if dtype.names:
         raise DataError(
-            f"{source}: a structured array with fields {', '.join(array.dtype.names)}; "
+            f"{source}: a structured array with fields {', '.join(dtype.names)}; "
             f"expected a plain numeric array (N, columns)"
         )
     if kind not in _NUMERIC_KINDS:
         raise DataError(
-            f"{source}: the array holds {_DTYPE_WORDS.get(kind, str(array.dtype))} "
-            f"(dtype {array.dtype}); expected numbers"
+            f"{source}: the array holds {_DTYPE_WORDS.get(kind, str(dtype))} "
+            f"(dtype {dtype}); expected numbers"
         )
-    if array.ndim == 0:
+    if len(shape) == 0:
         raise DataError(f"{source}: a single number; expected an array of rows (N, columns)")
-    if array.ndim == 1:
-        array = array[None, :]
-    elif array.ndim > 2:
-        array = array.reshape(array.shape[0], -1)
-    if array.shape[0] == 0:
-        raise DataError(f"{source}: the array holds no rows (shape {array.shape})")
-    if array.shape[1] == 0:
-        raise DataError(f"{source}: the array holds no columns (shape {array.shape})")
-    return Dataset(np.asarray(array, dtype=np.float64), source)
+    if len(shape) == 1:
+        rows, columns = (1, shape[0]) if flat_is_one_row else (shape[0], 1)
+    else:
+        rows, columns = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    if rows == 0:
+        raise DataError(f"{source}: the array holds no rows (shape {tuple(shape)})")
+    if columns == 0:
+        raise DataError(f"{source}: the array holds no columns (shape {tuple(shape)})")
+    return rows, columns
 
 
 def _number(cell: str) -> float | None:
@@ -208,44 +255,64 @@ def _number(cell: str) -> float | None:
 
 
 def _read_csv(text: str, source: str, columns: Sequence[str] | None) -> Dataset:
-    reader = csv.reader(io.StringIO(text))
-    rows: list[list[float]] = []
-    lines: list[int] = []
-    width: int | None = None
-    first = True
-    try:
-        for cells in reader:
-            line = reader.line_num
-            if not cells or (len(cells) == 1 and not cells[0].strip() and width != 1):
-                continue  # a blank line
-            if first:
-                first = False
-                if _is_header(cells, columns, source, line):
-                    width = len(cells)
-                    continue
-            if width is None:
-                width = len(cells)
-            elif len(cells) != width:
-                raise DataError(f"{source}:{line}: the row has {len(cells)} columns; expected {width}")
-            try:
-                row = [float(cell) for cell in cells]  # the common case: every cell a number
-            except ValueError:
-                row = []
-                for column, cell in enumerate(cells, start=1):
-                    value = _number(cell)
-                    if value is None:
-                        raise DataError(
-                            f"{source}:{line}:{column}: '{shorten(cell.strip())}' is not a number; "
-                            f"expected a number, or one of ?, nan, NA or an empty cell for a missing value"
-                        ) from None
-                    row.append(value)
-            rows.append(row)
-            lines.append(line)
-    except csv.Error as error:
-        raise DataError(f"{source}:{reader.line_num}: malformed CSV ({error})") from None
-    if not rows:
+    parser = CsvParser(source, columns)
+    values, lines = parser.parse(text)
+    if not len(values):
         raise DataError(f"{source}: the file holds no data rows")
-    return Dataset(np.asarray(rows, dtype=np.float64), source, np.asarray(lines, dtype=np.int64))
+    return Dataset(values, source, lines)
+
+
+class CsvParser:
+    """CSV text to rows of numbers, in one piece or in consecutive pieces of whole lines (a file
+    streamed in chunks, ``einc.rows``): the row width and the header decision carry over from
+    piece to piece, so a file read in pieces gives the same rows and the same errors as read whole.
+    """
+
+    def __init__(self, source: str, columns: Sequence[str] | None) -> None:
+        self.source = source
+        self.columns = columns
+        self.width: int | None = None
+        self.first = True  # the first non-blank row (maybe a header) is still to come
+
+    def parse(self, text: str, first_line: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(values (N, width) float64 with NaN for missing, the file line of each row) of a piece
+        whose first line is line ``first_line`` of the file."""
+        source = self.source
+        reader = csv.reader(io.StringIO(text))
+        rows: list[list[float]] = []
+        lines: list[int] = []
+        try:
+            for cells in reader:
+                line = first_line - 1 + reader.line_num
+                if not cells or (len(cells) == 1 and not cells[0].strip() and self.width != 1):
+                    continue  # a blank line
+                if self.first:
+                    self.first = False
+                    if _is_header(cells, self.columns, source, line):
+                        self.width = len(cells)
+                        continue
+                if self.width is None:
+                    self.width = len(cells)
+                elif len(cells) != self.width:
+                    raise DataError(f"{source}:{line}: the row has {len(cells)} columns; expected {self.width}")
+                try:
+                    row = [float(cell) for cell in cells]  # the common case: every cell a number
+                except ValueError:
+                    row = []
+                    for column, cell in enumerate(cells, start=1):
+                        value = _number(cell)
+                        if value is None:
+                            raise DataError(
+                                f"{source}:{line}:{column}: '{shorten(cell.strip())}' is not a number; "
+                                f"expected a number, or one of ?, nan, NA or an empty cell for a missing value"
+                            ) from None
+                        row.append(value)
+                rows.append(row)
+                lines.append(line)
+        except csv.Error as error:
+            raise DataError(f"{source}:{first_line - 1 + reader.line_num}: malformed CSV ({error})") from None
+        values = np.asarray(rows, dtype=np.float64).reshape(len(rows), self.width or 0)
+        return values, np.asarray(lines, dtype=np.int64)
 
 
 def _is_header(cells: list[str], columns: Sequence[str] | None, source: str, line: int) -> bool:
@@ -307,14 +374,14 @@ def as_rows(data: Any, label: str = "data") -> np.ndarray:
     return np.asarray(array[None, :] if array.ndim == 1 else array, dtype=np.float64)
 
 
-def _locator(data: Any, label: str) -> Callable[[int, int], str]:
+def _locator(data: Any, label: str, first_row: int = 0) -> Callable[[int, int], str]:
     if isinstance(data, Dataset):
         return data.location
-    return lambda row, column: f"{label}: row {row + 1}, column {column + 1}"
+    return lambda row, column: f"{label}: row {first_row + row + 1}, column {column + 1}"
 
 
 def prepare(graph: RegionGraph, data: Any, missing: Any = None, label: str = "data",
-            dtype: str = "float64") -> tuple[np.ndarray, np.ndarray]:
+            dtype: str = "float64", first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Check data against the circuit's variables; return (values with missing zeroed, observed).
 
     Missing entries are NaN or True in ``missing`` (per sample and column). An observed value
@@ -322,10 +389,11 @@ def prepare(graph: RegionGraph, data: Any, missing: Any = None, label: str = "da
     ``dtype``: an integer count is exact at that precision, and the family's sufficient
     statistics stay below √(largest float), so that multiplying them by parameters cannot
     overflow. A violation is a ``DataError`` naming the row, the column, the variable and what was
-    expected.
+    expected. ``first_row`` is the row number of ``data[0]`` when an array is checked in pieces
+    (a ``Dataset`` carries its own lines or ``first_row``).
     """
     x = np.array(as_rows(data, label), dtype=np.float64, copy=True)
-    where = _locator(data, label)
+    where = _locator(data, label, first_row)
     source = data.source if isinstance(data, Dataset) else label
     if x.ndim != 2 or x.shape[1] != graph.num_columns:
         raise DataError(
@@ -414,8 +482,9 @@ def _check_group(group: _ColumnGroup, values: np.ndarray, observed: np.ndarray,
               f"statistics exceed {limits.largest_statistic:.2g}; rescale the data or use float64")
 
 
-def prepare_labels(labels: Any, count: int, heads: int, label: str = "labels") -> np.ndarray:
-    """Class labels as an int64 (count,) array: one per sample, each a head index 0..heads-1."""
+def prepare_labels(labels: Any, count: int, heads: int, label: str = "labels", first_row: int = 0) -> np.ndarray:
+    """Class labels as an int64 (count,) array: one per sample, each a head index 0..heads-1.
+    ``first_row`` numbers ``labels[0]`` when an array is checked in pieces."""
     array = as_rows(labels, label).reshape(-1)
     source = labels.source if isinstance(labels, Dataset) else label
     if len(array) != count:
@@ -423,7 +492,7 @@ def prepare_labels(labels: Any, count: int, heads: int, label: str = "labels") -
     bad = ~(np.isfinite(array) & (array >= 0) & (array < heads) & (np.floor(array) == array))
     if bad.any():
         row = int(np.argmax(bad))
-        place = labels.location(row, 0) if isinstance(labels, Dataset) and labels.shape[1] == 1 else f"{source}: label {row + 1}"
+        place = labels.location(row, 0) if isinstance(labels, Dataset) and labels.shape[1] == 1 else f"{source}: label {first_row + row + 1}"
         raise DataError(f"{place}: label {array[row]:g} is not a head of the circuit; expected an "
                         f"integer in 0..{heads - 1} (the circuit has {heads} head{'s' if heads != 1 else ''})")
     return array.astype(np.int64)

@@ -108,15 +108,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
+        publish(temporary, target)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def publish(temporary: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename a complete, synced temporary file onto ``target`` (atomic on one file system)."""
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, target)
 
 
 def check_array_output(path: str | os.PathLike, pictures: bool = False) -> None:

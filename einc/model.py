@@ -349,7 +349,8 @@ class Model:
             on_epoch: Callable[[EpochRecord], None] | None = None, patience: int | None = None,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0,
             resume: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT,
-            samples: int = DEFAULT_TRAINING_SAMPLES) -> list[EpochRecord]:
+            samples: int = DEFAULT_TRAINING_SAMPLES,
+            batch_order: Callable[[int], np.ndarray] | None = None) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
 
         ``update="batch"``: stochastic online EM, an M-step after every mini-batch with step size λ
@@ -364,8 +365,8 @@ class Model:
         batch 128); the epoch records then hold the same estimator on train and valid, with the
         same noise every epoch, so that epochs compare fairly for keep_best and patience.
 
-        ``pseudocount`` α (EM): Laplace smoothing at every M-step — α pseudo-observations spread
-        over each sum-weight vector's entries and each categorical/Bernoulli/binomial leaf's
+        ``pseudocount`` α (EM): Laplace smoothing at every M-step — α pseudo-observations per
+        sum-weight vector and per categorical/Bernoulli/binomial leaf, spread evenly over its
         outcomes (a Dirichlet/Beta prior, so EM maximises the posterior; ``pseudocount=0`` is
         plain maximum likelihood).
 
@@ -379,14 +380,15 @@ class Model:
         ``valid``, the last completed) epoch's parameters before the interrupt propagates; if an
         epoch makes the log-likelihood non-finite, the model goes back to the last good
         parameters and ``TrainingError`` is raised.
+
+        ``batch_order(epoch)`` (1-based) may give each epoch's row order instead of a fresh random
+        permutation, e.g. ``einc.schedule.Schedule.global_order`` to replay a data-parallel run.
         """
-        method = method or ("em" if self.plan.trained_by_em else "adam")
-        options = _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,
-                                           patience, checkpoint_every, valid is not None, self)
-        _check_positive_int(samples, "samples")
-        if isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0.0 \
-                or not math.isfinite(pseudocount):
-            raise EincError(f"pseudocount must be a finite number of at least 0, found {pseudocount!r}")
+        options = self.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
+                                              learning_rate=learning_rate, patience=patience,
+                                              checkpoint_every=checkpoint_every, has_valid=valid is not None,
+                                              pseudocount=pseudocount, samples=samples)
+        method = options.method
         values, observed = prepare(self.graph, train, None, "train", self.dtype)
         if len(values) == 0:
             raise DataError("train: no training samples")
@@ -424,7 +426,8 @@ class Model:
         try:
             for epoch in epochs_range:
                 started = time.perf_counter()
-                order = run.rng.permutation(len(values))
+                order = (run.rng.permutation(len(values)) if batch_order is None
+                         else _checked_order(batch_order(epoch), len(values)))
                 if trainer is not None:
                     # the module holds the parameters: the model sees every step
                     noise_seed = None if self.exact else int(run.rng.integers(2**31))
@@ -454,6 +457,23 @@ class Model:
         if run.keep_best and run.best_params is not None and run.best_epoch != run.epoch:
             run.restore(self)
         return history
+
+    def check_training_options(self, method: str | None, update: str, step_size: float, *, epochs: int = 1,
+                               batch_size: int = DEFAULT_BATCH_SIZE, learning_rate: float = DEFAULT_LEARNING_RATE,
+                               patience: int | None = None, checkpoint_every: int = 0,
+                               has_valid: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT,
+                               samples: int = DEFAULT_TRAINING_SAMPLES) -> _TrainingOptions:
+        """Raise a clear error for a training option this model cannot use (every option of
+        ``fit``, each with its own message), before any work; ``einc.distributed.fit`` checks its
+        options here too. ``method=None`` resolves to "em", or "adam" for neural (vae) leaves."""
+        method = method or ("em" if self.plan.trained_by_em else "adam")
+        options = _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,
+                                           patience, checkpoint_every, has_valid, self)
+        _check_positive_int(samples, "samples")
+        if isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0.0 \
+                or not math.isfinite(pseudocount):
+            raise EincError(f"pseudocount must be a finite number of at least 0, found {pseudocount!r}")
+        return options
 
     def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
                   order: np.ndarray, batch_size: int, step_size: float, update: str,
@@ -526,8 +546,16 @@ class Model:
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
+def _checked_order(order: Any, count: int) -> np.ndarray:
+    array = np.asarray(order)
+    if array.shape != (count,) or not np.array_equal(np.sort(array), np.arange(count)):
+        raise EincError(f"batch_order must return a permutation of the {count} training rows")
+    return array.astype(np.int64)
+
+
 @dataclass(frozen=True)
 class _TrainingOptions:
+    method: str  # "em" or "adam", resolved
     patience: int | None
     checkpoint_every: int
 
@@ -556,7 +584,7 @@ class _TrainingOptions:
                 raise EincError("patience stops on the validation log-likelihood: give valid data too")
         if checkpoint_every:
             _check_positive_int(checkpoint_every, "checkpoint_every")
-        return _TrainingOptions(patience, int(checkpoint_every or 0))
+        return _TrainingOptions(method, patience, int(checkpoint_every or 0))
 
 
 @dataclass
@@ -608,8 +636,9 @@ class _Run:
         """Leave the model at its best validation epoch (with keep_best) or its last good one."""
         model.set_parameters(self.best_params if self.keep_best and self.best_params is not None else self.last_good)
 
-    def diverged(self, epoch: int, train_ll: float, valid_ll: float | None, method: str) -> str:
-        which = f"train LL {train_ll}" + ("" if valid_ll is None else f", valid LL {valid_ll}")
+    def diverged(self, epoch: int, train_ll: float, valid_ll: float | None, method: str,
+                 problem: str | None = None) -> str:
+        which = problem or f"train LL {train_ll}" + ("" if valid_ll is None else f", valid LL {valid_ll}")
         kept = (f"epoch {self.best_epoch} (best valid LL {self.best_valid_ll:.4f})"
                 if self.keep_best and self.best_params is not None else
                 f"epoch {self.epoch}" if self.epoch else "the initial parameters")
