@@ -259,7 +259,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "train",
-        "train a circuit with EM on data, keep the best validation epoch, write the model",
+        "train a circuit on data (EM; Adam for vae leaves), keep the best validation epoch, write the model",
         commands.cmd_train,
         (
             *NEW_MODEL_OPTIONS,
@@ -276,7 +276,7 @@ COMMANDS: tuple[Command, ...] = (
                                         "or adam for circuits with vae leaves (which EM cannot train)"}),
             Arg(("--samples",), {"type": positive_int, "default": DEFAULT_TRAINING_SAMPLES, "metavar": "K",
                                  "help": "vae leaves: importance samples per leaf of the IWAE bound trained on "
-                                         f"(default {DEFAULT_TRAINING_SAMPLES}, the SPVAE paper's)"}),
+                                         "(the SPVAE paper used 5)"}),
             Arg(("--learning-rate",), {"type": positive_float, "default": DEFAULT_LEARNING_RATE,
                                        "help": "Adam's learning rate (--method adam)"}),
             Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
@@ -324,7 +324,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "eval",
-        "mean log-likelihood of data under a model (and accuracy with --labels for multi-head models)",
+        "mean log-likelihood of data under a model (an IWAE estimate for vae leaves; accuracy with --labels for multi-head models)",
         commands.cmd_eval,
         (
             *LOADED_MODEL_OPTIONS,
@@ -334,7 +334,7 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--per-sample",), {"metavar": "OUT", "help": "also write each sample's log-likelihood (.csv, .npy or .npz)"}),
             Arg(("--samples",), {"type": positive_int, "default": DEFAULT_QUERY_SAMPLES, "metavar": "K",
                                  "help": "vae leaves: the log-likelihood is an IWAE estimate with K importance samples "
-                                         f"per leaf (default {DEFAULT_QUERY_SAMPLES}; exact circuits ignore it)"}),
+                                         "per leaf (exact circuits ignore it)"}),
         ),
     ),
     Command(
