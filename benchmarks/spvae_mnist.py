@@ -24,7 +24,8 @@ Both models start with the decoders' output biases at the logit of each pixel's 
 intensity (a standard VAE initialisation; without it the first epochs only learn the background).
 
 Writes ``benchmarks/results/spvae_mnist.{json,md,png}`` after every epoch (machine, date, command,
-budget, the curves) and the final numbers at the end; progress goes to stderr.
+budget, the curves) and the final numbers at the end, and the SPVAE's samples and inpaintings as
+``spvae_mnist_{samples,inpaint}.png``; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import einc
 from einc.backends.torch_module import parameter_key
 from einc.backends.torch_ops.vae import DECODER_LOG_DENSITIES, MIN_STD
 from einc.files import atomic_write
+from einc.images import grid, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png, to_images
 from einc.ir.neural import VaeSpec
 from einc.ir.plan import VaeOp
 from plots import curve_png
@@ -244,8 +246,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: test {result['final'][name]['test_bpd']:.4f} bpd ({args.eval_samples}-sample IWAE, "
               f"{len(test)} test images)", file=sys.stderr, flush=True)
         write()
+        if name == "spvae":  # what the model learned: samples (leaf means) and inpaintings
+            write_pictures(spvae, test, args)
     print(args.out.with_suffix(".md").read_text())
     return 0
+
+
+def write_pictures(model: einc.Model, test: np.ndarray, args: argparse.Namespace) -> None:
+    """``{out}_samples.png`` (64 ancestral samples, decoder means) and ``{out}_inpaint.png``
+    (original / left half hidden / conditional sample / approximate MPE; 8 test images)."""
+    base = args.out.parent / args.out.name
+    samples = model.sample(64, seed=args.seed, leaf_value="mean")
+    save_png(f"{base}_samples.png", grid(to_images(model.graph, samples), columns=8))
+    hidden = image_mask("left", image_shape(model.graph), 8, args.seed)
+    rows = inpainting_rows(model, test[:8], hidden, seed=args.seed, leaf_value="mean")
+    save_png(f"{base}_inpaint.png", inpainting_figure(model, rows, hidden))
 
 
 def meta(args: argparse.Namespace, command: str, started: float, parameters: dict[str, int]) -> dict:

@@ -444,7 +444,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         log_evidence = model.log_likelihood(evidence[None])
         log_evidence = log_evidence if log_evidence.ndim == 1 else log_evidence[:, 0]
         probabilities = np.exp(joint - log_evidence[0])
-        print(f"P({model.columns[column]} | evidence):")
+        estimated = "" if model.exact else (f" (a ratio of IWAE estimates with {DEFAULT_QUERY_SAMPLES} samples per "
+                                            f"vae leaf: approximate)")
+        print(f"P({model.columns[column]} | evidence){estimated}:")
         for level, probability in zip(levels, probabilities):
             print(f"  {int(level)}: {probability:.6f}")
     return 0
