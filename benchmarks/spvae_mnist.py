@@ -39,6 +39,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,6 @@ import torch
 import torch.nn.functional as F
 
 import einc
-from einc.backends.torch_module import parameter_key
 from einc.backends.torch_ops.vae import DECODER_LOG_DENSITIES, MIN_STD
 from einc.files import atomic_write
 from einc.images import grid, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png, to_images
@@ -131,7 +131,7 @@ class SingleVae(torch.nn.Module):
 
 def _mlp(sizes: tuple[int, ...]) -> torch.nn.Sequential:
     layers: list[torch.nn.Module] = []
-    for number, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for number, (fan_in, fan_out) in enumerate(pairwise(sizes)):
         layers.append(torch.nn.Linear(fan_in, fan_out))
         if number < len(sizes) - 2:
             layers.append(torch.nn.Softplus())
@@ -298,13 +298,14 @@ def report(out: Path, result: dict) -> None:
     lines = [
         "# Discrete MNIST: SPVAE (32 VAE experts in a PD Δ=7 circuit) vs a single VAE",
         "",
-        f"Generated on {meta['date']} by `{meta['command']}` ({meta['machine']}; load average "
-        f"{meta['load_average']}; torch {meta['torch']}, {meta['device']}, {meta['threads']} thread(s)); "
-        f"wall time {meta['elapsed_minutes']:.1f} min in all.",
+        (f"Generated on {meta['date']} by `{meta['command']}` ({meta['machine']}; load average "
+         f"{meta['load_average']}; torch {meta['torch']}, {meta['device']}, {meta['threads']} thread(s)); "
+         f"wall time {meta['elapsed_minutes']:.1f} min in all."),
         "",
-        f"Recipe, the same for both: {meta['recipe']}; validation: the IWAE bound (k = 5, fixed noise) on "
-        f"{meta['valid_rows']:,} held-out training images. Test: the {meta['eval_samples']}-sample IWAE estimate on the first "
-        f"{meta['test_rows']} test images, in bits per dimension (the paper: SPVAE 2.82, VAE 4.33).",
+        (f"Recipe: {meta['recipe']}; validation: the IWAE bound (k = 5, fixed noise) on "
+         f"{meta['valid_rows']:,} held-out training images. Test: the {meta['eval_samples']}-sample IWAE "
+         f"estimate on the first {meta['test_rows']} test images, in bits per dimension (the paper: SPVAE "
+         f"2.82, VAE 4.33)."),
         "",
         "| model | parameters | best epoch | valid bound (bpd) | test (bpd) | test (nats) |",
         "|---|---:|---:|---:|---:|---:|",

@@ -96,8 +96,8 @@ def test_gradients_equal_finite_differences(name: str) -> None:
     rng = np.random.default_rng(0)
     eps = 1e-6
     checked = 0
-    for name, tensor in module.free.items():
-        if name.startswith("input") and "indicator" in name:
+    for key, tensor in module.free.items():
+        if key.startswith("input") and "indicator" in key:
             continue
         for _ in range(3):
             index = tuple(int(rng.integers(n)) for n in tensor.shape)
@@ -109,7 +109,7 @@ def test_gradients_equal_finite_differences(name: str) -> None:
                 minus = objective().item()
                 tensor[index] = original
             numeric = (plus - minus) / (2 * eps)
-            assert np.isclose(tensor.grad[index].item(), numeric, rtol=1e-5, atol=1e-7), (name, index)
+            assert np.isclose(tensor.grad[index].item(), numeric, rtol=1e-5, atol=1e-7), (key, index)
             checked += 1
     assert checked == 3 * len(module.free)
 
@@ -188,7 +188,7 @@ def test_the_readme_training_loop_runs(capsys: pytest.CaptureFixture[str], monke
     # the example of README's "The circuit as a torch.nn.Module", run as written
     root = Path(__file__).resolve().parent.parent
     section = (root / "README.md").read_text().split("### The circuit as a `torch.nn.Module`")[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S)
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert code is not None, "README: the module section lost its python example"
     monkeypatch.chdir(root)
     exec(compile(code.group(1), "README.md", "exec"), {})
