@@ -10,14 +10,19 @@ from einc.files import atomic_write
 
 
 def curve_png(path: Path, history: list[dict[str, float]], title: str,
-              series: dict[str, tuple[int, int, int]] | None = None) -> None:
+              series: dict[str, tuple[int, int, int]] | None = None, ceiling: float | None = None) -> None:
     """Values per epoch as a small line chart: one line per ``series`` name (a key of the
-    history's records) in its colour; by default bits per dimension on train, valid and test."""
+    history's records) in its colour; by default bits per dimension on train, valid and test.
+    ``ceiling`` caps the axis (higher values are drawn at the top edge), so that a few early
+    epochs do not flatten the rest."""
     width, height, margin = 640, 400, 60
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     series = series or {"train": (31, 119, 180), "valid": (255, 127, 14), "test": (44, 160, 44)}
     values = [h[name] for h in history for name in series if name in h]
+    if ceiling is not None:
+        history = [{k: min(v, ceiling) if k in series else v for k, v in h.items()} for h in history]
+        values = [min(v, ceiling) for v in values]
     low, high = min(values), max(values)
     high = high if high > low else low + 1.0
     epochs = [h["epoch"] for h in history]

@@ -258,8 +258,9 @@ def write_pictures(model: einc.Model, test: np.ndarray, args: argparse.Namespace
     base = args.out.parent / args.out.name
     samples = model.sample(64, seed=args.seed, leaf_value="mean")
     save_png(f"{base}_samples.png", grid(to_images(model.graph, samples), columns=8))
-    hidden = image_mask("left", image_shape(model.graph), 8, args.seed)
-    rows = inpainting_rows(model, test[:8], hidden, seed=args.seed, leaf_value="mean")
+    count = min(8, len(test))
+    hidden = image_mask("left", image_shape(model.graph), count, args.seed)
+    rows = inpainting_rows(model, test[:count], hidden, seed=args.seed, leaf_value="mean")
     save_png(f"{base}_inpaint.png", inpainting_figure(model, rows, hidden))
 
 
@@ -289,12 +290,14 @@ def report(out: Path, result: dict) -> None:
     """JSON, the curve (valid bound per epoch of both models) and a markdown summary."""
     meta, history, final = result["meta"], result["history"], result["final"]
     atomic_write(out.with_suffix(".json"), lambda s: s.write((json.dumps(result, indent=1) + "\n").encode()))
-    curve = [{"epoch": h["epoch"], f"{h['model']} train": h["train"], f"{h['model']} valid": h["valid"]}
-             for h in history]
+    curve = [{"epoch": h["epoch"], f"{h['model']} valid": h["valid"]} for h in history]
     if curve:
-        curve_png(out.with_suffix(".png"), curve, "SPVAE vs VAE on MNIST: IWAE bound (k=5), bits per dimension",
-                  {"spvae train": (31, 119, 180), "spvae valid": (174, 199, 232),
-                   "vae train": (214, 39, 40), "vae valid": (255, 152, 150)})
+        # the axis stops at the worst second-epoch bound: first epochs are far above (see the table)
+        second = [h["valid"] for h in history if h["epoch"] == 2]
+        ceiling = max(second) if second else None
+        curve_png(out.with_suffix(".png"), curve,
+                  "SPVAE vs VAE on MNIST: validation IWAE bound (k=5), bits per dimension",
+                  {"spvae valid": (31, 119, 180), "vae valid": (214, 39, 40)}, ceiling)
     lines = [
         "# Discrete MNIST: SPVAE (32 VAE experts in a PD Δ=7 circuit) vs a single VAE",
         "",
