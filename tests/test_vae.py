@@ -380,6 +380,25 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     assert loaded.training is not None and loaded.training.method == "adam"
 
 
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path) -> None:
+    # 2 epochs, saved, loaded and resumed to 4 = 4 in a row: the same batches, the same IWAE
+    # noise (seeded per epoch from the saved generator) and the same Adam moments
+    train, valid = _two_patterns(96, 0), _two_patterns(32, 1)
+    straight = einc.compile(IMAGE, seed=0)
+    straight.fit(train, valid=valid, epochs=4, batch_size=32, learning_rate=0.03)
+    first = einc.compile(IMAGE, seed=0)
+    first.fit(train, valid=valid, epochs=2, batch_size=32, learning_rate=0.03)
+    first.save(tmp_path / "half.npz")
+    resumed = einc.load(tmp_path / "half.npz")
+    resumed.fit(train, valid=valid, epochs=4, batch_size=32, learning_rate=0.03, resume=True)
+    assert straight.training is not None and resumed.training is not None
+    for name, value in straight.training.params.items():  # after epoch 4 (not the best epoch's)
+        np.testing.assert_allclose(resumed.training.params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    for name, value in straight.parameters().items():
+        np.testing.assert_allclose(resumed.parameters()[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert resumed.training.best_epoch == straight.training.best_epoch
+
+
 def test_version_1_model_files_still_load(tmp_path) -> None:
     model = einc.compile("examples/tiny.pc", seed=0)
     path = tmp_path / "old.npz"
