@@ -114,6 +114,26 @@ def test_gradients_equal_finite_differences(name: str) -> None:
     assert checked == 3 * len(module.free)
 
 
+def test_the_fused_einsum_kernel_gives_the_same_module() -> None:
+    # issue 14's Triton kernel (its interpreter on the CPU) has its backward registered: the module
+    # built on a plan with fused einsum ops gives the same values and gradients as the matmul one
+    pytest.importorskip("triton")
+    x = torch.as_tensor(np.random.default_rng(0).integers(0, 2, (6, 4)).astype(np.float64))
+    x[0, 1] = float("nan")
+    results = {}
+    for kernel in ("matmul", "fused"):
+        model = einc.compile("examples/tiny.pc", dtype="float64", seed=0,
+                             options=einc.CompileOptions(einsum_kernel=kernel))
+        assert {getattr(op, "kernel", kernel) for op in model.plan.ops} == {kernel}
+        module = model.module()
+        value = module(x)
+        value.sum().backward()
+        results[kernel] = (value.detach().numpy(), {n: p.grad.numpy() for n, p in module.named_parameters()})
+    np.testing.assert_allclose(results["fused"][0], results["matmul"][0], rtol=1e-12)
+    for key, grad in results["matmul"][1].items():
+        np.testing.assert_allclose(results["fused"][1][key], grad, rtol=1e-10, atol=1e-14, err_msg=key)
+
+
 def test_parameters_are_shared_with_the_model() -> None:
     model = einc.compile("examples/tiny.pc", dtype="float64", seed=0)
     module = model.module()
