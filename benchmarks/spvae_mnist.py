@@ -310,15 +310,17 @@ def report(out: Path, result: dict) -> None:
          f"estimate on the first {meta['test_rows']} test images, in bits per dimension (the paper: SPVAE "
          f"2.82, VAE 4.33)."),
         "",
-        "| model | parameters | best epoch | valid bound (bpd) | test (bpd) | test (nats) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | parameters | epochs (training minutes) | best epoch | valid bound (bpd) | test (bpd) | test (nats) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, count in meta["parameters"].items():
+        epochs = [h for h in history if h["model"] == name]
+        ran = f"{len(epochs)} ({sum(h['seconds'] for h in epochs) / 60:.1f})" if epochs else ""
         row = final.get(name)
         if row is None:
-            lines.append(f"| {name} | {count:,} | | | | |")
+            lines.append(f"| {name} | {count:,} | {ran} | | | | |")
         else:
-            lines.append(f"| {name} | {count:,} | {row['best_epoch']} | {row['valid_bpd']:.4f} | "
+            lines.append(f"| {name} | {count:,} | {ran} | {row['best_epoch']} | {row['valid_bpd']:.4f} | "
                          f"{row['test_bpd']:.4f} | {row['test_nats']:.1f} |")
     lines += ["", f"![curve]({out.with_suffix('.png').name})", "",
               "| model | epoch | seconds | train bound (bpd) | valid bound (bpd) |", "|---|---:|---:|---:|---:|"]
