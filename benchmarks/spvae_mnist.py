@@ -173,6 +173,7 @@ def train(name: str, module: torch.nn.Module, train_x: torch.Tensor, valid_x: to
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     best: tuple[float, dict] | None = None
+    stale = 0  # epochs since the best validation bound
     started = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         epoch_started = time.perf_counter()
@@ -191,8 +192,7 @@ def train(name: str, module: torch.nn.Module, train_x: torch.Tensor, valid_x: to
                   "valid": bpd(valid_ll)}
         history.append(record)
         if best is None or valid_ll > best[0]:
-            best = (valid_ll, copy.deepcopy(module.state_dict()))
-            stale = 0
+            best, stale = (valid_ll, copy.deepcopy(module.state_dict())), 0
         else:
             stale += 1
         print(f"{name} epoch {epoch:3d}: train bound {record['train']:.4f} valid bound {record['valid']:.4f} bpd "
@@ -220,11 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     train_x, valid_x, test_x = (torch.as_tensor(a, device=device) for a in (train_np, valid, test))
     spvae, spec = spvae_model(args, logits)
-    modules = {
-        "spvae": (spvae.module(args.samples), spvae.num_parameters),
-    }
     single = SingleVae(args.vae_latent, args.vae_hidden, spec, logits).to(device)
-    modules["vae"] = (single, sum(p.numel() for p in single.parameters()))
+    modules = {"spvae": (spvae.module(args.samples), spvae.num_parameters),
+               "vae": (single, sum(p.numel() for p in single.parameters()))}
     result = {"meta": {}, "history": [], "final": {}}
 
     def write() -> None:
