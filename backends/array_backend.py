@@ -41,7 +41,7 @@ from einc.ir.backward_plan import (
 )
 from einc.ir.diagnostics import BackendError
 from einc.ir.families import ZERO_PROBABILITY, family_rule
-from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange
+from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange, VaeOp
 
 _DTYPES = ("float32", "float64")
 # Elements of the (L, batch, K, i, j) scores a max-product einsum or an einsum backtrack
@@ -768,6 +768,11 @@ def _max_einsum(xp: ModuleType, left: Any, right: Any, weights: Any) -> Any:
     return out[0] if len(out) == 1 else xp.concatenate(out, 1)
 
 
+def _torch_only(backend: ArrayBackend, op: VaeOp, *args: Any) -> Any:
+    """Neural leaves run on torch only (create_backend refuses such plans before this)."""
+    raise BackendError(op.backend_problem(backend.name) or f"the {backend.name} backend cannot run {op.name}")
+
+
 # ---------------------------------------------------------------- rule tables, keyed by type
 # forward (and its max-product variant): (backend, op, params, values, data, max_product) -> (value, saved)
 FORWARD_RULES: dict[type, Callable[..., tuple[Any, tuple[Any, ...]]]] = {
@@ -775,6 +780,7 @@ FORWARD_RULES: dict[type, Callable[..., tuple[Any, tuple[Any, ...]]]] = {
     EinsumOp: ArrayBackend._einsum,
     MixingOp: ArrayBackend._mixing,
     HadamardOp: hadamard.forward,
+    VaeOp: _torch_only,
 }
 # backward plan steps: (backend, step, params, forward, adjoints, weight counts, leaf stats) -> None
 BACKWARD_RULES: dict[type, Callable[..., None]] = {
@@ -789,6 +795,7 @@ BACKTRACK_RULES: dict[type, Callable[..., None]] = {
     EinsumOp: ArrayBackend._einsum_backtrack,
     MixingOp: ArrayBackend._mixing_backtrack,
     HadamardOp: hadamard.backtrack,
+    VaeOp: _torch_only,
 }
 
 

@@ -167,6 +167,9 @@ def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "flo
         raise BackendError(
             f"unknown backend '{name}'; expected one of {', '.join(available_backends())}"
         )
+    problem = next((p for p in (op.backend_problem(name) for op in plan.ops) if p), None)
+    if problem is not None:
+        raise BackendError(problem)
     try:
         module = importlib.import_module(entry.module)
     except ImportError as error:

@@ -53,6 +53,8 @@ def em_update(xp: Any, plan: Plan, params: dict[str, Any], weight_counts: dict[s
     """Return new parameters: w ← (1−λ) w + λ w_batch,  φ ← (1−λ) φ + λ φ_batch."""
     new = dict(params)
     for spec in plan.params:
+        if spec.free:
+            continue  # network weights have no M-step (gradient training only)
         if spec.kind != "leaf":
             # sum weights of any op kind, e.g. einsum (L, K, i, j) over (i, j), mixing (M, C, K)
             # over C, hadamard (L, K, j) over j

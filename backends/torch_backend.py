@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,16 +18,30 @@ from einc.backends.base import Batch, Params, Statistics, keep_freed_memory, shi
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.backends.latents import log_mask
-from einc.backends.torch_ops import TorchOpRule, hadamard, log_of_mass, log_sum_exp_shift
+from einc.backends.torch_ops import (
+    LeafOutput,
+    Noise,
+    PassData,
+    TorchOpRule,
+    hadamard,
+    log_of_mass,
+    log_sum_exp_shift,
+    vae,
+)
 from einc.ir.diagnostics import BackendError
 from einc.ir.families import ZERO_PROBABILITY, family_rule
-from einc.ir.plan import EinsumOp, FamilyBlock, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange
+from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
+from einc.ir.plan import EinsumOp, FamilyBlock, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange, VaeOp
+
+if TYPE_CHECKING:
+    from einc.backends.torch_module import CircuitModule, GradientTrainer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Op kinds beyond the EiNet core: one rule each (tests/test_op_kinds.py checks the coverage).
 OP_RULES: dict[type, TorchOpRule] = {
     HadamardOp: hadamard.RULE,
+    VaeOp: vae.RULE,
 }
 CORE_OPS = (InputOp, EinsumOp, MixingOp)  # interpreted inline below
 
@@ -99,17 +113,21 @@ class TorchBackend:
         }  # (L·S,): the feature rows each block reads, padding = the zero column C
         # fuse=True: torch.compile the upward pass (with its backward) and the M-step, so their
         # elementwise work runs as a few fused kernels; worthwhile on GPUs, costly to compile.
-        # Default: fuse on CUDA (a one-off compile of ~15-30 s per circuit), not on the CPU.
-        self.fuse = (self.device.type == "cuda") if fuse is None else fuse
+        # Default: fuse on CUDA (a one-off compile of ~15-30 s per circuit), not on the CPU, and
+        # not for plans with stochastic (neural) leaves, whose passes draw noise per call.
+        self.fuse = (self.device.type == "cuda" and plan.exact) if fuse is None else fuse
         self._root_of = torch.compile(self._root_of_plain, dynamic=False) if self.fuse else self._root_of_plain
         # inference has its own compiled function (no autograd, other shapes): separate caches
         self._inference_root = torch.compile(self._inference_root_plain, dynamic=False) if self.fuse else self._inference_root_plain
         self._m_step = torch.compile(em_update, dynamic=False) if self.fuse else em_update
         # capture=True: each EM step and each inference batch size runs as one replayed CUDA graph
         # (the default on CUDA); capture=False runs eagerly, kernel by kernel
-        self.capture = (self.device.type == "cuda") if capture is None else capture
+        self.capture = (self.device.type == "cuda" and plan.exact) if capture is None else capture
         if self.capture and self.device.type != "cuda":
             raise BackendError("capture=True needs a CUDA device (CUDA graphs)")
+        if self.capture and not plan.exact:
+            raise BackendError("capture=True replays fixed work, but this circuit's neural leaves draw new noise "
+                               "in every pass; use capture=False")
         self.captured_steps: dict[tuple, _CapturedStep] = {}
         self.captured_forwards: dict[tuple, _CapturedForward] = {}
         # einsum kernels by name (compiler/kernels.py); where Triton cannot run, fused ops run the
@@ -268,8 +286,11 @@ class TorchBackend:
 
     def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                 max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None,
-                masks: dict[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Every value of the plan; ``masks`` (``_latent_masks``) clamp latents on their rows."""
+                masks: dict[int, torch.Tensor] | None = None, noise: Noise | None = None) -> list[torch.Tensor]:
+        """Every op's value for a batch ``x`` (B, C+1) with mask ``observed``; ``masks``
+        (``_latent_masks``) clamp latents on their rows; ``noise`` says how stochastic ops draw
+        (default: the training IWAE k from torch's global generator)."""
+        data = PassData(x, observed, noise or Noise(DEFAULT_TRAINING_SAMPLES))
         values: list[torch.Tensor] = []
         for index, op in enumerate(self.plan.ops):
             if isinstance(op, InputOp):
@@ -286,7 +307,7 @@ class TorchBackend:
             elif isinstance(op, MixingOp):
                 value = self._mix(op, params, values, max_product)
             else:
-                value = self._rule(op).forward(self, op, params, values, max_product)
+                value = self._rule(op).forward(self, op, params, values, max_product, data)
             values.append(self._masked(index, value, masks))
         return values
 
@@ -336,19 +357,30 @@ class TorchBackend:
         value, row = self.plan.root
         return values[value][row]  # (B, heads)
 
-    def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
+    def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False,
+                       samples: int | None = None, seed: int | None = None) -> np.ndarray:
+        """(B, heads) log-densities. With neural leaves an estimate: ``samples`` importance samples
+        per leaf (default ``DEFAULT_QUERY_SAMPLES``) drawn from a generator seeded with ``seed``
+        (None: torch's global generator); exact circuits ignore both."""
         x, observed = self._batch(batch)
         masks = self._latent_masks(self._latents(batch))
         with torch.no_grad():
-            if masks is not None:  # clamped latents run eagerly (captured graphs are per batch size)
-                root = self._root(self.forward(params, x, observed, max_product, masks=masks))
-            elif self.capture:
+            if self.capture and masks is None:
                 # batch sizes are padded to power-of-two buckets so few graphs get captured
                 bucket = max(64, 1 << (x.shape[0] - 1).bit_length())
                 root = self._captured_forward(params, bucket, max_product).run(x, observed)
-            else:
-                root = self._root(self.forward(params, x, observed, max_product))
+            else:  # clamped latents run eagerly (captured graphs are per batch size)
+                noise = self.noise(samples, seed)
+                root = self._root(self.forward(params, x, observed, max_product, masks=masks, noise=noise))
         return root.to("cpu", torch.float64).numpy()
+
+    def noise(self, samples: int | None, seed: int | None) -> Noise:
+        """The noise of a query: ``samples`` per neural leaf from a generator seeded with ``seed``."""
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(int(seed))
+        return Noise(DEFAULT_QUERY_SAMPLES if samples is None else int(samples), generator)
 
     def _captured_forward(self, params: Params, batch_size: int, max_product: bool) -> "_CapturedForward":
         key = (batch_size, max_product, _storage_key(params))
@@ -369,8 +401,9 @@ class TorchBackend:
     # ------------------------------------------------------------------ EM
     def _root_of_plain(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                        coefficients: dict[str, list[torch.Tensor]] | None = None,
-                       max_product: bool = False, masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        return self._root(self.forward(params, x, observed, max_product, coefficients, masks))
+                       max_product: bool = False, masks: dict[int, torch.Tensor] | None = None,
+                       noise: Noise | None = None) -> torch.Tensor:
+        return self._root(self.forward(params, x, observed, max_product, coefficients, masks, noise))
 
     def _inference_root_plain(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                               max_product: bool) -> torch.Tensor:
@@ -387,8 +420,16 @@ class TorchBackend:
         self.captured_steps.clear()
         self.captured_forwards.clear()
 
+    def _check_em(self) -> None:
+        if not self.plan.trained_by_em:
+            raise BackendError(
+                "EM cannot train this circuit: its neural (vae) leaves are networks trained by gradient "
+                "on the IWAE bound; use method='adam' (einc train --method adam)"
+            )
+
     def statistics(self, params: Params, batch: Batch) -> Statistics:
         """E-step by autograd: ∂ Σ log p / ∂W · W gives n (eq. 6); ∂/∂Θ gives Σ p·F."""
+        self._check_em()
         x, observed = self._batch(batch)
         labels = None if batch.labels is None else torch.as_tensor(batch.labels, dtype=torch.long, device=self.device)
         total, weight_counts, leaf_stats = self._statistics(params, x, observed, labels, self._latents(batch))
@@ -402,7 +443,7 @@ class TorchBackend:
         weights = {
             spec.name: params[spec.name].detach().requires_grad_(True)
             for spec in self.plan.params
-            if spec.kind != "leaf"
+            if spec.normalised_over
         }
         coefficients = {
             op.name: [c.detach().requires_grad_(True) for c in self._leaf_coefficients(op, params, False)]
@@ -432,10 +473,18 @@ class TorchBackend:
             return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size, pseudocount)
 
     # ------------------------------------------------------------------ gradient training
-    def gradient_trainer(self, params: Params, learning_rate: float) -> "GradientTrainer":
-        """Adam on unconstrained parameters: log-weights (softmax-normalised) and each leaf
-        family's reparameterisation (logits, log-rates, log-variances)."""
-        return GradientTrainer(self, params, learning_rate)
+    def module(self, params: Params, samples: int = DEFAULT_TRAINING_SAMPLES) -> "CircuitModule":
+        """The plan with ``params`` as a ``torch.nn.Module`` over unconstrained copies of them."""
+        from einc.backends.torch_module import CircuitModule
+
+        return CircuitModule(self, params, samples)
+
+    def gradient_trainer(self, module: "CircuitModule", learning_rate: float) -> "GradientTrainer":
+        """Adam on the module's unconstrained parameters: log-weights (softmax-normalised), each
+        leaf family's reparameterisation (logits, log-rates, log-variances), network weights."""
+        from einc.backends.torch_module import GradientTrainer
+
+        return GradientTrainer(module, learning_rate)
 
     # ------------------------------------------------------------------ fast training loop
     def upload(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
@@ -453,6 +502,7 @@ class TorchBackend:
         forward, autograd statistics, M-step written in place), so an epoch costs a few kernel
         launches per batch instead of hundreds. The last, partial batch runs eagerly.
         """
+        self._check_em()
         order_t = torch.as_tensor(order, dtype=torch.long, device=self.device)
         full = len(order) // batch_size
         total = torch.zeros((), dtype=self.dtype, device=self.device)
@@ -536,26 +586,30 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ sampling and MPE
     def backtrack(self, params: Params, batch: Batch, mpe: bool, leaf_value: str,
-                  heads: np.ndarray, seed: int) -> np.ndarray:
+                  heads: np.ndarray, seed: int, samples: int | None = None) -> np.ndarray:
+        """Top-down completion of ``batch``; ``samples``: importance samples per neural leaf (its
+        upward estimates and its proposals for z; default ``DEFAULT_QUERY_SAMPLES``)."""
         x, observed = self._batch(batch)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(int(seed))
         sampler = TorchSampler(generator)
         batch_size = x.shape[0]
         masks = self._latent_masks(self._latents(batch))
+        noise = Noise(DEFAULT_QUERY_SAMPLES if samples is None else int(samples), generator)
         with torch.no_grad():
             # clamped latents mask their rows, so backtracking never chooses a masked state
-            values = self.forward(params, x, observed, max_product=mpe, masks=masks)
+            values = self.forward(params, x, observed, max_product=mpe, masks=masks, noise=noise)
             # choice[v][row, b]: which entry of row's K-vector sample b selected, −1 if not reached
             choice = [torch.full((op.rows, batch_size), -1, dtype=torch.long, device=self.device) for op in self.plan.ops]
             root_value, root_row = self.plan.root
             choice[root_value][root_row] = torch.as_tensor(heads, dtype=torch.long, device=self.device)
             completed = x.clone()
+            data, output = PassData(x, observed, noise), LeafOutput(completed, leaf_value)
             for index in range(len(self.plan.ops) - 1, -1, -1):
                 op = self.plan.ops[index]
                 chosen = choice[index]
                 if not isinstance(op, CORE_OPS):
-                    self._rule(op).backtrack(self, op, params, values, choice, chosen, sampler, mpe)
+                    self._rule(op).backtrack(self, op, params, values, choice, chosen, sampler, mpe, data, output)
                     continue
                 reached = chosen >= 0
                 k = chosen.clamp(min=0)
@@ -628,100 +682,6 @@ class TorchBackend:
             write = write & (observed.t()[cols] == 0)
             rows, positions, samples = torch.nonzero(write, as_tuple=True)
             completed[samples, cols[rows, positions]] = draw[rows, positions, samples]
-
-
-class GradientTrainer:
-    """Gradient training state (Adam moments and unconstrained tensors); params derived from it."""
-
-    def __init__(self, backend: TorchBackend, params: Params, learning_rate: float) -> None:
-        self.backend = backend
-        self.free: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for spec in backend.plan.params:
-                value = params[spec.name]
-                if spec.kind == "leaf":
-                    assert spec.family is not None
-                    free = family_rule(spec.family).unconstrained(torch, value, spec.family)
-                else:
-                    free = torch.log(value)
-                self.free[spec.name] = free.detach().clone().requires_grad_(True)
-        self.optimizer = torch.optim.Adam(list(self.free.values()), lr=learning_rate)
-
-    def params(self) -> Params:
-        out: Params = {}
-        for spec in self.backend.plan.params:
-            free = self.free[spec.name]
-            if spec.kind != "leaf":  # sum weights: a softmax over the axes they are normalised over
-                out[spec.name] = _softmax_over(free, spec.normalised_over)
-            else:
-                assert spec.family is not None
-                out[spec.name] = family_rule(spec.family).constrained(torch, free, spec.family)
-        return out
-
-    def epoch(self, data: DeviceData, order: np.ndarray, batch_size: int) -> tuple[Params, float]:
-        """One pass of Adam steps on −mean log p; returns the resulting params and Σ log p."""
-        backend = self.backend
-        order_t = torch.as_tensor(order, dtype=torch.long, device=backend.device)
-        total = torch.zeros((), dtype=backend.dtype, device=backend.device)
-        for begin in range(0, len(order), batch_size):
-            index = order_t[begin : begin + batch_size]
-            latents = None if data.latents is None else data.latents.index_select(0, index)
-            root = backend._root_of_plain(self.params(), data.values.index_select(0, index),
-                                          data.observed.index_select(0, index),
-                                          masks=backend._latent_masks(latents))
-            log_p = root[:, 0] if data.labels is None else torch.gather(root, 1, data.labels.index_select(0, index)[:, None])[:, 0]
-            self.optimizer.zero_grad(set_to_none=True)
-            (-log_p.mean()).backward()
-            self.optimizer.step()
-            total = total + log_p.detach().sum()
-        with torch.no_grad():
-            return {k: v.detach() for k, v in self.params().items()}, float(total)
-
-    def accumulate(self, batch: Batch) -> float:
-        """Add the gradients of −Σ log p over a host batch to ``free[name].grad`` (no step) and
-        return Σ log p. Data-parallel training sums these across workers, divides by the global
-        batch size and then steps ``optimizer``: the same step as ``epoch`` on the whole batch."""
-        backend = self.backend
-        x, observed = backend._batch(batch)
-        root = backend._root_of_plain(self.params(), x, observed)
-        if batch.labels is None:
-            log_p = root[:, 0]
-        else:
-            labels = torch.as_tensor(batch.labels, dtype=torch.long, device=backend.device)
-            log_p = torch.gather(root, 1, labels[:, None])[:, 0]
-        (-log_p.sum()).backward()
-        return float(log_p.detach().sum())
-
-    def state(self) -> dict[str, np.ndarray]:
-        """Adam's step counts and moments as host arrays, keyed ``{parameter}/{slot}`` (to save)."""
-        names = list(self.free)
-        out: dict[str, np.ndarray] = {}
-        for index, slots in self.optimizer.state_dict()["state"].items():
-            for slot, value in slots.items():
-                out[f"{names[index]}/{slot}"] = torch.as_tensor(value).detach().cpu().numpy()
-        return out
-
-    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
-        """Continue from ``state()``: the same moments, so a resumed run takes the same steps."""
-        names = list(self.free)
-        slots: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in arrays.items():
-            name, slot = key.rsplit("/", 1)
-            tensor = torch.as_tensor(value)
-            if slot != "step":
-                tensor = tensor.to(device=self.backend.device, dtype=self.backend.dtype)
-            slots.setdefault(names.index(name), {})[slot] = tensor
-        state = self.optimizer.state_dict()
-        state["state"] = slots
-        self.optimizer.load_state_dict(state)
-
-
-def _softmax_over(free: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
-    """Softmax over several axes at once: moved to the end, flattened, and back."""
-    trailing = tuple(range(free.dim() - len(axes), free.dim()))
-    moved = free.movedim(axes, trailing)
-    flat = torch.softmax(moved.reshape(*moved.shape[: -len(axes)], -1), -1)
-    return flat.reshape(moved.shape).movedim(trailing, axes)
 
 
 @dataclass(frozen=True)

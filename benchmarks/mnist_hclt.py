@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 import einc
 from einc.backends.base import Batch
 from einc.data import prepare
 from einc.files import atomic_write
 from einc.structure_learning import learn_structure
+from plots import curve_png
 
 ROOT = Path(__file__).resolve().parent.parent
 PIXELS = 784
@@ -69,40 +69,6 @@ def bits_per_dimension(model: einc.Model, values: np.ndarray, observed: np.ndarr
         part = Batch(values[start : start + batch], observed[start : start + batch])
         total += float(model.backend.log_likelihood(model.params, part)[:, 0].sum())
     return -total / len(values) / (PIXELS * math.log(2))
-
-
-def curve_png(path: Path, history: list[dict[str, float]], title: str) -> None:
-    """Bits per dimension per epoch (train, valid, test) as a small line chart."""
-    width, height, margin = 640, 400, 60
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    series = {"train": (31, 119, 180), "valid": (255, 127, 14), "test": (44, 160, 44)}
-    values = [h[name] for h in history for name in series if name in h]
-    low, high = min(values), max(values)
-    high = high if high > low else low + 1.0
-    epochs = [h["epoch"] for h in history]
-    first, last = min(epochs), max(max(epochs), min(epochs) + 1)
-
-    def point(epoch: float, value: float) -> tuple[float, float]:
-        x = margin + (epoch - first) / (last - first) * (width - 2 * margin)
-        y = height - margin - (value - low) / (high - low) * (height - 2 * margin)
-        return x, y
-
-    draw.rectangle([margin, margin, width - margin, height - margin], outline=(0, 0, 0))
-    for fraction in (0.0, 0.5, 1.0):
-        value = low + fraction * (high - low)
-        draw.text((5, point(first, value)[1] - 6), f"{value:.3f}", fill=(0, 0, 0))
-    draw.text((margin, height - margin + 8), f"epoch {first}", fill=(0, 0, 0))
-    draw.text((width - margin - 50, height - margin + 8), f"epoch {last}", fill=(0, 0, 0))
-    draw.text((margin, 20), title, fill=(0, 0, 0))
-    for offset, (name, colour) in enumerate(series.items()):
-        points = [point(h["epoch"], h[name]) for h in history if name in h]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        draw.text((width - margin - 150 + 50 * offset, 40), name, fill=colour)
-    atomic_write(path, lambda stream: canvas.save(stream, format="PNG"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,8 @@ from einc.ir.backward_plan import (
     LeafGradient,
     MixingBackward,
 )
-from einc.ir.diagnostics import EincError
-from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Op, Plan
+from einc.ir.diagnostics import BackendError, EincError
+from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Op, Plan, VaeOp
 
 
 def einsum_gradient(equation: str, operand: int) -> str:
@@ -153,11 +153,17 @@ def _hadamard_rule(plan: Plan, index: int, op: HadamardOp, batch: int) -> Hadama
     )
 
 
+def _vae_rule(plan: Plan, index: int, op: VaeOp, batch: int) -> BackwardStep:
+    # networks have no derived backward plan: their gradients are torch autograd's
+    raise BackendError(op.backend_problem("numpy") or f"no backward plan for {op.name}")
+
+
 BACKWARD_RULES: dict[type, Callable[[Plan, int, Op, int], BackwardStep]] = {
     InputOp: _input_rule,  # type: ignore[dict-item]
     EinsumOp: _einsum_rule,  # type: ignore[dict-item]
     MixingOp: _mixing_rule,  # type: ignore[dict-item]
     HadamardOp: _hadamard_rule,  # type: ignore[dict-item]
+    VaeOp: _vae_rule,  # type: ignore[dict-item]
 }
 
 

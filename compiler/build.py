@@ -61,6 +61,8 @@ from einc.ir.region_graph import (
     Variable,
     region_sort_key,
 )
+from einc.ir import neural
+from einc.ir.neural import is_neural
 from einc.ir.products import DEFAULT_PRODUCT, PRODUCT_KINDS
 
 DEFAULT_SUMS = 10
@@ -69,7 +71,8 @@ DEFAULT_MIN_VAR = 1e-4
 DEFAULT_MAX_VAR = 10.0
 
 DOMAINS = ("binary", "categorical(n)", "count", "real", "real(d)")
-FAMILIES = ("bernoulli", "binomial(N)", "categorical", "indicator", "normal", "poisson")
+FAMILIES = ("bernoulli", "binomial(N)", "categorical", "indicator", "normal", "poisson",
+            "vae(latent, hidden, decoder)")
 GENERATORS = ("random_binary_trees", "poon_domingos", "tree")
 LATENT_GENERATORS = ("patches",)
 
@@ -114,6 +117,8 @@ _FAMILY_DOMAINS = {
     "indicator": ("binary", "categorical"),
     "poisson": ("binary", "categorical", "count"),
     "normal": ("real",),
+    # a neural family fits every domain its decoder fits (ir.neural.resolve_decoder)
+    "vae": ("binary", "categorical", "count", "real"),
 }
 _SUGGESTED_FAMILY = {
     "binary": "bernoulli",
@@ -603,6 +608,9 @@ class _Builder:
                     self.family_spans[i] = statement.family.span
                 if family is None:
                     continue
+                if is_neural(family):
+                    families.update(self._neural_families(family, statement.family, indices))
+                    continue
                 self._check_fit(family, categories, statement.family, target, indices)
                 families.update((i, family) for i in indices)
         missing = [i for i in range(len(self.group_of)) if i not in given_at]
@@ -664,12 +672,81 @@ class _Builder:
                 )
                 return None
             return LeafFamily("normal", (("min_var", low), ("max_var", high)))
+        if name == "vae":
+            return self._vae(call)
         self.sink.error(
             f"unknown leaf family '{name}'; expected {_one_of(FAMILIES)}"
             + _did_you_mean(name, list(_FAMILY_DOMAINS), _FAMILY_SYNONYMS),
             call.name.span,
         )
         return None
+
+    def _vae(self, call: Call) -> LeafFamily | None:
+        """``vae(latent, hidden, decoder)``, its decoder still unresolved (it depends on the domain
+        of each variable the statement names: ``_neural_families``)."""
+        params = (
+            _Param("latent", "int", neural.DEFAULT_LATENT),
+            _Param("hidden", "ints", neural.DEFAULT_HIDDEN),
+            _Param("decoder", "name", None),
+        )
+        bound = _bind(call, params, self.sink)
+        if bound is None:
+            return None
+        latent = int(bound.values["latent"])  # type: ignore[call-overload]
+        hidden = tuple(int(h) for h in bound.values["hidden"])  # type: ignore[attr-defined]
+        decoder = bound.values["decoder"]
+        ok = True
+        if latent < 1:
+            self.sink.error(f"latent (the size of z) must be at least 1, found {latent}", bound.spans["latent"])
+            ok = False
+        if any(h < 1 for h in hidden):
+            self.sink.error(
+                f"hidden sizes must be at least 1, found {[*hidden]}; write hidden = [] for "
+                f"networks without hidden layers",
+                bound.spans["hidden"],
+            )
+            ok = False
+        if decoder is not None and decoder not in neural.DECODERS:
+            self.sink.error(
+                f"unknown decoder '{decoder}'; expected {_one_of(neural.DECODERS)}"
+                + _did_you_mean(str(decoder), neural.DECODERS, _FAMILY_SYNONYMS),
+                bound.spans["decoder"],
+            )
+            ok = False
+        if not ok:
+            return None
+        args: tuple = (("latent", float(latent)), ("hidden", hidden))
+        if decoder is not None:
+            args += (("decoder", LeafFamily(str(decoder))),)
+        return LeafFamily("vae", args)
+
+    def _neural_families(
+        self, family: LeafFamily, call: Call, indices: list[int]
+    ) -> dict[int, LeafFamily]:
+        """A neural family per variable, its decoder resolved for the variable's domain; a
+        decoder that does not fit is reported at the decoder argument (or the call)."""
+        written = dict(family.args).get("decoder")
+        span = next(
+            (a.value.span for a in call.arguments if a.keyword and a.keyword.text == "decoder"),
+            call.span,
+        )
+        out: dict[int, LeafFamily] = {}
+        reported: set[Domain] = set()
+        for i in indices:
+            group = self.group_of[i]
+            decoder, problem = neural.resolve_decoder(written.name if written else None, group.domain,
+                                                      f"'{group.name}'")
+            if decoder is None:
+                if group.domain not in reported:
+                    reported.add(group.domain)
+                    self.sink.error(
+                        str(problem),
+                        span,
+                        Note(f"'{group.name}' declared here", group.span),
+                    )
+                continue
+            out[i] = neural.vae_family(int(family.arg("latent")), family.arg("hidden"), decoder)
+        return out
 
     def _check_fit(
         self,

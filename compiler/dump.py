@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from einc.compiler.lower import PRODUCT_LOWERINGS
 from einc.compiler.verify import partition_text, region_text
 from einc.ir.families import family_rule
+from einc.ir.neural import VaeSpec, is_neural
 from einc.ir.layers import LayeredCircuit, LeafLayer, ProductLayer, SumLayer
 from einc.ir.products import DEFAULT_PRODUCT, PRODUCT_KINDS
-from einc.ir.region_graph import Partition, RegionGraph, RegionId, Variable
+from einc.ir.region_graph import Domain, Partition, RegionGraph, RegionId, Variable
 
 
 def _region_numbers(graph: RegionGraph) -> dict[RegionId, str]:
@@ -190,7 +191,7 @@ def dump_dot(graph: RegionGraph) -> str:
 class ParameterCount:
     """Free parameters of the circuit for its K (EiNet layout: paper §3.3, §3.4, appendix B)."""
 
-    leaf: int  # per leaf region: inputs x sum over its variables of the family's statistics
+    leaf: int  # per leaf region: inputs x its variables' family statistics, or x one neural expert
     product: int  # per partition: its product kind's weights (outer: K_out·K_left·K_right)
     mixing: int  # per region with C > 1 partitions: K_out x C
 
@@ -212,12 +213,18 @@ def parameter_count(graph: RegionGraph) -> ParameterCount:
     """
     per_variable = [
         0
-        if family_rule(v.family).fixed
+        if is_neural(v.family) or family_rule(v.family).fixed
         else family_rule(v.family).stat_dim(v.family, v.domain) * v.domain.columns
         for v in graph.variables
     ]
     leaf = sum(
         graph.inputs * sum(per_variable[i] for i in region[0]) for region in graph.leaf_regions
+    )
+    # a neural leaf region: `inputs` networks over all its data columns (verify: one family)
+    leaf += sum(
+        graph.inputs * _neural_parameters(graph, region[0])
+        for region in graph.leaf_regions
+        if is_neural(graph.variables[region[0][0]].family)
     )
 
     product = PRODUCT_KINDS[graph.product]
@@ -231,6 +238,14 @@ def parameter_count(graph: RegionGraph) -> ParameterCount:
         if len(graph.partitions_of[region_id]) > 1
     )
     return ParameterCount(leaf, weights, mixing)
+
+
+def _neural_parameters(graph: RegionGraph, scope: tuple[int, ...]) -> int:
+    """Parameters of one neural expert over ``scope`` (ir.neural.VaeSpec)."""
+    first = graph.variables[scope[0]]
+    width = sum(graph.variables[i].domain.columns for i in scope)
+    domain = Domain("real", 1) if first.domain.kind == "real" else first.domain
+    return VaeSpec.of(first.family).parameter_count(width, domain)
 
 
 def summary(layered: LayeredCircuit) -> str:

@@ -2,8 +2,9 @@
 
 Each sum layer becomes product op(s) over all partitions of its regions, followed by mixing
 op(s) for regions with C > 1 partitions, grouped by C. The leaf layer becomes one input op with a
-block per (family, domain). Which product op a partition becomes is the circuit's product kind,
-looked up in ``PRODUCT_LOWERINGS``:
+block per (family, domain) for exponential-family leaves, and one vae op per (family, domain,
+width) for neural leaves (``LEAF_LOWERINGS``). Which product op a partition becomes is the
+circuit's product kind, looked up in ``PRODUCT_LOWERINGS``:
 
 - ``outer``: einsum ops grouped by K signature (k_out, k_left, k_right), reading all left children,
   then all right children;
@@ -24,11 +25,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import math
+
 import opt_einsum
 
 from einc.compiler.kernels import einsum_kernel
 from einc.ir.families import family_rule
 from einc.ir.layers import LayeredCircuit, SumLayer
+from einc.ir.neural import VaeSpec, is_neural
 from einc.ir.plan import (
     EinsumOp,
     FamilyBlock,
@@ -43,6 +47,7 @@ from einc.ir.plan import (
     RowIndex,
     RowRange,
     Segment,
+    VaeOp,
 )
 from einc.ir.region_graph import Domain, LeafFamily, RegionGraph, RegionId
 
@@ -54,7 +59,7 @@ Item = object
 class _Group:
     """One future op: its kind, the items it outputs (in row order) and what it reads."""
 
-    kind: str  # "input" | "mixing" | a product lowering's op kind ("einsum", "hadamard")
+    kind: str  # a leaf kind ("input", "vae") | "mixing" | a product lowering's op kind ("einsum", "hadamard")
     key: tuple
     items: list = field(default_factory=list)
     left: list[Item] = field(default_factory=list)
@@ -106,10 +111,13 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
     # ---- assign every region/partition to the group (future op) that produces it
     producer: dict[Item, tuple] = {}
     groups: dict[tuple, _Group] = {}
-    input_key = ("input",)
-    groups[input_key] = _Group("input", input_key)
     for region in graph.leaf_regions:
-        producer[region] = input_key
+        kind = _leaf_kind(graph, region)
+        key = ("leaf", kind, LEAF_LOWERINGS[kind].signature(graph, region))
+        if key not in groups:
+            groups[key] = _Group(kind, key)
+        producer[region] = key
+    leaf_keys = sorted((k for k in groups if k[0] == "leaf"), key=repr)
     for depth, layer in enumerate(sum_layers):
         for region in layer.regions:
             partition_indices = graph.partitions_of[region]
@@ -138,7 +146,7 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
         return sorted(mine, key=lambda item: (first_read.get(item, len(first_read)), _canonical(item)))
 
     for depth in range(len(sum_layers) - 1, -1, -1):
-        layer_keys = [k for k in groups if k[0] != "input" and k[1] == depth]
+        layer_keys = [k for k in groups if k[0] != "leaf" and k[1] == depth]
         for key in sorted((k for k in layer_keys if k[0] == "mixing"), key=repr):
             group = groups[key]
             group.items = ordered(key)
@@ -151,12 +159,13 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
             read(group.left)
             read(group.right)
             read(group.inputs)
-    groups[input_key].items = ordered(input_key)
+    for key in leaf_keys:
+        groups[key].items = ordered(key)
 
     # ---- bottom-up: emit ops; value index = op index
-    emit_order = [input_key]
+    emit_order = list(leaf_keys)
     for depth in range(len(sum_layers)):
-        layer_keys = [k for k in groups if k[0] != "input" and k[1] == depth]
+        layer_keys = [k for k in groups if k[0] != "leaf" and k[1] == depth]
         emit_order += sorted((k for k in layer_keys if k[0] == product.op_kind), key=repr)
         emit_order += sorted((k for k in layer_keys if k[0] == "mixing"), key=repr)
 
@@ -167,8 +176,8 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
         group = groups[key]
         for row, item in enumerate(group.items):
             location[item] = (value, row)
-        if group.kind == "input":
-            op, specs = _input_op(graph, group.items, f"input{value}")
+        if key[0] == "leaf":
+            op, specs = LEAF_LOWERINGS[group.kind].emit(graph, group.items, f"{group.kind}{value}")
         elif group.kind == "mixing":
             op, specs = _mixing_op(group, location, f"mixing{value}")
         else:
@@ -248,13 +257,85 @@ def _input_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[I
         width = max(len(cols) for cols in per_region)
         columns = tuple(tuple(cols + [-1] * (width - len(cols))) for cols in per_region)
         # a real(d) variable's factors are univariate normals over one column each
-        factor_domain = Domain("real", 1) if domain.kind == "real" else domain
+        factor_domain = _factor_domain(domain)
         rule = family_rule(family)
         stat_dim = rule.stat_dim(family, factor_domain)
         param = f"{name}.{number}.{family.name}"
         blocks.append(FamilyBlock(family, factor_domain, param, columns, stat_dim, not rule.zero_log_base(family)))
         specs.append(ParamSpec(param, (len(regions), width, graph.inputs, stat_dim), "leaf", family, factor_domain))
     return InputOp(name, tuple(regions), graph.inputs, tuple(blocks)), specs
+
+
+def _factor_domain(domain: Domain) -> Domain:
+    # a real(d) variable is d univariate real columns
+    return Domain("real", 1) if domain.kind == "real" else domain
+
+
+def _region_columns(graph: RegionGraph, scope: tuple[int, ...]) -> list[int]:
+    """The data columns of a scope's variables, in variable order."""
+    columns: list[int] = []
+    for index in scope:
+        variable = graph.variables[index]
+        columns.extend(range(variable.column, variable.column + variable.domain.columns))
+    return columns
+
+
+def _vae_signature(graph: RegionGraph, region: RegionId) -> tuple:
+    # one batched ensemble per (family, domain, width): verify gives a region one family and domain
+    first = graph.variables[region[0][0]]
+    return (str(first.family), str(_factor_domain(first.domain)), len(_region_columns(graph, region[0])))
+
+
+def _vae_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[VaeOp, list[ParamSpec]]:
+    """K VAE experts per region, as (L, K, in, out) weights per MLP layer (ir/neural.py): one
+    batched matmul per layer runs all L·K experts. Initialised like ``torch.nn.Linear``
+    (uniform ±1/√fan_in), as the paper's networks were."""
+    first = graph.variables[regions[0][0][0]]
+    domain = _factor_domain(first.domain)
+    spec = VaeSpec.of(first.family)
+    columns = tuple(tuple(_region_columns(graph, scope)) for scope, _copy in regions)
+    width = len(columns[0])
+    rows, k = len(regions), graph.inputs
+    specs: list[ParamSpec] = []
+    networks: dict[str, list[tuple[str, str]]] = {"encoder": [], "decoder": []}
+    for part, layers in (("encoder", spec.encoder_layers(width)), ("decoder", spec.decoder_layers(width, domain))):
+        for number, layer in enumerate(layers):
+            weight, bias = f"{name}.{part}{number}.weight", f"{name}.{part}{number}.bias"
+            bound = 1.0 / math.sqrt(layer.fan_in)
+            specs.append(ParamSpec(weight, (rows, k, layer.fan_in, layer.fan_out), "vae", free=True, init_bound=bound))
+            specs.append(ParamSpec(bias, (rows, k, layer.fan_out), "vae", free=True, init_bound=bound))
+            networks[part].append((weight, bias))
+    op = VaeOp(
+        name=name,
+        regions=tuple(regions),
+        k=k,
+        columns=columns,
+        family=first.family,
+        domain=domain,
+        encoder=tuple(networks["encoder"]),
+        decoder=tuple(networks["decoder"]),
+    )
+    return op, specs
+
+
+@dataclass(frozen=True)
+class _LeafLowering:
+    """How leaf regions of one kind become plan ops: regions with one signature share an op."""
+
+    signature: Callable[[RegionGraph, RegionId], tuple]
+    emit: Callable[[RegionGraph, list[RegionId], str], tuple[Op, list[ParamSpec]]]
+
+
+# exponential-family leaves: one input op for every leaf region; neural leaves: a vae op per
+# (family, domain, width)
+LEAF_LOWERINGS: dict[str, _LeafLowering] = {
+    "input": _LeafLowering(lambda graph, region: (), _input_op),
+    "vae": _LeafLowering(_vae_signature, _vae_op),
+}
+
+
+def _leaf_kind(graph: RegionGraph, region: RegionId) -> str:
+    return "vae" if is_neural(graph.variables[region[0][0]].family) else "input"
 
 
 def _einsum_signature(graph: RegionGraph, index: int) -> tuple[int, ...]:

@@ -1,8 +1,9 @@
 """Parameters of a plan: their initial values and what makes a value valid, per parameter kind.
 
 Sum weights (every kind but ``leaf``) are non-negative and normalised over the axes their
-``ParamSpec.normalised_over`` names (the op kind decides them at lowering); leaf parameters are valid when their family's projection leaves them
-unchanged. ``init_parameters`` draws values that satisfy these rules and ``parameter_problems``
+``ParamSpec.normalised_over`` names (the op kind decides them at lowering); leaf parameters are
+valid when their family's projection leaves them unchanged; free parameters (neural leaves'
+network weights) are any finite numbers, initialised uniformly in ±``init_bound``. ``init_parameters`` draws values that satisfy these rules and ``parameter_problems``
 checks them (what ``einc.load`` and ``Model.set_parameters`` run), so both read one table.
 """
 
@@ -25,7 +26,10 @@ def init_parameters(plan: Plan, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
     for spec in plan.params:
-        if spec.kind != "leaf":
+        if spec.free:
+            # network weights and biases: uniform ±init_bound (lowering sets torch.nn.Linear's)
+            params[spec.name] = rng.uniform(-spec.init_bound, spec.init_bound, size=spec.shape)
+        elif spec.kind != "leaf":
             # random positive sum weights, normalised over their axes (einsum: the (i, j) child
             # pairs; mixing: the partitions; hadamard: the child entries j)
             raw = rng.uniform(0.01, 1.0, size=spec.shape)
@@ -73,6 +77,8 @@ def _problem(spec: ParamSpec, value: Any) -> str | None:
             where = tuple(int(i) for i in np.argwhere(off)[0])
             return f"is not normalised: weights sum to {sums[where]:.6g} at {where}; expected 1"
         return None
+    if spec.free:
+        return None  # any finite real number is a network weight
     if spec.kind != "leaf" or spec.family is None:
         return f"is of kind '{spec.kind}', for which einc has no validity rule"
     projected = np.asarray(family_rule(spec.family).project(np, array, spec.family), dtype=np.float64)

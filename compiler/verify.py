@@ -18,7 +18,9 @@ its product kind allows (``outer``: exactly two; ``hadamard``: any number); it i
 (parts pairwise disjoint) and smooth (parts cover exactly the region); the graph is acyclic;
 exactly one region covers every variable (the root); every region is reachable from it. Then the
 sizes: a ``hadamard`` product multiplies its parts element-wise, so their K must agree; a leaf
-family whose components are fixed (``indicator``) needs enough of them (``inputs``).
+family whose components are fixed (``indicator``) needs enough of them (``inputs``). Last, a leaf
+region with a neural family (``vae``) is one network over its whole scope: all its variables
+need that same family (and one domain).
 
 Why ``outer`` is binary: an EiNet einsum layer (paper eq. 5) contracts one weight tensor
 W[l,k,i,j] with exactly two child vectors, and an n-ary outer product would need K^(n+1) weights.
@@ -34,6 +36,7 @@ from collections.abc import Sequence
 from einc.compiler.build import sort_diagnostics
 from einc.ir.diagnostics import Diagnostic, Note, Span
 from einc.ir.families import family_rule
+from einc.ir.neural import is_neural, observation_family
 from einc.ir.products import PRODUCT_KINDS, ProductKind
 from einc.ir.region_graph import Latent, Partition, RegionGraph, RegionId, Scope
 
@@ -62,6 +65,7 @@ def verify(graph: RegionGraph) -> list[Diagnostic]:
     diagnostics += _check_leaf_components(graph)
     if graph.latents and all_valid:
         diagnostics += _check_latents(graph)
+    diagnostics += _check_neural_leaf_regions(graph)
     return sort_diagnostics(diagnostics)
 
 
@@ -372,7 +376,7 @@ def _check_leaf_components(graph: RegionGraph) -> list[Diagnostic]:
         if key in seen:
             continue
         seen.add(key)
-        check = family_rule(variable.family).check_components
+        check = family_rule(observation_family(variable.family)).check_components
         problem = check(variable.family, variable.domain, graph.inputs) if check else None
         if problem:
             out.append(Diagnostic(f"{problem} (variable {variable.name})", variable.family_span))
@@ -474,3 +478,45 @@ def _part_containing(partition: Partition, scope: set[int]) -> RegionId | None:
         if scope.issubset(part[0]):
             return part
     return None
+def _check_neural_leaf_regions(graph: RegionGraph) -> list[Diagnostic]:
+    """A neural leaf (a VAE expert) models its region's whole scope with one network: a leaf
+    region must not mix a neural family with other families, other arguments or other domains.
+    Regions generated from one statement share its span: reported once, with a count."""
+    by_span: dict[Span | None, list[tuple[RegionId, int, int]]] = {}
+    for region_id in graph.leaf_regions:
+        scope = region_id[0]
+        if not any(is_neural(graph.variables[v].family) for v in scope):
+            continue
+        keys = [_neural_key(graph, v) for v in scope]
+        other = next((v for v, key in zip(scope, keys) if key != keys[0]), None)
+        if other is not None:
+            by_span.setdefault(_region_span(graph, region_id), []).append((region_id, scope[0], other))
+    out = []
+    for span, found in by_span.items():
+        region_id, first, other = found[0]
+        a, b = graph.variables[first], graph.variables[other]
+        others = len(found) - 1
+        more = f" (and {others} more leaf region{'s' if others > 1 else ''} like it)" if others else ""
+        notes = tuple(
+            Note(f"{v.name} gets {v.family} here", v.family_span)
+            for v in (a, b)
+            if v.family_span is not None
+        )
+        out.append(
+            Diagnostic(
+                f"leaf region {region_text(graph, region_id)} mixes leaf families: {a.name} is "
+                f"{a.domain} ~ {a.family}, {b.name} is {b.domain} ~ {b.family}{more}; a vae leaf is "
+                f"one network over its region's whole scope, so every variable of the region needs "
+                f"the same vae family and domain",
+                span,
+                notes=notes,
+            )
+        )
+    return out
+
+
+def _neural_key(graph: RegionGraph, index: int) -> tuple[object, str]:
+    variable = graph.variables[index]
+    # a real(d) variable's columns are each real(1): real variables of any d share a decoder
+    domain = "real" if variable.domain.kind == "real" else str(variable.domain)
+    return (variable.family, domain)

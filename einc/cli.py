@@ -40,6 +40,7 @@ from einc.compiler.pipeline import (
 from einc.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
 from einc.lvd import DEFAULT_DISTILL_EPOCHS, DEFAULT_FINETUNE_EPOCHS
+from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
 from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 
 
@@ -271,7 +272,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "train",
-        "train a circuit with EM on data, keep the best validation epoch, write the model",
+        "train a circuit on data (EM; Adam for vae leaves), keep the best validation epoch, write the model",
         commands.cmd_train,
         (
             *NEW_MODEL_OPTIONS,
@@ -283,8 +284,12 @@ COMMANDS: tuple[Command, ...] = (
                                 "help": "epochs in all (with --resume: including those already done)"}),
             BATCH_SIZE,
             STEP_SIZE,
-            Arg(("--method",), {"choices": ["em", "adam"], "default": "em",
-                                "help": "EM, or gradient training with Adam (torch backend)"}),
+            Arg(("--method",), {"choices": ["em", "adam"], "default": None,
+                                "help": "EM, or gradient training with Adam (torch backend); default: em, "
+                                        "or adam for circuits with vae leaves (which EM cannot train)"}),
+            Arg(("--samples",), {"type": positive_int, "default": DEFAULT_TRAINING_SAMPLES, "metavar": "K",
+                                 "help": "vae leaves: importance samples per leaf of the IWAE bound trained on "
+                                         "(the SPVAE paper used 5)"}),
             Arg(("--learning-rate",), {"type": positive_float, "default": DEFAULT_LEARNING_RATE,
                                        "help": "Adam's learning rate (--method adam)"}),
             UPDATE,
@@ -361,7 +366,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "eval",
-        "mean log-likelihood of data under a model (and accuracy with --labels for multi-head models)",
+        "mean log-likelihood of data under a model (an IWAE estimate for vae leaves; accuracy with --labels for multi-head models)",
         commands.cmd_eval,
         (
             *LOADED_MODEL_OPTIONS,
@@ -369,6 +374,9 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--data",), {"required": True, "help": "data to evaluate (.csv[.gz], .npy, .npz)"}),
             Arg(("--labels",), {"help": "class labels (one per row) for a multi-head model"}),
             Arg(("--per-sample",), {"metavar": "OUT", "help": "also write each sample's log-likelihood (.csv, .npy or .npz)"}),
+            Arg(("--samples",), {"type": positive_int, "default": DEFAULT_QUERY_SAMPLES, "metavar": "K",
+                                 "help": "vae leaves: the log-likelihood is an IWAE estimate with K importance samples "
+                                         "per leaf (exact circuits ignore it)"}),
         ),
     ),
     Command(

@@ -23,6 +23,7 @@ from einc.compiler.pipeline import CompileOptions
 from einc.data import prepare, prepare_labels, prepare_latents, read_data
 from einc.files import check_array_output, check_not_an_input, check_writable, save_array
 from einc.ir.diagnostics import DataError, EincError, TrainingError
+from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.ir.plan import Plan
 from einc.model import EpochRecord, Model, compile, load
 
@@ -126,6 +127,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         prepare_labels(valid_labels, len(valid), model.plan.heads)
     print(f"{model.graph.name}: {model.num_parameters} parameters, {len(train)} training samples, "
           f"backend {args.backend} on {args.device} ({model.dtype})")
+    if not model.exact:
+        print(f"vae leaves: Adam on the IWAE bound with {args.samples} samples per leaf; the epoch lines show "
+              f"that estimate (a lower bound of the log-likelihood in expectation)")
     if args.resume and model.training is not None:
         print(f"resuming after epoch {model.training.epoch} of {args.resume}")
 
@@ -140,12 +144,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 valid_labels=valid_labels, keep_best=valid is not None, seed=args.seed, patience=args.patience,
                 checkpoint=output if args.checkpoint_every else None, checkpoint_every=args.checkpoint_every or 0,
                 resume=bool(args.resume), progress=sys.stderr.isatty(), on_epoch=report,
-                pseudocount=args.pseudocount)
+                pseudocount=args.pseudocount, samples=args.samples)
     except KeyboardInterrupt as interrupt:
         return _save_interrupted(model, output, interrupt)
     except TrainingError as error:
         return _save_diverged(model, output, error)
-    return _finish_training(model, output, args, history, None if test is None else model.log_likelihood(test).mean())
+    test_ll = None if test is None else float(model.log_likelihood(test, samples=DEFAULT_QUERY_SAMPLES).mean())
+    return _finish_training(model, output, args, history, test_ll)
 
 
 def _finish_training(model: Model, output: Any, args: argparse.Namespace, history: list[EpochRecord],
@@ -158,7 +163,8 @@ def _finish_training(model: Model, output: Any, args: argparse.Namespace, histor
         print(f"kept the parameters of the best validation epoch ({model.training.best_epoch}): "
               f"valid LL {model.training.best_valid_ll:.4f}")
     if test_ll is not None:
-        print(f"test LL {test_ll:.4f}")
+        estimate = "" if model.exact else f" (IWAE estimate with {DEFAULT_QUERY_SAMPLES} samples per leaf)"
+        print(f"test LL {test_ll:.4f}{estimate}")
     model.save(output)
     print(f"wrote {output}")
     return 0
@@ -292,7 +298,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _set_threads(args, getattr(model, "plan", None))
     data = read_data(args.data, columns=model.columns)
     labels = prepare_labels(read_data(args.labels), len(data), _heads(model)) if args.labels else None
-    ll = model.log_likelihood(data)
+    exact = getattr(model, "exact", True)
+    ll = model.log_likelihood(data) if exact else model.log_likelihood(data, samples=args.samples)
+    if not exact:
+        print(f"an IWAE estimate with {args.samples} samples per vae leaf (a lower bound of the "
+              f"log-likelihood in expectation; more --samples tighten it)")
     if args.per_sample:
         per_sample = ll if ll.ndim == 2 else ll[:, None]
         header = ["log_likelihood"] if per_sample.shape[1] == 1 else [f"head{h}" for h in range(per_sample.shape[1])]
@@ -433,7 +443,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         log_evidence = model.log_likelihood(evidence[None])
         log_evidence = log_evidence if log_evidence.ndim == 1 else log_evidence[:, 0]
         probabilities = np.exp(joint - log_evidence[0])
-        print(f"P({model.columns[column]} | evidence):")
+        estimated = "" if model.exact else (f" (a ratio of IWAE estimates with {DEFAULT_QUERY_SAMPLES} samples per "
+                                            f"vae leaf: approximate)")
+        print(f"P({model.columns[column]} | evidence){estimated}:")
         for level, probability in zip(levels, probabilities):
             print(f"  {int(level)}: {probability:.6f}")
     return 0

@@ -36,6 +36,7 @@ import numpy as np
 
 from einc.ir.diagnostics import DataError, shorten
 from einc.ir.families import family_rule
+from einc.ir.neural import observation_family
 from einc.ir.region_graph import RegionGraph
 
 # Cells that mean "not observed" in CSV files (NaN in arrays).
@@ -437,8 +438,10 @@ class _ColumnGroup:
 def _column_groups(graph: RegionGraph) -> list[_ColumnGroup]:
     groups: dict[tuple, tuple[list[int], list[str], Any, Any]] = {}
     for variable in graph.variables:
-        key = (variable.family, variable.domain)
-        entry = groups.setdefault(key, ([], [], variable.family, variable.domain))
+        # a neural leaf's columns are checked against its decoder's family
+        family = observation_family(variable.family)
+        key = (family, variable.domain)
+        entry = groups.setdefault(key, ([], [], family, variable.domain))
         for offset in range(variable.domain.columns):
             entry[0].append(variable.column + offset)
             entry[1].append(variable.name)

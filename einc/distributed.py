@@ -42,6 +42,7 @@ from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.data import prepare, prepare_labels
 from einc.files import check_writable
 from einc.ir.diagnostics import DataError, EincError, TrainingError
+from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -443,14 +444,14 @@ class ShardReader:
 # training
 
 
-def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EPOCHS, method: str = "em",
+def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EPOCHS, method: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE, step_size: float = DEFAULT_STEP_SIZE, update: str = "batch",
         learning_rate: float = DEFAULT_LEARNING_RATE, labels: Any = None, valid_labels: Any = None,
         keep_best: bool = True, seed: int | None = None, progress: bool = False,
         on_epoch: Callable[[EpochRecord], None] | None = None, patience: int | None = None,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool = False,
         pseudocount: float = DEFAULT_PSEUDOCOUNT, block_rows: int | None = None,
-        cache_dir: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None, samples: int = DEFAULT_TRAINING_SAMPLES,
         workers: Workers | None = None) -> list[EpochRecord]:
     """Train ``model`` on data read block by block, on every worker of the default process group.
 
@@ -468,7 +469,8 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
     options = model.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
                                            learning_rate=learning_rate, patience=patience,
                                            checkpoint_every=checkpoint_every, has_valid=valid is not None,
-                                           pseudocount=pseudocount)
+                                           pseudocount=pseudocount, samples=samples)
+    method = options.method
     local_rows = local_batch_sizes(batch_size, workers.world_size)[0]
     model.check_memory(local_rows, model._batch_bytes(), f"a training batch of {local_rows} samples per worker")
     data = train if isinstance(train, TrainingData) else open_training_data(model, train, labels, workers, cache_dir)
@@ -491,7 +493,7 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
     _set_parameter_vector(model, workers.broadcast(_parameter_vector(model, workers.device), "setup").cpu())
     epoch_runner: _EmEpoch | _AdamEpoch
     if method == "adam":
-        epoch_runner = _AdamEpoch(model, learning_rate, workers)
+        epoch_runner = _AdamEpoch(model, learning_rate, workers, samples)
         if run.optimizer is not None:
             epoch_runner.trainer.load_state(run.optimizer)
     else:
@@ -585,13 +587,14 @@ class _EmEpoch:
 class _AdamEpoch:
     """Adam on the mean −log p of each global batch; gradients summed over workers in one buffer."""
 
-    def __init__(self, model: Model, learning_rate: float, workers: Workers) -> None:
+    def __init__(self, model: Model, learning_rate: float, workers: Workers, samples: int) -> None:
         self.model, self.workers = model, workers
-        self.trainer = model.backend.gradient_trainer(model.params, learning_rate)
+        # the model's module holds the parameters: every step is seen by the model's queries
+        self.trainer = model.backend.gradient_trainer(model.module(samples), learning_rate)
 
     def run(self, reader: ShardReader, steps: Iterator[Step]) -> tuple[float, int]:
         trainer, device = self.trainer, self.workers.device
-        free = list(trainer.free.values())
+        free = list(trainer.module.parameters())
         total_ll, count = 0.0, 0
         for step in steps:
             trainer.optimizer.zero_grad(set_to_none=False)
@@ -611,8 +614,6 @@ class _AdamEpoch:
                 p.grad = (flat[offset : offset + size] / rows).reshape(p.shape).to(device=p.device, dtype=p.dtype)
                 offset += size
             trainer.optimizer.step()
-        with torch.no_grad():
-            self.model.params = {k: v.detach() for k, v in trainer.params().items()}
         return total_ll, count
 
 
@@ -620,11 +621,12 @@ def mean_log_likelihood(model: Model, source: RowSource | None, labels: RowSourc
     """Mean log p over a row source (each row's labelled head with labels), window by window."""
     assert source is not None
     total = 0.0
+    noise = model._noise_options(None, None)  # neural leaves: the same IWAE noise at every call
     for start, window in iter_windows(source, 0, source.num_rows, EVAL_ROWS):
         with window as rows:
             x, observed = prepare(model.graph, source.dataset(rows, start), None, source.label, model.dtype,
                                   first_row=start)
-        heads = model.backend.log_likelihood(model.params, Batch(x, observed))
+        heads = model.backend.log_likelihood(model.params, Batch(x, observed), **next(noise))
         if labels is None:
             total += float(heads[:, 0].sum())
         else:

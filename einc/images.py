@@ -10,6 +10,7 @@ import numpy as np
 
 from einc.files import atomic_write
 from einc.ir.diagnostics import DataError
+from einc.ir.neural import observation_family
 from einc.ir.region_graph import RegionGraph
 
 _INDEX = re.compile(r"^(\w+)\[\s*(\d+)\s*,\s*(\d+)\s*\]$")
@@ -32,8 +33,9 @@ def value_range(graph: RegionGraph) -> float:
         return 1.0
     if domain.kind == "categorical":
         return float(domain.size - 1)
-    if graph.variables[0].family.name == "binomial":
-        return graph.variables[0].family.arg("n")
+    family = observation_family(graph.variables[0].family)  # a vae leaf: its decoder
+    if family.name == "binomial":
+        return family.arg("n")
     return 1.0
 
 

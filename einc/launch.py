@@ -276,7 +276,7 @@ def _train(args: argparse.Namespace, workers: Workers, epoch_line: Any, interrup
             progress=workers.is_main and sys.stderr.isatty(), on_epoch=report, patience=args.patience,
             checkpoint=args.output if args.checkpoint_every else None,  # written by rank 0
             checkpoint_every=args.checkpoint_every or 0, resume=bool(args.resume), pseudocount=args.pseudocount,
-            cache_dir=args.cache_dir,
+            cache_dir=args.cache_dir, samples=args.samples,
             workers=workers)
     except WorkerLost:
         if not _was_interrupted(interrupted):

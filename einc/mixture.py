@@ -110,12 +110,19 @@ class MixtureModel:
     def num_parameters(self) -> int:
         return sum(c.num_parameters for c in self.components) + len(self.components) - 1
 
-    def _component_ll(self, x: Any, missing: Any = None) -> np.ndarray:
-        """(N, C): log π_c + log p_c(x)."""
-        return np.stack([c.log_likelihood(x, missing) for c in self.components], 1) + self.log_weights
+    @property
+    def exact(self) -> bool:
+        """False when the components have neural (vae) leaves: log-likelihoods are then estimates."""
+        return all(c.exact for c in self.components)
 
-    def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024) -> np.ndarray:
-        return _logsumexp(self._component_ll(x, missing), 1)
+    def _component_ll(self, x: Any, missing: Any = None, samples: int | None = None) -> np.ndarray:
+        """(N, C): log π_c + log p_c(x)."""
+        return np.stack([c.log_likelihood(x, missing, samples=samples) for c in self.components], 1) + self.log_weights
+
+    def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024,
+                       samples: int | None = None) -> np.ndarray:
+        """log p(x) of the mixture; ``samples``: IWAE samples for components with vae leaves."""
+        return _logsumexp(self._component_ll(x, missing, samples), 1)
 
     def conditional_log_likelihood(self, x: Any, evidence: Any) -> np.ndarray:
         given = np.asarray(evidence, dtype=bool)
@@ -194,7 +201,7 @@ def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str
 def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components: int, valid: np.ndarray | None = None,
                 epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE, step_size: float = DEFAULT_STEP_SIZE,
                 seed: int = 0, backend: str = "torch", device: str = "cpu", dtype: str = "float32",
-                on_epoch: Callable[[int, EpochRecord], None] | None = None, method: str = "em",
+                on_epoch: Callable[[int, EpochRecord], None] | None = None, method: str | None = None,
                 learning_rate: float = DEFAULT_LEARNING_RATE, update: str = "batch", patience: int | None = None,
                 options: CompileOptions | None = None, pseudocount: float = DEFAULT_PSEUDOCOUNT,
                 **backend_options: Any) -> MixtureModel:

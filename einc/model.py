@@ -23,10 +23,14 @@ from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.data import as_rows, prepare, prepare_labels, prepare_latents
 from einc.files import atomic_write, check_writable
 from einc.ir.diagnostics import DataError, EincError, ModelFileError, ResourceError, TrainingError
+from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
 
 FORMAT = "einc-model"
-FORMAT_VERSION = 1
+# 2: circuits may have neural (vae) leaves, whose network weights are stored as parameters like
+# any other; version 1 files (no neural leaves) read unchanged
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 # One training recipe for the API, the CLI and mixtures: the one the DEBD benchmark selected
 # (benchmarks/README.md, "Training recipe"): online EM with batch 100 and step size 0.05.
@@ -112,6 +116,11 @@ def _check_positive_int(value: Any, name: str) -> None:
         raise EincError(f"{name} must be a whole number of at least 1, found {value!r}")
 
 
+def _check_non_negative_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise EincError(f"{name} must be a whole number of at least 0, found {value!r}")
+
+
 class Model:
     """A compiled circuit with parameters on one backend.
 
@@ -130,7 +139,9 @@ class Model:
         self.dtype = dtype
         self.seed = seed
         self.backend = create_backend(backend, plan, device=device, dtype=dtype, **(backend_options or {}))
-        self.params: Params = self.backend.put(params)
+        # the torch.nn.Module handed out by module(): once it exists it holds the parameters
+        self._module: Any = None
+        self._params: Params = self.backend.put(params)
         # how far training has come (fit sets it; save and load carry it): see TrainingState
         self.training: TrainingState | None = None
         # the most memory one call may allocate for its rows (CompileOptions.max_bytes)
@@ -140,6 +151,51 @@ class Model:
     @property
     def graph(self):
         return self.plan.graph
+
+    @property
+    def exact(self) -> bool:
+        """True when queries are exact; False for circuits with neural (vae) leaves, whose
+        log-likelihoods are importance-weighted (IWAE) estimates: lower bounds in expectation."""
+        return self.plan.exact
+
+    @property
+    def params(self) -> Params:
+        """The parameters the backend runs on (from the module, once ``module()`` handed it out)."""
+        return self._params if self._module is None else self._module.snapshot()
+
+    @params.setter
+    def params(self, value: Params) -> None:
+        if self._module is None:
+            self._params = value
+        else:
+            self._module.load_params(value)
+
+    def module(self, samples: int | None = None) -> Any:
+        """The circuit as a ``torch.nn.Module`` sharing this model's parameters (torch backend).
+
+        ``module(x)`` is log p(x) for a float tensor (N, columns), NaN = missing: shape (N,), or
+        (N, heads) for a multi-head circuit; differentiable with respect to every parameter
+        (unconstrained: log-weights under a softmax, each leaf family's unconstrained form,
+        network weights). The parameters are shared: an optimiser step on the module is seen by
+        every query of the model, and ``fit``/``set_parameters`` write into the module. Every
+        call returns the same module. With neural leaves each forward is an IWAE estimate with
+        ``samples`` importance samples per leaf (default 5, the paper's training k).
+
+        >>> module = model.module()                                            # doctest: +SKIP
+        >>> optimiser = torch.optim.Adam(module.parameters(), lr=1e-2)         # doctest: +SKIP
+        >>> loss = -module(torch.as_tensor(batch)).mean()                      # doctest: +SKIP
+        >>> loss.backward(); optimiser.step()                                  # doctest: +SKIP
+        """
+        if not hasattr(self.backend, "module"):
+            raise EincError(f"model.module() needs the torch backend; this model runs on '{self.backend_name}' "
+                            f"(compile or load it with backend='torch')")
+        if samples is not None:
+            _check_positive_int(samples, "samples")
+        if self._module is None:
+            self._module = self.backend.module(self._params, samples or DEFAULT_TRAINING_SAMPLES)
+        elif samples is not None:
+            self._module.samples = int(samples)
+        return self._module
 
     @property
     def columns(self) -> list[str]:
@@ -206,7 +262,8 @@ class Model:
                         None if label_array is None else label_array[start:stop],
                         None if latent_array is None else latent_array[start:stop])
 
-    def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024, latents: Any = None) -> np.ndarray:
+    def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024, latents: Any = None,
+                       samples: int | None = None, seed: int | None = None) -> np.ndarray:
         """log p(x) per sample: shape (N,) — or (N, heads) for a multi-head circuit.
 
         Unobserved entries (NaN in x, or True in ``missing``, per sample) are marginalised exactly.
@@ -214,20 +271,42 @@ class Model:
         with each latent clamped to its state, or summed out where its entry is −1.
 
         >>> model.log_likelihood(x, latents=[[2, -1]])   # log p(x, z1 = 2)  # doctest: +SKIP
+
+        With neural (vae) leaves (``model.exact`` is False) the result is an estimate: each leaf
+        region is the IWAE estimate with ``samples`` importance samples (default 100), and the
+        circuit's output is a lower bound of log p(x) in expectation that tightens as ``samples``
+        grows (SPVAE, Theorem 2). The noise is seeded by ``seed`` (default: the model's seed), so
+        a call is repeatable. A leaf region with nothing observed still contributes exactly 0;
+        see the README for what is approximate. Exact circuits ignore ``samples`` and ``seed``.
         """
-        result = self._log_likelihood_heads(x, missing, batch_size, latents)
+        result = self._log_likelihood_heads(x, missing, batch_size, latents, samples, seed)
         return result[:, 0] if self.plan.heads == 1 else result
 
-    def _log_likelihood_heads(self, x: Any, missing: Any = None, batch_size: int = 1024,
-                              latents: Any = None) -> np.ndarray:
-        out = [self.backend.log_likelihood(self.params, batch)
+    def _log_likelihood_heads(self, x: Any, missing: Any = None, batch_size: int = 1024, latents: Any = None,
+                              samples: int | None = None, seed: int | None = None) -> np.ndarray:
+        noise = self._noise_options(samples, seed)
+        out = [self.backend.log_likelihood(self.params, batch, **next(noise))
                for batch in self._batches(x, missing, batch_size, latents=latents)]
         return np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
 
+    def _noise_options(self, samples: int | None, seed: int | None) -> Iterator[dict[str, Any]]:
+        """Per batch, the backend options of a stochastic query (none for exact circuits): the
+        IWAE samples and a seed drawn from ``seed`` (default the model's), one per batch."""
+        if samples is not None:
+            _check_positive_int(samples, "samples")
+        if seed is not None:
+            _check_non_negative_int(seed, "seed")
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        while True:
+            yield {} if self.exact else {"samples": samples, "seed": int(rng.integers(2**31))}
+
     def max_log_likelihood(self, evidence: Any, batch_size: int = 1024, latents: Any = None) -> np.ndarray:
         """max over unobserved variables and latent sum choices of log p(x, z): the value of the
-        MPE completion (max-product upward pass); ``latents`` clamps declared latents."""
-        out = [self.backend.log_likelihood(self.params, batch, max_product=True)
+        MPE completion (max-product upward pass); ``latents`` clamps declared latents. With neural
+        leaves an approximation: each leaf region contributes its estimated marginal of the
+        observed part (README)."""
+        noise = self._noise_options(None, None)
+        out = [self.backend.log_likelihood(self.params, batch, max_product=True, **next(noise))
                for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents)]
         result = np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
         return result[:, 0] if self.plan.heads == 1 else result
@@ -317,14 +396,14 @@ class Model:
         return np.concatenate(out, 0) if out else np.zeros((0, self.graph.num_columns))
 
     # ------------------------------------------------------------------ training
-    def fit(self, train: Any, valid: Any = None, epochs: int = DEFAULT_EPOCHS, method: str = "em",
+    def fit(self, train: Any, valid: Any = None, epochs: int = DEFAULT_EPOCHS, method: str | None = None,
             batch_size: int = DEFAULT_BATCH_SIZE, step_size: float = DEFAULT_STEP_SIZE, update: str = "batch",
             learning_rate: float = DEFAULT_LEARNING_RATE, labels: Any = None, valid_labels: Any = None,
             keep_best: bool = True, seed: int | None = None, progress: bool = False,
             on_epoch: Callable[[EpochRecord], None] | None = None, patience: int | None = None,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0,
             resume: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT, latents: Any = None,
-            valid_latents: Any = None,
+            valid_latents: Any = None, samples: int = DEFAULT_TRAINING_SAMPLES,
             batch_order: Callable[[int], np.ndarray] | None = None) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
 
@@ -334,6 +413,11 @@ class Model:
         ``method="adam"``: gradient training instead (torch backend), Adam with ``learning_rate`` on
         log-weights and each leaf family's unconstrained parameters, minimising −mean log p.
         The defaults are the DEBD benchmark's recipe (online EM, batch 100, step size 0.05).
+        ``method=None`` (the default) is "em", or "adam" for a circuit with neural (vae) leaves:
+        those are trained only by gradient, jointly with the sum weights, on the IWAE bound with
+        ``samples`` importance samples per leaf (SPVAE, Algorithm 1; the paper used k = 5, Adam,
+        batch 128); the epoch records then hold the same estimator on train and valid, with the
+        same noise every epoch, so that epochs compare fairly for keep_best and patience.
 
         ``pseudocount`` α (EM): Laplace smoothing at every M-step — α pseudo-observations per
         sum-weight vector and per categorical/Bernoulli/binomial leaf, spread evenly over its
@@ -362,7 +446,8 @@ class Model:
         options = self.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
                                               learning_rate=learning_rate, patience=patience,
                                               checkpoint_every=checkpoint_every, has_valid=valid is not None,
-                                              pseudocount=pseudocount)
+                                              pseudocount=pseudocount, samples=samples)
+        method = options.method
         values, observed = prepare(self.graph, train, None, "train", self.dtype)
         if len(values) == 0:
             raise DataError("train: no training samples")
@@ -392,9 +477,11 @@ class Model:
                     if fast or method == "adam" else None)
         trainer = None
         if method == "adam":
-            trainer = self.backend.gradient_trainer(self.params, learning_rate)
+            trainer = self.backend.gradient_trainer(self.module(samples), learning_rate)
             if run.optimizer is not None:
                 trainer.load_state(run.optimizer)
+        # neural leaves: every epoch's train/valid estimates use the same noise (and k)
+        evaluation = {} if self.exact else {"samples": samples, "seed": int(self.seed)}
         history: list[EpochRecord] = []
         epochs_range: Any = range(run.epoch + 1, epochs + 1)
         if progress:
@@ -407,15 +494,17 @@ class Model:
                 order = (run.rng.permutation(len(values)) if batch_order is None
                          else _checked_order(batch_order(epoch), len(values)))
                 if trainer is not None:
-                    self.params, _ = trainer.epoch(resident, order, batch_size)
+                    # the module holds the parameters: the model sees every step
+                    noise_seed = None if self.exact else int(run.rng.integers(2**31))
+                    trainer.epoch(resident, order, batch_size, noise_seed)
                 elif fast:
                     self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size,
                                                               pseudocount)
                 else:
                     self._em_epoch(values, observed, label_array, order, batch_size, step_size, update, pseudocount,
                                    latent_array)
-                train_ll = self._mean_ll(values, observed, label_array, latent_array)
-                valid_ll = None if validation is None else self._mean_ll(*validation)
+                train_ll = self._mean_ll(values, observed, label_array, latent_array, **evaluation)
+                valid_ll = None if validation is None else self._mean_ll(*validation, **evaluation)
                 if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
                     run.restore(self)
                     raise TrainingError(run.diverged(epoch, train_ll, valid_ll, method))
@@ -435,15 +524,18 @@ class Model:
             run.restore(self)
         return history
 
-    def check_training_options(self, method: str, update: str, step_size: float, *, epochs: int = 1,
+    def check_training_options(self, method: str | None, update: str, step_size: float, *, epochs: int = 1,
                                batch_size: int = DEFAULT_BATCH_SIZE, learning_rate: float = DEFAULT_LEARNING_RATE,
                                patience: int | None = None, checkpoint_every: int = 0,
-                               has_valid: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT) -> _TrainingOptions:
+                               has_valid: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT,
+                               samples: int = DEFAULT_TRAINING_SAMPLES) -> _TrainingOptions:
         """Raise a clear error for a training option this model cannot use (every option of
         ``fit``, each with its own message), before any work; ``einc.distributed.fit`` checks its
-        options here too."""
+        options here too. ``method=None`` resolves to "em", or "adam" for neural (vae) leaves."""
+        method = method or ("em" if self.plan.trained_by_em else "adam")
         options = _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,
                                            patience, checkpoint_every, has_valid, self)
+        _check_positive_int(samples, "samples")
         if isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0.0 \
                 or not math.isfinite(pseudocount):
             raise EincError(f"pseudocount must be a finite number of at least 0, found {pseudocount!r}")
@@ -473,12 +565,14 @@ class Model:
         return ll[np.arange(len(ll)), labels]
 
     def _mean_ll(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
-                 latents: np.ndarray | None = None) -> float:
+                 latents: np.ndarray | None = None, samples: int | None = None, seed: int | None = None) -> float:
+        """Mean log p (or, with neural leaves, its estimate with ``samples`` and noise ``seed``)."""
         total = 0.0
         for start in range(0, len(values), 1024):
             batch = Batch(values[start : start + 1024], observed[start : start + 1024], None,
                           None if latents is None else latents[start : start + 1024])
-            ll = self.backend.log_likelihood(self.params, batch)
+            noise = {} if seed is None else {"samples": samples, "seed": seed + start}
+            ll = self.backend.log_likelihood(self.params, batch, **noise)
             total += float(self._select(ll, None if labels is None else labels[start : start + 1024]).sum())
         return total / max(1, len(values))
 
@@ -529,6 +623,7 @@ def _checked_order(order: Any, count: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _TrainingOptions:
+    method: str  # "em" or "adam", resolved
     patience: int | None
     checkpoint_every: int
 
@@ -540,6 +635,9 @@ class _TrainingOptions:
             raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
         if method == "adam" and not hasattr(model.backend, "gradient_trainer"):
             raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{model.backend_name}')")
+        if method == "em" and not model.plan.trained_by_em:
+            raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
+                            "gradient on the IWAE bound; use method='adam' (or leave method out)")
         if update not in ("batch", "epoch"):
             raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
         _check_positive_int(epochs, "epochs")
@@ -554,7 +652,7 @@ class _TrainingOptions:
                 raise EincError("patience stops on the validation log-likelihood: give valid data too")
         if checkpoint_every:
             _check_positive_int(checkpoint_every, "checkpoint_every")
-        return _TrainingOptions(patience, int(checkpoint_every or 0))
+        return _TrainingOptions(method, patience, int(checkpoint_every or 0))
 
 
 @dataclass
@@ -712,8 +810,9 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
     meta = _read_meta(archive, prefix, path)
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an einc model file (format {meta.get('format')!r})")
-    if meta.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: model format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
+    if meta.get("version") not in READABLE_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        raise ModelFileError(f"{path}: model format version {meta.get('version')}; this einc reads versions {readable}")
     source = _meta_field(meta, "source", str, path)
     filename = _meta_field(meta, "filename", str, path, "<model>")
     stored_dtype = _meta_field(meta, "dtype", str, path, "float32")

@@ -331,7 +331,7 @@ def _name_word(context: _Context) -> str:
         )
     if statement == "leaf":
         if "~" in seen:
-            return "a leaf family (bernoulli, binomial(N), categorical, indicator, normal, poisson)"
+            return "a leaf family (bernoulli, binomial(N), categorical, indicator, normal, poisson, vae)"
         return "a variable name"
     if statement == "structure":
         return "a generator (random_binary_trees, poon_domingos, tree)"

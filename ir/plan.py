@@ -13,6 +13,8 @@ Ops (paper §3.3–3.4, appendix B):
 - ``MixingOp``: S[m,b,k] = log Σ_c V[m,c,k] exp(S_c[m,b,k])  for regions with C > 1 partitions.
 - ``HadamardOp``: S[l,b,k] = log Σ_j W[l,k,j] exp(Σ_{c ∈ parts(l)} C_c[b,j])  — an element-wise
   (CP) product of any number of equally sized part vectors, then a K_out × K_in sum.
+- ``VaeOp``: log L[l,b,k] ≈ log p_k(x_l), K VAE experts per leaf region (SPVAE, ``ir.neural``),
+  an importance-weighted estimate (``exact = False``) that only the torch backend runs.
 
 Each op class is the IR half of its *op kind*: its fields, the operands it reads, its cost
 (multiply-adds, weights, output floats: the plan table's FLOPs and bytes) and its row of the
@@ -90,6 +92,10 @@ class ParamSpec:
     domain: Domain | None = None
     # sum weights: the axes they sum to 1 over (what init, the M-step and softmax normalise)
     normalised_over: tuple[int, ...] = ()
+    # free parameters: unconstrained real tensors (a neural leaf's network weights), drawn
+    # uniformly from ±init_bound, valid when finite, trained by gradient only (no M-step)
+    free: bool = False
+    init_bound: float = 0.0
 
     @property
     def size(self) -> int:
@@ -138,6 +144,10 @@ class PlanOp(ABC):
     """What every plan op kind tells the plan (and its printed table) about itself."""
 
     kind: ClassVar[str]  # the name in the plan table and in ParamSpec.kind
+    # False: the op's values are stochastic estimates (neural leaves), not exact log-densities
+    exact: ClassVar[bool] = True
+    # the backends that can run the op kind (None: every backend)
+    backends: ClassVar[frozenset[str] | None] = None
     name: str
     equation: str
 
@@ -166,6 +176,17 @@ class PlanOp(ABC):
     def kernel_name(self) -> str:
         """The implementation the plan asks for ('-': the op kind has one; compiler/kernels.py)."""
         return "-"
+
+    def backend_problem(self, backend: str) -> str | None:
+        """Why ``backend`` cannot run this op (None: it can)."""
+        if self.backends is None or backend in self.backends:
+            return None
+        which = " or ".join(sorted(self.backends))
+        return (f"the circuit's {self.kind} op '{self.name}' needs the {which} backend, not '{backend}' "
+                f"({self.backend_reason}); use backend='{sorted(self.backends)[0]}' "
+                f"(--backend {sorted(self.backends)[0]} on the command line)")
+
+    backend_reason: ClassVar[str] = ""
 
 
 @dataclass(frozen=True)
@@ -322,7 +343,73 @@ class HadamardOp(PlanOp):
         return str(plan.param(self.param).shape), reads
 
 
-Op = Union[InputOp, EinsumOp, MixingOp, HadamardOp]
+@dataclass(frozen=True)
+class VaeOp(PlanOp):
+    """``k`` VAE experts per leaf region (SPVAE, ``ir.neural``), all of one op run as one batched
+    ensemble: every MLP layer is one batched matmul over the L·K experts.
+
+        log L[l,b,k] ≈ log 1/S Σ_s p_k(x_l, z_s) / q_k(z_s | x_l),  z_s ~ q_k(z | x_l)
+
+    (the S-sample IWAE estimate of log p_k(x_l), S chosen per query), with x_l the region's data
+    columns ``columns[l]``; unobserved columns drop out of p_k(x_l | z), and a region with no
+    observed column is exactly 0 (its marginal is 1). ``encoder``/``decoder`` name each layer's
+    weight (L, K, in, out) and bias (L, K, out) parameters, in order.
+    """
+
+    name: str
+    regions: tuple[RegionId, ...]  # output rows
+    k: int
+    columns: tuple[tuple[int, ...], ...]  # (L, D): the data columns of each region
+    family: LeafFamily  # the vae family: latent size, hidden sizes, decoder
+    domain: Domain  # every column's domain (a real(d) variable's columns are real(1))
+    encoder: tuple[tuple[str, str], ...]  # (weight, bias) per layer
+    decoder: tuple[tuple[str, str], ...]
+    # (batch, L, D) -> (L, batch, K): an IWAE estimate per region and expert
+    equation: str = "bld->lbk"
+    kind: ClassVar[str] = "vae"
+    exact: ClassVar[bool] = False
+    backends: ClassVar[frozenset[str] | None] = frozenset({"torch"})
+    backend_reason: ClassVar[str] = "vae leaves are neural networks, run and trained with torch autograd"
+
+    @property
+    def rows(self) -> int:
+        return len(self.regions)
+
+    @property
+    def vector_size(self) -> int:
+        return self.k
+
+    @property
+    def width(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    def operands(self) -> tuple[Operand, ...]:
+        return ()
+
+    def cost(self, plan: Plan) -> OpCost:
+        # per data sample, at the training IWAE k: the encoder once, the decoder and the
+        # decoder family's log-density once per IWAE sample
+        from .neural import DEFAULT_TRAINING_SAMPLES
+
+        experts = self.rows * self.k
+        encoder = sum(plan.param(weight).shape[-2] * plan.param(weight).shape[-1] for weight, _ in self.encoder)
+        decoder = sum(plan.param(weight).shape[-2] * plan.param(weight).shape[-1] for weight, _ in self.decoder)
+        madds = experts * (encoder + DEFAULT_TRAINING_SAMPLES * (decoder + plan.param(self.decoder[-1][0]).shape[-1]))
+        params = sum(plan.param(name).size for layer in (*self.encoder, *self.decoder) for name in layer)
+        return OpCost(madds, params, self.rows * self.k)
+
+    def describe(self, plan: Plan) -> tuple[str, str]:
+        def sizes(layers: tuple[tuple[str, str], ...]) -> str:
+            shapes = [plan.param(weight).shape for weight, _ in layers]
+            return "-".join(str(n) for n in [shapes[0][-2], *(shape[-1] for shape in shapes)])
+
+        spec = dict(self.family.args)
+        weights = (f"{self.rows}x{self.k} VAEs enc {sizes(self.encoder)} dec {sizes(self.decoder)} "
+                   f"{spec['decoder']}")
+        return weights, f"data ({self.width} columns per region)"
+
+
+Op = Union[InputOp, EinsumOp, MixingOp, HadamardOp, VaeOp]
 
 
 @dataclass(frozen=True)
@@ -378,6 +465,17 @@ class Plan:
     @property
     def heads(self) -> int:
         return self.graph.heads
+
+    @property
+    def exact(self) -> bool:
+        """True when every value is an exact log-density (no neural leaf estimates)."""
+        return all(op.exact for op in self.ops)
+
+    @property
+    def trained_by_em(self) -> bool:
+        """True when EM can train every parameter (sum weights and exponential-family leaves);
+        free parameters (neural networks) need gradient training."""
+        return not any(spec.free for spec in self.params)
 
     @property
     def num_parameters(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, Union
 
 from .diagnostics import Span
 
@@ -35,21 +36,34 @@ class Domain:
         return self.kind
 
 
+# An argument of a leaf family: a number (``binomial(n=255)``), a list of whole numbers (a neural
+# family's ``hidden = [32, 32]``) or another family (a VAE's resolved ``decoder``).
+FamilyArgument = Union[float, tuple[int, ...], "LeafFamily"]
+
+
 @dataclass(frozen=True)
 class LeafFamily:
     """A leaf family with its normalised arguments, e.g. ``binomial(n=255)``."""
 
     name: str
-    args: tuple[tuple[str, float], ...] = ()
+    args: tuple[tuple[str, FamilyArgument], ...] = ()
 
-    def arg(self, key: str) -> float:
+    def arg(self, key: str) -> Any:
         return dict(self.args)[key]
 
     def __str__(self) -> str:
         if not self.args:
             return self.name
-        inner = ", ".join(f"{k}={_fmt_number(v)}" for k, v in self.args)
+        inner = ", ".join(f"{k}={_fmt_argument(v)}" for k, v in self.args)
         return f"{self.name}({inner})"
+
+
+def _fmt_argument(value: FamilyArgument) -> str:
+    if isinstance(value, LeafFamily):
+        return str(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return _fmt_number(value)
 
 
 def _fmt_number(value: float) -> str:

@@ -13,6 +13,7 @@ from einc.backends.base import Batch
 from einc.compiler.layering import layer
 from einc.compiler.lower import lower
 from einc.ir.families import LOG_ZERO
+from einc.ir.neural import observation_family, vae_family
 from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Plan
 from einc.ir.region_graph import Domain, LeafFamily, Partition, Region, RegionGraph, Variable, region_sort_key
 
@@ -31,6 +32,16 @@ FAMILY_CASES = {
     "normal": NORMAL,
     "poisson": POISSON,
     "indicator": INDICATOR,
+}
+
+
+# vae leaves (ir.neural) with every decoder, over domains the oracles know
+VAE_CASES = {
+    "bernoulli": (vae_family(1, (4,), LeafFamily("bernoulli")), Domain("binary", 2)),
+    "binomial": (vae_family(2, (3, 3), LeafFamily("binomial", (("n", 3.0),))), Domain("categorical", 4)),
+    "categorical": (vae_family(1, (), LeafFamily("categorical")), Domain("categorical", 3)),
+    "normal": (vae_family(2, (4,), LeafFamily("normal", (("min_var", 1e-4), ("max_var", 10.0)))), Domain("real", 1)),
+    "poisson": (vae_family(1, (4,), LeafFamily("poisson")), Domain("count", 1)),
 }
 
 
@@ -250,13 +261,14 @@ def random_data(graph: RegionGraph, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     columns = []
     for variable in graph.variables:
-        name = variable.family.name
+        family = observation_family(variable.family)
+        name = family.name
         if name == "bernoulli":
             columns.append(rng.integers(0, 2, n))
         elif name in ("categorical", "indicator"):
             columns.append(rng.integers(0, variable.domain.size, n))
         elif name == "binomial":
-            columns.append(rng.integers(0, int(variable.family.arg("n")) + 1, n))
+            columns.append(rng.integers(0, int(family.arg("n")) + 1, n))
         elif name == "poisson":
             columns.append(rng.poisson(2.0, n))
         else:

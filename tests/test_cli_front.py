@@ -43,6 +43,7 @@ ERROR_KIND: dict[str, type[EincError]] = {
     "latent_not_on_every_tree": StructureError,
     "latent_rules": StructureError,
     "latent_replica": StructureError,
+    "vae_mixed_region": StructureError,
 }
 
 

@@ -22,11 +22,14 @@ from einc.compiler import backward as backward_compiler
 from einc.compiler.params import init_parameters
 from einc.ir.backward_plan import BackwardStep
 from einc.ir.families import FAMILIES
-from einc.ir.plan import Op, PlanOp
+from einc.ir.diagnostics import BackendError
+from einc.ir.neural import DECODERS
+from einc.ir.plan import InputOp, Op, PlanOp, VaeOp
 from einc.ir.products import PRODUCT_KINDS
 from einc.compiler.lower import PRODUCT_LOWERINGS
 
 from oracles import (
+    VAE_CASES,
     BERNOULLI,
     BINOMIAL3,
     CATEGORICAL3,
@@ -45,12 +48,18 @@ OP_TYPES = set(get_args(Op))
 
 
 def _plans():
-    """Plans that together hold every op kind and every leaf family."""
+    """Plans that together hold every op kind, every leaf family and every vae decoder."""
     return [
         plan_of(explicit_graph([BERNOULLI, CATEGORICAL3, BINOMIAL3, NORMAL], k=2)),
         plan_of(rat_graph([FAMILY_CASES[name] for name in sorted(FAMILIES)], 2, 2, k=2)),
         plan_of(hadamard_graph([BERNOULLI, INDICATOR3, NORMAL, POISSON, CATEGORICAL3], k=3, heads=2)),
+        # vae leaves beside exponential-family ones, every decoder, in one circuit
+        plan_of(hadamard_graph([VAE_CASES[name] for name in sorted(VAE_CASES)], k=3)),
     ]
+
+
+def _runs_on(plan, name: str) -> bool:
+    return all(op.backend_problem(name) is None for op in plan.ops)
 
 
 def test_every_op_kind_has_its_ir_rules() -> None:
@@ -82,9 +91,15 @@ def test_every_op_kind_has_rules_in_every_backend_table() -> None:
 def test_every_op_kind_and_family_runs_on_every_backend(name: str) -> None:
     plans = _plans()
     assert {type(op) for plan in plans for op in plan.ops} == OP_TYPES
-    covered = {block.family.name for plan in plans for block in plan.ops[0].blocks}
+    covered = {block.family.name for plan in plans for op in plan.ops if isinstance(op, InputOp) for block in op.blocks}
     assert covered == set(FAMILIES)
+    decoders = {op.family.arg("decoder").name for plan in plans for op in plan.ops if isinstance(op, VaeOp)}
+    assert decoders == set(DECODERS)
     for plan in plans:
+        if not _runs_on(plan, name):
+            with pytest.raises(BackendError, match="needs the torch backend"):
+                create_backend(name, plan, dtype="float64")
+            continue
         backend = create_backend(name, plan, dtype="float64")
         params = backend.put(init_parameters(plan, 0))
         x = random_data(plan.graph, 8, 0)
@@ -92,17 +107,22 @@ def test_every_op_kind_and_family_runs_on_every_backend(name: str) -> None:
         batch = Batch(np.where(observed, x, 0.0), observed)
         assert np.isfinite(backend.log_likelihood(params, batch)).all()
         assert np.isfinite(backend.log_likelihood(params, batch, max_product=True)).all()
+        for mpe, leaf_value in ((False, "sample"), (False, "mean"), (True, "mode")):
+            out = backend.backtrack(params, batch, mpe, leaf_value, np.zeros(8, dtype=int), 0)
+            assert np.isfinite(out).all(), (name, leaf_value)
+            assert np.all(out[observed] == x[observed])
+        if not plan.trained_by_em:  # network weights: gradient training only (test_vae.py)
+            with pytest.raises(BackendError, match="method='adam'"):
+                backend.statistics(params, batch)
+            continue
         stats = backend.statistics(params, batch)
-        assert {s.name for s in plan.params if s.kind != "leaf"} == set(stats.weights)
+        assert {s.name for s in plan.params if s.normalised_over} == set(stats.weights)
         assert {s.name for s in plan.params if s.kind == "leaf"} == set(stats.leaf)
         updated = backend.get(backend.em_update(params, stats, 0.5, pseudocount=0.1))
         assert all(np.isfinite(v).all() for v in updated.values())
         for spec in plan.params:
             if spec.kind != "leaf":  # the M-step keeps every kind's weights normalised
                 np.testing.assert_allclose(updated[spec.name].sum(axis=spec.normalised_over), 1.0)
-        for mpe, leaf_value in ((False, "sample"), (False, "mean"), (True, "mode")):
-            out = backend.backtrack(params, batch, mpe, leaf_value, np.zeros(8, dtype=int), 0)
-            assert np.isfinite(out).all(), (name, leaf_value)
 
 
 def test_a_kind_without_a_torch_rule_is_a_backend_error(monkeypatch: pytest.MonkeyPatch) -> None:

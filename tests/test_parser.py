@@ -145,7 +145,7 @@ def test_empty_file_parses_to_no_statements() -> None:
             "leaf A ~",
             (
                 "syntax error in a leaf statement; expected a leaf family (bernoulli, binomial(N), "
-                "categorical, indicator, normal, poisson), found end of line"
+                "categorical, indicator, normal, poisson, vae), found end of line"
             ),
         ),
         ("{A, B -> A", "syntax error in a partition; expected ',' or '}', found '->'"),

@@ -10,14 +10,42 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Noise:
+    """How stochastic ops (neural leaves) draw in one pass: ``samples`` importance samples per
+    leaf (the IWAE k) from ``generator`` (None: torch's global generator, as ``torch.randn``)."""
+
+    samples: int
+    generator: Any = None  # torch.Generator | None
+
+
+@dataclass(frozen=True)
+class PassData:
+    """What an upward pass reads besides earlier values: the batch, and its noise."""
+
+    x: Any  # (B, columns + 1): values, unobserved entries 0, then the all-zero pad column
+    observed: Any  # (B, columns + 1): 1 where observed
+    noise: Noise
+
+
+@dataclass(frozen=True)
+class LeafOutput:
+    """Where a top-down pass writes what the leaves it reaches emit for unobserved columns."""
+
+    completed: Any  # (B, columns + 1): the evidence, completed in place
+    leaf_value: str  # "sample", "mean" or "mode"
+
+
+@dataclass(frozen=True)
 class TorchOpRule:
     """How the torch backend runs one op kind.
 
-    ``forward(backend, op, params, values, max_product) -> value`` is the upward pass, sum-product
-    or max-product. ``backtrack(backend, op, params, values, choice, chosen, sampler, mpe)`` is the
+    ``forward(backend, op, params, values, max_product, data) -> value`` is the upward pass,
+    sum-product or max-product; ``data`` (``PassData``) is the batch, for ops that read it.
+    ``backtrack(backend, op, params, values, choice, chosen, sampler, mpe, data, output)`` is the
     top-down pass: ``chosen`` (rows, B) is the entry of each output row every sample selected (−1
     where the sample does not reach the row); the rule writes its selections for the rows it
-    read into ``choice`` (through ``backend._write``), by arg-max (MPE) or Gumbel-max (sampling).
+    read into ``choice`` (through ``backend._write``), by arg-max (MPE) or Gumbel-max (sampling),
+    and a leaf op writes its values for unobserved columns into ``output`` (``LeafOutput``).
     """
 
     forward: Callable[..., Any]

@@ -28,7 +28,7 @@ def log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) -> tor
 
 
 def forward(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor],
-            values: list[torch.Tensor], max_product: bool) -> torch.Tensor:
+            values: list[torch.Tensor], max_product: bool, data: Any = None) -> torch.Tensor:
     product = log_product(backend, op, values)  # (L, B, j)
     weights = params[op.param]  # (L, k, j)
     if max_product:
@@ -53,7 +53,8 @@ def _max_sum(product: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def backtrack(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],
-              choice: list[torch.Tensor], chosen: torch.Tensor, sampler: Any, mpe: bool) -> None:
+              choice: list[torch.Tensor], chosen: torch.Tensor, sampler: Any, mpe: bool,
+              data: Any = None, output: Any = None) -> None:
     """Pick the entry j of the element-wise product for each reached row, by arg-max (MPE) or
     Gumbel-max (sampling) of log W[l,k,j] + log P[l,b,j]; every part of the row selects j."""
     reached = chosen >= 0  # (L, B)
