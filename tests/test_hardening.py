@@ -490,6 +490,9 @@ def test_a_signal_during_cli_training_saves_the_best_model_so_far(sig: int, code
         [sys.executable, "-m", "einc", "train", TINY, "--data", str(train), "--valid", str(train),
          "--epochs", "100000", "--batch-size", "20", "-o", str(output)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        # a test run started in the background (`cmd &` in a script) ignores SIGINT, and children
+        # inherit that: Python then installs no KeyboardInterrupt handler. Give the child the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdout is not None
     for line in process.stdout:
