@@ -244,22 +244,20 @@ def main(argv: list[str] | None = None) -> int:
         print(args.out.with_suffix(".md").read_text())
         return 0
     torch.set_num_threads(args.threads)
-    command = " ".join(["python benchmarks/lvd_mnist.py", *(sys.argv[1:] if argv is None else argv)])
+    command = records.command_line("lvd_mnist.py", argv)
     started = time.perf_counter()
-    with np.load(args.data) as mnist:
-        images = mnist["x_train"].reshape(-1, PIXELS)
-        if not 1 <= args.valid_rows < len(images) or not 1 <= args.train_rows <= len(images) - args.valid_rows:
-            raise SystemExit(f"--train-rows + --valid-rows must fit in the {len(images)} training images")
-        train = images[: args.train_rows].astype(np.float64)
-        valid = images[len(images) - args.valid_rows :].astype(np.float64)
-        test = mnist["x_test"][: args.test_rows].reshape(-1, PIXELS).astype(np.float64)
+    images, test_images = records.mnist_images(args.data)
+    if not 1 <= args.valid_rows < len(images) or not 1 <= args.train_rows <= len(images) - args.valid_rows:
+        raise SystemExit(f"--train-rows + --valid-rows must fit in the {len(images)} training images")
+    train = images[: args.train_rows].astype(np.float64)
+    valid = images[len(images) - args.valid_rows :].astype(np.float64)
+    test = test_images[: args.test_rows].astype(np.float64)
     print(f"MNIST: {len(train)} training, {len(valid)} validation and {len(test)} test images; arms {', '.join(args.arms)}; "
           f"seeds {args.seeds}; {args.epochs} epochs ({args.distill_epochs} on (x, z) in the latent arms)")
-    cpu = records.machine()
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": command,
-        "machine": f"{cpu['cpu']}, {cpu['cores']} cores shared with other jobs",
+        "machine": records.machine_text() + " shared with other jobs",
         "torch": torch.__version__,
         "threads": args.threads,
         "train_rows": len(train),

@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ from einc.data import prepare
 from einc.files import atomic_write
 from einc.structure_learning import learn_structure
 from plots import curve_png
+
+import records  # benchmarks/records.py
 
 ROOT = Path(__file__).resolve().parent.parent
 PIXELS = 784
@@ -74,13 +75,12 @@ def bits_per_dimension(model: einc.Model, values: np.ndarray, observed: np.ndarr
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python " + " ".join(["benchmarks/mnist_hclt.py", *(sys.argv[1:] if argv is None else argv)])
+    command = records.command_line("mnist_hclt.py", argv)
     started = time.perf_counter()
-    with np.load(args.data) as archive:
-        images = archive["x_train"].reshape(-1, PIXELS).astype(np.float64)
-        test = archive["x_test"].reshape(-1, PIXELS).astype(np.float64)
-    train, valid = images[: -args.valid_rows][: args.train_rows], images[-args.valid_rows :]
-    test = test[: args.test_rows]
+    images, test = records.mnist_images(args.data)
+    train = images[: -args.valid_rows][: args.train_rows].astype(np.float64)
+    valid = images[-args.valid_rows :].astype(np.float64)
+    test = test[: args.test_rows].astype(np.float64)
     source, tree = learn_structure(
         "hclt", train, args.out.with_suffix(".pc"), hidden_states=args.sums,
         variables=ROOT / "examples" / "mnist_categorical.pc", bins=args.bins, max_rows=args.tree_rows,
@@ -133,8 +133,7 @@ def write(args: argparse.Namespace, command: str, history: list[dict[str, float]
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": command,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores"
-                   + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
+        "machine": records.machine_text(args.device),
         "load_average": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "device": args.device,

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+MNIST_PIXELS = 28 * 28
 
 
 def emit(record: dict[str, Any], out: Path | None) -> None:
@@ -34,3 +39,26 @@ def machine() -> dict[str, Any]:
         pass
     simd = [flag for flag in ("avx2", "avx512f", "fma") if f" {flag}" in flags]
     return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd}
+
+
+def machine_text(device: str = "cpu") -> str:
+    """The machine in words for a results file: CPU model, SIMD flags, cores (and the GPU's name)."""
+    cpu = machine()
+    text = f"{cpu['cpu']} ({', '.join(cpu['simd']) or 'no AVX2'}), {cpu['cores']} cores"
+    if device.startswith("cuda"):
+        import torch
+
+        text += f", {torch.cuda.get_device_name()}"
+    return text
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How this run was started, for its results: ``python benchmarks/SCRIPT ARGS``."""
+    return " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def mnist_images(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's training and test images as flat uint8 rows, (60000, 784) and (10000, 784);
+    callers convert the rows they use (a float64 copy of all of them is 440 MB)."""
+    with np.load(path) as archive:
+        return (archive["x_train"].reshape(-1, MNIST_PIXELS), archive["x_test"].reshape(-1, MNIST_PIXELS))

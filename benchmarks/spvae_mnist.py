@@ -35,7 +35,6 @@ import copy
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +52,8 @@ from einc.images import grid, image_mask, image_shape, inpainting_figure, inpain
 from einc.ir.neural import VaeSpec
 from einc.ir.plan import VaeOp
 from plots import curve_png
+
+import records  # benchmarks/records.py
 
 ROOT = Path(__file__).resolve().parent.parent
 PIXELS = 784
@@ -209,11 +210,10 @@ def train(name: str, module: torch.nn.Module, train_x: torch.Tensor, valid_x: to
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python " + " ".join(["benchmarks/spvae_mnist.py", *(sys.argv[1:] if argv is None else argv)])
+    command = records.command_line("spvae_mnist.py", argv)
     started = time.perf_counter()
-    with np.load(args.data) as archive:
-        images = archive["x_train"].reshape(-1, PIXELS).astype(np.float32)
-        test = archive["x_test"].reshape(-1, PIXELS).astype(np.float32)[: args.test_rows]
+    images, test = records.mnist_images(args.data)
+    images, test = images.astype(np.float32), test[: args.test_rows].astype(np.float32)
     order = np.random.default_rng(args.seed).permutation(len(images))  # the paper: a random 10k for valid
     valid, train_np = images[order[: args.valid_rows]], images[order[args.valid_rows :]][: args.train_rows]
     logits = pixel_logits(train_np)
@@ -266,8 +266,7 @@ def meta(args: argparse.Namespace, command: str, started: float, parameters: dic
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": command,
-        "machine": f"{platform.machine()} ({platform.processor() or 'cpu'}), {os.cpu_count()} cores"
-                   + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
+        "machine": records.machine_text(args.device),
         "load_average": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "device": args.device,
