@@ -26,7 +26,8 @@ from pathlib import PurePath
 
 import numpy as np
 from einc.compiler import generators, size
-from einc.ir.diagnostics import Diagnostic, DiagnosticSink, Note, ResourceError, Span
+from einc.ir.diagnostics import Diagnostic, DiagnosticSink, Note, Span
+from einc.errors import ResourceError
 from einc.ir.program import (
     Call,
     CircuitStatement,

@@ -8,18 +8,8 @@
 
 from einc.backends.base import available_backends
 from einc.compiler.pipeline import CompileOptions
-from einc.ir.diagnostics import (
-    BackendError,
-    DataError,
-    EincError,
-    ModelFileError,
-    OutputError,
-    PcSemanticError,
-    PcSyntaxError,
-    ResourceError,
-    StructureError,
-    TrainingError,
-)
+from einc.ir.diagnostics import EincError, PcSemanticError, PcSyntaxError, StructureError
+from einc.errors import BackendError, DataError, ModelFileError, OutputError, ResourceError, TrainingError
 from einc.compare import BackendReport, compare_backends
 from einc.compiler.pipeline import CompileOptions
 from einc.mixture import MixtureModel, fit_mixture

@@ -22,7 +22,7 @@ import numpy as np
 from einc.compiler.pipeline import CompileOptions
 from einc.data import prepare, prepare_labels, prepare_latents, read_data
 from einc.files import check_array_output, check_not_an_input, check_writable, save_array
-from einc.ir.diagnostics import DataError, EincError, TrainingError
+from einc.errors import DataError, EincError, TrainingError
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.ir.plan import Plan
 from einc.model import EpochRecord, Model, compile, load

@@ -256,7 +256,7 @@ def _torch_default_device() -> str:
 
 
 def _is_backend_error(error: EincError) -> bool:
-    from einc.ir.diagnostics import BackendError
+    from einc.errors import BackendError
 
     return isinstance(error, BackendError)
 

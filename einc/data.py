@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from einc.ir.diagnostics import DataError, shorten
+from einc.ir.diagnostics import shorten
+from einc.errors import DataError
 from einc.ir.families import family_rule
 from einc.ir.neural import observation_family
 from einc.ir.region_graph import RegionGraph

@@ -41,7 +41,7 @@ from einc.backends.base import Batch, Statistics
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.data import prepare, prepare_labels
 from einc.files import check_writable
-from einc.ir.diagnostics import DataError, EincError, TrainingError
+from einc.errors import DataError, EincError, TrainingError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.model import (
     DEFAULT_BATCH_SIZE,

@@ -37,7 +37,7 @@ from typing import Any
 from einc import distributed
 from einc.distributed import SetupError, WorkerLost, Workers
 from einc.files import check_not_an_input, check_writable
-from einc.ir.diagnostics import EincError, TrainingError
+from einc.errors import EincError, TrainingError
 from einc.model import EpochRecord
 from einc.rows import open_rows
 

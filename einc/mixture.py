@@ -26,7 +26,7 @@ from einc.compiler.pipeline import CompileOptions
 from einc.data import as_rows
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.files import atomic_write
-from einc.ir.diagnostics import EincError, ModelFileError
+from einc.errors import EincError, ModelFileError
 from einc.model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,

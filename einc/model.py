@@ -22,7 +22,7 @@ from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.data import as_rows, prepare, prepare_labels, prepare_latents
 from einc.files import atomic_write, check_writable
-from einc.ir.diagnostics import DataError, EincError, ModelFileError, ResourceError, TrainingError
+from einc.errors import DataError, EincError, ModelFileError, ResourceError, TrainingError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
 

@@ -45,7 +45,7 @@ from einc.data import (
     find_data_file,
 )
 from einc.files import atomic_write, publish
-from einc.ir.diagnostics import DataError
+from einc.errors import DataError
 
 # Our caches' .npy header has a fixed size, so the row count can be written after streaming.
 HEADER_BYTES = 128

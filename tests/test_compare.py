@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from einc.ir.diagnostics import DataError
+from einc.errors import DataError
 
 from einc.compare import QUERIES, TIMINGS, BackendReport, compare_backends
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from einc.ir.diagnostics import DataError, EincError, ModelFileError, TrainingError
+from einc.errors import DataError, EincError, ModelFileError, TrainingError
 
 import einc
 from einc import cli

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from einc.ir.diagnostics import DataError, EincError
+from einc.errors import DataError, EincError
 
 import einc
 from einc import cli, lvd

@@ -13,7 +13,7 @@ import pytest
 
 import einc.rows
 from einc.data import load_array
-from einc.ir.diagnostics import DataError
+from einc.errors import DataError
 from einc.rows import NpyRows, open_rows
 
 

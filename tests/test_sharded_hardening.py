@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from einc.ir.diagnostics import DataError, TrainingError
+from einc.errors import DataError, TrainingError
 from test_hardening import (
     BAD_DATA,
     REAL,

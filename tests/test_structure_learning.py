@@ -16,7 +16,7 @@ import pytest
 
 import einc
 from einc import cli
-from einc.ir.diagnostics import DataError, EincError
+from einc.errors import DataError, EincError
 from einc.structure_learning import (
     bin_codes,
     learn_structure,

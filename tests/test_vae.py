@@ -26,7 +26,7 @@ from einc import cli
 from einc.backends import torch_backend
 from einc.backends.base import Batch
 from einc.backends.torch_ops import Noise, TorchOpRule, vae
-from einc.ir.diagnostics import BackendError, EincError
+from einc.errors import BackendError, EincError
 from einc.ir.neural import VaeSpec
 from einc.ir.plan import VaeOp
 
