@@ -32,7 +32,7 @@ CASES = {
 _CHILD = """
 import json, sys, time
 import torch
-from einc.commands import choose_threads
+from einc.cli.session import choose_threads
 import einc
 from einc.data import read_data
 circuit, data, rows, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -13,7 +13,8 @@ from einc.errors import BackendError, DataError, ModelFileError, OutputError, Re
 from einc.compare import BackendReport, compare_backends
 from einc.compiler.pipeline import CompileOptions
 from einc.mixture import MixtureModel, fit_mixture
-from einc.model import Model, compile, load
+from einc.loading import load
+from einc.model import Model, compile
 
 __version__ = "0.1.0"
 

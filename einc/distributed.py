@@ -24,10 +24,8 @@ written atomically by rank 0, and ``resume`` continues from ``model.training``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,10 +46,11 @@ from einc.model import (
     DEFAULT_EPOCHS,
     DEFAULT_LEARNING_RATE,
     DEFAULT_STEP_SIZE,
-    EpochRecord,
     Model,
-    _Run,
 )
+from einc.train.loop import EpochRecord, Hooks, Options, Run, TrainingState
+from einc.train.loop import train as train_epochs
+from einc.train.steps import HostEm, ShardAdam
 from einc.rows import RowSource, Window, iter_windows, open_rows
 from einc.schedule import (
     Schedule,
@@ -452,7 +451,7 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0, resume: bool = False,
         pseudocount: float = DEFAULT_PSEUDOCOUNT, block_rows: int | None = None,
         cache_dir: str | os.PathLike | None = None, samples: int = DEFAULT_TRAINING_SAMPLES,
-        workers: Workers | None = None) -> list[EpochRecord]:
+        workers: Workers | None = None, on_message: Callable[[str], None] | None = None) -> list[EpochRecord]:
     """Train ``model`` on data read block by block, on every worker of the default process group.
 
     The options mean what they mean in ``Model.fit`` (the same defaults, checks, ``pseudocount``,
@@ -472,7 +471,7 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
                                            pseudocount=pseudocount, samples=samples)
     method = options.method
     local_rows = local_batch_sizes(batch_size, workers.world_size)[0]
-    model.check_memory(local_rows, model._batch_bytes(), f"a training batch of {local_rows} samples per worker")
+    model.check_memory(local_rows, model.batch_bytes(), f"a training batch of {local_rows} samples per worker")
     data = train if isinstance(train, TrainingData) else open_training_data(model, train, labels, workers, cache_dir)
     shard_sizes, start = data.shards(workers, batch_size)
     if len(shard_sizes) != workers.world_size:
@@ -488,140 +487,77 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
     if checkpoint is not None:
         agree(workers, "checking the checkpoint path", lambda: (
             check_writable(checkpoint, "checkpoint") if workers.is_main else None))
-    run = _Run.start(model, resume, method, seed, valid is not None and keep_best)
+    if resume and model.training is None:
+        raise EincError("nothing to resume: this model holds no training state (train it with fit first)")
+    run = Run.start(model, model.training if resume else None, method, model.seed if seed is None else seed,
+                    valid is not None and keep_best)
     # like DistributedDataParallel: start from rank 0's parameters
     _set_parameter_vector(model, workers.broadcast(_parameter_vector(model, workers.device), "setup").cpu())
-    epoch_runner: _EmEpoch | _AdamEpoch
-    if method == "adam":
-        epoch_runner = _AdamEpoch(model, learning_rate, workers, samples)
-        if run.optimizer is not None:
-            epoch_runner.trainer.load_state(run.optimizer)
-    else:
-        epoch_runner = _EmEpoch(model, update, step_size, workers, pseudocount)
     reader = ShardReader(model, data, schedule, workers.rank, start)
-    history: list[EpochRecord] = []
-    try:
-        for epoch in range(run.epoch + 1, epochs + 1):
-            started = time.perf_counter()
-            steps: Iterator[Step] = schedule.steps(epoch, workers.rank)
-            if progress and workers.is_main:
-                from tqdm import tqdm
 
-                steps = tqdm(steps, total=schedule.num_steps, desc=f"epoch {epoch}", unit="step", leave=False)
-            total_ll, count = epoch_runner.run(reader, steps)
-            train_ll = total_ll / max(1, count)
-            valid_ll = None
-            if valid is not None:
-                mine = mean_log_likelihood(model, valid_source, valid_label_source) if workers.is_main else 0.0
-                valid_ll = float(workers.broadcast(torch.tensor([mine], dtype=torch.float64, device=workers.device),
-                                                   "validation")[0])
-            # every worker holds the same parameters and log-likelihoods: all decide alike
-            problem = _divergence(model, train_ll, valid_ll)
-            if problem is not None:
-                run.restore(model)
-                raise TrainingError(run.diverged(epoch, train_ll, valid_ll, method, problem))
-            run.finish_epoch(model, epoch, valid_ll, epoch_runner.trainer if method == "adam" else None, method)
-            record = EpochRecord(epoch, train_ll, valid_ll, time.perf_counter() - started)
-            history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            if (checkpoint is not None and options.checkpoint_every and epoch % options.checkpoint_every == 0
-                    and workers.is_main):
-                model._write(checkpoint, run.best_params or model.parameters())
-            if options.patience is not None and run.stale_epochs >= options.patience:
-                break
-    except (KeyboardInterrupt, WorkerLost):
-        run.restore(model)  # the best (or last completed) epoch's parameters, as Model.fit leaves them
-        raise
+    def batches(epoch: int, rng: np.random.Generator) -> Iterator[Batch | None]:
+        return (reader.batch(step) for step in schedule.steps(epoch, workers.rank))
+
+    steps: HostEm | ShardAdam
+    if method == "adam":
+        # the model's module holds the parameters: every step is seen by the model's queries
+        trainer = model.backend.gradient_trainer(model.module(samples), learning_rate)
+        if run.optimizer is not None:
+            trainer.load_state(run.optimizer)
+
+        def shard_batches(epoch: int, rng: np.random.Generator) -> Iterator[tuple[Batch | None, int]]:
+            return ((reader.batch(step), step.rows) for step in schedule.steps(epoch, workers.rank))
+
+        def flatten(header: list[float], gradients: list[Any]) -> torch.Tensor:
+            head = torch.tensor(header, dtype=torch.float64, device=workers.device)
+            return torch.cat([head] + [_flat64(g, workers.device) for g in gradients])
+
+        steps = ShardAdam(trainer, shard_batches, schedule.num_steps,
+                          lambda flat: workers.all_reduce(flat, "the gradient step"), flatten)
+    else:
+        buffer = StatisticsBuffer(model, workers.device)
+        steps = HostEm(model, model.backend, batches, schedule.num_steps, update, step_size, pseudocount,
+                       lambda stats: buffer.all_reduce(stats, workers), buffer.zeros)
+
+    def validate() -> float | None:
+        if valid is None:
+            return None
+        mine = mean_log_likelihood(model, valid_source, valid_label_source) if workers.is_main else 0.0
+        return float(workers.broadcast(torch.tensor([mine], dtype=torch.float64, device=workers.device),
+                                       "validation")[0])
+
+    def checkpoint_to(params: dict[str, np.ndarray]) -> str | None:
+        if not workers.is_main:
+            return None
+        model.write(checkpoint, params)  # type: ignore[arg-type]
+        return str(checkpoint)
+
+    def keep(state: TrainingState) -> None:
+        model.training = state
+
+    hooks = Hooks(train_ll=lambda total, rows: total / max(1, rows), valid_ll=validate, running=True,
+                  checkpoint=None if checkpoint is None else checkpoint_to, on_epoch=on_epoch,
+                  say=on_message or _silent, stop_errors=(WorkerLost,))
+    loop_options = Options(epochs, method, keep_best, options.patience, options.checkpoint_every,
+                           progress and workers.is_main)
+    try:
+        result = train_epochs(model.plan, model, steps, loop_options, hooks, run, keep)
     finally:
         reader.release_all()
-    if run.keep_best and run.best_params is not None and run.best_epoch != run.epoch:
-        run.restore(model)
     # every worker returns rank 0's final model
     _set_parameter_vector(model, workers.broadcast(_parameter_vector(model, workers.device), "the end of training").cpu())
-    return history
+    return result.history
 
 
-def _divergence(model: Model, train_ll: float, valid_ll: float | None) -> str | None:
-    """What went non-finite in an epoch, or None. The train LL was computed before the epoch's
-    last M-step, so the parameters are checked as well."""
-    if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
-        return f"train LL {train_ll}" + ("" if valid_ll is None else f", valid LL {valid_ll}")
-    bad = [name for name, value in model.parameters().items() if not np.all(np.isfinite(value))]
-    if bad:
-        return f"parameter {bad[0]} is not finite" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
-    return None
-
-
-class _EmEpoch:
-    """Online EM (an M-step after every global batch) or full-batch EM (after the epoch)."""
-
-    def __init__(self, model: Model, update: str, step_size: float, workers: Workers,
-                 pseudocount: float = DEFAULT_PSEUDOCOUNT) -> None:
-        self.model, self.update, self.step_size, self.workers = model, update, step_size, workers
-        self.pseudocount = pseudocount
-        self.buffer = StatisticsBuffer(model, workers.device)
-
-    def run(self, reader: ShardReader, steps: Iterator[Step]) -> tuple[float, int]:
-        model, backend = self.model, self.model.backend
-        total_ll, count = 0.0, 0
-        accumulated: Statistics | None = None
-        for step in steps:
-            batch = reader.batch(step)
-            stats = self.buffer.zeros if batch is None else backend.statistics(model.params, batch)
-            if self.update == "batch":
-                stats = self.buffer.all_reduce(stats, self.workers)
-                total_ll, count = total_ll + stats.log_likelihood, count + stats.count
-                if stats.count:
-                    model.params = backend.em_update(model.params, stats, self.step_size, self.pseudocount)
-            else:
-                accumulated = stats if accumulated is None else accumulated + stats
-        if accumulated is not None:
-            stats = self.buffer.all_reduce(accumulated, self.workers)
-            total_ll, count = stats.log_likelihood, stats.count
-            if stats.count:
-                model.params = backend.em_update(model.params, stats, self.step_size, self.pseudocount)
-        return total_ll, count
-
-
-class _AdamEpoch:
-    """Adam on the mean −log p of each global batch; gradients summed over workers in one buffer."""
-
-    def __init__(self, model: Model, learning_rate: float, workers: Workers, samples: int) -> None:
-        self.model, self.workers = model, workers
-        # the model's module holds the parameters: every step is seen by the model's queries
-        self.trainer = model.backend.gradient_trainer(model.module(samples), learning_rate)
-
-    def run(self, reader: ShardReader, steps: Iterator[Step]) -> tuple[float, int]:
-        trainer, device = self.trainer, self.workers.device
-        free = list(trainer.module.parameters())
-        total_ll, count = 0.0, 0
-        for step in steps:
-            trainer.optimizer.zero_grad(set_to_none=False)
-            batch = reader.batch(step)
-            local_ll = 0.0 if batch is None else trainer.accumulate(batch)
-            header = torch.tensor([local_ll, float(step.rows)], dtype=torch.float64, device=device)
-            gradients = [torch.zeros_like(p) if p.grad is None else p.grad for p in free]
-            flat = torch.cat([header] + [_flat64(g, device) for g in gradients])
-            self.workers.all_reduce(flat, "the gradient step")
-            rows = float(flat[1])
-            total_ll, count = total_ll + float(flat[0]), count + round(rows)
-            if rows == 0:
-                continue
-            offset = 2
-            for p in free:
-                size = p.numel()
-                p.grad = (flat[offset : offset + size] / rows).reshape(p.shape).to(device=p.device, dtype=p.dtype)
-                offset += size
-            trainer.optimizer.step()
-        return total_ll, count
+def _silent(line: str) -> None:
+    pass
 
 
 def mean_log_likelihood(model: Model, source: RowSource | None, labels: RowSource | None = None) -> float:
     """Mean log p over a row source (each row's labelled head with labels), window by window."""
     assert source is not None
     total = 0.0
-    noise = model._noise_options(None, None)  # neural leaves: the same IWAE noise at every call
+    noise = model.noise_options(None, None)  # neural leaves: the same IWAE noise at every call
     for start, window in iter_windows(source, 0, source.num_rows, EVAL_ROWS):
         with window as rows:
             x, observed = prepare(model.graph, source.dataset(rows, start), None, source.label, model.dtype,

@@ -34,6 +34,7 @@ from test_hardening import (
 
 import einc
 import einc.rows
+import einc.train.loop
 from einc import distributed
 from einc.data import prepare, read_data
 
@@ -241,16 +242,18 @@ def test_stream_validates_everything_before_the_first_epoch(tiny_data: Path, tmp
 
 def test_stream_ctrl_c_saves_the_best_model_so_far(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    original = distributed._EmEpoch.run
+    from einc.train.steps import HostEm  # the EM steps of the one training loop
+
+    original = HostEm.run
     epochs: list[int] = []
 
-    def interrupt_in_epoch_3(self, reader, steps):
+    def interrupt_in_epoch_3(self, epoch, rng, advance):
         epochs.append(1)
         if len(epochs) == 3:
             raise KeyboardInterrupt
-        return original(self, reader, steps)
+        return original(self, epoch, rng, advance)
 
-    monkeypatch.setattr(distributed._EmEpoch, "run", interrupt_in_epoch_3)
+    monkeypatch.setattr(HostEm, "run", interrupt_in_epoch_3)
     output = tmp_path / "m.npz"
     code, _, err = run(["train", TINY, "--data", str(tiny_data), "--valid", str(tiny_data), "--stream", "--epochs", "9",
                         "--dtype", "float64", "-o", str(output)], capsys)
@@ -267,11 +270,11 @@ def test_stream_divergence_writes_the_last_good_model(tiny_data: Path, tmp_path:
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[int] = []
 
-    def nan_from_epoch_3(model, train_ll, valid_ll):
+    def nan_from_epoch_3(train_ll, valid_ll, params):
         calls.append(1)
         return "train LL nan" if len(calls) >= 3 else None
 
-    monkeypatch.setattr(distributed, "_divergence", nan_from_epoch_3)
+    monkeypatch.setattr(einc.train.loop, "divergence", nan_from_epoch_3)  # the one loop's check
     output = tmp_path / "m.npz"
     code, _, err = run(["train", TINY, "--data", str(tiny_data), "--stream", "--epochs", "5", "-o", str(output)], capsys)
     assert code == 1 and "Traceback" not in err
