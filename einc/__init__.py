@@ -10,7 +10,7 @@ from einc.backends.base import available_backends
 from einc.compiler.pipeline import CompileOptions
 from einc.ir.diagnostics import EincError, PcSemanticError, PcSyntaxError, StructureError
 from einc.errors import BackendError, DataError, ModelFileError, OutputError, ResourceError, TrainingError
-from einc.compare import BackendReport, compare_backends
+from einc.tools.compare import BackendReport, compare_backends
 from einc.compiler.pipeline import CompileOptions
 from einc.mixture import MixtureModel, fit_mixture
 from einc.loading import load

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from einc.compiler.pipeline import CompileOptions
-from einc.data import as_rows
+from einc.io.data import as_rows
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
-from einc.files import atomic_write
+from einc.io.files import atomic_write
 from einc.errors import EincError, ModelFileError
 from einc.model import (
     DEFAULT_BATCH_SIZE,

@@ -16,7 +16,7 @@ from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
-from einc.data import as_rows, prepare, prepare_labels, prepare_latents
+from einc.io.data import as_rows, prepare, prepare_labels, prepare_latents
 from einc.archive import (
     FORMAT,
     FORMAT_VERSION,
@@ -28,7 +28,7 @@ from einc.archive import (
     read_parameters,
     read_training_state,
 )
-from einc.files import atomic_write, check_writable
+from einc.io.files import atomic_write, check_writable
 from einc.errors import DataError, EincError, ModelFileError, ResourceError, TrainingError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
@@ -411,7 +411,7 @@ class Model:
         plain maximum likelihood).
 
         ``latents`` (N, number of latents; −1 = summed out) trains on (x, z) pairs: EM maximises
-        log p(x, z), the first step of latent variable distillation (``einc.lvd``); the records'
+        log p(x, z), the first step of latent variable distillation (``einc.train.lvd``); the records'
         train LL is then the mean log p(x, z). ``valid_latents`` does the same for ``valid``
         (without it the validation LL is log p(x), every latent summed out).
 
@@ -427,13 +427,13 @@ class Model:
         parameters and ``TrainingError`` is raised.
 
         ``batch_order(epoch)`` (1-based) may give each epoch's row order instead of a fresh random
-        permutation, e.g. ``einc.schedule.Schedule.global_order`` to replay a data-parallel run.
+        permutation, e.g. ``einc.train.schedule.Schedule.global_order`` to replay a data-parallel run.
 
         ``progress=True`` shows a bar over each epoch's steps (tqdm, on stderr); ``on_epoch(record)``
         sees every epoch's ``EpochRecord`` (epoch, train LL, valid LL, seconds) as it ends;
         ``on_message(line)`` gets a line whenever a checkpoint is written or patience stops the run
         (``einc train`` prints them). The epochs run in ``einc.train.loop.train``, the one loop
-        that ``einc.distributed.fit`` and the command line run too.
+        that ``einc.train.distributed.fit`` and the command line run too.
 
         >>> history = model.fit(train, valid=valid, epochs=50, patience=3, progress=True,   # doctest: +SKIP
         ...                     on_epoch=lambda r: print(r.epoch, r.train_ll, r.valid_ll))  # doctest: +SKIP
@@ -510,7 +510,7 @@ class Model:
                                has_valid: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT,
                                samples: int = DEFAULT_TRAINING_SAMPLES) -> _TrainingOptions:
         """Raise a clear error for a training option this model cannot use (every option of
-        ``fit``, each with its own message), before any work; ``einc.distributed.fit`` checks its
+        ``fit``, each with its own message), before any work; ``einc.train.distributed.fit`` checks its
         options here too. ``method=None`` resolves to "em", or "adam" for neural (vae) leaves."""
         method = method or ("em" if self.plan.trained_by_em else "adam")
         options = _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,

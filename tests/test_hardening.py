@@ -21,7 +21,7 @@ from einc.errors import DataError, EincError, ModelFileError, TrainingError
 
 import einc
 from einc import cli
-from einc.data import read_data
+from einc.io.data import read_data
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "examples" / "tiny.pc")

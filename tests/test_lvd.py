@@ -1,4 +1,4 @@
-"""Latent variable distillation: ``einc.lvd`` (shared-codebook k-means, re-assignment, the
+"""Latent variable distillation: ``einc.train.lvd`` (shared-codebook k-means, re-assignment, the
 distill pipeline) and the ``einc lvd`` command."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pytest
 from einc.errors import DataError, EincError
 
 import einc
-from einc import cli, lvd
+from einc import cli
+from einc.train import lvd
 
 PATCHES = """\
 var img[4, 6] : binary

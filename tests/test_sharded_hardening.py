@@ -1,6 +1,6 @@
 """Issue 11's rules on issue 13's paths (the merge of the two).
 
-The out-of-core reader (``einc.rows``) and the data-parallel trainer (``einc.distributed``,
+The out-of-core reader (``einc.train.rows``) and the data-parallel trainer (``einc.train.distributed``,
 ``einc train --stream/--nproc``) read and check data exactly as ``read_data`` and ``prepare`` do,
 with the same messages; they validate everything before the first epoch; and they lose nothing
 on Ctrl-C or divergence, with checkpoints, patience and resume as on one process.
@@ -33,10 +33,10 @@ from test_hardening import (
 )
 
 import einc
-import einc.rows
+import einc.train.rows
 import einc.train.loop
-from einc import distributed
-from einc.data import prepare, read_data
+from einc.train import distributed
+from einc.io.data import prepare, read_data
 
 
 def _whole_file_error(model: einc.Model, path: Path) -> str:
@@ -81,7 +81,7 @@ def _csv_text(rows: np.ndarray, header: str | None, blank_every: int) -> str:
 def test_a_bad_value_in_a_later_chunk_names_its_csv_line(header: str | None, suffix: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Header and blank lines shift the file lines away from the rows; the cache keeps the map."""
-    monkeypatch.setattr(einc.rows, "CSV_CHUNK_LINES", 7)
+    monkeypatch.setattr(einc.train.rows, "CSV_CHUNK_LINES", 7)
     rows = _binary_data(60)
     rows[3, 1] = np.nan
     rows[41, 2] = 3.0
@@ -97,7 +97,7 @@ def test_a_bad_value_in_a_later_chunk_names_its_csv_line(header: str | None, suf
     rows[41, 2] = 1.0
     path.write_bytes(_csv_text(rows, header, 5).encode() if suffix == ".csv"
                      else gzip.compress(_csv_text(rows, header, 5).encode()))
-    source = einc.rows.open_rows(path, tmp_path / "cache", columns=model.columns)
+    source = einc.train.rows.open_rows(path, tmp_path / "cache", columns=model.columns)
     with source.window(0, source.num_rows) as cached:
         np.testing.assert_array_equal(cached.astype(float), read_data(path, columns=model.columns).values)
     assert list(source.lines(40, 43)) == list(read_data(path, columns=model.columns).lines[40:43])

@@ -345,9 +345,9 @@ def test_fit_trains_the_bound_with_adam_and_refuses_em() -> None:
 
 
 def test_data_parallel_training_trains_the_bound_through_the_module(tmp_path) -> None:
-    # einc.distributed (one process, rows read from disk block by block): method=None is adam
+    # einc.train.distributed (one process, rows read from disk block by block): method=None is adam
     # for vae leaves, every step goes through the model's module, validation is a seeded estimate
-    from einc import distributed
+    from einc.train import distributed
 
     model = einc.compile(IMAGE, seed=0)
     np.save(tmp_path / "train.npy", _two_patterns(256, 0))

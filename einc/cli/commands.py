@@ -27,8 +27,8 @@ from einc.cli.session import (
     termination_as_interrupt,
     training_model,
 )
-from einc.data import prepare, prepare_labels, prepare_latents, read_data
-from einc.files import check_array_output, check_not_an_input, check_writable, save_array
+from einc.io.data import prepare, prepare_labels, prepare_latents, read_data
+from einc.io.files import check_array_output, check_not_an_input, check_writable, save_array
 from einc.errors import DataError, EincError, TrainingError
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.model import EpochRecord, Model, compile
@@ -175,12 +175,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = load_model(args)
     set_threads(args, getattr(model, "plan", None))
     if str(args.output).lower().endswith(".png"):
-        from einc.images import image_shape
+        from einc.io.images import image_shape
 
         image_shape(model.graph)  # a picture needs a 2-D array circuit: say so before sampling
     samples = model.sample(args.n, seed=args.seed, leaf_value="mean" if args.means else "sample")
     if str(args.output).lower().endswith(".png"):
-        from einc.images import grid, save_png, to_images
+        from einc.io.images import grid, save_png, to_images
 
         save_png(args.output, grid(to_images(model.graph, samples)))
     else:
@@ -190,7 +190,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
-    from einc.images import (
+    from einc.io.images import (
         check_mask,
         image_mask,
         image_shape,
@@ -294,7 +294,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Compare backends on one circuit: agreement of answers, speed and peak memory."""
     from einc.backends.base import available_backends
-    from einc.compare import compare_backends
+    from einc.tools.compare import compare_backends
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     known = available_backends()
@@ -327,8 +327,8 @@ def _random_data(model: Model, samples: int, seed: int) -> np.ndarray:
 
 def cmd_learn_structure(args: argparse.Namespace) -> int:
     """Learn a Chow-Liu tree or an HCLT from data; write it as a verified .pc file."""
-    from einc.files import atomic_write
-    from einc.structure_learning import learn_structure
+    from einc.io.files import atomic_write
+    from einc.tools.structure_learning import learn_structure
 
     text, tree = learn_structure(args.kind, args.data, args.output, hidden_states=args.sums,
                                  variables=args.variables, bins=args.bins, pseudocount=args.pseudocount,
@@ -364,7 +364,7 @@ def _read_features(path: str) -> np.ndarray:
 
 
 def cmd_lvd(args: argparse.Namespace) -> int:
-    from einc import lvd
+    from einc.train import lvd
 
     if (args.teacher is None) == (args.latents is None):
         raise EincError("give --teacher FEATURES.npy (teacher embeddings to cluster) or --latents Z.npy "

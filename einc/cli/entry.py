@@ -51,10 +51,10 @@ from einc.cli.options import (
 from einc.cli.session import compile_options
 from einc.compiler import dump
 from einc.compiler.pipeline import CompileOptions, check_file, compile_plan, front_end, load_source, region_graph
-from einc.files import atomic_write, check_not_an_input, check_writable
+from einc.io.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
-from einc.lvd import DEFAULT_DISTILL_EPOCHS, DEFAULT_FINETUNE_EPOCHS
+from einc.train.lvd import DEFAULT_DISTILL_EPOCHS, DEFAULT_FINETUNE_EPOCHS
 
 # ---------------------------------------------------------------------------------------------
 # einc check, einc compile --emit

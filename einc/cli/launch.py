@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from einc import distributed
+from einc.train import distributed
 from einc.cli.options import TRAIN_ARGS, arguments_of
 from einc.cli.session import (
     Session,
@@ -43,9 +43,9 @@ from einc.cli.session import (
     termination_as_interrupt,
     training_model,
 )
-from einc.distributed import SetupError, WorkerLost, Workers
+from einc.train.distributed import SetupError, WorkerLost, Workers
 from einc.errors import EincError, TrainingError
-from einc.rows import open_rows
+from einc.train.rows import open_rows
 
 # A worker that stops because of a failure reported elsewhere (it lost contact with a failed worker,
 # or rank 0 printed a setup problem for all) exits with this code (EX_TEMPFAIL), so the launcher

@@ -22,7 +22,7 @@ from typing import Any
 
 from einc.compiler.pipeline import CompileOptions
 from einc.errors import EincError, TrainingError
-from einc.files import check_not_an_input, check_writable
+from einc.io.files import check_not_an_input, check_writable
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.ir.plan import Plan
 from einc.loading import load

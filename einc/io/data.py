@@ -15,7 +15,7 @@ archive, a gzip stream (decompressed, then read as CSV) or CSV text. A CSV file 
 header line; it is recognised when it holds the circuit's column names (``sample -o out.csv``
 writes one) or, when the names are not known, when none of its cells is a number.
 
-The out-of-core reader (``einc.rows``) shares these rules through ``find_data_file``,
+The out-of-core reader (``einc.train.rows``) shares these rules through ``find_data_file``,
 ``array_rows_shape`` and ``CsvParser`` (which parses a file in consecutive pieces exactly as in
 one), so a file read block by block gets the same messages as one loaded whole.
 """
@@ -121,7 +121,7 @@ def read_data(path: str | Path, key: str | None = None, columns: Sequence[str] |
         raw = found.file.read_bytes()
         if found.format == "gzip":
             raw = gzip.decompress(raw)
-        return _read_csv(_decode(raw, text), text, columns)
+        return _read_csv(decode_text(raw, text), text, columns)
     except DataError:
         raise
     except READ_ERRORS as error:
@@ -184,7 +184,7 @@ def _reason(error: BaseException) -> str:
     return message.splitlines()[0][:200]
 
 
-def _decode(raw: bytes, source: str, first_byte: int = 0) -> str:
+def decode_text(raw: bytes, source: str, first_byte: int = 0) -> str:
     """UTF-8 text (a leading byte-order mark dropped); ``first_byte`` is the file offset of
     ``raw`` (for a file decoded piece by piece), so the message names the byte in the file."""
     try:
@@ -219,7 +219,7 @@ def array_rows_shape(dtype: np.dtype, shape: tuple[int, ...], source: str, flat_
     """The (rows, columns) an array file of this dtype and shape is read as, or ``DataError``:
     numbers only, at least one row and one column; a flat array is one row (or, without
     ``flat_is_one_row``, one value per row: label files), more dimensions are flattened per row.
-    One rule for arrays loaded whole and for files read window by window (``einc.rows``)."""
+    One rule for arrays loaded whole and for files read window by window (``einc.train.rows``)."""
     kind = dtype.kind
     if dtype.names:
         raise DataError(
@@ -265,7 +265,7 @@ def _read_csv(text: str, source: str, columns: Sequence[str] | None) -> Dataset:
 
 class CsvParser:
     """CSV text to rows of numbers, in one piece or in consecutive pieces of whole lines (a file
-    streamed in chunks, ``einc.rows``): the row width and the header decision carry over from
+    streamed in chunks, ``einc.train.rows``): the row width and the header decision carry over from
     piece to piece, so a file read in pieces gives the same rows and the same errors as read whole.
     """
 
@@ -351,7 +351,7 @@ def as_rows(data: Any, label: str = "data") -> np.ndarray:
     if isinstance(data, (str, bytes, Path)):
         raise DataError(
             f"{label}: expected an array of shape (N, columns), found a {type(data).__name__}; "
-            f"read a file first with einc.data.read_data(path)"
+            f"read a file first with einc.io.data.read_data(path)"
         )
     if isinstance(data, (dict, set, frozenset)) or hasattr(data, "keys"):
         raise DataError(f"{label}: expected an array of shape (N, columns), found a {type(data).__name__}")

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from einc.backends.base import Batch
-from einc.data import prepare
+from einc.io.data import prepare
 from einc.ir.diagnostics import EincError
 from einc.train.steps import memory_em
 from einc.model import Model, compile

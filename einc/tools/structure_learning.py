@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from einc.compiler.pipeline import load_source, region_graph
-from einc.data import load_array, prepare
+from einc.io.data import load_array, prepare
 from einc.grammar.parser import parse
 from einc.errors import DataError, EincError
 from einc.ir.program import LeafStatement, PartitionStatement, StructureStatement, VarStatement

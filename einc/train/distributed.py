@@ -10,7 +10,7 @@ Rank 0 validates and reports; the caller writes the model from rank 0.
     # under torchrun (or `einc train --nproc N`, which starts the workers itself)
     >>> torch.distributed.init_process_group("gloo")                    # doctest: +SKIP
     >>> model = einc.compile("examples/nltcs.pc")                       # doctest: +SKIP
-    >>> history = einc.distributed.fit(model, "train.npy", epochs=5)    # doctest: +SKIP
+    >>> history = einc.train.distributed.fit(model, "train.npy", epochs=5)    # doctest: +SKIP
 
 Without a process group ``fit`` trains in one process on data read from disk block by block.
 
@@ -37,8 +37,8 @@ import torch.distributed as dist
 
 from einc.backends.base import Batch, Statistics
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
-from einc.data import prepare, prepare_labels
-from einc.files import check_writable
+from einc.io.data import prepare, prepare_labels
+from einc.io.files import check_writable
 from einc.errors import DataError, EincError, TrainingError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.model import (
@@ -51,8 +51,8 @@ from einc.model import (
 from einc.train.loop import EpochRecord, Hooks, Options, Run, TrainingState
 from einc.train.loop import train as train_epochs
 from einc.train.steps import HostEm, ShardAdam
-from einc.rows import RowSource, Window, iter_windows, open_rows
-from einc.schedule import (
+from einc.train.rows import RowSource, Window, iter_windows, open_rows
+from einc.train.schedule import (
     Schedule,
     Step,
     aligned_shard_sizes,
@@ -460,7 +460,7 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
     workers together). ``train``: a path, an array, a ``RowSource`` or an ``open_training_data``
     result. Every worker ends with the same parameters (the best validation epoch's with
     ``keep_best``). Differences from ``Model.fit``, for data larger than memory: rows are shuffled
-    by blocks of ``block_rows`` (``einc.schedule``; a resumed run continues that schedule
+    by blocks of ``block_rows`` (``einc.train.schedule``; a resumed run continues that schedule
     exactly), and an epoch's train LL is the mean over its E-steps as they ran (no second pass
     over the data); ``valid`` is evaluated on rank 0.
     """

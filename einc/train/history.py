@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from einc.errors import DataError
-from einc.files import atomic_write
+from einc.io.files import atomic_write
 from einc.train.loop import EpochRecord
 
 COLUMNS = ("epoch", "train_ll", "valid_ll", "seconds", "train_ll_running")
