@@ -11,7 +11,6 @@ from einc.compiler.pipeline import CompileOptions
 from einc.ir.diagnostics import EincError, PcSemanticError, PcSyntaxError, StructureError
 from einc.errors import BackendError, DataError, ModelFileError, OutputError, ResourceError, TrainingError
 from einc.tools.compare import BackendReport, compare_backends
-from einc.compiler.pipeline import CompileOptions
 from einc.mixture import MixtureModel, fit_mixture
 from einc.loading import load
 from einc.model import Model, compile

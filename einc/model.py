@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,14 @@ from einc.archive import (
     read_training_state,
 )
 from einc.io.files import atomic_write, check_writable
-from einc.errors import DataError, EincError, ModelFileError, ResourceError, TrainingError
+from einc.errors import DataError, EincError, ModelFileError, ResourceError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
 # the one training recipe of the API, the CLI and mixtures (README: einc.model.DEFAULT_*)
 from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 from einc.train.loop import EpochRecord, Hooks, Options, Run, TrainingState
 from einc.train.loop import train as train_epochs
+from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int, checked_order
 from einc.train.steps import ResidentAdam, memory_em
 
 
@@ -94,16 +94,6 @@ def _rows(latents: Any) -> int:
     """How many samples a ``latents`` array asks for (its rows; a single row if it is flat)."""
     shape = np.shape(latents)
     return int(shape[0]) if len(shape) >= 1 else 1
-
-
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise EincError(f"{name} must be a whole number of at least 1, found {value!r}")
-
-
-def _check_non_negative_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise EincError(f"{name} must be a whole number of at least 0, found {value!r}")
 
 
 class Model:
@@ -175,7 +165,7 @@ class Model:
             raise EincError(f"model.module() needs the torch backend; this model runs on '{self.backend_name}' "
                             f"(compile or load it with backend='torch')")
         if samples is not None:
-            _check_positive_int(samples, "samples")
+            check_positive_int(samples, "samples")
         if self._module is None:
             self._module = self.backend.module(self._params, samples or DEFAULT_TRAINING_SAMPLES)
         elif samples is not None:
@@ -235,7 +225,7 @@ class Model:
 
     def _batches(self, data: Any, missing: Any, batch_size: int, labels: Any = None,
                  label: str = "data", latents: Any = None) -> Iterator[Batch]:
-        _check_positive_int(batch_size, "batch_size")
+        check_positive_int(batch_size, "batch_size")
         values, observed = prepare(self.graph, data, missing, label, self.dtype)
         rows = min(batch_size, len(values))
         self.check_memory(rows, self.batch_bytes(), f"a batch of {rows} samples")
@@ -278,9 +268,9 @@ class Model:
         """Per batch, the backend options of a stochastic query (none for exact circuits): the
         IWAE samples and a seed drawn from ``seed`` (default the model's), one per batch."""
         if samples is not None:
-            _check_positive_int(samples, "samples")
+            check_positive_int(samples, "samples")
         if seed is not None:
-            _check_non_negative_int(seed, "seed")
+            check_non_negative_int(seed, "seed")
         rng = np.random.default_rng(self.seed if seed is None else seed)
         while True:
             yield {} if self.exact else {"samples": samples, "seed": int(rng.integers(2**31))}
@@ -360,7 +350,7 @@ class Model:
         if evidence is None:
             if n is None:
                 raise EincError("give n >= 1 samples, or evidence")
-            _check_positive_int(n, "n")
+            check_positive_int(n, "n")
             # the evidence, the prepared values and mask, and the samples returned
             self.check_memory(n, 32 * self.graph.num_columns, f"{n} samples")
             return np.full((n, self.graph.num_columns), np.nan)
@@ -472,7 +462,7 @@ class Model:
         def order(epoch: int, rng: np.random.Generator) -> np.ndarray:
             if batch_order is None:
                 return rng.permutation(len(values))
-            return _checked_order(batch_order(epoch), len(values))
+            return checked_order(batch_order(epoch), len(values))
 
         steps: Any
         if method == "adam":
@@ -508,18 +498,18 @@ class Model:
                                batch_size: int = DEFAULT_BATCH_SIZE, learning_rate: float = DEFAULT_LEARNING_RATE,
                                patience: int | None = None, checkpoint_every: int = 0,
                                has_valid: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT,
-                               samples: int = DEFAULT_TRAINING_SAMPLES) -> _TrainingOptions:
+                               samples: int = DEFAULT_TRAINING_SAMPLES) -> TrainingOptions:
         """Raise a clear error for a training option this model cannot use (every option of
         ``fit``, each with its own message), before any work; ``einc.train.distributed.fit`` checks its
         options here too. ``method=None`` resolves to "em", or "adam" for neural (vae) leaves."""
         method = method or ("em" if self.plan.trained_by_em else "adam")
-        options = _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,
-                                           patience, checkpoint_every, has_valid, self)
-        _check_positive_int(samples, "samples")
-        if isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0.0 \
-                or not math.isfinite(pseudocount):
-            raise EincError(f"pseudocount must be a finite number of at least 0, found {pseudocount!r}")
-        return options
+        if method == "adam" and not hasattr(self.backend, "gradient_trainer"):
+            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{self.backend_name}')")
+        if method == "em" and not self.plan.trained_by_em:
+            raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
+                            "gradient on the IWAE bound; use method='adam' (or leave method out)")
+        return TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate, patience,
+                                       checkpoint_every, has_valid, pseudocount, samples)
 
     def _select(self, ll: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         """Per-sample log p from (N, heads): head 0, or each sample's labelled head."""
@@ -565,47 +555,6 @@ class Model:
         """``save`` with other parameters (a checkpoint's best ones) beside the training state."""
         arrays = self.archive_arrays(params)
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
-
-
-def _checked_order(order: Any, count: int) -> np.ndarray:
-    array = np.asarray(order)
-    if array.shape != (count,) or not np.array_equal(np.sort(array), np.arange(count)):
-        raise EincError(f"batch_order must return a permutation of the {count} training rows")
-    return array.astype(np.int64)
-
-
-@dataclass(frozen=True)
-class _TrainingOptions:
-    method: str  # "em" or "adam", resolved
-    patience: int | None
-    checkpoint_every: int
-
-    @staticmethod
-    def checked(epochs: Any, method: str, batch_size: Any, step_size: Any, update: str, learning_rate: Any,
-                patience: Any, checkpoint_every: Any, has_valid: bool, model: Model) -> _TrainingOptions:
-        """Every training option checked before any work, each with its own message."""
-        if method not in ("em", "adam"):
-            raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
-        if method == "adam" and not hasattr(model.backend, "gradient_trainer"):
-            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{model.backend_name}')")
-        if method == "em" and not model.plan.trained_by_em:
-            raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
-                            "gradient on the IWAE bound; use method='adam' (or leave method out)")
-        if update not in ("batch", "epoch"):
-            raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
-        _check_positive_int(epochs, "epochs")
-        _check_positive_int(batch_size, "batch_size")
-        if method == "em" and not (isinstance(step_size, (int, float)) and 0.0 < step_size <= 1.0):
-            raise EincError(f"step_size must be in (0, 1], found {step_size!r}")
-        if method == "adam" and not (isinstance(learning_rate, (int, float)) and 0.0 < learning_rate < math.inf):
-            raise EincError(f"learning_rate must be a positive number, found {learning_rate!r}")
-        if patience is not None:
-            _check_positive_int(patience, "patience")
-            if not has_valid:
-                raise EincError("patience stops on the validation log-likelihood: give valid data too")
-        if checkpoint_every:
-            _check_positive_int(checkpoint_every, "checkpoint_every")
-        return _TrainingOptions(method, patience, int(checkpoint_every or 0))
 
 
 def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None,

@@ -39,7 +39,7 @@ from einc.backends.base import Batch, Statistics
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.io.data import prepare, prepare_labels
 from einc.io.files import check_writable
-from einc.errors import DataError, EincError, TrainingError
+from einc.errors import DataError, EincError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.model import (
     DEFAULT_BATCH_SIZE,
