@@ -27,6 +27,7 @@ from einc.backends.array_ops import hadamard
 from einc.backends.array_ops.contract import contract, no_mass, pairwise_steps  # noqa: F401
 from einc.backends.array_ops.contract import finite_max as _finite_max
 from einc.backends.base import BACKENDS, Batch, Params, Statistics, keep_freed_memory, shifted_exp
+from einc.backends.denormals import flushed
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
 from einc.backends.input_layer import leaf_features as shared_leaf_features
@@ -196,6 +197,9 @@ class ArrayBackend:
         self.name = "numpy" if _is_numpy(xp) else "cupy"
         if self.name == "numpy":
             keep_freed_memory()  # each step's temporaries reuse warm pages (backends/base.py)
+        # NumPy has no flush-to-zero switch; the entry points set the thread's x86 FTZ/DAZ bits
+        # through torch's, which NumPy's loops obey too (backends/denormals.py)
+        self.flush_denormals = self.name == "numpy"
         self.device = device
         if not _is_numpy(xp) and device.startswith("cuda:"):
             xp.cuda.Device(int(device.split(":", 1)[1])).use()
@@ -381,11 +385,13 @@ class ArrayBackend:
         value, row = self.plan.root
         return values[value][row]  # (B, heads)
 
+    @flushed
     def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
         root = self._root(self.forward(params, self._data(batch), max_product).values)
         return to_host(self.xp, root).astype(np.float64)
 
     # ------------------------------------------------------------------ EM
+    @flushed
     def statistics(self, params: Params, batch: Batch) -> Statistics:
         """E-step by the compiler-derived backward plan: n = W · ∂J/∂W (eq. 6), ∂J/∂Θ = Σ p·F."""
         heads = (
@@ -434,6 +440,7 @@ class ArrayBackend:
             rule(self, step, params, forward, adjoints, weights, leaf)
         return total, weights, leaf, forward, adjoints
 
+    @flushed
     def latent_posterior(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
         """p(Z_j = k | x, clamped latents) per latent: the adjoint of each latent's row, which is
         the adjoint of its log-mask (backends/latents.py), from one backward pass for all."""
@@ -557,6 +564,7 @@ class ArrayBackend:
             )  # (L, S, K, f)
             leaf[gradient.param] = (grad[..., : gradient.stat_dim], grad[..., gradient.stat_dim])
 
+    @flushed
     def em_update(self, params: Params, stats: Statistics, step_size: float, pseudocount: float = 0.0) -> Params:
         return em_update(self.xp, self.plan, params, stats.weights, stats.leaf, step_size, pseudocount)
 
@@ -568,6 +576,7 @@ class ArrayBackend:
         heads = np.zeros(len(values), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         return ResidentData(data.x, data.observed, self.xp.asarray(heads), data.latents)
 
+    @flushed
     def train_epoch(self, params: Params, data: ResidentData, order: np.ndarray, batch_size: int,
                     step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
         """One epoch of stochastic EM over resident ``data`` in ``order``: E-step and M-step per
@@ -585,6 +594,7 @@ class ArrayBackend:
         return params, float(total)
 
     # ------------------------------------------------------------------ sampling and MPE
+    @flushed
     def backtrack(
         self, params: Params, batch: Batch, mpe: bool, leaf_value: str, heads: np.ndarray, seed: int
     ) -> np.ndarray:

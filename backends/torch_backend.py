@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from einc.backends.base import Batch, Params, Statistics, keep_freed_memory, shifted_exp
+from einc.backends.denormals import flushed
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.backends.latents import log_mask
@@ -91,6 +92,8 @@ class TorchBackend:
         self.dtype = _DTYPES[dtype]
         if self.device.type == "cpu":
             keep_freed_memory()  # each step's temporaries reuse warm pages (backends/base.py)
+        # entry points flush denormals while they compute on the CPU (backends/denormals.py)
+        self.flush_denormals = self.device.type == "cpu"
         self.num_columns = plan.graph.num_columns
         # data column indices per family block; padding (-1) points at an extra all-zero column
         self.columns: dict[str, torch.Tensor] = {}
@@ -357,6 +360,7 @@ class TorchBackend:
         value, row = self.plan.root
         return values[value][row]  # (B, heads)
 
+    @flushed
     def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False,
                        samples: int | None = None, seed: int | None = None) -> np.ndarray:
         """(B, heads) log-densities. With neural leaves an estimate: ``samples`` importance samples
@@ -427,6 +431,7 @@ class TorchBackend:
                 "on the IWAE bound; use method='adam' (einc train --method adam)"
             )
 
+    @flushed
     def statistics(self, params: Params, batch: Batch) -> Statistics:
         """E-step by autograd: ∂ Σ log p / ∂W · W gives n (eq. 6); ∂/∂Θ gives Σ p·F."""
         self._check_em()
@@ -468,6 +473,7 @@ class TorchBackend:
                     leaf_stats[block.param] = (g[..., : block.stat_dim], g[..., block.stat_dim])
         return total.detach(), weight_counts, leaf_stats
 
+    @flushed
     def em_update(self, params: Params, stats: Statistics, step_size: float, pseudocount: float = 0.0) -> Params:
         with torch.no_grad():
             return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size, pseudocount)
@@ -494,6 +500,7 @@ class TorchBackend:
         label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
         return DeviceData(x, obs, label_tensor, self._latents(Batch(values, observed, None, latents)))
 
+    @flushed
     def train_epoch(self, params: Params, data: "DeviceData", order: np.ndarray, batch_size: int,
                     step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
         """One epoch of stochastic EM over ``data`` in ``order``; returns (params, Σ log p).
@@ -558,6 +565,7 @@ class TorchBackend:
         return step
 
     # ------------------------------------------------------------------ latent posteriors
+    @flushed
     def latent_posterior(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
         """p(Z_j = k | x, clamped latents) per latent: the gradient of log p at each sample's head
         with respect to the latents' log-masks (backends/latents.py), one backward pass for all."""
@@ -585,6 +593,7 @@ class TorchBackend:
         return [posterior for posterior in out if posterior is not None]
 
     # ------------------------------------------------------------------ sampling and MPE
+    @flushed
     def backtrack(self, params: Params, batch: Batch, mpe: bool, leaf_value: str,
                   heads: np.ndarray, seed: int, samples: int | None = None) -> np.ndarray:
         """Top-down completion of ``batch``; ``samples``: importance samples per neural leaf (its
