@@ -32,7 +32,20 @@ from einc.backends.torch_ops import (
 from einc.ir.diagnostics import BackendError
 from einc.ir.families import ZERO_PROBABILITY, family_rule
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
-from einc.ir.plan import EinsumOp, FamilyBlock, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange, VaeOp
+from einc.backends.torch_reads import PassValues, ReadPlan
+from einc.ir.plan import (
+    EinsumOp,
+    FamilyBlock,
+    HadamardOp,
+    InputOp,
+    MixingOp,
+    Operand,
+    Plan,
+    RowIndex,
+    RowRange,
+    Segment,
+    VaeOp,
+)
 
 if TYPE_CHECKING:
     from einc.backends.torch_module import CircuitModule, GradientTrainer
@@ -104,7 +117,8 @@ class TorchBackend:
                     cols = np.where(cols < 0, self.num_columns, cols)
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
-        self.gathers: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}
+        # where values are split so that every contiguous read is a chunk (backends/torch_reads.py)
+        self.reads = ReadPlan(plan)
         # Where each value's batch axis lies in memory. Values are indexed (rows, B, K) everywhere;
         # on the CPU the contractions store them batch-minor, (rows, K, B) in memory, so that the
         # batched matmuls have the batch (not K) as their wide side and elementwise work runs along
@@ -191,31 +205,31 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ forward
     def _read(self, operand: Operand, values: list[torch.Tensor]) -> torch.Tensor:
-        if operand.is_view:
-            (segment,) = operand.segments
-            return values[segment.value][segment.start : segment.stop]
-        # fragmented reads (DAGs): one concatenation of the source values and one gather, so the
-        # backward is one index_add instead of a zero-filled copy of a source per segment
-        sources, index = self._gather_plan(operand)
-        stacked = values[sources[0]] if len(sources) == 1 else torch.cat([values[v] for v in sources], 0)
-        return stacked.index_select(0, index)
+        """The operand's rows (R, B, K): a view where it is one run of one value, else the
+        concatenation of exactly the rows it reads (never of whole source values)."""
+        pieces = [self._segment(segment, values) for segment in operand.segments]
+        return pieces[0] if len(pieces) == 1 else self._cat(pieces)
 
-    def _gather_plan(self, operand: Operand) -> tuple[tuple[int, ...], torch.Tensor]:
-        """(source values, row index into their concatenation) for a fragmented operand; cached."""
-        cached = self.gathers.get(id(operand))
-        if cached is None:
-            sources = tuple(sorted({segment.value for segment in operand.segments}))
-            offsets, total = {}, 0
-            for value in sources:
-                offsets[value] = total
-                total += self.plan.ops[value].rows
-            rows: list[int] = []
-            for segment in operand.segments:
-                local = range(segment.start, segment.stop) if isinstance(segment, RowRange) else segment.rows
-                rows.extend(offsets[segment.value] + row for row in local)
-            cached = (sources, torch.as_tensor(rows, dtype=torch.long, device=self.device))
-            self.gathers[id(operand)] = cached
-        return cached
+    def _segment(self, segment: Segment, values: list[torch.Tensor]) -> torch.Tensor:
+        """One segment's rows (n, B, K): chunks of the pass's split values (``PassValues``), a
+        view, or one gather of its rows."""
+        value = values[segment.value]
+        if isinstance(segment, RowIndex):
+            return value.index_select(0, self._index(segment.rows))
+        if segment.start == 0 and segment.stop == value.shape[0]:
+            return value
+        chunks = values.chunks[segment.value] if isinstance(values, PassValues) else None
+        if chunks is None:
+            return value[segment.start : segment.stop]
+        first, last = self.reads.chunk_span(segment)
+        return chunks[first] if last == first + 1 else self._cat(chunks[first:last])
+
+    def _cat(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """Rows of several pieces, one after another, copied in the stored layout: batch-minor
+        pieces are concatenated as (n, K, B) memory so that the copy runs along contiguous rows."""
+        if self.batch_minor:
+            return torch.cat([piece.transpose(1, 2) for piece in pieces], 0).transpose(1, 2)
+        return torch.cat(pieces, 0)
 
     def _index(self, rows: tuple[int, ...]) -> torch.Tensor:
         cached = self.row_index.get(rows)
@@ -294,7 +308,7 @@ class TorchBackend:
         (``_latent_masks``) clamp latents on their rows; ``noise`` says how stochastic ops draw
         (default: the training IWAE k from torch's global generator)."""
         data = PassData(x, observed, noise or Noise(DEFAULT_TRAINING_SAMPLES))
-        values: list[torch.Tensor] = []
+        values = PassValues(self.reads, self.batch_minor)
         for index, op in enumerate(self.plan.ops):
             if isinstance(op, InputOp):
                 coefs = coefficients[op.name] if coefficients else self._leaf_coefficients(op, params, max_product)
