@@ -94,7 +94,7 @@ def test_divergence_message_is_the_same_on_one_process_and_streaming(
     for extra in ([], ["--stream", "--cache-dir", str(tmp_path / "cache")]):
         calls: list[int] = []
 
-        def nan_from_epoch_3(train_ll, valid_ll, params):
+        def nan_from_epoch_3(plan, train_ll, valid_ll, params):
             calls.append(1)
             return "train LL nan" if len(calls) >= 3 else None
 
