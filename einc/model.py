@@ -248,12 +248,39 @@ class Model:
         floats = sum(self.plan.op_cost(op)[2] for op in self.plan.ops)
         return 3 * floats * np.dtype(self.dtype).itemsize + 16 * self.graph.num_columns
 
+    def check_batch(self, rows: int, what: str, samples: int | None = None, training: bool = False,
+                    chunked: bool = True) -> None:
+        """``ResourceError`` before a batch of ``rows`` that would not fit ``max_bytes``: the
+        circuit's values per row, plus the vae leaves' networks at ``samples`` IWAE samples (all
+        of them kept for the backward pass when ``training``; one chunk at a time in a forward
+        query when ``chunked``). A large ``latent`` or ``--samples`` is refused here, with the
+        numbers, instead of failing inside the allocator."""
+        if self.exact:
+            self.check_memory(rows, self._batch_bytes(), what)
+            return
+        from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
+
+        samples = samples or (DEFAULT_TRAINING_SAMPLES if training else DEFAULT_QUERY_SAMPLES)
+        copies = 3 if training else 1  # values, their gradients and autograd's saved copies
+        itemsize = np.dtype(self.dtype).itemsize
+        neural = copies * itemsize * self.plan.neural_floats(rows, samples, chunked and not training)
+        needed = rows * self._batch_bytes() + neural
+        if needed > self.max_bytes:
+            one = self._batch_bytes() + copies * itemsize * self.plan.neural_floats(1, samples, False)
+            advice = ("use fewer rows per batch" if one <= self.max_bytes else
+                      "even one row does not fit: use fewer IWAE samples or a smaller vae latent/hidden")
+            raise ResourceError(
+                f"{what} with {samples:,} IWAE samples per vae leaf would need about "
+                f"{format_bytes(needed)}, more than the limit of {format_bytes(self.max_bytes)}; "
+                f"{advice}, or raise the limit (CompileOptions(max_bytes=...), --max-memory)")
+
     def _batches(self, data: Any, missing: Any, batch_size: int, labels: Any = None,
-                 label: str = "data", latents: Any = None) -> Iterator[Batch]:
+                 label: str = "data", latents: Any = None, samples: int | None = None,
+                 chunked: bool = True) -> Iterator[Batch]:
         _check_positive_int(batch_size, "batch_size")
         values, observed = prepare(self.graph, data, missing, label, self.dtype)
         rows = min(batch_size, len(values))
-        self.check_memory(rows, self._batch_bytes(), f"a batch of {rows} samples")
+        self.check_batch(rows, f"a batch of {rows} samples", samples, chunked=chunked)
         label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
         latent_array = None if latents is None else prepare_latents(self.plan.latents, latents, len(values))
         for start in range(0, len(values), batch_size):
@@ -286,7 +313,7 @@ class Model:
                               samples: int | None = None, seed: int | None = None) -> np.ndarray:
         noise = self._noise_options(samples, seed)
         out = [self.backend.log_likelihood(self.params, batch, **next(noise))
-               for batch in self._batches(x, missing, batch_size, latents=latents)]
+               for batch in self._batches(x, missing, batch_size, latents=latents, samples=samples)]
         return np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
 
     def _noise_options(self, samples: int | None, seed: int | None) -> Iterator[dict[str, Any]]:
@@ -390,7 +417,7 @@ class Model:
         self._check_head(head)
         rng = np.random.default_rng(self.seed if seed is None else seed)
         out = []
-        for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents):
+        for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents, chunked=False):
             heads = np.full(len(batch.values), head)
             out.append(self.backend.backtrack(self.params, batch, mpe, leaf_value, heads, int(rng.integers(2**31))))
         return np.concatenate(out, 0) if out else np.zeros((0, self.graph.num_columns))
@@ -452,7 +479,7 @@ class Model:
         if len(values) == 0:
             raise DataError("train: no training samples")
         rows = min(batch_size, len(values))
-        self.check_memory(rows, self._batch_bytes(), f"a training batch of {rows} samples")
+        self.check_batch(rows, f"a training batch of {rows} samples", samples, training=True)
         label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
         latent_array = None if latents is None else prepare_latents(self.plan.latents, latents, len(values))
         if valid_latents is not None and valid is None:
