@@ -96,6 +96,7 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     >>> model = einc.compile("examples/tiny.pc", dtype="float64")   # doctest: +SKIP
     >>> model.log_likelihood([[0, 1, 1, 0]])                          # doctest: +SKIP
     """
+    _check_non_negative_int(seed, "seed")
     text, filename = _read_source(source_or_path)
     options = replace(options or CompileOptions(), dtype=dtype)
     options = options if options.target else replace(options, target=device)
@@ -846,6 +847,9 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
     if stored_dtype not in ("float32", "float64"):
         raise _model_file_error(path, f"metadata 'dtype' is {stored_dtype!r}; expected float32 or float64")
     seed = _meta_field(meta, "seed", int, path, 0)
+    if seed < 0:
+        raise _model_file_error(path, f"metadata 'seed' is {seed}; expected a whole number of at least 0")
+    _check_entries(archive, meta, prefix, path, MODEL_META_KEYS, MODEL_ENTRY_PREFIXES)
     dtype = dtype or stored_dtype
     try:
         options = options or CompileOptions()
@@ -863,20 +867,103 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
 def _training_state(archive: Any, prefix: str, meta: Any, plan: Plan, path: Path) -> TrainingState:
     if not isinstance(meta, dict):
         raise _model_file_error(path, "the training state is not a JSON object")
+    unknown = sorted(set(meta) - TRAINING_META_KEYS)
+    if unknown:
+        raise _model_file_error(path, f"the training state has an unknown entry '{_short(unknown[0])}'; "
+                                      f"expected {', '.join(sorted(TRAINING_META_KEYS))}")
     epoch = _meta_field(meta, "epoch", int, path)
     method = _meta_field(meta, "method", str, path, "em")
+    if epoch < 0:
+        raise _model_file_error(path, f"the training state's epoch count is {epoch}; expected a whole number of at least 0")
+    if method not in ("em", "adam"):
+        raise _model_file_error(path, f"the training state's method is {_short(method)!r}; expected 'em' or 'adam'")
+    best_epoch = meta.get("best_epoch")
+    if best_epoch is not None and (isinstance(best_epoch, bool) or not isinstance(best_epoch, int)
+                                   or not 1 <= best_epoch <= epoch):
+        raise _model_file_error(path, f"the training state's best_epoch is {best_epoch!r}; expected an epoch "
+                                      f"in 1..{epoch} (the epochs done) or none")
+    stale = meta.get("stale_epochs", 0) or 0
+    if isinstance(stale, bool) or not isinstance(stale, int) or not 0 <= stale <= epoch:
+        raise _model_file_error(path, f"the training state's stale_epochs is {stale!r}; expected 0..{epoch}")
     rng = _meta_field(meta, "rng", dict, path)
     try:
         np.random.default_rng().bit_generator.state = rng
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OverflowError):
         raise _model_file_error(path, "the training state's random generator state is not valid") from None
     best_valid = meta.get("best_valid_ll")
-    if best_valid is not None and not (isinstance(best_valid, (int, float)) and math.isfinite(best_valid)):
+    if best_valid is not None and (isinstance(best_valid, bool) or not isinstance(best_valid, (int, float))
+                                   or not math.isfinite(best_valid)):
         raise _model_file_error(path, f"the training state's best_valid_ll is {best_valid!r}")
     params = _parameters(archive, f"{prefix}training/param/", plan, path, "training-state parameter")
-    optimizer_prefix = f"{prefix}training/optimizer/"
-    optimizer = {k[len(optimizer_prefix):]: archive[k] for k in archive.files if k.startswith(optimizer_prefix)}
-    if any(v.dtype.kind not in "biuf" or not np.all(np.isfinite(v)) for v in optimizer.values()):
-        raise _model_file_error(path, "the training state's optimiser arrays are not finite numbers")
-    return TrainingState(epoch, params, rng, method, optimizer or None, meta.get("best_epoch"), best_valid,
-                         int(meta.get("stale_epochs", 0) or 0))
+    optimizer = _optimizer_state(archive, f"{prefix}training/optimizer/", plan, path)
+    return TrainingState(epoch, params, rng, method, optimizer or None, best_epoch, best_valid, stale)
+
+
+# What a model file's JSON metadata and archive may hold (anything else is refused, named: a
+# file einc did not write, or one written by a newer einc, is not silently half-read).
+MODEL_META_KEYS = frozenset({"format", "version", "source", "filename", "dtype", "seed", "training"})
+TRAINING_META_KEYS = frozenset({"epoch", "rng", "method", "best_epoch", "best_valid_ll", "stale_epochs"})
+MODEL_ENTRY_PREFIXES = ("param/", "training/param/", "training/optimizer/")
+# Adam's per-parameter state (torch.optim.Adam without amsgrad): a step count and two moments.
+ADAM_SLOTS = ("exp_avg", "exp_avg_sq", "step")
+
+
+def _short(text: Any) -> str:
+    from einc.ir.diagnostics import shorten
+
+    return shorten(str(text), 60)
+
+
+def _check_entries(archive: Any, meta: dict[str, Any], prefix: str, path: Path, meta_keys: frozenset[str],
+                   entry_prefixes: tuple[str, ...]) -> None:
+    """``ModelFileError`` naming the first metadata key or archive entry under ``prefix`` that a
+    model file does not have (top-level entries of a mixture are checked by its loader)."""
+    unknown_keys = sorted(set(meta) - meta_keys)
+    if unknown_keys:
+        raise _model_file_error(path, f"metadata has an unknown entry '{_short(unknown_keys[0])}'; "
+                                      f"expected only {', '.join(sorted(meta_keys))}")
+    for name in archive.files:
+        if not name.startswith(prefix):
+            continue
+        entry = name[len(prefix):]
+        if entry != "meta" and not entry.startswith(entry_prefixes):
+            raise _model_file_error(path, f"unknown entry '{_short(name)}' in the archive; a model file holds "
+                                          f"'{prefix}meta' and '{prefix}param/...' (and its training state)")
+
+
+def _optimizer_state(archive: Any, prefix: str, plan: Plan, path: Path) -> dict[str, np.ndarray]:
+    """Adam's saved state, checked against the plan's parameters: every entry is
+    ``{parameter}/{slot}`` of a parameter the circuit has, a known slot, the parameter's shape
+    (the step count a scalar), finite, moments of squares and step counts not negative, and each
+    parameter with all of its slots or none."""
+    specs = {spec.name: spec for spec in plan.params}
+    state: dict[str, np.ndarray] = {}
+    slots_of: dict[str, set[str]] = {}
+    for key in archive.files:
+        if not key.startswith(prefix):
+            continue
+        entry = key[len(prefix):]
+        name, _, slot = entry.rpartition("/")
+        what = f"the training state's optimiser entry '{_short(entry)}'"
+        if name not in specs:
+            raise _model_file_error(path, f"{what} names no parameter of the circuit")
+        if slot not in ADAM_SLOTS:
+            raise _model_file_error(path, f"{what}: unknown slot '{_short(slot)}'; expected {', '.join(ADAM_SLOTS)}")
+        try:
+            value = archive[key]
+        except ValueError as error:
+            raise _model_file_error(path, f"{what} cannot be read ({_first_line(error)})") from None
+        shape = () if slot == "step" else specs[name].shape
+        if value.shape != shape:
+            raise _model_file_error(path, f"{what} has shape {value.shape}; expected {shape}")
+        if value.dtype.kind not in "biuf" or not np.all(np.isfinite(value)):
+            raise _model_file_error(path, f"{what} is not finite numbers")
+        if slot != "exp_avg" and np.any(value < 0):
+            raise _model_file_error(path, f"{what} is negative; expected at least 0")
+        state[entry] = value
+        slots_of.setdefault(name, set()).add(slot)
+    for name, slots in sorted(slots_of.items()):
+        if len(slots) != len(ADAM_SLOTS):
+            missing = sorted(set(ADAM_SLOTS) - slots)[0]
+            raise _model_file_error(path, f"the training state's optimiser entry '{_short(name)}/{missing}' is missing")
+    return state
