@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from einc.compiler.pipeline import CompileOptions
-from einc.data import as_rows
+from einc.io.data import as_rows
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
-from einc.files import atomic_write
-from einc.ir.diagnostics import EincError, ModelFileError, shorten
+from einc.archive import check_mixture_entries
+from einc.io.files import atomic_write
+from einc.errors import EincError, ModelFileError
 from einc.model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -35,6 +36,7 @@ from einc.model import (
     EpochRecord,
     Model,
     compile,
+    model_from_archive,
 )
 
 FORMAT = "einc-mixture"
@@ -195,8 +197,6 @@ class MixtureModel:
 def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str, dtype: str | None,
                  options: CompileOptions | None = None) -> MixtureModel:
     """The mixture of an open model archive, every component and weight checked (see ``load``)."""
-    from einc.model import model_from_archive
-
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: mixture format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
     count, weights = meta.get("components"), meta.get("weights")
@@ -207,15 +207,7 @@ def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str
             or sum(weights) <= 0):
         raise ModelFileError(f"{path}: not a valid einc model file: the mixture weights are not {count} "
                              f"non-negative numbers with a positive sum")
-    unknown = sorted(set(meta) - {"format", "version", "components", "weights"})
-    if unknown:
-        raise ModelFileError(f"{path}: not a valid einc model file: the mixture's metadata has an unknown entry "
-                             f"'{shorten(unknown[0], 60)}'")
-    prefixes = tuple(f"component{index}/" for index in range(count))
-    for name in archive.files:
-        if name != "meta" and not name.startswith(prefixes):
-            raise ModelFileError(f"{path}: not a valid einc model file: unknown entry '{shorten(name, 60)}' in the "
-                                 f"archive; a mixture holds 'meta' and component0/ ... component{count - 1}/")
+    check_mixture_entries(archive, meta, count, path)
     components = [
         model_from_archive(archive, f"component{index}/", path, backend, device, dtype, options)
         for index in range(count)
