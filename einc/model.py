@@ -138,7 +138,26 @@ class Model:
     @property
     def params(self) -> Params:
         """The parameters the backend runs on (from the module, once ``module()`` handed it out)."""
-        return self._params if self._module is None else self._module.snapshot()
+        if self._module is None:
+            return self._params
+        self._check_module_intact()
+        return self._module.snapshot()
+
+    def _check_module_intact(self) -> None:
+        """``EincError`` when the shared module's tensors no longer have the model's dtype or
+        device (``module().double()``, ``.half()``, ``.to(...)``): every query, ``save`` and
+        ``fit`` read the parameters through here, so a converted module is refused with a
+        message instead of a dtype mismatch deep inside torch (or a file of rounded weights)."""
+        want_dtype, want_device = getattr(self.backend, "dtype", None), getattr(self.backend, "device", None)
+        for tensor in self._module.free.values():
+            if (want_dtype is not None and tensor.dtype != want_dtype) or (
+                    want_device is not None and tensor.device.type != want_device.type):
+                found = f"{str(tensor.dtype).replace('torch.', '')} on {tensor.device}"
+                raise EincError(
+                    f"the model's module was converted to {found} (by .to(), .double(), .half(), ...); the "
+                    f"model runs at {self.dtype} on {want_device}: convert the module back (e.g. "
+                    f"module.to({str(want_dtype).replace('torch.', 'torch.')})), or compile or load the model "
+                    f"with the dtype and device you want (dtype='float64', device='cuda')")
 
     @params.setter
     def params(self, value: Params) -> None:
