@@ -590,8 +590,22 @@ class Model:
         }
 
     def archive_arrays(self, params: dict[str, np.ndarray] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
-        """The arrays of a model file under ``prefix``: metadata, parameters and training state."""
-        return model_arrays(self.metadata(), params or self.parameters(), self.training, prefix)
+        """The arrays of a model file under ``prefix``: metadata, parameters and training state.
+
+        Checked as ``load`` checks them before anything is written: a model whose parameters
+        became NaN (an optimiser step on ``module()``, say) is refused, so that ``save`` never
+        replaces a good file with one that cannot be loaded."""
+        params = params or self.parameters()
+        problems = parameter_problems(self.plan, params)
+        if self.training is not None:
+            problems += [f"training-state parameter {p}" for p in parameter_problems(self.plan, self.training.params)]
+            problems += [f"optimiser entry '{k}' holds a non-finite value" for k, v in (self.training.optimizer or {}).items()
+                         if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise EincError(f"refusing to write the model: {problems[0]}{more}; nothing was written (an existing "
+                            f"file is left as it was)")
+        return model_arrays(self.metadata(), params, self.training, prefix)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically: a .npz with the circuit source and parameters (no pickle),

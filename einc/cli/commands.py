@@ -29,7 +29,7 @@ from einc.cli.session import (
     training_model,
 )
 from einc.io.data import prepare, prepare_labels, prepare_latents, read_data
-from einc.io.files import check_array_output, check_not_an_input, check_writable, save_array
+from einc.io.files import check_array_output, check_distinct_paths, check_not_an_input, check_writable, save_array
 from einc.errors import DataError, EincError, TrainingError
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.model import EpochRecord, Model, compile
@@ -341,6 +341,8 @@ def cmd_learn_structure(args: argparse.Namespace) -> int:
     from einc.io.files import atomic_write
     from einc.tools.structure_learning import learn_structure
 
+    check_writable(args.output, "circuit")
+    check_distinct_paths({"-o": args.output}, {"--data": args.data, "--variables": args.variables})
     text, tree = learn_structure(args.kind, args.data, args.output, hidden_states=args.sums,
                                  variables=args.variables, bins=args.bins, pseudocount=args.pseudocount,
                                  max_rows=args.max_rows, seed=args.seed)
@@ -383,10 +385,9 @@ def cmd_lvd(args: argparse.Namespace) -> int:
     output = check_writable(args.output, "model")
     inputs = {"FILE.pc": args.file, "--data": args.data, "--teacher": args.teacher, "--latents": args.latents,
               "--valid": args.valid, "--test": args.test}
-    check_not_an_input(output, inputs)
     if args.write_latents:
         check_array_output(args.write_latents)
-        check_not_an_input(args.write_latents, {**inputs, "-o": args.output})
+    check_distinct_paths({"-o": output, "--write-latents": args.write_latents}, inputs)
     model = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
                     options=compile_options(args))
     # raises without latents (nothing to distill) and, for --teacher, unless they share one K (one codebook)

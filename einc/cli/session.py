@@ -24,7 +24,7 @@ import numpy as np
 
 from einc.compiler.pipeline import CompileOptions
 from einc.errors import EincError, TrainingError
-from einc.io.files import check_not_an_input, check_writable
+from einc.io.files import check_distinct_paths, check_writable
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.ir.plan import Plan
 from einc.loading import load
@@ -121,15 +121,14 @@ def check_outputs(args: argparse.Namespace) -> Path:
     inputs = {"FILE.pc": args.file, "--data": args.data, "--valid": args.valid, "--test": args.test,
               "--labels": args.labels, "--valid-labels": args.valid_labels}
     output = check_writable(args.output, "model")
-    check_not_an_input(output, inputs)
     table = check_writable(history_path(output), "training history")
-    check_not_an_input(table, {**inputs, "-o": args.output})
     plot = getattr(args, "plot", None)
     if plot is not None:
         if not str(plot).lower().endswith(".png"):
             raise EincError(f"--plot {plot}: the learning curves are a PNG picture; name it FILE.png")
         check_writable(plot, "picture")
-        check_not_an_input(plot, {**inputs, "-o": args.output})
+    # --resume is not among the inputs: -o replacing the model it continues is the usual use
+    check_distinct_paths({"-o": output, "history table": table, "--plot": plot}, inputs)
     return output
 
 
