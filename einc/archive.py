@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from einc.compiler.params import parameter_problems
-from einc.errors import ModelFileError
+from einc.errors import EincError, ModelFileError
+from einc.io.data import npz_header
 from einc.ir.diagnostics import shorten
 from einc.ir.plan import Plan
 from einc.train.loop import TrainingState
@@ -55,9 +56,10 @@ def read_meta(archive: Any, prefix: str, path: Path) -> dict[str, Any]:
     key = f"{prefix}meta"
     if key not in archive.files:
         raise ModelFileError(f"{path}: not an einc model file (no '{key}' entry)")
+    shape, _, dtype = _header(archive, key, path)
+    if shape != () or dtype.kind != "U" or dtype.itemsize > MAX_META_BYTES:
+        raise file_error(path, f"'{key}' is not a JSON text of at most {MAX_META_BYTES // 2**20} MiB")
     raw = archive[key]
-    if raw.shape != () or raw.dtype.kind != "U":
-        raise file_error(path, f"'{key}' is not a JSON text")
     try:
         meta = json.loads(str(raw))
     except json.JSONDecodeError as error:
@@ -84,8 +86,15 @@ def read_parameters(archive: Any, prefix: str, plan: Plan, path: Path, what: str
     unexpected = sorted(set(stored) - wanted)
     if unexpected:
         raise file_error(path, f"unexpected {what} '{unexpected[0]}': the circuit has no such parameter")
+    specs = {spec.name: spec for spec in plan.params}
     params: dict[str, np.ndarray] = {}
     for name in sorted(wanted):
+        shape, _, dtype = _header(archive, stored[name], path)
+        # refused from the header: a compressed entry declaring a huge shape is never inflated
+        if dtype.kind not in "biuf":
+            raise file_error(path, f"{what} '{name}' has dtype {dtype}; expected floating-point numbers")
+        if shape != specs[name].shape:
+            raise file_error(path, f"{what} '{name}' has shape {shape}; expected {specs[name].shape}")
         try:
             params[name] = archive[stored[name]]
         except ValueError as error:
@@ -95,6 +104,18 @@ def read_parameters(archive: Any, prefix: str, plan: Plan, path: Path, what: str
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise file_error(path, f"{what} {problems[0]}{more}")
     return params
+
+
+# Longest metadata text (the JSON with the circuit's source) a model file may declare.
+MAX_META_BYTES = 256 * 2**20
+
+
+def _header(archive: Any, key: str, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """An entry's declared (shape, fortran order, dtype), read without inflating the entry."""
+    try:
+        return npz_header(archive.zip, f"{key}.npy", str(path))
+    except EincError as error:
+        raise file_error(path, f"entry '{shorten(key, 60)}': {error.diagnostics[0].message}") from None
 
 
 def first_line(error: BaseException) -> str:
@@ -195,11 +216,14 @@ def read_optimizer_state(archive: Any, prefix: str, plan: Plan, path: Path) -> d
             raise file_error(path, f"{what} names no parameter of the circuit")
         if slot not in ADAM_SLOTS:
             raise file_error(path, f"{what}: unknown slot '{shorten(slot, 30)}'; expected {', '.join(ADAM_SLOTS)}")
+        shape = () if slot == "step" else specs[name].shape
+        declared, _, dtype = _header(archive, key, path)
+        if declared != shape or dtype.kind not in "biuf":
+            raise file_error(path, f"{what} has shape {declared} and dtype {dtype}; expected {shape} numbers")
         try:
             value = archive[key]
         except ValueError as error:
             raise file_error(path, f"{what} cannot be read ({first_line(error)})") from None
-        shape = () if slot == "step" else specs[name].shape
         if value.shape != shape:
             raise file_error(path, f"{what} has shape {value.shape}; expected {shape}")
         if value.dtype.kind not in "biuf" or not np.all(np.isfinite(value)):

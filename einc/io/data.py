@@ -206,7 +206,43 @@ def _npz_dataset(file: Path, key: str | None, source: str) -> Dataset:
             source = str(file)
         if key not in names:
             raise DataError(f"{file}: no array '{key}'; the file has {', '.join(names)}")
+        # the member's declared shape and dtype, checked before it is decompressed: a few bytes of
+        # a compressed member can declare gigabytes of zeros
+        shape, _, dtype = npz_header(archive.zip, f"{key}.npy", source)
+        rows, columns = array_rows_shape(dtype, shape, source)
+        needed = rows * columns * (dtype.itemsize + 8)  # the array as stored, and its float64 copy
+        if needed > MAX_IN_MEMORY_BYTES:
+            raise DataError(f"{source}: the array declares shape {tuple(shape)} ({dtype}): about "
+                            f"{needed / 2**30:.1f} GiB to read into memory, more than the limit of "
+                            f"{MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB; stream it instead (einc train --stream)")
         return _array_dataset(archive[key], source)
+
+
+# Largest data array read whole into memory (as stored plus its float64 copy); bigger data is
+# streamed window by window (einc.train.rows). The default --max-memory.
+MAX_IN_MEMORY_BYTES = 4 * 2**30
+
+
+def npz_header(archive: zipfile.ZipFile, member: str, source: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the ``.npy`` member of an ``.npz`` archive, read from its
+    first bytes without decompressing the rest; ``DataError`` when the header is not readable or
+    declares more bytes than the zip entry holds uncompressed."""
+    try:
+        info = archive.getinfo(member)
+        with archive.open(member) as stream:
+            version = np.lib.format.read_magic(stream)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = reader(stream)
+            header_bytes = stream.tell()
+    except READ_ERRORS as error:
+        raise cannot_read(source, error) from None
+    except KeyError:
+        raise DataError(f"{source}: no member {member} in the archive") from None
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize if dtype.itemsize else 0
+    if header_bytes + declared > info.file_size:
+        raise DataError(f"{source}: the array's header declares shape {tuple(shape)} ({dtype}, {declared:,} bytes) "
+                        f"but the archive entry holds {info.file_size:,} bytes; the file is damaged")
+    return tuple(int(n) for n in shape), bool(fortran_order), dtype
 
 
 def _array_dataset(array: np.ndarray, source: str) -> Dataset:
