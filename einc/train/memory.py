@@ -51,7 +51,7 @@ def fit_in_memory(model: Model, train: Any, valid: Any, *, epochs: int, method: 
     if len(values) == 0:
         raise DataError("train: no training samples")
     rows = min(batch_size, len(values))
-    model.check_memory(rows, model.batch_bytes(), f"a training batch of {rows} samples")
+    model.check_batch(rows, f"a training batch of {rows} samples", samples, training=True)
     label_array = None if labels is None else prepare_labels(labels, len(values), model.plan.heads)
     latent_array = None if latents is None else prepare_latents(model.plan.latents, latents, len(values))
     if valid_latents is not None and valid is None:
