@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from einc import __version__, commands
+from einc import __version__, commands, datasets
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler import dump, size
 from einc.compiler.pipeline import (
@@ -435,6 +435,20 @@ COMMANDS: tuple[Command, ...] = (
             MODEL,
             Arg(("--evidence",), {"default": "", "help": 'e.g. "x[0]=1,x[3]=0"'}),
             Arg(("--target",), {"required": True, "help": "e.g. x[5] (several: x[5],x[6])"}),
+        ),
+    ),
+    Command(
+        "data",
+        "fetch a public data set (MNIST, DEBD) into the cache, checked against its published checksums, "
+        "or print where one is",
+        datasets.cmd_data,
+        (
+            Arg(("action",), {"choices": ["fetch", "path", "list"],
+                              "help": "fetch: download, verify and convert; path: print where it is; list: all"}),
+            Arg(("dataset",), {"nargs": "?", "choices": ["mnist", "debd"], "help": "mnist, or debd NAME..."}),
+            Arg(("names",), {"nargs": "*", "metavar": "NAME", "help": "DEBD set names (nltcs, plants, ...)"}),
+            Arg(("--dir",), {"metavar": "D", "help": f"the data folder (default: ${datasets.DATA_ENV}, else "
+                                                     "~/.cache/einc/data; path and list also look in ../shared/data)"}),
         ),
     ),
 )
