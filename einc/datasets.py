@@ -376,8 +376,9 @@ def verify(dataset: Dataset, path: Path) -> bool:
         return False
 
 
-def find(name: str, given: str | os.PathLike | None = None, folder: str | os.PathLike | None = None) -> Path:
-    """Where data set ``name`` is: ``given`` (a command's --data), else the cache, else
+def find(name: str, given: str | os.PathLike | None = None, folder: str | os.PathLike | None = None,
+         option: str = "--data") -> Path:
+    """Where data set ``name`` is: ``given`` (a command's ``option``), else the cache, else
     ../shared/data; ``folder`` replaces the last two. ``DataMissing`` (one line) when absent."""
     dataset = lookup(name)
     fetch_hint = f"run `einc data fetch {command_name(name)}`"
@@ -391,7 +392,7 @@ def find(name: str, given: str | os.PathLike | None = None, folder: str | os.Pat
         if present(dataset, candidate):
             return candidate
     where = f"{homes[0]}" if folder is not None else f"{homes[0]} (${DATA_ENV}) or {homes[1]}"
-    raise DataMissing(f"{command_name(name)} is not in {where}: {fetch_hint}, or pass its path with --data")
+    raise DataMissing(f"{command_name(name)} is not in {where}: {fetch_hint}, or give its path with {option}")
 
 
 def fetch(name: str, folder: str | os.PathLike | None = None, progress: bool | None = None,
