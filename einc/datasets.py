@@ -192,9 +192,13 @@ def convert_debd(dataset: Dataset, downloads: dict[str, Path], result: Path) -> 
                 stream.flush()
                 os.fsync(stream.fileno())
         os.chmod(staging, 0o755)
-        if result.exists():
-            shutil.rmtree(result)
-        os.replace(staging, result)
+        if result.exists():  # a damaged copy: moved aside, so that the name never holds a partial set
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=result.parent))
+            os.replace(result, old / name)
+            os.replace(staging, result)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, result)
         sync_folder(result.parent)
     finally:
         if staging.exists():

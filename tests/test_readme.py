@@ -9,7 +9,7 @@ A block is tested by what it is:
   standing for any text and line breaks not counting (the README wraps long messages); a shown
   ``error:`` expects exit status 1, anything else 0;
 - a block of bare commands (``einc ...``, ``python ...``) runs each one, which must exit 0;
-- a ``python`` block runs as a script in that folder (a fresh interpreter).
+- a ``python`` block runs as a script in that folder (in this process: torch is imported once).
 
 A block that is none of these, or must not run as it stands, carries markers: HTML comments
 right before its fence (invisible on the rendered page, plain in the source), one per line:
@@ -280,10 +280,21 @@ def check_pc_syntax(block: Block) -> None:
 
 
 def check_python(block: Block, folder: Path) -> None:
-    code = substitute(block, "\n".join(block.lines))
-    done = subprocess.run([sys.executable, "-c", code], cwd=folder, env=shell_environment(), capture_output=True, text=True,
-                          timeout=PYTHON_TIMEOUT)
-    assert done.returncode == 0, f"{block.where}: the python block failed:\n{done.stdout}{done.stderr}"
+    """Run the block as a script, in this process (torch is imported once, with one thread; the
+    working directory is ``folder``); a traceback names README.md and the block's lines."""
+    code = substitute(block, "\n" * block.line + "\n".join(block.lines))  # line numbers as in README.md
+    threads = torch.get_num_threads()
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, str(README), "exec"), {"__name__": "__main__"})  # noqa: S102 - the README's own code
+    except Exception:  # noqa: BLE001 - any failure of the block is the finding
+        import traceback
+
+        raise AssertionError(f"{block.where}: the python block failed:\n{printed.getvalue()}"
+                             f"{traceback.format_exc()}") from None
+    finally:
+        torch.set_num_threads(threads)
 
 
 def kind_of(block: Block) -> str:
@@ -378,3 +389,13 @@ def test_a_drifted_listing_names_the_line(tmp_path: Path) -> None:
     block = Block(12, "", ["# examples/tiny.pc", "circuit tiny", "var A : binary"])
     with pytest.raises(AssertionError, match=r"README.md:12: the listing differs from examples/tiny.pc"):
         check_listing(block, "examples/tiny.pc")
+
+
+def test_a_drifted_transcript_names_the_line_and_the_difference(folder: Path) -> None:
+    block = Block(40, "", ["$ einc check examples/tiny.pc", "circuit tiny: ok (explicit region graph)", "...",
+                           "parameters: 191 (leaf 12, einsum 176, mixing 2)"])
+    with pytest.raises(AssertionError) as failure:
+        check_transcript(block, folder)
+    message = str(failure.value)
+    assert message.startswith("README.md:41: `einc check examples/tiny.pc`: the output differs")
+    assert "-parameters: 191" in message and "+parameters: 190" in message
