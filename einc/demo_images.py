@@ -23,6 +23,8 @@ from einc.images import grid, image_mask, image_shape, inpainting_figure, inpain
 from einc.mixture import fit_mixture
 
 ROOT = Path(__file__).resolve().parent.parent
+# ignored by git: running the demo never changes the checkout (`make docs-images` copies on purpose)
+DEFAULT_OUT = ROOT / "out" / "demo-images"
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -36,7 +38,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixture", type=int, default=0, help="train a mixture of C EiNets (k-means clusters)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "out" / "demo-images"),
+    parser.add_argument("--out", default=str(DEFAULT_OUT),
                         help="folder for the pictures (docs/images: the README's, on purpose)")
     args = parser.parse_args(argv)
 
