@@ -448,7 +448,7 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("dataset",), {"nargs": "?", "choices": ["mnist", "debd"], "help": "mnist, or debd NAME..."}),
             Arg(("names",), {"nargs": "*", "metavar": "NAME", "help": "DEBD set names (nltcs, plants, ...)"}),
             Arg(("--dir",), {"metavar": "D", "help": f"the data folder (default: ${datasets.DATA_ENV}, else "
-                                                     "~/.cache/einc/data; path and list also look in ../shared/data)"}),
+                                                     "~/.cache/einc/data; without --dir, path and list also look in ../shared/data)"}),
         ),
     ),
 )
