@@ -19,14 +19,14 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed
-	$(PY) -m einc.demo
+	$(PY) examples/demo.py
 
 # the demo writes its pictures to out/demo-images/ (ignored by git); docs-images regenerates the
 # README's three pictures in docs/images/ (tracked), on purpose only
 DOCS_IMAGES := mnist_samples_means.png mnist_inpaint_top.png mnist_inpaint_left.png
 
 demo-images: $(VENV)/.installed
-	$(PY) -m einc.demo_images
+	$(PY) examples/demo_images.py
 
 docs-images: demo-images
 	cp $(addprefix out/demo-images/,$(DOCS_IMAGES)) docs/images/

@@ -63,7 +63,7 @@ MNIST_HELP = "MNIST as an .npz (x_train, x_test); default: where `einc data path
 def mnist_path(given: Path | None) -> Path:
     """Where MNIST is: ``given`` (a script's --data), else einc's data cache (``$EINC_DATA``),
     else ../shared/data; otherwise the script exits with one line saying how to get it."""
-    from einc.datasets import DataMissing, find
+    from einc.io.datasets import DataMissing, find
 
     try:
         return find("mnist", given)

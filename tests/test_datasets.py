@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from einc import cli, datasets
-from einc.download import DownloadError, download
-from einc.ir.diagnostics import DataError
+from einc import cli
+from einc.errors import DataError
+from einc.io import datasets
+from einc.io.download import DownloadError, download
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"

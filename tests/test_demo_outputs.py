@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -10,14 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from einc import demo_images
-
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def demo_images_module():
+    """examples/demo_images.py (a script, not a package module), loaded for its constants."""
+    spec = importlib.util.spec_from_file_location("demo_images", ROOT / "examples" / "demo_images.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
 def test_demo_images_write_into_an_ignored_folder() -> None:
-    target = demo_images.DEFAULT_OUT / "mnist_samples.png"
+    target = demo_images_module().DEFAULT_OUT / "mnist_samples.png"
     ignored = subprocess.run(["git", "check-ignore", "-q", str(target)], cwd=ROOT)
     assert ignored.returncode == 0, f"{target.relative_to(ROOT)} is not ignored by git"
 

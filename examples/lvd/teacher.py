@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from einc.datasets import DataMissing
-from einc.datasets import find as find_dataset
+from einc.io.datasets import DataMissing
+from einc.io.datasets import find as find_dataset
 
 PATCH = 7
 GRID = 4  # 28 / 7 patches per side

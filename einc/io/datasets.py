@@ -6,7 +6,7 @@ beside the project (the developers' copy); otherwise a ``DataMissing`` error tha
 how to get it: ``einc data fetch NAME``.
 
 ``fetch(name)`` downloads a data set from its canonical public source (a list of mirrors), checks
-every file against its published size and SHA-256 (``einc.download``: resumable, atomic), decodes
+every file against its published size and SHA-256 (``einc.io.download``: resumable, atomic), decodes
 it, checks the decoded arrays against the SHA-256 of the same arrays built from the copy the
 project was developed with (``CONTENT_SHA256``; ``content_sha256`` says how they are hashed), and
 only then writes it, atomically, in the format ``--data`` reads:
@@ -36,13 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from einc.download import download, sync_folder
-from einc.files import atomic_write
-from einc.ir.diagnostics import DataError, EincError
+from einc.errors import DataError
+from einc.io.download import download, sync_folder
+from einc.io.files import atomic_write
+from einc.ir.diagnostics import EincError
 
 DATA_ENV = "EINC_DATA"
 MIRRORS_ENV = "EINC_DATA_MIRRORS"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "valid", "test")
 
 
