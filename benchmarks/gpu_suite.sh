@@ -66,7 +66,7 @@ step() {
 # ---- einc and its missing dependencies on the path (no pip, no network)
 site=/tmp/einc-site
 rm -rf "$site" && mkdir -p "$site/einc"
-for file in "$root"/einc/*.py; do ln -s "$file" "$site/einc/"; done
+for entry in "$root"/einc/*.py "$root"/einc/*/; do ln -s "${entry%/}" "$site/einc/"; done  # modules and wings (cli, io, ...)
 for stage in grammar ir compiler backends; do ln -s "$root/$stage" "$site/einc/$stage"; done
 if ! $PY -c "import lark" 2>/dev/null; then
   for wheel in "$wheels"/lark-*.whl; do (cd "$site" && $PY -m zipfile -e "$wheel" .); done
