@@ -53,6 +53,7 @@ from einc.cli.options import (
 from einc.cli.session import compile_options
 from einc.compiler import dump
 from einc.compiler.pipeline import CompileOptions, check_file, compile_plan, front_end, load_source, region_graph
+from einc.io import datasets
 from einc.io.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
@@ -262,6 +263,21 @@ COMMANDS: tuple[Command, ...] = (
             MODEL,
             Arg(("--evidence",), {"default": "", "help": 'e.g. "x[0]=1,x[3]=0"'}),
             Arg(("--target",), {"required": True, "help": "e.g. x[5] (several: x[5],x[6])"}),
+        ),
+    ),
+    Command(
+        "data",
+        "fetch a public data set (MNIST, DEBD) into the cache, checked against its published checksums, "
+        "or print where one is",
+        datasets.cmd_data,
+        (
+            Arg(("action",), {"choices": ["fetch", "path", "list"],
+                              "help": "fetch: download, verify and convert; path: print where it is; list: all"}),
+            Arg(("dataset",), {"nargs": "?", "choices": ["mnist", "debd"], "help": "mnist, or debd NAME..."}),
+            Arg(("names",), {"nargs": "*", "metavar": "NAME", "help": "DEBD set names (nltcs, plants, ...)"}),
+            Arg(("--dir",), {"metavar": "D", "help": f"the data folder (default: ${datasets.DATA_ENV}, else "
+                                                     "~/.cache/einc/data; without --dir, path and list also look in "
+                                                     "../shared/data)"}),
         ),
     ),
 )
