@@ -41,6 +41,7 @@ from einc.ir.program import (
     ProductStatement,
     Program,
     RegionRef,
+    RegionSizeStatement,
     RegionStatement,
     ScopeExpr,
     SizeStatement,
@@ -355,6 +356,7 @@ class _Builder:
             )
         structure = self._structure(statements)
         latents = self._latents(statements, structure[0] if structure is not None else None)
+        region_sizes = self._region_sizes(statements, structure)
         if self.sink.has_errors or structure is None:
             return None, sort_diagnostics(self.sink.diagnostics)
         regions, partitions, generator = structure
@@ -370,6 +372,7 @@ class _Builder:
             generator=generator,
             product=product,
             latents=latents,
+            region_sizes=region_sizes,
         )
         return graph, sort_diagnostics(self.sink.diagnostics)
 
@@ -873,6 +876,48 @@ class _Builder:
                 continue
             latents.append(Latent(name, min(ids, key=lambda region_id: region_id[1]), span))
         return tuple(latents)
+
+    def _region_sizes(self, statements: Sequence[object], structure: tuple | None) -> tuple[tuple[RegionId, int], ...]:
+        """``sums R = K`` / ``inputs R = K``: one region's own K (a grown circuit's regions hold
+        different numbers of units). A scope with several generated copies names the first."""
+        given = [(s, self._region_scope(s.region)) for s in statements if isinstance(s, RegionSizeStatement)]
+        if structure is None:
+            return ()
+        regions, partitions, _generator = structure
+        internal = {p.region for p in partitions}
+        first: dict[Scope, RegionId] = {}
+        for region in regions:
+            if region.scope not in first or region.copy < first[region.scope][1]:
+                first[region.scope] = region.id
+        root = tuple(range(len(self.group_of)))
+        sizes: dict[RegionId, int] = {}
+        where: dict[RegionId, Span] = {}
+        for statement, scope in given:
+            if scope is None:
+                continue  # reported by _region_scope
+            number, keyword = statement.value, statement.keyword
+            region = first.get(scope)
+            leaf_or_internal = "inputs" if region not in internal else "sums"
+            if region is None:
+                self.sink.error(f"{keyword} names {self._scope_text(scope)}, which is not a region of the circuit",
+                                statement.span)
+            elif scope == root:
+                self.sink.error(f"{keyword} names the root, whose K is the number of heads; write `heads "
+                                f"{number.text}`", statement.span)
+            elif keyword != leaf_or_internal:
+                kind = "a leaf region" if leaf_or_internal == "inputs" else "an internal region"
+                self.sink.error(f"{self._scope_text(scope)} is {kind}: its K is given by `{leaf_or_internal} "
+                                f"REGION = K`, not `{keyword}`", statement.span)
+            elif not number.is_integer or int(number.value) < 1:
+                self.sink.error(f"{keyword} of {self._scope_text(scope)} (its K) must be a whole number of at least "
+                                f"1, found {number.text}", number.span)
+            elif region in sizes:
+                self.sink.error(f"the K of {self._scope_text(scope)} is given twice", statement.span,
+                                Note("first given here", where[region]))
+            else:
+                sizes[region] = int(number.value)
+                where[region] = statement.span
+        return tuple(sorted(sizes.items(), key=lambda item: region_sort_key(item[0])))
 
     def _scope_text(self, scope: Scope) -> str:
         return "{" + self._variable_text(scope) + "}"
