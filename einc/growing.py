@@ -30,6 +30,9 @@ from einc.compiler.grow import (
     item_parameters,
     select_units,
 )
+from einc.compiler.layering import layer
+from einc.compiler.lower import lower
+from einc.compiler.params import init_parameters
 from einc.files import atomic_write, check_writable
 from einc.grammar.parser import parse
 from einc.ir.diagnostics import EincError
@@ -52,10 +55,14 @@ def grow(model: Model, flows, roots: Mapping[RegionId, Sequence[int]], threshold
     graph = model.graph
     growth = select_units(graph, flows, roots, threshold)
     grown_graph = grow_graph(graph, growth)
-    source = grown_source(model.source, model.filename, grown_graph)
-    grown = compile_model(source, backend=model.backend_name, device=model.device, dtype=model.dtype,
-                          seed=model.seed)
-    grown.filename = model.filename
+    if model.source.strip():
+        grown = compile_model(grown_source(model.source, model.filename, grown_graph), backend=model.backend_name,
+                              device=model.device, dtype=model.dtype, seed=model.seed)
+        grown.filename = model.filename
+    else:  # a circuit built in memory (e.g. a patch circuit, einc.patches): no text to rewrite
+        plan = lower(layer(grown_graph))
+        grown = Model(plan, "", model.filename, model.backend_name, model.device, model.dtype,
+                      init_parameters(plan, model.seed), model.seed)
     if [(p.region, p.parts) for p in grown.graph.partitions] != [(p.region, p.parts) for p in graph.partitions] or any(
             grown.graph.size(r.id) != grown_graph.size(r.id) for r in graph.regions):
         raise EincError("internal: the grown .pc text does not compile to the grown circuit")  # a bug if seen
