@@ -117,6 +117,22 @@ def step_size(text: str) -> float:
     return value
 
 
+def grow_spec(text: str) -> tuple[int, int]:
+    from einc.lvd_pg import parse_grow
+
+    try:
+        return parse_grow(text)
+    except EincError:
+        raise argparse.ArgumentTypeError(f"expected N1xN2 with whole numbers of at least 1, e.g. 4x4, found '{text}'") from None
+
+
+def unit_fraction(text: str) -> float:
+    value = _real(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (a fraction of the flow per sample), found {text}")
+    return value
+
+
 def thread_count(text: str) -> str | int:
     if text == "auto":
         return text
@@ -342,6 +358,14 @@ COMMANDS: tuple[Command, ...] = (
             PSEUDOCOUNT,
             Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters, k-means and batch order"}),
             Arg(("--write-latents",), {"metavar": "OUT", "help": "also write the latent states used (.npy, .npz or .csv)"}),
+            Arg(("--grow",), {"type": grow_spec, "metavar": "N1xN2",
+                              "help": "progressive growing (LVD-PG): per latent, k-means into N1 outer clusters, then "
+                                      "grow the patch circuits until N1*N2 clusters (needs --teacher); writes the "
+                                      "grown .pc too"}),
+            Arg(("--grow-threshold",), {"type": unit_fraction, "default": 0.1, "metavar": "T",
+                                        "help": "copy a unit when its flow per growing sample reaches T (default 0.1)"}),
+            Arg(("--grown-pc",), {"metavar": "OUT.pc", "help": "where --grow writes the grown circuit "
+                                                              "(default: MODEL with the suffix .pc)"}),
             Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
         ),
     ),
