@@ -558,12 +558,19 @@ def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[
     def report(phase: str, record: EpochRecord) -> None:
         print(f"{phase:>9} {_epoch_line(record)}", flush=True)
 
+    trained: dict[str, Any] = {}  # the last trained circuit: what an interrupt writes
+
+    def keep(current: Model, states: np.ndarray) -> None:
+        trained.update(model=current, latents=states)
+
     try:
         with _termination_as_interrupt():
             model, latents, _rounds = lvd_pg.progressive_growing(
                 model, train, features, outer, inner, threshold=args.grow_threshold, epochs=args.epochs,
                 valid=valid, batch_size=args.batch_size, step_size=args.step_size, update=args.update,
-                pseudocount=args.pseudocount, seed=args.seed, on_round=report_round, on_epoch=report)
+                pseudocount=args.pseudocount, seed=args.seed, on_round=report_round, on_epoch=report,
+                on_model=keep)
+            keep(model, latents)
             print(f"LVD objective, mean log p(x, z): bpd {bpd(float(model.log_likelihood(train, latents=latents).mean()))}; "
                   f"after growing, mean log p(x): bpd {bpd(float(model.log_likelihood(train).mean()))}")
             if args.finetune_epochs:
@@ -571,7 +578,12 @@ def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[
                           step_size=args.step_size, update=args.update, pseudocount=args.pseudocount,
                           on_epoch=lambda record: report("fine-tune", record))
     except KeyboardInterrupt as interrupt:
-        print("einc: interrupted; progressive growing writes nothing before it ends", file=sys.stderr)
+        if "model" not in trained:
+            print("einc: interrupted before the first round was trained; nothing written", file=sys.stderr)
+        else:
+            write_grown(trained["model"], grown_pc, output)
+            print(f"einc: interrupted; wrote the circuit last trained ({trained['model'].num_parameters:,} "
+                  f"parameters) to {grown_pc} and {output}", file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(interrupt, _Terminated) else 130
     except TrainingError as error:
         return _save_diverged(model, output, error)

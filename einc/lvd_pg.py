@@ -64,8 +64,9 @@ def parse_grow(text: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class GrowRound:
-    """One round: the states of every latent after it, the mean log p(x, z) it trained to, the
-    validation mean log p(x) (latents summed out), the circuit's parameters and the time."""
+    """One round: the states of every latent after it, the mean log p(x, z) its training reached
+    (before its growth), the validation mean log p(x) (latents summed out) and the circuit's
+    parameters after its growth, and the time."""
 
     round: int
     states: tuple[int, ...]
@@ -141,10 +142,13 @@ def progressive_growing(model: Model, x: Any, features: Any, outer: int, inner: 
                         batch_size: int = DEFAULT_BATCH_SIZE, step_size: float = DEFAULT_STEP_SIZE,
                         update: str = "batch", pseudocount: float = DEFAULT_PSEUDOCOUNT, seed: int = 0,
                         on_round: Callable[[GrowRound], None] | None = None,
-                        on_epoch: Callable[[str, EpochRecord], None] | None = None
+                        on_epoch: Callable[[str, EpochRecord], None] | None = None,
+                        on_model: Callable[[Model, np.ndarray], None] | None = None
                         ) -> tuple[Model, np.ndarray, list[GrowRound]]:
     """Steps 0–4 until every latent has ``outer`` × ``inner`` states, then a last training round.
-    Returns (the grown model, the latent states (N, latents) it was last trained on, the rounds)."""
+    Returns (the grown model, the latent states (N, latents) it was last trained on, the rounds).
+    ``on_model(model, z)`` sees the model after every round's training (before its growth), so a
+    caller interrupted later still holds the last trained circuit (``einc lvd --grow`` writes it)."""
     if not model.latents:
         raise EincError("progressive growing needs latents: `latent` statements on the patch regions")
     if not 0 < fraction <= 1:
@@ -173,6 +177,8 @@ def progressive_growing(model: Model, x: Any, features: Any, outer: int, inner: 
 
         history = model.fit(rows, latents=z, epochs=epochs, seed=seed + number, keep_best=False, on_epoch=record,
                             **options)
+        if on_model is not None:
+            on_model(model, z.copy())
         states = [slot.states for slot in model.latents]
         grown_any = False
         if min(states) < target:

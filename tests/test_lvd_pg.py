@@ -120,3 +120,27 @@ def test_einc_lvd_grow_writes_the_grown_pc_and_model(tmp_path, capsys) -> None:
     assert "--grow clusters teacher embeddings" in capsys.readouterr().err
     assert main(argv[:-2] + ["--grow", "2y2", "-o", str(tmp_path / "n.npz")]) == 1
     assert "expected N1xN2" in capsys.readouterr().err
+
+
+def test_an_interrupted_einc_lvd_grow_writes_the_circuit_last_trained(tmp_path, capsys, monkeypatch) -> None:
+    x, h = _data(200)
+    (tmp_path / "c.pc").write_text(PC)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "h.npy", h)
+    fit = einc.model.Model.fit
+    calls = []
+
+    def interrupted_in_round_two(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(einc.model.Model, "fit", interrupted_in_round_two)
+    argv = ["lvd", str(tmp_path / "c.pc"), "--data", str(tmp_path / "x.npy"), "--teacher", str(tmp_path / "h.npy"),
+            "--grow", "2x2", "--epochs", "1", "--threads", "1", "-o", str(tmp_path / "m.npz")]
+    assert main(argv) == 130
+    assert "interrupted; wrote the circuit last trained" in capsys.readouterr().err
+    model = einc.load(tmp_path / "m.npz")
+    assert [slot.states for slot in model.latents] == [2, 2]  # round 1's circuit, before its growth
+    assert einc.compile(tmp_path / "m.pc").graph.region_sizes == model.graph.region_sizes
