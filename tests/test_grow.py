@@ -248,3 +248,10 @@ def test_latent_states_follow_a_grown_region() -> None:
     assert grown.size(graph.latents[1].region) == 3
     assert einc.compile(grown_source(PD_LATENT_PC, "<string>", grown)).latents[1].states == 3
 
+
+
+def test_a_region_of_its_own_large_k_counts_against_the_size_limits() -> None:
+    small = einc.CompileOptions(max_bytes=1 << 20)
+    einc.compile(OUTER_PC + "sums {A, B} = 10\n", options=small)
+    with pytest.raises(einc.ResourceError, match="parameters"):
+        einc.compile(OUTER_PC + "sums {A, B} = 200000\n", options=small)  # 200000 x 3 x 3 weights below it
