@@ -13,8 +13,8 @@ Every arm trains for as many EM epochs as lvd_pg did (its rounds × ``--epochs``
 - em:     the circuit with N1·N2 states per latent, EM on x only;
 - em_big: the same with K = ``--big-sums`` everywhere else, about lvd_pg's final size;
 - lvd:    the same circuit, latents by k-means (one shared codebook) over the quadrants, EM on
-          (x, z), then fine-tuning (``einc.lvd.distill``);
-- lvd_pg: progressive growing from N1 to N1·N2 states per latent (``einc.lvd_pg``), then
+          (x, z), then fine-tuning (``einc.train.lvd.distill``);
+- lvd_pg: progressive growing from N1 to N1·N2 states per latent (``einc.train.lvd_pg``), then
           fine-tuning; its inner regions grow too, so it ends with more parameters (how many
           depends on ``--grow-threshold``).
 
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from records import command_line, machine_text  # noqa: E402
 
 import einc  # noqa: E402
-from einc import lvd, lvd_pg  # noqa: E402
-from einc.growing import write_grown  # noqa: E402
+from einc.train import lvd, lvd_pg  # noqa: E402
+from einc.tools.growing import write_grown  # noqa: E402
 
 
 def kd_tree(rows: range, cols: range, lines: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""The growing operator (``compiler.grow``, ``einc.growing``): LVD-PG's Algorithm 1.
+"""The growing operator (``compiler.grow``, ``einc.tools.growing``): LVD-PG's Algorithm 1.
 
 By enumeration in float64: before training, a grown circuit computes the same distribution at
 every old head, and each copied head the distribution of the head it copies; every head stays
@@ -19,7 +19,7 @@ from einc.ir.diagnostics import EincError
 from oracles import enumerate_states
 
 import einc
-from einc.growing import grow, grown_source, scope_text, write_grown
+from einc.tools.growing import grow, grown_source, scope_text, write_grown
 
 TREE_PC = """\
 circuit hclt

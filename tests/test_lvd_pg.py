@@ -1,4 +1,4 @@
-"""LVD with progressive growing (``einc.lvd_pg``, ``einc lvd --grow N1xN2``).
+"""LVD with progressive growing (``einc.train.lvd_pg``, ``einc lvd --grow N1xN2``).
 
 Steps 3 and 4 on hand-made clusters (the lowest-likelihood clusters up to 40% of the samples;
 k-means seeded so that new cluster m splits chosen cluster m), and the whole loop on a small
@@ -16,7 +16,7 @@ from oracles import enumerate_states
 
 import einc
 from einc.cli import main
-from einc.lvd_pg import parse_grow, progressive_growing, select_clusters, split_clusters
+from einc.train.lvd_pg import parse_grow, progressive_growing, select_clusters, split_clusters
 
 PC = """\
 var x[8] : binary

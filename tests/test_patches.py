@@ -1,4 +1,4 @@
-"""Multi-headed cluster-conditioned circuits p(x | Z = i) and patch circuits (``einc.patches``).
+"""Multi-headed cluster-conditioned circuits p(x | Z = i) and patch circuits (``einc.tools.patches``).
 
 By enumeration in float64: every head of a multi-headed circuit is a normalised distribution
 equal to the recursive oracle; EM on log p(x | z) (``fit(labels=z)``) never decreases it in full
@@ -19,9 +19,9 @@ from einc.ir.diagnostics import EincError
 from oracles import BERNOULLI, CATEGORICAL3, enumerate_states, explicit_graph, oracle_log_density, plan_of, tree_graph
 
 import einc
-from einc.growing import grow
+from einc.tools.growing import grow
 from einc.model import Model
-from einc.patches import patch_data, patch_model, with_patch
+from einc.tools.patches import patch_data, patch_model, with_patch
 
 TWO_PATCHES = """\
 var A, B, C, D, E : binary

@@ -4,7 +4,7 @@ One-shot LVD clusters the teacher's embeddings once. Progressive growing lets th
 likelihoods steer the clustering, per latent Z_j (a patch):
 
 0. k-means of the patch embeddings h_j into N₁ *outer* clusters; the patch circuit p(x_j | z_j)
-   (``einc.patches``: the sub-circuit below the latent's region) gets N₁ heads;
+   (``einc.tools.patches``: the sub-circuit below the latent's region) gets N₁ heads;
 1. train on (x, z) by EM — log p(x, z) = log p(z) + Σ_j log p(x_j | z_j), so one EM run trains
    every patch circuit on its clusters and the circuit over the latents on z;
 2. re-label: z_j ← arg max_i p(x_j | Z_j = i), the patch circuit's own most likely head;
@@ -13,13 +13,13 @@ likelihoods steer the clustering, per latent Z_j (a patch):
 4. re-cluster their embeddings by k-means into twice as many clusters, the first half seeded at
    the selected clusters' centres and each new one at the member farthest from its cluster's
    centre, so new cluster m splits selected cluster m; grow the patch circuit from the flows of
-   those samples (``einc.growing``: the selected heads and every unit below with flow ≥
+   those samples (``einc.tools.growing``: the selected heads and every unit below with flow ≥
    ``threshold`` per sample are copied; the copy of head i is the head of i's new cluster) and put
-   it back into the circuit (``einc.patches.with_patch``: the circuit over the latents gets edges
+   it back into the circuit (``einc.tools.patches.with_patch``: the circuit over the latents gets edges
    to the new states);
 
 until every latent has N₁ × N₂ states; then a last step 1. The result is a grown circuit whose
-``source`` is the user's ``.pc`` with a K per grown region (write it with ``einc.growing``).
+``source`` is the user's ``.pc`` with a K per grown region (write it with ``einc.tools.growing``).
 
 Deviation from Appendix B: there each outer cluster grows its own single-head HCLT; here the N₁
 outer clusters are heads of one patch circuit (sharing its units below the heads), and the
@@ -40,14 +40,15 @@ import numpy as np
 
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.grow import DEFAULT_SHARE
-from einc.data import as_rows
-from einc.growing import grown_source
-from einc.ir.diagnostics import DataError, EincError
-from einc.lvd import per_latent_features
+from einc.errors import DataError, EincError
+from einc.io.data import as_rows
 from einc.mixture import kmeans, nearest_centre
-from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_STEP_SIZE, EpochRecord, Model
+from einc.model import Model
 from einc.model import compile as compile_model
-from einc.patches import patch_data, patch_model, with_patch
+from einc.tools.growing import grow, grown_source
+from einc.tools.patches import patch_data, patch_model, with_patch
+from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_STEP_SIZE, EpochRecord
+from einc.train.lvd import per_latent_features
 
 DEFAULT_GROW_THRESHOLD = 0.1  # flow per growing sample from which a unit is copied
 DEFAULT_GROW_FRACTION = 0.4  # Appendix B: the clusters chosen per round hold 40% of the samples
@@ -210,6 +211,4 @@ def progressive_growing(model: Model, x: Any, features: Any, outer: int, inner: 
 
 def patch_grow(patch: Model, flows, chosen: list[int], threshold: float, share: float):
     """Algorithm 1 on a patch circuit: the chosen heads and the units below them with enough flow."""
-    from einc.growing import grow
-
     return grow(patch, flows, {patch.graph.root: chosen}, threshold, share)

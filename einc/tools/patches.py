@@ -10,7 +10,7 @@ with R_j's units as indicators of z_j (LVD paper §5: "p(x_i | z_i)" learnt per 
 circuit over the latents). ``patch_model`` takes that sub-circuit out as a standalone
 multi-headed model over the patch's variables (head k = p(x_j | Z_j = k)), to train on
 (x_j, cluster) pairs (``fit(x_j, labels=z_j)``: EM on log p(x_j | z_j), each sample's head only),
-to re-label samples by its own likelihoods, and to grow (``einc.growing``); ``with_patch`` puts
+to re-label samples by its own likelihoods, and to grow (``einc.tools.growing``); ``with_patch`` puts
 its parameters — and, if it grew, its growth — back into the full circuit.
 
     >>> patch = patch_model(model, 0)                         # doctest: +SKIP
@@ -38,8 +38,8 @@ from einc.compiler.layering import layer
 from einc.compiler.lower import lower
 from einc.compiler.params import init_parameters
 from einc.compiler.verify import verify
-from einc.data import as_rows
-from einc.ir.diagnostics import DataError, EincError
+from einc.errors import DataError, EincError
+from einc.io.data import as_rows
 from einc.ir.region_graph import Partition, Region, RegionGraph, RegionId, Variable, region_sort_key
 from einc.model import Model
 
@@ -125,10 +125,10 @@ def patch_data(model: Model, latent: int, x: Any) -> np.ndarray:
 def with_patch(model: Model, latent: int, patch: Model, growth: Growth | None = None,
                share: float = DEFAULT_SHARE) -> Model:
     """The full model with the patch model's parameters below latent ``latent``. If the patch
-    grew (``growth``: what ``einc.growing.grow`` copied in it), the full circuit grows alike
+    grew (``growth``: what ``einc.tools.growing.grow`` copied in it), the full circuit grows alike
     first — the sums above the latent get split edges to its new states (``compiler.grow``) —
     and is returned as a new model whose source says the new sizes."""
-    from einc.growing import grown_source
+    from einc.tools.growing import grown_source
 
     where = subcircuit(model.graph, model.latents[latent].region, latent)[1]
     full = model

@@ -33,7 +33,7 @@ from einc.compiler.grow import (
 from einc.compiler.layering import layer
 from einc.compiler.lower import lower
 from einc.compiler.params import init_parameters
-from einc.files import atomic_write, check_writable
+from einc.io.files import atomic_write, check_writable
 from einc.grammar.parser import parse
 from einc.ir.diagnostics import EincError
 from einc.ir.program import RegionSizeStatement, SizeStatement
@@ -59,7 +59,7 @@ def grow(model: Model, flows, roots: Mapping[RegionId, Sequence[int]], threshold
         grown = compile_model(grown_source(model.source, model.filename, grown_graph), backend=model.backend_name,
                               device=model.device, dtype=model.dtype, seed=model.seed)
         grown.filename = model.filename
-    else:  # a circuit built in memory (e.g. a patch circuit, einc.patches): no text to rewrite
+    else:  # a circuit built in memory (e.g. a patch circuit, einc.tools.patches): no text to rewrite
         plan = lower(layer(grown_graph))
         grown = Model(plan, "", model.filename, model.backend_name, model.device, model.dtype,
                       init_parameters(plan, model.seed), model.seed)
