@@ -25,6 +25,7 @@ from pathlib import PurePath
 from einc.compiler import size
 from einc.compiler.binding import PRODUCT_SYNONYMS, did_you_mean, one_of
 from einc.compiler.latent_regions import resolve_latents
+from einc.compiler.region_sizes import resolve_region_sizes
 from einc.compiler.leaves import leaf_families
 from einc.compiler.scopes import Scopes
 from einc.compiler.structures import generate
@@ -101,6 +102,7 @@ class _Builder(Scopes):
             )
         structure = self.structure(statements)
         latents = resolve_latents(self, statements, structure[0] if structure is not None else None)
+        region_sizes = resolve_region_sizes(self, statements, structure)
         if self.sink.has_errors or structure is None:
             return None, sort_diagnostics(self.sink.diagnostics)
         regions, partitions, generator = structure
@@ -116,6 +118,7 @@ class _Builder(Scopes):
             generator=generator,
             product=product,
             latents=latents,
+            region_sizes=region_sizes,
         )
         return graph, sort_diagnostics(self.sink.diagnostics)
 

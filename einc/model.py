@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,10 @@ from einc.io.files import atomic_write
 from einc.errors import DataError, EincError, ModelFileError, ResourceError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
+
+if TYPE_CHECKING:
+    from einc.flows import Flows
+
 # the one training recipe of the API, the CLI and mixtures (README: einc.model.DEFAULT_*)
 from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 from einc.train.loop import EpochRecord, TrainingState
@@ -345,6 +349,36 @@ class Model:
                 out[j].append(posterior)
         return [np.concatenate(parts, 0) if parts else np.zeros((0, slot.states))
                 for parts, slot in zip(out, self.plan.latents)]
+
+    def flows(self, x: Any, heads: Any = None, missing: Any = None, latents: Any = None,
+              batch_size: int = 1024) -> "Flows":
+        """Circuit flows of every unit and sum edge, summed over the samples (``einc.flows``).
+
+        Each sample's root flow is 1 at its head (``heads``: one head index per sample, or one
+        int for all; optional for a single-head circuit) — the flows of log p(x | Z = head).
+        ``missing`` marginalises entries of x and ``latents`` clamps latents, as in
+        ``log_likelihood``: the flows are then those of log p(x_observed, z)."""
+        from einc.flows import Flows
+
+        if not self.plan.exact or not self.plan.trained_by_em:
+            raise EincError("flows need an exact circuit with EM statistics; this one has neural (vae) leaves")
+        rows = len(as_rows(x, "x"))
+        if heads is None and self.plan.heads > 1:
+            raise EincError(f"the circuit has {self.plan.heads} heads: give heads=, each sample's head (its cluster)")
+        if heads is None or isinstance(heads, (int, np.integer)):
+            self._check_head(0 if heads is None else heads)
+            heads = np.full(rows, 0 if heads is None else int(heads), dtype=np.int64)
+        total: Flows | None = None
+        for batch in self._batches(x, missing, batch_size, labels=heads, latents=latents):
+            values = tuple(self.backend.value_flows(self.params, batch, batch.labels))
+            stats = self.backend.statistics(self.params, batch)
+            edges = {name: np.asarray(self.backend.get({name: count})[name], dtype=np.float64)
+                     for name, count in stats.weights.items()}
+            part = Flows(self.plan, len(batch.values), values, edges)
+            total = part if total is None else total + part
+        if total is None:
+            raise DataError("x: no samples; flows need at least one")
+        return total
 
     def conditional_log_likelihood(self, x: Any, evidence: Any, batch_size: int = 1024) -> np.ndarray:
         """log p(x | evidence) = log p(x) − log p(evidence); ``evidence`` is a mask of given columns."""

@@ -46,9 +46,11 @@ from einc.cli.options import (
     Command,
     arguments_of,
     device_name,
+    grow_spec,
     non_negative_float,
     non_negative_int,
     positive_int,
+    unit_fraction,
 )
 from einc.cli.session import compile_options
 from einc.compiler import dump
@@ -170,6 +172,14 @@ COMMANDS: tuple[Command, ...] = (
             PSEUDOCOUNT,
             Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters, k-means and batch order"}),
             Arg(("--write-latents",), {"metavar": "OUT", "help": "also write the latent states used (.npy, .npz or .csv)"}),
+            Arg(("--grow",), {"type": grow_spec, "metavar": "N1xN2",
+                              "help": "progressive growing (LVD-PG): per latent, k-means into N1 outer clusters, then "
+                                      "grow the patch circuits until N1*N2 clusters (needs --teacher); writes the "
+                                      "grown .pc too"}),
+            Arg(("--grow-threshold",), {"type": unit_fraction, "default": 0.1, "metavar": "T",
+                                        "help": "copy a unit when its flow per growing sample reaches T (default 0.1)"}),
+            Arg(("--grown-pc",), {"metavar": "OUT.pc", "help": "where --grow writes the grown circuit "
+                                                              "(default: MODEL with the suffix .pc)"}),
             Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
         ),
     ),

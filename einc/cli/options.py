@@ -79,6 +79,25 @@ non_negative_float = _checked(_real, lambda v: v >= 0, "must be 0 or more, found
 step_size = _checked(_real, lambda v: 0 < v <= 1, "must be in (0, 1] (1 is a full EM step), found {found}", "step_size")
 
 
+def grow_spec(text: str) -> tuple[int, int]:
+    """``--grow N1xN2``, read by ``einc.train.lvd_pg.parse_grow``."""
+    from einc.errors import EincError
+    from einc.train.lvd_pg import parse_grow
+
+    try:
+        return parse_grow(text)
+    except EincError:
+        raise argparse.ArgumentTypeError(f"expected N1xN2 with whole numbers of at least 1, e.g. 4x4, "
+                                         f"found '{text}'") from None
+
+
+def unit_fraction(text: str) -> float:
+    value = _real(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (a fraction of the flow per sample), found {text}")
+    return value
+
+
 def thread_count(text: str) -> str | int:
     if text == "auto":
         return text
