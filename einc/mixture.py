@@ -60,17 +60,26 @@ def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50)
         centres.append(x[pick])
         closest = np.minimum(closest, squared - 2 * x @ x[pick] + x[pick] @ x[pick])
     centre_array = np.stack(centres)
+    assignment, centre_array = lloyd(x, centre_array, iterations)
+    return assignment, centre_array * scale
+
+
+def lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's iterations from ``centres`` (updated in place): each row to its nearest centre,
+    each centre to its members' mean (an empty cluster keeps its centre), until no row moves.
+    Returns (assignment (N,), centres)."""
+    squared = (x**2).sum(1)
     assignment = np.full(len(x), -1)
     for _ in range(iterations):
-        new_assignment = _nearest(x, centre_array, squared)
+        new_assignment = _nearest(x, centres, squared)
         if np.array_equal(new_assignment, assignment):
             break
         assignment = new_assignment
-        for c in range(clusters):
+        for c in range(len(centres)):
             members = x[assignment == c]
-            if len(members):  # an empty cluster keeps its centre
-                centre_array[c] = members.mean(0)
-    return assignment, centre_array * scale
+            if len(members):
+                centres[c] = members.mean(0)
+    return assignment, centres
 
 
 def nearest_centre(data: np.ndarray, centres: np.ndarray) -> np.ndarray:
