@@ -62,3 +62,24 @@ def mnist_images(path: Path) -> tuple[np.ndarray, np.ndarray]:
     callers convert the rows they use (a float64 copy of all of them is 440 MB)."""
     with np.load(path) as archive:
         return (archive["x_train"].reshape(-1, MNIST_PIXELS), archive["x_test"].reshape(-1, MNIST_PIXELS))
+
+
+def mnist_path(given: Path | str | None) -> Path:
+    """Where MNIST (``mnist.npz`` with x_train, x_test) is: ``given`` if named, else the first of
+    ``$EINC_DATA/mnist.npz``, ``~/.cache/einc/data/mnist.npz`` (where ``einc data fetch mnist``
+    keeps it) and the repository's sibling ``shared/data/mnist.npz``. Exits with a message saying
+    where it looked when none exists (the benchmarks never download)."""
+    if given is not None:
+        candidates = [Path(given)]
+    else:
+        root = Path(__file__).resolve().parent.parent
+        candidates = [Path(os.environ["EINC_DATA"]) / "mnist.npz"] if os.environ.get("EINC_DATA") else []
+        candidates += [Path.home() / ".cache" / "einc" / "data" / "mnist.npz",
+                       root.parent / "shared" / "data" / "mnist.npz"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise SystemExit(
+        "error: MNIST not found (looked at " + ", ".join(map(str, candidates)) + "); fetch it with "
+        "`einc data fetch mnist` or pass the path of an mnist.npz holding x_train and x_test (--data PATH)"
+    )
