@@ -161,6 +161,9 @@ LIMIT_OPTIONS = (
                                    "help": "refuse circuits whose front end would take longer than this (estimated)"}),
 )
 DEVICE = Arg(("--device",), {"type": device_name, "default": "cpu", "help": "cpu, cuda or cuda:N"})
+PRECISION = Arg(("--precision",), {"choices": ["fp32", "tf32"], "default": "fp32",
+                                   "help": "float32 matmuls on CUDA: IEEE fp32 (default) or TF32 tensor cores "
+                                           "(faster, ~1e-3 relative error; torch on CUDA only)"})
 BACKEND = Arg(("--backend",), {"choices": ["torch", "numpy", "cupy"], "default": "torch", "help": "which backend runs the plan"})
 THREADS = Arg(("--threads",), {"type": thread_count, "default": "auto", "metavar": "auto|N",
                                "help": "torch CPU threads; auto: 1 for small circuits, else the idle cores"})
@@ -310,6 +313,7 @@ COMMANDS: tuple[Command, ...] = (
                                 "(out of core) instead of loading it; implied by --nproc and torchrun"}),
             Arg(("--cache-dir",), {"metavar": "DIR", "help": "where CSV and .npz training data are cached as .npy "
                                    "for out-of-core reading (default: ~/.cache/einc)"}),
+            PRECISION,
         ),
     ),
     Command(

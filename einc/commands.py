@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if valid_labels is not None and valid is not None:
         prepare_labels(valid_labels, len(valid), model.plan.heads)
     print(f"{model.graph.name}: {model.num_parameters} parameters, {len(train)} training samples, "
-          f"backend {args.backend} on {args.device} ({model.dtype})")
+          f"backend {args.backend} on {args.device} ({model.dtype}{', TF32 matmuls' if model.precision == 'tf32' else ''})")
     if not model.exact:
         print(f"vae leaves: Adam on the IWAE bound with {args.samples} samples per leaf; the epoch lines show "
               f"that estimate (a lower bound of the log-likelihood in expectation)")
@@ -197,10 +197,11 @@ def _training_model(args: argparse.Namespace, device: str | None = None) -> Mode
     device = device or args.device
     options = compile_options(args)
     model = compile(args.file, backend=args.backend, device=device, dtype=args.dtype, seed=args.seed,
-                    options=options)
+                    options=options, precision=args.precision)
     if not args.resume:
         return model
-    resumed = load(args.resume, backend=args.backend, device=device, dtype=args.dtype, options=options)
+    resumed = load(args.resume, backend=args.backend, device=device, dtype=args.dtype, options=options,
+                   precision=args.precision)
     if not isinstance(resumed, Model):
         raise EincError(f"--resume {args.resume}: a mixture cannot be resumed")
     shapes = [(s.name, s.shape) for s in model.plan.params]
@@ -256,7 +257,8 @@ def _train_mixture(args: argparse.Namespace) -> int:
     from einc.mixture import fit_mixture
 
     options = compile_options(args)
-    probe = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, options=options)
+    probe = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, options=options,
+                    precision=args.precision)
     _set_threads(args, probe.plan)
     train, valid, test = _read_splits(args, probe)
     if args.mixture > len(train):
@@ -272,7 +274,7 @@ def _train_mixture(args: argparse.Namespace) -> int:
                               backend=args.backend, device=args.device, dtype=args.dtype, on_epoch=report,
                               method=args.method, learning_rate=args.learning_rate, update=args.update,
                               patience=args.patience, options=options,
-                              pseudocount=args.pseudocount)
+                              pseudocount=args.pseudocount, precision=args.precision)
     except KeyboardInterrupt:
         print("einc: interrupted; a mixture is written only once all its components are trained, so "
               "nothing was written", file=sys.stderr)

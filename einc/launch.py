@@ -83,7 +83,8 @@ def _preflight(args: argparse.Namespace) -> None:
     from einc.commands import _training_model
 
     _check_output(args)
-    model = _training_model(args, "cpu")
+    # a CPU probe of the circuit: the workers' own --precision is checked on their devices
+    model = _training_model(argparse.Namespace(**{**vars(args), "precision": "fp32"}), "cpu")
     for data, is_labels in ((args.data, False), (args.labels, True), (args.valid, False),
                             (args.valid_labels, True), (args.test, False)):
         if data is None:

@@ -91,6 +91,9 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
 
     ``options`` (``CompileOptions``) overrides K and sets the size limits the front end checks
     before building anything (``max_bytes`` at this ``dtype``, ``max_build_seconds``).
+    ``backend_options`` go to the backend: ``precision="tf32"`` opts into TF32 tensor-core
+    matmuls on CUDA (default ``"fp32"``, IEEE; refused on the CPU: backends/precision.py), and
+    torch's ``fuse``/``capture``.
 
     >>> import einc
     >>> model = einc.compile("examples/tiny.pc", dtype="float64")   # doctest: +SKIP
@@ -139,6 +142,8 @@ class Model:
         self.dtype = dtype
         self.seed = seed
         self.backend = create_backend(backend, plan, device=device, dtype=dtype, **(backend_options or {}))
+        # float32 matmuls on CUDA: "fp32" (IEEE, the default) or "tf32" (backends/precision.py)
+        self.precision: str = (backend_options or {}).get("precision", "fp32")
         # the torch.nn.Module handed out by module(): once it exists it holds the parameters
         self._module: Any = None
         self._params: Params = self.backend.put(params)
@@ -720,7 +725,7 @@ def _model_file_error(path: Path, problem: str) -> ModelFileError:
 
 
 def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None,
-         options: CompileOptions | None = None) -> Any:
+         options: CompileOptions | None = None, precision: str = "fp32") -> Any:
     """Load a model (or a mixture) written by ``save``: recompiles the source, restores parameters.
 
     Every part is checked, and a failed check is a ``ModelFileError`` that says which: the file is
@@ -745,8 +750,11 @@ def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", d
             if meta.get("format") == "einc-mixture":
                 from einc.mixture import load_mixture
 
+                if precision != "fp32":
+                    raise EincError(f"{path}: a mixture is loaded with fp32 matmuls; precision {precision!r} "
+                                    "applies to single models")
                 return load_mixture(archive, meta, path, backend, device, dtype, options)
-            return model_from_archive(archive, "", path, backend, device, dtype, options)
+            return model_from_archive(archive, "", path, backend, device, dtype, options, precision)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise _model_file_error(path, f"cannot read it ({str(error).splitlines()[0][:200] or type(error).__name__})") from None
 
@@ -805,7 +813,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None,
-                       options: CompileOptions | None = None) -> Model:
+                       options: CompileOptions | None = None, precision: str = "fp32") -> Model:
     """Rebuild one model from the arrays under ``prefix`` of an open .npz archive, checking everything."""
     meta = _read_meta(archive, prefix, path)
     if meta.get("format") != FORMAT:
@@ -826,7 +834,7 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
     except EincError as error:
         raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
     params = _parameters(archive, f"{prefix}param/", plan, path, "parameter")
-    model = Model(plan, source, filename, backend, device, dtype, params, seed)
+    model = Model(plan, source, filename, backend, device, dtype, params, seed, {"precision": precision})
     model.max_bytes = options.max_bytes
     if "training" in meta:
         model.training = _training_state(archive, prefix, meta["training"], plan, path)
