@@ -44,7 +44,8 @@ PIXELS = 784
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="mnist.npz (default: $EINC_DATA, ~/.cache/einc/data, ../shared/data)")
     parser.add_argument("--sums", type=int, default=16, help="hidden states K per tree node")
     parser.add_argument("--epochs", type=int, default=50, help="at most this many epochs")
     parser.add_argument("--budget-minutes", type=float, default=15.0, help="training stops after this")
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-rows", type=int, default=None, help="score the first N test images")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--precision", choices=["fp32", "tf32"], default="fp32",
+                        help="float32 matmuls on CUDA: IEEE (default) or TF32 tensor cores")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mnist_hclt")
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     command = records.command_line("mnist_hclt.py", argv)
     started = time.perf_counter()
-    images, test = records.mnist_images(args.data)
+    records.require_device(args.device, "mnist_hclt.py")
+    images, test = records.mnist_images(records.mnist_path(args.data))
     train = images[: -args.valid_rows][: args.train_rows].astype(np.float64)
     valid = images[-args.valid_rows :].astype(np.float64)
     test = test[: args.test_rows].astype(np.float64)
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     learning = time.perf_counter() - started
     print(f"tree: depth {tree.depth}, {tree.weight:.2f} nats of mutual information ({learning:.0f} s)",
           file=sys.stderr, flush=True)
-    model = einc.compile(source, backend="torch", device=args.device, dtype=args.dtype, seed=args.seed)
+    model = einc.compile(source, backend="torch", device=args.device, dtype=args.dtype, seed=args.seed,
+                         precision=args.precision)
     splits = {name: prepare(model.graph, data, None, name) for name, data in
               (("train", train), ("valid", valid), ("test", test))}
     resident = model.backend.upload(*splits["train"], None)
@@ -138,6 +143,7 @@ def write(args: argparse.Namespace, command: str, history: list[dict[str, float]
         "torch": torch.__version__,
         "device": args.device,
         "dtype": args.dtype,
+        "precision": args.precision,
         "threads": args.threads,
         "sums": args.sums,
         "parameters": model.num_parameters,

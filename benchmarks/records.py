@@ -83,3 +83,14 @@ def mnist_path(given: Path | str | None) -> Path:
         "error: MNIST not found (looked at " + ", ".join(map(str, candidates)) + "); fetch it with "
         "`einc data fetch mnist` or pass the path of an mnist.npz holding x_train and x_test (--data PATH)"
     )
+
+
+def require_device(device: str, script: str) -> None:
+    """Exit with a message (no traceback, before any data is read) when ``device`` is a CUDA
+    device that torch cannot see."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: benchmarks/{script} --device {device} needs a CUDA device, and torch sees "
+                             f"none (torch {torch.__version__}); run it on a GPU machine or with --device cpu")

@@ -62,7 +62,8 @@ LEVELS = 255
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="mnist.npz (default: $EINC_DATA, ~/.cache/einc/data, ../shared/data)")
     parser.add_argument("--circuit", type=Path, default=ROOT / "examples" / "mnist_spvae.pc")
     parser.add_argument("--models", default="spvae,vae", help="which to train, in order")
     parser.add_argument("--vae-latent", type=int, default=20, help="the single VAE's latent size")
@@ -212,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     command = records.command_line("spvae_mnist.py", argv)
     started = time.perf_counter()
-    images, test = records.mnist_images(args.data)
+    records.require_device(args.device, "spvae_mnist.py")
+    images, test = records.mnist_images(records.mnist_path(args.data))
     images, test = images.astype(np.float32), test[: args.test_rows].astype(np.float32)
     order = np.random.default_rng(args.seed).permutation(len(images))  # the paper: a random 10k for valid
     valid, train_np = images[order[: args.valid_rows]], images[order[args.valid_rows :]][: args.train_rows]
