@@ -11,8 +11,8 @@ parameter counts of both are recorded (they must be equal).
 
 Protocol (PyJuice's MNIST example): mini-batch EM, batch 512, step size 0.1, pseudocount 0.1, the
 first ``--rows`` training images in full batches (117 of 512 for 60,000: the same batches, in the
-same order, for both), data resident on the GPU (einc: its ``upload``; PyJuice: a uint8 tensor,
-as its example feeds it). Each system is built, primed and given one untimed warm-up epoch
+same order, for both), data resident on the GPU (einc: its ``upload``; PyJuice: an int64
+tensor, its categorical leaves' data dtype). Each system is built, primed and given one untimed warm-up epoch
 (einc: ``torch.compile`` + CUDA-graph capture; PyJuice: graph recording, Triton autotuning);
 then ``--rounds`` rounds of one einc epoch followed by one PyJuice epoch. Both read their
 log-likelihood back once per epoch.
@@ -129,7 +129,7 @@ def peer_side(args: argparse.Namespace, k: int, images: np.ndarray, memory: Memo
             info.update({"peer_params": stats["params"], "peer_dag": stats,
                          "peer_error": "PyJuice runs Triton kernels on a CUDA device; built its DAG only"})
             return None, info
-        device = torch.device("cuda")
+        device = torch.device("cuda", torch.cuda.current_device())
         batches = pyjuice_hclt.resident_batches(torch, images, args.batch, device)
         before = memory.allocated()
         peer = pyjuice_hclt.PyJuiceHCLT(pyjuice_hclt.read_parents(args.pc), k, device, args.step_size,

@@ -94,14 +94,17 @@ class PyJuiceHCLT:
         import torch
 
         self.torch = torch
-        self.device = device
+        # PyJuice's compile takes a CUDA ordinal (it builds "cuda:{index}"; a bare "cuda" device
+        # would give "cuda:None")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        self.device = device = torch.device("cuda", index)
         self.step_size, self.pseudocount = step_size, pseudocount
         started = time.perf_counter()
         self.root = build_hclt(parents, k)
         self.build_s = time.perf_counter() - started
         self.stats = dag_stats(self.root)
         started = time.perf_counter()
-        self.pc = juice.compile(self.root, device=device, verbose=False)
+        self.pc = juice.compile(self.root, device=index, verbose=False)
         self.pc.to(device)
         torch.cuda.synchronize(device)
         self.compile_s = time.perf_counter() - started
@@ -141,9 +144,10 @@ def version(pyjuice: Any) -> str | None:
 
 
 def resident_batches(torch: Any, images: np.ndarray, batch: int, device: Any) -> list[Any]:
-    """The images on the device (uint8, as PyJuice's MNIST example feeds them) as full batches."""
+    """The images on the device as full batches, in the dtype PyJuice's categorical leaves
+    declare for their data (``Categorical.get_data_dtype()``: int64)."""
     full = len(images) // batch * batch
-    data = torch.as_tensor(images[:full], device=device)
+    data = torch.as_tensor(images[:full].astype(np.int64), device=device)
     return list(data.split(batch))
 
 
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is None or not args.data.exists():
             out["error"] = f"MNIST not found at {args.data}; pass --data PATH/TO/mnist.npz"
             return emit(5)
-        device = torch.device("cuda")
+        device = torch.device("cuda", torch.cuda.current_device())
         with np.load(args.data) as archive:
             images = archive["x_train"].reshape(-1, 784)[: args.rows]
         batches = resident_batches(torch, images, args.batch, device)
