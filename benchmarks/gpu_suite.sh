@@ -18,12 +18,17 @@
 #   6. pyjuice_rat_kN: PyJuice on the RAT setup (when PYJUICE_BENCH names its harness);
 #   7. hclt_tf32 (K = 32, TF32, einc only), profile (the top kernels of a K = 40 epoch),
 #      mnist (one PD epoch, benchmarks/mnist_epoch.py), bench_float64 (einc bench agreement).
+# Paper-scale runs, each a call of its own and run only when named (SUITE_STEPS=paper_hclt or
+# paper_spvae, PAPER_MINUTES of training, default 7): MNIST HCLT K=32 (benchmarks/mnist_hclt.py,
+# toward <= 1.20 bpd) and SPVAE vs VAE (benchmarks/spvae_mnist.py), their files in OUTDIR;
+# PAPER_ARGS is appended to their command lines (a dry run: --train-rows 512 --test-rows 64 ...).
 # Everything measured goes to OUTDIR/results.jsonl (one JSON record per measurement: backend,
 # device, gpu, setup, K, epoch_s and, beside PyJuice, peer_epoch_s), the step logs to
 # OUTDIR/steps.log and the suite's own log to OUTDIR/suite.log.
 #
 # WHEELS (default .whl) holds what the GPU machine lacks (lark; pyjuice 2.6.3 for the PyJuice
-# steps): `pip download lark pyjuice==2.6.3 --no-deps -d .whl` beforehand. MNIST is the path of
+# steps; Pillow for the paper-scale runs' charts): `pip download lark pyjuice==2.6.3 --no-deps
+# -d .whl` beforehand; every wheel there whose module does not import is unpacked onto the path. MNIST is the path of
 # an mnist.npz (x_train, x_test); default: $EINC_DATA/mnist.npz, ~/.cache/einc/data/mnist.npz
 # (`einc data fetch mnist`), ../shared/data/mnist.npz, .gpu/mnist.npz; without it the MNIST
 # steps are skipped with a message. einc itself is put on the path as a package tree of links,
@@ -94,12 +99,13 @@ site="$scratch/site"
 mkdir -p "$site/einc"
 for file in "$root"/einc/*.py; do ln -s "$file" "$site/einc/"; done
 for stage in grammar ir compiler backends; do ln -s "$root/$stage" "$site/einc/$stage"; done
-if ! $PY -c "import lark" 2>/dev/null; then
-  for wheel in "$wheels"/lark-*.whl; do [ -f "$wheel" ] && (cd "$site" && $PY -m zipfile -e "$wheel" .); done
-fi
-if ls "$wheels"/pyjuice-*.whl >/dev/null 2>&1 && ! $PY -c "import pyjuice" 2>/dev/null; then
-  for wheel in "$wheels"/pyjuice-*.whl; do (cd "$site" && $PY -m zipfile -e "$wheel" .); done
-fi
+# every wheel in WHEELS whose module does not import yet is unpacked onto the path
+for wheel in "$wheels"/*.whl; do
+  [ -f "$wheel" ] || continue
+  dist=$(basename "$wheel" | cut -d- -f1 | tr 'A-Z' 'a-z')
+  case "$dist" in pillow) module=PIL ;; *) module=$dist ;; esac
+  $PY -c "import $module" 2>/dev/null || (cd "$site" && $PY -m zipfile -e "$wheel" .)
+done
 export PYTHONPATH="$site:$root/tests${PYTHONPATH:+:$PYTHONPATH}"
 peer=pyjuice
 if ! $PY -c "import pyjuice" 2>/dev/null; then
@@ -115,7 +121,7 @@ record = {"benchmark": "device", "suite_device": sys.argv[1],
           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
           "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
 from importlib.metadata import version
-for name in ("cupy", "triton", "lark", "numpy", "pyjuice"):
+for name in ("cupy", "triton", "lark", "numpy", "pyjuice", "PIL"):
     try:
         module = __import__(name)
         record[name] = getattr(module, "__version__", None) or version(name)
@@ -184,6 +190,18 @@ if [ "$device" = cuda ]; then
     --out "$results"
   step bench_float64 45 $PY -m einc bench "$root/benchmarks/efficiency_k10.pc" --backends torch:cuda,cupy,numpy \
     --dtype float64 --samples 1000 --repeats 2 --json "$results"
+fi
+
+# ---- paper-scale runs: only when named in SUITE_STEPS (each fills a call of its own;
+#      PAPER_MINUTES of training, default 7)
+if [[ " ${SUITE_STEPS:-} " == *" paper_hclt "* ]] && needs_mnist paper_hclt; then
+  step paper_hclt 540 $PY "$root/benchmarks/mnist_hclt.py" --device "$device" --sums 32 --epochs 350 \
+    --budget-minutes "${PAPER_MINUTES:-7}" --threads 8 --data "$mnist" --out "$out/mnist_hclt_k32" ${PAPER_ARGS:-}
+fi
+if [[ " ${SUITE_STEPS:-} " == *" paper_spvae "* ]] && needs_mnist paper_spvae; then
+  half=$($PY -c "print(${PAPER_MINUTES:-7} / 2)")
+  step paper_spvae 540 $PY "$root/benchmarks/spvae_mnist.py" --device "$device" --threads 8 --budget-minutes "$half" \
+    --epochs 500 --patience 20 --test-rows 2000 --data "$mnist" --out "$out/spvae_mnist" ${PAPER_ARGS:-}
 fi
 
 log "done; $(wc -l < "$results") records in $results"
