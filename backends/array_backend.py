@@ -31,7 +31,6 @@ from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
 from einc.backends.input_layer import leaf_features as shared_leaf_features
 from einc.backends.latents import log_mask
-from einc.compiler.backward import derive_backward
 from einc.ir.backward_plan import (
     BackwardPlan,
     EinsumBackward,
@@ -39,7 +38,7 @@ from einc.ir.backward_plan import (
     InputBackward,
     MixingBackward,
 )
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from einc.ir.families import ZERO_PROBABILITY, family_rule
 from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange, VaeOp
 
@@ -214,8 +213,12 @@ class ArrayBackend:
         self.plan = plan
         self.dtype = np.dtype(dtype)
         self.num_columns = plan.graph.num_columns
-        # compile time for this backend: the reverse-mode steps of the plan (EM without autograd)
-        self.backward = backward if backward is not None else derive_backward(plan)
+        # the reverse-mode steps of the plan (EM without autograd), derived by the compiler
+        backward = backward if backward is not None else plan.backward
+        if backward is None:
+            raise BackendError(f"the {self.name} backend needs the plan's backward steps, which this plan "
+                               f"lacks (its op kinds are trained by autograd: use the torch backend)")
+        self.backward = backward
         # data column indices per family block; padding (-1) points at the extra all-zero column
         self.columns: dict[str, Any] = {}
         self.valid: dict[str, Any] = {}
@@ -603,9 +606,16 @@ class ArrayBackend:
                    pseudocount: float) -> tuple[Params, Any]:
         """One EM step on the rows ``index`` (a device array) of resident ``data``: the new
         parameters and the batch's Σ log p as a 0-d device array."""
-        batch = _Data(data.x[index], data.observed[index], None if data.latents is None else data.latents[index])
-        batch_total, weights, leaf = self._statistics(params, batch, data.heads[index])
+        batch_total, weights, leaf = self.batch_statistics(params, data, index)
         return em_update(self.xp, self.plan, params, weights, leaf, step_size, pseudocount), batch_total
+
+    def batch_statistics(
+        self, params: Params, data: ResidentData, index: Any
+    ) -> tuple[Any, dict[str, Any], dict[str, tuple[Any, Any]]]:
+        """The E-step on the rows ``index`` of resident ``data``, all on the device: Σ log p (0-d),
+        weight counts, leaf statistics (what a captured step records, backends/cupy_graph.py)."""
+        batch = _Data(data.x[index], data.observed[index], None if data.latents is None else data.latents[index])
+        return self._statistics(params, batch, data.heads[index])
 
     # ------------------------------------------------------------------ sampling and MPE
     def backtrack(

@@ -108,8 +108,6 @@ class CapturedStep:
 
     def __init__(self, backend: Any, graphs: Any, params: dict[str, Any], data: Any, batch_size: int,
                  step_size: float, pseudocount: float) -> None:
-        from einc.backends.array_backend import _Data  # the backend imports this module lazily
-
         xp = backend.xp
         self.graphs = graphs
         self.data = data  # the graph reads data's memory: keep it alive with the graph
@@ -118,9 +116,7 @@ class CapturedStep:
         self.total = xp.zeros((), dtype=backend.dtype)
 
         def step() -> None:
-            index = self.index
-            batch = _Data(data.x[index], data.observed[index], None if data.latents is None else data.latents[index])
-            batch_total, weights, leaf = backend._statistics(self.params, batch, data.heads[index])
+            batch_total, weights, leaf = backend.batch_statistics(self.params, data, self.index)
             updated = em_update(xp, backend.plan, self.params, weights, leaf, step_size, pseudocount)
             for name, value in updated.items():
                 if value is not self.params[name]:

@@ -23,7 +23,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 
 PRECISIONS = ("fp32", "tf32")
 # objects these backend methods return run einc's passes later (an Adam trainer's steps): their

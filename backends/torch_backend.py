@@ -28,7 +28,7 @@ from einc.backends.torch_ops import (
     log_sum_exp_shift,
     vae,
 )
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from einc.ir.families import ZERO_PROBABILITY, family_rule
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import EinsumOp, FamilyBlock, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange, VaeOp

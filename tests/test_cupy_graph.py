@@ -16,7 +16,7 @@ from einc.backends.array_backend import ArrayBackend
 from einc.backends.base import create_backend
 from einc.backends.cupy_graph import ReplayGraphs
 from einc.compiler.params import init_parameters
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from oracles import BERNOULLI, NORMAL, explicit_graph, plan_of, random_data
 from test_array_backend import CIRCUITS
 

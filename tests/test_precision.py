@@ -17,7 +17,7 @@ import torch
 
 import einc
 from einc.backends.precision import Scoped, check_precision, matmul_precision, with_precision
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "examples" / "tiny.pc")
