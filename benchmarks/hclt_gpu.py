@@ -172,7 +172,8 @@ def measure(args: argparse.Namespace, k: int, images: np.ndarray) -> dict[str, A
                 peer = None
         rounds.append(row)
         peer_text = f", pyjuice {row['peer_s']:.3f} s" if "peer_s" in row else ""
-        print(f"[hclt_gpu] K={k} round {len(rounds)}: einc {row['einc_s']:.3f} s{peer_text}", file=sys.stderr, flush=True)
+        print(f"[hclt_gpu] K={k} round {len(rounds)}: einc {row['einc_s']:.3f} s{peer_text}",
+              file=sys.stderr, flush=True)
     epoch_s = statistics.median(r["einc_s"] for r in rounds)
     record: dict[str, Any] = {
         "benchmark": "hclt_gpu",

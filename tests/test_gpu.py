@@ -243,7 +243,8 @@ def test_fused_kernel_float32_training_matches_float64_reference(fuse: bool) -> 
         data = backend.upload(np.where(observed, x, 0), observed, None)
         for _ in range(2):
             p, total = backend.train_epoch(p, data, order, 100, 0.3)
-        results[key] = (backend.get(p), total, backend.log_likelihood(p, Batch(np.where(observed, x, 0)[:50], observed[:50])))
+        batch = Batch(np.where(observed, x, 0)[:50], observed[:50])
+        results[key] = (backend.get(p), total, backend.log_likelihood(p, batch))
     cpu, cuda = results["cpu"], results["cuda"]
     assert math.isclose(cuda[1], cpu[1], rel_tol=1e-4)
     np.testing.assert_allclose(cuda[2], cpu[2], rtol=1e-4)

@@ -111,12 +111,13 @@ def test_the_wrapper_scopes_every_call_and_passes_attributes_through() -> None:
     assert torch.get_float32_matmul_precision() == before
 
 
-def test_cli_train_refuses_tf32_on_the_cpu(tmp_path: Path) -> None:
+def test_cli_train_refuses_tf32_on_the_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from einc.cli import main
+
     data = tmp_path / "d.csv"
     np.savetxt(data, np.random.default_rng(0).integers(0, 2, (20, 4)), delimiter=",", fmt="%d")
-    result = subprocess.run(
-        [sys.executable, "-m", "einc", "train", TINY, "--data", str(data), "--epochs", "1", "--precision", "tf32",
-         "-o", str(tmp_path / "m.npz")], capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert result.stderr.startswith("einc: error:") and "precision 'tf32' needs a CUDA device" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "m.npz").exists()
+    code = main(["train", TINY, "--data", str(data), "--epochs", "1", "--precision", "tf32", "-o", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.startswith("einc: error:") and "precision 'tf32' needs a CUDA device" in err
+    assert "Traceback" not in err and not (tmp_path / "m.npz").exists()

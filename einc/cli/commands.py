@@ -51,8 +51,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         prepare_labels(labels, len(train), model.plan.heads)
     if valid_labels is not None and valid is not None:
         prepare_labels(valid_labels, len(valid), model.plan.heads)
+    tf32 = ", TF32 matmuls" if model.precision == "tf32" else ""
     print(f"{model.graph.name}: {model.num_parameters} parameters, {len(train)} training samples, "
-          f"backend {args.backend} on {args.device} ({model.dtype}{', TF32 matmuls' if model.precision == 'tf32' else ''})")
+          f"backend {args.backend} on {args.device} ({model.dtype}{tf32})")
     if not model.exact:
         print(f"vae leaves: Adam on the IWAE bound with {args.samples} samples per leaf; the epoch lines show "
               f"that estimate (a lower bound of the log-likelihood in expectation)")
