@@ -163,8 +163,9 @@ for k in $hclt_ks; do
 done
 
 # ---- 4. the paper's RAT setup (fp32, then K=40 with TF32)
-if [ "$device" = cpu ]; then rat=(--device cpu --K 4 --variants eager --epochs 1); else rat=(--K 10 20 40 --variants graph); fi
-step rat 60 $PY "$root/benchmarks/cuda_epoch.py" "${rat[@]}" --kernels matmul --out "$results"
+if [ "$device" = cpu ]; then rat=(--device cpu --K 4 --variants eager --epochs 1); rat_cap=180
+else rat=(--K 10 20 40 --variants graph); rat_cap=60; fi
+step rat $rat_cap $PY "$root/benchmarks/cuda_epoch.py" "${rat[@]}" --kernels matmul --out "$results"
 [ "$device" = cuda ] && step rat_tf32 30 $PY "$root/benchmarks/cuda_epoch.py" --K 40 --kernels matmul \
   --variants graph --precision tf32 --out "$results"
 
