@@ -111,6 +111,7 @@ def measure(k: int, kernel: str, variant: str, epochs: int, device: str = "cuda"
         peak = torch.cuda.max_memory_allocated() - before
     kernels = sorted({getattr(op, "kernel", "") for op in model.plan.ops} - {""})
     return {
+        "setup": "rat",  # the paper's efficiency setup (512 Gaussian variables, D=4, R=10)
         "backend": backend_name,
         "variant": variant,
         "device": device,
