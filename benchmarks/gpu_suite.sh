@@ -214,4 +214,7 @@ if [[ " ${SUITE_STEPS:-} " == *" paper_spvae "* ]] && needs_mnist paper_spvae; t
     --epochs 500 --patience 20 --test-rows 2000 --data "$mnist" --out "$out/spvae_mnist" ${PAPER_ARGS:-}
 fi
 
+# ---- the headline rows (einc beside PyJuice per setup and K) as summary records and a table
+$PY "$root/benchmarks/gpu_summary.py" "$results" | tee -a "$out/suite.log"
+
 log "done; $(wc -l < "$results") records in $results"

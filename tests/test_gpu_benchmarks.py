@@ -82,3 +82,25 @@ def test_hclt_gpu_runs_einc_side_on_the_cpu(tmp_path, capsys) -> None:
     assert len(record["epoch_s_rounds"]) == 2 and record["epoch_s"] > 0 and np.isfinite(record["train_ll"])
     assert record["precision"] == "fp32" and record["peer_error"] == "not run (--peer none)"
     assert "peer_epoch_s" not in record
+
+
+def test_the_summary_joins_einc_and_pyjuice_rows() -> None:
+    import gpu_summary  # benchmarks/gpu_summary.py
+
+    records = [
+        {"setup": "rat", "backend": "torch", "variant": "graph", "device": "cuda", "gpu": "G", "K": 10,
+         "precision": "fp32", "epoch_s": 0.005, "peak_mb": 240},
+        {"setup": "rat", "backend": "torch", "variant": "graph", "device": "cuda", "gpu": "G", "K": 40,
+         "precision": "tf32", "epoch_s": 0.009},  # TF32 rows are not the fp32 comparison
+        {"setup": "rat", "backend": "cupy", "variant": "cupy", "device": "cuda", "gpu": "G", "K": 10,
+         "precision": "fp32", "epoch_s": 0.1},
+        {"bench": "pyjuice", "ok": True, "config": {"K": 10}, "em_epoch_s_median": 0.036,
+         "peak_mem_train_bytes": 75 * 2**20},
+        {"benchmark": "hclt_gpu", "setup": "hclt_mnist", "backend": "torch", "device": "cuda", "gpu": "G", "K": 16,
+         "fuse": False, "precision": "fp32", "epoch_s": 0.8, "peer": "pyjuice", "peer_epoch_s": 0.7},
+    ]
+    rows = gpu_summary.summary_rows(records)
+    assert [(r["setup"], r["K"]) for r in rows] == [("rat", 10), ("hclt_mnist", 16)]
+    assert rows[0]["peer_epoch_s"] == 0.036 and rows[0]["peer_peak_mb"] == 75.0
+    assert rows[1]["peer_epoch_s"] == 0.7 and rows[1]["fuse"] is False
+    assert "7.20" in gpu_summary.table(rows)  # PyJuice / einc at K=10
