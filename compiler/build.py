@@ -122,13 +122,13 @@ class _Builder(Scopes):
         )
         return graph, sort_diagnostics(self.sink.diagnostics)
 
-    def circuit_name(self, statements: list[CircuitStatement]) -> str:
+    def once(self, statements: Sequence[CircuitStatement | ProductStatement], message: str, note: str) -> None:
+        """Report every statement after the first of a kind a file may hold once."""
         for extra in statements[1:]:
-            self.sink.error(
-                "the circuit is named twice; a file holds one circuit",
-                extra.span,
-                Note("first named here", statements[0].span),
-            )
+            self.sink.error(message, extra.span, Note(note, statements[0].span))
+
+    def circuit_name(self, statements: list[CircuitStatement]) -> str:
+        self.once(statements, "the circuit is named twice; a file holds one circuit", "first named here")
         if statements:
             return statements[0].name.text
         return PurePath(self.program.filename).stem or "circuit"
@@ -186,12 +186,7 @@ class _Builder(Scopes):
         }
 
     def product(self, statements: list[ProductStatement]) -> str:
-        for extra in statements[1:]:
-            self.sink.error(
-                "product is given twice; a circuit has one product kind",
-                extra.span,
-                Note("first given here", statements[0].span),
-            )
+        self.once(statements, "product is given twice; a circuit has one product kind", "first given here")
         if not statements:
             return DEFAULT_PRODUCT
         kind = statements[0].kind

@@ -244,6 +244,20 @@ def parameter_count(graph: RegionGraph) -> ParameterCount:
     return ParameterCount(leaf, weights, mixing)
 
 
+def neural_row_floats(graph: RegionGraph, samples: int) -> int:
+    """Floats the vae leaves' networks hold for one data row with ``samples`` IWAE samples, all
+    at once (as sampling and MPE draw them): ``VaeSpec.pass_floats`` over every neural leaf
+    region's ``inputs`` experts. 0 for a circuit without neural leaves."""
+    total = 0
+    for region in graph.leaf_regions:
+        first = graph.variables[region[0][0]]
+        if is_neural(first.family):
+            width = sum(graph.variables[i].domain.columns for i in region[0])
+            domain = Domain("real", 1) if first.domain.kind == "real" else first.domain
+            total += VaeSpec.of(first.family).pass_floats(graph.inputs, width, domain, 1, samples, False)
+    return total
+
+
 def _neural_parameters(graph: RegionGraph, scope: tuple[int, ...]) -> int:
     """Parameters of one neural expert over ``scope`` (ir.neural.VaeSpec)."""
     first = graph.variables[scope[0]]
