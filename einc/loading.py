@@ -32,7 +32,7 @@ from einc.model import Model
 
 
 def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None,
-         options: CompileOptions | None = None) -> Any:
+         options: CompileOptions | None = None, precision: str = "fp32") -> Any:
     """Load a model (or a mixture) written by ``save``: recompiles the source, restores parameters.
 
     Every part is checked, and a failed check is a ``ModelFileError`` that says which: the file is
@@ -55,14 +55,17 @@ def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", d
         with np.load(path, allow_pickle=False) as archive:
             meta = read_meta(archive, "", path)
             if meta.get("format") == "einc-mixture":
+                if precision != "fp32":
+                    raise ModelFileError(f"{path}: a mixture is loaded with fp32 matmuls; precision {precision!r} "
+                                         "applies to single models")
                 return load_mixture(archive, meta, path, backend, device, dtype, options)
-            return model_from_archive(archive, "", path, backend, device, dtype, options)
+            return model_from_archive(archive, "", path, backend, device, dtype, options, precision)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise file_error(path, f"cannot read it ({str(error).splitlines()[0][:200] or type(error).__name__})") from None
 
 
 def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None,
-                       options: CompileOptions | None = None) -> Model:
+                       options: CompileOptions | None = None, precision: str = "fp32") -> Model:
     """Rebuild one model from the arrays under ``prefix`` of an open .npz archive, checking everything."""
     meta = read_meta(archive, prefix, path)
     if meta.get("format") != FORMAT:
@@ -86,7 +89,7 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
     except EincError as error:
         raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
     params = read_parameters(archive, f"{prefix}param/", plan, path, "parameter")
-    model = Model(plan, source, filename, backend, device, dtype, params, seed)
+    model = Model(plan, source, filename, backend, device, dtype, params, seed, {"precision": precision})
     model.max_bytes = options.max_bytes
     if "training" in meta:
         model.training = read_training_state(archive, prefix, meta["training"], plan, path)

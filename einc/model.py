@@ -58,6 +58,9 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
 
     ``options`` (``CompileOptions``) overrides K and sets the size limits the front end checks
     before building anything (``max_bytes`` at this ``dtype``, ``max_build_seconds``).
+    ``backend_options`` go to the backend: ``precision="tf32"`` opts into TF32 tensor-core
+    matmuls on CUDA (default ``"fp32"``, IEEE; refused on the CPU: backends/precision.py), and
+    torch's ``fuse``/``capture``.
 
     >>> import einc
     >>> model = einc.compile("examples/tiny.pc", dtype="float64")   # doctest: +SKIP
@@ -97,6 +100,8 @@ class Model:
         self.dtype = dtype
         self.seed = seed
         self.backend = create_backend(backend, plan, device=device, dtype=dtype, **(backend_options or {}))
+        # float32 matmuls on CUDA: "fp32" (IEEE, the default) or "tf32" (backends/precision.py)
+        self.precision: str = (backend_options or {}).get("precision", "fp32")
         # the torch.nn.Module handed out by module(): once it exists it holds the parameters
         self._module: Any = None
         self._params: Params = self.backend.put(params)

@@ -42,7 +42,7 @@ from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.grow import DEFAULT_SHARE
 from einc.errors import DataError, EincError
 from einc.io.data import as_rows
-from einc.mixture import kmeans, lloyd
+from einc.mixture import kmeans, nearest_centre
 from einc.model import Model
 from einc.model import compile as compile_model
 from einc.tools.growing import grow, grown_source
@@ -107,7 +107,15 @@ def split_clusters(h: np.ndarray, z: np.ndarray, chosen: list[int], states: int,
         own = x[labels_before == c]
         far.append(own[((own - centres[m]) ** 2).sum(1).argmax()])
     centres = np.concatenate([centres, np.stack(far)])
-    assignment, centres = lloyd(x, centres, iterations)
+    assignment = np.full(len(x), -1)
+    for _ in range(iterations):
+        new = nearest_centre(x, centres)
+        if np.array_equal(new, assignment):
+            break
+        assignment = new
+        for c in range(len(centres)):
+            if (assignment == c).any():  # an empty cluster keeps its centre
+                centres[c] = x[assignment == c].mean(0)
     label_of = np.array(list(chosen) + [states + m for m in range(len(chosen))])
     out = z.copy()
     out[members] = label_of[assignment]
