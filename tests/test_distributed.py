@@ -179,6 +179,18 @@ def test_two_workers_equal_one_process(torchrun_results, name):
     np.testing.assert_allclose(ranks[0]["valid_ll"], expected_valid, atol=TOLERANCE)
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
+def test_destroying_the_group_stops_gloo_threads(torchrun_results):
+    """After training (EM and Adam) ``destroy_process_group`` must really destroy the gloo backend.
+    If anything still holds the group, gloo's threads live on into interpreter shutdown, where one
+    that drops a tensor takes the GIL and aborts the process ("terminate called without an active
+    exception"): the flaky SIGABRT of this module's torchrun run. torch.distributed.nn.functional,
+    imported by torch.optim after init_process_group, held it (einc/distributed.py imports it first)."""
+    for rank in range(WORKERS):
+        threads = (torchrun_results / f"threads-rank{rank}.txt").read_text().split()
+        assert not [name for name in threads if "gloo" in name], (rank, threads)
+
+
 @pytest.mark.parametrize("launcher", ["--nproc", "torchrun"])
 def test_cli_full_batch_on_two_workers_equals_one_process(tmp_path, launcher):
     """`einc train … --nproc 2`, and the same command under torchrun without --nproc."""
