@@ -178,7 +178,10 @@ class Model:
         (unconstrained: log-weights under a softmax, each leaf family's unconstrained form,
         network weights). The parameters are shared: an optimiser step on the module is seen by
         every query of the model, and ``fit``/``set_parameters`` write into the module. Every
-        call returns the same module. With neural leaves each forward is an IWAE estimate with
+        call returns the same module. Moving it (``.to("cuda")``, ``.double()``, ``.float()``)
+        moves the model with it (``model.device``/``model.dtype`` follow); ``.half()`` is refused.
+        An observed value outside its variable's domain gives log p = −inf for its row (where
+        ``log_likelihood`` raises a ``DataError``). With neural leaves each forward is an IWAE estimate with
         ``samples`` importance samples per leaf (default 5, the paper's training k).
 
         >>> module = model.module()                                            # doctest: +SKIP
@@ -193,9 +196,17 @@ class Model:
             _check_positive_int(samples, "samples")
         if self._module is None:
             self._module = self.backend.module(self._params, samples or DEFAULT_TRAINING_SAMPLES)
+            self._module.on_move = self._follow_module
         elif samples is not None:
             self._module.samples = int(samples)
         return self._module
+
+    def _follow_module(self, backend: Any) -> None:
+        """The module moved (``module.to(...)``, ``.double()``, ``.cuda()``): the model runs where its
+        parameters now live."""
+        self.backend = backend
+        self.device = str(backend.device)
+        self.dtype = str(backend.dtype).removeprefix("torch.")
 
     @property
     def columns(self) -> list[str]:
