@@ -114,3 +114,44 @@ def test_npz_key_selects_an_array(tmp_path):
     assert load_array(f"{path}:second").shape == (4, 3)
     with pytest.raises(einc.DataError, match="no array 'third'"):
         load_array(f"{path}:third")
+
+
+def test_repr_says_what_the_model_is():
+    model = einc.compile(TINY, dtype="float64")
+    assert repr(model) == ("<einc.Model 'tiny' from examples/tiny.pc: 4 variables (A, B, C, D), "
+                           f"{model.num_parameters} parameters; torch on cpu, float64>")
+    wide = einc.compile("var x[9] : binary\nleaf x ~ bernoulli\nsums 2\ninputs 2\n"
+                        "structure random_binary_trees(depth = 2, replicas = 1, seed = 1)\n", backend="numpy")
+    assert repr(wide) == (f"<einc.Model circuit: 9 variables (x[0], x[1], x[2], x[3], x[4], x[5], ...), "
+                          f"{wide.num_parameters} parameters; numpy on cpu, float32>")
+    model.fit(np.zeros((4, 4)), epochs=2)
+    assert ", trained 2 epochs; torch on cpu, float64>" in repr(model)
+    assert "\n" not in repr(model)
+
+
+def test_queries_given_a_tensor_return_tensors_numpy_gives_numpy():
+    import torch
+
+    model = einc.compile(TINY, seed=0)  # float32
+    x = np.array([[0, 1, 1, 0], [1, np.nan, 0, 0]])
+    tensor = torch.as_tensor(x)
+    expected = model.log_likelihood(x)
+    assert isinstance(expected, np.ndarray)
+    for query in (model.log_likelihood, model.max_log_likelihood,
+                  lambda v: model.conditional_log_likelihood(v, evidence=np.ones((2, 4))),
+                  lambda v: model.sample(evidence=v, seed=1), lambda v: model.mpe(evidence=v)):
+        from_numpy, from_tensor = query(x), query(tensor)
+        assert isinstance(from_numpy, np.ndarray)
+        assert isinstance(from_tensor, torch.Tensor) and from_tensor.device == tensor.device
+        assert from_tensor.dtype == torch.float32  # the model's dtype
+        np.testing.assert_allclose(from_tensor.numpy(), from_numpy, rtol=1e-6)
+    assert isinstance(model.sample(3), np.ndarray)  # no tensor given: NumPy
+    latent = einc.compile("var a, b, c : binary\nleaf a, b, c ~ bernoulli\nsums 2\ninputs 2\nlatent z = {a, b}\n"
+                          "{a, b, c} -> {a, b} * c\n{a, b} -> a * b\n")
+    posterior = latent.latent_posterior(torch.zeros(3, 3))
+    assert isinstance(posterior, list) and all(isinstance(p, torch.Tensor) for p in posterior)
+    mixture = einc.MixtureModel([model, einc.compile(TINY, seed=1)], np.array([0.3, 0.7]))
+    assert isinstance(mixture.log_likelihood(tensor), torch.Tensor)
+    assert isinstance(mixture.log_likelihood(x), np.ndarray)
+    np.testing.assert_allclose(mixture.log_likelihood(tensor).numpy(), mixture.log_likelihood(x), rtol=1e-6)
+    assert repr(mixture).startswith("<einc.MixtureModel of 2 components, ")
