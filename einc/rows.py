@@ -18,6 +18,7 @@ read ``train.csv:12:3 (variable C): ...`` as for a file loaded whole.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gzip
 import hashlib
@@ -239,14 +240,38 @@ def cached_npy(found: DataFile, cache_dir: Path, columns: Sequence[str] | None =
                         f"choose another with --cache-dir") from None
     target = cache_dir / f"{stem}-{digest}.npy"
     lines = target.with_name(target.name + ".lines") if found.format != "npz" else None
-    with open(cache_dir / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with _exclusive(cache_dir / f".{target.name}.lock"):
         if not target.exists() or (lines is not None and not lines.exists()):
             if found.format == "npz":
                 _stream_npz(found, target)
             else:
                 _stream_csv(found, target, lines, columns)
     return target, None if lines is None else np.load(lines, allow_pickle=False)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if need be) and remove it afterwards.
+
+    The file is removed while still locked; a process that was waiting on it then holds a lock
+    on a file no longer at ``path``, sees that, and locks whatever is at ``path`` now, so two
+    holders never overlap and no lock file is left behind.
+    """
+    while True:
+        handle = open(path, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:  # removed by the holder we waited for
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        handle.close()
 
 
 def _stream_csv(found: DataFile, target: Path, lines_path: Path, columns: Sequence[str] | None) -> None:
