@@ -47,4 +47,5 @@ def curve_png(path: Path, history: list[dict[str, float]], title: str,
         for x, y in points:
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
         draw.text((width - margin - 110, margin + 8 + 14 * offset), name, fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the results folder (atomic_write creates none)
     atomic_write(path, lambda stream: canvas.save(stream, format="PNG"))

@@ -277,6 +277,7 @@ COMMANDS: tuple[Command, ...] = (
         (
             *NEW_MODEL_OPTIONS,
             FILE,
+            *K_OPTIONS,
             TRAIN_DATA,
             Arg(("--valid",), {"metavar": "V", "help": "validation data: keep the best epoch on it"}),
             TEST_DATA,

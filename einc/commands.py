@@ -445,7 +445,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         probabilities = np.exp(joint - log_evidence[0])
         estimated = "" if model.exact else (f" (a ratio of IWAE estimates with {DEFAULT_QUERY_SAMPLES} samples per "
                                             f"vae leaf: approximate)")
-        print(f"P({model.columns[column]} | evidence){estimated}:")
+        given = ", ".join(f"{name}={value:g}" for name, value in zip(model.columns, evidence) if not np.isnan(value))
+        print(f"P({model.columns[column]}{f' | {given}' if given else ''}){estimated}:")  # P(C | A=1), P(C)
         for level, probability in zip(levels, probabilities):
             print(f"  {int(level)}: {probability:.6f}")
     return 0

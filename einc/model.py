@@ -32,6 +32,9 @@ FORMAT = "einc-model"
 # any other; version 1 files (no neural leaves) read unchanged
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+# CompileOptions that change the circuit the stored source compiles to (the CLI's --sums,
+# --inputs, --heads): a model file records the ones given, and load applies them again
+OVERRIDES = ("sums", "inputs", "heads")
 
 # One training recipe for the API, the CLI and mixtures: the one the DEBD benchmark selected
 # (benchmarks/README.md, "Training recipe"): online EM with batch 100 and step size 0.05.
@@ -103,6 +106,7 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     plan = compile_plan(text, filename, options)
     model = Model(plan, text, filename, backend, device, dtype, init_parameters(plan, seed), seed, backend_options)
     model.max_bytes = options.max_bytes
+    model.overrides = {key: getattr(options, key) for key in OVERRIDES if getattr(options, key) is not None}
     return model
 
 
@@ -163,6 +167,8 @@ class Model:
         self.training: TrainingState | None = None
         # the most memory one call may allocate for its rows (CompileOptions.max_bytes)
         self.max_bytes = DEFAULT_MAX_BYTES
+        # K overrides the source was compiled with (OVERRIDES; saved with the model)
+        self.overrides: dict[str, int] = {}
 
     # ------------------------------------------------------------------ description
     def __repr__(self) -> str:
@@ -633,7 +639,7 @@ class Model:
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict[str, Any]:
         """What a model file records besides the parameters: the circuit source and settings."""
-        return {
+        meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "source": self.source,
@@ -641,6 +647,9 @@ class Model:
             "dtype": self.dtype,
             "seed": self.seed,
         }
+        if self.overrides:  # e.g. einc train --sums 5: the source says another K
+            meta["overrides"] = dict(self.overrides)
+        return meta
 
     def archive_arrays(self, params: dict[str, np.ndarray] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
         """The arrays of a model file under ``prefix``: metadata, parameters and training state."""
@@ -873,18 +882,32 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
     if stored_dtype not in ("float32", "float64"):
         raise _model_file_error(path, f"metadata 'dtype' is {stored_dtype!r}; expected float32 or float64")
     seed = _meta_field(meta, "seed", int, path, 0)
+    overrides = _overrides(meta, path)
     dtype = dtype or stored_dtype
     try:
         options = options or CompileOptions()
+        # the K the model was compiled with, unless the caller sets it
+        options = replace(options, **{k: v for k, v in overrides.items() if getattr(options, k) is None})
         plan = compile_plan(source, filename, replace(options, dtype=dtype, target=options.target or device))
     except EincError as error:
         raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
     params = _parameters(archive, f"{prefix}param/", plan, path, "parameter")
     model = Model(plan, source, filename, backend, device, dtype, params, seed)
     model.max_bytes = options.max_bytes
+    model.overrides = {key: getattr(options, key) for key in OVERRIDES if getattr(options, key) is not None}
     if "training" in meta:
         model.training = _training_state(archive, prefix, meta["training"], plan, path)
     return model
+
+
+def _overrides(meta: dict[str, Any], path: Path) -> dict[str, int]:
+    overrides = _meta_field(meta, "overrides", dict, path, {})
+    for key, value in overrides.items():
+        if key not in OVERRIDES:
+            raise _model_file_error(path, f"metadata 'overrides' has {key!r}; expected only {', '.join(OVERRIDES)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _model_file_error(path, f"metadata 'overrides' {key} is {value!r}; expected a whole number >= 1")
+    return overrides
 
 
 def _training_state(archive: Any, prefix: str, meta: Any, plan: Plan, path: Path) -> TrainingState:

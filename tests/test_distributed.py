@@ -201,7 +201,8 @@ def test_destroying_the_group_stops_gloo_threads(torchrun_results):
 
 @pytest.mark.parametrize("launcher", ["--nproc", "torchrun"])
 def test_cli_full_batch_on_two_workers_equals_one_process(tmp_path, launcher):
-    """`einc train … --nproc 2`, and the same command under torchrun without --nproc."""
+    """`einc train … --nproc 2` (with --stream, which --nproc implies: README shows both), and the
+    same command under torchrun without --nproc."""
     x = make_rows(300, 7)
     np.save(tmp_path / "x.npy", x)
     (tmp_path / "mixed.pc").write_text(CIRCUIT)
@@ -210,7 +211,7 @@ def test_cli_full_batch_on_two_workers_equals_one_process(tmp_path, launcher):
     if launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "einc", *train]
     else:
-        command = [sys.executable, "-m", "einc", *train, "--nproc", "2"]
+        command = [sys.executable, "-m", "einc", *train, "--nproc", "2", "--stream"]  # --stream: implied, accepted
     result = _run(command, tmp=tmp_path / "tmp" if launcher == "--nproc" else None)  # the launcher cleans up
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch ") == 3, result.stdout  # progress from rank 0 only

@@ -88,8 +88,11 @@ def test_cli_train_eval_sample_query_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["query", str(model_path), "--evidence", "A=1", "--target", "C"]) == 0
     out = capsys.readouterr().out
+    assert out.splitlines()[0] == "P(C | A=1):"
     probabilities = [float(line.split(":")[1]) for line in out.splitlines()[1:]]
     assert abs(sum(probabilities) - 1.0) < 1e-9
+    assert main(["query", str(model_path), "--target", "C"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "P(C):"  # no evidence: a marginal, said as one
     model = einc.load(model_path, dtype="float64")
     exact = np.exp(model.log_likelihood([[1, np.nan, 1, np.nan]]) - model.log_likelihood([[1, np.nan, np.nan, np.nan]]))
     assert abs(probabilities[1] - exact[0]) < 1e-6
@@ -155,3 +158,35 @@ def test_queries_given_a_tensor_return_tensors_numpy_gives_numpy():
     assert isinstance(mixture.log_likelihood(x), np.ndarray)
     np.testing.assert_allclose(mixture.log_likelihood(tensor).numpy(), mixture.log_likelihood(x), rtol=1e-6)
     assert repr(mixture).startswith("<einc.MixtureModel of 2 components, ")
+
+
+def test_train_takes_the_k_options_of_check_and_compile_and_the_file_keeps_them(tmp_path, capsys):
+    """`einc train --sums 5` (refused before, though check and compile take it); the model file
+    records the overrides, so load, eval and --resume compile the circuit that was trained."""
+    from einc.cli import build_parser
+
+    def options(command: str) -> set[str]:
+        sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+        return {flag for action in sub._actions for flag in action.option_strings}
+
+    assert {"--sums", "--inputs", "--heads"} <= options("check") & options("compile") & options("train")
+    data = (np.random.default_rng(0).random((50, 4)) < 0.5).astype(int)
+    np.savetxt(tmp_path / "x.csv", data, fmt="%d", delimiter=",")
+    model_path = tmp_path / "m.npz"
+    train = ["train", TINY, "--data", str(tmp_path / "x.csv"), "--sums", "5", "--inputs", "2", "--epochs", "1"]
+    assert main([*train, "-o", str(model_path)]) == 0
+    model = einc.load(model_path)
+    assert (model.graph.sums, model.graph.inputs) == (5, 2) and model.overrides == {"sums": 5, "inputs": 2}
+    assert model.num_parameters == einc.compile(TINY, options=einc.CompileOptions(sums=5, inputs=2)).num_parameters
+    assert main(["eval", str(model_path), "--data", str(tmp_path / "x.csv")]) == 0
+    assert main([*train[:-1], "2", "--resume", str(model_path), "-o", str(model_path)]) == 0
+    assert einc.load(model_path).training.epoch == 2
+    # a damaged record is a clear model-file error
+    with np.load(model_path) as archive:
+        arrays = dict(archive)
+    meta = json.loads(str(arrays["meta"]))
+    meta["overrides"] = {"sums": 0}
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(einc.ModelFileError, match="metadata 'overrides' sums is 0"):
+        einc.load(tmp_path / "bad.npz")
