@@ -10,6 +10,9 @@ the only difference). NumPy is the readable reference; nothing here loops over s
   steps ``BACKWARD_RULES`` executes (keyed by step type); the M-step is ``backends.em``.
 - Sampling and MPE: top-down backtracking (``BACKTRACK_RULES``), Gumbel-max for sampling.
 
+Every op kind's rules live in its own module under ``backends/array_ops/`` (input, einsum,
+mixing, hadamard); this file keeps the pass loops, operand reads and adjoint accumulation.
+
     >>> backend = ArrayBackend(plan, dtype="float64")            # doctest: +SKIP
     >>> params = backend.put(init_parameters(plan, seed=0))      # doctest: +SKIP
     >>> backend.log_likelihood(params, batch)                    # doctest: +SKIP
@@ -23,15 +26,15 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from einc.backends.array_ops import hadamard
+from einc.backends.array_ops import einsum, hadamard, mixing
+from einc.backends.array_ops import input as input_op
 from einc.backends.array_ops.contract import contract, no_mass, pairwise_steps  # noqa: F401
-from einc.backends.array_ops.contract import finite_max as _finite_max
-from einc.backends.base import BACKENDS, Batch, Params, Statistics, keep_freed_memory, shifted_exp
+from einc.backends.base import BACKENDS, Batch, Params, Statistics, keep_freed_memory
+from einc.backends.denormals import flushed
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
 from einc.backends.input_layer import leaf_features as shared_leaf_features
 from einc.backends.latents import log_mask
-from einc.compiler.backward import derive_backward
 from einc.ir.backward_plan import (
     BackwardPlan,
     EinsumBackward,
@@ -39,14 +42,11 @@ from einc.ir.backward_plan import (
     InputBackward,
     MixingBackward,
 )
-from einc.ir.diagnostics import BackendError
-from einc.ir.families import ZERO_PROBABILITY, family_rule
+from einc.errors import BackendError
+from einc.ir.families import ZERO_PROBABILITY
 from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange, VaeOp
 
 _DTYPES = ("float32", "float64")
-# Elements of the (L, batch, K, i, j) scores a max-product einsum or an einsum backtrack
-# materialises at once; the batch is processed in chunks of this size (not per sample).
-_CHUNK_ELEMENTS = 2**22
 # Backtracking choices (−1 or an index < K) are int32: CuPy's atomic scatter-max has no int64.
 _CHOICE = np.int32
 
@@ -196,14 +196,21 @@ class ArrayBackend:
         self.name = "numpy" if _is_numpy(xp) else "cupy"
         if self.name == "numpy":
             keep_freed_memory()  # each step's temporaries reuse warm pages (backends/base.py)
+        # NumPy has no flush-to-zero switch; the entry points set the thread's x86 FTZ/DAZ bits
+        # through torch's, which NumPy's loops obey too (backends/denormals.py)
+        self.flush_denormals = self.name == "numpy"
         self.device = device
         if not _is_numpy(xp) and device.startswith("cuda:"):
             xp.cuda.Device(int(device.split(":", 1)[1])).use()
         self.plan = plan
         self.dtype = np.dtype(dtype)
         self.num_columns = plan.graph.num_columns
-        # compile time for this backend: the reverse-mode steps of the plan (EM without autograd)
-        self.backward = backward if backward is not None else derive_backward(plan)
+        # the reverse-mode steps of the plan (EM without autograd), derived by the compiler
+        backward = backward if backward is not None else plan.backward
+        if backward is None:
+            raise BackendError(f"the {self.name} backend needs the plan's backward steps, which this plan "
+                               f"lacks (its op kinds are trained by autograd: use the torch backend)")
+        self.backward = backward
         # data column indices per family block; padding (-1) points at the extra all-zero column
         self.columns: dict[str, Any] = {}
         self.valid: dict[str, Any] = {}
@@ -291,57 +298,6 @@ class ArrayBackend:
             features.append(block_features.astype(self.dtype, copy=False))
         return features
 
-    def _input(
-        self, op: InputOp, params: Params, values: list[Any], data: _Data, max_product: bool
-    ) -> tuple[Any, tuple[Any, ...]]:
-        total = None
-        features = self.leaf_features(op, data, max_product)
-        for feats, coef in zip(features, self.leaf_coefficients(op, params, max_product)):
-            # (B, L, S, f) x (L, S, f, K) -> (L, B, K)
-            term = contract(self.xp, op.equation, ((0, 1),), feats, coef)
-            total = term if total is None else total + term
-        assert total is not None, "an input op has at least one block"
-        return total, tuple(features)
-
-    def _einsum(
-        self, op: EinsumOp, params: Params, values: list[Any], data: _Data, max_product: bool
-    ) -> tuple[Any, tuple[Any, ...]]:
-        xp = self.xp
-        left = self._read(op.left, values)  # (L, B, i)
-        right = self._read(op.right, values)  # (L, B, j)
-        weights = params[op.param]  # (L, k, i, j)
-        if max_product:
-            return _max_einsum(xp, left, right, weights), ()
-        left_max = _finite_max(xp, left, -1)  # a  (L, B, 1)
-        right_max = _finite_max(xp, right, -1)  # a' (L, B, 1)
-        left_exp = shifted_exp(xp, left, left_max)  # ≤ 1
-        right_exp = shifted_exp(xp, right, right_max)
-        # log-einsum-exp (eq. 4): (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
-        mixed = contract(xp, op.equation, op.path, left_exp, right_exp, weights)
-        shift = left_max + right_max
-        with np.errstate(divide="ignore"):
-            value = xp.log(mixed) + shift
-        empty = no_mass(xp, left, -1) | no_mass(xp, right, -1)  # (L, B, 1)
-        return xp.where(empty, -np.inf, value).astype(self.dtype, copy=False), (left_exp, right_exp, shift)
-
-    def _mixing(
-        self, op: MixingOp, params: Params, values: list[Any], data: _Data, max_product: bool
-    ) -> tuple[Any, tuple[Any, ...]]:
-        xp = self.xp
-        rows = self._read(op.input, values)
-        stacked = rows.reshape(op.rows, op.components, rows.shape[1], rows.shape[2])  # (M, C, B, K)
-        weights = params[op.param]  # (M, C, K)
-        if max_product:
-            return xp.max(xp.log(weights)[:, :, None, :] + stacked, axis=1), ()
-        top = _finite_max(xp, stacked, 1)  # (M, 1, B, K)
-        stacked_exp = shifted_exp(xp, stacked, top)
-        # (M, C, B, K) x (M, C, K) -> (M, B, K)
-        mixed = contract(xp, op.equation, ((0, 1),), stacked_exp, weights)
-        with np.errstate(divide="ignore"):
-            value = xp.log(mixed) + top[:, 0]
-        value = xp.where(no_mass(xp, stacked, 1)[:, 0], -np.inf, value).astype(self.dtype, copy=False)
-        return value, (stacked_exp, top[:, 0])
-
     def forward(self, params: Params, data: _Data, max_product: bool = False) -> _Forward:
         """Every value of the plan; the latents ``data`` clamps are masked on their rows."""
         values: list[Any] = []
@@ -381,11 +337,13 @@ class ArrayBackend:
         value, row = self.plan.root
         return values[value][row]  # (B, heads)
 
+    @flushed
     def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False) -> np.ndarray:
         root = self._root(self.forward(params, self._data(batch), max_product).values)
         return to_host(self.xp, root).astype(np.float64)
 
     # ------------------------------------------------------------------ EM
+    @flushed
     def statistics(self, params: Params, batch: Batch) -> Statistics:
         """E-step by the compiler-derived backward plan: n = W · ∂J/∂W (eq. 6), ∂J/∂Θ = Σ p·F."""
         heads = (
@@ -434,6 +392,7 @@ class ArrayBackend:
             rule(self, step, params, forward, adjoints, weights, leaf)
         return total, weights, leaf, forward, adjoints
 
+    @flushed
     def latent_posterior(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
         """p(Z_j = k | x, clamped latents) per latent: the adjoint of each latent's row, which is
         the adjoint of its log-mask (backends/latents.py), from one backward pass for all."""
@@ -448,6 +407,15 @@ class ArrayBackend:
             adjoint = self._adjoint(slot.value, forward, adjoints)[slot.row]  # (B, K)
             out.append(to_host(self.xp, adjoint).astype(np.float64))
         return out
+
+    def value_flows(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
+        """Every value's circuit flows summed over the batch, (rows, K) float64 each (einc.flows):
+        the adjoints ∂ Σ_b log p_{head_b}(x_b) / ∂ value of the derived backward plan."""
+        _total, _weights, _leaf, forward, adjoints = self._backward(
+            params, self._data(batch), self.xp.asarray(np.asarray(heads, dtype=np.int64))
+        )
+        return [to_host(self.xp, self._adjoint(index, forward, adjoints).sum(1)).astype(np.float64)
+                for index in range(len(self.plan.ops))]
 
     def _adjoint(self, index: int, forward: _Forward, adjoints: list[Any]) -> Any:
         if adjoints[index] is None:  # a value nothing read (possible only for the root's siblings)
@@ -479,84 +447,7 @@ class ArrayBackend:
             scaled = adjoint * xp.exp(shift - value)
         return xp.where(xp.isfinite(value), scaled, 0.0).astype(self.dtype, copy=False)
 
-    def _einsum_backward(
-        self,
-        step: EinsumBackward,
-        params: Params,
-        forward: _Forward,
-        adjoints: list[Any],
-        weights: dict[str, Any],
-        leaf: dict[str, tuple[Any, Any]],
-    ) -> None:
-        xp = self.xp
-        left_exp, right_exp, shift = forward.saved[step.op]  # (L,B,i), (L,B,j), (L,B,1)
-        w = params[step.param]  # (L, k, i, j)
-        g = self._scaled_adjoint(
-            self._adjoint(step.op, forward, adjoints), forward.values[step.op], shift
-        )
-        # (L, B, k) x (L, B, j) x (L, k, i, j) -> (L, B, i)
-        left = (
-            contract(xp, step.left_adjoint.equation, step.left_adjoint.path, g, right_exp, w)
-            * left_exp
-        )
-        # (L, B, k) x (L, B, i) x (L, k, i, j) -> (L, B, j)
-        right = (
-            contract(xp, step.right_adjoint.equation, step.right_adjoint.path, g, left_exp, w)
-            * right_exp
-        )
-        # (L, B, k) x (L, B, i) x (L, B, j) -> (L, k, i, j)
-        grad_w = contract(
-            xp, step.weight_gradient.equation, step.weight_gradient.path, g, left_exp, right_exp
-        )
-        weights[step.param] = w * grad_w
-        self._accumulate(step.left, left, forward, adjoints)
-        self._accumulate(step.right, right, forward, adjoints)
-
-    def _mixing_backward(
-        self,
-        step: MixingBackward,
-        params: Params,
-        forward: _Forward,
-        adjoints: list[Any],
-        weights: dict[str, Any],
-        leaf: dict[str, tuple[Any, Any]],
-    ) -> None:
-        xp = self.xp
-        stacked_exp, top = forward.saved[step.op]  # (M, C, B, K), (M, B, K)
-        v = params[step.param]  # (M, C, K)
-        g = self._scaled_adjoint(
-            self._adjoint(step.op, forward, adjoints), forward.values[step.op], top
-        )
-        # (M, B, K) x (M, C, K) -> (M, C, B, K)
-        grad_in = (
-            contract(xp, step.input_adjoint.equation, step.input_adjoint.path, g, v) * stacked_exp
-        )
-        # (M, B, K) x (M, C, B, K) -> (M, C, K)
-        grad_v = contract(
-            xp, step.weight_gradient.equation, step.weight_gradient.path, g, stacked_exp
-        )
-        weights[step.param] = v * grad_v
-        m, c, b, k = grad_in.shape
-        self._accumulate(step.input, grad_in.reshape(m * c, b, k), forward, adjoints)
-
-    def _input_backward(
-        self,
-        step: InputBackward,
-        params: Params,
-        forward: _Forward,
-        adjoints: list[Any],
-        weights: dict[str, Any],
-        leaf: dict[str, tuple[Any, Any]],
-    ) -> None:
-        g = self._adjoint(step.op, forward, adjoints)  # ∂J/∂ log L = p_L per sample (L, B, K)
-        for gradient, features in zip(step.leaves, forward.saved[step.op]):
-            c = gradient.coefficients
-            # (L, B, K) x (B, L, S, f) -> (L, S, f, K): Σ_b p · [T(x), obs, log h]
-            grad = contract(self.xp, c.equation, c.path, g, features).transpose(
-                0, 1, 3, 2
-            )  # (L, S, K, f)
-            leaf[gradient.param] = (grad[..., : gradient.stat_dim], grad[..., gradient.stat_dim])
-
+    @flushed
     def em_update(self, params: Params, stats: Statistics, step_size: float, pseudocount: float = 0.0) -> Params:
         return em_update(self.xp, self.plan, params, stats.weights, stats.leaf, step_size, pseudocount)
 
@@ -568,6 +459,7 @@ class ArrayBackend:
         heads = np.zeros(len(values), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
         return ResidentData(data.x, data.observed, self.xp.asarray(heads), data.latents)
 
+    @flushed
     def train_epoch(self, params: Params, data: ResidentData, order: np.ndarray, batch_size: int,
                     step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
         """One epoch of stochastic EM over resident ``data`` in ``order``: E-step and M-step per
@@ -585,6 +477,7 @@ class ArrayBackend:
         return params, float(total)
 
     # ------------------------------------------------------------------ sampling and MPE
+    @flushed
     def backtrack(
         self, params: Params, batch: Batch, mpe: bool, leaf_value: str, heads: np.ndarray, seed: int
     ) -> np.ndarray:
@@ -619,114 +512,6 @@ class ArrayBackend:
             )
         return to_host(xp, completed[:, : self.num_columns]).astype(np.float64)
 
-    def _mixing_backtrack(
-        self,
-        op: MixingOp,
-        params: Params,
-        values: list[Any],
-        choice: list[Any],
-        chosen: Any,
-        data: _Data,
-        completed: Any,
-        mpe: bool,
-        leaf_value: str,
-        sampler: ArraySampler,
-    ) -> None:
-        xp = self.xp
-        reached = chosen >= 0  # (M, B)
-        k = xp.maximum(chosen, 0)
-        rows = self._read(op.input, values)
-        m, c, batch = op.rows, op.components, data.size
-        stacked = rows.reshape(m, c, batch, -1)  # (M, C, B, K)
-        log_w = xp.log(params[op.param])  # (M, C, K)
-        m_index = xp.arange(m)[:, None, None]
-        c_index = xp.arange(c)[None, :, None]
-        picked_w = log_w[m_index, c_index, k[:, None, :]]  # (M, C, B)
-        picked_v = stacked[
-            m_index, c_index, xp.arange(batch)[None, None, :], k[:, None, :]
-        ]  # (M, C, B)
-        logits = picked_w + picked_v
-        if not mpe:
-            logits = logits + sampler.gumbel(logits)
-        component = xp.argmax(logits, axis=1)  # (M, B)
-        child = xp.where(c_index == component[:, None, :], k[:, None, :], -1)  # (M, C, B)
-        child = xp.where(reached[:, None, :], child, -1)
-        self._write(op.input, child.reshape(m * c, batch), choice)
-
-    def _einsum_backtrack(
-        self,
-        op: EinsumOp,
-        params: Params,
-        values: list[Any],
-        choice: list[Any],
-        chosen: Any,
-        data: _Data,
-        completed: Any,
-        mpe: bool,
-        leaf_value: str,
-        sampler: ArraySampler,
-    ) -> None:
-        xp = self.xp
-        reached = chosen >= 0  # (L, B)
-        k = xp.maximum(chosen, 0)
-        left = self._read(op.left, values)  # (L, B, i)
-        right = self._read(op.right, values)  # (L, B, j)
-        log_w = xp.log(params[op.param])  # (L, k, i, j)
-        rows_index = xp.arange(op.rows)[:, None]
-        best_parts = []
-        # chunk over the batch so the (L, b, i, j) logits stay small
-        step = max(1, _CHUNK_ELEMENTS // max(1, op.rows * op.k_left * op.k_right))
-        for start in range(0, data.size, step):
-            stop = start + step
-            picked = log_w[rows_index, k[:, start:stop]]  # (L, b, i, j)
-            logits = picked + left[:, start:stop, :, None] + right[:, start:stop, None, :]
-            flat = logits.reshape(op.rows, logits.shape[1], -1)
-            if not mpe:
-                flat = flat + sampler.gumbel(flat)
-            best_parts.append(xp.argmax(flat, axis=-1))  # (L, b)
-        best = best_parts[0] if len(best_parts) == 1 else xp.concatenate(best_parts, 1)
-        i = xp.where(reached, best // op.k_right, -1)
-        j = xp.where(reached, best % op.k_right, -1)
-        self._write(op.left, i, choice)
-        self._write(op.right, j, choice)
-
-    def _input_backtrack(
-        self,
-        op: InputOp,
-        params: Params,
-        values: list[Any],
-        choice: list[Any],
-        chosen: Any,
-        data: _Data,
-        completed: Any,
-        mpe: bool,
-        leaf_value: str,
-        sampler: ArraySampler,
-    ) -> None:
-        xp = self.xp
-        reached = chosen >= 0  # (L, B)
-        k = xp.maximum(chosen, 0)
-        for block in op.blocks:
-            rule = family_rule(block.family)
-            cols = self.columns[block.param]  # (L, S)
-            phi = params[block.param]  # (L, S, K, t)
-            rows, width = phi.shape[0], phi.shape[1]
-            # the chosen component's parameters per sample: (L, S, B, t)
-            selected = phi[
-                xp.arange(rows)[:, None, None], xp.arange(width)[None, :, None], k[:, None, :]
-            ]
-            if leaf_value == "sample":
-                draw = rule.sample(sampler, selected, block.family)
-            elif leaf_value == "mean":
-                draw = rule.mean(xp, selected, block.family)
-            else:
-                draw = rule.mode(xp, selected, block.family)
-            draw = draw.astype(self.dtype, copy=False)  # (L, S, B)
-            write = reached[:, None, :] & (self.valid[block.param] > 0)[..., None]
-            write = write & (data.observed[:, cols].transpose(1, 2, 0) == 0)  # (L, S, B)
-            region, position, sample = xp.nonzero(write)
-            completed[sample, cols[region, position]] = draw[region, position, sample]
-
     def _write(self, operand: Operand, rows_choice: Any, choice: list[Any]) -> None:
         """Merge child selections into the producers' choice arrays (max: −1 means not reached)."""
         xp = self.xp
@@ -743,31 +528,6 @@ class ArrayBackend:
                 _scatter_max(xp, target, self.row_index[segment.rows][0], part)
 
 
-def _max_einsum(xp: ModuleType, left: Any, right: Any, weights: Any) -> Any:
-    """Max-product einsum: max_ij log W[l,k,i,j] + N[l,b,i] + N'[l,b,j] -> (L, B, k).
-
-    No BLAS helps in the (max, +) semiring, so this is L·B·K³ additions: the K² outer sum
-    N_i + N'_j is formed first, so that only one full-size addition (into a reused buffer, no
-    page faults per chunk) and one contiguous max remain per chunk of the batch.
-    """
-    log_w = xp.log(weights)[:, None]  # (L, 1, k, i, j)
-    rows, k_out, k_left, k_right = weights.shape
-    out = []
-    buffer = None
-    # chunk over the batch so the (L, b, k, i, j) scores stay small
-    step = max(1, _CHUNK_ELEMENTS // max(1, weights.size))
-    for start in range(0, left.shape[1], step):
-        pair = (
-            left[:, start : start + step, :, None] + right[:, start : start + step, None, :]
-        )  # (L, b, i, j)
-        shape = (rows, pair.shape[1], k_out, k_left, k_right)
-        if buffer is None or buffer.shape != shape:
-            buffer = xp.empty(shape, dtype=pair.dtype)
-        xp.add(log_w, pair[:, :, None], out=buffer)  # (L, 1, k, i, j) + (L, b, 1, i, j)
-        out.append(xp.max(buffer.reshape(rows, pair.shape[1], k_out, k_left * k_right), axis=-1))
-    return out[0] if len(out) == 1 else xp.concatenate(out, 1)
-
-
 def _torch_only(backend: ArrayBackend, op: VaeOp, *args: Any) -> Any:
     """Neural leaves run on torch only (create_backend refuses such plans before this)."""
     raise BackendError(op.backend_problem(backend.name) or f"the {backend.name} backend cannot run {op.name}")
@@ -776,24 +536,24 @@ def _torch_only(backend: ArrayBackend, op: VaeOp, *args: Any) -> Any:
 # ---------------------------------------------------------------- rule tables, keyed by type
 # forward (and its max-product variant): (backend, op, params, values, data, max_product) -> (value, saved)
 FORWARD_RULES: dict[type, Callable[..., tuple[Any, tuple[Any, ...]]]] = {
-    InputOp: ArrayBackend._input,
-    EinsumOp: ArrayBackend._einsum,
-    MixingOp: ArrayBackend._mixing,
+    InputOp: input_op.forward,
+    EinsumOp: einsum.forward,
+    MixingOp: mixing.forward,
     HadamardOp: hadamard.forward,
     VaeOp: _torch_only,
 }
 # backward plan steps: (backend, step, params, forward, adjoints, weight counts, leaf stats) -> None
 BACKWARD_RULES: dict[type, Callable[..., None]] = {
-    InputBackward: ArrayBackend._input_backward,
-    EinsumBackward: ArrayBackend._einsum_backward,
-    MixingBackward: ArrayBackend._mixing_backward,
+    InputBackward: input_op.backward,
+    EinsumBackward: einsum.backward,
+    MixingBackward: mixing.backward,
     HadamardBackward: hadamard.backward,
 }
 # top-down sampling / MPE: (backend, op, params, values, choice, chosen, data, completed, mpe, ...) -> None
 BACKTRACK_RULES: dict[type, Callable[..., None]] = {
-    InputOp: ArrayBackend._input_backtrack,
-    EinsumOp: ArrayBackend._einsum_backtrack,
-    MixingOp: ArrayBackend._mixing_backtrack,
+    InputOp: input_op.backtrack,
+    EinsumOp: einsum.backtrack,
+    MixingOp: mixing.backtrack,
     HadamardOp: hadamard.backtrack,
     VaeOp: _torch_only,
 }

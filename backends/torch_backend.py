@@ -1,49 +1,64 @@
 """PyTorch backend: interprets the plan with torch ops; EM statistics come from autograd (§3.5).
 
-The EiNet core op kinds (input, einsum, mixing) are interpreted here, with their CUDA-graph and
-fused paths; every further op kind is one entry of ``OP_RULES``, in its own module under
-``backends/torch_ops/`` (forward and max-product, top-down backtracking).
+Every op kind is one entry of ``OP_RULES``, in its own module under ``backends/torch_ops/``
+(forward and max-product, top-down backtracking). This file keeps the pass loop, how values are
+read (``backends/torch_reads.py``: views and gathers of exactly the rows an op needs), the EM
+step and its CUDA-graph capture and fusion.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from einc.backends.base import Batch, Params, Statistics, keep_freed_memory, shifted_exp
+from einc.backends.base import Batch, Params, Statistics, keep_freed_memory
+from einc.backends.denormals import flushed
 from einc.backends.em import em_update
-from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.backends.latents import log_mask
 from einc.backends.torch_ops import (
     LeafOutput,
     Noise,
     PassData,
     TorchOpRule,
+    einsum,
     hadamard,
-    log_of_mass,
-    log_sum_exp_shift,
+    mixing,
     vae,
 )
-from einc.ir.diagnostics import BackendError
-from einc.ir.families import ZERO_PROBABILITY, family_rule
+from einc.backends.torch_ops import input as input_op
+from einc.errors import BackendError
+from einc.ir.families import ZERO_PROBABILITY
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
-from einc.ir.plan import EinsumOp, FamilyBlock, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange, VaeOp
+from einc.backends.torch_reads import PassValues, ReadPlan
+from einc.ir.plan import (
+    EinsumOp,
+    HadamardOp,
+    InputOp,
+    MixingOp,
+    Operand,
+    Plan,
+    RowIndex,
+    RowRange,
+    Segment,
+    VaeOp,
+)
 
 if TYPE_CHECKING:
     from einc.backends.torch_module import CircuitModule, GradientTrainer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-# Op kinds beyond the EiNet core: one rule each (tests/test_op_kinds.py checks the coverage).
+# One rule per op kind (tests/test_op_kinds.py checks the coverage).
 OP_RULES: dict[type, TorchOpRule] = {
+    InputOp: input_op.RULE,
+    EinsumOp: einsum.RULE,
+    MixingOp: mixing.RULE,
     HadamardOp: hadamard.RULE,
     VaeOp: vae.RULE,
 }
-CORE_OPS = (InputOp, EinsumOp, MixingOp)  # interpreted inline below
 
 
 class TorchSampler:
@@ -94,6 +109,8 @@ class TorchBackend:
         self.dtype = _DTYPES[dtype]
         if self.device.type == "cpu":
             keep_freed_memory()  # each step's temporaries reuse warm pages (backends/base.py)
+        # entry points flush denormals while they compute on the CPU (backends/denormals.py)
+        self.flush_denormals = self.device.type == "cpu"
         self.num_columns = plan.graph.num_columns
         # data column indices per family block; padding (-1) points at an extra all-zero column
         self.columns: dict[str, torch.Tensor] = {}
@@ -104,7 +121,8 @@ class TorchBackend:
                     cols = np.where(cols < 0, self.num_columns, cols)
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
-        self.gathers: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}
+        # where values are split so that every contiguous read is a chunk (backends/torch_reads.py)
+        self.reads = ReadPlan(plan)
         # Where each value's batch axis lies in memory. Values are indexed (rows, B, K) everywhere;
         # on the CPU the contractions store them batch-minor, (rows, K, B) in memory, so that the
         # batched matmuls have the batch (not K) as their wide side and elementwise work runs along
@@ -135,12 +153,7 @@ class TorchBackend:
         self.captured_forwards: dict[tuple, _CapturedForward] = {}
         # einsum kernels by name (compiler/kernels.py); where Triton cannot run, fused ops run the
         # same contraction as batched matmuls
-        fused = any(isinstance(op, EinsumOp) and op.kernel == "fused" for op in plan.ops)
-        matmul = _einsum_layer_batch_minor if self.batch_minor else _einsum_layer
-        self.contractions = {
-            "matmul": matmul,
-            "fused": _fused_einsum_layer(self.batch_minor) if fused and _fused_kernels_run_on(self.device) else matmul,
-        }
+        self.contractions = einsum.contractions(plan, self.device, self.batch_minor)
         self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
         self.real_column[-1] = 0.0
         # clamped latents: per value holding latent rows, those rows (backends/latents.py)
@@ -209,31 +222,31 @@ class TorchBackend:
 
     # ------------------------------------------------------------------ forward
     def _read(self, operand: Operand, values: list[torch.Tensor]) -> torch.Tensor:
-        if operand.is_view:
-            (segment,) = operand.segments
-            return values[segment.value][segment.start : segment.stop]
-        # fragmented reads (DAGs): one concatenation of the source values and one gather, so the
-        # backward is one index_add instead of a zero-filled copy of a source per segment
-        sources, index = self._gather_plan(operand)
-        stacked = values[sources[0]] if len(sources) == 1 else torch.cat([values[v] for v in sources], 0)
-        return stacked.index_select(0, index)
+        """The operand's rows (R, B, K): a view where it is one run of one value, else the
+        concatenation of exactly the rows it reads (never of whole source values)."""
+        pieces = [self._segment(segment, values) for segment in operand.segments]
+        return pieces[0] if len(pieces) == 1 else self._cat(pieces)
 
-    def _gather_plan(self, operand: Operand) -> tuple[tuple[int, ...], torch.Tensor]:
-        """(source values, row index into their concatenation) for a fragmented operand; cached."""
-        cached = self.gathers.get(id(operand))
-        if cached is None:
-            sources = tuple(sorted({segment.value for segment in operand.segments}))
-            offsets, total = {}, 0
-            for value in sources:
-                offsets[value] = total
-                total += self.plan.ops[value].rows
-            rows: list[int] = []
-            for segment in operand.segments:
-                local = range(segment.start, segment.stop) if isinstance(segment, RowRange) else segment.rows
-                rows.extend(offsets[segment.value] + row for row in local)
-            cached = (sources, torch.as_tensor(rows, dtype=torch.long, device=self.device))
-            self.gathers[id(operand)] = cached
-        return cached
+    def _segment(self, segment: Segment, values: list[torch.Tensor]) -> torch.Tensor:
+        """One segment's rows (n, B, K): chunks of the pass's split values (``PassValues``), a
+        view, or one gather of its rows."""
+        value = values[segment.value]
+        if isinstance(segment, RowIndex):
+            return value.index_select(0, self._index(segment.rows))
+        if segment.start == 0 and segment.stop == value.shape[0]:
+            return value
+        chunks = values.chunks[segment.value] if isinstance(values, PassValues) else None
+        if chunks is None:
+            return value[segment.start : segment.stop]
+        first, last = self.reads.chunk_span(segment)
+        return chunks[first] if last == first + 1 else self._cat(chunks[first:last])
+
+    def _cat(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """Rows of several pieces, one after another, copied in the stored layout: batch-minor
+        pieces are concatenated as (n, K, B) memory so that the copy runs along contiguous rows."""
+        if self.batch_minor:
+            return torch.cat([piece.transpose(1, 2) for piece in pieces], 0).transpose(1, 2)
+        return torch.cat(pieces, 0)
 
     def _index(self, rows: tuple[int, ...]) -> torch.Tensor:
         cached = self.row_index.get(rows)
@@ -244,66 +257,7 @@ class TorchBackend:
 
     def _leaf_coefficients(self, op: InputOp, params: Params, max_product: bool) -> list[torch.Tensor]:
         """Per block Θ = [θ, −A(θ), 1, (max log f)] shaped (L, S, K, f)."""
-        return [leaf_coefficients(torch, block, params[block.param], max_product) for block in op.blocks]
-
-    def _input(self, op: InputOp, coefficients: list[torch.Tensor], x: torch.Tensor,
-               observed: torch.Tensor, max_product: bool) -> torch.Tensor:
-        total = None
-        batch_size = x.shape[0]
-        for block, coef in zip(op.blocks, coefficients):
-            rule = family_rule(block.family)
-            if rule.one_hot_statistics:
-                term = self._input_lookup(block, coef, x, observed, max_product)
-                total = term if total is None else total + term
-                continue
-            # per-column features, computed once per column (not once per leaf region); in
-            # max-product, unobserved real columns (not the zero pad column C) take max log f
-            missing = (self.real_column - observed) if max_product else None
-            column_features = leaf_features(torch, block, x, observed, missing)  # (B, C+1, f)
-            cols = self.columns[block.param]  # (L, S)
-            rows, width = cols.shape
-            f = column_features.shape[-1]
-            k = coef.shape[2]
-            if self.batch_minor:
-                # the features batch-minor, (C+1, f, B), then whole rows of them per leaf factor:
-                # an index of L·S rows (not L·S·B entries) into (L, S·f, B)
-                by_column = column_features.permute(1, 2, 0).contiguous()
-                gathered = by_column.index_select(0, self.leaf_rows[block.param]).reshape(rows, width * f, batch_size)
-                # (L, K, S·f) x (L, S·f, B) -> (L, K, B), indexed as (L, B, K)
-                term = torch.bmm(coef.permute(0, 2, 1, 3).reshape(rows, k, width * f), gathered).transpose(1, 2)
-            else:
-                # the small (L, S) index broadcast over the batch: on an H100 ~20x faster than one
-                # flat gather of L·B·S rows; viewed as (L, B, S·f) without a copy
-                gathered = column_features[:, cols].reshape(batch_size, rows, width * f).transpose(0, 1)
-                # (L, B, S·f) x (L, S·f, K) -> (L, B, K)
-                term = torch.bmm(gathered, coef.permute(0, 1, 3, 2).reshape(rows, width * f, k))
-            total = term if total is None else total + term
-        assert total is not None
-        return total
-
-    def _input_lookup(self, block: FamilyBlock, coef: torch.Tensor, x: torch.Tensor,
-                      observed: torch.Tensor, max_product: bool) -> torch.Tensor:
-        """The input layer for one-hot statistics: T(x)·θ is θ[x], a lookup instead of a matmul
-        over (B, C, categories) one-hot features. Same numbers; autograd's scatter-add backward
-        still yields Σ p·T(x) as the gradient of the θ part of Θ."""
-        cols = self.columns[block.param]  # (L, S)
-        categories = block.stat_dim
-        obs = observed.t()[cols]  # (L, S, B)
-        values = x.t()[cols].long().clamp_(0, categories - 1)  # (L, S, B); unobserved are 0
-        theta = coef[..., :categories]  # (L, S, K, n)
-        # (L, S, K, n) gathered at x along n -> (L, S, K, B)
-        picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, theta.shape[2], -1))
-        # the remaining features [obs, (log h(x)·obs), (missing)] are a small dense contraction
-        dense = [obs]
-        if block.log_base:
-            dense.append(rule_log_base(block, x, observed, cols))
-        if max_product:
-            valid = (cols < self.num_columns).to(self.dtype)[..., None]  # (L, S, 1)
-            dense.append(valid - obs)
-        features = torch.stack(dense, -1)  # (L, S, B, f')
-        # (L, S, K, B) x (L, S, B) -> (L, B, K)  and  (L, S, B, f') x (L, S, K, f') -> (L, B, K)
-        looked_up = torch.einsum("lskb,lsb->lbk", picked, obs)
-        return looked_up + torch.einsum("lsbf,lskf->lbk", features, coef[..., categories:])
+        return input_op.coefficients(self, op, params, max_product)
 
     def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                 max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None,
@@ -311,45 +265,12 @@ class TorchBackend:
         """Every op's value for a batch ``x`` (B, C+1) with mask ``observed``; ``masks``
         (``_latent_masks``) clamp latents on their rows; ``noise`` says how stochastic ops draw
         (default: the training IWAE k from torch's global generator)."""
-        data = PassData(x, observed, noise or Noise(DEFAULT_TRAINING_SAMPLES))
-        values: list[torch.Tensor] = []
+        data = PassData(x, observed, noise or Noise(DEFAULT_TRAINING_SAMPLES), coefficients)
+        values = PassValues(self.reads, self.batch_minor)
         for index, op in enumerate(self.plan.ops):
-            if isinstance(op, InputOp):
-                coefs = coefficients[op.name] if coefficients else self._leaf_coefficients(op, params, max_product)
-                value = self._input(op, coefs, x, observed, max_product)
-            elif isinstance(op, EinsumOp):
-                left = self._read(op.left, values)  # (L, B, i)
-                right = self._read(op.right, values)  # (L, B, j)
-                weights = params[op.param]  # (L, k, i, j)
-                if max_product:
-                    value = _max_einsum(left, right, weights)
-                else:
-                    value = self._log_einsum_exp(op, left, right, weights)
-            elif isinstance(op, MixingOp):
-                value = self._mix(op, params, values, max_product)
-            else:
-                value = self._rule(op).forward(self, op, params, values, max_product, data)
+            value = self._rule(op).forward(self, op, params, values, max_product, data)
             values.append(self._masked(index, value, masks))
         return values
-
-    def _log_einsum_exp(self, op: EinsumOp, left: torch.Tensor, right: torch.Tensor,
-                        weights: torch.Tensor) -> torch.Tensor:
-        """log Σ_ij W[l,k,i,j] exp(N[l,b,i]) exp(N'[l,b,j]) (eq. 4), shifted by the operands' maxima.
-
-        Batch-minor, the shift, exp and log run on the stored (L, K, B) memory (contiguous along
-        the batch) and the contraction takes and returns that layout; the result is indexed
-        (L, B, k) like every value.
-        """
-        contraction = self.contractions[op.kernel]
-        k_axis = 1 if self.batch_minor else 2
-        if self.batch_minor:
-            left, right = left.transpose(1, 2), right.transpose(1, 2)  # (L, i, B), (L, j, B)
-        left_max, left_empty = log_sum_exp_shift(left, k_axis)
-        right_max, right_empty = log_sum_exp_shift(right, k_axis)
-        # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k), or batch-minor (L, ·, B) throughout
-        mixed = contraction(shifted_exp(torch, left, left_max), shifted_exp(torch, right, right_max), weights, op.path)
-        value = log_of_mass(mixed, left_max + right_max, left_empty | right_empty)
-        return value.transpose(1, 2) if self.batch_minor else value
 
     def _rule(self, op: Any) -> TorchOpRule:
         rule = OP_RULES.get(type(op))
@@ -357,27 +278,11 @@ class TorchBackend:
             raise BackendError(f"the torch backend has no rule for plan op {type(op).__name__} ('{op.name}')")
         return rule
 
-    def _mix(self, op: MixingOp, params: Params, values: list[torch.Tensor], max_product: bool) -> torch.Tensor:
-        rows = self._read(op.input, values)
-        m, c = op.rows, op.components
-        stacked = rows.reshape(m, c, rows.shape[1], rows.shape[2])  # (M, C, B, K)
-        weights = params[op.param]  # (M, C, K)
-        if max_product:
-            return (torch.log(weights)[:, :, None, :] + stacked).amax(1)
-        if self.batch_minor:  # work in the stored order (M, C, K, B)
-            stacked, weights = stacked.transpose(2, 3), weights[..., None]
-        else:
-            weights = weights[:, :, None, :]
-        top, empty = log_sum_exp_shift(stacked, 1)  # (M, 1, B, K)
-        # (M, C, B, K) x (M, C, 1, K) -> (M, B, K), or batch-minor (M, C, K, B) x (M, C, K, 1) -> (M, K, B)
-        mixed = (shifted_exp(torch, stacked, top) * weights).sum(1)
-        value = log_of_mass(mixed, top[:, 0], empty[:, 0])
-        return value.transpose(1, 2) if self.batch_minor else value
-
     def _root(self, values: list[torch.Tensor]) -> torch.Tensor:
         value, row = self.plan.root
         return values[value][row]  # (B, heads)
 
+    @flushed
     def log_likelihood(self, params: Params, batch: Batch, max_product: bool = False,
                        samples: int | None = None, seed: int | None = None) -> np.ndarray:
         """(B, heads) log-densities. With neural leaves an estimate: ``samples`` importance samples
@@ -448,6 +353,7 @@ class TorchBackend:
                 "on the IWAE bound; use method='adam' (einc train --method adam)"
             )
 
+    @flushed
     def statistics(self, params: Params, batch: Batch) -> Statistics:
         """E-step by autograd: ∂ Σ log p / ∂W · W gives n (eq. 6); ∂/∂Θ gives Σ p·F."""
         self._check_em()
@@ -489,6 +395,7 @@ class TorchBackend:
                     leaf_stats[block.param] = (g[..., : block.stat_dim], g[..., block.stat_dim])
         return total.detach(), weight_counts, leaf_stats
 
+    @flushed
     def em_update(self, params: Params, stats: Statistics, step_size: float, pseudocount: float = 0.0) -> Params:
         with torch.no_grad():
             return em_update(torch, self.plan, params, stats.weights, stats.leaf, step_size, pseudocount)
@@ -515,6 +422,7 @@ class TorchBackend:
         label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
         return DeviceData(x, obs, label_tensor, self._latents(Batch(values, observed, None, latents)))
 
+    @flushed
     def train_epoch(self, params: Params, data: "DeviceData", order: np.ndarray, batch_size: int,
                     step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
         """One epoch of stochastic EM over ``data`` in ``order``; returns (params, Σ log p).
@@ -579,6 +487,7 @@ class TorchBackend:
         return step
 
     # ------------------------------------------------------------------ latent posteriors
+    @flushed
     def latent_posterior(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
         """p(Z_j = k | x, clamped latents) per latent: the gradient of log p at each sample's head
         with respect to the latents' log-masks (backends/latents.py), one backward pass for all."""
@@ -605,7 +514,26 @@ class TorchBackend:
                 out[latent] = grad[position].to("cpu", torch.float64).numpy()
         return [posterior for posterior in out if posterior is not None]
 
+    # ------------------------------------------------------------------ circuit flows
+    def value_flows(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
+        """Every value's circuit flows summed over the batch, (rows, K) float64 each (einc.flows):
+        Σ_b ∂ log p_{head_b}(x_b) / ∂ value[row, b, k], by autograd through the values."""
+        x, observed = self._batch(batch)
+        masks = self._latent_masks(self._latents(batch))
+        head_index = torch.as_tensor(np.asarray(heads, dtype=np.int64), device=self.device)
+        # the parameters require grad only so that every value is a node of the autograd graph
+        tracked = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in params.items()}
+        with torch.enable_grad():
+            values = self.forward(tracked, x, observed, masks=masks)
+            log_p = torch.gather(self._root(values), 1, head_index[:, None])[:, 0]
+            # a sample of probability 0 (indicator leaves) has no posterior: no flow
+            possible = torch.where(log_p > ZERO_PROBABILITY, log_p, torch.zeros_like(log_p))
+            grads = torch.autograd.grad(possible.sum(), values, allow_unused=True)
+        return [np.zeros((value.shape[0], value.shape[2])) if grad is None
+                else grad.sum(1).to("cpu", torch.float64).numpy() for value, grad in zip(values, grads)]
+
     # ------------------------------------------------------------------ sampling and MPE
+    @flushed
     def backtrack(self, params: Params, batch: Batch, mpe: bool, leaf_value: str,
                   heads: np.ndarray, seed: int, samples: int | None = None) -> np.ndarray:
         """Top-down completion of ``batch``; ``samples``: importance samples per neural leaf (its
@@ -629,43 +557,7 @@ class TorchBackend:
             for index in range(len(self.plan.ops) - 1, -1, -1):
                 op = self.plan.ops[index]
                 chosen = choice[index]
-                if not isinstance(op, CORE_OPS):
-                    self._rule(op).backtrack(self, op, params, values, choice, chosen, sampler, mpe, data, output)
-                    continue
-                reached = chosen >= 0
-                k = chosen.clamp(min=0)
-                if isinstance(op, MixingOp):
-                    rows = self._read(op.input, values)
-                    m, c = op.rows, op.components
-                    stacked = rows.reshape(m, c, batch_size, -1)  # (M, C, B, K)
-                    log_w = torch.log(params[op.param])  # (M, C, K)
-                    picked_w = torch.gather(log_w, 2, k[:, None, :].expand(m, c, batch_size))  # (M, C, B)
-                    picked_v = torch.gather(stacked, 3, k[:, None, :, None].expand(m, c, batch_size, 1))[..., 0]
-                    logits = picked_w + picked_v
-                    if not mpe:
-                        logits = logits + sampler.gumbel(logits)
-                    component = logits.argmax(1)  # (M, B)
-                    child = torch.full((m, c, batch_size), -1, dtype=torch.long, device=self.device)
-                    child.scatter_(1, component[:, None, :], k[:, None, :])
-                    child = torch.where(reached[:, None, :], child, torch.full_like(child, -1))
-                    self._write(op.input, child.reshape(m * c, batch_size), choice)
-                elif isinstance(op, EinsumOp):
-                    left = self._read(op.left, values)  # (L, B, i)
-                    right = self._read(op.right, values)  # (L, B, j)
-                    log_w = torch.log(params[op.param])  # (L, k, i, j)
-                    rows_index = torch.arange(op.rows, device=self.device)[:, None]
-                    picked = log_w[rows_index, k]  # (L, B, i, j)
-                    logits = picked + left[..., :, None] + right[..., None, :]
-                    flat = logits.reshape(op.rows, batch_size, -1)
-                    if not mpe:
-                        flat = flat + sampler.gumbel(flat)
-                    best = flat.argmax(-1)  # (L, B)
-                    i = torch.where(reached, best // op.k_right, torch.full_like(best, -1))
-                    j = torch.where(reached, best % op.k_right, torch.full_like(best, -1))
-                    self._write(op.left, i, choice)
-                    self._write(op.right, j, choice)
-                else:
-                    self._emit_leaves(op, params, chosen, observed, completed, leaf_value, sampler)
+                self._rule(op).backtrack(self, op, params, values, choice, chosen, sampler, mpe, data, output)
         return completed[:, : self.num_columns].to("cpu", torch.float64).numpy()
 
     def _write(self, operand: Operand, rows_choice: torch.Tensor, choice: list[torch.Tensor]) -> None:
@@ -680,30 +572,6 @@ class TorchBackend:
             else:
                 index = self._index(segment.rows)[:, None].expand(-1, part.shape[1])
                 target.scatter_reduce_(0, index, part, reduce="amax")
-
-    def _emit_leaves(self, op: InputOp, params: Params, chosen: torch.Tensor, observed: torch.Tensor,
-                     completed: torch.Tensor, leaf_value: str, sampler: TorchSampler) -> None:
-        reached = chosen >= 0  # (L, B)
-        k = chosen.clamp(min=0)
-        for block in op.blocks:
-            rule = family_rule(block.family)
-            cols = self.columns[block.param]  # (L, S)
-            phi = params[block.param]  # (L, S, K, t)
-            L, S, _, t = phi.shape
-            index = k[:, None, :, None].expand(L, S, k.shape[1], t)  # (L, S, B, t)
-            selected = torch.gather(phi, 2, index)  # (L, S, B, t)
-            if leaf_value == "sample":
-                draw = rule.sample(sampler, selected, block.family)
-            elif leaf_value == "mean":
-                draw = rule.mean(torch, selected, block.family)
-            else:
-                draw = rule.mode(torch, selected, block.family)
-            draw = draw.to(self.dtype)  # (L, S, B)
-            write = reached[:, None, :] & (cols < self.num_columns)[..., None]
-            write = write & (observed.t()[cols] == 0)
-            rows, positions, samples = torch.nonzero(write, as_tuple=True)
-            completed[samples, cols[rows, positions]] = draw[rows, positions, samples]
-
 
 @dataclass(frozen=True)
 class DeviceData:
@@ -786,98 +654,4 @@ class _CapturedForward:
         assert self.root is not None
         return self.root[:count].clone()
 
-
-def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
-                  path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-    """``lbi,lbj,lkij->lbk`` along the plan's opt-einsum path, each pairwise step one bmm.
-
-    Written out (instead of ``opt_einsum.contract``) so each step is a batched matmul on views,
-    with no permute copies of the (L, B, ·) operands.
-    """
-    rows, batch, k_left = left.shape
-    k_out, k_right = weights.shape[1], weights.shape[3]
-    first = tuple(sorted(path[0]))
-    if first == (0, 1):
-        # (L, B, i) x (L, B, j) -> (L, B, i·j); then (L, B, i·j) x (L, i·j, k) -> (L, B, k)
-        outer = (left[..., :, None] * right[..., None, :]).reshape(rows, batch, k_left * k_right)
-        return torch.bmm(outer, weights.reshape(rows, k_out, k_left * k_right).transpose(1, 2))
-    if first == (0, 2):
-        # (L, B, i) x (L, i, k·j) -> (L, B, k, j); then (L·B, k, j) x (L·B, j, 1) -> (L, B, k)
-        w = weights.permute(0, 2, 1, 3).reshape(rows, k_left, k_out * k_right)
-        partial = torch.bmm(left, w).reshape(rows * batch, k_out, k_right)
-        return torch.bmm(partial, right.reshape(rows * batch, k_right, 1)).reshape(rows, batch, k_out)
-    # (L, B, j) x (L, j, k·i) -> (L, B, k, i); then (L·B, k, i) x (L·B, i, 1) -> (L, B, k)
-    w = weights.permute(0, 3, 1, 2).reshape(rows, k_right, k_out * k_left)
-    partial = torch.bmm(right, w).reshape(rows * batch, k_out, k_left)
-    return torch.bmm(partial, left.reshape(rows * batch, k_left, 1)).reshape(rows, batch, k_out)
-
-
-def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
-                              path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-    """``lib,ljb,lkij->lkb``: the einsum layer batch-minor, the batch the matmuls' wide side."""
-    rows, k_left, batch = left.shape
-    k_out, k_right = weights.shape[1], weights.shape[3]
-    first = tuple(sorted(path[0]))
-    if first == (0, 1):
-        # (L, i, B) x (L, j, B) -> (L, i·j, B); then (L, k, i·j) x (L, i·j, B) -> (L, k, B)
-        pairs = (left[:, :, None, :] * right[:, None, :, :]).reshape(rows, k_left * k_right, batch)
-        return torch.bmm(weights.reshape(rows, k_out, k_left * k_right), pairs)
-    if first == (0, 2):
-        # (L, k·j, i) x (L, i, B) -> (L, k, j, B); then Σ_j with (L, j, B) -> (L, k, B)
-        w = weights.permute(0, 1, 3, 2).reshape(rows, k_out * k_right, k_left)
-        partial = torch.bmm(w, left).reshape(rows, k_out, k_right, batch)
-        return (partial * right[:, None, :, :]).sum(2)
-    # (L, k·i, j) x (L, j, B) -> (L, k, i, B); then Σ_i with (L, i, B) -> (L, k, B)
-    w = weights.reshape(rows, k_out * k_left, k_right)
-    partial = torch.bmm(w, right).reshape(rows, k_out, k_left, batch)
-    return (partial * left[:, None, :, :]).sum(2)
-
-
-def _fused_kernels_run_on(device: torch.device) -> bool:
-    """Triton runs its kernels on CUDA, and on the CPU only under its interpreter (the tests)."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _fused_einsum_layer(batch_minor: bool) -> Any:
-    """``lbi,lbj,lkij->lbk`` by the fused Triton kernels (no K² intermediates; the path is unused),
-    taking and returning the backend's layout (batch-minor: ``lib,ljb,lkij->lkb``)."""
-    try:
-        from einc.backends.fused_einsum import einsum_layer  # imports Triton: only when asked for
-    except ImportError as error:
-        raise BackendError(
-            f"the plan asks for the fused einsum kernel, which needs Triton ({error}); install it with "
-            "`pip install triton`, or compile with CompileOptions(einsum_kernel='matmul')"
-        ) from None
-
-    def contraction(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
-                    path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-        if batch_minor:
-            # (L, i, B) x (L, j, B) x (L, k, i, j) -> (L, k, B), through the kernels' (L, B, ·)
-            return einsum_layer(left.transpose(1, 2), right.transpose(1, 2), weights).transpose(1, 2)
-        # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
-        return einsum_layer(left, right, weights)
-
-    return contraction
-
-
-def rule_log_base(block: FamilyBlock, x: torch.Tensor, observed: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """log h(x)·obs gathered to (L, S, B)."""
-    log_base = family_rule(block.family).log_base_measure(torch, x, block.family) * observed
-    return log_base.t()[cols]
-
-
-def _max_einsum(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Max-product einsum: max_ij log W[l,k,i,j] + N[l,b,i] + N'[l,b,j] -> (L, B, k)."""
-    log_w = torch.log(weights)  # (L, k, i, j)
-    out = []
-    # chunk over the batch so the (L, b, k, i, j) tensor stays small
-    step = max(1, int(2**24 // max(1, weights.numel())))
-    for start in range(0, left.shape[1], step):
-        l_part = left[:, start : start + step]
-        r_part = right[:, start : start + step]
-        scores = log_w[:, None] + l_part[:, :, None, :, None] + r_part[:, :, None, None, :]
-        out.append(scores.amax(dim=(-1, -2)))
-    return torch.cat(out, 1)
 

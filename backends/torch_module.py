@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from einc.backends.base import Batch, Params
+from einc.backends.denormals import flushed
 from einc.backends.torch_ops import Noise
-from einc.ir.diagnostics import DataError
+from einc.errors import DataError
 from einc.ir.families import family_rule
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES, observation_family
 from einc.ir.plan import ParamSpec
@@ -233,6 +234,12 @@ class GradientTrainer:
         # the module's tensors in plan order (ParameterDict keeps insertion order)
         self.optimizer = torch.optim.Adam(list(module.free.values()), lr=learning_rate)
 
+    @property
+    def flush_denormals(self) -> bool:
+        """Epochs flush denormals where the backend computes on the CPU (backends/denormals.py)."""
+        return self.module.backend.flush_denormals
+
+    @flushed
     def epoch(self, data: DeviceData, order: np.ndarray, batch_size: int, seed: int | None = None) -> float:
         """One pass of Adam steps over ``data`` in ``order``; returns Σ log p of the batches.
 
@@ -262,6 +269,7 @@ class GradientTrainer:
             total = total + log_p.detach().sum()
         return float(total)
 
+    @flushed
     def accumulate(self, batch: Batch) -> float:
         """Add the gradients of −Σ log p over a host batch to the module's ``.grad`` (no step) and
         return Σ log p. Data-parallel training sums these across workers, divides by the global

@@ -34,7 +34,7 @@ def main() -> None:
     import triton
 
     from einc.backends.fused_einsum import einsum_layer
-    from einc.backends.torch_backend import _einsum_layer
+    from einc.backends.torch_ops.einsum import _einsum_layer
 
     kernels = {
         "matmul": lambda left, right, weights: _einsum_layer(left, right, weights, ((0, 1), (0, 1))),

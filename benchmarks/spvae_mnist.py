@@ -47,8 +47,8 @@ import torch.nn.functional as F
 
 import einc
 from einc.backends.torch_ops.vae import DECODER_LOG_DENSITIES, MIN_STD
-from einc.files import atomic_write
-from einc.images import grid, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png, to_images
+from einc.io.files import atomic_write
+from einc.io.images import grid, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png, to_images
 from einc.ir.neural import VaeSpec
 from einc.ir.plan import VaeOp
 from plots import curve_png
@@ -62,7 +62,7 @@ LEVELS = 255
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--data", type=Path, help=records.MNIST_HELP)
     parser.add_argument("--circuit", type=Path, default=ROOT / "examples" / "mnist_spvae.pc")
     parser.add_argument("--models", default="spvae,vae", help="which to train, in order")
     parser.add_argument("--vae-latent", type=int, default=20, help="the single VAE's latent size")

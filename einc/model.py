@@ -2,73 +2,51 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
-import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from einc.backends.base import Batch, Params, Statistics, create_backend
+from einc.backends.base import Batch, Params, create_backend
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
-from einc.data import as_rows, prepare, prepare_labels, prepare_latents
-from einc.files import atomic_write, check_writable
-from einc.ir.diagnostics import DataError, EincError, ModelFileError, ResourceError, TrainingError
+from einc.io.data import as_rows, prepare, prepare_labels, prepare_latents
+from einc.archive import (
+    FORMAT,
+    FORMAT_VERSION,
+    OVERRIDES,
+    READABLE_VERSIONS,
+    file_error,
+    meta_field,
+    model_arrays,
+    read_meta,
+    read_overrides,
+    read_parameters,
+    read_training_state,
+    check_entries,
+)
+from einc.io.files import atomic_write
+from einc.errors import DataError, EincError, ModelFileError, ResourceError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
 
-FORMAT = "einc-model"
-# 2: circuits may have neural (vae) leaves, whose network weights are stored as parameters like
-# any other; version 1 files (no neural leaves) read unchanged
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-# CompileOptions that change the circuit the stored source compiles to (the CLI's --sums,
-# --inputs, --heads): a model file records the ones given, and load applies them again
-OVERRIDES = ("sums", "inputs", "heads")
+if TYPE_CHECKING:
+    from einc.flows import Flows
 
-# One training recipe for the API, the CLI and mixtures: the one the DEBD benchmark selected
-# (benchmarks/README.md, "Training recipe"): online EM with batch 100 and step size 0.05.
-DEFAULT_EPOCHS = 10
-DEFAULT_BATCH_SIZE = 100
-DEFAULT_STEP_SIZE = 0.05
-DEFAULT_LEARNING_RATE = 0.01  # Adam (method="adam")
+# the one training recipe of the API, the CLI and mixtures (README: einc.model.DEFAULT_*)
+from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
+from einc.train.loop import EpochRecord, TrainingState
+from einc.train.memory import fit_in_memory
+from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int
 
 
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int
-    train_ll: float
-    valid_ll: float | None
-    seconds: float
 
-
-@dataclass(frozen=True)
-class TrainingState:
-    """Where training stands after a completed epoch: enough to continue it exactly.
-
-    ``fit`` keeps it in ``model.training``; ``save`` writes it with the model and ``load`` reads
-    it back, so ``fit(..., resume=True)`` (CLI: ``einc train --resume MODEL``) continues with the
-    same parameters, batch order and optimiser state as if training had never stopped.
-    """
-
-    epoch: int  # epochs completed
-    params: dict[str, np.ndarray] = field(repr=False)  # after that epoch (not the best ones)
-    rng: dict[str, Any] = field(repr=False)  # the generator that orders each epoch's batches
-    method: str = "em"
-    optimizer: dict[str, np.ndarray] | None = field(default=None, repr=False)  # Adam's moments
-    best_epoch: int | None = None
-    best_valid_ll: float | None = None
-    stale_epochs: int = 0  # epochs since the best validation LL (for patience)
 
 
 def _read_source(source_or_path: str | os.PathLike) -> tuple[str, str]:
@@ -100,6 +78,7 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     >>> model = einc.compile("examples/tiny.pc", dtype="float64")   # doctest: +SKIP
     >>> model.log_likelihood([[0, 1, 1, 0]])                          # doctest: +SKIP
     """
+    check_non_negative_int(seed, "seed")
     text, filename = _read_source(source_or_path)
     options = replace(options or CompileOptions(), dtype=dtype)
     options = options if options.target else replace(options, target=device)
@@ -126,16 +105,6 @@ def like_input(result: Any, given: Any, dtype: str) -> Any:
     if isinstance(result, list):
         return [like_input(part, given, dtype) for part in result]
     return torch.from_numpy(np.ascontiguousarray(result, dtype=dtype)).to(given.device)
-
-
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise EincError(f"{name} must be a whole number of at least 1, found {value!r}")
-
-
-def _check_non_negative_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise EincError(f"{name} must be a whole number of at least 0, found {value!r}")
 
 
 class Model:
@@ -207,7 +176,26 @@ class Model:
     @property
     def params(self) -> Params:
         """The parameters the backend runs on (from the module, once ``module()`` handed it out)."""
-        return self._params if self._module is None else self._module.snapshot()
+        if self._module is None:
+            return self._params
+        self._check_module_intact()
+        return self._module.snapshot()
+
+    def _check_module_intact(self) -> None:
+        """``EincError`` when the shared module's tensors no longer have the model's dtype or
+        device (``module().double()``, ``.half()``, ``.to(...)``): every query, ``save`` and
+        ``fit`` read the parameters through here, so a converted module is refused with a
+        message instead of a dtype mismatch deep inside torch (or a file of rounded weights)."""
+        want_dtype, want_device = getattr(self.backend, "dtype", None), getattr(self.backend, "device", None)
+        for tensor in self._module.free.values():
+            if (want_dtype is not None and tensor.dtype != want_dtype) or (
+                    want_device is not None and tensor.device.type != want_device.type):
+                found = f"{str(tensor.dtype).replace('torch.', '')} on {tensor.device}"
+                raise EincError(
+                    f"the model's module was converted to {found} (by .to(), .double(), .half(), ...); the "
+                    f"model runs at {self.dtype} on {want_device}: convert the module back (e.g. "
+                    f"module.to({str(want_dtype).replace('torch.', 'torch.')})), or compile or load the model "
+                    f"with the dtype and device you want (dtype='float64', device='cuda')")
 
     @params.setter
     def params(self, value: Params) -> None:
@@ -239,7 +227,7 @@ class Model:
             raise EincError(f"model.module() needs the torch backend; this model runs on '{self.backend_name}' "
                             f"(compile or load it with backend='torch')")
         if samples is not None:
-            _check_positive_int(samples, "samples")
+            check_positive_int(samples, "samples")
         if self._module is None:
             self._module = self.backend.module(self._params, samples or DEFAULT_TRAINING_SAMPLES)
             self._module.on_move = self._follow_module
@@ -299,18 +287,45 @@ class Model:
                 f"(CompileOptions(max_bytes=...), --max-memory)"
             )
 
-    def _batch_bytes(self) -> int:
+    def batch_bytes(self) -> int:
         """Bytes one sample occupies while a batch runs: every op's output (forward values,
         their gradients and the autograd copies: about 3 of each) plus the data row."""
         floats = sum(self.plan.op_cost(op)[2] for op in self.plan.ops)
         return 3 * floats * np.dtype(self.dtype).itemsize + 16 * self.graph.num_columns
 
+    def check_batch(self, rows: int, what: str, samples: int | None = None, training: bool = False,
+                    chunked: bool = True) -> None:
+        """``ResourceError`` before a batch of ``rows`` that would not fit ``max_bytes``: the
+        circuit's values per row, plus the vae leaves' networks at ``samples`` IWAE samples (all
+        of them kept for the backward pass when ``training``; one chunk at a time in a forward
+        query when ``chunked``). A large ``latent`` or ``--samples`` is refused here, with the
+        numbers, instead of failing inside the allocator."""
+        if self.exact:
+            self.check_memory(rows, self.batch_bytes(), what)
+            return
+        from einc.ir.neural import DEFAULT_QUERY_SAMPLES
+
+        samples = samples or (DEFAULT_TRAINING_SAMPLES if training else DEFAULT_QUERY_SAMPLES)
+        copies = 3 if training else 1  # values, their gradients and autograd's saved copies
+        itemsize = np.dtype(self.dtype).itemsize
+        neural = copies * itemsize * self.plan.neural_floats(rows, samples, chunked and not training)
+        needed = rows * self.batch_bytes() + neural
+        if needed > self.max_bytes:
+            one = self.batch_bytes() + copies * itemsize * self.plan.neural_floats(1, samples, False)
+            advice = ("use fewer rows per batch" if one <= self.max_bytes else
+                      "even one row does not fit: use fewer IWAE samples or a smaller vae latent/hidden")
+            raise ResourceError(
+                f"{what} with {samples:,} IWAE samples per vae leaf would need about "
+                f"{format_bytes(needed)}, more than the limit of {format_bytes(self.max_bytes)}; "
+                f"{advice}, or raise the limit (CompileOptions(max_bytes=...), --max-memory)")
+
     def _batches(self, data: Any, missing: Any, batch_size: int, labels: Any = None,
-                 label: str = "data", latents: Any = None) -> Iterator[Batch]:
-        _check_positive_int(batch_size, "batch_size")
+                 label: str = "data", latents: Any = None, samples: int | None = None,
+                 chunked: bool = True) -> Iterator[Batch]:
+        check_positive_int(batch_size, "batch_size")
         values, observed = prepare(self.graph, data, missing, label, self.dtype)
         rows = min(batch_size, len(values))
-        self.check_memory(rows, self._batch_bytes(), f"a batch of {rows} samples")
+        self.check_batch(rows, f"a batch of {rows} samples", samples, chunked=chunked)
         label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
         latent_array = None if latents is None else prepare_latents(self.plan.latents, latents, len(values))
         for start in range(0, len(values), batch_size):
@@ -341,18 +356,18 @@ class Model:
 
     def _log_likelihood_heads(self, x: Any, missing: Any = None, batch_size: int = 1024, latents: Any = None,
                               samples: int | None = None, seed: int | None = None) -> np.ndarray:
-        noise = self._noise_options(samples, seed)
+        noise = self.noise_options(samples, seed)
         out = [self.backend.log_likelihood(self.params, batch, **next(noise))
-               for batch in self._batches(x, missing, batch_size, latents=latents)]
+               for batch in self._batches(x, missing, batch_size, latents=latents, samples=samples)]
         return np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
 
-    def _noise_options(self, samples: int | None, seed: int | None) -> Iterator[dict[str, Any]]:
+    def noise_options(self, samples: int | None, seed: int | None) -> Iterator[dict[str, Any]]:
         """Per batch, the backend options of a stochastic query (none for exact circuits): the
         IWAE samples and a seed drawn from ``seed`` (default the model's), one per batch."""
         if samples is not None:
-            _check_positive_int(samples, "samples")
+            check_positive_int(samples, "samples")
         if seed is not None:
-            _check_non_negative_int(seed, "seed")
+            check_non_negative_int(seed, "seed")
         rng = np.random.default_rng(self.seed if seed is None else seed)
         while True:
             yield {} if self.exact else {"samples": samples, "seed": int(rng.integers(2**31))}
@@ -362,7 +377,7 @@ class Model:
         MPE completion (max-product upward pass); ``latents`` clamps declared latents. With neural
         leaves an approximation: each leaf region contributes its estimated marginal of the
         observed part (README)."""
-        noise = self._noise_options(None, None)
+        noise = self.noise_options(None, None)
         out = [self.backend.log_likelihood(self.params, batch, max_product=True, **next(noise))
                for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents)]
         result = np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
@@ -390,6 +405,36 @@ class Model:
                 out[j].append(posterior)
         return like_input([np.concatenate(parts, 0) if parts else np.zeros((0, slot.states))
                            for parts, slot in zip(out, self.plan.latents)], x, self.dtype)
+
+    def flows(self, x: Any, heads: Any = None, missing: Any = None, latents: Any = None,
+              batch_size: int = 1024) -> "Flows":
+        """Circuit flows of every unit and sum edge, summed over the samples (``einc.flows``).
+
+        Each sample's root flow is 1 at its head (``heads``: one head index per sample, or one
+        int for all; optional for a single-head circuit) — the flows of log p(x | Z = head).
+        ``missing`` marginalises entries of x and ``latents`` clamps latents, as in
+        ``log_likelihood``: the flows are then those of log p(x_observed, z)."""
+        from einc.flows import Flows
+
+        if not self.plan.exact or not self.plan.trained_by_em:
+            raise EincError("flows need an exact circuit with EM statistics; this one has neural (vae) leaves")
+        rows = len(as_rows(x, "x"))
+        if heads is None and self.plan.heads > 1:
+            raise EincError(f"the circuit has {self.plan.heads} heads: give heads=, each sample's head (its cluster)")
+        if heads is None or isinstance(heads, (int, np.integer)):
+            self._check_head(0 if heads is None else heads)
+            heads = np.full(rows, 0 if heads is None else int(heads), dtype=np.int64)
+        total: Flows | None = None
+        for batch in self._batches(x, missing, batch_size, labels=heads, latents=latents):
+            values = tuple(self.backend.value_flows(self.params, batch, batch.labels))
+            stats = self.backend.statistics(self.params, batch)
+            edges = {name: np.asarray(self.backend.get({name: count})[name], dtype=np.float64)
+                     for name, count in stats.weights.items()}
+            part = Flows(self.plan, len(batch.values), values, edges)
+            total = part if total is None else total + part
+        if total is None:
+            raise DataError("x: no samples; flows need at least one")
+        return total
 
     def conditional_log_likelihood(self, x: Any, evidence: Any, batch_size: int = 1024) -> np.ndarray:
         """log p(x | evidence) = log p(x) − log p(evidence); ``evidence`` is a mask of given columns."""
@@ -435,7 +480,7 @@ class Model:
         if evidence is None:
             if n is None:
                 raise EincError("give n >= 1 samples, or evidence")
-            _check_positive_int(n, "n")
+            check_positive_int(n, "n")
             # the evidence, the prepared values and mask, and the samples returned
             self.check_memory(n, 32 * self.graph.num_columns, f"{n} samples")
             return np.full((n, self.graph.num_columns), np.nan)
@@ -450,7 +495,7 @@ class Model:
         self._check_head(head)
         rng = np.random.default_rng(self.seed if seed is None else seed)
         out = []
-        for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents):
+        for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents, chunked=False):
             heads = np.full(len(batch.values), head)
             out.append(self.backend.backtrack(self.params, batch, mpe, leaf_value, heads, int(rng.integers(2**31))))
         return np.concatenate(out, 0) if out else np.zeros((0, self.graph.num_columns))
@@ -464,7 +509,8 @@ class Model:
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0,
             resume: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT, latents: Any = None,
             valid_latents: Any = None, samples: int = DEFAULT_TRAINING_SAMPLES,
-            batch_order: Callable[[int], np.ndarray] | None = None) -> list[EpochRecord]:
+            batch_order: Callable[[int], np.ndarray] | None = None,
+            on_message: Callable[[str], None] | None = None) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
 
         ``update="batch"``: stochastic online EM, an M-step after every mini-batch with step size λ
@@ -485,7 +531,7 @@ class Model:
         plain maximum likelihood).
 
         ``latents`` (N, number of latents; −1 = summed out) trains on (x, z) pairs: EM maximises
-        log p(x, z), the first step of latent variable distillation (``einc.lvd``); the records'
+        log p(x, z), the first step of latent variable distillation (``einc.train.lvd``); the records'
         train LL is then the mean log p(x, z). ``valid_latents`` does the same for ``valid``
         (without it the validation LL is log p(x), every latent summed out).
 
@@ -501,122 +547,40 @@ class Model:
         parameters and ``TrainingError`` is raised.
 
         ``batch_order(epoch)`` (1-based) may give each epoch's row order instead of a fresh random
-        permutation, e.g. ``einc.schedule.Schedule.global_order`` to replay a data-parallel run.
+        permutation, e.g. ``einc.train.schedule.Schedule.global_order`` to replay a data-parallel run.
+
+        ``progress=True`` shows a bar over each epoch's steps (tqdm, on stderr); ``on_epoch(record)``
+        sees every epoch's ``EpochRecord`` (epoch, train LL, valid LL, seconds) as it ends;
+        ``on_message(line)`` gets a line whenever a checkpoint is written or patience stops the run
+        (``einc train`` prints them). The epochs run in ``einc.train.loop.train``, the one loop
+        that ``einc.train.distributed.fit`` and the command line run too.
+
+        >>> history = model.fit(train, valid=valid, epochs=50, patience=3, progress=True,   # doctest: +SKIP
+        ...                     on_epoch=lambda r: print(r.epoch, r.train_ll, r.valid_ll))  # doctest: +SKIP
         """
-        options = self.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
-                                              learning_rate=learning_rate, patience=patience,
-                                              checkpoint_every=checkpoint_every, has_valid=valid is not None,
-                                              pseudocount=pseudocount, samples=samples)
-        method = options.method
-        values, observed = prepare(self.graph, train, None, "train", self.dtype)
-        if len(values) == 0:
-            raise DataError("train: no training samples")
-        rows = min(batch_size, len(values))
-        self.check_memory(rows, self._batch_bytes(), f"a training batch of {rows} samples")
-        label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
-        latent_array = None if latents is None else prepare_latents(self.plan.latents, latents, len(values))
-        if valid_latents is not None and valid is None:
-            raise EincError("valid_latents clamp the latents of the validation rows: give valid too")
-        validation = None
-        if valid is not None:
-            valid_values, valid_observed = prepare(self.graph, valid, None, "valid", self.dtype)
-            if len(valid_values) == 0:
-                raise DataError("valid: no validation samples")
-            valid_label_array = None if valid_labels is None else prepare_labels(
-                valid_labels, len(valid_values), self.plan.heads, "valid labels")
-            valid_latent_array = None if valid_latents is None else prepare_latents(
-                self.plan.latents, valid_latents, len(valid_values), "valid latents")
-            validation = (valid_values, valid_observed, valid_label_array, valid_latent_array)
-        if checkpoint is not None:
-            check_writable(checkpoint, "checkpoint")
-        run = _Run.start(self, resume, method, seed, validation is not None and keep_best)
-
-        # a backend may run whole epochs of stochastic EM itself (data resident on its device)
-        fast = update == "batch" and hasattr(self.backend, "train_epoch")
-        resident = (self.backend.upload(values, observed, label_array, latent_array)
-                    if fast or method == "adam" else None)
-        trainer = None
-        if method == "adam":
-            trainer = self.backend.gradient_trainer(self.module(samples), learning_rate)
-            if run.optimizer is not None:
-                trainer.load_state(run.optimizer)
-        # neural leaves: every epoch's train/valid estimates use the same noise (and k)
-        evaluation = {} if self.exact else {"samples": samples, "seed": int(self.seed)}
-        history: list[EpochRecord] = []
-        epochs_range: Any = range(run.epoch + 1, epochs + 1)
-        if progress:
-            from tqdm import tqdm
-
-            epochs_range = tqdm(epochs_range, desc="training", unit="epoch", leave=False)
-        try:
-            for epoch in epochs_range:
-                started = time.perf_counter()
-                order = (run.rng.permutation(len(values)) if batch_order is None
-                         else _checked_order(batch_order(epoch), len(values)))
-                if trainer is not None:
-                    # the module holds the parameters: the model sees every step
-                    noise_seed = None if self.exact else int(run.rng.integers(2**31))
-                    trainer.epoch(resident, order, batch_size, noise_seed)
-                elif fast:
-                    self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size,
-                                                              pseudocount)
-                else:
-                    self._em_epoch(values, observed, label_array, order, batch_size, step_size, update, pseudocount,
-                                   latent_array)
-                train_ll = self._mean_ll(values, observed, label_array, latent_array, **evaluation)
-                valid_ll = None if validation is None else self._mean_ll(*validation, **evaluation)
-                if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
-                    run.restore(self)
-                    raise TrainingError(run.diverged(epoch, train_ll, valid_ll, method))
-                run.finish_epoch(self, epoch, valid_ll, trainer, method)
-                record = EpochRecord(epoch, train_ll, valid_ll, time.perf_counter() - started)
-                history.append(record)
-                if on_epoch is not None:
-                    on_epoch(record)
-                if checkpoint is not None and options.checkpoint_every and epoch % options.checkpoint_every == 0:
-                    self._write(checkpoint, run.best_params or self.parameters())
-                if options.patience is not None and run.stale_epochs >= options.patience:
-                    break
-        except KeyboardInterrupt:
-            run.restore(self)
-            raise
-        if run.keep_best and run.best_params is not None and run.best_epoch != run.epoch:
-            run.restore(self)
-        return history
+        return fit_in_memory(
+            self, train, valid, epochs=epochs, method=method, batch_size=batch_size, step_size=step_size,
+            update=update, learning_rate=learning_rate, labels=labels, valid_labels=valid_labels, keep_best=keep_best,
+            seed=seed, progress=progress, on_epoch=on_epoch, patience=patience, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, resume=resume, pseudocount=pseudocount, latents=latents,
+            valid_latents=valid_latents, samples=samples, batch_order=batch_order, on_message=on_message)
 
     def check_training_options(self, method: str | None, update: str, step_size: float, *, epochs: int = 1,
                                batch_size: int = DEFAULT_BATCH_SIZE, learning_rate: float = DEFAULT_LEARNING_RATE,
                                patience: int | None = None, checkpoint_every: int = 0,
                                has_valid: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT,
-                               samples: int = DEFAULT_TRAINING_SAMPLES) -> _TrainingOptions:
+                               samples: int = DEFAULT_TRAINING_SAMPLES) -> TrainingOptions:
         """Raise a clear error for a training option this model cannot use (every option of
-        ``fit``, each with its own message), before any work; ``einc.distributed.fit`` checks its
+        ``fit``, each with its own message), before any work; ``einc.train.distributed.fit`` checks its
         options here too. ``method=None`` resolves to "em", or "adam" for neural (vae) leaves."""
         method = method or ("em" if self.plan.trained_by_em else "adam")
-        options = _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,
-                                           patience, checkpoint_every, has_valid, self)
-        _check_positive_int(samples, "samples")
-        if isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0.0 \
-                or not math.isfinite(pseudocount):
-            raise EincError(f"pseudocount must be a finite number of at least 0, found {pseudocount!r}")
-        return options
-
-    def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
-                  order: np.ndarray, batch_size: int, step_size: float, update: str,
-                  pseudocount: float = DEFAULT_PSEUDOCOUNT, latents: np.ndarray | None = None) -> None:
-        """The backend-independent EM epoch: statistics per batch, M-step per batch or per epoch."""
-        accumulated: Statistics | None = None
-        for start in range(0, len(values), batch_size):
-            index = order[start : start + batch_size]
-            batch = Batch(values[index], observed[index], None if labels is None else labels[index],
-                          None if latents is None else latents[index])
-            stats = self.backend.statistics(self.params, batch)
-            if update == "batch":
-                self.params = self.backend.em_update(self.params, stats, step_size, pseudocount)
-            else:
-                accumulated = stats if accumulated is None else accumulated + stats
-        if accumulated is not None:
-            self.params = self.backend.em_update(self.params, accumulated, step_size, pseudocount)
+        if method == "adam" and not hasattr(self.backend, "gradient_trainer"):
+            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{self.backend_name}')")
+        if method == "em" and not self.plan.trained_by_em:
+            raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
+                            "gradient on the IWAE bound; use method='adam' (or leave method out)")
+        return TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate, patience,
+                                       checkpoint_every, has_valid, pseudocount, samples)
 
     def _select(self, ll: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         """Per-sample log p from (N, heads): head 0, or each sample's labelled head."""
@@ -624,7 +588,7 @@ class Model:
             return ll[:, 0]
         return ll[np.arange(len(ll)), labels]
 
-    def _mean_ll(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
+    def mean_ll(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
                  latents: np.ndarray | None = None, samples: int | None = None, seed: int | None = None) -> float:
         """Mean log p (or, with neural leaves, its estimate with ``samples`` and noise ``seed``)."""
         total = 0.0
@@ -652,237 +616,54 @@ class Model:
         return meta
 
     def archive_arrays(self, params: dict[str, np.ndarray] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
-        """The arrays of a model file under ``prefix``: metadata, parameters and training state."""
-        meta = self.metadata()
-        arrays = {f"{prefix}param/{k}": v for k, v in (params or self.parameters()).items()}
+        """The arrays of a model file under ``prefix``: metadata, parameters and training state.
+
+        Checked as ``load`` checks them before anything is written: a model whose parameters
+        became NaN (an optimiser step on ``module()``, say) is refused, so that ``save`` never
+        replaces a good file with one that cannot be loaded."""
+        params = params or self.parameters()
+        problems = parameter_problems(self.plan, params)
         if self.training is not None:
-            state = self.training
-            meta["training"] = {
-                "epoch": state.epoch, "rng": state.rng, "method": state.method, "best_epoch": state.best_epoch,
-                "best_valid_ll": state.best_valid_ll, "stale_epochs": state.stale_epochs,
-            }
-            arrays.update({f"{prefix}training/param/{k}": v for k, v in state.params.items()})
-            arrays.update({f"{prefix}training/optimizer/{k}": v for k, v in (state.optimizer or {}).items()})
-        arrays[f"{prefix}meta"] = np.array(json.dumps(meta))
-        return arrays
+            problems += [f"training-state parameter {p}" for p in parameter_problems(self.plan, self.training.params)]
+            problems += [f"optimiser entry '{k}' holds a non-finite value" for k, v in (self.training.optimizer or {}).items()
+                         if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise EincError(f"refusing to write the model: {problems[0]}{more}; nothing was written (an existing "
+                            f"file is left as it was)")
+        return model_arrays(self.metadata(), params, self.training, prefix)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically: a .npz with the circuit source and parameters (no pickle),
         and the training state when the model was trained (so that training can resume).
         An existing read-only file is not replaced."""
-        self._write(path, self.parameters())
+        self.write(path, self.parameters())
 
-    def _write(self, path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
+    def write(self, path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
+        """``save`` with other parameters (a checkpoint's best ones) beside the training state."""
         arrays = self.archive_arrays(params)
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
-
-
-def _checked_order(order: Any, count: int) -> np.ndarray:
-    array = np.asarray(order)
-    if array.shape != (count,) or not np.array_equal(np.sort(array), np.arange(count)):
-        raise EincError(f"batch_order must return a permutation of the {count} training rows")
-    return array.astype(np.int64)
-
-
-@dataclass(frozen=True)
-class _TrainingOptions:
-    method: str  # "em" or "adam", resolved
-    patience: int | None
-    checkpoint_every: int
-
-    @staticmethod
-    def checked(epochs: Any, method: str, batch_size: Any, step_size: Any, update: str, learning_rate: Any,
-                patience: Any, checkpoint_every: Any, has_valid: bool, model: Model) -> _TrainingOptions:
-        """Every training option checked before any work, each with its own message."""
-        if method not in ("em", "adam"):
-            raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
-        if method == "adam" and not hasattr(model.backend, "gradient_trainer"):
-            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{model.backend_name}')")
-        if method == "em" and not model.plan.trained_by_em:
-            raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
-                            "gradient on the IWAE bound; use method='adam' (or leave method out)")
-        if update not in ("batch", "epoch"):
-            raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
-        _check_positive_int(epochs, "epochs")
-        _check_positive_int(batch_size, "batch_size")
-        if method == "em" and not (isinstance(step_size, (int, float)) and 0.0 < step_size <= 1.0):
-            raise EincError(f"step_size must be in (0, 1], found {step_size!r}")
-        if method == "adam" and not (isinstance(learning_rate, (int, float)) and 0.0 < learning_rate < math.inf):
-            raise EincError(f"learning_rate must be a positive number, found {learning_rate!r}")
-        if patience is not None:
-            _check_positive_int(patience, "patience")
-            if not has_valid:
-                raise EincError("patience stops on the validation log-likelihood: give valid data too")
-        if checkpoint_every:
-            _check_positive_int(checkpoint_every, "checkpoint_every")
-        return _TrainingOptions(method, patience, int(checkpoint_every or 0))
-
-
-@dataclass
-class _Run:
-    """The bookkeeping of one ``fit`` call: epoch count, batch-order generator, best and last good
-    parameters (host copies), so that an interrupt or a divergence never loses finished work."""
-
-    epoch: int
-    rng: np.random.Generator
-    keep_best: bool
-    last_good: dict[str, np.ndarray]
-    optimizer: dict[str, np.ndarray] | None = None
-    best_epoch: int | None = None
-    best_valid_ll: float | None = None
-    best_params: dict[str, np.ndarray] | None = None
-    stale_epochs: int = 0
-
-    @staticmethod
-    def start(model: Model, resume: bool, method: str, seed: int | None, keep_best: bool) -> _Run:
-        if not resume:
-            rng = np.random.default_rng(model.seed if seed is None else seed)
-            return _Run(0, rng, keep_best, model.parameters())
-        state = model.training
-        if state is None:
-            raise EincError("nothing to resume: this model holds no training state (train it with fit first)")
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state.rng
-        # the model's own parameters are the best so far; training continues from the last epoch's
-        best = model.parameters() if state.best_valid_ll is not None else None
-        model.set_parameters(state.params)
-        optimizer = state.optimizer if state.method == method else None
-        return _Run(state.epoch, rng, keep_best, dict(state.params), optimizer, state.best_epoch,
-                    state.best_valid_ll, best, state.stale_epochs)
-
-    def finish_epoch(self, model: Model, epoch: int, valid_ll: float | None, trainer: Any, method: str) -> None:
-        self.epoch = epoch
-        self.last_good = model.parameters()
-        if valid_ll is not None:
-            if self.best_valid_ll is None or valid_ll > self.best_valid_ll:
-                self.best_epoch, self.best_valid_ll, self.best_params = epoch, valid_ll, self.last_good
-                self.stale_epochs = 0
-            else:
-                self.stale_epochs += 1
-        self.optimizer = None if trainer is None else trainer.state()
-        model.training = TrainingState(epoch, self.last_good, self.rng.bit_generator.state, method,
-                                       self.optimizer, self.best_epoch, self.best_valid_ll, self.stale_epochs)
-
-    def restore(self, model: Model) -> None:
-        """Leave the model at its best validation epoch (with keep_best) or its last good one."""
-        model.set_parameters(self.best_params if self.keep_best and self.best_params is not None else self.last_good)
-
-    def diverged(self, epoch: int, train_ll: float, valid_ll: float | None, method: str,
-                 problem: str | None = None) -> str:
-        which = problem or f"train LL {train_ll}" + ("" if valid_ll is None else f", valid LL {valid_ll}")
-        kept = (f"epoch {self.best_epoch} (best valid LL {self.best_valid_ll:.4f})"
-                if self.keep_best and self.best_params is not None else
-                f"epoch {self.epoch}" if self.epoch else "the initial parameters")
-        knob = "learning_rate" if method == "adam" else "step_size"
-        return (f"training diverged in epoch {epoch}: {which}; the model keeps the parameters of {kept}. "
-                f"Try a smaller {knob}, dtype float64, or check the data for extreme values")
-
-
-def _model_file_error(path: Path, problem: str) -> ModelFileError:
-    return ModelFileError(f"{path}: not a valid einc model file: {problem}")
-
-
-def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None,
-         options: CompileOptions | None = None) -> Any:
-    """Load a model (or a mixture) written by ``save``: recompiles the source, restores parameters.
-
-    Every part is checked, and a failed check is a ``ModelFileError`` that says which: the file is
-    an einc archive of a known format and version, its circuit source compiles, and every
-    parameter is present with the plan's shape, a numeric dtype, finite values and values its
-    family allows (normalised non-negative weights; leaf parameters inside their family's range).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such model file")
-    if path.is_dir():
-        raise ModelFileError(f"{path}: is a directory; expected a model file written by einc train or Model.save")
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if not head.startswith(b"PK"):
-        hint = (" (it looks like a .pc circuit: train it first, e.g. einc train FILE.pc --data DATA -o MODEL.npz)"
-                if path.suffix == ".pc" or head[:1].isalpha() or head[:1] == b"#" else "")
-        raise ModelFileError(f"{path}: not an einc model file: not an .npz archive{hint}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            meta = _read_meta(archive, "", path)
-            if meta.get("format") == "einc-mixture":
-                from einc.mixture import load_mixture
-
-                return load_mixture(archive, meta, path, backend, device, dtype, options)
-            return model_from_archive(archive, "", path, backend, device, dtype, options)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise _model_file_error(path, f"cannot read it ({str(error).splitlines()[0][:200] or type(error).__name__})") from None
-
-
-def _read_meta(archive: Any, prefix: str, path: Path) -> dict[str, Any]:
-    key = f"{prefix}meta"
-    if key not in archive.files:
-        raise ModelFileError(f"{path}: not an einc model file (no '{key}' entry)")
-    raw = archive[key]
-    if raw.shape != () or raw.dtype.kind != "U":
-        raise _model_file_error(path, f"'{key}' is not a JSON text")
-    try:
-        meta = json.loads(str(raw))
-    except json.JSONDecodeError as error:
-        raise _model_file_error(path, f"'{key}' is not valid JSON ({error})") from None
-    if not isinstance(meta, dict):
-        raise _model_file_error(path, f"'{key}' is a JSON {type(meta).__name__}; expected an object")
-    return meta
-
-
-def _meta_field(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, default: Any = None) -> Any:
-    value = meta.get(key, default)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise _model_file_error(path, f"metadata '{key}' is {value!r}; expected a {getattr(kind, '__name__', kind)}")
-    return value
-
-
-def _parameters(archive: Any, prefix: str, plan: Plan, path: Path, what: str) -> dict[str, np.ndarray]:
-    """The parameters stored under ``prefix``, checked completely against the plan."""
-    stored = {k[len(prefix):]: k for k in archive.files if k.startswith(prefix)}
-    wanted = {spec.name for spec in plan.params}
-    missing = sorted(wanted - set(stored))
-    if missing:
-        raise _model_file_error(path, f"{what} '{missing[0]}' is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    unexpected = sorted(set(stored) - wanted)
-    if unexpected:
-        raise _model_file_error(path, f"unexpected {what} '{unexpected[0]}': the circuit has no such parameter")
-    params: dict[str, np.ndarray] = {}
-    for name in sorted(wanted):
-        try:
-            params[name] = archive[stored[name]]
-        except ValueError as error:
-            raise _model_file_error(path, f"{what} '{name}' cannot be read ({_first_line(error)})") from None
-    problems = parameter_problems(plan, params)
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise _model_file_error(path, f"{what} {problems[0]}{more}")
-    return params
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error)
-    if "pickle" in text:
-        return "it holds Python objects"
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None,
                        options: CompileOptions | None = None) -> Model:
     """Rebuild one model from the arrays under ``prefix`` of an open .npz archive, checking everything."""
-    meta = _read_meta(archive, prefix, path)
+    meta = read_meta(archive, prefix, path)
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an einc model file (format {meta.get('format')!r})")
     if meta.get("version") not in READABLE_VERSIONS:
         readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise ModelFileError(f"{path}: model format version {meta.get('version')}; this einc reads versions {readable}")
-    source = _meta_field(meta, "source", str, path)
-    filename = _meta_field(meta, "filename", str, path, "<model>")
-    stored_dtype = _meta_field(meta, "dtype", str, path, "float32")
+    source = meta_field(meta, "source", str, path)
+    filename = meta_field(meta, "filename", str, path, "<model>")
+    stored_dtype = meta_field(meta, "dtype", str, path, "float32")
     if stored_dtype not in ("float32", "float64"):
-        raise _model_file_error(path, f"metadata 'dtype' is {stored_dtype!r}; expected float32 or float64")
-    seed = _meta_field(meta, "seed", int, path, 0)
-    overrides = _overrides(meta, path)
+        raise file_error(path, f"metadata 'dtype' is {stored_dtype!r}; expected float32 or float64")
+    seed = meta_field(meta, "seed", int, path, 0)
+    if seed < 0:
+        raise file_error(path, f"metadata 'seed' is {seed}; expected a whole number of at least 0")
+    check_entries(archive, meta, prefix, path)
+    overrides = read_overrides(meta, path)
     dtype = dtype or stored_dtype
     try:
         options = options or CompileOptions()
@@ -891,42 +672,10 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
         plan = compile_plan(source, filename, replace(options, dtype=dtype, target=options.target or device))
     except EincError as error:
         raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
-    params = _parameters(archive, f"{prefix}param/", plan, path, "parameter")
+    params = read_parameters(archive, f"{prefix}param/", plan, path, "parameter")
     model = Model(plan, source, filename, backend, device, dtype, params, seed)
     model.max_bytes = options.max_bytes
     model.overrides = {key: getattr(options, key) for key in OVERRIDES if getattr(options, key) is not None}
     if "training" in meta:
-        model.training = _training_state(archive, prefix, meta["training"], plan, path)
+        model.training = read_training_state(archive, prefix, meta["training"], plan, path)
     return model
-
-
-def _overrides(meta: dict[str, Any], path: Path) -> dict[str, int]:
-    overrides = _meta_field(meta, "overrides", dict, path, {})
-    for key, value in overrides.items():
-        if key not in OVERRIDES:
-            raise _model_file_error(path, f"metadata 'overrides' has {key!r}; expected only {', '.join(OVERRIDES)}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _model_file_error(path, f"metadata 'overrides' {key} is {value!r}; expected a whole number >= 1")
-    return overrides
-
-
-def _training_state(archive: Any, prefix: str, meta: Any, plan: Plan, path: Path) -> TrainingState:
-    if not isinstance(meta, dict):
-        raise _model_file_error(path, "the training state is not a JSON object")
-    epoch = _meta_field(meta, "epoch", int, path)
-    method = _meta_field(meta, "method", str, path, "em")
-    rng = _meta_field(meta, "rng", dict, path)
-    try:
-        np.random.default_rng().bit_generator.state = rng
-    except (TypeError, ValueError, KeyError):
-        raise _model_file_error(path, "the training state's random generator state is not valid") from None
-    best_valid = meta.get("best_valid_ll")
-    if best_valid is not None and not (isinstance(best_valid, (int, float)) and math.isfinite(best_valid)):
-        raise _model_file_error(path, f"the training state's best_valid_ll is {best_valid!r}")
-    params = _parameters(archive, f"{prefix}training/param/", plan, path, "training-state parameter")
-    optimizer_prefix = f"{prefix}training/optimizer/"
-    optimizer = {k[len(optimizer_prefix):]: archive[k] for k in archive.files if k.startswith(optimizer_prefix)}
-    if any(v.dtype.kind not in "biuf" or not np.all(np.isfinite(v)) for v in optimizer.values()):
-        raise _model_file_error(path, "the training state's optimiser arrays are not finite numbers")
-    return TrainingState(epoch, params, rng, method, optimizer or None, meta.get("best_epoch"), best_valid,
-                         int(meta.get("stale_epochs", 0) or 0))

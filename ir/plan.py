@@ -28,10 +28,13 @@ entry anywhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Union
 
 from .region_graph import Domain, LeafFamily, RegionGraph, RegionId
+
+if TYPE_CHECKING:  # backward_plan imports this module
+    from .backward_plan import BackwardPlan
 
 
 @dataclass(frozen=True)
@@ -398,6 +401,13 @@ class VaeOp(PlanOp):
         params = sum(plan.param(name).size for layer in (*self.encoder, *self.decoder) for name in layer)
         return OpCost(madds, params, self.rows * self.k)
 
+    def pass_floats(self, batch: int, samples: int, chunked: bool) -> int:
+        """Floats the networks hold in one pass over ``batch`` rows (``VaeSpec.pass_floats``)."""
+        from .neural import VaeSpec
+
+        return VaeSpec.of(self.family).pass_floats(self.rows * self.k, self.width, self.domain, batch,
+                                                    samples, chunked)
+
     def describe(self, plan: Plan) -> tuple[str, str]:
         def sizes(layers: tuple[tuple[str, str], ...]) -> str:
             shapes = [plan.param(weight).shape for weight, _ in layers]
@@ -449,6 +459,9 @@ class Plan:
     replicas: int  # the paper's R: leaf regions packed so that one replica has disjoint scopes
     region_rows: tuple[tuple[RegionId, int, int], ...]  # where every region's vector lives
     latents: tuple[LatentSlot, ...] = ()  # in declaration order
+    # the reverse-mode steps of EM without autograd (compiler/backward.py, derived by lowering);
+    # None where an op kind has none (neural leaves). Not part of the plan's identity.
+    backward: BackwardPlan | None = field(default=None, compare=False, repr=False)
 
     @property
     def latent_groups(self) -> tuple[LatentGroup, ...]:
@@ -470,6 +483,11 @@ class Plan:
     def exact(self) -> bool:
         """True when every value is an exact log-density (no neural leaf estimates)."""
         return all(op.exact for op in self.ops)
+
+    def neural_floats(self, batch: int, samples: int, chunked: bool) -> int:
+        """Floats the vae leaves' networks hold in one pass over ``batch`` rows with ``samples``
+        IWAE samples (0 for exact circuits): the memory checks add them to the values'."""
+        return sum(op.pass_floats(batch, samples, chunked) for op in self.ops if isinstance(op, VaeOp))
 
     @property
     def trained_by_em(self) -> bool:

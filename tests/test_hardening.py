@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from einc.ir.diagnostics import DataError, EincError, ModelFileError, TrainingError
+from einc.errors import DataError, EincError, ModelFileError, TrainingError
 
 import einc
 from einc import cli
-from einc.data import read_data
+from einc.io.data import read_data
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "examples" / "tiny.pc")
@@ -79,7 +79,7 @@ def test_an_unexpected_exception_is_an_internal_error_exit_2(
     def broken(args: object) -> int:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "COMMANDS", (cli.Command("check", "check", broken, (cli.FILE,)),))
+    monkeypatch.setattr(cli.entry, "COMMANDS", (cli.Command("check", "check", broken, (cli.FILE,)),))  # the table main reads
     code, _, err = run(["check", TINY], capsys)
     assert code == 2 and "Traceback" not in err
     assert err.startswith("einc: internal error: ZeroDivisionError: a bug")
@@ -509,7 +509,7 @@ def test_ctrl_c_keeps_the_best_parameters_and_the_cli_saves_them(tmp_path: Path,
     train = tmp_path / "t.csv"
     np.savetxt(train, _binary_data(100), fmt="%d", delimiter=",")
     seen: list[int] = []
-    original = einc.Model._mean_ll
+    original = einc.Model.mean_ll
 
     def interrupt_in_epoch_3(self, *args):
         if len(seen) >= 4:  # train + valid LL of two epochs done
@@ -517,7 +517,7 @@ def test_ctrl_c_keeps_the_best_parameters_and_the_cli_saves_them(tmp_path: Path,
         seen.append(1)
         return original(self, *args)
 
-    monkeypatch.setattr(einc.Model, "_mean_ll", interrupt_in_epoch_3)
+    monkeypatch.setattr(einc.Model, "mean_ll", interrupt_in_epoch_3)
     output = tmp_path / "m.npz"
     code, _, err = run(["train", TINY, "--data", str(train), "--valid", str(train), "--epochs", "9",
                           "-o", str(output)], capsys)
@@ -611,7 +611,7 @@ def test_api_and_cli_share_the_training_defaults() -> None:
 
 
 def test_auto_threads_is_one_for_small_circuits_and_bounded_otherwise() -> None:
-    from einc.commands import MAX_AUTO_THREADS, choose_threads
+    from einc.cli.session import MAX_AUTO_THREADS, choose_threads
 
     assert choose_threads(3) == 3
     assert choose_threads("auto", einc.compile(TINY).plan) == 1
@@ -623,13 +623,13 @@ def test_cli_training_that_diverges_writes_the_last_good_model(tiny_data: Path, 
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[int] = []
-    original = einc.Model._mean_ll
+    original = einc.Model.mean_ll
 
     def nan_from_epoch_3(self, *args):
         calls.append(1)
         return float("nan") if len(calls) > 2 else original(self, *args)
 
-    monkeypatch.setattr(einc.Model, "_mean_ll", nan_from_epoch_3)
+    monkeypatch.setattr(einc.Model, "mean_ll", nan_from_epoch_3)
     output = tmp_path / "m.npz"
     code, _, err = run(["train", TINY, "--data", str(tiny_data), "--epochs", "5", "-o", str(output)], capsys)
     assert code == 1 and "Traceback" not in err

@@ -2,8 +2,8 @@
 
 An op kind is its IR class (fields, operands, cost and plan-table row: ``ir.plan.PlanOp``), its
 reverse-mode rule (``compiler.backward.BACKWARD_RULES``), the array backend's forward/max-product,
-backward and backtrack rules, and the torch backend's rule (``OP_RULES``, or the inline EiNet core
-kinds). These tests fail when a kind lacks an entry in any of them, then run plans that contain
+backward and backtrack rules, and the torch backend's rule (``OP_RULES``, one module per kind).
+These tests fail when a kind lacks an entry in any of them, then run plans that contain
 every kind and family through every CPU backend: forward, max-product, statistics, EM,
 sampling and MPE.
 """
@@ -22,7 +22,7 @@ from einc.compiler import backward as backward_compiler
 from einc.compiler.params import init_parameters
 from einc.ir.backward_plan import BackwardStep
 from einc.ir.families import FAMILIES
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from einc.ir.neural import DECODERS
 from einc.ir.plan import InputOp, Op, PlanOp, VaeOp
 from einc.ir.products import PRODUCT_KINDS
@@ -78,9 +78,7 @@ def test_every_op_kind_has_rules_in_every_backend_table() -> None:
     assert set(array_backend.BACKWARD_RULES) == set(get_args(BackwardStep)), (
         "array backward executors"
     )
-    torch_kinds = set(torch_backend.OP_RULES) | set(torch_backend.CORE_OPS)
-    assert torch_kinds == OP_TYPES, "torch rules (OP_RULES or the inline core kinds)"
-    assert not set(torch_backend.OP_RULES) & set(torch_backend.CORE_OPS)
+    assert set(torch_backend.OP_RULES) == OP_TYPES, "torch rules (OP_RULES)"
     # every product kind of the language lowers to a plan op kind that has all of the above
     assert set(PRODUCT_LOWERINGS) == set(PRODUCT_KINDS)
     assert {lowering.op_kind for lowering in PRODUCT_LOWERINGS.values()} <= {t.kind for t in OP_TYPES}
@@ -126,7 +124,7 @@ def test_every_op_kind_and_family_runs_on_every_backend(name: str) -> None:
 
 
 def test_a_kind_without_a_torch_rule_is_a_backend_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from einc.ir.diagnostics import BackendError
+    from einc.errors import BackendError
     from einc.ir.plan import HadamardOp
 
     plan = _plans()[2]

@@ -1,6 +1,6 @@
-"""Torch rules of the plan op kinds beyond the EiNet core (input, einsum, mixing), one module per
-kind. ``backends.torch_backend.OP_RULES`` maps each op type to its ``TorchOpRule``; the backward
-pass is autograd's."""
+"""Torch rules of the plan op kinds (input, einsum, mixing, hadamard, vae), one module per kind.
+``backends.torch_backend.OP_RULES`` maps each op type to its ``TorchOpRule``; the backward pass
+is autograd's."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ class PassData:
     x: Any  # (B, columns + 1): values, unobserved entries 0, then the all-zero pad column
     observed: Any  # (B, columns + 1): 1 where observed
     noise: Noise
+    # the statistics pass: each input op's Θ per block (by op name), the tensors it differentiates
+    coefficients: Any = None  # dict[str, list[torch.Tensor]] | None
 
 
 @dataclass(frozen=True)
@@ -73,4 +75,8 @@ def log_of_mass(mixed: Any, shift: Any, empty: Any) -> Any:
     """
     import torch
 
+    if mixed.device.type == "cpu" and not bool(empty.any()):
+        # the common case, checked where a host sync is free: two full passes fewer (a CUDA
+        # pass stays sync-free so that it can be captured as a graph)
+        return torch.log(mixed) + shift
     return (torch.log(mixed.masked_fill(empty, 1.0)) + shift).masked_fill(empty, float("-inf"))

@@ -19,21 +19,55 @@ from einc.ir.plan import HadamardOp
 _CHUNK_ELEMENTS = 2**24
 
 
+def stored_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) -> torch.Tensor:
+    """log P: each row's parts added up (a product of densities is a sum of logs), in the
+    backend's stored order: (L, j, B) batch-minor, (L, B, j) otherwise.
+
+    Segment by segment (backends/torch_reads.py): a segment whose rows are the output rows in
+    order is added as it is, one whose output rows own ``arity`` consecutive rows each is a
+    strided sum, any other is an ``index_add`` of its rows; all out of place, so autograd sees
+    them, and no segment is copied into a concatenation of all parts first.
+    """
+    total = None
+    for term in backend.reads.products[id(op)]:
+        piece = backend._segment(term.segment, values)  # (n, B, j)
+        if backend.batch_minor:
+            piece = piece.transpose(1, 2)  # (n, j, B): the stored memory
+        if term.kind == "identity":
+            part = piece
+        elif term.kind == "blocks":
+            # (L·a, ·, ·) viewed (L, a, ·, ·) and summed over the a parts of each row
+            part = piece.reshape(op.rows, term.arity, piece.shape[1], piece.shape[2]).sum(1)
+        else:
+            owner = backend._index(term.owner)
+            if total is None:
+                total = piece.new_zeros((op.rows, piece.shape[1], piece.shape[2])).index_add_(0, owner, piece)
+            else:
+                total = total.index_add(0, owner, piece)
+            continue
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
 def log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) -> torch.Tensor:
-    """log P (L, B, K_in): each row's parts added up (a product of densities is a sum of logs)."""
-    parts = backend._read(op.parts, values)  # (R, B, K_in)
-    owner = backend._index(op.owner)  # (R,)
-    # (R, B, j) summed by owner -> (L, B, j); out-of-place, so autograd sees it
-    return parts.new_zeros((op.rows, parts.shape[1], op.k_in)).index_add(0, owner, parts)
+    """log P (L, B, K_in), indexed like every value."""
+    product = stored_log_product(backend, op, values)
+    return product.transpose(1, 2) if backend.batch_minor else product
 
 
 def forward(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor],
             values: list[torch.Tensor], max_product: bool, data: Any = None) -> torch.Tensor:
-    product = log_product(backend, op, values)  # (L, B, j)
     weights = params[op.param]  # (L, k, j)
     if max_product:
-        return _max_sum(product, weights)
-    # the shift of the log-sum-exp; rows that are all −inf (no mass) stay −inf
+        return _max_sum(log_product(backend, op, values), weights)
+    product = stored_log_product(backend, op, values)  # (L, j, B) batch-minor, else (L, B, j)
+    if backend.batch_minor:
+        # the shift of the log-sum-exp over j; rows that are all −inf (no mass) stay −inf
+        top, empty = log_sum_exp_shift(product, 1)  # (L, 1, B)
+        # (L, k, j) x (L, j, B) -> (L, k, B), indexed (L, B, k)
+        mixed = torch.bmm(weights, torch.exp(product - top))
+        return log_of_mass(mixed, top, empty).transpose(1, 2)
     top, empty = log_sum_exp_shift(product, -1)  # (L, B, 1)
     # (L, B, j) x (L, j, k) -> (L, B, k)
     mixed = torch.bmm(torch.exp(product - top), weights.transpose(1, 2))

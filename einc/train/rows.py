@@ -6,7 +6,7 @@ holds is the windows in use, never the file. CSV files (optionally gzip-compress
 arrays are streamed once into a ``.npy`` cache and then read the same way. In-memory arrays are
 sources too, so the same training loop serves arrays, files and caches.
 
-Files are recognised and checked as ``einc.data.read_data`` does (the same rules and messages):
+Files are recognised and checked as ``einc.io.data.read_data`` does (the same rules and messages):
 the format comes from the content, a CSV file is parsed by the same parser piece by piece, and
 ``dataset`` names a window's rows by their file line (CSV) or row, so that errors found later
 read ``train.csv:12:3 (variable C): ...`` as for a file loaded whole.
@@ -34,19 +34,19 @@ from typing import IO, Any
 
 import numpy as np
 
-from einc.data import (
+from einc.io.data import (
     READ_ERRORS,
     CsvParser,
     DataFile,
     Dataset,
-    _decode,
+    decode_text,
     array_rows_shape,
     as_rows,
     cannot_read,
     find_data_file,
 )
-from einc.files import atomic_write, publish
-from einc.ir.diagnostics import DataError
+from einc.io.files import atomic_write, publish
+from einc.errors import DataError
 
 # Our caches' .npy header has a fixed size, so the row count can be written after streaming.
 HEADER_BYTES = 128
@@ -241,11 +241,21 @@ def cached_npy(found: DataFile, cache_dir: Path, columns: Sequence[str] | None =
     target = cache_dir / f"{stem}-{digest}.npy"
     lines = target.with_name(target.name + ".lines") if found.format != "npz" else None
     with _exclusive(cache_dir / f".{target.name}.lock"):
-        if not target.exists() or (lines is not None and not lines.exists()):
+        present = target.exists() and (lines is None or lines.exists())
+        if not present or _cache_problem(target, lines) is not None:
+            # missing, or damaged since it was written (truncated, a bad header, a bad line map):
+            # the source is fine, so build the entry again from it rather than blame the source
+            for stale in (target, lines):
+                if stale is not None:
+                    stale.unlink(missing_ok=True)
             if found.format == "npz":
                 _stream_npz(found, target)
             else:
                 _stream_csv(found, target, lines, columns)
+            problem = _cache_problem(target, lines)
+            if problem is not None:
+                raise DataError(f"{label}: its cache entry {target} is unusable even after rebuilding it "
+                                f"({problem}); delete it, or choose another --cache-dir")
     return target, None if lines is None else np.load(lines, allow_pickle=False)
 
 
@@ -274,6 +284,26 @@ def _exclusive(path: Path) -> Iterator[None]:
         handle.close()
 
 
+def _cache_problem(target: Path, lines: Path | None) -> str | None:
+    """Why a cache entry cannot be used (its .npy header, its size, its line map), or None."""
+    try:
+        with open(target, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(handle)
+            expected = handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = target.stat().st_size
+        if size != expected:
+            return f"{size} bytes; its header promises {expected}"
+        if lines is not None:
+            line_map = np.load(lines, allow_pickle=False)
+            if line_map.dtype.kind not in "iu":
+                return f"its line map {lines.name} holds {line_map.dtype} values"
+    except (OSError, ValueError, EOFError) as error:
+        return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return None
+
+
 def _stream_csv(found: DataFile, target: Path, lines_path: Path, columns: Sequence[str] | None) -> None:
     """Parse a CSV file (gzip-compressed or not) chunk by chunk into a ``.npy`` cache, with the
     same parser, rules and messages as ``read_data``."""
@@ -290,7 +320,7 @@ def _stream_csv(found: DataFile, target: Path, lines_path: Path, columns: Sequen
                 if not raw_lines:
                     break
                 raw = b"".join(raw_lines)
-                values, lines = _parse_chunk(parser, _decode(raw, label, offset), line_number)
+                values, lines = _parse_chunk(parser, decode_text(raw, label, offset), line_number)
                 if len(values):
                     line_map.add(lines, writer.rows)
                     writer.append(values)

@@ -1,0 +1,177 @@
+"""The einsum (outer product) op on torch: log-einsum-exp layers (paper eq. 4), forward and
+max-product, their contraction kernels, and the top-down choice of a pair (i, j).
+
+    S[l,b,k] = log Σ_ij W[l,k,i,j] exp(N[l,b,i]) exp(N'[l,b,j])
+
+``contractions(backend)`` picks the kernels by name (compiler/kernels.py): "matmul", the plan's
+opt-einsum path as batched matmuls; "fused", the Triton kernels where they run. EM statistics
+come from autograd: n = W · ∂ Σ log p / ∂W.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from einc.backends.base import shifted_exp
+from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
+from einc.errors import BackendError
+from einc.ir.plan import EinsumOp, Plan
+
+
+def contractions(plan: Plan, device: torch.device, batch_minor: bool) -> dict[str, Any]:
+    """The contraction of each einsum kernel name, in the backend's layout."""
+    fused = any(isinstance(op, EinsumOp) and op.kernel == "fused" for op in plan.ops)
+    matmul = _einsum_layer_batch_minor if batch_minor else _einsum_layer
+    return {
+        "matmul": matmul,
+        "fused": _fused_einsum_layer(batch_minor) if fused and _fused_kernels_run_on(device) else matmul,
+    }
+
+
+def forward(backend: Any, op: EinsumOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],
+            max_product: bool, data: Any = None) -> torch.Tensor:
+    left = backend._read(op.left, values)  # (L, B, i)
+    right = backend._read(op.right, values)  # (L, B, j)
+    weights = params[op.param]  # (L, k, i, j)
+    if max_product:
+        return _max_einsum(left, right, weights)
+    return log_einsum_exp(backend, op, left, right, weights)
+
+
+def backtrack(backend: Any, op: EinsumOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],
+              choice: list[torch.Tensor], chosen: torch.Tensor, sampler: Any, mpe: bool,
+              data: Any = None, output: Any = None) -> None:
+    """Each reached row picks the pair (i, j) by arg-max (MPE) or Gumbel-max (sampling) of
+    log W[l,k,i,j] + N[l,b,i] + N'[l,b,j] at its chosen k."""
+    reached = chosen >= 0
+    k = chosen.clamp(min=0)
+    batch_size = chosen.shape[1]
+    left = backend._read(op.left, values)  # (L, B, i)
+    right = backend._read(op.right, values)  # (L, B, j)
+    log_w = torch.log(params[op.param])  # (L, k, i, j)
+    rows_index = torch.arange(op.rows, device=chosen.device)[:, None]
+    picked = log_w[rows_index, k]  # (L, B, i, j)
+    logits = picked + left[..., :, None] + right[..., None, :]
+    flat = logits.reshape(op.rows, batch_size, -1)
+    if not mpe:
+        flat = flat + sampler.gumbel(flat)
+    best = flat.argmax(-1)  # (L, B)
+    i = torch.where(reached, best // op.k_right, torch.full_like(best, -1))
+    j = torch.where(reached, best % op.k_right, torch.full_like(best, -1))
+    backend._write(op.left, i, choice)
+    backend._write(op.right, j, choice)
+
+
+def log_einsum_exp(backend: Any, op: EinsumOp, left: torch.Tensor, right: torch.Tensor,
+                    weights: torch.Tensor) -> torch.Tensor:
+    """log Σ_ij W[l,k,i,j] exp(N[l,b,i]) exp(N'[l,b,j]) (eq. 4), shifted by the operands' maxima.
+
+    Batch-minor, the shift, exp and log run on the stored (L, K, B) memory (contiguous along
+    the batch) and the contraction takes and returns that layout; the result is indexed
+    (L, B, k) like every value.
+    """
+    contraction = backend.contractions[op.kernel]
+    k_axis = 1 if backend.batch_minor else 2
+    if backend.batch_minor:
+        left, right = left.transpose(1, 2), right.transpose(1, 2)  # (L, i, B), (L, j, B)
+    left_max, left_empty = log_sum_exp_shift(left, k_axis)
+    right_max, right_empty = log_sum_exp_shift(right, k_axis)
+    # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k), or batch-minor (L, ·, B) throughout
+    mixed = contraction(shifted_exp(torch, left, left_max), shifted_exp(torch, right, right_max), weights, op.path)
+    value = log_of_mass(mixed, left_max + right_max, left_empty | right_empty)
+    return value.transpose(1, 2) if backend.batch_minor else value
+
+
+def _einsum_layer(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                  path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """``lbi,lbj,lkij->lbk`` along the plan's opt-einsum path, each pairwise step one bmm.
+
+    Written out (instead of ``opt_einsum.contract``) so each step is a batched matmul on views,
+    with no permute copies of the (L, B, ·) operands.
+    """
+    rows, batch, k_left = left.shape
+    k_out, k_right = weights.shape[1], weights.shape[3]
+    first = tuple(sorted(path[0]))
+    if first == (0, 1):
+        # (L, B, i) x (L, B, j) -> (L, B, i·j); then (L, B, i·j) x (L, i·j, k) -> (L, B, k)
+        outer = (left[..., :, None] * right[..., None, :]).reshape(rows, batch, k_left * k_right)
+        return torch.bmm(outer, weights.reshape(rows, k_out, k_left * k_right).transpose(1, 2))
+    if first == (0, 2):
+        # (L, B, i) x (L, i, k·j) -> (L, B, k, j); then (L·B, k, j) x (L·B, j, 1) -> (L, B, k)
+        w = weights.permute(0, 2, 1, 3).reshape(rows, k_left, k_out * k_right)
+        partial = torch.bmm(left, w).reshape(rows * batch, k_out, k_right)
+        return torch.bmm(partial, right.reshape(rows * batch, k_right, 1)).reshape(rows, batch, k_out)
+    # (L, B, j) x (L, j, k·i) -> (L, B, k, i); then (L·B, k, i) x (L·B, i, 1) -> (L, B, k)
+    w = weights.permute(0, 3, 1, 2).reshape(rows, k_right, k_out * k_left)
+    partial = torch.bmm(right, w).reshape(rows * batch, k_out, k_left)
+    return torch.bmm(partial, left.reshape(rows * batch, k_left, 1)).reshape(rows, batch, k_out)
+
+
+def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                              path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """``lib,ljb,lkij->lkb``: the einsum layer batch-minor, the batch the matmuls' wide side."""
+    rows, k_left, batch = left.shape
+    k_out, k_right = weights.shape[1], weights.shape[3]
+    first = tuple(sorted(path[0]))
+    if first == (0, 1):
+        # (L, i, B) x (L, j, B) -> (L, i·j, B); then (L, k, i·j) x (L, i·j, B) -> (L, k, B)
+        pairs = (left[:, :, None, :] * right[:, None, :, :]).reshape(rows, k_left * k_right, batch)
+        return torch.bmm(weights.reshape(rows, k_out, k_left * k_right), pairs)
+    if first == (0, 2):
+        # (L, k·j, i) x (L, i, B) -> (L, k, j, B); then Σ_j with (L, j, B) -> (L, k, B)
+        w = weights.permute(0, 1, 3, 2).reshape(rows, k_out * k_right, k_left)
+        partial = torch.bmm(w, left).reshape(rows, k_out, k_right, batch)
+        return (partial * right[:, None, :, :]).sum(2)
+    # (L, k·i, j) x (L, j, B) -> (L, k, i, B); then Σ_i with (L, i, B) -> (L, k, B)
+    w = weights.reshape(rows, k_out * k_left, k_right)
+    partial = torch.bmm(w, right).reshape(rows, k_out, k_left, batch)
+    return (partial * left[:, None, :, :]).sum(2)
+
+
+def _fused_kernels_run_on(device: torch.device) -> bool:
+    """Triton runs its kernels on CUDA, and on the CPU only under its interpreter (the tests)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _fused_einsum_layer(batch_minor: bool) -> Any:
+    """``lbi,lbj,lkij->lbk`` by the fused Triton kernels (no K² intermediates; the path is unused),
+    taking and returning the backend's layout (batch-minor: ``lib,ljb,lkij->lkb``)."""
+    try:
+        from einc.backends.fused_einsum import einsum_layer  # imports Triton: only when asked for
+    except ImportError as error:
+        raise BackendError(
+            f"the plan asks for the fused einsum kernel, which needs Triton ({error}); install it with "
+            "`pip install triton`, or compile with CompileOptions(einsum_kernel='matmul')"
+        ) from None
+
+    def contraction(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                    path: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+        if batch_minor:
+            # (L, i, B) x (L, j, B) x (L, k, i, j) -> (L, k, B), through the kernels' (L, B, ·)
+            return einsum_layer(left.transpose(1, 2), right.transpose(1, 2), weights).transpose(1, 2)
+        # (L, B, i) x (L, B, j) x (L, k, i, j) -> (L, B, k)
+        return einsum_layer(left, right, weights)
+
+    return contraction
+
+
+def _max_einsum(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Max-product einsum: max_ij log W[l,k,i,j] + N[l,b,i] + N'[l,b,j] -> (L, B, k)."""
+    log_w = torch.log(weights)  # (L, k, i, j)
+    out = []
+    # chunk over the batch so the (L, b, k, i, j) tensor stays small
+    step = max(1, int(2**24 // max(1, weights.numel())))
+    for start in range(0, left.shape[1], step):
+        l_part = left[:, start : start + step]
+        r_part = right[:, start : start + step]
+        scores = log_w[:, None] + l_part[:, :, None, :, None] + r_part[:, :, None, None, :]
+        out.append(scores.amax(dim=(-1, -2)))
+    return torch.cat(out, 1)
+
+
+RULE = TorchOpRule(forward=forward, backtrack=backtrack)

@@ -1,0 +1,110 @@
+"""How the torch executor reads operands without copying whole values (issue 18).
+
+The previous executor built every fragmented operand by concatenating the *whole* source values
+and gathering from that: in an HCLT of depth 48 each of the 48 ops copied the 784-row input value
+(51 MB at K=32, batch 512) and its backward filled and added a gradient of that size, so a pass
+cost O(depth × size): `aten::cat` was 42-72% of an epoch. Here every read touches only its rows:
+
+- ``ReadPlan`` (once per plan): every value read in contiguous runs by several consumers is cut
+  at all their run boundaries. ``PassValues`` splits such a value into those chunks once, when it
+  is produced (``torch.split``: views, and a single backward node that assembles the value's
+  gradient from its chunks' gradients in one allocation, instead of one zero-filled full-size
+  gradient per consumer that a slice's backward makes). A run is one chunk (a view) or the
+  concatenation of the few consecutive chunks it spans; a gathered segment (a shared region of
+  a DAG) is one ``index_select`` of exactly its rows.
+- ``ProductTerm``: a hadamard op's product Σ_parts log C is accumulated segment by segment,
+  each segment as a view: added as it is where its rows are the output rows in order
+  (``identity``), as a strided sum over a fixed arity where each output row owns ``arity``
+  consecutive rows (``blocks``), and by ``index_add`` of its rows only otherwise — never a copy of
+  all parts into one tensor followed by ``index_add`` into fresh zeros.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import Any
+
+from einc.ir.plan import HadamardOp, Plan, RowRange, Segment
+
+
+@dataclass(frozen=True)
+class ProductTerm:
+    """One segment of a hadamard op's parts and how its rows add into the product's rows."""
+
+    segment: Segment
+    kind: str  # "identity", "blocks" or "scatter"
+    owner: tuple[int, ...]  # the output row of each of the segment's rows
+    arity: int = 1  # blocks: rows per output row
+
+
+class ReadPlan:
+    """Cut points of every value read in runs by more than one consumer, and product layouts."""
+
+    def __init__(self, plan: Plan) -> None:
+        cuts: dict[int, set[int]] = {}
+        for op in plan.ops:
+            for operand in op.operands():
+                for segment in operand.segments:
+                    if isinstance(segment, RowRange):
+                        rows = plan.ops[segment.value].rows
+                        cuts.setdefault(segment.value, {0, rows}).update((segment.start, segment.stop))
+        # only values with a proper sub-run are split; a whole-value read is the value itself
+        self.cuts: dict[int, list[int]] = {value: sorted(points) for value, points in cuts.items() if len(points) > 2}
+        self.sizes: dict[int, list[int]] = {
+            value: [b - a for a, b in zip(points, points[1:])] for value, points in self.cuts.items()
+        }
+        self.products: dict[int, tuple[ProductTerm, ...]] = {
+            id(op): product_terms(op) for op in plan.ops if isinstance(op, HadamardOp)
+        }
+
+    def chunk_span(self, segment: RowRange) -> tuple[int, int]:
+        """[first, last) chunks of the segment's value that make up its rows."""
+        points = self.cuts[segment.value]
+        return bisect_left(points, segment.start), bisect_left(points, segment.stop)
+
+
+class PassValues(list):
+    """The values of one upward pass, in op order, with each cut value's chunks (views).
+
+    Batch-minor values are indexed (rows, B, K) but stored (rows, K, B): they are split in the
+    stored order and each chunk handed out as a transposed view, so that the gradients the
+    split's backward assembles arrive in the stored order too (a contiguous copy, not a
+    transposing one) and the producer's backward receives its own layout.
+    """
+
+    def __init__(self, reads: ReadPlan, batch_minor: bool = False) -> None:
+        super().__init__()
+        self.reads = reads
+        self.batch_minor = batch_minor
+        self.chunks: list[Any] = []
+
+    def append(self, value: Any) -> None:
+        sizes = self.reads.sizes.get(len(self))
+        super().append(value)
+        if sizes is None:
+            self.chunks.append(None)
+        elif self.batch_minor:
+            self.chunks.append([chunk.transpose(1, 2) for chunk in value.transpose(1, 2).split(sizes, 0)])
+        else:
+            self.chunks.append(value.split(sizes, 0))
+
+
+def product_terms(op: HadamardOp) -> tuple[ProductTerm, ...]:
+    """How each segment of the op's parts adds into its product rows."""
+    terms = []
+    offset = 0
+    for segment in op.parts.segments:
+        owner = op.owner[offset : offset + len(segment)]
+        offset += len(segment)
+        count = len(owner)
+        if owner == tuple(range(op.rows)):
+            terms.append(ProductTerm(segment, "identity", owner))
+            continue
+        arity = count // op.rows if count % op.rows == 0 else 0
+        if arity > 1 and owner == tuple(row // arity for row in range(count)):
+            terms.append(ProductTerm(segment, "blocks", owner, arity))
+            continue
+        terms.append(ProductTerm(segment, "scatter", owner))
+    return tuple(terms)
+
