@@ -171,10 +171,8 @@ def test_npz_arrays_are_streamed_into_the_cache(tmp_path, small_chunks):
 def test_tests_cache_into_a_temporary_home(tmp_path, tmp_path_factory):
     """conftest.py gives the suite (and the commands it starts) a temporary HOME: a source
     streamed without --cache-dir lands there, never in the user's ~/.cache/einc."""
-    import einc.rows
-
     home = Path(os.environ["HOME"])
     assert home.is_relative_to(tmp_path_factory.getbasetemp())
     np.savetxt(tmp_path / "x.csv", np.zeros((3, 2)), delimiter=",")
     source = open_rows(tmp_path / "x.csv")
-    assert source.path.is_relative_to(home / ".cache" / "einc") and einc.rows.default_cache_dir() == home / ".cache" / "einc"
+    assert source.path.is_relative_to(home / ".cache" / "einc") and einc.train.rows.default_cache_dir() == home / ".cache" / "einc"
