@@ -100,8 +100,11 @@ class TorchBackend:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+            raise BackendError("device 'cuda' requested but torch sees no CUDA device; use device=\"cpu\" "
+                               "(--device cpu on the command line)")
         self.plan = plan
+        # as given (None: the device's default), so that moved() builds the same backend elsewhere
+        self.options: dict[str, bool | None] = {"fuse": fuse, "capture": capture, "batch_minor": batch_minor}
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
         if self.device.type == "cpu":
@@ -160,6 +163,24 @@ class TorchBackend:
         self.latent_states = {g.value: torch.arange(g.states, device=self.device) for g in self.latent_groups}
         self.latent_columns = {g.value: torch.as_tensor(g.latents, dtype=torch.long, device=self.device)
                                for g in self.latent_groups}
+
+    def moved(self, device: torch.device, dtype: torch.dtype) -> TorchBackend:
+        """This plan's backend on another device or dtype (``CircuitModule.to``), with the options
+        it was built with; ``BackendError`` (and nothing built) where einc cannot run."""
+        names = {value: name for name, value in _DTYPES.items()}
+        if dtype not in names:
+            raise BackendError(f"einc circuits compute in float32 or float64, not {str(dtype).removeprefix('torch.')}: "
+                               f"sums of products of probabilities need their range and precision; use .float() or "
+                               f".double() (the module was left unchanged)")
+        if device.type not in ("cpu", "cuda"):
+            raise BackendError(f"einc circuits run on 'cpu' or 'cuda', not {str(device)!r} (the module was left "
+                               f"unchanged)")
+        try:
+            return TorchBackend(self.plan, str(device), names[dtype], **self.options)
+        except (RuntimeError, AssertionError) as error:  # a bad CUDA index, no driver, ...
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise BackendError(f"cannot move the circuit to {str(device)!r}: {reason} (the module was left "
+                               f"unchanged)") from None
 
     # ------------------------------------------------------------------ parameters
     def put(self, params: dict[str, np.ndarray]) -> Params:

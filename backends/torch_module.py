@@ -24,6 +24,7 @@ the model, and ``Model.set_parameters``/``fit`` write into the module's tensors 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from einc.backends.denormals import flushed
 from einc.backends.torch_ops import Noise
 from einc.errors import DataError
 from einc.ir.families import family_rule
-from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
+from einc.ir.neural import DEFAULT_TRAINING_SAMPLES, observation_family
 from einc.ir.plan import ParamSpec
 
 if TYPE_CHECKING:
@@ -80,15 +81,20 @@ class CircuitModule(torch.nn.Module):
 
     ``x`` is (N, columns) in the model's column order (``Model.columns``); NaN marks a missing
     entry, which is marginalised (exactly; for neural leaves, see ``backends/torch_ops/vae.py``).
-    The result is (N,) — or (N, heads) for a multi-head circuit. ``forward`` trusts its input like
-    any ``torch.nn`` layer (only its shape is checked); ``Model.log_likelihood`` validates data.
+    The result is (N,) — or (N, heads) for a multi-head circuit. A row with an observed value
+    outside its variable's domain (a binary 3, a count 1.5, an infinite real) has probability 0:
+    its log p is −inf, as the density says, decided on the device without a host sync and
+    without NaN in any gradient (such a row passes none back); ``Model.log_likelihood`` raises a
+    ``DataError`` naming the row and column instead. Only the shape raises here.
 
     With neural (vae) leaves each call is a fresh IWAE estimate with ``samples`` importance
     samples per leaf, drawn from torch's global generator (``torch.manual_seed`` makes it
     repeatable); its expectation is a lower bound of log p(x), the objective SPVAE trains.
 
-    The module lives where the model runs (``einc.compile(..., device=...)``); moving it with
-    ``.to()`` would separate it from the model.
+    The module lives where the model runs (``einc.compile(..., device=...)``). ``.to(device or
+    dtype)``, ``.double()``, ``.float()``, ``.cuda()``, ``.cpu()`` move it *with* its model: the
+    model's ``device``, ``dtype`` and every query follow. float16/bfloat16 (``.half()``) and devices
+    other than cpu/cuda are refused with a ``BackendError`` before anything changes.
     """
 
     def __init__(self, backend: TorchBackend, params: Params, samples: int = DEFAULT_TRAINING_SAMPLES) -> None:
@@ -102,6 +108,28 @@ class CircuitModule(torch.nn.Module):
                 value = unconstrained(spec, params[spec.name]).detach().clone()
                 self.free[parameter_key(spec.name)] = torch.nn.Parameter(value, requires_grad=True)
         self._snapshot: tuple[tuple, Params] | None = None
+        # called with the new backend once .to()/.double()/.cuda() moved the tensors (Model.module()
+        # sets it: the model follows its module)
+        self.on_move: Callable[[TorchBackend], None] | None = None
+        self.domain_checks = _domain_checks(self.plan)
+
+    # ------------------------------------------------------------------ device and dtype
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> CircuitModule:
+        """Every conversion of ``torch.nn.Module`` (``.to``, ``.double``, ``.half``, ``.cuda``, ...)
+        comes here: the backend is rebuilt for the new device and dtype first (which refuses what
+        einc cannot run, leaving everything as it was), then the tensors move, then the model."""
+        current = self.backend
+        probe = fn(torch.zeros((), dtype=current.dtype, device=current.device))
+        if not isinstance(probe, torch.Tensor) or (probe.dtype == current.dtype
+                                                   and _same_device(probe.device, current.device)):
+            return super()._apply(fn, recurse)  # nothing moves (.float() on float32, share_memory, ...)
+        backend = current.moved(probe.device, probe.dtype)
+        super()._apply(fn, recurse)
+        self.backend = backend
+        self._snapshot = None
+        if self.on_move is not None:
+            self.on_move(backend)
+        return self
 
     # ------------------------------------------------------------------ parameters
     def params(self) -> Params:
@@ -135,11 +163,27 @@ class CircuitModule(torch.nn.Module):
             raise DataError(f"module input has shape {tuple(x.shape)}; expected (N, {columns}): one column "
                             f"per data column of the circuit (Model.columns), NaN where missing")
         observed = ~torch.isnan(x)
+        # out-of-domain values are computed as 0 (in every domain), so that no NaN or inf reaches
+        # the circuit or its gradients, and their rows are set to −inf below
+        outside = observed & ~self._in_domain(x)
         pad = x.new_zeros((x.shape[0], 1))
-        values = torch.cat([torch.where(observed, x, torch.zeros_like(x)), pad], 1)
+        values = torch.cat([torch.where(observed & ~outside, x, torch.zeros_like(x)), pad], 1)
         mask = torch.cat([observed.to(x.dtype), pad], 1)
         root = self.log_density(values, mask)
+        root = torch.where(outside.any(1, keepdim=True), torch.full_like(root, float("-inf")), root)
         return root[:, 0] if self.plan.heads == 1 else root
+
+    def _in_domain(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, columns) bool: each value inside its variable's domain (the family table's check, as
+        ``einc.data.prepare`` makes it on the host), one vectorised test per (family, domain)."""
+        if len(self.domain_checks) == 1 and self.domain_checks[0][0] is None:  # one kind of column
+            _, rule, family, domain = self.domain_checks[0]
+            return rule.valid_values(torch, x, family, domain)
+        inside = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+        for columns, rule, family, domain in self.domain_checks:
+            index = self.backend._index(columns)  # cached on the backend's device
+            inside[:, index] = rule.valid_values(torch, x[:, index], family, domain)
+        return inside
 
     def log_density(self, x: torch.Tensor, observed: torch.Tensor, noise: Noise | None = None,
                     latents: torch.Tensor | None = None) -> torch.Tensor:
@@ -154,6 +198,30 @@ class CircuitModule(torch.nn.Module):
         count = sum(p.numel() for p in self.parameters())
         extra = "" if self.plan.exact else f", samples={self.samples}"
         return f"circuit={self.plan.graph.name}, tensors={count}, heads={self.plan.heads}{extra}"
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """torch.device("cuda") and torch.device("cuda:0") are one device (where the current one is 0)."""
+    def index(device: torch.device) -> int | None:
+        if device.type == "cuda" and device.index is None:
+            return torch.cuda.current_device()
+        return device.index
+    return a.type == b.type and index(a) == index(b)
+
+
+def _domain_checks(plan: Any) -> list[tuple[tuple[int, ...] | None, Any, Any, Any]]:
+    """(data columns, family rule, family, domain) per kind of column, for ``_in_domain``; columns
+    None when one kind covers every column. A neural leaf's columns are checked against its
+    decoder's family, as ``einc.data.prepare`` does."""
+    groups: dict[tuple, list[int]] = {}
+    for variable in plan.graph.variables:
+        family = observation_family(variable.family)
+        groups.setdefault((family, variable.domain), []).extend(
+            range(variable.column, variable.column + variable.domain.columns))
+    checks = [(tuple(columns), family_rule(family), family, domain) for (family, domain), columns in groups.items()]
+    if len(checks) == 1:
+        return [(None, *checks[0][1:])]
+    return checks
 
 
 class GradientTrainer:

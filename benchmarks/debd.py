@@ -387,6 +387,7 @@ def write_results(
             )
         rows.append(row)
     payload = {"meta": meta, "table": rows, "runs": [asdict(r) for r in runs]}
+    out.parent.mkdir(parents=True, exist_ok=True)  # the results folder (atomic_write creates none)
     atomic_write(out.with_suffix(".json"), lambda stream: stream.write((json.dumps(payload, indent=1) + "\n").encode()))
     atomic_write(out.with_suffix(".md"), lambda stream: stream.write(markdown(rows, runs, meta).encode()))
 
@@ -575,6 +576,7 @@ def write_hclt_results(runs: list[Run], datasets: list[str], reference_path: Pat
         rows.append(row)
     payload = {"meta": meta, "table": rows, "runs": [asdict(r) for r in runs]}
     out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)  # the results folder (atomic_write creates none)
     atomic_write(out.with_suffix(".json"), lambda stream: stream.write((json.dumps(payload, indent=1) + "\n").encode()))
     atomic_write(out.with_suffix(".md"), lambda stream: stream.write(hclt_markdown(rows, runs, meta).encode()))
 

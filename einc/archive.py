@@ -162,7 +162,23 @@ def read_training_state(archive: Any, prefix: str, meta: Any, plan: Plan, path: 
 
 # What a model file's JSON metadata and archive may hold; anything else is refused, by name (a file
 # einc did not write, or one of a newer einc, is not half-read in silence).
-MODEL_META_KEYS = frozenset({"format", "version", "source", "filename", "dtype", "seed", "training"})
+MODEL_META_KEYS = frozenset({"format", "version", "source", "filename", "dtype", "seed", "training", "overrides"})
+# CompileOptions that change the circuit the stored source compiles to (the CLI's --sums,
+# --inputs, --heads): a model file records the ones given ('overrides'), and load applies them
+OVERRIDES = ("sums", "inputs", "heads")
+
+
+def read_overrides(meta: dict[str, Any], path: Path) -> dict[str, int]:
+    """The K overrides a model was compiled with (``Model.overrides``), checked."""
+    overrides = meta_field(meta, "overrides", dict, path, {})
+    for key, value in overrides.items():
+        if key not in OVERRIDES:
+            raise file_error(path, f"metadata 'overrides' has {shorten(str(key), 60)!r}; expected only "
+                                   f"{', '.join(OVERRIDES)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise file_error(path, f"metadata 'overrides' {key} is {shorten(repr(value), 60)}; expected a whole "
+                                   f"number >= 1")
+    return overrides
 TRAINING_META_KEYS = frozenset({"epoch", "rng", "method", "best_epoch", "best_valid_ll", "stale_epochs"})
 MODEL_ENTRY_PREFIXES = ("param/", "training/param/", "training/optimizer/")
 MIXTURE_META_KEYS = frozenset({"format", "version", "components", "weights"})

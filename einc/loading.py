@@ -15,12 +15,14 @@ import numpy as np
 
 from einc.archive import (
     FORMAT,
+    OVERRIDES,
     READABLE_VERSIONS,
     check_entries,
     check_mixture_entries,
     file_error,
     meta_field,
     read_meta,
+    read_overrides,
     read_parameters,
     read_training_state,
 )
@@ -82,15 +84,19 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
     if seed < 0:
         raise file_error(path, f"metadata 'seed' is {seed}; expected a whole number of at least 0")
     check_entries(archive, meta, prefix, path)
+    overrides = read_overrides(meta, path)
     dtype = dtype or stored_dtype
     try:
         options = options or CompileOptions()
+        # the K the model was compiled with, unless the caller sets it
+        options = replace(options, **{k: v for k, v in overrides.items() if getattr(options, k) is None})
         plan = compile_plan(source, filename, replace(options, dtype=dtype, target=options.target or device))
     except EincError as error:
         raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
     params = read_parameters(archive, f"{prefix}param/", plan, path, "parameter")
     model = Model(plan, source, filename, backend, device, dtype, params, seed, {"precision": precision})
     model.max_bytes = options.max_bytes
+    model.overrides = {key: getattr(options, key) for key in OVERRIDES if getattr(options, key) is not None}
     if "training" in meta:
         model.training = read_training_state(archive, prefix, meta["training"], plan, path)
     return model

@@ -33,6 +33,7 @@ from einc.model import (
     EpochRecord,
     Model,
     compile,
+    like_input,
 )
 
 FORMAT = "einc-mixture"
@@ -120,6 +121,13 @@ class MixtureModel:
         self.components = components
         self.log_weights = np.log(weights / weights.sum())
 
+    def __repr__(self) -> str:
+        first = self.components[0]
+        count = len(self.components)
+        return (f"<einc.MixtureModel of {count} component{'s' if count != 1 else ''}, {self.num_parameters} "
+                f"parameters in all; "
+                f"first {first._description()}; {first.backend_name} on {first.device}, {first.dtype}>")
+
     @property
     def columns(self) -> list[str]:
         return self.components[0].columns
@@ -147,17 +155,19 @@ class MixtureModel:
 
     def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024,
                        samples: int | None = None) -> np.ndarray:
-        """log p(x) of the mixture; ``samples``: IWAE samples for components with vae leaves."""
-        return _logsumexp(self._component_ll(x, missing, samples), 1)
+        """log p(x) of the mixture; ``samples``: IWAE samples for components with vae leaves.
+        A torch tensor in gives a tensor out on its device, as ``Model`` queries do."""
+        return like_input(_logsumexp(self._component_ll(as_rows(x, "x"), missing, samples), 1), x, self.dtype)
 
     def conditional_log_likelihood(self, x: Any, evidence: Any) -> np.ndarray:
-        given = np.asarray(evidence, dtype=bool)
-        return self.log_likelihood(x) - self.log_likelihood(x, missing=~given)
+        given = as_rows(evidence, "evidence").astype(bool)
+        rows = as_rows(x, "x")
+        return like_input(self.log_likelihood(rows) - self.log_likelihood(rows, missing=~given), x, self.dtype)
 
     def component_posterior(self, evidence: Any) -> np.ndarray:
         """(N, C) p(component | observed part of each row)."""
         joint = self._component_ll(as_rows(evidence, "evidence"))
-        return np.exp(joint - _logsumexp(joint, 1)[:, None])
+        return like_input(np.exp(joint - _logsumexp(joint, 1)[:, None]), evidence, self.dtype)
 
     def sample(self, n: int | None = None, evidence: Any = None, seed: int | None = None,
                leaf_value: str = "sample") -> np.ndarray:
@@ -179,7 +189,7 @@ class MixtureModel:
             members = np.flatnonzero(choice == c)
             if len(members):
                 out[members] = component.sample(evidence=rows[members], seed=int(rng.integers(2**31)), leaf_value=leaf_value)
-        return out
+        return like_input(out, evidence, self.dtype)
 
     def mpe(self, evidence: Any = None, n: int | None = None) -> np.ndarray:
         """Joint arg-max over the unobserved variables, each component's latent choices and the
@@ -188,7 +198,7 @@ class MixtureModel:
         completions = [c.mpe(evidence=rows) for c in self.components]
         scores = np.stack([c.max_log_likelihood(rows) for c in self.components], 1) + self.log_weights
         best = scores.argmax(1)
-        return np.stack([completions[b][i] for i, b in enumerate(best)])
+        return like_input(np.stack([completions[b][i] for i, b in enumerate(best)]), evidence, self.dtype)
 
     def save(self, path: str | os.PathLike) -> None:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "components": len(self.components),

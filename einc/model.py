@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.io.data import as_rows, prepare, prepare_labels, prepare_latents
-from einc.archive import FORMAT, FORMAT_VERSION, model_arrays
+from einc.archive import FORMAT, FORMAT_VERSION, OVERRIDES, model_arrays
 from einc.io.files import atomic_write
 from einc.errors import DataError, EincError, ResourceError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
@@ -73,6 +74,7 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     plan = compile_plan(text, filename, options)
     model = Model(plan, text, filename, backend, device, dtype, init_parameters(plan, seed), seed, backend_options)
     model.max_bytes = options.max_bytes
+    model.overrides = {key: getattr(options, key) for key in OVERRIDES if getattr(options, key) is not None}
     return model
 
 
@@ -82,11 +84,27 @@ def _rows(latents: Any) -> int:
     return int(shape[0]) if len(shape) >= 1 else 1
 
 
+def like_input(result: Any, given: Any, dtype: str) -> Any:
+    """A query's NumPy result as a torch tensor of the model's ``dtype`` on the device of ``given``
+    when the query was given a tensor (a list of results: each), else unchanged: tensor in, tensor
+    out; NumPy in, NumPy out. (No autograd: ``Model.module()`` is the differentiable form.)"""
+    torch = sys.modules.get("torch")  # a tensor implies torch is imported: no import here
+    if torch is None or not isinstance(given, torch.Tensor):
+        return result
+    if isinstance(result, list):
+        return [like_input(part, given, dtype) for part in result]
+    return torch.from_numpy(np.ascontiguousarray(result, dtype=dtype)).to(given.device)
+
+
 class Model:
     """A compiled circuit with parameters on one backend.
 
     Data are arrays of shape (N, columns): one column per variable (a ``real(d)`` variable has d),
     in declaration order, arrays flattened row-major (see ``model.columns``). NaN means missing.
+    Data may be NumPy arrays, nested lists or torch tensors; a query given a torch tensor returns
+    torch tensors on that tensor's device (``log_likelihood``, ``max_log_likelihood``,
+    ``conditional_log_likelihood``, ``latent_posterior``, ``sample``/``mpe`` with ``evidence``),
+    otherwise NumPy arrays.
     """
 
     def __init__(self, plan: Plan, source: str, filename: str, backend: str, device: str,
@@ -109,8 +127,33 @@ class Model:
         self.training: TrainingState | None = None
         # the most memory one call may allocate for its rows (CompileOptions.max_bytes)
         self.max_bytes = DEFAULT_MAX_BYTES
+        # K overrides the source was compiled with (OVERRIDES; saved with the model)
+        self.overrides: dict[str, int] = {}
 
     # ------------------------------------------------------------------ description
+    def __repr__(self) -> str:
+        """What the model is, in one line: circuit, variables, parameters, backend, device, dtype.
+
+        >>> einc.compile("examples/tiny.pc")                               # doctest: +SKIP
+        <einc.Model 'tiny' from examples/tiny.pc: 4 variables (A, B, C, D), 27 parameters; torch on cpu, float32>
+        """
+        return f"<einc.Model {self._description()}; {self.backend_name} on {self.device}, {self.dtype}>"
+
+    def _description(self) -> str:
+        names = [variable.name for variable in self.graph.variables]
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        where = "" if self.filename.startswith("<") else f" from {self.filename}"
+        extras = [f"{self.plan.heads} heads"] if self.plan.heads > 1 else []
+        if self.plan.latents:
+            extras.append(f"{len(self.plan.latents)} latent{'s' if len(self.plan.latents) > 1 else ''}")
+        if not self.exact:
+            extras.append("vae leaves (queries estimate)")
+        if self.training is not None:
+            extras.append(f"trained {self.training.epoch} epoch{'s' if self.training.epoch != 1 else ''}")
+        name = "circuit" if self.graph.name.startswith("<") else f"'{self.graph.name}'"
+        return (f"{name}{where}: {len(names)} variable{'s' if len(names) != 1 else ''} ({shown}), "
+                f"{self.num_parameters} parameters" + "".join(f", {extra}" for extra in extras))
+
     @property
     def graph(self):
         return self.plan.graph
@@ -160,7 +203,10 @@ class Model:
         (unconstrained: log-weights under a softmax, each leaf family's unconstrained form,
         network weights). The parameters are shared: an optimiser step on the module is seen by
         every query of the model, and ``fit``/``set_parameters`` write into the module. Every
-        call returns the same module. With neural leaves each forward is an IWAE estimate with
+        call returns the same module. Moving it (``.to("cuda")``, ``.double()``, ``.float()``)
+        moves the model with it (``model.device``/``model.dtype`` follow); ``.half()`` is refused.
+        An observed value outside its variable's domain gives log p = −inf for its row (where
+        ``log_likelihood`` raises a ``DataError``). With neural leaves each forward is an IWAE estimate with
         ``samples`` importance samples per leaf (default 5, the paper's training k).
 
         >>> module = model.module()                                            # doctest: +SKIP
@@ -175,9 +221,17 @@ class Model:
             check_positive_int(samples, "samples")
         if self._module is None:
             self._module = self.backend.module(self._params, samples or DEFAULT_TRAINING_SAMPLES)
+            self._module.on_move = self._follow_module
         elif samples is not None:
             self._module.samples = int(samples)
         return self._module
+
+    def _follow_module(self, backend: Any) -> None:
+        """The module moved (``module.to(...)``, ``.double()``, ``.cuda()``): the model runs where its
+        parameters now live."""
+        self.backend = backend
+        self.device = str(backend.device)
+        self.dtype = str(backend.dtype).removeprefix("torch.")
 
     @property
     def columns(self) -> list[str]:
@@ -289,7 +343,7 @@ class Model:
         see the README for what is approximate. Exact circuits ignore ``samples`` and ``seed``.
         """
         result = self._log_likelihood_heads(x, missing, batch_size, latents, samples, seed)
-        return result[:, 0] if self.plan.heads == 1 else result
+        return like_input(result[:, 0] if self.plan.heads == 1 else result, x, self.dtype)
 
     def _log_likelihood_heads(self, x: Any, missing: Any = None, batch_size: int = 1024, latents: Any = None,
                               samples: int | None = None, seed: int | None = None) -> np.ndarray:
@@ -318,7 +372,7 @@ class Model:
         out = [self.backend.log_likelihood(self.params, batch, max_product=True, **next(noise))
                for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents)]
         result = np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
-        return result[:, 0] if self.plan.heads == 1 else result
+        return like_input(result[:, 0] if self.plan.heads == 1 else result, evidence, self.dtype)
 
     def latent_posterior(self, x: Any, missing: Any = None, latents: Any = None, head: int = 0,
                          batch_size: int = 1024) -> list[np.ndarray]:
@@ -340,8 +394,8 @@ class Model:
             heads = np.full(len(batch.values), head)
             for j, posterior in enumerate(self.backend.latent_posterior(self.params, batch, heads)):
                 out[j].append(posterior)
-        return [np.concatenate(parts, 0) if parts else np.zeros((0, slot.states))
-                for parts, slot in zip(out, self.plan.latents)]
+        return like_input([np.concatenate(parts, 0) if parts else np.zeros((0, slot.states))
+                           for parts, slot in zip(out, self.plan.latents)], x, self.dtype)
 
     def flows(self, x: Any, heads: Any = None, missing: Any = None, latents: Any = None,
               batch_size: int = 1024) -> "Flows":
@@ -375,11 +429,12 @@ class Model:
 
     def conditional_log_likelihood(self, x: Any, evidence: Any, batch_size: int = 1024) -> np.ndarray:
         """log p(x | evidence) = log p(x) − log p(evidence); ``evidence`` is a mask of given columns."""
-        x = as_rows(x, "x")
+        rows = as_rows(x, "x")
         given = as_rows(evidence, "evidence").astype(bool)
-        if given.shape != x.shape:
-            raise DataError(f"evidence: a mask of shape {given.shape}; expected the shape of x, {x.shape}")
-        return self.log_likelihood(x, batch_size=batch_size) - self.log_likelihood(x, missing=~given, batch_size=batch_size)
+        if given.shape != rows.shape:
+            raise DataError(f"evidence: a mask of shape {given.shape}; expected the shape of x, {rows.shape}")
+        return like_input(self.log_likelihood(rows, batch_size=batch_size)
+                          - self.log_likelihood(rows, missing=~given, batch_size=batch_size), x, self.dtype)
 
     def sample(self, n: int | None = None, evidence: Any = None, seed: int | None = None,
                head: int = 0, leaf_value: str = "sample", batch_size: int = 4096, latents: Any = None) -> np.ndarray:
@@ -395,7 +450,8 @@ class Model:
         if n is None and evidence is None and latents is not None:
             n = _rows(latents)
         evidence_array = self._evidence(n, evidence)
-        return self._backtrack(evidence_array, False, leaf_value, head, seed, batch_size, latents)
+        return like_input(self._backtrack(evidence_array, False, leaf_value, head, seed, batch_size, latents), evidence,
+                          self.dtype)
 
     def mpe(self, evidence: Any = None, n: int | None = None, head: int = 0, batch_size: int = 4096,
             latents: Any = None) -> np.ndarray:
@@ -408,7 +464,8 @@ class Model:
         if n is None and evidence is None and latents is not None:
             n = _rows(latents)
         evidence_array = self._evidence(1 if n is None else n, evidence)  # n is used only without evidence
-        return self._backtrack(evidence_array, True, "mode", head, 0, batch_size, latents)
+        return like_input(self._backtrack(evidence_array, True, "mode", head, 0, batch_size, latents), evidence,
+                          self.dtype)
 
     def _evidence(self, n: int | None, evidence: Any) -> np.ndarray:
         if evidence is None:
@@ -537,7 +594,7 @@ class Model:
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict[str, Any]:
         """What a model file records besides the parameters: the circuit source and settings."""
-        return {
+        meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "source": self.source,
@@ -545,6 +602,9 @@ class Model:
             "dtype": self.dtype,
             "seed": self.seed,
         }
+        if self.overrides:  # e.g. einc train --sums 5: the source says another K
+            meta["overrides"] = dict(self.overrides)
+        return meta
 
     def archive_arrays(self, params: dict[str, np.ndarray] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
         """The arrays of a model file under ``prefix``: metadata, parameters and training state.

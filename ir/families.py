@@ -79,7 +79,9 @@ class FamilyRule:
     mean: Callable[[Any, Any, LeafFamily], Any]  # φ (..., t) -> E[x] (...)
     sample: Callable[[Any, Any, LeafFamily], Any]  # (sampler, φ (..., t)) -> x (...)
     init: Callable[[np.random.Generator, tuple[int, ...], LeafFamily, Domain], np.ndarray]
-    valid_values: Callable[[np.ndarray, LeafFamily, Domain], np.ndarray]  # host-side domain check
+    # the domain check, elementwise: (xp, x (...), spec, domain) -> bool (...); NumPy for data read
+    # by einc, torch for CircuitModule.forward (so a tensor is checked where it lives)
+    valid_values: Callable[[Any, Any, LeafFamily, Domain], Any]
     domain_text: Callable[[LeafFamily, Domain], str]
     # unconstrained reparameterisation for gradient training: φ = constrained(unconstrained(φ))
     unconstrained: Callable[[Any, Any, LeafFamily], Any]  # φ (..., t) -> u (..., t')
@@ -171,15 +173,15 @@ def _binomial_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafF
     return (_binomial_n(spec) * rng.uniform(0.2, 0.8, size=shape))[..., None]
 
 
-def _integer_values(x: np.ndarray, high: float | None) -> np.ndarray:
-    ok = np.isfinite(x) & (x >= 0) & (np.floor(x) == x)
+def _integer_values(xp: Any, x: Any, high: float | None) -> Any:
+    ok = xp.isfinite(x) & (x >= 0) & (xp.floor(x) == x)
     if high is not None:
         ok &= x <= high
     return ok
 
 
-def _binomial_valid(x: np.ndarray, spec: LeafFamily, domain: Domain) -> np.ndarray:
-    return _integer_values(x, _binomial_n(spec))
+def _binomial_valid(xp: Any, x: Any, spec: LeafFamily, domain: Domain) -> Any:
+    return _integer_values(xp, x, _binomial_n(spec))
 
 
 def _binomial_domain_text(spec: LeafFamily, domain: Domain) -> str:
@@ -235,8 +237,8 @@ def _categorical_init(rng: np.random.Generator, shape: tuple[int, ...], spec: Le
     return raw / raw.sum(-1, keepdims=True)
 
 
-def _categorical_valid(x: np.ndarray, spec: LeafFamily, domain: Domain) -> np.ndarray:
-    return _integer_values(x, _categories(domain) - 1)
+def _categorical_valid(xp: Any, x: Any, spec: LeafFamily, domain: Domain) -> Any:
+    return _integer_values(xp, x, _categories(domain) - 1)
 
 
 def _categorical_domain_text(spec: LeafFamily, domain: Domain) -> str:
@@ -315,8 +317,8 @@ def _normal_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFam
     return np.stack([mu, mu * mu + var], -1)
 
 
-def _normal_valid(x: np.ndarray, spec: LeafFamily, domain: Domain) -> np.ndarray:
-    return np.isfinite(x)
+def _normal_valid(xp: Any, x: Any, spec: LeafFamily, domain: Domain) -> Any:
+    return xp.isfinite(x)
 
 
 # ---------------------------------------------------------------- poisson
@@ -352,9 +354,9 @@ def _poisson_init(rng: np.random.Generator, shape: tuple[int, ...], spec: LeafFa
     return rng.uniform(0.5, 5.0, size=shape)[..., None]
 
 
-def _poisson_valid(x: np.ndarray, spec: LeafFamily, domain: Domain) -> np.ndarray:
+def _poisson_valid(xp: Any, x: Any, spec: LeafFamily, domain: Domain) -> Any:
     high = _categories(domain) - 1 if domain.kind in ("binary", "categorical") else None
-    return _integer_values(x, high)
+    return _integer_values(xp, x, high)
 
 
 def _poisson_domain_text(spec: LeafFamily, domain: Domain) -> str:

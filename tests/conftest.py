@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,19 @@ GOLDEN_DIR = Path(__file__).parent / "golden"
 # which is read when a kernel is defined: set it before any test imports one.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests write only into temporary folders: whatever defaults to the user's home (the data
+    cache ~/.cache/einc, downloads, Triton's cache) goes to a fresh HOME, for this process and
+    every command a test starts. A test that means to use a cache passes its own folder."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        patch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+        patch.delenv("EINC_DATA", raising=False)  # the data folder then defaults inside HOME too
+        yield home
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -101,6 +101,20 @@ def main(directory: Path) -> None:
         np.savez(directory / f"{name}-rank{rank}.npz", valid_ll=np.array(valid),
                  **{f"param/{k}": v for k, v in model.parameters().items()})
     dist.destroy_process_group()
+    # the threads still running once the group is destroyed (gloo's must be gone: see
+    # test_destroying_the_group_stops_gloo_threads)
+    (directory / f"threads-rank{rank}.txt").write_text("\n".join(thread_names()))
+
+
+def thread_names() -> list[str]:
+    """The name of every thread of this process (Linux: /proc/self/task/*/comm)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return names
 
 
 if __name__ == "__main__":

@@ -237,3 +237,20 @@ def test_docstring_examples_run() -> None:
     for module in (dump_module, pipeline_module):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_readme_command_table_shows_what_each_parser_takes() -> None:
+    """Every option in README's "Command line" table exists on its command, and no row shows two
+    options as alternatives (`[--a | --b]`) unless the parser refuses them together."""
+    import re
+
+    section = (ROOT / "README.md").read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    subcommands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
+    rows = re.findall(r"^\| `einc (\S+) ([^`]*)` \|", section, re.MULTILINE)
+    assert {name for name, _ in rows} >= {"check", "compile", "train", "lvd", "sample", "eval", "query"}
+    for name, usage in rows:
+        known = {flag for action in subcommands[name]._actions for flag in action.option_strings}
+        shown = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", usage))
+        assert shown <= known, (name, sorted(shown - known))
+        for first, second in re.findall(r"\[(--[\w-]+)[^\]|]*\\\|\s*(--[\w-]+)", usage):
+            pytest.fail(f"einc {name}: README shows {first} and {second} as alternatives")

@@ -367,6 +367,30 @@ def test_vae_module_trains_on_cuda() -> None:
     assert np.isfinite(after) and after > before + 3.0
 
 
+def test_module_cuda_and_cpu_move_the_model() -> None:
+    """``model.module().cuda()`` moves the model with it (issue 19): its queries run on the GPU,
+    agree with the CPU, and a torch tensor in gives a CUDA tensor out; ``.cpu()`` comes back."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    import einc
+
+    model = einc.compile("examples/tiny.pc", dtype="float64", seed=0)
+    x = np.array([[0, 1, 1, 0], [1, 1, 0, 0], [np.nan, 0, 1, 1]])
+    expected = model.log_likelihood(x)
+    module = model.module().cuda()
+    assert model.device.startswith("cuda") and all(p.is_cuda for p in module.parameters())
+    np.testing.assert_allclose(model.log_likelihood(x), expected, rtol=1e-12)
+    out = module(torch.as_tensor(x, device="cuda"))
+    assert out.is_cuda
+    np.testing.assert_allclose(out.detach().cpu().numpy(), expected, rtol=1e-12)
+    on_gpu = model.log_likelihood(torch.as_tensor(x, device="cuda"))
+    assert isinstance(on_gpu, torch.Tensor) and on_gpu.is_cuda
+    assert model.sample(4, seed=0).shape == (4, 4)
+    module.cpu()
+    assert model.device == "cpu"
+    np.testing.assert_allclose(model.log_likelihood(x), expected, rtol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["rat-mixed", "tree-mixed", "pd-mixed"])
 def test_cupy_captured_epochs_equal_uncaptured(name: str) -> None:
     """CuPy's EM step captured as one CUDA graph (backends/cupy_graph.py) gives the uncaptured

@@ -413,10 +413,56 @@ def test_a_read_only_file_is_never_replaced(tiny_data: Path, tmp_path: Path, cap
 
 def test_compile_output_in_a_missing_or_impossible_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     nested = tmp_path / "new" / "dir" / "tiny.txt"
-    assert run(["compile", TINY, "-o", str(nested)], capsys)[0] == 0  # missing folders are created
+    code, _, err = run(["compile", TINY, "-o", str(nested)], capsys)  # no folder is created, as cp would not
+    assert_one_clear_error(code, err, f"the folder {nested.parent} does not exist (create it first)")
+    assert not (tmp_path / "new").exists()
+    nested.parent.mkdir(parents=True)
+    assert run(["compile", TINY, "-o", str(nested)], capsys)[0] == 0
     assert nested.read_text().startswith("circuit tiny")
     code, _, err = run(["compile", TINY, "-o", str(nested / "x.txt")], capsys)
     assert_one_clear_error(code, err, "is not a folder")
+
+
+# tiny.pc with a latent variable on its region {A, B}
+TINY_LATENT = Path(TINY).read_text().replace("region left = {A, B}", "region left = {A, B}\nlatent z = left")
+
+
+@pytest.mark.parametrize("command", ["train", "train --stream", "train --mixture", "lvd", "lvd --write-latents",
+                                     "learn-structure", "sample", "eval --per-sample", "save", "checkpoint"])
+def test_every_output_in_a_missing_folder_is_refused_before_any_work(
+        command: str, tiny_data: Path, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-o (and every other file option) naming a folder that does not exist is one clear error
+    before any work, for each command that writes, and the API's save; no folder is created."""
+    missing = tmp_path / "no" / "such"
+    (tmp_path / "latent.pc").write_text(TINY_LATENT)
+    np.save(tmp_path / "z.npy", np.zeros((60, 1), dtype=np.int64))
+    train = ["--data", str(tiny_data), "--epochs", "1"]
+    argv = {
+        "train": ["train", TINY, *train, "-o", str(missing / "m.npz")],
+        "train --stream": ["train", TINY, *train, "--stream", "--cache-dir", str(tmp_path / "c"), "-o",
+                           str(missing / "m.npz")],
+        "train --mixture": ["train", TINY, *train, "--mixture", "2", "-o", str(missing / "m.npz")],
+        "lvd": ["lvd", str(tmp_path / "latent.pc"), *train, "--latents", str(tmp_path / "z.npy"), "-o",
+                str(missing / "m.npz")],
+        "lvd --write-latents": ["lvd", str(tmp_path / "latent.pc"), *train, "--latents", str(tmp_path / "z.npy"),
+                                "--write-latents", str(missing / "z.npy"), "-o", str(tmp_path / "m.npz")],
+        "learn-structure": ["learn-structure", "hclt", "--data", str(tiny_data), "--sums", "2", "-o",
+                            str(missing / "t.pc")],
+        "sample": ["sample", str(tiny_model), "-n", "3", "-o", str(missing / "s.csv")],
+        "eval --per-sample": ["eval", str(tiny_model), "--data", str(tiny_data), "--per-sample",
+                              str(missing / "ll.npy")],
+    }.get(command)
+    if argv is not None:
+        code, out, err = run(argv, capsys)
+        assert_one_clear_error(code, err, "does not exist (create it first)", str(missing.parent / "such"))
+        assert "epoch" not in out and "wrote" not in out and "mean" not in out
+    elif command == "save":
+        with pytest.raises(einc.EincError, match="does not exist"):
+            einc.compile(TINY).save(missing / "m.npz")
+    else:
+        with pytest.raises(einc.EincError, match="does not exist"):
+            einc.compile(TINY).fit(read_data(tiny_data), checkpoint=missing / "m.npz", checkpoint_every=1)
+    assert not (tmp_path / "no").exists() and not (tmp_path / "m.npz").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -214,3 +214,104 @@ def test_the_readme_training_loop_runs(capsys: pytest.CaptureFixture[str], monke
     exec(compile(code.group(1), "README.md", "exec"), {})
     printed = float(capsys.readouterr().out.strip().splitlines()[-1])
     assert -6.3 < printed < -5.9  # the comment's "about -6.05" (-9.6 before training): the model saw the steps
+
+
+# ---------------------------------------------------------------------------------------------
+# .to() / .double() / .half(): the model moves with its module, or nothing moves (issue 19)
+
+
+def test_double_and_float_move_the_model_with_its_module() -> None:
+    model = einc.compile(MIXED, seed=2)  # float32
+    x = _data(12, 1)
+    x[::4, 2] = np.nan
+    reference = einc.compile(MIXED, dtype="float64", seed=2).log_likelihood(x)
+    module = model.module()
+    assert module.double() is module
+    assert (model.dtype, model.device) == ("float64", "cpu")
+    assert all(p.dtype == torch.float64 for p in module.parameters())
+    np.testing.assert_allclose(model.log_likelihood(x), reference, rtol=1e-6)  # float32 parameters, widened
+    out = module(torch.as_tensor(x))
+    assert out.dtype == torch.float64
+    np.testing.assert_allclose(out.detach().numpy(), model.log_likelihood(x), rtol=1e-12)
+    # every query and training run at the new dtype; the module sees the training
+    assert model.sample(5, seed=0).shape == (5, 4)
+    model.fit(x, epochs=1, batch_size=4)
+    model.fit(x, epochs=1, batch_size=4, method="adam")
+    np.testing.assert_allclose(module(torch.as_tensor(x)).detach().numpy(), model.log_likelihood(x), rtol=1e-12)
+    for move in (lambda m: m.float(), lambda m: m.to(torch.float64), lambda m: m.to("cpu", torch.float32)):
+        move(module)
+        assert model.dtype == str(next(module.parameters()).dtype).removeprefix("torch.")
+        assert module(torch.as_tensor(x)).dtype == next(module.parameters()).dtype
+        assert np.all(np.isfinite(model.log_likelihood(x)))
+    assert model.dtype == "float32"
+
+
+@pytest.mark.parametrize("move, message", [
+    (lambda m: m.half(), "float32 or float64, not float16"),
+    (lambda m: m.bfloat16(), "float32 or float64, not bfloat16"),
+    (lambda m: m.to(torch.float16), "float32 or float64, not float16"),
+    (lambda m: m.to("meta"), "'cpu' or 'cuda', not 'meta'"),
+], ids=["half", "bfloat16", "to-float16", "to-meta"])
+def test_unsupported_conversions_are_refused_and_change_nothing(move, message) -> None:
+    model = einc.compile("examples/tiny.pc", seed=0)
+    module = model.module()
+    x = np.zeros((1, 4))
+    before = model.log_likelihood(x)
+    with pytest.raises(einc.BackendError, match=re.escape(message)):
+        move(module)
+    assert (model.dtype, model.device) == ("float32", "cpu")
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in module.parameters())
+    np.testing.assert_array_equal(model.log_likelihood(x), before)
+    np.testing.assert_array_equal(module(torch.zeros(1, 4)).detach().numpy(), before)
+
+
+def test_a_module_inside_a_users_module_moves_with_it() -> None:
+    model = einc.compile("examples/tiny.pc", seed=0)
+    outer = torch.nn.Sequential(torch.nn.Identity(), model.module()).double()
+    assert model.dtype == "float64"
+    np.testing.assert_allclose(outer(torch.zeros(2, 4, dtype=torch.float64)).detach().numpy(),
+                               model.log_likelihood(np.zeros((2, 4))), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# values outside a variable's domain: probability 0, −inf, no NaN in gradients (issue 19)
+
+
+def test_out_of_domain_values_give_minus_infinity_per_row() -> None:
+    model = einc.compile(MIXED, dtype="float64", seed=1)
+    module = model.module()
+    good = _data(8, 3)
+    x = good.copy()
+    x[0, 0] = 3        # binary A = 3
+    x[1, 1] = 1.5      # categorical B, not an integer
+    x[2, 1] = 3        # categorical(3): 0..2
+    x[3, 3] = -1       # a negative count
+    x[4, 2] = np.inf   # a real must be finite
+    x[5, 0] = np.nan   # missing, not out of domain
+    out = module(torch.as_tensor(x))
+    assert out.shape == (8, 2)
+    assert torch.all(out[:5] == -torch.inf)
+    np.testing.assert_allclose(out[5:].detach().numpy(), model.log_likelihood(x[5:]), rtol=1e-12)
+    with pytest.raises(DataError, match="outside the domain"):  # the model's queries still refuse
+        model.log_likelihood(x)
+    # the in-domain rows' gradients are those of the same rows alone, finite
+    def gradients(rows: np.ndarray, keep: slice) -> list[torch.Tensor]:
+        module.zero_grad()
+        module(torch.as_tensor(rows))[keep].sum().backward()
+        return [p.grad.clone() for p in module.parameters()]
+
+    for mixed, alone in zip(gradients(x, slice(5, None)), gradients(x[5:], slice(None))):
+        assert torch.all(torch.isfinite(mixed))
+        torch.testing.assert_close(mixed, alone)
+    module.zero_grad()
+    loss = -module(torch.as_tensor(x)).sum()
+    assert loss.item() == np.inf
+    loss.backward()
+    assert all(torch.all(torch.isfinite(p.grad)) for p in module.parameters())
+
+
+def test_binary_three_is_not_a_finite_log_likelihood() -> None:
+    """The reproduction of issue 19: module()(x) with a binary variable = 3 gave −1.71."""
+    model = einc.compile("examples/tiny.pc", seed=0)
+    out = model.module()(torch.tensor([[3.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 2]]))
+    assert out[0] == -torch.inf and out[2] == -torch.inf and torch.isfinite(out[1])

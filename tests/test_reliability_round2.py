@@ -275,18 +275,24 @@ def test_fuzz_missing_masks_never_traceback(mask: object) -> None:
     assert result.shape == (2,) and not np.isnan(result).any()
 
 
-@pytest.mark.parametrize("convert", ["double", "half", "bfloat16"])
-def test_a_converted_module_is_refused_by_queries_and_save_and_can_be_converted_back(convert: str,
-                                                                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize("convert", [torch.float64, torch.float16, torch.bfloat16])
+def test_tensors_converted_behind_the_modules_back_are_refused_by_queries_and_save(convert: torch.dtype,
+                                                                                    tmp_path: Path) -> None:
+    """``module.double()``/``.to()`` move the model with its module, and ``.half()`` is refused
+    before anything changes (tests/test_module.py, issue 19). Tensors converted without the
+    module knowing (``p.data = ...``) are still caught: every query, ``save`` and ``fit`` refuse
+    them with a message, and converting them back makes the model usable again."""
     model = einc.compile(TINY)
     before = model.log_likelihood(np.zeros((1, 4)))
     model.save(tmp_path / "m.npz")
     module = model.module()
-    getattr(module, convert)()
+    for parameter in module.parameters():
+        parameter.data = parameter.data.to(convert)
     for query in (lambda: model.log_likelihood(np.zeros((1, 4))), lambda: model.sample(2), lambda: model.mpe(n=1),
                   lambda: model.save(tmp_path / "m.npz"), lambda: model.fit(np.zeros((4, 4)), epochs=1)):
         with pytest.raises(EincError, match="module was converted to"):
             query()
     assert np.isfinite(einc.load(tmp_path / "m.npz").log_likelihood(np.zeros((1, 4)))).all()  # file untouched
-    module.float()
+    for parameter in module.parameters():
+        parameter.data = parameter.data.float()
     np.testing.assert_allclose(model.log_likelihood(np.zeros((1, 4))), before, rtol=1e-2)

@@ -113,7 +113,38 @@ def test_csv_errors_name_the_line_in_a_later_chunk(tmp_path, small_chunks):
     (tmp_path / "bad.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"bad\.csv:161: the row has 2 columns; expected 3"):
         open_rows(tmp_path / "bad.csv", tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # no partial cache, no lock file
+
+
+def test_builders_take_turns_and_leave_no_lock_file(tmp_path, small_chunks):
+    """Workers of one machine building the same cache at once (threads here: each opens the lock
+    file itself, so flock excludes them as it does processes) get one cache; the lock file is gone."""
+    import threading
+
+    x = (np.random.default_rng(5).random((300, 4)) < 0.5).astype(float)
+    _write_csv(tmp_path / "x.csv", x)
+    results, errors = [], []
+
+    def build() -> None:
+        try:
+            source = open_rows(tmp_path / "x.csv", tmp_path / "cache")
+            with source.window(0, source.num_rows) as rows:
+                results.append((source.path, rows.astype(np.float64).copy()))
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 4
+    assert len({path for path, _ in results}) == 1
+    for _, rows in results:
+        assert np.array_equal(rows, x)
+    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert not [name for name in names if name.endswith(".lock")], names
+    assert len(names) == 2  # the .npy cache and its .lines map
 
 
 def test_cache_is_reused_and_rebuilt_when_the_file_changes(tmp_path):
@@ -135,3 +166,13 @@ def test_npz_arrays_are_streamed_into_the_cache(tmp_path, small_chunks):
         assert np.array_equal(rows, x)
     with pytest.raises(DataError, match="no array 'y'; the file has other, x"):
         open_rows(f"{tmp_path / 'd.npz'}:y", tmp_path / "cache")
+
+
+def test_tests_cache_into_a_temporary_home(tmp_path, tmp_path_factory):
+    """conftest.py gives the suite (and the commands it starts) a temporary HOME: a source
+    streamed without --cache-dir lands there, never in the user's ~/.cache/einc."""
+    home = Path(os.environ["HOME"])
+    assert home.is_relative_to(tmp_path_factory.getbasetemp())
+    np.savetxt(tmp_path / "x.csv", np.zeros((3, 2)), delimiter=",")
+    source = open_rows(tmp_path / "x.csv")
+    assert source.path.is_relative_to(home / ".cache" / "einc") and einc.train.rows.default_cache_dir() == home / ".cache" / "einc"

@@ -294,7 +294,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         estimated = "" if model.exact else (f" (an estimate: IWAE estimates of each p({target} = v, evidence) with "
                                             f"{DEFAULT_QUERY_SAMPLES} samples per vae leaf, normalised over the "
                                             f"values of {target})")
-        print(f"P({model.columns[column]} | evidence){estimated}:")
+        given = ", ".join(f"{name}={value:g}" for name, value in zip(model.columns, evidence) if not np.isnan(value))
+        print(f"P({model.columns[column]}{f' | {given}' if given else ''}){estimated}:")  # P(C | A=1), P(C)
         for level, probability in zip(levels, probabilities):
             print(f"  {int(level)}: {probability:.6f}")
     return 0

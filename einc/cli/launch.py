@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -149,15 +150,20 @@ def _preflight(args: argparse.Namespace) -> None:
 def launch_local(args: argparse.Namespace, nproc: int) -> int:
     """Run this ``einc train`` command as ``nproc`` workers on this machine (torch elastic, as
     ``torchrun --standalone --nproc-per-node nproc`` would); return 0 or raise ``WorkersFailed``."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"einc-{uuid.uuid4().hex[:12]}",
-                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1)
     before = _file_state(args.output)
+    # the launcher's folder (its log specs and each worker's error file), removed after the run,
+    # failed or not; left to itself torch makes a /tmp/torchelastic_* folder per run and keeps it
+    logs = tempfile.TemporaryDirectory(prefix="einc-launch-")
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"einc-{uuid.uuid4().hex[:12]}",
+                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
+                          logs_specs=DefaultLogsSpecs(log_dir=logs.name))
     try:
-        with _quiet_launcher_logs():
+        with logs, _quiet_launcher_logs():
             elastic_launch(config, sys.executable)("-m", "einc", *arguments_of("train", TRAIN_ARGS, args))
     except SignalException as error:  # the launcher was interrupted; the agent stopped the workers
         if error.sigval == signal.SIGINT:

@@ -199,6 +199,7 @@ def arguments_of(name: str, options: Sequence[Arg], args: argparse.Namespace) ->
 TRAIN_ARGS: tuple[Arg, ...] = (
     *NEW_MODEL_OPTIONS,
     FILE,
+    *K_OPTIONS,  # as check and compile take them (the model file records them)
     TRAIN_DATA,
     Arg(("--valid",), {"metavar": "V", "help": "validation data: keep the best epoch on it"}),
     TEST_DATA,

@@ -460,7 +460,7 @@ def _check_group(group: _ColumnGroup, values: np.ndarray, observed: np.ndarray,
         raise DataError(f"{where(int(row), column)} (variable {group.names[offset]}): value "
                         f"{block[row, offset]:g} {problem}")
 
-    bad = seen & ~rule.valid_values(block, group.family, group.domain)
+    bad = seen & ~rule.valid_values(np, block, group.family, group.domain)
     if bad.any():
         fail(bad, f"is outside the domain; expected {rule.domain_text(group.family, group.domain)}")
     if group.domain.kind != "real":

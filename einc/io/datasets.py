@@ -140,6 +140,7 @@ def read_mnist(path: Path) -> dict[str, np.ndarray]:
 def convert_mnist(dataset: Dataset, downloads: dict[str, Path], result: Path) -> None:
     arrays = mnist_arrays(downloads)
     _check_content(dataset, arrays)
+    result.parent.mkdir(parents=True, exist_ok=True)  # the data folder is einc's own (atomic_write makes none)
     atomic_write(result, lambda stream: np.savez_compressed(stream, **arrays))
 
 

@@ -1,8 +1,9 @@
 """Files einc writes: checked before the work that fills them, written atomically.
 
 ``check_writable`` answers, before a long computation, whether its result could be written: the
-target is not a folder, an existing file there is not read-only, and the folder exists (or can be
-created) and accepts a new file. ``atomic_write`` then writes to a temporary file beside the
+target is not a folder, an existing file there is not read-only, and the folder exists and accepts
+a new file (a missing folder is an error, as for ``cp`` and ``torch.save``: a mistyped path
+should not become a new tree of folders). ``atomic_write`` then writes to a temporary file beside the
 target, fsyncs and renames it: a crash or an error mid-write never leaves a half-written file and
 never destroys the previous file of that name. Every error is an ``OutputError`` (a ``DataError``)
 naming the path.
@@ -30,8 +31,7 @@ ARRAY_SUFFIXES = (".csv", ".npy", ".npz")
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Raise ``OutputError`` unless a file could be written at ``path`` now; return it as a Path.
 
-    Nothing is left behind: the folder is probed with a temporary file that is removed at once,
-    and missing folders are only checked (their nearest existing ancestor must accept them).
+    Nothing is left behind: the folder is probed with a temporary file that is removed at once.
     """
     target = Path(path)
     text = str(path)
@@ -41,23 +41,30 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
         raise OutputError(f"{text}: is a directory; expected a file name for the {what}")
     if target.exists() or target.is_symlink():
         _check_replaceable(target, what)
-    folder = target.parent if str(target.parent) else Path(".")
-    existing = folder
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(f"{text}: cannot write the {what}: {existing} is not a folder")
+    folder = _existing_folder(target, what)
     try:
-        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=existing)
+        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
     except OSError as error:
         raise OutputError(
-            f"{text}: cannot write the {what} in {existing}: {error.strerror or error}"
+            f"{text}: cannot write the {what} in {folder}: {error.strerror or error}"
         ) from None
     os.close(handle)
     os.unlink(probe)
     return target
+
+
+def _existing_folder(target: Path, what: str) -> Path:
+    """The folder ``target`` goes in, or ``OutputError`` when it is missing or not a folder."""
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        ancestor = folder
+        while not ancestor.exists() and ancestor.parent != ancestor:
+            ancestor = ancestor.parent
+        if ancestor.exists() and not ancestor.is_dir():
+            raise OutputError(f"{target}: cannot write the {what}: {ancestor} is not a folder")
+        raise OutputError(f"{target}: cannot write the {what}: the folder {folder} does not exist "
+                          f"(create it first)")
+    return folder
 
 
 def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
@@ -129,9 +136,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         _check_replaceable(target, "output")
     if target.is_dir():
         raise OutputError(f"{target}: is a directory; expected a file name")
-    directory = target.parent if str(target.parent) else Path(".")
+    directory = _existing_folder(target, "output")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     except OSError as error:
         raise OutputError(f"{target}: cannot write it: {error.strerror or error}") from None

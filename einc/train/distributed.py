@@ -35,6 +35,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+# Imported here, before any process group exists, for its side effect: its functions take
+# ``group=group.WORLD`` as a default argument, evaluated when the module is first imported. torch.optim
+# imports it lazily (through torch._dynamo) the first time an optimiser is built — after
+# ``init_process_group`` on the Adam path — and those defaults then keep the default group alive past
+# ``destroy_process_group``: gloo's worker threads survive into interpreter shutdown, where one that
+# releases a tensor takes the GIL and the process aborts ("terminate called without an active
+# exception", SIGABRT; about 1 run in 3 of tests/test_distributed.py). Imported first, the defaults
+# are None (the group is looked up at call time) and destroy_process_group joins the threads.
+if dist.is_available():
+    import torch.distributed.nn.functional  # noqa: F401  (see above)
+
 from einc.backends.base import Batch, Statistics
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.io.data import prepare, prepare_labels

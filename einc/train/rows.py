@@ -18,6 +18,7 @@ read ``train.csv:12:3 (variable C): ...`` as for a file loaded whole.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gzip
 import hashlib
@@ -239,8 +240,7 @@ def cached_npy(found: DataFile, cache_dir: Path, columns: Sequence[str] | None =
                         f"choose another with --cache-dir") from None
     target = cache_dir / f"{stem}-{digest}.npy"
     lines = target.with_name(target.name + ".lines") if found.format != "npz" else None
-    with open(cache_dir / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with _exclusive(cache_dir / f".{target.name}.lock"):
         present = target.exists() and (lines is None or lines.exists())
         if not present or _cache_problem(target, lines) is not None:
             # missing, or damaged since it was written (truncated, a bad header, a bad line map):
@@ -257,6 +257,31 @@ def cached_npy(found: DataFile, cache_dir: Path, columns: Sequence[str] | None =
                 raise DataError(f"{label}: its cache entry {target} is unusable even after rebuilding it "
                                 f"({problem}); delete it, or choose another --cache-dir")
     return target, None if lines is None else np.load(lines, allow_pickle=False)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if need be) and remove it afterwards.
+
+    The file is removed while still locked; a process that was waiting on it then holds a lock
+    on a file no longer at ``path``, sees that, and locks whatever is at ``path`` now, so two
+    holders never overlap and no lock file is left behind.
+    """
+    while True:
+        handle = open(path, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:  # removed by the holder we waited for
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        handle.close()
 
 
 def _cache_problem(target: Path, lines: Path | None) -> str | None:
