@@ -19,10 +19,10 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed
-	$(PY) -m einc.demo
+	$(PY) examples/demo.py
 
 demo-images: $(VENV)/.installed
-	$(PY) -m einc.demo_images
+	$(PY) examples/demo_images.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -35,7 +35,6 @@ from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
 from einc.backends.input_layer import leaf_features as shared_leaf_features
 from einc.backends.latents import log_mask
-from einc.compiler.backward import derive_backward
 from einc.ir.backward_plan import (
     BackwardPlan,
     EinsumBackward,
@@ -43,7 +42,7 @@ from einc.ir.backward_plan import (
     InputBackward,
     MixingBackward,
 )
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from einc.ir.families import ZERO_PROBABILITY
 from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Operand, Plan, RowRange, VaeOp
 
@@ -206,8 +205,12 @@ class ArrayBackend:
         self.plan = plan
         self.dtype = np.dtype(dtype)
         self.num_columns = plan.graph.num_columns
-        # compile time for this backend: the reverse-mode steps of the plan (EM without autograd)
-        self.backward = backward if backward is not None else derive_backward(plan)
+        # the reverse-mode steps of the plan (EM without autograd), derived by the compiler
+        backward = backward if backward is not None else plan.backward
+        if backward is None:
+            raise BackendError(f"the {self.name} backend needs the plan's backward steps, which this plan "
+                               f"lacks (its op kinds are trained by autograd: use the torch backend)")
+        self.backward = backward
         # data column indices per family block; padding (-1) points at the extra all-zero column
         self.columns: dict[str, Any] = {}
         self.valid: dict[str, Any] = {}

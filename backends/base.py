@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from einc.ir.plan import Plan
 
 Params = dict[str, Any]  # parameter name -> backend array

@@ -29,7 +29,7 @@ from einc.backends.torch_ops import (
     vae,
 )
 from einc.backends.torch_ops import input as input_op
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from einc.ir.families import ZERO_PROBABILITY
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
 from einc.backends.torch_reads import PassValues, ReadPlan

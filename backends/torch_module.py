@@ -32,7 +32,7 @@ import torch
 from einc.backends.base import Batch, Params
 from einc.backends.denormals import flushed
 from einc.backends.torch_ops import Noise
-from einc.ir.diagnostics import DataError
+from einc.errors import DataError
 from einc.ir.families import family_rule
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import ParamSpec

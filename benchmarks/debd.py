@@ -24,7 +24,7 @@ Progress goes to stderr (one line per epoch); the tables go to ``benchmarks/resu
 ``benchmarks/results/debd.json``.
 
 The HCLT arm (``--arm hclt``, issue 8): hidden Chow-Liu trees learned from each training split by
-``einc.structure_learning`` (the ``einc learn-structure hclt`` of the CLI), K hidden states per
+``einc.tools.structure_learning`` (the ``einc learn-structure hclt`` of the CLI), K hidden states per
 tree node, element-wise products; the same protocol — online EM then full-batch EM, each stopped
 on valid, model selection over K on valid — with its own recipe (larger batches and steps and a
 pseudocount, as HCLT training uses). Its tables go to ``benchmarks/results/debd_hclt.{md,json}``
@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 import torch
 from einc.backends.base import Batch
-from einc.files import atomic_write
+from einc.io.files import atomic_write
 
 import einc
-from einc.data import load_array, prepare
+from einc.io.data import load_array, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ("nltcs", "plants", "baudio", "bnetflix", "accidents", "pumsb_star")
@@ -471,7 +471,7 @@ def main_hclt(args: argparse.Namespace, datasets: list[str], data: dict[str, dic
               reference_path: Path, meta: dict[str, Any], started: float) -> int:
     """Learn each dataset's Chow-Liu tree once, train an HCLT for every K (the largest first for
     every dataset, then the rest while the budget lasts), select K on valid."""
-    from einc.structure_learning import learn_structure
+    from einc.tools.structure_learning import learn_structure
 
     deadline = started + 60.0 * args.budget_minutes
     sizes = sorted({int(k) for k in args.hclt_sums.split(",") if k.strip()}, reverse=True)

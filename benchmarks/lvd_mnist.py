@@ -47,8 +47,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import einc
-from einc import lvd
-from einc.files import atomic_write
+from einc.train import lvd
+from einc.io.files import atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples" / "lvd"))

@@ -4,7 +4,7 @@
     python benchmarks/mnist_hclt.py --device cuda --sums 32 --epochs 350 --budget-minutes 600
 
 Protocol: the last 5,000 training images are the validation split; the tree is learned by
-``einc.structure_learning`` (``einc learn-structure hclt --variables examples/mnist_categorical.pc``)
+``einc.tools.structure_learning`` (``einc learn-structure hclt --variables examples/mnist_categorical.pc``)
 from at most ``--tree-rows`` of the other 55,000, with ``--bins`` equal-width grey-level bins; the
 HCLT is trained by stochastic online EM (the torch backend's resident-data epoch: one captured
 CUDA graph per batch on a GPU), the parameters of the best validation epoch are kept, and the
@@ -31,9 +31,9 @@ import torch
 
 import einc
 from einc.backends.base import Batch
-from einc.data import prepare
-from einc.files import atomic_write
-from einc.structure_learning import learn_structure
+from einc.io.data import prepare
+from einc.io.files import atomic_write
+from einc.tools.structure_learning import learn_structure
 from plots import curve_png
 
 import records  # benchmarks/records.py

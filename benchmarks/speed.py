@@ -87,7 +87,7 @@ def measure(config: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
     from einc.backends.base import Batch
 
     import einc
-    from einc.data import prepare
+    from einc.io.data import prepare
 
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")

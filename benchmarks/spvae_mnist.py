@@ -47,8 +47,8 @@ import torch.nn.functional as F
 
 import einc
 from einc.backends.torch_ops.vae import DECODER_LOG_DENSITIES, MIN_STD
-from einc.files import atomic_write
-from einc.images import grid, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png, to_images
+from einc.io.files import atomic_write
+from einc.io.images import grid, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png, to_images
 from einc.ir.neural import VaeSpec
 from einc.ir.plan import VaeOp
 from plots import curve_png

@@ -32,9 +32,9 @@ CASES = {
 _CHILD = """
 import json, sys, time
 import torch
-from einc.commands import choose_threads
+from einc.cli.session import choose_threads
 import einc
-from einc.data import read_data
+from einc.io.data import read_data
 circuit, data, rows, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 model = einc.compile(circuit, seed=0)
 count = choose_threads(threads, model.plan)

@@ -25,7 +25,7 @@ from einc.ir.backward_plan import (
     LeafGradient,
     MixingBackward,
 )
-from einc.ir.diagnostics import BackendError, EincError
+from einc.errors import BackendError, EincError
 from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Op, Plan, VaeOp
 
 
@@ -155,7 +155,7 @@ def _hadamard_rule(plan: Plan, index: int, op: HadamardOp, batch: int) -> Hadama
 
 def _vae_rule(plan: Plan, index: int, op: VaeOp, batch: int) -> BackwardStep:
     # networks have no derived backward plan: their gradients are torch autograd's
-    raise BackendError(op.backend_problem("numpy") or f"no backward plan for {op.name}")
+    raise BackendError(f"the {op.kind} op '{op.name}' has no derived backward steps: {op.backend_reason or 'its gradients come from autograd'}")
 
 
 BACKWARD_RULES: dict[type, Callable[[Plan, int, Op, int], BackwardStep]] = {

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import math
 
 import opt_einsum
 
+from einc.compiler.backward import derive_backward
 from einc.compiler.kernels import einsum_kernel
 from einc.ir.families import family_rule
 from einc.ir.layers import LayeredCircuit, SumLayer
@@ -193,7 +194,7 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
         LatentSlot(latent.name, latent.region, *location[latent.region], k_of(latent.region))
         for latent in graph.latents
     )
-    return Plan(
+    plan = Plan(
         graph=graph,
         ops=tuple(ops),
         params=tuple(params),
@@ -202,6 +203,10 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
         region_rows=region_rows,
         latents=latents,
     )
+    # the reverse-mode steps EM without autograd runs (array backends): derived here, at compile
+    # time, so a backend only interprets them; None where an op kind has no derived backward
+    # (neural leaves: their gradients are autograd's)
+    return replace(plan, backward=derive_backward(plan) if plan.trained_by_em else None)
 
 
 def _canonical(item: Item) -> tuple:

@@ -23,13 +23,8 @@ from einc.compiler.layering import layer
 from einc.compiler.lower import lower
 from einc.compiler.verify import verify
 from einc.grammar.parser import parse
-from einc.ir.diagnostics import (
-    Diagnostic,
-    EincError,
-    PcSemanticError,
-    ResourceError,
-    StructureError,
-)
+from einc.ir.diagnostics import Diagnostic, EincError, PcSemanticError, StructureError
+from einc.errors import ResourceError
 from einc.ir.layers import LayeredCircuit
 from einc.ir.plan import Plan
 from einc.ir.region_graph import RegionGraph

@@ -8,22 +8,12 @@
 
 from einc.backends.base import available_backends
 from einc.compiler.pipeline import CompileOptions
-from einc.ir.diagnostics import (
-    BackendError,
-    DataError,
-    EincError,
-    ModelFileError,
-    OutputError,
-    PcSemanticError,
-    PcSyntaxError,
-    ResourceError,
-    StructureError,
-    TrainingError,
-)
-from einc.compare import BackendReport, compare_backends
-from einc.compiler.pipeline import CompileOptions
+from einc.ir.diagnostics import EincError, PcSemanticError, PcSyntaxError, StructureError
+from einc.errors import BackendError, DataError, ModelFileError, OutputError, ResourceError, TrainingError
+from einc.tools.compare import BackendReport, compare_backends
 from einc.mixture import MixtureModel, fit_mixture
-from einc.model import Model, compile, load
+from einc.loading import load
+from einc.model import Model, compile
 
 __version__ = "0.1.0"
 

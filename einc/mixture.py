@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from einc.compiler.pipeline import CompileOptions
-from einc.data import as_rows
+from einc.io.data import as_rows
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
-from einc.files import atomic_write
-from einc.ir.diagnostics import EincError, ModelFileError
+from einc.io.files import atomic_write
+from einc.errors import EincError, ModelFileError
 from einc.model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -35,6 +35,7 @@ from einc.model import (
     EpochRecord,
     Model,
     compile,
+    model_from_archive,
 )
 
 FORMAT = "einc-mixture"
@@ -176,8 +177,6 @@ class MixtureModel:
 def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str, dtype: str | None,
                  options: CompileOptions | None = None) -> MixtureModel:
     """The mixture of an open model archive, every component and weight checked (see ``load``)."""
-    from einc.model import model_from_archive
-
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: mixture format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
     count, weights = meta.get("components"), meta.get("weights")

@@ -2,69 +2,54 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from einc.backends.base import Batch, Params, Statistics, create_backend
+from einc.backends.base import Batch, Params, create_backend
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
-from einc.data import as_rows, prepare, prepare_labels, prepare_latents
-from einc.files import atomic_write, check_writable
-from einc.ir.diagnostics import DataError, EincError, ModelFileError, ResourceError, TrainingError
+from einc.io.data import as_rows, prepare, prepare_labels, prepare_latents
+from einc.archive import (
+    FORMAT,
+    FORMAT_VERSION,
+    READABLE_VERSIONS,
+    file_error,
+    meta_field,
+    model_arrays,
+    read_meta,
+    read_parameters,
+    read_training_state,
+)
+from einc.io.files import atomic_write, check_writable
+from einc.errors import DataError, EincError, ModelFileError, ResourceError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
-
-FORMAT = "einc-model"
-# 2: circuits may have neural (vae) leaves, whose network weights are stored as parameters like
-# any other; version 1 files (no neural leaves) read unchanged
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-
-# One training recipe for the API, the CLI and mixtures: the one the DEBD benchmark selected
-# (benchmarks/README.md, "Training recipe"): online EM with batch 100 and step size 0.05.
-DEFAULT_EPOCHS = 10
-DEFAULT_BATCH_SIZE = 100
-DEFAULT_STEP_SIZE = 0.05
-DEFAULT_LEARNING_RATE = 0.01  # Adam (method="adam")
+# the one training recipe of the API, the CLI and mixtures (README: einc.model.DEFAULT_*)
+from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
+from einc.train.loop import EpochRecord, Hooks, Options, Run, TrainingState
+from einc.train.loop import train as train_epochs
+from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int, checked_order
+from einc.train.steps import ResidentAdam, memory_em
 
 
-@dataclass(frozen=True)
-class EpochRecord:
-    epoch: int
-    train_ll: float
-    valid_ll: float | None
-    seconds: float
+
+# With a progress bar, an epoch the backend runs itself is run in this many pieces (of whole
+# batches: the same steps), so that the bar moves.
+PROGRESS_CHUNKS = 50
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS", "DEFAULT_LEARNING_RATE", "DEFAULT_STEP_SIZE", "EpochRecord",
+           "Model", "TrainingState", "compile", "model_from_archive"]
 
 
-@dataclass(frozen=True)
-class TrainingState:
-    """Where training stands after a completed epoch: enough to continue it exactly.
-
-    ``fit`` keeps it in ``model.training``; ``save`` writes it with the model and ``load`` reads
-    it back, so ``fit(..., resume=True)`` (CLI: ``einc train --resume MODEL``) continues with the
-    same parameters, batch order and optimiser state as if training had never stopped.
-    """
-
-    epoch: int  # epochs completed
-    params: dict[str, np.ndarray] = field(repr=False)  # after that epoch (not the best ones)
-    rng: dict[str, Any] = field(repr=False)  # the generator that orders each epoch's batches
-    method: str = "em"
-    optimizer: dict[str, np.ndarray] | None = field(default=None, repr=False)  # Adam's moments
-    best_epoch: int | None = None
-    best_valid_ll: float | None = None
-    stale_epochs: int = 0  # epochs since the best validation LL (for patience)
+def _silent(line: str) -> None:
+    pass
 
 
 def _read_source(source_or_path: str | os.PathLike) -> tuple[str, str]:
@@ -109,16 +94,6 @@ def _rows(latents: Any) -> int:
     """How many samples a ``latents`` array asks for (its rows; a single row if it is flat)."""
     shape = np.shape(latents)
     return int(shape[0]) if len(shape) >= 1 else 1
-
-
-def _check_positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise EincError(f"{name} must be a whole number of at least 1, found {value!r}")
-
-
-def _check_non_negative_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise EincError(f"{name} must be a whole number of at least 0, found {value!r}")
 
 
 class Model:
@@ -190,7 +165,7 @@ class Model:
             raise EincError(f"model.module() needs the torch backend; this model runs on '{self.backend_name}' "
                             f"(compile or load it with backend='torch')")
         if samples is not None:
-            _check_positive_int(samples, "samples")
+            check_positive_int(samples, "samples")
         if self._module is None:
             self._module = self.backend.module(self._params, samples or DEFAULT_TRAINING_SAMPLES)
         elif samples is not None:
@@ -242,7 +217,7 @@ class Model:
                 f"(CompileOptions(max_bytes=...), --max-memory)"
             )
 
-    def _batch_bytes(self) -> int:
+    def batch_bytes(self) -> int:
         """Bytes one sample occupies while a batch runs: every op's output (forward values,
         their gradients and the autograd copies: about 3 of each) plus the data row."""
         floats = sum(self.plan.op_cost(op)[2] for op in self.plan.ops)
@@ -250,10 +225,10 @@ class Model:
 
     def _batches(self, data: Any, missing: Any, batch_size: int, labels: Any = None,
                  label: str = "data", latents: Any = None) -> Iterator[Batch]:
-        _check_positive_int(batch_size, "batch_size")
+        check_positive_int(batch_size, "batch_size")
         values, observed = prepare(self.graph, data, missing, label, self.dtype)
         rows = min(batch_size, len(values))
-        self.check_memory(rows, self._batch_bytes(), f"a batch of {rows} samples")
+        self.check_memory(rows, self.batch_bytes(), f"a batch of {rows} samples")
         label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
         latent_array = None if latents is None else prepare_latents(self.plan.latents, latents, len(values))
         for start in range(0, len(values), batch_size):
@@ -284,18 +259,18 @@ class Model:
 
     def _log_likelihood_heads(self, x: Any, missing: Any = None, batch_size: int = 1024, latents: Any = None,
                               samples: int | None = None, seed: int | None = None) -> np.ndarray:
-        noise = self._noise_options(samples, seed)
+        noise = self.noise_options(samples, seed)
         out = [self.backend.log_likelihood(self.params, batch, **next(noise))
                for batch in self._batches(x, missing, batch_size, latents=latents)]
         return np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
 
-    def _noise_options(self, samples: int | None, seed: int | None) -> Iterator[dict[str, Any]]:
+    def noise_options(self, samples: int | None, seed: int | None) -> Iterator[dict[str, Any]]:
         """Per batch, the backend options of a stochastic query (none for exact circuits): the
         IWAE samples and a seed drawn from ``seed`` (default the model's), one per batch."""
         if samples is not None:
-            _check_positive_int(samples, "samples")
+            check_positive_int(samples, "samples")
         if seed is not None:
-            _check_non_negative_int(seed, "seed")
+            check_non_negative_int(seed, "seed")
         rng = np.random.default_rng(self.seed if seed is None else seed)
         while True:
             yield {} if self.exact else {"samples": samples, "seed": int(rng.integers(2**31))}
@@ -305,7 +280,7 @@ class Model:
         MPE completion (max-product upward pass); ``latents`` clamps declared latents. With neural
         leaves an approximation: each leaf region contributes its estimated marginal of the
         observed part (README)."""
-        noise = self._noise_options(None, None)
+        noise = self.noise_options(None, None)
         out = [self.backend.log_likelihood(self.params, batch, max_product=True, **next(noise))
                for batch in self._batches(evidence, None, batch_size, label="evidence", latents=latents)]
         result = np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
@@ -375,7 +350,7 @@ class Model:
         if evidence is None:
             if n is None:
                 raise EincError("give n >= 1 samples, or evidence")
-            _check_positive_int(n, "n")
+            check_positive_int(n, "n")
             # the evidence, the prepared values and mask, and the samples returned
             self.check_memory(n, 32 * self.graph.num_columns, f"{n} samples")
             return np.full((n, self.graph.num_columns), np.nan)
@@ -404,7 +379,8 @@ class Model:
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0,
             resume: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT, latents: Any = None,
             valid_latents: Any = None, samples: int = DEFAULT_TRAINING_SAMPLES,
-            batch_order: Callable[[int], np.ndarray] | None = None) -> list[EpochRecord]:
+            batch_order: Callable[[int], np.ndarray] | None = None,
+            on_message: Callable[[str], None] | None = None) -> list[EpochRecord]:
         """Train with EM (paper §3.5). Returns one record per epoch (mean train/valid log-likelihood).
 
         ``update="batch"``: stochastic online EM, an M-step after every mini-batch with step size λ
@@ -425,7 +401,7 @@ class Model:
         plain maximum likelihood).
 
         ``latents`` (N, number of latents; −1 = summed out) trains on (x, z) pairs: EM maximises
-        log p(x, z), the first step of latent variable distillation (``einc.lvd``); the records'
+        log p(x, z), the first step of latent variable distillation (``einc.train.lvd``); the records'
         train LL is then the mean log p(x, z). ``valid_latents`` does the same for ``valid``
         (without it the validation LL is log p(x), every latent summed out).
 
@@ -441,7 +417,16 @@ class Model:
         parameters and ``TrainingError`` is raised.
 
         ``batch_order(epoch)`` (1-based) may give each epoch's row order instead of a fresh random
-        permutation, e.g. ``einc.schedule.Schedule.global_order`` to replay a data-parallel run.
+        permutation, e.g. ``einc.train.schedule.Schedule.global_order`` to replay a data-parallel run.
+
+        ``progress=True`` shows a bar over each epoch's steps (tqdm, on stderr); ``on_epoch(record)``
+        sees every epoch's ``EpochRecord`` (epoch, train LL, valid LL, seconds) as it ends;
+        ``on_message(line)`` gets a line whenever a checkpoint is written or patience stops the run
+        (``einc train`` prints them). The epochs run in ``einc.train.loop.train``, the one loop
+        that ``einc.train.distributed.fit`` and the command line run too.
+
+        >>> history = model.fit(train, valid=valid, epochs=50, patience=3, progress=True,   # doctest: +SKIP
+        ...                     on_epoch=lambda r: print(r.epoch, r.train_ll, r.valid_ll))  # doctest: +SKIP
         """
         options = self.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
                                               learning_rate=learning_rate, patience=patience,
@@ -452,7 +437,7 @@ class Model:
         if len(values) == 0:
             raise DataError("train: no training samples")
         rows = min(batch_size, len(values))
-        self.check_memory(rows, self._batch_bytes(), f"a training batch of {rows} samples")
+        self.check_memory(rows, self.batch_bytes(), f"a training batch of {rows} samples")
         label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
         latent_array = None if latents is None else prepare_latents(self.plan.latents, latents, len(values))
         if valid_latents is not None and valid is None:
@@ -469,94 +454,62 @@ class Model:
             validation = (valid_values, valid_observed, valid_label_array, valid_latent_array)
         if checkpoint is not None:
             check_writable(checkpoint, "checkpoint")
-        run = _Run.start(self, resume, method, seed, validation is not None and keep_best)
+        if resume and self.training is None:
+            raise EincError("nothing to resume: this model holds no training state (train it with fit first)")
+        run = Run.start(self, self.training if resume else None, method, self.seed if seed is None else seed,
+                        validation is not None and keep_best)
 
-        # a backend may run whole epochs of stochastic EM itself (data resident on its device)
-        fast = update == "batch" and hasattr(self.backend, "train_epoch")
-        resident = (self.backend.upload(values, observed, label_array, latent_array)
-                    if fast or method == "adam" else None)
-        trainer = None
+        def order(epoch: int, rng: np.random.Generator) -> np.ndarray:
+            if batch_order is None:
+                return rng.permutation(len(values))
+            return checked_order(batch_order(epoch), len(values))
+
+        steps: Any
         if method == "adam":
+            # the module holds the parameters: the model sees every step
             trainer = self.backend.gradient_trainer(self.module(samples), learning_rate)
             if run.optimizer is not None:
                 trainer.load_state(run.optimizer)
+            resident = self.backend.upload(values, observed, label_array, latent_array)
+            steps = ResidentAdam(trainer, resident, len(values), batch_size, not self.exact, order)
+        else:
+            steps = memory_em(self, self.backend, values, observed, label_array, latent_array, batch_size, update,
+                              step_size, pseudocount, order, chunks=PROGRESS_CHUNKS if progress else 1)
         # neural leaves: every epoch's train/valid estimates use the same noise (and k)
         evaluation = {} if self.exact else {"samples": samples, "seed": int(self.seed)}
-        history: list[EpochRecord] = []
-        epochs_range: Any = range(run.epoch + 1, epochs + 1)
-        if progress:
-            from tqdm import tqdm
 
-            epochs_range = tqdm(epochs_range, desc="training", unit="epoch", leave=False)
-        try:
-            for epoch in epochs_range:
-                started = time.perf_counter()
-                order = (run.rng.permutation(len(values)) if batch_order is None
-                         else _checked_order(batch_order(epoch), len(values)))
-                if trainer is not None:
-                    # the module holds the parameters: the model sees every step
-                    noise_seed = None if self.exact else int(run.rng.integers(2**31))
-                    trainer.epoch(resident, order, batch_size, noise_seed)
-                elif fast:
-                    self.params, _ = self.backend.train_epoch(self.params, resident, order, batch_size, step_size,
-                                                              pseudocount)
-                else:
-                    self._em_epoch(values, observed, label_array, order, batch_size, step_size, update, pseudocount,
-                                   latent_array)
-                train_ll = self._mean_ll(values, observed, label_array, latent_array, **evaluation)
-                valid_ll = None if validation is None else self._mean_ll(*validation, **evaluation)
-                if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
-                    run.restore(self)
-                    raise TrainingError(run.diverged(epoch, train_ll, valid_ll, method))
-                run.finish_epoch(self, epoch, valid_ll, trainer, method)
-                record = EpochRecord(epoch, train_ll, valid_ll, time.perf_counter() - started)
-                history.append(record)
-                if on_epoch is not None:
-                    on_epoch(record)
-                if checkpoint is not None and options.checkpoint_every and epoch % options.checkpoint_every == 0:
-                    self._write(checkpoint, run.best_params or self.parameters())
-                if options.patience is not None and run.stale_epochs >= options.patience:
-                    break
-        except KeyboardInterrupt:
-            run.restore(self)
-            raise
-        if run.keep_best and run.best_params is not None and run.best_epoch != run.epoch:
-            run.restore(self)
-        return history
+        def checkpoint_to(params: dict[str, np.ndarray]) -> str:
+            self.write(checkpoint, params)  # type: ignore[arg-type]
+            return str(checkpoint)
+
+        hooks = Hooks(
+            train_ll=lambda total, rows: self._mean_ll(values, observed, label_array, latent_array, **evaluation),
+            valid_ll=lambda: None if validation is None else self._mean_ll(*validation, **evaluation),
+            checkpoint=None if checkpoint is None else checkpoint_to,
+            on_epoch=on_epoch, say=on_message or _silent)
+        loop_options = Options(epochs, method, keep_best, options.patience, options.checkpoint_every, progress)
+
+        def keep(state: TrainingState) -> None:
+            self.training = state
+
+        return train_epochs(self.plan, self, steps, loop_options, hooks, run, keep).history
 
     def check_training_options(self, method: str | None, update: str, step_size: float, *, epochs: int = 1,
                                batch_size: int = DEFAULT_BATCH_SIZE, learning_rate: float = DEFAULT_LEARNING_RATE,
                                patience: int | None = None, checkpoint_every: int = 0,
                                has_valid: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT,
-                               samples: int = DEFAULT_TRAINING_SAMPLES) -> _TrainingOptions:
+                               samples: int = DEFAULT_TRAINING_SAMPLES) -> TrainingOptions:
         """Raise a clear error for a training option this model cannot use (every option of
-        ``fit``, each with its own message), before any work; ``einc.distributed.fit`` checks its
+        ``fit``, each with its own message), before any work; ``einc.train.distributed.fit`` checks its
         options here too. ``method=None`` resolves to "em", or "adam" for neural (vae) leaves."""
         method = method or ("em" if self.plan.trained_by_em else "adam")
-        options = _TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate,
-                                           patience, checkpoint_every, has_valid, self)
-        _check_positive_int(samples, "samples")
-        if isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0.0 \
-                or not math.isfinite(pseudocount):
-            raise EincError(f"pseudocount must be a finite number of at least 0, found {pseudocount!r}")
-        return options
-
-    def _em_epoch(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
-                  order: np.ndarray, batch_size: int, step_size: float, update: str,
-                  pseudocount: float = DEFAULT_PSEUDOCOUNT, latents: np.ndarray | None = None) -> None:
-        """The backend-independent EM epoch: statistics per batch, M-step per batch or per epoch."""
-        accumulated: Statistics | None = None
-        for start in range(0, len(values), batch_size):
-            index = order[start : start + batch_size]
-            batch = Batch(values[index], observed[index], None if labels is None else labels[index],
-                          None if latents is None else latents[index])
-            stats = self.backend.statistics(self.params, batch)
-            if update == "batch":
-                self.params = self.backend.em_update(self.params, stats, step_size, pseudocount)
-            else:
-                accumulated = stats if accumulated is None else accumulated + stats
-        if accumulated is not None:
-            self.params = self.backend.em_update(self.params, accumulated, step_size, pseudocount)
+        if method == "adam" and not hasattr(self.backend, "gradient_trainer"):
+            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{self.backend_name}')")
+        if method == "em" and not self.plan.trained_by_em:
+            raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
+                            "gradient on the IWAE bound; use method='adam' (or leave method out)")
+        return TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate, patience,
+                                       checkpoint_every, has_valid, pseudocount, samples)
 
     def _select(self, ll: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         """Per-sample log p from (N, heads): head 0, or each sample's labelled head."""
@@ -590,266 +543,44 @@ class Model:
 
     def archive_arrays(self, params: dict[str, np.ndarray] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
         """The arrays of a model file under ``prefix``: metadata, parameters and training state."""
-        meta = self.metadata()
-        arrays = {f"{prefix}param/{k}": v for k, v in (params or self.parameters()).items()}
-        if self.training is not None:
-            state = self.training
-            meta["training"] = {
-                "epoch": state.epoch, "rng": state.rng, "method": state.method, "best_epoch": state.best_epoch,
-                "best_valid_ll": state.best_valid_ll, "stale_epochs": state.stale_epochs,
-            }
-            arrays.update({f"{prefix}training/param/{k}": v for k, v in state.params.items()})
-            arrays.update({f"{prefix}training/optimizer/{k}": v for k, v in (state.optimizer or {}).items()})
-        arrays[f"{prefix}meta"] = np.array(json.dumps(meta))
-        return arrays
+        return model_arrays(self.metadata(), params or self.parameters(), self.training, prefix)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model atomically: a .npz with the circuit source and parameters (no pickle),
         and the training state when the model was trained (so that training can resume).
         An existing read-only file is not replaced."""
-        self._write(path, self.parameters())
+        self.write(path, self.parameters())
 
-    def _write(self, path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
+    def write(self, path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
+        """``save`` with other parameters (a checkpoint's best ones) beside the training state."""
         arrays = self.archive_arrays(params)
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
-
-
-def _checked_order(order: Any, count: int) -> np.ndarray:
-    array = np.asarray(order)
-    if array.shape != (count,) or not np.array_equal(np.sort(array), np.arange(count)):
-        raise EincError(f"batch_order must return a permutation of the {count} training rows")
-    return array.astype(np.int64)
-
-
-@dataclass(frozen=True)
-class _TrainingOptions:
-    method: str  # "em" or "adam", resolved
-    patience: int | None
-    checkpoint_every: int
-
-    @staticmethod
-    def checked(epochs: Any, method: str, batch_size: Any, step_size: Any, update: str, learning_rate: Any,
-                patience: Any, checkpoint_every: Any, has_valid: bool, model: Model) -> _TrainingOptions:
-        """Every training option checked before any work, each with its own message."""
-        if method not in ("em", "adam"):
-            raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
-        if method == "adam" and not hasattr(model.backend, "gradient_trainer"):
-            raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{model.backend_name}')")
-        if method == "em" and not model.plan.trained_by_em:
-            raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
-                            "gradient on the IWAE bound; use method='adam' (or leave method out)")
-        if update not in ("batch", "epoch"):
-            raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
-        _check_positive_int(epochs, "epochs")
-        _check_positive_int(batch_size, "batch_size")
-        if method == "em" and not (isinstance(step_size, (int, float)) and 0.0 < step_size <= 1.0):
-            raise EincError(f"step_size must be in (0, 1], found {step_size!r}")
-        if method == "adam" and not (isinstance(learning_rate, (int, float)) and 0.0 < learning_rate < math.inf):
-            raise EincError(f"learning_rate must be a positive number, found {learning_rate!r}")
-        if patience is not None:
-            _check_positive_int(patience, "patience")
-            if not has_valid:
-                raise EincError("patience stops on the validation log-likelihood: give valid data too")
-        if checkpoint_every:
-            _check_positive_int(checkpoint_every, "checkpoint_every")
-        return _TrainingOptions(method, patience, int(checkpoint_every or 0))
-
-
-@dataclass
-class _Run:
-    """The bookkeeping of one ``fit`` call: epoch count, batch-order generator, best and last good
-    parameters (host copies), so that an interrupt or a divergence never loses finished work."""
-
-    epoch: int
-    rng: np.random.Generator
-    keep_best: bool
-    last_good: dict[str, np.ndarray]
-    optimizer: dict[str, np.ndarray] | None = None
-    best_epoch: int | None = None
-    best_valid_ll: float | None = None
-    best_params: dict[str, np.ndarray] | None = None
-    stale_epochs: int = 0
-
-    @staticmethod
-    def start(model: Model, resume: bool, method: str, seed: int | None, keep_best: bool) -> _Run:
-        if not resume:
-            rng = np.random.default_rng(model.seed if seed is None else seed)
-            return _Run(0, rng, keep_best, model.parameters())
-        state = model.training
-        if state is None:
-            raise EincError("nothing to resume: this model holds no training state (train it with fit first)")
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state.rng
-        # the model's own parameters are the best so far; training continues from the last epoch's
-        best = model.parameters() if state.best_valid_ll is not None else None
-        model.set_parameters(state.params)
-        optimizer = state.optimizer if state.method == method else None
-        return _Run(state.epoch, rng, keep_best, dict(state.params), optimizer, state.best_epoch,
-                    state.best_valid_ll, best, state.stale_epochs)
-
-    def finish_epoch(self, model: Model, epoch: int, valid_ll: float | None, trainer: Any, method: str) -> None:
-        self.epoch = epoch
-        self.last_good = model.parameters()
-        if valid_ll is not None:
-            if self.best_valid_ll is None or valid_ll > self.best_valid_ll:
-                self.best_epoch, self.best_valid_ll, self.best_params = epoch, valid_ll, self.last_good
-                self.stale_epochs = 0
-            else:
-                self.stale_epochs += 1
-        self.optimizer = None if trainer is None else trainer.state()
-        model.training = TrainingState(epoch, self.last_good, self.rng.bit_generator.state, method,
-                                       self.optimizer, self.best_epoch, self.best_valid_ll, self.stale_epochs)
-
-    def restore(self, model: Model) -> None:
-        """Leave the model at its best validation epoch (with keep_best) or its last good one."""
-        model.set_parameters(self.best_params if self.keep_best and self.best_params is not None else self.last_good)
-
-    def diverged(self, epoch: int, train_ll: float, valid_ll: float | None, method: str,
-                 problem: str | None = None) -> str:
-        which = problem or f"train LL {train_ll}" + ("" if valid_ll is None else f", valid LL {valid_ll}")
-        kept = (f"epoch {self.best_epoch} (best valid LL {self.best_valid_ll:.4f})"
-                if self.keep_best and self.best_params is not None else
-                f"epoch {self.epoch}" if self.epoch else "the initial parameters")
-        knob = "learning_rate" if method == "adam" else "step_size"
-        return (f"training diverged in epoch {epoch}: {which}; the model keeps the parameters of {kept}. "
-                f"Try a smaller {knob}, dtype float64, or check the data for extreme values")
-
-
-def _model_file_error(path: Path, problem: str) -> ModelFileError:
-    return ModelFileError(f"{path}: not a valid einc model file: {problem}")
-
-
-def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None,
-         options: CompileOptions | None = None) -> Any:
-    """Load a model (or a mixture) written by ``save``: recompiles the source, restores parameters.
-
-    Every part is checked, and a failed check is a ``ModelFileError`` that says which: the file is
-    an einc archive of a known format and version, its circuit source compiles, and every
-    parameter is present with the plan's shape, a numeric dtype, finite values and values its
-    family allows (normalised non-negative weights; leaf parameters inside their family's range).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such model file")
-    if path.is_dir():
-        raise ModelFileError(f"{path}: is a directory; expected a model file written by einc train or Model.save")
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if not head.startswith(b"PK"):
-        hint = (" (it looks like a .pc circuit: train it first, e.g. einc train FILE.pc --data DATA -o MODEL.npz)"
-                if path.suffix == ".pc" or head[:1].isalpha() or head[:1] == b"#" else "")
-        raise ModelFileError(f"{path}: not an einc model file: not an .npz archive{hint}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            meta = _read_meta(archive, "", path)
-            if meta.get("format") == "einc-mixture":
-                from einc.mixture import load_mixture
-
-                return load_mixture(archive, meta, path, backend, device, dtype, options)
-            return model_from_archive(archive, "", path, backend, device, dtype, options)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise _model_file_error(path, f"cannot read it ({str(error).splitlines()[0][:200] or type(error).__name__})") from None
-
-
-def _read_meta(archive: Any, prefix: str, path: Path) -> dict[str, Any]:
-    key = f"{prefix}meta"
-    if key not in archive.files:
-        raise ModelFileError(f"{path}: not an einc model file (no '{key}' entry)")
-    raw = archive[key]
-    if raw.shape != () or raw.dtype.kind != "U":
-        raise _model_file_error(path, f"'{key}' is not a JSON text")
-    try:
-        meta = json.loads(str(raw))
-    except json.JSONDecodeError as error:
-        raise _model_file_error(path, f"'{key}' is not valid JSON ({error})") from None
-    if not isinstance(meta, dict):
-        raise _model_file_error(path, f"'{key}' is a JSON {type(meta).__name__}; expected an object")
-    return meta
-
-
-def _meta_field(meta: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, default: Any = None) -> Any:
-    value = meta.get(key, default)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise _model_file_error(path, f"metadata '{key}' is {value!r}; expected a {getattr(kind, '__name__', kind)}")
-    return value
-
-
-def _parameters(archive: Any, prefix: str, plan: Plan, path: Path, what: str) -> dict[str, np.ndarray]:
-    """The parameters stored under ``prefix``, checked completely against the plan."""
-    stored = {k[len(prefix):]: k for k in archive.files if k.startswith(prefix)}
-    wanted = {spec.name for spec in plan.params}
-    missing = sorted(wanted - set(stored))
-    if missing:
-        raise _model_file_error(path, f"{what} '{missing[0]}' is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    unexpected = sorted(set(stored) - wanted)
-    if unexpected:
-        raise _model_file_error(path, f"unexpected {what} '{unexpected[0]}': the circuit has no such parameter")
-    params: dict[str, np.ndarray] = {}
-    for name in sorted(wanted):
-        try:
-            params[name] = archive[stored[name]]
-        except ValueError as error:
-            raise _model_file_error(path, f"{what} '{name}' cannot be read ({_first_line(error)})") from None
-    problems = parameter_problems(plan, params)
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise _model_file_error(path, f"{what} {problems[0]}{more}")
-    return params
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error)
-    if "pickle" in text:
-        return "it holds Python objects"
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None,
                        options: CompileOptions | None = None) -> Model:
     """Rebuild one model from the arrays under ``prefix`` of an open .npz archive, checking everything."""
-    meta = _read_meta(archive, prefix, path)
+    meta = read_meta(archive, prefix, path)
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an einc model file (format {meta.get('format')!r})")
     if meta.get("version") not in READABLE_VERSIONS:
         readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise ModelFileError(f"{path}: model format version {meta.get('version')}; this einc reads versions {readable}")
-    source = _meta_field(meta, "source", str, path)
-    filename = _meta_field(meta, "filename", str, path, "<model>")
-    stored_dtype = _meta_field(meta, "dtype", str, path, "float32")
+    source = meta_field(meta, "source", str, path)
+    filename = meta_field(meta, "filename", str, path, "<model>")
+    stored_dtype = meta_field(meta, "dtype", str, path, "float32")
     if stored_dtype not in ("float32", "float64"):
-        raise _model_file_error(path, f"metadata 'dtype' is {stored_dtype!r}; expected float32 or float64")
-    seed = _meta_field(meta, "seed", int, path, 0)
+        raise file_error(path, f"metadata 'dtype' is {stored_dtype!r}; expected float32 or float64")
+    seed = meta_field(meta, "seed", int, path, 0)
     dtype = dtype or stored_dtype
     try:
         options = options or CompileOptions()
         plan = compile_plan(source, filename, replace(options, dtype=dtype, target=options.target or device))
     except EincError as error:
         raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
-    params = _parameters(archive, f"{prefix}param/", plan, path, "parameter")
+    params = read_parameters(archive, f"{prefix}param/", plan, path, "parameter")
     model = Model(plan, source, filename, backend, device, dtype, params, seed)
     model.max_bytes = options.max_bytes
     if "training" in meta:
-        model.training = _training_state(archive, prefix, meta["training"], plan, path)
+        model.training = read_training_state(archive, prefix, meta["training"], plan, path)
     return model
-
-
-def _training_state(archive: Any, prefix: str, meta: Any, plan: Plan, path: Path) -> TrainingState:
-    if not isinstance(meta, dict):
-        raise _model_file_error(path, "the training state is not a JSON object")
-    epoch = _meta_field(meta, "epoch", int, path)
-    method = _meta_field(meta, "method", str, path, "em")
-    rng = _meta_field(meta, "rng", dict, path)
-    try:
-        np.random.default_rng().bit_generator.state = rng
-    except (TypeError, ValueError, KeyError):
-        raise _model_file_error(path, "the training state's random generator state is not valid") from None
-    best_valid = meta.get("best_valid_ll")
-    if best_valid is not None and not (isinstance(best_valid, (int, float)) and math.isfinite(best_valid)):
-        raise _model_file_error(path, f"the training state's best_valid_ll is {best_valid!r}")
-    params = _parameters(archive, f"{prefix}training/param/", plan, path, "training-state parameter")
-    optimizer_prefix = f"{prefix}training/optimizer/"
-    optimizer = {k[len(optimizer_prefix):]: archive[k] for k in archive.files if k.startswith(optimizer_prefix)}
-    if any(v.dtype.kind not in "biuf" or not np.all(np.isfinite(v)) for v in optimizer.values()):
-        raise _model_file_error(path, "the training state's optimiser arrays are not finite numbers")
-    return TrainingState(epoch, params, rng, method, optimizer or None, meta.get("best_epoch"), best_valid,
-                         int(meta.get("stale_epochs", 0) or 0))

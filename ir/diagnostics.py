@@ -1,4 +1,4 @@
-"""Source spans, located diagnostics and the one error hierarchy of einc.
+"""Source spans, located diagnostics and the root of the one error hierarchy of einc.
 
 Every user-facing error is a ``Diagnostic`` (or several) rendered as
 
@@ -136,28 +136,10 @@ class StructureError(EincError):
     """The region graph is not a valid smooth and decomposable circuit."""
 
 
-class DataError(EincError):
-    """Data does not fit the circuit's variables (shape, domain, file format)."""
 
 
-class OutputError(DataError):
-    """An output path einc cannot or will not write (a folder, read-only, in an unwritable place)."""
 
 
-class BackendError(EincError):
-    """A backend is unknown or unavailable on this machine."""
-
-
-class ModelFileError(EincError):
-    """A saved model file is missing, corrupt or of an unsupported version."""
-
-
-class TrainingError(EincError):
-    """Training cannot go on: the log-likelihood became non-finite (the last good model is kept)."""
-
-
-class ResourceError(EincError):
-    """What was asked for would not fit: a circuit or output larger than the configured limits."""
 
 
 @dataclass

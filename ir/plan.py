@@ -28,10 +28,13 @@ entry anywhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Union
 
 from .region_graph import Domain, LeafFamily, RegionGraph, RegionId
+
+if TYPE_CHECKING:  # backward_plan imports this module
+    from .backward_plan import BackwardPlan
 
 
 @dataclass(frozen=True)
@@ -449,6 +452,9 @@ class Plan:
     replicas: int  # the paper's R: leaf regions packed so that one replica has disjoint scopes
     region_rows: tuple[tuple[RegionId, int, int], ...]  # where every region's vector lives
     latents: tuple[LatentSlot, ...] = ()  # in declaration order
+    # the reverse-mode steps of EM without autograd (compiler/backward.py, derived by lowering);
+    # None where an op kind has none (neural leaves). Not part of the plan's identity.
+    backward: BackwardPlan | None = field(default=None, compare=False, repr=False)
 
     @property
     def latent_groups(self) -> tuple[LatentGroup, ...]:

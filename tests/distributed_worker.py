@@ -1,5 +1,5 @@
 """Run by tests/test_distributed.py under torchrun (2 gloo workers, CPU, float64): trains each case
-of ``CASES`` with ``einc.distributed.fit`` and saves every rank's parameters and history, which
+of ``CASES`` with ``einc.train.distributed.fit`` and saves every rank's parameters and history, which
 the test compares with one process (``Model.fit``) and across ranks.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py DIR
@@ -34,7 +34,7 @@ structure random_binary_trees(depth = 2, replicas = 2, seed = 0)
 TRAIN_ROWS = 400
 WORKERS = 2
 
-# name -> options of einc.distributed.fit; "data"/"labels"/"valid" name files in the directory,
+# name -> options of einc.train.distributed.fit; "data"/"labels"/"valid" name files in the directory,
 # "in_memory" passes the array instead of the file
 CASES: dict[str, dict[str, Any]] = {
     "full_batch": {"data": "train.npy", "update": "epoch", "step_size": 1.0, "epochs": 3, "batch_size": 64},
@@ -61,7 +61,7 @@ def make_rows(count: int, seed: int) -> np.ndarray:
 
 def write_data(directory: Path) -> None:
     """The files the cases read; the per-worker parts are sized as einc would split train.npy."""
-    from einc.schedule import aligned_shard_sizes, shard_starts
+    from einc.train.schedule import aligned_shard_sizes, shard_starts
 
     train = make_rows(TRAIN_ROWS, 1)
     np.save(directory / "train.npy", train)
@@ -87,7 +87,7 @@ def main(directory: Path) -> None:
     import torch.distributed as dist
 
     import einc
-    from einc import distributed
+    from einc.train import distributed
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

@@ -29,7 +29,7 @@ from einc.compiler.backward import derive_backward, einsum_gradient
 from einc.compiler.params import init_parameters
 from einc.compiler.verify import verify
 from einc.ir.backward_plan import EinsumBackward, MixingBackward
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from einc.ir.plan import EinsumOp, MixingOp
 from oracles import (
     assert_samples_follow_the_model,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from einc.ir.diagnostics import DataError
+from einc.errors import DataError
 
-from einc.compare import QUERIES, TIMINGS, BackendReport, compare_backends
+from einc.tools.compare import QUERIES, TIMINGS, BackendReport, compare_backends
 
 TINY = Path(__file__).resolve().parent.parent / "examples" / "tiny.pc"
 

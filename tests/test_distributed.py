@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 import einc
-from einc import distributed
+from einc.train import distributed
 from einc.cli import build_parser, command_line, main
-from einc.schedule import Schedule, aligned_shard_sizes, default_block_rows
+from einc.train.schedule import Schedule, aligned_shard_sizes, default_block_rows
 
 import distributed_worker as worker
 from distributed_worker import CASES, CIRCUIT, WORKERS, make_rows
@@ -106,9 +106,9 @@ def _binary_circuit(variables: int) -> str:
 
 
 def test_compressed_csv_is_streamed_into_a_cache_and_trains_like_the_array(tmp_path, monkeypatch):
-    import einc.rows
+    import einc.train.rows
 
-    monkeypatch.setattr(einc.rows, "CSV_CHUNK_LINES", 64)  # several chunks
+    monkeypatch.setattr(einc.train.rows, "CSV_CHUNK_LINES", 64)  # several chunks
     x = make_rows(300, 5)
     with gzip.open(tmp_path / "x.csv.gz", "wt") as handle:
         for row in x:

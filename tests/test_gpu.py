@@ -14,7 +14,7 @@ import pytest
 import torch
 from einc.backends.base import Batch, create_backend
 from einc.compiler.params import init_parameters
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from oracles import (
     BERNOULLI,
     assert_samples_follow_the_model,

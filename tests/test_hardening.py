@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from einc.ir.diagnostics import DataError, EincError, ModelFileError, TrainingError
+from einc.errors import DataError, EincError, ModelFileError, TrainingError
 
 import einc
 from einc import cli
-from einc.data import read_data
+from einc.io.data import read_data
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "examples" / "tiny.pc")
@@ -79,7 +79,7 @@ def test_an_unexpected_exception_is_an_internal_error_exit_2(
     def broken(args: object) -> int:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli, "COMMANDS", (cli.Command("check", "check", broken, (cli.FILE,)),))
+    monkeypatch.setattr(cli.entry, "COMMANDS", (cli.Command("check", "check", broken, (cli.FILE,)),))  # the table main reads
     code, _, err = run(["check", TINY], capsys)
     assert code == 2 and "Traceback" not in err
     assert err.startswith("einc: internal error: ZeroDivisionError: a bug")
@@ -565,7 +565,7 @@ def test_api_and_cli_share_the_training_defaults() -> None:
 
 
 def test_auto_threads_is_one_for_small_circuits_and_bounded_otherwise() -> None:
-    from einc.commands import MAX_AUTO_THREADS, choose_threads
+    from einc.cli.session import MAX_AUTO_THREADS, choose_threads
 
     assert choose_threads(3) == 3
     assert choose_threads("auto", einc.compile(TINY).plan) == 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import einc
-from einc.images import image_mask, image_shape, inpainting_figure, inpainting_rows, save_png
+from einc.io.images import image_mask, image_shape, inpainting_figure, inpainting_rows, save_png
 from einc.mixture import MixtureModel, fit_mixture, kmeans
 
 GRID = """

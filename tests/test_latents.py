@@ -19,7 +19,7 @@ import pytest
 from einc.backends.base import Batch, create_backend
 from einc.compiler.params import init_parameters
 from einc.compiler.verify import verify
-from einc.ir.diagnostics import DataError, EincError
+from einc.errors import DataError, EincError
 from einc.ir.plan import EinsumOp, InputOp
 from einc.ir.region_graph import Latent, Partition, Region, RegionGraph
 from hypothesis import HealthCheck, given, settings

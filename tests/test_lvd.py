@@ -1,4 +1,4 @@
-"""Latent variable distillation: ``einc.lvd`` (shared-codebook k-means, re-assignment, the
+"""Latent variable distillation: ``einc.train.lvd`` (shared-codebook k-means, re-assignment, the
 distill pipeline) and the ``einc lvd`` command."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from einc.ir.diagnostics import DataError, EincError
+from einc.errors import DataError, EincError
 
 import einc
-from einc import cli, lvd
+from einc import cli
+from einc.train import lvd
 
 PATCHES = """\
 var img[4, 6] : binary

@@ -106,7 +106,7 @@ def test_cli_bad_data_exits_non_zero_without_traceback(tmp_path, capsys):
 
 
 def test_npz_key_selects_an_array(tmp_path):
-    from einc.data import load_array
+    from einc.io.data import load_array
 
     path = tmp_path / "d.npz"
     np.savez(path, first=np.zeros((2, 3)), second=np.ones((4, 3)))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import einc
-from einc.ir.diagnostics import DataError, EincError
+from einc.errors import DataError, EincError
 
 # every exponential family, a mixture at the root, two heads
 MIXED = """circuit mixed

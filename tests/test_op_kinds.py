@@ -22,7 +22,7 @@ from einc.compiler import backward as backward_compiler
 from einc.compiler.params import init_parameters
 from einc.ir.backward_plan import BackwardStep
 from einc.ir.families import FAMILIES
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from einc.ir.neural import DECODERS
 from einc.ir.plan import InputOp, Op, PlanOp, VaeOp
 from einc.ir.products import PRODUCT_KINDS
@@ -124,7 +124,7 @@ def test_every_op_kind_and_family_runs_on_every_backend(name: str) -> None:
 
 
 def test_a_kind_without_a_torch_rule_is_a_backend_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from einc.ir.diagnostics import BackendError
+    from einc.errors import BackendError
     from einc.ir.plan import HadamardOp
 
     plan = _plans()[2]

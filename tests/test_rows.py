@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import einc.rows
-from einc.data import load_array
-from einc.ir.diagnostics import DataError
-from einc.rows import NpyRows, open_rows
+import einc.train.rows
+from einc.io.data import load_array
+from einc.errors import DataError
+from einc.train.rows import NpyRows, open_rows
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(einc.rows, "CSV_CHUNK_LINES", 50)
-    monkeypatch.setattr(einc.rows, "COPY_CELLS", 64)
+    monkeypatch.setattr(einc.train.rows, "CSV_CHUNK_LINES", 50)
+    monkeypatch.setattr(einc.train.rows, "COPY_CELLS", 64)
 
 
 def _write_csv(path: Path, rows: np.ndarray, missing: str = "?") -> None:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from einc.ir.diagnostics import EincError
-from einc.schedule import Schedule, aligned_shard_sizes, local_batch_sizes, shard_starts
+from einc.train.schedule import Schedule, aligned_shard_sizes, local_batch_sizes, shard_starts
 
 
 def _global_batches(schedule: Schedule, epoch: int) -> list[np.ndarray]:

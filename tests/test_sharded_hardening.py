@@ -1,6 +1,6 @@
 """Issue 11's rules on issue 13's paths (the merge of the two).
 
-The out-of-core reader (``einc.rows``) and the data-parallel trainer (``einc.distributed``,
+The out-of-core reader (``einc.train.rows``) and the data-parallel trainer (``einc.train.distributed``,
 ``einc train --stream/--nproc``) read and check data exactly as ``read_data`` and ``prepare`` do,
 with the same messages; they validate everything before the first epoch; and they lose nothing
 on Ctrl-C or divergence, with checkpoints, patience and resume as on one process.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from einc.ir.diagnostics import DataError, TrainingError
+from einc.errors import DataError, TrainingError
 from test_hardening import (
     BAD_DATA,
     REAL,
@@ -33,9 +33,10 @@ from test_hardening import (
 )
 
 import einc
-import einc.rows
-from einc import distributed
-from einc.data import prepare, read_data
+import einc.train.rows
+import einc.train.loop
+from einc.train import distributed
+from einc.io.data import prepare, read_data
 
 
 def _whole_file_error(model: einc.Model, path: Path) -> str:
@@ -80,7 +81,7 @@ def _csv_text(rows: np.ndarray, header: str | None, blank_every: int) -> str:
 def test_a_bad_value_in_a_later_chunk_names_its_csv_line(header: str | None, suffix: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Header and blank lines shift the file lines away from the rows; the cache keeps the map."""
-    monkeypatch.setattr(einc.rows, "CSV_CHUNK_LINES", 7)
+    monkeypatch.setattr(einc.train.rows, "CSV_CHUNK_LINES", 7)
     rows = _binary_data(60)
     rows[3, 1] = np.nan
     rows[41, 2] = 3.0
@@ -96,7 +97,7 @@ def test_a_bad_value_in_a_later_chunk_names_its_csv_line(header: str | None, suf
     rows[41, 2] = 1.0
     path.write_bytes(_csv_text(rows, header, 5).encode() if suffix == ".csv"
                      else gzip.compress(_csv_text(rows, header, 5).encode()))
-    source = einc.rows.open_rows(path, tmp_path / "cache", columns=model.columns)
+    source = einc.train.rows.open_rows(path, tmp_path / "cache", columns=model.columns)
     with source.window(0, source.num_rows) as cached:
         np.testing.assert_array_equal(cached.astype(float), read_data(path, columns=model.columns).values)
     assert list(source.lines(40, 43)) == list(read_data(path, columns=model.columns).lines[40:43])
@@ -241,16 +242,18 @@ def test_stream_validates_everything_before_the_first_epoch(tiny_data: Path, tmp
 
 def test_stream_ctrl_c_saves_the_best_model_so_far(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    original = distributed._EmEpoch.run
+    from einc.train.steps import HostEm  # the EM steps of the one training loop
+
+    original = HostEm.run
     epochs: list[int] = []
 
-    def interrupt_in_epoch_3(self, reader, steps):
+    def interrupt_in_epoch_3(self, epoch, rng, advance):
         epochs.append(1)
         if len(epochs) == 3:
             raise KeyboardInterrupt
-        return original(self, reader, steps)
+        return original(self, epoch, rng, advance)
 
-    monkeypatch.setattr(distributed._EmEpoch, "run", interrupt_in_epoch_3)
+    monkeypatch.setattr(HostEm, "run", interrupt_in_epoch_3)
     output = tmp_path / "m.npz"
     code, _, err = run(["train", TINY, "--data", str(tiny_data), "--valid", str(tiny_data), "--stream", "--epochs", "9",
                         "--dtype", "float64", "-o", str(output)], capsys)
@@ -267,11 +270,11 @@ def test_stream_divergence_writes_the_last_good_model(tiny_data: Path, tmp_path:
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[int] = []
 
-    def nan_from_epoch_3(model, train_ll, valid_ll):
+    def nan_from_epoch_3(train_ll, valid_ll, params):
         calls.append(1)
         return "train LL nan" if len(calls) >= 3 else None
 
-    monkeypatch.setattr(distributed, "_divergence", nan_from_epoch_3)
+    monkeypatch.setattr(einc.train.loop, "divergence", nan_from_epoch_3)  # the one loop's check
     output = tmp_path / "m.npz"
     code, _, err = run(["train", TINY, "--data", str(tiny_data), "--stream", "--epochs", "5", "-o", str(output)], capsys)
     assert code == 1 and "Traceback" not in err

@@ -15,7 +15,7 @@ from einc.compiler import size
 from einc.compiler.dump import parameter_count
 from einc.compiler.generators import poon_domingos, random_binary_trees
 from einc.compiler.pipeline import CompileOptions, front_end, region_graph
-from einc.ir.diagnostics import ResourceError
+from einc.errors import ResourceError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

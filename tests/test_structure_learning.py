@@ -16,8 +16,8 @@ import pytest
 
 import einc
 from einc import cli
-from einc.ir.diagnostics import DataError, EincError
-from einc.structure_learning import (
+from einc.errors import DataError, EincError
+from einc.tools.structure_learning import (
     bin_codes,
     learn_structure,
     learn_tree,
@@ -250,7 +250,7 @@ def test_docstring_examples_run() -> None:
 
     from einc.compiler import generators
     from einc.ir import products
-    from einc import structure_learning
+    from einc.tools import structure_learning
 
     for module in (structure_learning, generators, products):
         result = doctest.testmod(module)

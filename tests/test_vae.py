@@ -26,7 +26,7 @@ from einc import cli
 from einc.backends import torch_backend
 from einc.backends.base import Batch
 from einc.backends.torch_ops import Noise, TorchOpRule, vae
-from einc.ir.diagnostics import BackendError, EincError
+from einc.errors import BackendError, EincError
 from einc.ir.neural import VaeSpec
 from einc.ir.plan import VaeOp
 
@@ -345,9 +345,9 @@ def test_fit_trains_the_bound_with_adam_and_refuses_em() -> None:
 
 
 def test_data_parallel_training_trains_the_bound_through_the_module(tmp_path) -> None:
-    # einc.distributed (one process, rows read from disk block by block): method=None is adam
+    # einc.train.distributed (one process, rows read from disk block by block): method=None is adam
     # for vae leaves, every step goes through the model's module, validation is a seeded estimate
-    from einc import distributed
+    from einc.train import distributed
 
     model = einc.compile(IMAGE, seed=0)
     np.save(tmp_path / "train.npy", _two_patterns(256, 0))

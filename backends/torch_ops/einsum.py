@@ -17,7 +17,7 @@ import torch
 
 from einc.backends.base import shifted_exp
 from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
-from einc.ir.diagnostics import BackendError
+from einc.errors import BackendError
 from einc.ir.plan import EinsumOp, Plan
 
 

@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from einc.compiler.pipeline import load_source, region_graph
-from einc.data import load_array, prepare
+from einc.io.data import load_array, prepare
 from einc.grammar.parser import parse
-from einc.ir.diagnostics import DataError, EincError
+from einc.errors import DataError, EincError
 from einc.ir.program import LeafStatement, PartitionStatement, StructureStatement, VarStatement
 from einc.ir.region_graph import Domain, LeafFamily, RegionGraph, Variable
 

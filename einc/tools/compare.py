@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from einc.backends.base import Batch
-from einc.data import prepare
+from einc.io.data import prepare
 from einc.ir.diagnostics import EincError
+from einc.train.steps import memory_em
 from einc.model import Model, compile
 
 # The queries compared, in table order: name -> column title.
@@ -256,7 +257,7 @@ def _torch_default_device() -> str:
 
 
 def _is_backend_error(error: EincError) -> bool:
-    from einc.ir.diagnostics import BackendError
+    from einc.errors import BackendError
 
     return isinstance(error, BackendError)
 
@@ -340,27 +341,20 @@ def _em_epoch(
     batch_size: int,
     rng: np.random.Generator,
 ) -> Callable[[], None]:
-    """One epoch of stochastic EM as ``Model.fit`` runs it, without fit's train-LL pass: a
-    backend's own resident-data epoch where it has one, else statistics + M-step per batch."""
-    backend = model.backend
-    if hasattr(backend, "train_epoch"):
-        resident = backend.upload(values, observed, None)  # once per fit, outside the timing
-
-        def resident_epoch() -> None:
-            model.params, _ = backend.train_epoch(
-                model.params, resident, rng.permutation(len(values)), batch_size, 0.5
-            )
-
-        return resident_epoch
+    """One epoch of stochastic EM (step size 0.5) as ``Model.fit`` runs it — the same
+    ``einc.train.steps`` — without fit's train-LL pass. Resident data are uploaded once, outside
+    the timing."""
+    steps = memory_em(model, model.backend, values, observed, None, None, batch_size, "batch", 0.5, 0.0,
+                      lambda epoch, generator: generator.permutation(len(values)))
 
     def epoch() -> None:
-        order = rng.permutation(len(values))
-        for start in range(0, len(values), batch_size):
-            index = order[start : start + batch_size]
-            stats = backend.statistics(model.params, Batch(values[index], observed[index]))
-            model.params = backend.em_update(model.params, stats, 0.5)
+        steps.run(1, rng, _no_progress)
 
     return epoch
+
+
+def _no_progress(steps: int) -> None:
+    pass
 
 
 def _synchronizer(model: Model) -> Callable[[], None]:

@@ -11,7 +11,7 @@ import torch
 
 import einc
 from einc.cli import main as cli_main
-from einc.data import load_array
+from einc.io.data import load_array
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_NLTCS = {"RAT-SPN (paper)": -6.011, "EiNet (paper)": -6.015}

@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 
-from einc.files import atomic_write
-from einc.ir.diagnostics import DataError
+from einc.io.files import atomic_write
+from einc.errors import DataError
 from einc.ir.neural import observation_family
 from einc.ir.region_graph import RegionGraph
 

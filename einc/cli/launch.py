@@ -31,15 +31,21 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from einc import distributed
-from einc.distributed import SetupError, WorkerLost, Workers
-from einc.files import check_not_an_input, check_writable
-from einc.ir.diagnostics import EincError, TrainingError
-from einc.model import EpochRecord
-from einc.rows import open_rows
+from einc.train import distributed
+from einc.cli.options import TRAIN_ARGS, arguments_of
+from einc.cli.session import (
+    Session,
+    check_outputs,
+    exit_code,
+    set_threads,
+    termination_as_interrupt,
+    training_model,
+)
+from einc.train.distributed import SetupError, WorkerLost, Workers
+from einc.errors import EincError, TrainingError
+from einc.train.rows import open_rows
 
 # A worker that stops because of a failure reported elsewhere (it lost contact with a failed worker,
 # or rank 0 printed a setup problem for all) exits with this code (EX_TEMPFAIL), so the launcher
@@ -56,7 +62,7 @@ def wanted(args: argparse.Namespace) -> bool:
     return bool(args.nproc or args.stream or distributed.launched() or "{rank}" in str(args.data))
 
 
-def cmd_train_sharded(args: argparse.Namespace, epoch_line: Any) -> int:
+def cmd_train_sharded(args: argparse.Namespace) -> int:
     """``einc train`` with --nproc, --stream, one file per worker, or under torchrun."""
     if args.mixture:
         raise EincError("--mixture trains in one process from data in memory; leave out --nproc and --stream")
@@ -65,11 +71,11 @@ def cmd_train_sharded(args: argparse.Namespace, epoch_line: Any) -> int:
         if args.nproc is not None and args.nproc != local:
             raise EincError(f"--nproc {args.nproc} conflicts with the launcher's {local} processes per machine; "
                             f"leave out --nproc under torchrun")
-        return _worker(args, epoch_line)
+        return _worker(args)
     if args.nproc and args.nproc > 1:
         _preflight(args)
         return launch_local(args, args.nproc)
-    return _worker(args, epoch_line)
+    return _worker(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,10 +86,8 @@ def _preflight(args: argparse.Namespace) -> None:
     """Catch the common mistakes once, before starting workers: the output path, the circuit (and
     the --resume model), missing or unreadable files; and build CSV caches here so that workers do
     not wait on each other for them. (The workers check every row, in parallel.)"""
-    from einc.commands import _training_model
-
-    _check_output(args)
-    model = _training_model(args, "cpu")
+    check_outputs(args)
+    model = training_model(args, "cpu")
     for data, is_labels in ((args.data, False), (args.labels, True), (args.valid, False),
                             (args.valid_labels, True), (args.test, False)):
         if data is None:
@@ -93,14 +97,6 @@ def _preflight(args: argparse.Namespace) -> None:
             open_rows(path, args.cache_dir, one_row_if_flat=not is_labels, columns=None if is_labels else model.columns)
 
 
-def _check_output(args: argparse.Namespace) -> Path:
-    """The model can be written where -o says, and writing it destroys no input (as on one process)."""
-    output = check_writable(args.output, "model")
-    check_not_an_input(output, {"FILE.pc": args.file, "--data": args.data, "--valid": args.valid,
-                                "--test": args.test, "--labels": args.labels, "--valid-labels": args.valid_labels})
-    return output
-
-
 def launch_local(args: argparse.Namespace, nproc: int) -> int:
     """Run this ``einc train`` command as ``nproc`` workers on this machine (torch elastic, as
     ``torchrun --standalone --nproc-per-node nproc`` would); return 0 or raise ``WorkersFailed``."""
@@ -108,14 +104,12 @@ def launch_local(args: argparse.Namespace, nproc: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from einc.cli import command_line
-
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"einc-{uuid.uuid4().hex[:12]}",
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1)
     before = _file_state(args.output)
     try:
         with _quiet_launcher_logs():
-            elastic_launch(config, sys.executable)("-m", "einc", *command_line(args))
+            elastic_launch(config, sys.executable)("-m", "einc", *arguments_of("train", TRAIN_ARGS, args))
     except SignalException as error:  # the launcher was interrupted; the agent stopped the workers
         if error.sigval == signal.SIGINT:
             return 130  # the agent passed Ctrl-C on: worker 0 has said what it saved
@@ -190,11 +184,11 @@ def _quiet_launcher_logs() -> Iterator[None]:
 # a worker
 
 
-def _worker(args: argparse.Namespace, epoch_line: Any) -> int:
+def _worker(args: argparse.Namespace) -> int:
     workers = distributed.join(args.device)
     try:
         with _interrupts(workers) as interrupted:
-            return _train(args, workers, epoch_line, interrupted)
+            return _train(args, workers, interrupted)
     except SetupError as error:
         # every worker has the same message: rank 0 prints it, and nobody exits before it has
         # (the launcher stops all workers as soon as one exits)
@@ -222,11 +216,9 @@ def _interrupts(workers: Workers) -> Iterator[threading.Event]:
     workers: Ctrl-C (SIGINT, which the launcher forwards to every worker) is recorded, so that a
     worker that first sees its peers vanish still knows it was interrupted; SIGTERM keeps its
     default action (the launcher's way of stopping workers after a failure)."""
-    from einc.commands import _termination_as_interrupt
-
     interrupted = threading.Event()
     if workers.world_size == 1:
-        with _termination_as_interrupt():
+        with termination_as_interrupt():
             yield interrupted
         return
 
@@ -245,16 +237,14 @@ def _interrupts(workers: Workers) -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _train(args: argparse.Namespace, workers: Workers, epoch_line: Any, interrupted: threading.Event) -> int:
-    from einc.commands import _finish_training, _save_diverged, _save_interrupted, _training_model
-
+def _train(args: argparse.Namespace, workers: Workers, interrupted: threading.Event) -> int:
     say = print if workers.is_main else _silent
     device = distributed.worker_device(args.device, workers)
     # rank 0 writes the model: the output is checked there (other machines may lack its folder)
     output = distributed.agree(workers, "checking the output path", lambda: (
-        _check_output(args) if workers.is_main else None))
-    model = distributed.agree(workers, "compiling the circuit", lambda: _training_model(args, device))
-    _set_threads(args, model, workers)
+        check_outputs(args) if workers.is_main else None))
+    model = distributed.agree(workers, "compiling the circuit", lambda: training_model(args, device))
+    set_threads(args, model.plan, workers.local_world_size)
     data = distributed.open_training_data(model, args.data, args.labels, workers, args.cache_dir)
     test = distributed.agree(workers, "checking the test data", lambda: (
         distributed.open_checked(model, args.test, None, args.cache_dir, "test")[0] if args.test and workers.is_main else None))
@@ -262,36 +252,34 @@ def _train(args: argparse.Namespace, workers: Workers, epoch_line: Any, interrup
         f"{workers.world_size} workers ({'nccl' if device.startswith('cuda') else 'gloo'})")
     say(f"{model.graph.name}: {model.num_parameters} parameters, {data.total_rows} training samples read "
         f"block by block, {engine}, backend {args.backend} on {args.device} ({model.dtype})")
+    say("the train LL shown is a running estimate: the mean over the steps as they ran, while the "
+        "parameters changed (no second pass over the data)")
     if args.resume and model.training is not None:
         say(f"resuming after epoch {model.training.epoch} of {args.resume}")
-
-    def report(record: EpochRecord) -> None:
-        say(epoch_line(record), flush=True)
-
+    session = Session(args, model, output, workers.is_main)
     try:
         history = distributed.fit(
             model, data, valid=args.valid, epochs=args.epochs, method=args.method, batch_size=args.batch_size,
             step_size=args.step_size, update=args.update, learning_rate=args.learning_rate,
             valid_labels=args.valid_labels, keep_best=args.valid is not None, seed=args.seed,
-            progress=workers.is_main and sys.stderr.isatty(), on_epoch=report, patience=args.patience,
+            progress=workers.is_main and sys.stderr.isatty(), on_epoch=session.on_epoch, patience=args.patience,
             checkpoint=args.output if args.checkpoint_every else None,  # written by rank 0
             checkpoint_every=args.checkpoint_every or 0, resume=bool(args.resume), pseudocount=args.pseudocount,
-            cache_dir=args.cache_dir, samples=args.samples,
-            workers=workers)
+            cache_dir=args.cache_dir, samples=args.samples, workers=workers, on_message=session.message)
     except WorkerLost:
         if not _was_interrupted(interrupted):
             raise  # another worker failed: no model (the launcher names the cause)
-        return _save_interrupted(model, output, KeyboardInterrupt()) if workers.is_main else 130
+        return session.interrupted(KeyboardInterrupt()) if workers.is_main else 130
     except KeyboardInterrupt as interrupt:  # the parameters are the best (or last completed) epoch's
-        return _save_interrupted(model, output, interrupt) if workers.is_main else 130
+        return session.interrupted(interrupt) if workers.is_main else exit_code(interrupt)
     except TrainingError as error:  # the same on every worker: rank 0 reports and writes
-        return _save_diverged(model, output, error) if workers.is_main else STOPPED
+        return session.diverged(error) if workers.is_main else STOPPED
     # write only once every worker has finished: a failure anywhere leaves no model file
     workers.barrier("the end of training")
     if not workers.is_main:
         return 0
     test_ll = None if test is None else distributed.mean_log_likelihood(model, test)
-    return _finish_training(model, output, args, history, test_ll)
+    return session.finish(history, test_ll)
 
 
 def _was_interrupted(interrupted: threading.Event) -> bool:
@@ -301,21 +289,6 @@ def _was_interrupted(interrupted: threading.Event) -> bool:
         with contextlib.suppress(KeyboardInterrupt):
             interrupted.wait(0.5)
     return interrupted.is_set()
-
-
-def _set_threads(args: argparse.Namespace, model: Any, workers: Workers) -> None:
-    """--threads N: N per worker; auto: the cores ``auto`` would use, shared among this
-    machine's workers instead of oversubscribing them."""
-    if args.backend != "torch":
-        return
-    import torch
-
-    from einc.commands import choose_threads
-
-    threads = choose_threads(args.threads, model.plan)
-    if args.threads in (None, "auto"):
-        threads = max(1, threads // workers.local_world_size)
-    torch.set_num_threads(threads)
 
 
 def _silent(*_: Any, **__: Any) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import einc
-from einc.images import grid, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png, to_images
+from einc.io.images import grid, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png, to_images
 from einc.mixture import fit_mixture
 
 ROOT = Path(__file__).resolve().parent.parent

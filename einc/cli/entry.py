@@ -17,190 +17,51 @@ Ctrl-C exits 130; anything else is a bug and prints a short "internal error" mes
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from einc import __version__, commands
-from einc.backends.em import DEFAULT_PSEUDOCOUNT
-from einc.compiler import dump, size
-from einc.compiler.pipeline import (
-    CompileOptions,
-    check_file,
-    compile_plan,
-    front_end,
-    load_source,
-    region_graph,
+from einc import __version__
+from einc.cli import commands
+from einc.cli.options import (
+    FILE,
+    K_OPTIONS,
+    LIMIT_OPTIONS,
+    LOADED_MODEL_OPTIONS,
+    MODEL,
+    NEW_MODEL_OPTIONS,
+    PSEUDOCOUNT,
+    STEP_SIZE,
+    BATCH_SIZE,
+    TEST_DATA,
+    THREADS,
+    TRAIN_ARGS,
+    TRAIN_DATA,
+    UPDATE,
+    Arg,
+    Command,
+    arguments_of,
+    device_name,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
 )
-from einc.files import atomic_write, check_not_an_input, check_writable
+from einc.cli.session import compile_options
+from einc.compiler import dump
+from einc.compiler.pipeline import CompileOptions, check_file, compile_plan, front_end, load_source, region_graph
+from einc.io.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
-from einc.lvd import DEFAULT_DISTILL_EPOCHS, DEFAULT_FINETUNE_EPOCHS
-from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
-from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
-
-
-@dataclass(frozen=True)
-class Arg:
-    """One ``argparse`` argument: the flags and ``add_argument`` keywords, as data."""
-
-    flags: tuple[str, ...]
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    help: str
-    run: Callable[[argparse.Namespace], int]
-    args: tuple[Arg, ...] = ()
-
-
-# ---------------------------------------------------------------------------------------------
-# Checked option types: argparse reports a ValueError/ArgumentTypeError from them as a usage error
-# naming the option, so a bad number never reaches the work.
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found '{text}'") from None
-
-
-def positive_int(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, found {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, found {value}")
-    return value
-
-
-def _real(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, found '{text}'") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, found '{text}'")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _real(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, found {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _real(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, found {text}")
-    return value
-
-
-def step_size(text: str) -> float:
-    value = _real(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 is a full EM step), found {text}")
-    return value
-
-
-def thread_count(text: str) -> str | int:
-    if text == "auto":
-        return text
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError as error:
-        raise argparse.ArgumentTypeError(f"expected auto or a whole number of at least 1 ({error})") from None
-
-
-def device_name(text: str) -> str:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, found '{text}'")
-    return text
-
-
-_BYTE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-def byte_count(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
-    if match is None:
-        raise argparse.ArgumentTypeError(f"expected a size such as 4G, 512M or 1000000, found '{text}'")
-    value = int(float(match.group(1)) * _BYTE_UNITS[match.group(2)])
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 byte, found '{text}'")
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
-# Option groups
-
-FILE = Arg(("file",), {"metavar": "FILE.pc", "help": "a .pc circuit file"})
-K_OPTIONS = (
-    Arg(("--sums",), {"type": positive_int, "metavar": "K", "help": "override the file's `sums`"}),
-    Arg(("--inputs",), {"type": positive_int, "metavar": "K", "help": "override the file's `inputs`"}),
-    Arg(("--heads",), {"type": positive_int, "metavar": "K", "help": "override the file's `heads`"}),
-)
-LIMIT_OPTIONS = (
-    Arg(("--max-memory",), {"type": byte_count, "metavar": "BYTES", "default": f"{size.DEFAULT_MAX_BYTES // 2**30}G",
-                            "help": "refuse circuits whose estimated memory exceeds this (e.g. 8G)"}),
-    Arg(("--max-build-seconds",), {"type": positive_float, "metavar": "S", "default": size.DEFAULT_MAX_BUILD_SECONDS,
-                                   "help": "refuse circuits whose front end would take longer than this (estimated)"}),
-)
-DEVICE = Arg(("--device",), {"type": device_name, "default": "cpu", "help": "cpu, cuda or cuda:N"})
-BACKEND = Arg(("--backend",), {"choices": ["torch", "numpy", "cupy"], "default": "torch", "help": "which backend runs the plan"})
-THREADS = Arg(("--threads",), {"type": thread_count, "default": "auto", "metavar": "auto|N",
-                               "help": "torch CPU threads; auto: 1 for small circuits, else the idle cores"})
-# Commands that compile a new model (train) default to float32; those that load one use its own.
-NEW_MODEL_OPTIONS = (
-    BACKEND,
-    DEVICE,
-    Arg(("--dtype",), {"default": "float32", "choices": ["float32", "float64"], "help": "parameter precision"}),
-    THREADS,
-    *LIMIT_OPTIONS,
-)
-LOADED_MODEL_OPTIONS = (
-    BACKEND,
-    DEVICE,
-    Arg(("--dtype",), {"default": None, "choices": ["float32", "float64"],
-                       "help": "run at this precision (default: the model's own)"}),
-    THREADS,
-    *LIMIT_OPTIONS,
-)
-MODEL = Arg(("model",), {"metavar": "MODEL", "help": "a model file written by einc train"})
-# the data and EM options einc train and einc lvd share
-TRAIN_DATA = Arg(("--data",), {"required": True, "metavar": "TRAIN", "help": "training data (.csv[.gz], .npy, .npz)"})
-TEST_DATA = Arg(("--test",), {"metavar": "T", "help": "test data: report its log-likelihood at the end"})
-BATCH_SIZE = Arg(("--batch-size",), {"type": positive_int, "default": DEFAULT_BATCH_SIZE, "help": "samples per EM step"})
-STEP_SIZE = Arg(("--step-size",), {"type": step_size, "default": DEFAULT_STEP_SIZE,
-                                   "help": "online EM step size λ (eqs. 8-9)"})
-UPDATE = Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
-                             "help": "M-step after every batch (stochastic EM) or once per epoch"})
-PSEUDOCOUNT = Arg(("--pseudocount",), {
-    "type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
-    "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector and categorical/Bernoulli "
-            "leaf, spread over its outcomes, at each M-step (0: none)"})
-
+from einc.ir.neural import DEFAULT_QUERY_SAMPLES
+from einc.train.lvd import DEFAULT_DISTILL_EPOCHS, DEFAULT_FINETUNE_EPOCHS
 
 # ---------------------------------------------------------------------------------------------
 # einc check, einc compile --emit
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    layered = check_file(args.file, commands.compile_options(args))
+    layered = check_file(args.file, compile_options(args))
     sys.stdout.write(dump.summary(layered))
     return 0
 
@@ -242,7 +103,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         check_writable(args.output)
         check_not_an_input(args.output, {"FILE.pc": args.file})
     text, filename = load_source(args.file)
-    output = EMITTERS[args.emit](text, filename, commands.compile_options(args))
+    output = EMITTERS[args.emit](text, filename, compile_options(args))
     if args.output:
         atomic_write(args.output, lambda stream: stream.write(output.encode("utf-8")))
     else:
@@ -274,43 +135,7 @@ COMMANDS: tuple[Command, ...] = (
         "train",
         "train a circuit on data (EM; Adam for vae leaves), keep the best validation epoch, write the model",
         commands.cmd_train,
-        (
-            *NEW_MODEL_OPTIONS,
-            FILE,
-            TRAIN_DATA,
-            Arg(("--valid",), {"metavar": "V", "help": "validation data: keep the best epoch on it"}),
-            TEST_DATA,
-            Arg(("--epochs",), {"type": positive_int, "default": DEFAULT_EPOCHS,
-                                "help": "epochs in all (with --resume: including those already done)"}),
-            BATCH_SIZE,
-            STEP_SIZE,
-            Arg(("--method",), {"choices": ["em", "adam"], "default": None,
-                                "help": "EM, or gradient training with Adam (torch backend); default: em, "
-                                        "or adam for circuits with vae leaves (which EM cannot train)"}),
-            Arg(("--samples",), {"type": positive_int, "default": DEFAULT_TRAINING_SAMPLES, "metavar": "K",
-                                 "help": "vae leaves: importance samples per leaf of the IWAE bound trained on "
-                                         "(the SPVAE paper used 5)"}),
-            Arg(("--learning-rate",), {"type": positive_float, "default": DEFAULT_LEARNING_RATE,
-                                       "help": "Adam's learning rate (--method adam)"}),
-            UPDATE,
-            PSEUDOCOUNT,
-            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters and batch order"}),
-            Arg(("--patience",), {"type": positive_int, "metavar": "N",
-                                  "help": "stop after N epochs without a better validation LL (needs --valid)"}),
-            Arg(("--checkpoint-every",), {"type": positive_int, "metavar": "N",
-                                          "help": "write the model (best so far, with the training state) every N epochs"}),
-            Arg(("--resume",), {"metavar": "MODEL", "help": "continue the training saved in MODEL (same circuit)"}),
-            Arg(("--labels",), {"metavar": "L", "help": "class labels of the training rows: class-conditional training of a multi-head circuit (head = label)"}),
-            Arg(("--valid-labels",), {"metavar": "L", "help": "class labels of the validation rows"}),
-            Arg(("--mixture",), {"type": positive_int, "metavar": "C", "help": "train a mixture of C circuits, one per k-means cluster (paper §4.2)"}),
-            Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
-            Arg(("--nproc",), {"type": positive_int, "metavar": "N", "help": "data-parallel training: start N local worker "
-                               "processes (torch.distributed: gloo on CPU, NCCL on CUDA); under torchrun leave it out"}),
-            Arg(("--stream",), {"action": "store_true", "help": "read the training data from disk block by block "
-                                "(out of core) instead of loading it; implied by --nproc and torchrun"}),
-            Arg(("--cache-dir",), {"metavar": "DIR", "help": "where CSV and .npz training data are cached as .npy "
-                                   "for out-of-core reading (default: ~/.cache/einc)"}),
-        ),
+        TRAIN_ARGS,
     ),
     Command(
         "lvd",
@@ -441,22 +266,9 @@ COMMANDS: tuple[Command, ...] = (
 
 
 def command_line(args: argparse.Namespace, commands: Sequence[Command] = COMMANDS) -> list[str]:
-    """The arguments that parse back to ``args`` (how a launcher re-runs a command in workers).
-    Every option's value is written out, defaults included, so a worker's parser range-checks
-    the same values."""
+    """The arguments that parse back to ``args`` (how a launcher re-runs a command in workers)."""
     command = next(c for c in commands if c.name == args.command)
-    argv = ["--debug"] if getattr(args, "debug", False) else []
-    argv.append(command.name)
-    for arg in command.args:
-        flag = next((f for f in arg.flags if f.startswith("--")), arg.flags[0])
-        value = getattr(args, arg.options.get("dest", flag.lstrip("-").replace("-", "_")))
-        if not flag.startswith("-"):
-            argv.append(str(value))
-        elif arg.options.get("action") == "store_true":
-            argv += [flag] if value else []
-        elif value is not None:
-            argv += [flag, str(value)]
-    return argv
+    return arguments_of(command.name, command.args, args)
 
 
 class UsageError(Exception):

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from einc.ir.diagnostics import OutputError
+from einc.errors import OutputError
 
 # What `save_array` writes, by suffix (the suffixes einc reads back, plus .png pictures).
 ARRAY_SUFFIXES = (".csv", ".npy", ".npz")

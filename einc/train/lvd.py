@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
-from einc.data import as_rows, prepare_latents
-from einc.ir.diagnostics import DataError, EincError
+from einc.io.data import as_rows, prepare_latents
+from einc.errors import DataError, EincError
 from einc.mixture import kmeans, nearest_centre
 from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_STEP_SIZE, EpochRecord, Model
 

@@ -6,7 +6,7 @@ holds is the windows in use, never the file. CSV files (optionally gzip-compress
 arrays are streamed once into a ``.npy`` cache and then read the same way. In-memory arrays are
 sources too, so the same training loop serves arrays, files and caches.
 
-Files are recognised and checked as ``einc.data.read_data`` does (the same rules and messages):
+Files are recognised and checked as ``einc.io.data.read_data`` does (the same rules and messages):
 the format comes from the content, a CSV file is parsed by the same parser piece by piece, and
 ``dataset`` names a window's rows by their file line (CSV) or row, so that errors found later
 read ``train.csv:12:3 (variable C): ...`` as for a file loaded whole.
@@ -33,19 +33,19 @@ from typing import IO, Any
 
 import numpy as np
 
-from einc.data import (
+from einc.io.data import (
     READ_ERRORS,
     CsvParser,
     DataFile,
     Dataset,
-    _decode,
+    decode_text,
     array_rows_shape,
     as_rows,
     cannot_read,
     find_data_file,
 )
-from einc.files import atomic_write, publish
-from einc.ir.diagnostics import DataError
+from einc.io.files import atomic_write, publish
+from einc.errors import DataError
 
 # Our caches' .npy header has a fixed size, so the row count can be written after streaming.
 HEADER_BYTES = 128
@@ -265,7 +265,7 @@ def _stream_csv(found: DataFile, target: Path, lines_path: Path, columns: Sequen
                 if not raw_lines:
                     break
                 raw = b"".join(raw_lines)
-                values, lines = _parse_chunk(parser, _decode(raw, label, offset), line_number)
+                values, lines = _parse_chunk(parser, decode_text(raw, label, offset), line_number)
                 if len(values):
                     line_map.add(lines, writer.rows)
                     writer.append(values)

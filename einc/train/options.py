@@ -1,0 +1,63 @@
+"""The options of a training run, checked before any work, each with its own message."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from einc.errors import EincError
+
+
+def check_positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise EincError(f"{name} must be a whole number of at least 1, found {value!r}")
+
+
+def check_non_negative_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise EincError(f"{name} must be a whole number of at least 0, found {value!r}")
+
+
+def checked_order(order: Any, count: int) -> np.ndarray:
+    array = np.asarray(order)
+    if array.shape != (count,) or not np.array_equal(np.sort(array), np.arange(count)):
+        raise EincError(f"batch_order must return a permutation of the {count} training rows")
+    return array.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    method: str  # "em" or "adam", resolved
+    patience: int | None
+    checkpoint_every: int
+
+    @staticmethod
+    def checked(epochs: Any, method: str, batch_size: Any, step_size: Any, update: str, learning_rate: Any,
+                patience: Any, checkpoint_every: Any, has_valid: bool, pseudocount: Any = 0.0,
+                samples: Any = 1) -> TrainingOptions:
+        """Every training option checked before any work, each with its own message (what the
+        model can run, EM or Adam, its ``check_training_options`` checks first)."""
+        if method not in ("em", "adam"):
+            raise EincError(f"unknown training method '{method}'; expected 'em' or 'adam'")
+        if update not in ("batch", "epoch"):
+            raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
+        check_positive_int(epochs, "epochs")
+        check_positive_int(batch_size, "batch_size")
+        if method == "em" and not (isinstance(step_size, (int, float)) and 0.0 < step_size <= 1.0):
+            raise EincError(f"step_size must be in (0, 1], found {step_size!r}")
+        if method == "adam" and not (isinstance(learning_rate, (int, float)) and 0.0 < learning_rate < math.inf):
+            raise EincError(f"learning_rate must be a positive number, found {learning_rate!r}")
+        if patience is not None:
+            check_positive_int(patience, "patience")
+            if not has_valid:
+                raise EincError("patience stops on the validation log-likelihood: give valid data too")
+        if checkpoint_every:
+            check_positive_int(checkpoint_every, "checkpoint_every")
+        check_positive_int(samples, "samples")
+        if isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0.0 \
+                or not math.isfinite(pseudocount):
+            raise EincError(f"pseudocount must be a finite number of at least 0, found {pseudocount!r}")
+        return TrainingOptions(method, patience, int(checkpoint_every or 0))
