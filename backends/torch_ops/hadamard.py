@@ -66,11 +66,11 @@ def forward(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor],
         # the shift of the log-sum-exp over j; rows that are all −inf (no mass) stay −inf
         top, empty = log_sum_exp_shift(product, 1)  # (L, 1, B)
         # (L, k, j) x (L, j, B) -> (L, k, B), indexed (L, B, k)
-        mixed = torch.bmm(weights, torch.exp(product - top))
+        mixed = torch.bmm(weights, (product - top).exp_())  # exp in place on the fresh difference
         return log_of_mass(mixed, top, empty).transpose(1, 2)
     top, empty = log_sum_exp_shift(product, -1)  # (L, B, 1)
     # (L, B, j) x (L, j, k) -> (L, B, k)
-    mixed = torch.bmm(torch.exp(product - top), weights.transpose(1, 2))
+    mixed = torch.bmm((product - top).exp_(), weights.transpose(1, 2))
     return log_of_mass(mixed, top, empty)
 
 
