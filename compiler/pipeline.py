@@ -112,7 +112,8 @@ def _raise_if_errors(
 
 def _check_size(graph: RegionGraph, options: CompileOptions, filename: str) -> None:
     """``ResourceError`` when the built structure with its parameters exceeds the limits."""
-    from einc.compiler.dump import parameter_count
+    from einc.compiler.dump import neural_row_floats, parameter_count
+    from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 
     count = parameter_count(graph)
     estimate = size.SizeEstimate(
@@ -122,6 +123,7 @@ def _check_size(graph: RegionGraph, options: CompileOptions, filename: str) -> N
         sum(len(region.scope) for region in graph.regions),
         count.total,
         options.dtype,
+        neural_row_floats(graph, DEFAULT_QUERY_SAMPLES),
     )
     what = f"{filename}: with sums {graph.sums}, inputs {graph.inputs} and heads {graph.heads}, the circuit"
     problem = size.limit_problem(estimate, options.limits, what)

@@ -72,6 +72,10 @@ class SizeEstimate:
     scope_entries: int  # Σ |scope| over the regions
     parameters: int
     dtype: str = "float32"
+    # floats the vae leaves' networks hold for one data row at the default query IWAE samples
+    # (activations, noise and decoder outputs of every sample): a large `latent` or `hidden`
+    # that fits as parameters can still not run a single row
+    row_floats: int = 0
 
     @property
     def bytes(self) -> int:
@@ -81,6 +85,7 @@ class SizeEstimate:
             + self.variables * BYTES_PER_VARIABLE
             + (self.regions + self.partitions) * BYTES_PER_NODE
             + self.scope_entries * BYTES_PER_SCOPE_ENTRY
+            + self.row_floats * itemsize
         )
 
     @property
@@ -103,6 +108,9 @@ class SizeEstimate:
                 parts.append(f"{format_count(self.scope_entries)} variables listed in scopes")
         if self.parameters:
             parts.append(f"about {format_count(self.parameters)} parameters")
+        if self.row_floats:
+            parts.append(f"vae networks holding {format_count(self.row_floats)} values per data row "
+                         f"at the default IWAE samples")
         return f"{', '.join(parts)}: about {format_bytes(self.bytes)} at {self.dtype}"
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from einc.compiler.pipeline import CompileOptions
 from einc.io.data import as_rows
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
+from einc.archive import check_mixture_entries
 from einc.io.files import atomic_write
 from einc.errors import EincError, ModelFileError
 from einc.model import (
@@ -43,8 +44,13 @@ FORMAT_VERSION = 1
 
 
 def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """(assignments (N,), centres (C, D)) by k-means++ seeding and Lloyd's iterations."""
-    x = np.nan_to_num(np.asarray(data, dtype=np.float64))
+    """(assignments (N,), centres (C, D)) by k-means++ seeding and Lloyd's iterations.
+
+    The data are divided by their largest magnitude first (k-means is unchanged by a uniform
+    scale): huge finite values (1e200) would otherwise overflow the squared distances to inf,
+    inf − inf to NaN, and the seeding probabilities with them.
+    """
+    x, scale = _scaled(np.nan_to_num(np.asarray(data, dtype=np.float64)))
     if not 1 <= clusters <= len(x):
         raise EincError(f"k-means: {clusters} clusters for {len(x)} samples")
     rng = np.random.default_rng(seed)
@@ -60,7 +66,7 @@ def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50)
     centre_array = np.stack(centres)
     assignment = np.full(len(x), -1)
     for _ in range(iterations):
-        new_assignment = nearest_centre(x, centre_array, squared)
+        new_assignment = _nearest(x, centre_array, squared)
         if np.array_equal(new_assignment, assignment):
             break
         assignment = new_assignment
@@ -68,12 +74,26 @@ def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50)
             members = x[assignment == c]
             if len(members):  # an empty cluster keeps its centre
                 centre_array[c] = members.mean(0)
-    return assignment, centre_array
+    return assignment, centre_array * scale
 
 
-def nearest_centre(data: np.ndarray, centres: np.ndarray, squared: np.ndarray | None = None) -> np.ndarray:
-    """Index of each row's nearest centre (missing values count as 0, as in ``kmeans``)."""
+def nearest_centre(data: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of each row's nearest centre (missing values count as 0, as in ``kmeans``); data
+    and centres are scaled together first, so that huge finite values do not overflow."""
     x = np.nan_to_num(np.asarray(data, dtype=np.float64))
+    centres = np.asarray(centres, dtype=np.float64)
+    scale = max(_scaled(x)[1], _scaled(centres)[1])
+    return _nearest(x / scale, centres / scale, None)
+
+
+def _scaled(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """``x / s`` and ``s``, the largest finite magnitude in ``x`` (1 when all are 0)."""
+    largest = float(np.abs(x).max()) if x.size else 0.0
+    scale = largest if 0.0 < largest < np.inf else 1.0
+    return x / scale, scale
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray, squared: np.ndarray | None) -> np.ndarray:
     squared = (x**2).sum(1) if squared is None else squared
     # squared distances (N, C) without forming (N, C, D)
     distances = squared[:, None] - 2 * x @ centres.T + (centres**2).sum(1)[None, :]
@@ -187,6 +207,7 @@ def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str
             or sum(weights) <= 0):
         raise ModelFileError(f"{path}: not a valid einc model file: the mixture weights are not {count} "
                              f"non-negative numbers with a positive sum")
+    check_mixture_entries(archive, meta, count, path)
     components = [
         model_from_archive(archive, f"component{index}/", path, backend, device, dtype, options)
         for index in range(count)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 
 @dataclass(frozen=True, order=True)
@@ -66,7 +67,7 @@ def _headline(severity: str, message: str, span: Span | None, program: str = "")
 def _excerpt(span: Span | None, sources: Mapping[str, str] | None) -> list[str]:
     if span is None or sources is None or span.file not in sources:
         return []
-    text_lines = sources[span.file].splitlines()
+    text_lines = _lines(sources[span.file])
     if not 1 <= span.line <= len(text_lines):
         return []
     text = text_lines[span.line - 1]
@@ -90,6 +91,21 @@ def _excerpt(span: Span | None, sources: Mapping[str, str] | None) -> list[str]:
 # Longest source excerpt printed under a diagnostic (a longer line is cut around the column).
 _EXCERPT_WIDTH = 120
 
+# Most diagnostics rendered in one report; the rest are counted in a closing line. A file with
+# 40,000 repeated mistakes would otherwise print 120,000 lines that nobody reads.
+MAX_REPORTED = 20
+
+
+@lru_cache(maxsize=8)
+def _lines(text: str) -> tuple[str, ...]:
+    """The lines of a source, split once: every excerpt of a report looks its line up here.
+
+    Splitting per diagnostic made reporting errors x lines (minutes for 40,000 repeated
+    statements). ``str`` caches its hash and the cache compares by identity first, so a
+    lookup costs O(1) after the first split of the same text object.
+    """
+    return tuple(text.splitlines())
+
 
 def shorten(text: str, width: int = 40) -> str:
     """Text quoted in a one-line message: control characters escaped, long text cut."""
@@ -101,7 +117,17 @@ def shorten(text: str, width: int = 40) -> str:
 def format_diagnostics(
     diagnostics: Sequence[Diagnostic], sources: Mapping[str, str] | None, program: str = ""
 ) -> str:
-    return "\n".join(d.format(sources, program) for d in diagnostics)
+    """The first ``MAX_REPORTED`` diagnostics, then one line counting the others."""
+    shown = [d.format(sources, program) for d in diagnostics[:MAX_REPORTED]]
+    hidden = diagnostics[MAX_REPORTED:]
+    if hidden:
+        errors = sum(d.severity == "error" for d in diagnostics)
+        what = f"{errors:,} errors" if errors == len(diagnostics) else f"{len(diagnostics):,} diagnostics"
+        shown.append(
+            _headline("note", f"{len(hidden):,} more not shown ({what} in all; "
+                      f"the first {MAX_REPORTED} are above)", None, program)
+        )
+    return "\n".join(shown)
 
 
 class EincError(Exception):

@@ -41,6 +41,9 @@ DEFAULT_HIDDEN = (32, 32)
 DEFAULT_TRAINING_SAMPLES = 5
 # IWAE samples of a query that names none (Model.log_likelihood, einc eval).
 DEFAULT_QUERY_SAMPLES = 100
+# Elements of the decoder outputs (L·K·samples·B·D·t) a query materialises at once: a forward
+# pass streams the IWAE samples in chunks of this size (backends/torch_ops/vae.py).
+SAMPLE_CHUNK_ELEMENTS = 2**24
 # Normal decoders keep their variance inside these bounds (as normal leaves do by default).
 DECODER_MIN_VAR = 1e-4
 DECODER_MAX_VAR = 10.0
@@ -130,6 +133,25 @@ class VaeSpec:
     def parameter_count(self, width: int, domain: Domain) -> int:
         """Weights and biases of one expert over ``width`` data columns."""
         return sum(layer.fan_in * layer.fan_out + layer.fan_out for layer in self.layers(width, domain))
+
+    def pass_floats(self, experts: int, width: int, domain: Domain, batch: int, samples: int,
+                    chunked: bool) -> int:
+        """Floats ``experts`` experts over ``width`` columns hold in one pass over ``batch`` rows
+        with ``samples`` IWAE samples: what the memory checks count besides the circuit's values.
+
+        Per row and expert: the encoder's activations, μ and σ, then per sample the noise ε and
+        z (latent each), the decoder's activations and outputs, and the per-column densities.
+        A forward query (``chunked``) holds only one chunk of samples at a time; training keeps
+        every sample for the backward pass, and sampling/MPE draw all samples at once.
+        """
+        outputs = width * self.outputs_per_column(domain)
+        encoder = sum(self.hidden) + 4 * self.latent + 2 * width
+        per_sample = 3 * self.latent + sum(self.hidden) + 2 * outputs + width
+        live = samples
+        if chunked:
+            widest = max((*self.hidden, outputs))
+            live = max(1, min(samples, SAMPLE_CHUNK_ELEMENTS // max(1, experts * batch * widest)))
+        return experts * batch * (encoder + live * per_sample)
 
 
 def _chain(sizes: tuple[int, ...]) -> tuple[Layer, ...]:

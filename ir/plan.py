@@ -401,6 +401,13 @@ class VaeOp(PlanOp):
         params = sum(plan.param(name).size for layer in (*self.encoder, *self.decoder) for name in layer)
         return OpCost(madds, params, self.rows * self.k)
 
+    def pass_floats(self, batch: int, samples: int, chunked: bool) -> int:
+        """Floats the networks hold in one pass over ``batch`` rows (``VaeSpec.pass_floats``)."""
+        from .neural import VaeSpec
+
+        return VaeSpec.of(self.family).pass_floats(self.rows * self.k, self.width, self.domain, batch,
+                                                    samples, chunked)
+
     def describe(self, plan: Plan) -> tuple[str, str]:
         def sizes(layers: tuple[tuple[str, str], ...]) -> str:
             shapes = [plan.param(weight).shape for weight, _ in layers]
@@ -476,6 +483,11 @@ class Plan:
     def exact(self) -> bool:
         """True when every value is an exact log-density (no neural leaf estimates)."""
         return all(op.exact for op in self.ops)
+
+    def neural_floats(self, batch: int, samples: int, chunked: bool) -> int:
+        """Floats the vae leaves' networks hold in one pass over ``batch`` rows with ``samples``
+        IWAE samples (0 for exact circuits): the memory checks add them to the values'."""
+        return sum(op.pass_floats(batch, samples, chunked) for op in self.ops if isinstance(op, VaeOp))
 
     @property
     def trained_by_em(self) -> bool:

@@ -32,15 +32,16 @@ import torch.nn.functional as F
 
 from einc.backends.torch_ops import LeafOutput, Noise, PassData, TorchOpRule
 from einc.ir.families import FAMILIES
-from einc.ir.neural import VaeSpec
+from einc.ir.neural import SAMPLE_CHUNK_ELEMENTS, VaeSpec
 from einc.ir.plan import VaeOp
 from einc.ir.region_graph import Domain, LeafFamily
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # σ of q(z | x) is softplus(s) + this: never 0, so log q stays finite
 MIN_STD = 1e-4
-# Elements of the per-chunk decoder outputs (L·K·samples·B·D·t) materialised at once.
-_CHUNK_ELEMENTS = 2**24
+# Elements of the per-chunk decoder outputs (L·K·samples·B·D·t) materialised at once (the
+# memory checks count with the same budget: VaeSpec.pass_floats).
+_CHUNK_ELEMENTS = SAMPLE_CHUNK_ELEMENTS
 
 
 # ---------------------------------------------------------------- decoder log-densities

@@ -22,13 +22,14 @@ from einc.cli.session import (
     compile_options,
     epoch_line,
     exit_code,
+    finite_ll,
     load_model,
     set_threads,
     termination_as_interrupt,
     training_model,
 )
 from einc.io.data import prepare, prepare_labels, prepare_latents, read_data
-from einc.io.files import check_array_output, check_not_an_input, check_writable, save_array
+from einc.io.files import check_array_output, check_distinct_paths, check_not_an_input, check_writable, save_array
 from einc.errors import DataError, EincError, TrainingError
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.model import EpochRecord, Model, compile
@@ -115,9 +116,11 @@ def _train_mixture(args: argparse.Namespace) -> int:
         return 130
     if valid is not None:
         print(f"valid LL {mixture.log_likelihood(valid).mean():.4f}")
-    if test is not None:
-        print(f"test LL {mixture.log_likelihood(test).mean():.4f}")
+    test_ll = None if test is None else mixture.log_likelihood(test)
     mixture.save(args.output)
+    if test_ll is not None:
+        finite_ll(test_ll, mixture, f"--test {args.test} (the mixture was written to {args.output})")
+        print(f"test LL {test_ll.mean():.4f}")
     print(f"wrote {args.output}")
     return 0
 
@@ -136,6 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     labels = prepare_labels(read_data(args.labels), len(data), _heads(model)) if args.labels else None
     exact = getattr(model, "exact", True)
     ll = model.log_likelihood(data) if exact else model.log_likelihood(data, samples=args.samples)
+    finite_ll(ll, model, f"--data {args.data}")
     if not exact:
         print(f"an IWAE estimate with {args.samples} samples per vae leaf (a lower bound of the "
               f"log-likelihood in expectation; more --samples tighten it)")
@@ -276,11 +280,18 @@ def cmd_query(args: argparse.Namespace) -> int:
         # p(target = v | e) = p(v, e) / p(e): every query is one marginal with the rest missing
         joint = model.log_likelihood(rows)
         joint = joint if joint.ndim == 1 else joint[:, 0]
-        log_evidence = model.log_likelihood(evidence[None])
-        log_evidence = log_evidence if log_evidence.ndim == 1 else log_evidence[:, 0]
-        probabilities = np.exp(joint - log_evidence[0])
-        estimated = "" if model.exact else (f" (a ratio of IWAE estimates with {DEFAULT_QUERY_SAMPLES} samples per "
-                                            f"vae leaf: approximate)")
+        if np.isnan(joint).any() or (joint == np.inf).any():  # -inf is a value of probability 0
+            finite_ll(joint, model, f"--target {target}")
+        if not np.isfinite(joint).any():
+            raise EincError(f"--evidence: has probability 0 under the model (every value of {target} gives "
+                            f"log-likelihood -inf); a conditional needs evidence of positive probability")
+        # normalised over the target's values: Σ_v p(v, e) = p(e) exactly for exact circuits, and
+        # for vae leaves each joint is its own IWAE estimate, so dividing by a separate estimate
+        # of p(e) gave "probabilities" that did not sum to 1 (1.12 on a binary target)
+        probabilities = np.exp(joint - np.logaddexp.reduce(joint))
+        estimated = "" if model.exact else (f" (an estimate: IWAE estimates of each p({target} = v, evidence) with "
+                                            f"{DEFAULT_QUERY_SAMPLES} samples per vae leaf, normalised over the "
+                                            f"values of {target})")
         print(f"P({model.columns[column]} | evidence){estimated}:")
         for level, probability in zip(levels, probabilities):
             print(f"  {int(level)}: {probability:.6f}")
@@ -330,6 +341,8 @@ def cmd_learn_structure(args: argparse.Namespace) -> int:
     from einc.io.files import atomic_write
     from einc.tools.structure_learning import learn_structure
 
+    check_writable(args.output, "circuit")
+    check_distinct_paths({"-o": args.output}, {"--data": args.data, "--variables": args.variables})
     text, tree = learn_structure(args.kind, args.data, args.output, hidden_states=args.sums,
                                  variables=args.variables, bins=args.bins, pseudocount=args.pseudocount,
                                  max_rows=args.max_rows, seed=args.seed)
@@ -363,6 +376,80 @@ def _read_features(path: str) -> np.ndarray:
     return loaded
 
 
+def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[str, Any]) -> int:
+    """einc lvd --grow N1xN2: progressive growing (einc.train.lvd_pg), fine-tuning, the grown .pc and model."""
+    from pathlib import Path
+
+    from einc.tools.growing import write_grown
+    from einc.train import lvd, lvd_pg
+
+    if args.teacher is None:
+        raise EincError("--grow clusters teacher embeddings: give --teacher FEATURES.npy")
+    grown_pc = check_writable(args.grown_pc or Path(args.output).with_suffix(".pc"), "grown circuit")
+    check_not_an_input(grown_pc, {**inputs, "-o": args.output})
+    outer, inner = args.grow
+    set_threads(args, model.plan)
+    train, valid, test = _read_splits(args, model)
+    features = lvd.per_latent_features(_read_features(args.teacher), len(model.latents) or None,
+                                       label=f"--teacher {args.teacher}")
+    print(f"{model.graph.name}: {len(model.latents)} latents, {len(train)} training samples; progressive growing "
+          f"to {outer}x{inner} = {outer * inner} clusters per latent, threshold {args.grow_threshold}")
+    dims = model.graph.num_columns
+
+    def bpd(ll: float | None) -> str:
+        return "-" if ll is None else f"{-ll / dims / np.log(2):.4f}"
+
+    def report_round(record: "lvd_pg.GrowRound") -> None:
+        print(f"round {record.round}: states {min(record.states)}-{max(record.states)} per latent, "
+              f"train bpd of (x, z) {bpd(record.train_ll)}, valid bpd {bpd(record.valid_ll)}, "
+              f"{record.parameters:,} parameters, {record.seconds:.1f} s", flush=True)
+
+    def report(phase: str, record: EpochRecord) -> None:
+        print(f"{phase:>9} {epoch_line(record)}", flush=True)
+
+    trained: dict[str, Any] = {}  # the last trained circuit: what an interrupt writes
+
+    def keep(current: Model, states: np.ndarray) -> None:
+        trained.update(model=current, latents=states)
+
+    try:
+        with termination_as_interrupt():
+            model, latents, _rounds = lvd_pg.progressive_growing(
+                model, train, features, outer, inner, threshold=args.grow_threshold, epochs=args.epochs,
+                valid=valid, batch_size=args.batch_size, step_size=args.step_size, update=args.update,
+                pseudocount=args.pseudocount, seed=args.seed, on_round=report_round, on_epoch=report,
+                on_model=keep)
+            keep(model, latents)
+            print(f"LVD objective, mean log p(x, z): bpd {bpd(float(model.log_likelihood(train, latents=latents).mean()))}; "
+                  f"after growing, mean log p(x): bpd {bpd(float(model.log_likelihood(train).mean()))}")
+            if args.finetune_epochs:
+                model.fit(train, valid=valid, epochs=args.finetune_epochs, seed=args.seed, batch_size=args.batch_size,
+                          step_size=args.step_size, update=args.update, pseudocount=args.pseudocount,
+                          on_epoch=lambda record: report("fine-tune", record))
+    except KeyboardInterrupt as interrupt:
+        if "model" not in trained:
+            print("einc: interrupted before the first round was trained; nothing written", file=sys.stderr)
+        else:
+            write_grown(trained["model"], grown_pc, output)
+            print(f"einc: interrupted; wrote the circuit last trained ({trained['model'].num_parameters:,} "
+                  f"parameters) to {grown_pc} and {output}", file=sys.stderr)
+        return exit_code(interrupt)
+    except TrainingError as error:
+        print(error.render("einc"), file=sys.stderr)
+        if "model" in trained:
+            write_grown(trained["model"], grown_pc, output)
+            print(f"einc: wrote the circuit last trained to {grown_pc} and {output}", file=sys.stderr)
+        return 1
+    if test is not None:
+        print(f"test bpd {bpd(float(model.log_likelihood(test).mean()))}")
+    write_grown(model, grown_pc, output)
+    print(f"wrote {grown_pc} and {output}")
+    if args.write_latents:
+        save_array(args.write_latents, latents)
+        print(f"wrote the latent states of the last round to {args.write_latents}")
+    return 0
+
+
 def cmd_lvd(args: argparse.Namespace) -> int:
     from einc.train import lvd
 
@@ -372,12 +459,13 @@ def cmd_lvd(args: argparse.Namespace) -> int:
     output = check_writable(args.output, "model")
     inputs = {"FILE.pc": args.file, "--data": args.data, "--teacher": args.teacher, "--latents": args.latents,
               "--valid": args.valid, "--test": args.test}
-    check_not_an_input(output, inputs)
     if args.write_latents:
         check_array_output(args.write_latents)
-        check_not_an_input(args.write_latents, {**inputs, "-o": args.output})
+    check_distinct_paths({"-o": output, "--write-latents": args.write_latents}, inputs)
     model = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
                     options=compile_options(args))
+    if getattr(args, "grow", None) is not None:
+        return _lvd_grow(args, model, output, inputs)
     # raises without latents (nothing to distill) and, for --teacher, unless they share one K (one codebook)
     states = lvd.shared_states(model) if args.teacher or not model.latents else None
     set_threads(args, model.plan)
@@ -426,12 +514,21 @@ def cmd_lvd(args: argparse.Namespace) -> int:
     def nats_and_bits(ll: float) -> str:
         return f"{ll:.4f} nats ({-ll / dims / np.log(2):.4f} bits per dimension)"
 
+    for value, what in ((result.objective, "the LVD objective log p(x, z)"), (result.distilled_ll, "log p(x) after distillation"),
+                        (result.final_ll, "log p(x) after fine-tuning")):
+        if not np.isfinite(value):
+            model.save(output)
+            finite_ll(np.array([value]), model, f"{what} (mean over --data; the model was written to {output})")
     print(f"LVD objective, mean log p(x, z): {nats_and_bits(result.objective)}")
     print(f"after distillation, mean log p(x): {nats_and_bits(result.distilled_ll)}")
     if args.finetune_epochs:
         print(f"after fine-tuning, mean log p(x): {nats_and_bits(result.final_ll)}")
     if test is not None:
-        print(f"test LL {nats_and_bits(float(model.log_likelihood(test).mean()))}")
+        test_ll = model.log_likelihood(test)
+        if not np.isfinite(test_ll).all():
+            model.save(output)
+            finite_ll(test_ll, model, f"--test {args.test} (the model was written to {output})")
+        print(f"test LL {nats_and_bits(float(test_ll.mean()))}")
     model.save(output)
     print(f"wrote {output}")
     if args.write_latents:

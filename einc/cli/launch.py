@@ -44,7 +44,8 @@ from einc.cli.session import (
     training_model,
 )
 from einc.train.distributed import SetupError, WorkerLost, Workers
-from einc.errors import EincError, TrainingError
+from einc.compiler.size import format_bytes
+from einc.errors import EincError, ResourceError, TrainingError
 from einc.train.rows import open_rows
 
 # A worker that stops because of a failure reported elsewhere (it lost contact with a failed worker,
@@ -73,6 +74,7 @@ def cmd_train_sharded(args: argparse.Namespace) -> int:
                             f"leave out --nproc under torchrun")
         return _worker(args)
     if args.nproc and args.nproc > 1:
+        check_worker_count(args.nproc)
         _preflight(args)
         return launch_local(args, args.nproc)
     return _worker(args)
@@ -82,12 +84,58 @@ def cmd_train_sharded(args: argparse.Namespace) -> int:
 # the launcher
 
 
+# Resident memory of one idle worker process (Python, torch, gloo): 64 workers took about 10 GB on
+# the 2-core development VM, about 160 MB each.
+WORKER_BASE_BYTES = 160 * 2**20
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_worker_count(nproc: int, per_worker: int = 0) -> None:
+    """``ResourceError`` before starting ``nproc`` local workers that the machine cannot run:
+    more than its usable cores (they would only take turns, each a whole torch process), or more
+    memory than it has available (a base process each, plus ``per_worker`` bytes of model and
+    batch). ``--nproc 64`` on 2 cores took 10 GB and 50 s before the first epoch."""
+    cores = usable_cores()
+    if nproc > cores:
+        raise ResourceError(f"--nproc {nproc}: this machine has {cores} usable cores; more workers than cores "
+                            f"only take turns (each is a whole process of about {format_bytes(WORKER_BASE_BYTES)}); "
+                            f"use --nproc {cores} or fewer")
+    available = available_memory()
+    needed = nproc * (WORKER_BASE_BYTES + per_worker)
+    if available is not None and needed > available:
+        raise ResourceError(f"--nproc {nproc}: the workers would need about {format_bytes(needed)} "
+                            f"({format_bytes(WORKER_BASE_BYTES + per_worker)} each), more than the "
+                            f"{format_bytes(available)} this machine has available; use fewer workers")
+
+
 def _preflight(args: argparse.Namespace) -> None:
     """Catch the common mistakes once, before starting workers: the output path, the circuit (and
     the --resume model), missing or unreadable files; and build CSV caches here so that workers do
     not wait on each other for them. (The workers check every row, in parallel.)"""
     check_outputs(args)
     model = training_model(args, "cpu")
+    # each worker holds the parameters (and host copies of them) and one local batch
+    local_rows = -(-args.batch_size // args.nproc)
+    itemsize = 8 if args.dtype == "float64" else 4
+    check_worker_count(args.nproc, model.num_parameters * (itemsize + 24) + local_rows * model.batch_bytes())
     for data, is_labels in ((args.data, False), (args.labels, True), (args.valid, False),
                             (args.valid_labels, True), (args.test, False)):
         if data is None:

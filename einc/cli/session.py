@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from einc.compiler.pipeline import CompileOptions
 from einc.errors import EincError, TrainingError
-from einc.io.files import check_not_an_input, check_writable
+from einc.io.files import check_distinct_paths, check_writable
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.ir.plan import Plan
 from einc.loading import load
@@ -119,15 +121,14 @@ def check_outputs(args: argparse.Namespace) -> Path:
     inputs = {"FILE.pc": args.file, "--data": args.data, "--valid": args.valid, "--test": args.test,
               "--labels": args.labels, "--valid-labels": args.valid_labels}
     output = check_writable(args.output, "model")
-    check_not_an_input(output, inputs)
     table = check_writable(history_path(output), "training history")
-    check_not_an_input(table, {**inputs, "-o": args.output})
     plot = getattr(args, "plot", None)
     if plot is not None:
         if not str(plot).lower().endswith(".png"):
             raise EincError(f"--plot {plot}: the learning curves are a PNG picture; name it FILE.png")
         check_writable(plot, "picture")
-        check_not_an_input(plot, {**inputs, "-o": args.output})
+    # --resume is not among the inputs: -o replacing the model it continues is the usual use
+    check_distinct_paths({"-o": output, "history table": table, "--plot": plot}, inputs)
     return output
 
 
@@ -231,6 +232,12 @@ class Session:
         if args.valid and model.training is not None and model.training.best_epoch is not None:
             print(f"kept the parameters of the best validation epoch ({model.training.best_epoch}): "
                   f"valid LL {model.training.best_valid_ll:.4f}")
+        if test_ll is not None and not np.isfinite(test_ll):
+            # training finished: the model is written, but a NaN/inf test LL is not a result
+            self.write()
+            print(f"einc: error: --test: the mean test log-likelihood is {test_ll}{parameter_cause(model)}; "
+                  f"wrote {self.output} and {self._written()}", file=sys.stderr)
+            return 1
         if test_ll is not None:
             estimate = "" if model.exact else f" (IWAE estimate with {DEFAULT_QUERY_SAMPLES} samples per leaf)"
             print(f"test LL {test_ll:.4f}{estimate}")
@@ -262,3 +269,34 @@ class Session:
         print(f"einc: {word} after {state.epoch} epochs; wrote {what} to {self.output} "
               f"(continue with --resume {self.output})", file=sys.stderr)
         return code
+
+
+def finite_ll(ll: Any, model: Any, what: str) -> Any:
+    """``ll`` unchanged when every entry is finite; else ``EincError`` (exit 1) saying how many
+    are NaN or infinite, the first one, and the likely cause: the largest parameter of the model
+    (finite but absurd weights overflow inside the circuit). A NaN mean was printed with exit 0."""
+    array = np.asarray(ll, dtype=np.float64)
+    per_row = array.reshape(len(array) if array.ndim else 1, -1)
+    bad = ~np.isfinite(per_row)
+    if not bad.any():
+        return ll
+    rows = np.nonzero(bad.any(1))[0]
+    first = float(per_row[rows[0]][bad[rows[0]]][0])
+    kind = "NaN" if np.isnan(first) else "+inf" if first > 0 else "-inf (probability 0)"
+    raise EincError(f"{what}: the log-likelihood is not finite for {len(rows)} of {len(per_row)} samples "
+                    f"(first: sample {rows[0] + 1}, {kind}){parameter_cause(model)}; no result is reported")
+
+
+def parameter_cause(model: Any) -> str:
+    """'; the model's largest parameter is ... ' for a model with absurd weights, else ''."""
+    components = getattr(model, "components", [model])
+    largest, name = 0.0, ""
+    for component in components:
+        for key, value in component.parameters().items():
+            magnitude = float(np.nanmax(np.abs(value))) if np.size(value) else 0.0
+            if not magnitude <= largest:  # NaN wins too
+                largest, name = magnitude, key
+    if largest < 1e6:
+        return "; its parameters are of ordinary size (check the data for extreme values)"
+    return (f"; the model's parameter '{name}' holds values up to {largest:.3g}: such weights overflow inside "
+            f"the circuit (retrain, or use dtype float64)")

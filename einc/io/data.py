@@ -206,7 +206,43 @@ def _npz_dataset(file: Path, key: str | None, source: str) -> Dataset:
             source = str(file)
         if key not in names:
             raise DataError(f"{file}: no array '{key}'; the file has {', '.join(names)}")
+        # the member's declared shape and dtype, checked before it is decompressed: a few bytes of
+        # a compressed member can declare gigabytes of zeros
+        shape, _, dtype = npz_header(archive.zip, f"{key}.npy", source)
+        rows, columns = array_rows_shape(dtype, shape, source)
+        needed = rows * columns * (dtype.itemsize + 8)  # the array as stored, and its float64 copy
+        if needed > MAX_IN_MEMORY_BYTES:
+            raise DataError(f"{source}: the array declares shape {tuple(shape)} ({dtype}): about "
+                            f"{needed / 2**30:.1f} GiB to read into memory, more than the limit of "
+                            f"{MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB; stream it instead (einc train --stream)")
         return _array_dataset(archive[key], source)
+
+
+# Largest data array read whole into memory (as stored plus its float64 copy); bigger data is
+# streamed window by window (einc.train.rows). The default --max-memory.
+MAX_IN_MEMORY_BYTES = 4 * 2**30
+
+
+def npz_header(archive: zipfile.ZipFile, member: str, source: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the ``.npy`` member of an ``.npz`` archive, read from its
+    first bytes without decompressing the rest; ``DataError`` when the header is not readable or
+    declares more bytes than the zip entry holds uncompressed."""
+    try:
+        info = archive.getinfo(member)
+        with archive.open(member) as stream:
+            version = np.lib.format.read_magic(stream)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = reader(stream)
+            header_bytes = stream.tell()
+    except READ_ERRORS as error:
+        raise cannot_read(source, error) from None
+    except KeyError:
+        raise DataError(f"{source}: no member {member} in the archive") from None
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize if dtype.itemsize else 0
+    if header_bytes + declared > info.file_size:
+        raise DataError(f"{source}: the array's header declares shape {tuple(shape)} ({dtype}, {declared:,} bytes) "
+                        f"but the archive entry holds {info.file_size:,} bytes; the file is damaged")
+    return tuple(int(n) for n in shape), bool(fortran_order), dtype
 
 
 def _array_dataset(array: np.ndarray, source: str) -> Dataset:
@@ -355,8 +391,7 @@ def as_rows(data: Any, label: str = "data") -> np.ndarray:
         )
     if isinstance(data, (dict, set, frozenset)) or hasattr(data, "keys"):
         raise DataError(f"{label}: expected an array of shape (N, columns), found a {type(data).__name__}")
-    if type(data).__module__.startswith("torch") and hasattr(data, "detach"):
-        data = data.detach().cpu().numpy()
+    data = host_array(data, label)
     try:
         array = np.asarray(data)
     except (ValueError, TypeError) as error:
@@ -373,6 +408,59 @@ def as_rows(data: Any, label: str = "data") -> np.ndarray:
     if array.ndim == 0:
         raise DataError(f"{label}: a single number; expected an array of shape (N, columns)")
     return np.asarray(array[None, :] if array.ndim == 1 else array, dtype=np.float64)
+
+
+def host_array(data: Any, label: str = "data") -> Any:
+    """A torch tensor as a NumPy array (anything else unchanged): detached, on the host, and in
+    float32 where NumPy has no such dtype (bfloat16; float16 too, whose values float32 holds
+    exactly). Complex and other non-real tensors stay what they are, for the caller to refuse."""
+    if not (type(data).__module__.startswith("torch") and hasattr(data, "detach")):
+        return data
+    tensor = data.detach().cpu()
+    if tensor.is_floating_point() and str(tensor.dtype) in _TORCH_WIDENED:
+        tensor = tensor.float()
+    try:
+        return tensor.numpy()
+    except (TypeError, RuntimeError) as error:
+        raise DataError(f"{label}: a torch tensor of dtype {str(tensor.dtype).replace('torch.', '')} cannot be read "
+                        f"({_reason(error)}); expected real numbers (convert it with .float())") from None
+
+
+# torch float dtypes NumPy lacks (or that einc widens on the host): read as float32, exactly
+_TORCH_WIDENED = ("torch.bfloat16", "torch.float16", "torch.float8_e4m3fn", "torch.float8_e5m2",
+                  "torch.float8_e4m3fnuz", "torch.float8_e5m2fnuz")
+
+
+def missing_mask(missing: Any, shape: tuple[int, ...], source: str) -> np.ndarray:
+    """A ``missing`` argument as a boolean (N, columns) mask, or ``DataError``: booleans, or
+    numbers that are all 0 or 1; of the data's shape. Ragged lists, text, NaN and other numbers
+    are refused (``np.asarray(mask, dtype=bool)`` took 0.5, 2, NaN and any text as "missing")."""
+    label = f"{source}: missing mask"
+    if isinstance(missing, (str, bytes, dict, set, frozenset)) or hasattr(missing, "keys"):
+        raise DataError(f"{label}: expected an array of booleans of shape {shape}, found a {type(missing).__name__}")
+    try:
+        array = np.asarray(host_array(missing, label))
+    except (ValueError, TypeError) as error:
+        detail = "rows of different lengths" if "inhomogeneous" in str(error) else _reason(error)
+        raise DataError(f"{label}: cannot read it as an array of booleans ({detail}); expected shape {shape}") from None
+    if array.shape != shape:
+        raise DataError(f"{label} has shape {array.shape}; expected {shape}")
+    if array.dtype.kind == "b":
+        return array
+    if array.dtype.kind == "O":
+        if all(isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1))
+               for v in array.reshape(-1)):
+            return array.astype(bool)
+        raise DataError(f"{label}: holds values that are not booleans (dtype object); expected True/False or 0/1")
+    if array.dtype.kind not in "iuf":
+        raise DataError(f"{label}: holds {_DTYPE_WORDS.get(array.dtype.kind, str(array.dtype))} "
+                        f"(dtype {array.dtype}); expected True/False or 0/1")
+    bad = ~((array == 0) | (array == 1))
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{label}: row {row + 1}, column {column + 1} is {array[row, column].item()!r}; "
+                        f"expected True/False or 0/1 (True: missing)")
+    return array.astype(bool)
 
 
 def _locator(data: Any, label: str, first_row: int = 0) -> Callable[[int, int], str]:
@@ -403,10 +491,7 @@ def prepare(graph: RegionGraph, data: Any, missing: Any = None, label: str = "da
         )
     observed = ~np.isnan(x)
     if missing is not None:
-        mask = np.asarray(missing, dtype=bool)
-        if mask.shape != x.shape:
-            raise DataError(f"{source}: missing mask has shape {mask.shape}; expected {x.shape}")
-        observed &= ~mask
+        observed &= ~missing_mask(missing, x.shape, source)
     values = np.where(observed, x, 0.0)
     limits = _Limits.of(dtype)
     for group in _column_groups(graph):
@@ -510,8 +595,10 @@ def prepare_latents(slots: Sequence[Any], latents: Any, count: int, label: str =
         raise DataError(f"{label}: the circuit declares no latent variables; declare one with "
                         f"`latent NAME = SCOPE` (e.g. `latent z = {{A, B}}`)")
     source = latents.source if isinstance(latents, Dataset) else label
-    raw = latents.values if isinstance(latents, Dataset) else latents
-    if len(slots) == 1 and np.ndim(raw) == 1:
+    raw = latents.values if isinstance(latents, Dataset) else host_array(latents, label)
+    if len(slots) == 1 and isinstance(raw, np.ndarray) and raw.ndim == 1:
+        raw = raw[:, None]
+    elif len(slots) == 1 and isinstance(raw, (list, tuple)) and all(np.isscalar(v) for v in raw):
         raw = np.asarray(raw)[:, None]
     array = as_rows(raw, label)
     if array.shape != (count, len(slots)):

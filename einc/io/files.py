@@ -63,16 +63,48 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
 def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
     """``OutputError`` when ``output`` is one of the command's input files (``inputs``: option
     name -> path), which writing the output would destroy (``einc sample m.npz -o m.npz``)."""
-    target = Path(output)
-    if not target.exists():
-        return
-    for option, path in inputs.items():
-        if path is None:
+    check_distinct_paths({"output": output}, inputs)
+
+
+def check_distinct_paths(outputs: dict[str, str | os.PathLike | None],
+                         inputs: dict[str, str | os.PathLike | None]) -> None:
+    """``OutputError`` when an output of a command is one of its inputs, or another of its
+    outputs (option name -> path; None entries are skipped). Every command that writes calls
+    this before any work, so that no output destroys a file the command reads (``learn-structure
+    -o DATA``) or one it has just written (``lvd -o m.npz --write-latents m.npz``).
+
+    Two paths are the same file when ``os.path.samefile`` says so (links, ``./x`` and ``x``) or,
+    for a file not written yet, when they resolve to the same absolute path. ``FILE.npz:key``
+    names the archive ``FILE.npz``.
+    """
+    seen: list[tuple[str, str | os.PathLike]] = []
+    for name, output in outputs.items():
+        if output is None:
             continue
-        source = Path(str(path).rsplit(".npz:", 1)[0] + ".npz" if ".npz:" in str(path) else path)
-        if source.exists() and os.path.samefile(source, target):
-            raise OutputError(f"{output}: is also the {option} input; writing it would destroy that file; "
-                              f"choose another output name")
+        for option, path in inputs.items():
+            if path is not None and _same_file(output, _archive_path(path)):
+                raise OutputError(f"{output}: is also the {option} input; writing it would destroy that file; "
+                                  f"choose another output name")
+        for other_name, other in seen:
+            if _same_file(output, other):
+                raise OutputError(f"{output}: is both the {other_name} and the {name} output; the second would "
+                                  f"replace the first; choose two names")
+        seen.append((name, output))
+
+
+def _archive_path(path: str | os.PathLike) -> str | os.PathLike:
+    text = str(path)
+    return text.rsplit(".npz:", 1)[0] + ".npz" if ".npz:" in text else path
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    first, second = Path(a), Path(b)
+    try:
+        if first.exists() and second.exists():
+            return os.path.samefile(first, second)
+        return first.resolve() == second.resolve()
+    except (OSError, RuntimeError, ValueError):  # unreadable, a symlink loop, a NUL byte
+        return False
 
 
 def _check_replaceable(target: Path, what: str) -> None:

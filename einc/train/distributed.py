@@ -471,7 +471,7 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
                                            pseudocount=pseudocount, samples=samples)
     method = options.method
     local_rows = local_batch_sizes(batch_size, workers.world_size)[0]
-    model.check_memory(local_rows, model.batch_bytes(), f"a training batch of {local_rows} samples per worker")
+    model.check_batch(local_rows, f"a training batch of {local_rows} samples per worker", samples, training=True)
     data = train if isinstance(train, TrainingData) else open_training_data(model, train, labels, workers, cache_dir)
     shard_sizes, start = data.shards(workers, batch_size)
     if len(shard_sizes) != workers.world_size:

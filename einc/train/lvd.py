@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
-from einc.io.data import as_rows, prepare_latents
+from einc.io.data import as_rows, host_array, prepare_latents
 from einc.errors import DataError, EincError
 from einc.mixture import kmeans, nearest_centre
 from einc.model import DEFAULT_BATCH_SIZE, DEFAULT_STEP_SIZE, EpochRecord, Model
@@ -57,7 +57,7 @@ def per_latent_features(features: Any, latents: int | None = None, dims: int | N
                         label: str = "teacher features") -> np.ndarray:
     """Teacher embeddings as a finite float (N, latents, D) array: one D-vector per example and
     latent, in the circuit's declaration order; (N, D) is accepted for a single latent."""
-    array = np.asarray(features.detach().cpu().numpy() if hasattr(features, "detach") else features)
+    array = np.asarray(host_array(features, label))
     if array.dtype.kind not in "biuf":
         raise DataError(f"{label}: holds {array.dtype} values; expected numbers")
     if array.ndim == 2 and latents in (None, 1):

@@ -241,12 +241,42 @@ def cached_npy(found: DataFile, cache_dir: Path, columns: Sequence[str] | None =
     lines = target.with_name(target.name + ".lines") if found.format != "npz" else None
     with open(cache_dir / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not target.exists() or (lines is not None and not lines.exists()):
+        present = target.exists() and (lines is None or lines.exists())
+        if not present or _cache_problem(target, lines) is not None:
+            # missing, or damaged since it was written (truncated, a bad header, a bad line map):
+            # the source is fine, so build the entry again from it rather than blame the source
+            for stale in (target, lines):
+                if stale is not None:
+                    stale.unlink(missing_ok=True)
             if found.format == "npz":
                 _stream_npz(found, target)
             else:
                 _stream_csv(found, target, lines, columns)
+            problem = _cache_problem(target, lines)
+            if problem is not None:
+                raise DataError(f"{label}: its cache entry {target} is unusable even after rebuilding it "
+                                f"({problem}); delete it, or choose another --cache-dir")
     return target, None if lines is None else np.load(lines, allow_pickle=False)
+
+
+def _cache_problem(target: Path, lines: Path | None) -> str | None:
+    """Why a cache entry cannot be used (its .npy header, its size, its line map), or None."""
+    try:
+        with open(target, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = reader(handle)
+            expected = handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = target.stat().st_size
+        if size != expected:
+            return f"{size} bytes; its header promises {expected}"
+        if lines is not None:
+            line_map = np.load(lines, allow_pickle=False)
+            if line_map.dtype.kind not in "iu":
+                return f"its line map {lines.name} holds {line_map.dtype} values"
+    except (OSError, ValueError, EOFError) as error:
+        return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return None
 
 
 def _stream_csv(found: DataFile, target: Path, lines_path: Path, columns: Sequence[str] | None) -> None:
