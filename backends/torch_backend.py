@@ -29,6 +29,7 @@ from einc.backends.torch_ops import (
     vae,
 )
 from einc.backends.torch_ops import input as input_op
+from einc.backends.torch_ops.sampler import TorchSampler
 from einc.errors import BackendError
 from einc.ir.families import ZERO_PROBABILITY
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
@@ -59,37 +60,6 @@ OP_RULES: dict[type, TorchOpRule] = {
     HadamardOp: hadamard.RULE,
     VaeOp: vae.RULE,
 }
-
-
-class TorchSampler:
-    """Random draws for leaf sampling, from one seeded torch.Generator."""
-
-    xp = torch
-
-    def __init__(self, generator: torch.Generator) -> None:
-        self.generator = generator
-
-    def uniform(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.rand(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
-
-    def standard_normal(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype)
-
-    def binomial(self, n: float, p: torch.Tensor) -> torch.Tensor:
-        counts = torch.full_like(p, float(n))
-        return torch.binomial(counts, p, generator=self.generator)
-
-    def poisson(self, rate: torch.Tensor) -> torch.Tensor:
-        return torch.poisson(rate, generator=self.generator)
-
-    def categorical(self, probs: torch.Tensor) -> torch.Tensor:
-        flat = probs.reshape(-1, probs.shape[-1])
-        draws = torch.multinomial(flat, 1, generator=self.generator).reshape(probs.shape[:-1])
-        return draws.to(probs.dtype)
-
-    def gumbel(self, like: torch.Tensor) -> torch.Tensor:
-        u = self.uniform(like).clamp_(1e-20, 1.0)
-        return -torch.log(-torch.log(u))
 
 
 class TorchBackend:

@@ -3,6 +3,7 @@
     python benchmarks/floor.py examples/nltcs.pc --data examples/data/nltcs/train.csv.gz
     python benchmarks/floor.py benchmarks/efficiency_k10.pc --random-rows 2000 --batch-size 100
     python benchmarks/floor.py hclt.pc --data train.csv.gz --sums 32 --label "HCLT K=32 baudio"
+    python benchmarks/floor.py --table benchmarks/results/floor_before.json benchmarks/results/floor_after.json
 
 The floor is the plan's own FLOP count (``einc compile --emit plan``, "MFLOP/batch": two per
 multiply-add of every op) at the single-precision matmul throughput of this process, measured
@@ -158,7 +159,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("circuit", help="a .pc file")
+    parser.add_argument("circuit", nargs="?", help="a .pc file")
+    parser.add_argument("--table", nargs="+", type=Path, metavar="RESULTS",
+                        help="print a markdown table of these results files (runs side by side by label)")
     parser.add_argument("--data", help="training rows (.csv[.gz], .npy, .npz); default: --random-rows normal rows")
     parser.add_argument("--rows", type=int, help="use the first N rows of --data")
     parser.add_argument("--random-rows", type=int, default=2000, help="standard normal rows when no --data")
@@ -178,8 +181,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def table(paths: list[Path]) -> str:
+    """One markdown row per circuit and results file (its variant), in the files' order."""
+    import json
+
+    runs = [(path, json.loads(line)) for path in paths for line in path.read_text().splitlines() if line.strip()]
+    labels = list(dict.fromkeys(record["label"] for _, record in runs))
+    lines = ["| circuit | einc | epoch s | floor s | ratio | inference ms | floor ms | ratio | epochs (s) | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for label in labels:
+        for path, r in runs:
+            if r["label"] != label:
+                continue
+            epochs = ", ".join(f"{t:.2f}" for t in [r["warm_up_epoch_s"], *r["epochs_s"]])
+            lines.append(f"| {label} | {r.get('variant') or path.stem} | {r['epoch_s']:.3f} | {r['epoch_floor_s']:.4f} | "
+                         f"{r['epoch_ratio']:.1f}× | {r['inference_s'] * 1e3:.2f} | {r['inference_floor_s'] * 1e3:.3f} | "
+                         f"{r['inference_ratio']:.1f}× | {epochs} | {r['load_average']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
+    if args.circuit is None:
+        raise SystemExit("floor.py: error: a .pc file (or --table RESULTS...) is required")
     record = measure(args)
     records.emit(record, args.out)
     print(f"{record['label']}: epoch {record['epoch_s']:.3f} s, floor {record['epoch_floor_s']:.4f} s, "

@@ -85,3 +85,17 @@ def test_denormal_arithmetic_is_flushed_inside_only():
         assert (tiny * 1e-10).abs().max().item() == 0
         assert (np.full(4, 1e-30, np.float32) * np.float32(1e-10)).max() == 0  # NumPy's loops too
     assert (tiny * 1e-10).abs().max().item() > 0
+
+
+def test_model_fit_and_resident_epochs_flush():
+    """What `einc train` runs (Model.fit -> the backend's resident-data epoch) is flushed too."""
+    import einc
+
+    model = einc.compile("var x[4] : binary\nleaf x ~ bernoulli\nsums 2\ninputs 2\n"
+                         "structure random_binary_trees(depth = 1, replicas = 2, seed = 0)\n", dtype="float64")
+    seen: list[bool] = []
+    _spy(model.backend, seen)
+    x = np.random.default_rng(0).integers(0, 2, (40, 4)).astype(float)
+    model.fit(x, epochs=2, batch_size=16)
+    assert seen and all(seen)
+    assert not flushing()

@@ -78,5 +78,6 @@ def log_of_mass(mixed: Any, shift: Any, empty: Any) -> Any:
     if mixed.device.type == "cpu" and not bool(empty.any()):
         # the common case, checked where a host sync is free: two full passes fewer (a CUDA
         # pass stays sync-free so that it can be captured as a graph)
-        return torch.log(mixed) + shift
+        # in place on log's fresh output (its backward needs its input, not its output)
+        return torch.log(mixed).add_(shift)
     return (torch.log(mixed.masked_fill(empty, 1.0)) + shift).masked_fill(empty, float("-inf"))

@@ -25,27 +25,37 @@ def stored_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor])
 
     Segment by segment (backends/torch_reads.py): a segment whose rows are the output rows in
     order is added as it is, one whose output rows own ``arity`` consecutive rows each is a
-    strided sum, any other is an ``index_add`` of its rows; all out of place, so autograd sees
-    them, and no segment is copied into a concatenation of all parts first.
+    strided sum, any other is an ``index_add`` of its rows; into the op's own running sum (never
+    into a value's storage, which autograd and later readers need intact), and no segment is
+    copied into a concatenation of all parts first.
     """
-    total = None
+    # ``owned``: total is a fresh tensor of this op (not a view of a value), so later segments
+    # add into it in place (no saved tensor of autograd is one of these sums)
+    total, owned = None, False
     for term in backend.reads.products[id(op)]:
         piece = backend._segment(term.segment, values)  # (n, B, j)
         if backend.batch_minor:
             piece = piece.transpose(1, 2)  # (n, j, B): the stored memory
-        if term.kind == "identity":
-            part = piece
-        elif term.kind == "blocks":
-            # (L·a, ·, ·) viewed (L, a, ·, ·) and summed over the a parts of each row
-            part = piece.reshape(op.rows, term.arity, piece.shape[1], piece.shape[2]).sum(1)
-        else:
+        if term.kind == "scatter":
             owner = backend._index(term.owner)
             if total is None:
                 total = piece.new_zeros((op.rows, piece.shape[1], piece.shape[2])).index_add_(0, owner, piece)
+            elif owned:
+                total.index_add_(0, owner, piece)
             else:
                 total = total.index_add(0, owner, piece)
+            owned = True
             continue
-        total = part if total is None else total + part
+        if term.kind == "identity":
+            part = piece
+        else:  # blocks: (L·a, ·, ·) viewed (L, a, ·, ·) and summed over the a parts of each row
+            part = piece.reshape(op.rows, term.arity, piece.shape[1], piece.shape[2]).sum(1)
+        if total is None:
+            total, owned = part, term.kind != "identity"
+        elif owned:
+            total.add_(part)
+        else:
+            total, owned = total + part, True
     assert total is not None
     return total
 
@@ -66,11 +76,11 @@ def forward(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor],
         # the shift of the log-sum-exp over j; rows that are all −inf (no mass) stay −inf
         top, empty = log_sum_exp_shift(product, 1)  # (L, 1, B)
         # (L, k, j) x (L, j, B) -> (L, k, B), indexed (L, B, k)
-        mixed = torch.bmm(weights, torch.exp(product - top))
+        mixed = torch.bmm(weights, (product - top).exp_())  # exp in place on the fresh difference
         return log_of_mass(mixed, top, empty).transpose(1, 2)
     top, empty = log_sum_exp_shift(product, -1)  # (L, B, 1)
     # (L, B, j) x (L, j, k) -> (L, B, k)
-    mixed = torch.bmm(torch.exp(product - top), weights.transpose(1, 2))
+    mixed = torch.bmm((product - top).exp_(), weights.transpose(1, 2))
     return log_of_mass(mixed, top, empty)
 
 

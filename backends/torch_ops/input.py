@@ -15,6 +15,7 @@ import torch
 
 from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.backends.torch_ops import TorchOpRule
+from einc.backends.torch_ops.sampler import TorchSampler
 from einc.ir.families import family_rule
 from einc.ir.plan import FamilyBlock, InputOp
 

@@ -1,0 +1,70 @@
+"""The torch executor's reads (backends/torch_reads.py): chunked values, fragmented operands and
+hadamard products segment by segment equal the plain definitions, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import einc
+from einc.backends.torch_reads import PassValues, product_terms
+from einc.ir.plan import HadamardOp, Operand, RowIndex, RowRange
+
+from test_executor import CIRCUITS
+
+
+def _reference(operand: Operand, values: list[torch.Tensor]) -> torch.Tensor:
+    """An operand by its definition: its segments' rows, concatenated in order."""
+    pieces = []
+    for segment in operand.segments:
+        source = values[segment.value]
+        if isinstance(segment, RowRange):
+            pieces.append(source[segment.start : segment.stop])
+        else:
+            pieces.append(source[list(segment.rows)])
+    return torch.cat(pieces, 0)
+
+
+def _hadamard(owner: tuple[int, ...], rows: int, segments: tuple) -> HadamardOp:
+    return HadamardOp("h", tuple(range(rows)), Operand(segments), owner, 2, 2, "h.weights")
+
+
+def test_product_terms_classify_identity_blocks_and_scatter() -> None:
+    op = _hadamard((0, 1, 2, 0, 0, 1, 1, 2, 2, 2, 0, 1), 3,
+                   (RowRange(0, 0, 3), RowRange(1, 0, 6), RowIndex(2, (4, 1, 0, 3, 2, 5))))
+    kinds = [(term.kind, term.arity) for term in product_terms(op)]
+    assert kinds == [("identity", 1), ("blocks", 2), ("scatter", 1)]
+
+
+@pytest.mark.parametrize("batch_minor", [True, False])
+@pytest.mark.parametrize("name", ["pd_dag", "pd_hadamard", "hclt", "tiny_hadamard"])
+def test_reads_equal_the_definition_in_values_and_gradients(name: str, batch_minor: bool) -> None:
+    model = einc.compile(CIRCUITS[name], dtype="float64", seed=1, batch_minor=batch_minor)
+    backend, plan = model.backend, model.plan
+    generator = torch.Generator().manual_seed(0)
+    sources = [torch.randn((op.rows, 5, op.vector_size), generator=generator, dtype=torch.float64,
+                           requires_grad=True) for op in plan.ops]
+    stored = [s.transpose(1, 2).contiguous().transpose(1, 2) if batch_minor else s for s in sources]
+    values = PassValues(backend.reads, batch_minor)
+    for value in stored:
+        values.append(value)
+    read_any = False
+    for op in plan.ops:
+        for operand in op.operands():
+            got, expected = backend._read(operand, values), _reference(operand, sources)
+            assert torch.equal(got, expected)
+            weight = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+            grads = torch.autograd.grad((got * weight).sum(), sources, allow_unused=True)
+            reference = torch.autograd.grad((expected * weight).sum(), sources, allow_unused=True)
+            for a, b in zip(grads, reference):
+                assert (a is None and b is None) or torch.equal(
+                    torch.zeros_like(sources[0]) if a is None else a, b)
+            read_any = True
+        if isinstance(op, HadamardOp):
+            from einc.backends.torch_ops.hadamard import log_product
+
+            parts = _reference(op.parts, sources)
+            owner = torch.as_tensor(op.owner)
+            expected = parts.new_zeros((op.rows, parts.shape[1], op.k_in)).index_add(0, owner, parts)
+            torch.testing.assert_close(log_product(backend, op, values), expected, rtol=1e-14, atol=1e-14)
+    assert read_any
