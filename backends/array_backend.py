@@ -408,6 +408,15 @@ class ArrayBackend:
             out.append(to_host(self.xp, adjoint).astype(np.float64))
         return out
 
+    def value_flows(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
+        """Every value's circuit flows summed over the batch, (rows, K) float64 each (einc.flows):
+        the adjoints ∂ Σ_b log p_{head_b}(x_b) / ∂ value of the derived backward plan."""
+        _total, _weights, _leaf, forward, adjoints = self._backward(
+            params, self._data(batch), self.xp.asarray(np.asarray(heads, dtype=np.int64))
+        )
+        return [to_host(self.xp, self._adjoint(index, forward, adjoints).sum(1)).astype(np.float64)
+                for index in range(len(self.plan.ops))]
+
     def _adjoint(self, index: int, forward: _Forward, adjoints: list[Any]) -> Any:
         if adjoints[index] is None:  # a value nothing read (possible only for the root's siblings)
             adjoints[index] = self.xp.zeros_like(forward.values[index])

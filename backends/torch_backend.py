@@ -493,6 +493,24 @@ class TorchBackend:
                 out[latent] = grad[position].to("cpu", torch.float64).numpy()
         return [posterior for posterior in out if posterior is not None]
 
+    # ------------------------------------------------------------------ circuit flows
+    def value_flows(self, params: Params, batch: Batch, heads: np.ndarray) -> list[np.ndarray]:
+        """Every value's circuit flows summed over the batch, (rows, K) float64 each (einc.flows):
+        Σ_b ∂ log p_{head_b}(x_b) / ∂ value[row, b, k], by autograd through the values."""
+        x, observed = self._batch(batch)
+        masks = self._latent_masks(self._latents(batch))
+        head_index = torch.as_tensor(np.asarray(heads, dtype=np.int64), device=self.device)
+        # the parameters require grad only so that every value is a node of the autograd graph
+        tracked = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in params.items()}
+        with torch.enable_grad():
+            values = self.forward(tracked, x, observed, masks=masks)
+            log_p = torch.gather(self._root(values), 1, head_index[:, None])[:, 0]
+            # a sample of probability 0 (indicator leaves) has no posterior: no flow
+            possible = torch.where(log_p > ZERO_PROBABILITY, log_p, torch.zeros_like(log_p))
+            grads = torch.autograd.grad(possible.sum(), values, allow_unused=True)
+        return [np.zeros((value.shape[0], value.shape[2])) if grad is None
+                else grad.sum(1).to("cpu", torch.float64).numpy() for value, grad in zip(values, grads)]
+
     # ------------------------------------------------------------------ sampling and MPE
     @flushed
     def backtrack(self, params: Params, batch: Batch, mpe: bool, leaf_value: str,

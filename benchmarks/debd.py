@@ -10,7 +10,9 @@ stopping on the validation split, then full-batch EM (step 1) from the best onli
 stopped on valid (online EM at step 0.05 plateaus ~0.4 nats below where a few full-batch steps
 go), model selection over a small (D, R, K) grid on the validation split, and
 the mean test log-likelihood of the selected model next to the paper's numbers
-(``../shared/data/debd_reference_lls.csv``).
+(``benchmarks/debd_reference_lls.csv``, a copy of ``../shared/data/debd_reference_lls.csv``).
+The data come from ``--data-dir``, else einc's data cache, else ``../shared/data``
+(``einc data fetch debd NAME`` fetches a set).
 
 Scheduling: the whole run gets a wall-clock budget. Every dataset's default configuration is
 trained first (so each dataset gets a complete row), then the rest of the grid (shallow depths
@@ -52,8 +54,11 @@ from einc.io.files import atomic_write
 
 import einc
 from einc.io.data import load_array, prepare
+from einc.io.datasets import DataMissing
+from einc.io.datasets import find as find_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_LLS = ROOT / "benchmarks" / "debd_reference_lls.csv"  # published test LLs (EiNet paper, HCLT)
 DATASETS = ("nltcs", "plants", "baudio", "bnetflix", "accidents", "pumsb_star")
 # "Small" sets get the ±0.1 nats target, the others ±0.5 (issue 3, "Done when").
 SMALL = frozenset({"nltcs", "plants"})
@@ -468,7 +473,7 @@ def selected_rat(path: Path) -> dict[str, Run]:
 
 
 def main_hclt(args: argparse.Namespace, datasets: list[str], data: dict[str, dict[str, np.ndarray]],
-              reference_path: Path, meta: dict[str, Any], started: float) -> int:
+              reference_path: Path, meta: dict[str, Any], started: float, folders: dict[str, Path]) -> int:
     """Learn each dataset's Chow-Liu tree once, train an HCLT for every K (the largest first for
     every dataset, then the rest while the budget lasts), select K on valid."""
     from einc.tools.structure_learning import learn_structure
@@ -499,7 +504,7 @@ def main_hclt(args: argparse.Namespace, datasets: list[str], data: dict[str, dic
             meta["skipped"].append(f"{dataset} HCLT K={k}")
             continue
         learned = time.perf_counter()
-        train_path = args.data_dir / "debd" / dataset / "train.csv.gz"
+        train_path = folders[dataset] / "train.csv.gz"
         source, tree = learn_structure("hclt", train_path, f"{dataset}_hclt.pc", hidden_states=k, bins=args.bins)
         learning = time.perf_counter() - learned
         print(f"[{position + 1}/{len(queue)}] {dataset} HCLT K={k}: tree of depth {tree.depth} rooted at "
@@ -597,7 +602,7 @@ def hclt_markdown(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, A
         + "; ".join(f"({n}) {recipe}" for n, recipe in enumerate(dict.fromkeys(r.recipe for r in runs), 1))
         + f"; seed {meta['seed']}. Model selection over every K and recipe tried, on the validation split.",
         "",
-        "HCLT (published): `hclt_reg_repo_logs` of `../shared/data/debd_reference_lls.csv`. "
+        "HCLT (published): `hclt_reg_repo_logs` of `benchmarks/debd_reference_lls.csv`. "
         "einc RAT-SPN: the RAT arm's selected model (`results/debd.md`). Targets (issue 8): beat the "
         "RAT-SPN by ≥ 5 nats on accidents and pumsb*, be within 0.3 nats of the published HCLT on "
         "nltcs, audio and netflix.",
@@ -650,7 +655,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rat: the EiNet paper's RAT-SPN grid; hclt: hidden Chow-Liu trees (issue 8)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: one tiny config, 2 epochs")
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, help="a folder holding debd/NAME/{train,valid,test}.csv.gz; "
+                        "default: einc's data cache, else ../shared/data (`einc data fetch debd NAME`)")
     parser.add_argument(
         "--out",
         type=Path,
@@ -738,12 +744,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    data_dir = args.data_dir
-    missing = [d for d in datasets if not (data_dir / "debd" / d / "train.csv.gz").exists()]
-    if missing:
-        print(f"error: no data for {', '.join(missing)} under {data_dir / 'debd'}", file=sys.stderr)
+    try:
+        folders = {d: find_dataset(f"debd/{d}", folder=args.data_dir, option="--data-dir") for d in datasets}
+    except DataMissing as error:
+        print(f"debd.py: {error}", file=sys.stderr)
         return 2
-    reference = read_reference(data_dir / "debd_reference_lls.csv")
+    reference = read_reference(REFERENCE_LLS)
     started = time.perf_counter()
     deadline = started + 60.0 * args.budget_minutes
     print(
@@ -753,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     data = {
         d: {
-            s: load_array(data_dir / "debd" / d / f"{s}.csv.gz") for s in ("train", "valid", "test")
+            s: load_array(folders[d] / f"{s}.csv.gz") for s in ("train", "valid", "test")
         }
         for d in datasets
     }
@@ -772,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_minutes": 0.0,
             "skipped": [],
         }
-        return main_hclt(args, datasets, data, data_dir / "debd_reference_lls.csv", meta_hclt, started)
+        return main_hclt(args, datasets, data, REFERENCE_LLS, meta_hclt, started, folders)
 
     # Queue: every dataset's default config first, then the rest of the grid, round-robin.
     first = [(d, default_config(data[d]["train"].shape[1])) for d in datasets]

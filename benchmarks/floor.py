@@ -1,6 +1,6 @@
 """How far a circuit's EM epoch and inference are from the speed of their arithmetic (issue 18).
 
-    python benchmarks/floor.py examples/nltcs.pc --data ../shared/data/debd/nltcs/train.csv.gz
+    python benchmarks/floor.py examples/nltcs.pc --data examples/data/nltcs/train.csv.gz
     python benchmarks/floor.py benchmarks/efficiency_k10.pc --random-rows 2000 --batch-size 100
     python benchmarks/floor.py hclt.pc --data train.csv.gz --sums 32 --label "HCLT K=32 baudio"
 

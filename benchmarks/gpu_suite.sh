@@ -20,13 +20,14 @@
 # logs to OUTDIR/steps.log and the suite's own log to OUTDIR/suite.log.
 #
 # WHEELS (default .whl) holds what the GPU machine lacks (lark; pyjuice for step 7); MNIST
-# (default ../shared/data/mnist.npz) is the MNIST archive. einc itself is put on the path as a
+# is the MNIST archive (default: where `einc data path mnist` finds it, e.g. after
+# `einc data fetch mnist`; without it step 6 stops with a one-line message). einc itself is put on the path as a
 # package tree of links, so nothing needs a network or a build.
 set -u
 out=$(realpath -m "${1:?usage: benchmarks/gpu_suite.sh OUTDIR [WHEELS] [MNIST]}")
 root=$(cd "$(dirname "$0")/.." && pwd)
 wheels=$(realpath -m "${2:-$root/.whl}")
-mnist=$(realpath -m "${3:-$root/../shared/data/mnist.npz}")
+mnist=${3:+$(realpath -m "$3")}
 cd "$root"
 mkdir -p "$out"
 results="$out/results.jsonl"
@@ -65,7 +66,7 @@ step() {
 # ---- einc and its missing dependencies on the path (no pip, no network)
 site=/tmp/einc-site
 rm -rf "$site" && mkdir -p "$site/einc"
-for file in "$root"/einc/*.py; do ln -s "$file" "$site/einc/"; done
+for entry in "$root"/einc/*.py "$root"/einc/*/; do ln -s "${entry%/}" "$site/einc/"; done  # modules and wings (cli, io, ...)
 for stage in grammar ir compiler backends; do ln -s "$root/$stage" "$site/einc/$stage"; done
 if ! $PY -c "import lark" 2>/dev/null; then
   for wheel in "$wheels"/lark-*.whl; do (cd "$site" && $PY -m zipfile -e "$wheel" .); done
@@ -117,7 +118,7 @@ step eager_and_cupy 60 $PY "$root/benchmarks/cuda_epoch.py" --K 10 40 --kernels 
 step profile 40 $PY "$root/benchmarks/cuda_epoch.py" --profile --K 40 --kernels matmul --out "$results"
 
 # ---- 6. MNIST
-step mnist 130 $PY "$root/benchmarks/mnist_epoch.py" --data "$mnist" --K ${MNIST_K:-10 32} --out "$results"
+step mnist 130 $PY "$root/benchmarks/mnist_epoch.py" ${mnist:+--data "$mnist"} --K ${MNIST_K:-10 32} --out "$results"
 
 # ---- 7. PyJuice on the same GPU (the peer the issue's targets name)
 if [ -n "${PYJUICE_BENCH:-}" ] && $PY -c "import pyjuice" 2>/dev/null; then

@@ -63,7 +63,7 @@ COLOURS = {"em": (200, 40, 40), "random": (150, 150, 150), "pixels": (40, 120, 2
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--data", type=Path, help=records.MNIST_HELP)
     parser.add_argument("--circuit", type=Path, default=ROOT / "examples" / "lvd" / "mnist_lvd.pc")
     parser.add_argument("--train-rows", type=int, default=8000, help="train on the first N training images")
     parser.add_argument("--valid-rows", type=int, default=2000,

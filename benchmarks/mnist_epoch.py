@@ -7,7 +7,7 @@ warm-up on the first 1,000 images that holds compilation and CUDA-graph capture 
 ``warmup_s``). Reported per K (one JSON line, on stdout and appended to ``--out``): ``epoch_s``,
 the mean test log-likelihood over the 10,000 test images and ``test_bpd`` = −LL / (784 ln 2).
 
-    python benchmarks/mnist_epoch.py --data ../shared/data/mnist.npz --K 10 32 --device cuda
+    python benchmarks/mnist_epoch.py --K 10 32 --device cuda     # MNIST: --data, or `einc data fetch mnist`
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import einc
 from einc.compiler.pipeline import CompileOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import emit  # noqa: E402
+from records import MNIST_HELP, emit, mnist_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,7 @@ def run(data: Path, k: int, device: str, step_size: float, kernel: str, limit: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--data", type=Path, help=MNIST_HELP)
     parser.add_argument("--K", type=int, nargs="+", default=[10, 32])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--step-size", type=float, default=0.2)
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--kernel", default="auto", choices=["auto", "matmul", "fused"])
     parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
     args = parser.parse_args()
+    args.data = mnist_path(args.data)
     for k in args.K:
         try:
             record = run(args.data, k, args.device, args.step_size, args.kernel, args.limit)

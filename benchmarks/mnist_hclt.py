@@ -44,7 +44,7 @@ PIXELS = 784
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--data", type=Path, help=records.MNIST_HELP)
     parser.add_argument("--sums", type=int, default=16, help="hidden states K per tree node")
     parser.add_argument("--epochs", type=int, default=50, help="at most this many epochs")
     parser.add_argument("--budget-minutes", type=float, default=15.0, help="training stops after this")

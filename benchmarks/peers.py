@@ -205,10 +205,12 @@ def main() -> None:
     parser.add_argument("--setups", nargs="+", default=["rat"], choices=["rat", "mnist"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per process (after one warm-up)")
-    parser.add_argument("--mnist", type=Path, default=SHARED / "data" / "mnist.npz")
+    parser.add_argument("--mnist", type=Path, help=records.MNIST_HELP)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", choices=["einc", "einet"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if "mnist" in args.setups:
+        args.mnist = records.mnist_path(args.mnist)
     if args.worker:
         setup, k = args.setups[0], args.K[0]
         if args.worker == "einc":

@@ -57,8 +57,23 @@ def command_line(script: str, argv: list[str] | None) -> str:
     return " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
-def mnist_images(path: Path) -> tuple[np.ndarray, np.ndarray]:
+MNIST_HELP = "MNIST as an .npz (x_train, x_test); default: where `einc data path mnist` finds it"
+
+
+def mnist_path(given: Path | None) -> Path:
+    """Where MNIST is: ``given`` (a script's --data), else einc's data cache (``$EINC_DATA``),
+    else ../shared/data; otherwise the script exits with one line saying how to get it."""
+    from einc.io.datasets import DataMissing, find
+
+    try:
+        return find("mnist", given)
+    except DataMissing as error:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {error}") from None
+
+
+def mnist_images(path: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """MNIST's training and test images as flat uint8 rows, (60000, 784) and (10000, 784);
-    callers convert the rows they use (a float64 copy of all of them is 440 MB)."""
-    with np.load(path) as archive:
+    callers convert the rows they use (a float64 copy of all of them is 440 MB). ``path``:
+    as for ``mnist_path``."""
+    with np.load(mnist_path(path)) as archive:
         return (archive["x_train"].reshape(-1, MNIST_PIXELS), archive["x_test"].reshape(-1, MNIST_PIXELS))

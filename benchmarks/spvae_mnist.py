@@ -62,7 +62,7 @@ LEVELS = 255
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--data", type=Path, help=records.MNIST_HELP)
     parser.add_argument("--circuit", type=Path, default=ROOT / "examples" / "mnist_spvae.pc")
     parser.add_argument("--models", default="spvae,vae", help="which to train, in order")
     parser.add_argument("--vae-latent", type=int, default=20, help="the single VAE's latent size")

@@ -25,6 +25,7 @@ from pathlib import PurePath
 from einc.compiler import size
 from einc.compiler.binding import PRODUCT_SYNONYMS, did_you_mean, one_of
 from einc.compiler.latent_regions import resolve_latents
+from einc.compiler.region_sizes import resolve_region_sizes
 from einc.compiler.leaves import leaf_families
 from einc.compiler.scopes import Scopes
 from einc.compiler.structures import generate
@@ -101,6 +102,7 @@ class _Builder(Scopes):
             )
         structure = self.structure(statements)
         latents = resolve_latents(self, statements, structure[0] if structure is not None else None)
+        region_sizes = resolve_region_sizes(self, statements, structure)
         if self.sink.has_errors or structure is None:
             return None, sort_diagnostics(self.sink.diagnostics)
         regions, partitions, generator = structure
@@ -116,16 +118,17 @@ class _Builder(Scopes):
             generator=generator,
             product=product,
             latents=latents,
+            region_sizes=region_sizes,
         )
         return graph, sort_diagnostics(self.sink.diagnostics)
 
-    def circuit_name(self, statements: list[CircuitStatement]) -> str:
+    def once(self, statements: Sequence[CircuitStatement | ProductStatement], message: str, note: str) -> None:
+        """Report every statement after the first of a kind a file may hold once."""
         for extra in statements[1:]:
-            self.sink.error(
-                "the circuit is named twice; a file holds one circuit",
-                extra.span,
-                Note("first named here", statements[0].span),
-            )
+            self.sink.error(message, extra.span, Note(note, statements[0].span))
+
+    def circuit_name(self, statements: list[CircuitStatement]) -> str:
+        self.once(statements, "the circuit is named twice; a file holds one circuit", "first named here")
         if statements:
             return statements[0].name.text
         return PurePath(self.program.filename).stem or "circuit"
@@ -183,12 +186,7 @@ class _Builder(Scopes):
         }
 
     def product(self, statements: list[ProductStatement]) -> str:
-        for extra in statements[1:]:
-            self.sink.error(
-                "product is given twice; a circuit has one product kind",
-                extra.span,
-                Note("first given here", statements[0].span),
-            )
+        self.once(statements, "product is given twice; a circuit has one product kind", "first given here")
         if not statements:
             return DEFAULT_PRODUCT
         kind = statements[0].kind

@@ -52,6 +52,8 @@ def _structure(graph: RegionGraph) -> str:
 def _sizes(graph: RegionGraph) -> str:
     """The K line; the product kind is shown when it is not the default."""
     text = f"K: sums {graph.sums}, inputs {graph.inputs}, heads {graph.heads}"
+    if graph.region_sizes:
+        text += f" ({len(graph.region_sizes)} regions with a K of their own)"
     return text if graph.product == DEFAULT_PRODUCT else f"{text}; product {graph.product}"
 
 
@@ -85,6 +87,8 @@ def dump_ir(graph: RegionGraph) -> str:
         partitions = graph.partitions_of.get(region.id, ())
         role = "leaf" if not partitions else " ".join(f"p{i}" for i in partitions)
         label = graph.scope_names(region.scope) + (f"#{region.copy}" if region.copy else "")
+        own = dict(graph.region_sizes).get(region.id)
+        role += f"  K={own}" if own is not None else ""  # a region with a K of its own (a grown circuit)
         rows.append([numbers[region.id], label, f"'{region.name}'" if region.name else "", role])
     lines += _table(rows)
     lines.append(f"partitions: {len(graph.partitions)}")
@@ -218,11 +222,11 @@ def parameter_count(graph: RegionGraph) -> ParameterCount:
         for v in graph.variables
     ]
     leaf = sum(
-        graph.inputs * sum(per_variable[i] for i in region[0]) for region in graph.leaf_regions
+        graph.size(region) * sum(per_variable[i] for i in region[0]) for region in graph.leaf_regions
     )
     # a neural leaf region: `inputs` networks over all its data columns (verify: one family)
     leaf += sum(
-        graph.inputs * _neural_parameters(graph, region[0])
+        graph.size(region) * _neural_parameters(graph, region[0])
         for region in graph.leaf_regions
         if is_neural(graph.variables[region[0][0]].family)
     )

@@ -10,8 +10,9 @@ branch of the builder. The ``vae`` family's decoder is resolved per variable lat
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from einc.compiler.binding import FAMILY_SYNONYMS, DOMAIN_SYNONYMS, Bound, Param, bind, did_you_mean, one_of
 from einc.ir import neural
@@ -60,16 +61,19 @@ DOMAIN_ARGUMENTS: dict[str, DomainArguments] = {
 DOMAINS = ("binary", "categorical(n)", "count", "real", "real(d)")  # as a message lists them
 
 
-def parse_domain(call: Call, sink: DiagnosticSink) -> Domain | None:
-    entry = DOMAIN_ARGUMENTS.get(call.name.text)
+def lookup(table: dict[str, Any], call: Call, sink: DiagnosticSink, what: str, listing: Sequence[str],
+           synonyms: dict[str, str]) -> Any:
+    """The table entry a call names, or None after an "unknown ... — did you mean" diagnostic."""
+    entry = table.get(call.name.text)
     if entry is None:
-        sink.error(
-            f"unknown domain '{call.name.text}'; expected {one_of(DOMAINS)}"
-            + did_you_mean(call.name.text, list(DOMAIN_ARGUMENTS), DOMAIN_SYNONYMS),
-            call.name.span,
-        )
-        return None
-    bound = bind(call, entry.params, sink)
+        sink.error(f"unknown {what} '{call.name.text}'; expected {one_of(listing)}"
+                   + did_you_mean(call.name.text, list(table), synonyms), call.name.span)
+    return entry
+
+
+def parse_domain(call: Call, sink: DiagnosticSink) -> Domain | None:
+    entry = lookup(DOMAIN_ARGUMENTS, call, sink, "domain", DOMAINS, DOMAIN_SYNONYMS)
+    bound = None if entry is None else bind(call, entry.params, sink)
     return None if bound is None else entry.make(bound, sink)
 
 
@@ -189,13 +193,8 @@ SUGGESTED_FAMILY = {"binary": "bernoulli", "categorical": "categorical", "count"
 
 def parse_family(call: Call, sink: DiagnosticSink) -> tuple[LeafFamily | None, int | None]:
     """The normalised family, and the category count ``categorical(n)`` insists on."""
-    entry = FAMILY_ARGUMENTS.get(call.name.text)
+    entry = lookup(FAMILY_ARGUMENTS, call, sink, "leaf family", FAMILIES, FAMILY_SYNONYMS)
     if entry is None:
-        sink.error(
-            f"unknown leaf family '{call.name.text}'; expected {one_of(FAMILIES)}"
-            + did_you_mean(call.name.text, list(FAMILY_ARGUMENTS), FAMILY_SYNONYMS),
-            call.name.span,
-        )
         return None, None
     bound = bind(call, entry.params, sink)
     family = None if bound is None else entry.make(bound, sink)

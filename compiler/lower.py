@@ -249,6 +249,7 @@ def _operand(items: list[Item], location: dict[Item, tuple[int, int]]) -> Operan
 
 
 def _input_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[InputOp, list[ParamSpec]]:
+    k = graph.size(regions[0])  # the op's regions share one K (their group's signature)
     # factors[(family, domain)][l] = data columns of region l's univariate factors of that family
     factors: dict[tuple[LeafFamily, Domain], list[list[int]]] = defaultdict(lambda: [[] for _ in regions])
     for row, (scope, _copy) in enumerate(regions):
@@ -267,8 +268,8 @@ def _input_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[I
         stat_dim = rule.stat_dim(family, factor_domain)
         param = f"{name}.{number}.{family.name}"
         blocks.append(FamilyBlock(family, factor_domain, param, columns, stat_dim, not rule.zero_log_base(family)))
-        specs.append(ParamSpec(param, (len(regions), width, graph.inputs, stat_dim), "leaf", family, factor_domain))
-    return InputOp(name, tuple(regions), graph.inputs, tuple(blocks)), specs
+        specs.append(ParamSpec(param, (len(regions), width, k, stat_dim), "leaf", family, factor_domain))
+    return InputOp(name, tuple(regions), k, tuple(blocks)), specs
 
 
 def _factor_domain(domain: Domain) -> Domain:
@@ -286,9 +287,10 @@ def _region_columns(graph: RegionGraph, scope: tuple[int, ...]) -> list[int]:
 
 
 def _vae_signature(graph: RegionGraph, region: RegionId) -> tuple:
-    # one batched ensemble per (family, domain, width): verify gives a region one family and domain
+    # one batched ensemble per (family, domain, width, K): verify gives a region one family and domain
     first = graph.variables[region[0][0]]
-    return (str(first.family), str(_factor_domain(first.domain)), len(_region_columns(graph, region[0])))
+    return (str(first.family), str(_factor_domain(first.domain)), len(_region_columns(graph, region[0])),
+            graph.size(region))
 
 
 def _vae_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[VaeOp, list[ParamSpec]]:
@@ -300,7 +302,7 @@ def _vae_op(graph: RegionGraph, regions: list[RegionId], name: str) -> tuple[Vae
     spec = VaeSpec.of(first.family)
     columns = tuple(tuple(_region_columns(graph, scope)) for scope, _copy in regions)
     width = len(columns[0])
-    rows, k = len(regions), graph.inputs
+    rows, k = len(regions), graph.size(regions[0])
     specs: list[ParamSpec] = []
     networks: dict[str, list[tuple[str, str]]] = {"encoder": [], "decoder": []}
     for part, layers in (("encoder", spec.encoder_layers(width)), ("decoder", spec.decoder_layers(width, domain))):
@@ -334,7 +336,7 @@ class _LeafLowering:
 # exponential-family leaves: one input op for every leaf region; neural leaves: a vae op per
 # (family, domain, width)
 LEAF_LOWERINGS: dict[str, _LeafLowering] = {
-    "input": _LeafLowering(lambda graph, region: (), _input_op),
+    "input": _LeafLowering(lambda graph, region: (graph.size(region),), _input_op),
     "vae": _LeafLowering(_vae_signature, _vae_op),
 }
 

@@ -359,8 +359,9 @@ def _check_part_sizes(graph: RegionGraph, product: ProductKind) -> list[Diagnost
             Diagnostic(
                 f"partition {partition_text(graph, first)} multiplies parts of different sizes: "
                 f"{sizes}{more}; `product {product.name}` multiplies its parts element-wise, so "
-                f"their K must agree; expected inputs = sums, found inputs {graph.inputs} and "
-                f"sums {graph.sums}",
+                f"their K must agree; "
+                + ("expected one K for every part (`sums R = K` / `inputs R = K` give a region its own)"
+                   if graph.region_sizes else f"expected inputs = sums, found inputs {graph.inputs} and sums {graph.sums}"),
                 span,
             )
         )
@@ -370,14 +371,17 @@ def _check_part_sizes(graph: RegionGraph, product: ProductKind) -> list[Diagnost
 def _check_leaf_components(graph: RegionGraph) -> list[Diagnostic]:
     """A family may constrain the number of leaf components (``indicator``: one per category)."""
     out = []
-    seen: set[tuple[object, object]] = set()
-    for variable in graph.variables:
-        key = (variable.family, variable.domain)
+    seen: set[tuple[object, object, int]] = set()
+    # each variable with the K of every leaf region holding it (regions may have their own K)
+    leaf_sizes = {(index, graph.size(region)) for region in graph.leaf_regions for index in region[0]}
+    for index, k in sorted(leaf_sizes):
+        variable = graph.variables[index]
+        key = (variable.family, variable.domain, k)
         if key in seen:
             continue
         seen.add(key)
         check = family_rule(observation_family(variable.family)).check_components
-        problem = check(variable.family, variable.domain, graph.inputs) if check else None
+        problem = check(variable.family, variable.domain, k) if check else None
         if problem:
             out.append(Diagnostic(f"{problem} (variable {variable.name})", variable.family_span))
     return out

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,29 +28,22 @@ from einc.archive import (
     read_training_state,
     check_entries,
 )
-from einc.io.files import atomic_write, check_writable
+from einc.io.files import atomic_write
 from einc.errors import DataError, EincError, ModelFileError, ResourceError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
+
+if TYPE_CHECKING:
+    from einc.flows import Flows
+
 # the one training recipe of the API, the CLI and mixtures (README: einc.model.DEFAULT_*)
 from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
-from einc.train.loop import EpochRecord, Hooks, Options, Run, TrainingState
-from einc.train.loop import train as train_epochs
-from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int, checked_order
-from einc.train.steps import ResidentAdam, memory_em
+from einc.train.loop import EpochRecord, TrainingState
+from einc.train.memory import fit_in_memory
+from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int
 
 
 
-# With a progress bar, an epoch the backend runs itself is run in this many pieces (of whole
-# batches: the same steps), so that the bar moves.
-PROGRESS_CHUNKS = 50
-
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_EPOCHS", "DEFAULT_LEARNING_RATE", "DEFAULT_STEP_SIZE", "EpochRecord",
-           "Model", "TrainingState", "compile", "model_from_archive"]
-
-
-def _silent(line: str) -> None:
-    pass
 
 
 def _read_source(source_or_path: str | os.PathLike) -> tuple[str, str]:
@@ -357,6 +350,36 @@ class Model:
         return [np.concatenate(parts, 0) if parts else np.zeros((0, slot.states))
                 for parts, slot in zip(out, self.plan.latents)]
 
+    def flows(self, x: Any, heads: Any = None, missing: Any = None, latents: Any = None,
+              batch_size: int = 1024) -> "Flows":
+        """Circuit flows of every unit and sum edge, summed over the samples (``einc.flows``).
+
+        Each sample's root flow is 1 at its head (``heads``: one head index per sample, or one
+        int for all; optional for a single-head circuit) — the flows of log p(x | Z = head).
+        ``missing`` marginalises entries of x and ``latents`` clamps latents, as in
+        ``log_likelihood``: the flows are then those of log p(x_observed, z)."""
+        from einc.flows import Flows
+
+        if not self.plan.exact or not self.plan.trained_by_em:
+            raise EincError("flows need an exact circuit with EM statistics; this one has neural (vae) leaves")
+        rows = len(as_rows(x, "x"))
+        if heads is None and self.plan.heads > 1:
+            raise EincError(f"the circuit has {self.plan.heads} heads: give heads=, each sample's head (its cluster)")
+        if heads is None or isinstance(heads, (int, np.integer)):
+            self._check_head(0 if heads is None else heads)
+            heads = np.full(rows, 0 if heads is None else int(heads), dtype=np.int64)
+        total: Flows | None = None
+        for batch in self._batches(x, missing, batch_size, labels=heads, latents=latents):
+            values = tuple(self.backend.value_flows(self.params, batch, batch.labels))
+            stats = self.backend.statistics(self.params, batch)
+            edges = {name: np.asarray(self.backend.get({name: count})[name], dtype=np.float64)
+                     for name, count in stats.weights.items()}
+            part = Flows(self.plan, len(batch.values), values, edges)
+            total = part if total is None else total + part
+        if total is None:
+            raise DataError("x: no samples; flows need at least one")
+        return total
+
     def conditional_log_likelihood(self, x: Any, evidence: Any, batch_size: int = 1024) -> np.ndarray:
         """log p(x | evidence) = log p(x) − log p(evidence); ``evidence`` is a mask of given columns."""
         x = as_rows(x, "x")
@@ -476,71 +499,12 @@ class Model:
         >>> history = model.fit(train, valid=valid, epochs=50, patience=3, progress=True,   # doctest: +SKIP
         ...                     on_epoch=lambda r: print(r.epoch, r.train_ll, r.valid_ll))  # doctest: +SKIP
         """
-        options = self.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
-                                              learning_rate=learning_rate, patience=patience,
-                                              checkpoint_every=checkpoint_every, has_valid=valid is not None,
-                                              pseudocount=pseudocount, samples=samples)
-        method = options.method
-        values, observed = prepare(self.graph, train, None, "train", self.dtype)
-        if len(values) == 0:
-            raise DataError("train: no training samples")
-        rows = min(batch_size, len(values))
-        self.check_batch(rows, f"a training batch of {rows} samples", samples, training=True)
-        label_array = None if labels is None else prepare_labels(labels, len(values), self.plan.heads)
-        latent_array = None if latents is None else prepare_latents(self.plan.latents, latents, len(values))
-        if valid_latents is not None and valid is None:
-            raise EincError("valid_latents clamp the latents of the validation rows: give valid too")
-        validation = None
-        if valid is not None:
-            valid_values, valid_observed = prepare(self.graph, valid, None, "valid", self.dtype)
-            if len(valid_values) == 0:
-                raise DataError("valid: no validation samples")
-            valid_label_array = None if valid_labels is None else prepare_labels(
-                valid_labels, len(valid_values), self.plan.heads, "valid labels")
-            valid_latent_array = None if valid_latents is None else prepare_latents(
-                self.plan.latents, valid_latents, len(valid_values), "valid latents")
-            validation = (valid_values, valid_observed, valid_label_array, valid_latent_array)
-        if checkpoint is not None:
-            check_writable(checkpoint, "checkpoint")
-        if resume and self.training is None:
-            raise EincError("nothing to resume: this model holds no training state (train it with fit first)")
-        run = Run.start(self, self.training if resume else None, method, self.seed if seed is None else seed,
-                        validation is not None and keep_best)
-
-        def order(epoch: int, rng: np.random.Generator) -> np.ndarray:
-            if batch_order is None:
-                return rng.permutation(len(values))
-            return checked_order(batch_order(epoch), len(values))
-
-        steps: Any
-        if method == "adam":
-            # the module holds the parameters: the model sees every step
-            trainer = self.backend.gradient_trainer(self.module(samples), learning_rate)
-            if run.optimizer is not None:
-                trainer.load_state(run.optimizer)
-            resident = self.backend.upload(values, observed, label_array, latent_array)
-            steps = ResidentAdam(trainer, resident, len(values), batch_size, not self.exact, order)
-        else:
-            steps = memory_em(self, self.backend, values, observed, label_array, latent_array, batch_size, update,
-                              step_size, pseudocount, order, chunks=PROGRESS_CHUNKS if progress else 1)
-        # neural leaves: every epoch's train/valid estimates use the same noise (and k)
-        evaluation = {} if self.exact else {"samples": samples, "seed": int(self.seed)}
-
-        def checkpoint_to(params: dict[str, np.ndarray]) -> str:
-            self.write(checkpoint, params)  # type: ignore[arg-type]
-            return str(checkpoint)
-
-        hooks = Hooks(
-            train_ll=lambda total, rows: self._mean_ll(values, observed, label_array, latent_array, **evaluation),
-            valid_ll=lambda: None if validation is None else self._mean_ll(*validation, **evaluation),
-            checkpoint=None if checkpoint is None else checkpoint_to,
-            on_epoch=on_epoch, say=on_message or _silent)
-        loop_options = Options(epochs, method, keep_best, options.patience, options.checkpoint_every, progress)
-
-        def keep(state: TrainingState) -> None:
-            self.training = state
-
-        return train_epochs(self.plan, self, steps, loop_options, hooks, run, keep).history
+        return fit_in_memory(
+            self, train, valid, epochs=epochs, method=method, batch_size=batch_size, step_size=step_size,
+            update=update, learning_rate=learning_rate, labels=labels, valid_labels=valid_labels, keep_best=keep_best,
+            seed=seed, progress=progress, on_epoch=on_epoch, patience=patience, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, resume=resume, pseudocount=pseudocount, latents=latents,
+            valid_latents=valid_latents, samples=samples, batch_order=batch_order, on_message=on_message)
 
     def check_training_options(self, method: str | None, update: str, step_size: float, *, epochs: int = 1,
                                batch_size: int = DEFAULT_BATCH_SIZE, learning_rate: float = DEFAULT_LEARNING_RATE,
@@ -565,7 +529,7 @@ class Model:
             return ll[:, 0]
         return ll[np.arange(len(ll)), labels]
 
-    def _mean_ll(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
+    def mean_ll(self, values: np.ndarray, observed: np.ndarray, labels: np.ndarray | None,
                  latents: np.ndarray | None = None, samples: int | None = None, seed: int | None = None) -> float:
         """Mean log p (or, with neural leaves, its estimate with ``samples`` and noise ``seed``)."""
         total = 0.0

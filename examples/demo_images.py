@@ -3,7 +3,9 @@
 Writes a grid of samples (leaf means, paper addendum D), a grid of exact samples, and an
 inpainting figure (original | top half masked | conditional sample | MPE completion) as PNG.
 By default it uses the 3,000-image subset shipped in examples/data/ so it runs on any machine;
-``--data ../shared/data/mnist.npz --device cuda`` trains on the full set.
+``--data "$(einc data path mnist)" --device cuda`` trains on the full set (``einc data fetch mnist``).
+The pictures go to ``out/demo-images/`` (ignored by git), so a demo never changes the checkout;
+``make docs-images`` runs it and copies the README's three pictures to ``docs/images/``, on purpose.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from einc.io.images import grid, image_mask, image_shape, inpainting_figure, inp
 from einc.mixture import fit_mixture
 
 ROOT = Path(__file__).resolve().parent.parent
+# ignored by git: running the demo never changes the checkout (`make docs-images` copies on purpose)
+DEFAULT_OUT = ROOT / "out" / "demo-images"
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -34,7 +38,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixture", type=int, default=0, help="train a mixture of C EiNets (k-means clusters)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "images"))
+    parser.add_argument("--out", default=str(DEFAULT_OUT),
+                        help="folder for the pictures (docs/images: the README's, on purpose)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)

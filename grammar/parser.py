@@ -35,6 +35,7 @@ from einc.ir.program import (
     Program,
     RegionStatement,
     ScopeExpr,
+    RegionSizeStatement,
     SizeStatement,
     Statement,
     StructureStatement,
@@ -204,6 +205,12 @@ class _ToProgram:
 
     def heads(self, meta: Meta, children: list) -> SizeStatement:
         return self._size("heads", meta, children)
+
+    def region_sums(self, meta: Meta, children: list) -> RegionSizeStatement:
+        return RegionSizeStatement("sums", children[1], children[2], _span(self.filename, meta))
+
+    def region_inputs(self, meta: Meta, children: list) -> RegionSizeStatement:
+        return RegionSizeStatement("inputs", children[1], children[2], _span(self.filename, meta))
 
     def structure(self, meta: Meta, children: list) -> StructureStatement:
         return StructureStatement(children[1], _span(self.filename, meta))

@@ -150,6 +150,17 @@ class SizeStatement:
 
 
 @dataclass(frozen=True)
+class RegionSizeStatement:
+    """``sums {A, B} = 12`` or ``inputs A = 12``: the K of one region, overriding ``sums`` /
+    ``inputs`` there (a grown circuit's regions hold different numbers of units)."""
+
+    keyword: str  # "sums" (an internal region) | "inputs" (a leaf region)
+    region: RegionRef
+    value: Number
+    span: Span
+
+
+@dataclass(frozen=True)
 class StructureStatement:
     """``structure random_binary_trees(depth = 3, replicas = 10)`` — a structure generator."""
 
@@ -205,6 +216,7 @@ Statement = (
     | VarStatement
     | LeafStatement
     | SizeStatement
+    | RegionSizeStatement
     | StructureStatement
     | ProductStatement
     | RegionStatement

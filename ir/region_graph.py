@@ -135,6 +135,8 @@ class RegionGraph:
     generator: str | None = None  # "random_binary_trees(...)" etc., for summaries
     product: str = "outer"  # how partitions combine their parts: a key of ir.products.PRODUCT_KINDS
     latents: tuple[Latent, ...] = ()  # in declaration order (the columns of `latents=z`)
+    # regions whose K is their own (`sums R = K`, `inputs R = K`: a grown circuit), sorted
+    region_sizes: tuple[tuple[RegionId, int], ...] = ()
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @cached_property
@@ -179,10 +181,18 @@ class RegionGraph:
     def is_leaf(self, region_id: RegionId) -> bool:
         return not self.partitions_of.get(region_id)
 
+    @cached_property
+    def _own_sizes(self) -> dict[RegionId, int]:
+        return dict(self.region_sizes)
+
     def size(self, region_id: RegionId) -> int:
-        """K of a region's vector: ``heads`` at the root, ``inputs`` for leaf regions, else ``sums``."""
+        """K of a region's vector: ``heads`` at the root, the region's own K where one is given
+        (``region_sizes``), else ``inputs`` for leaf regions and ``sums`` for internal ones."""
         if region_id == self.root:
             return self.heads
+        own = self._own_sizes.get(region_id)
+        if own is not None:
+            return own
         return self.inputs if self.is_leaf(region_id) else self.sums
 
     @property

@@ -463,7 +463,7 @@ def test_ctrl_c_keeps_the_best_parameters_and_the_cli_saves_them(tmp_path: Path,
     train = tmp_path / "t.csv"
     np.savetxt(train, _binary_data(100), fmt="%d", delimiter=",")
     seen: list[int] = []
-    original = einc.Model._mean_ll
+    original = einc.Model.mean_ll
 
     def interrupt_in_epoch_3(self, *args):
         if len(seen) >= 4:  # train + valid LL of two epochs done
@@ -471,7 +471,7 @@ def test_ctrl_c_keeps_the_best_parameters_and_the_cli_saves_them(tmp_path: Path,
         seen.append(1)
         return original(self, *args)
 
-    monkeypatch.setattr(einc.Model, "_mean_ll", interrupt_in_epoch_3)
+    monkeypatch.setattr(einc.Model, "mean_ll", interrupt_in_epoch_3)
     output = tmp_path / "m.npz"
     code, _, err = run(["train", TINY, "--data", str(train), "--valid", str(train), "--epochs", "9",
                           "-o", str(output)], capsys)
@@ -577,13 +577,13 @@ def test_cli_training_that_diverges_writes_the_last_good_model(tiny_data: Path, 
                                                                monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[int] = []
-    original = einc.Model._mean_ll
+    original = einc.Model.mean_ll
 
     def nan_from_epoch_3(self, *args):
         calls.append(1)
         return float("nan") if len(calls) > 2 else original(self, *args)
 
-    monkeypatch.setattr(einc.Model, "_mean_ll", nan_from_epoch_3)
+    monkeypatch.setattr(einc.Model, "mean_ll", nan_from_epoch_3)
     output = tmp_path / "m.npz"
     code, _, err = run(["train", TINY, "--data", str(tiny_data), "--epochs", "5", "-o", str(output)], capsys)
     assert code == 1 and "Traceback" not in err

@@ -151,7 +151,7 @@ def test_empty_file_parses_to_no_statements() -> None:
         ("{A, B -> A", "syntax error in a partition; expected ',' or '}', found '->'"),
         ("A -> {}", "syntax error in a partition; expected a variable name, found '}'"),
         ("var x[16 : binary", "syntax error in a var statement; expected ',' or ']', found ':'"),
-        ("sums", "syntax error in a sums statement; expected a number, found end of line"),
+        ("sums", "syntax error in a sums statement; expected a region or variable name, a number or '{', found end of line"),
         (
             "region all {A}",
             "syntax error in a region statement; expected '=', found '{'",

@@ -270,7 +270,7 @@ def test_stream_divergence_writes_the_last_good_model(tiny_data: Path, tmp_path:
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[int] = []
 
-    def nan_from_epoch_3(train_ll, valid_ll, params):
+    def nan_from_epoch_3(plan, train_ll, valid_ll, params):
         calls.append(1)
         return "train LL nan" if len(calls) >= 3 else None
 

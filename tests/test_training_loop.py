@@ -94,7 +94,7 @@ def test_divergence_message_is_the_same_on_one_process_and_streaming(
     for extra in ([], ["--stream", "--cache-dir", str(tmp_path / "cache")]):
         calls: list[int] = []
 
-        def nan_from_epoch_3(train_ll, valid_ll, params):
+        def nan_from_epoch_3(plan, train_ll, valid_ll, params):
             calls.append(1)
             return "train LL nan" if len(calls) >= 3 else None
 
@@ -161,3 +161,33 @@ def test_resume_refuses_a_negative_epoch_counter(tmp_path: Path) -> None:
     np.savez(path, **arrays)
     with pytest.raises(ModelFileError, match="epoch count is -3"):
         einc.load(path)
+
+
+def test_interrupt_message_is_the_same_on_one_process_and_streaming(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from einc.train.steps import HostEm, ResidentEm
+
+    errors = []
+    for extra in ([], ["--stream", "--cache-dir", str(tmp_path / "cache")]):
+        epochs: list[int] = []
+        for kind in (HostEm, ResidentEm):  # one process runs the backend's resident epoch, --stream host batches
+            original = kind.run
+
+            def interrupt_in_epoch_3(self, epoch, rng, advance, original=original):
+                epochs.append(1)
+                if len(epochs) == 3:
+                    raise KeyboardInterrupt
+                return original(self, epoch, rng, advance)
+
+            monkeypatch.setattr(kind, "run", interrupt_in_epoch_3)
+        output = tmp_path / f"m{len(errors)}.npz"
+        code, _, err = run(["train", TINY, "--data", str(tiny_data), "--valid", str(tiny_data), "--epochs", "5",
+                            "--dtype", "float64", "-o", str(output), *extra], capsys)
+        monkeypatch.undo()
+        assert code == 130 and "Traceback" not in err
+        # the two read rows in different orders (online EM): the best epoch and its LL may differ
+        errors.append(re.sub(r"epoch \d+ \(best valid LL -?\d+\.\d+\)", "epoch E (best valid LL X)",
+                             err.replace(str(output), "MODEL")))
+        assert [r.epoch for r in read_history(history_path(output))] == [1, 2]
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("einc: interrupted after 2 epochs; wrote the parameters of epoch")

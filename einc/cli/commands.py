@@ -380,6 +380,80 @@ def _read_features(path: str) -> np.ndarray:
     return loaded
 
 
+def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[str, Any]) -> int:
+    """einc lvd --grow N1xN2: progressive growing (einc.train.lvd_pg), fine-tuning, the grown .pc and model."""
+    from pathlib import Path
+
+    from einc.tools.growing import write_grown
+    from einc.train import lvd, lvd_pg
+
+    if args.teacher is None:
+        raise EincError("--grow clusters teacher embeddings: give --teacher FEATURES.npy")
+    grown_pc = check_writable(args.grown_pc or Path(args.output).with_suffix(".pc"), "grown circuit")
+    check_not_an_input(grown_pc, {**inputs, "-o": args.output})
+    outer, inner = args.grow
+    set_threads(args, model.plan)
+    train, valid, test = _read_splits(args, model)
+    features = lvd.per_latent_features(_read_features(args.teacher), len(model.latents) or None,
+                                       label=f"--teacher {args.teacher}")
+    print(f"{model.graph.name}: {len(model.latents)} latents, {len(train)} training samples; progressive growing "
+          f"to {outer}x{inner} = {outer * inner} clusters per latent, threshold {args.grow_threshold}")
+    dims = model.graph.num_columns
+
+    def bpd(ll: float | None) -> str:
+        return "-" if ll is None else f"{-ll / dims / np.log(2):.4f}"
+
+    def report_round(record: "lvd_pg.GrowRound") -> None:
+        print(f"round {record.round}: states {min(record.states)}-{max(record.states)} per latent, "
+              f"train bpd of (x, z) {bpd(record.train_ll)}, valid bpd {bpd(record.valid_ll)}, "
+              f"{record.parameters:,} parameters, {record.seconds:.1f} s", flush=True)
+
+    def report(phase: str, record: EpochRecord) -> None:
+        print(f"{phase:>9} {epoch_line(record)}", flush=True)
+
+    trained: dict[str, Any] = {}  # the last trained circuit: what an interrupt writes
+
+    def keep(current: Model, states: np.ndarray) -> None:
+        trained.update(model=current, latents=states)
+
+    try:
+        with termination_as_interrupt():
+            model, latents, _rounds = lvd_pg.progressive_growing(
+                model, train, features, outer, inner, threshold=args.grow_threshold, epochs=args.epochs,
+                valid=valid, batch_size=args.batch_size, step_size=args.step_size, update=args.update,
+                pseudocount=args.pseudocount, seed=args.seed, on_round=report_round, on_epoch=report,
+                on_model=keep)
+            keep(model, latents)
+            print(f"LVD objective, mean log p(x, z): bpd {bpd(float(model.log_likelihood(train, latents=latents).mean()))}; "
+                  f"after growing, mean log p(x): bpd {bpd(float(model.log_likelihood(train).mean()))}")
+            if args.finetune_epochs:
+                model.fit(train, valid=valid, epochs=args.finetune_epochs, seed=args.seed, batch_size=args.batch_size,
+                          step_size=args.step_size, update=args.update, pseudocount=args.pseudocount,
+                          on_epoch=lambda record: report("fine-tune", record))
+    except KeyboardInterrupt as interrupt:
+        if "model" not in trained:
+            print("einc: interrupted before the first round was trained; nothing written", file=sys.stderr)
+        else:
+            write_grown(trained["model"], grown_pc, output)
+            print(f"einc: interrupted; wrote the circuit last trained ({trained['model'].num_parameters:,} "
+                  f"parameters) to {grown_pc} and {output}", file=sys.stderr)
+        return exit_code(interrupt)
+    except TrainingError as error:
+        print(error.render("einc"), file=sys.stderr)
+        if "model" in trained:
+            write_grown(trained["model"], grown_pc, output)
+            print(f"einc: wrote the circuit last trained to {grown_pc} and {output}", file=sys.stderr)
+        return 1
+    if test is not None:
+        print(f"test bpd {bpd(float(model.log_likelihood(test).mean()))}")
+    write_grown(model, grown_pc, output)
+    print(f"wrote {grown_pc} and {output}")
+    if args.write_latents:
+        save_array(args.write_latents, latents)
+        print(f"wrote the latent states of the last round to {args.write_latents}")
+    return 0
+
+
 def cmd_lvd(args: argparse.Namespace) -> int:
     from einc.train import lvd
 
@@ -394,6 +468,8 @@ def cmd_lvd(args: argparse.Namespace) -> int:
     check_distinct_paths({"-o": output, "--write-latents": args.write_latents}, inputs)
     model = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, seed=args.seed,
                     options=compile_options(args))
+    if getattr(args, "grow", None) is not None:
+        return _lvd_grow(args, model, output, inputs)
     # raises without latents (nothing to distill) and, for --teacher, unless they share one K (one codebook)
     states = lvd.shared_states(model) if args.teacher or not model.latents else None
     set_threads(args, model.plan)

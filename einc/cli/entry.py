@@ -30,8 +30,10 @@ from einc.cli.options import (
     K_OPTIONS,
     LIMIT_OPTIONS,
     LOADED_MODEL_OPTIONS,
+    MEANS,
     MODEL,
     NEW_MODEL_OPTIONS,
+    SEED,
     PSEUDOCOUNT,
     STEP_SIZE,
     BATCH_SIZE,
@@ -44,13 +46,16 @@ from einc.cli.options import (
     Command,
     arguments_of,
     device_name,
+    grow_spec,
     non_negative_float,
     non_negative_int,
     positive_int,
+    unit_fraction,
 )
 from einc.cli.session import compile_options
 from einc.compiler import dump
 from einc.compiler.pipeline import CompileOptions, check_file, compile_plan, front_end, load_source, region_graph
+from einc.io import datasets
 from einc.io.files import atomic_write, check_not_an_input, check_writable
 from einc.ir.diagnostics import EincError
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
@@ -167,6 +172,14 @@ COMMANDS: tuple[Command, ...] = (
             PSEUDOCOUNT,
             Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "initial parameters, k-means and batch order"}),
             Arg(("--write-latents",), {"metavar": "OUT", "help": "also write the latent states used (.npy, .npz or .csv)"}),
+            Arg(("--grow",), {"type": grow_spec, "metavar": "N1xN2",
+                              "help": "progressive growing (LVD-PG): per latent, k-means into N1 outer clusters, then "
+                                      "grow the patch circuits until N1*N2 clusters (needs --teacher); writes the "
+                                      "grown .pc too"}),
+            Arg(("--grow-threshold",), {"type": unit_fraction, "default": 0.1, "metavar": "T",
+                                        "help": "copy a unit when its flow per growing sample reaches T (default 0.1)"}),
+            Arg(("--grown-pc",), {"metavar": "OUT.pc", "help": "where --grow writes the grown circuit "
+                                                              "(default: MODEL with the suffix .pc)"}),
             Arg(("-o", "--output"), {"required": True, "metavar": "MODEL", "help": "model file to write (.npz)"}),
         ),
     ),
@@ -212,8 +225,8 @@ COMMANDS: tuple[Command, ...] = (
             *LOADED_MODEL_OPTIONS,
             MODEL,
             Arg(("-n",), {"type": positive_int, "default": 16, "help": "number of samples"}),
-            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed"}),
-            Arg(("--means",), {"action": "store_true", "help": "emit leaf means instead of leaf samples"}),
+            SEED,
+            MEANS,
             Arg(("-o", "--output"), {"required": True, "metavar": "OUT", "help": "where to write the samples"}),
         ),
     ),
@@ -227,8 +240,8 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--data",), {"required": True, "help": "images to mask (rows of the circuit's columns)"}),
             Arg(("--mask",), {"default": "top", "help": "top, bottom, left, right or random:FRACTION"}),
             Arg(("-n",), {"type": positive_int, "default": 8, "help": "number of images"}),
-            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed"}),
-            Arg(("--means",), {"action": "store_true", "help": "leaf means instead of leaf samples"}),
+            SEED,
+            MEANS,
             Arg(("-o", "--output"), {"required": True, "metavar": "OUT.png", "help": "the picture to write"}),
         ),
     ),
@@ -246,7 +259,7 @@ COMMANDS: tuple[Command, ...] = (
             Arg(("--batch-size",), {"type": positive_int, "default": 100, "help": "samples per batch"}),
             Arg(("--repeats",), {"type": positive_int, "default": 3, "help": "timing repeats"}),
             Arg(("--json",), {"metavar": "FILE", "help": "also append one JSON line per backend to FILE"}),
-            Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed"}),
+            SEED,
             THREADS,
             *LIMIT_OPTIONS,
         ),
@@ -260,6 +273,21 @@ COMMANDS: tuple[Command, ...] = (
             MODEL,
             Arg(("--evidence",), {"default": "", "help": 'e.g. "x[0]=1,x[3]=0"'}),
             Arg(("--target",), {"required": True, "help": "e.g. x[5] (several: x[5],x[6])"}),
+        ),
+    ),
+    Command(
+        "data",
+        "fetch a public data set (MNIST, DEBD) into the cache, checked against its published checksums, "
+        "or print where one is",
+        datasets.cmd_data,
+        (
+            Arg(("action",), {"choices": ["fetch", "path", "list"],
+                              "help": "fetch: download, verify and convert; path: print where it is; list: all"}),
+            Arg(("dataset",), {"nargs": "?", "choices": ["mnist", "debd"], "help": "mnist, or debd NAME..."}),
+            Arg(("names",), {"nargs": "*", "metavar": "NAME", "help": "DEBD set names (nltcs, plants, ...)"}),
+            Arg(("--dir",), {"metavar": "D", "help": f"the data folder (default: ${datasets.DATA_ENV}, else "
+                                                     "~/.cache/einc/data; without --dir, path and list also look in "
+                                                     "../shared/data)"}),
         ),
     ),
 )

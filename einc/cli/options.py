@@ -47,20 +47,6 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, found '{text}'") from None
 
 
-def positive_int(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, found {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, found {value}")
-    return value
-
-
 def _real(text: str) -> float:
     try:
         value = float(text)
@@ -71,24 +57,44 @@ def _real(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
+def _checked(convert: Callable[[str], Any], allowed: Callable[[Any], bool], message: str,
+             name: str) -> Callable[[str], Any]:
+    """An option type: ``convert`` the text, then refuse a value ``allowed`` rejects with
+    ``message`` (which may name ``{found}``, the value as written)."""
+
+    def option_type(text: str) -> Any:
+        value = convert(text)
+        if not allowed(value):
+            raise argparse.ArgumentTypeError(message.format(found=value if convert is _integer else text))
+        return value
+
+    option_type.__name__ = name  # argparse names the type in its messages
+    return option_type
+
+
+positive_int = _checked(_integer, lambda v: v >= 1, "must be at least 1, found {found}", "positive_int")
+non_negative_int = _checked(_integer, lambda v: v >= 0, "must be 0 or more, found {found}", "non_negative_int")
+positive_float = _checked(_real, lambda v: v > 0, "must be positive, found {found}", "positive_float")
+non_negative_float = _checked(_real, lambda v: v >= 0, "must be 0 or more, found {found}", "non_negative_float")
+step_size = _checked(_real, lambda v: 0 < v <= 1, "must be in (0, 1] (1 is a full EM step), found {found}", "step_size")
+
+
+def grow_spec(text: str) -> tuple[int, int]:
+    """``--grow N1xN2``, read by ``einc.train.lvd_pg.parse_grow``."""
+    from einc.errors import EincError
+    from einc.train.lvd_pg import parse_grow
+
+    try:
+        return parse_grow(text)
+    except EincError:
+        raise argparse.ArgumentTypeError(f"expected N1xN2 with whole numbers of at least 1, e.g. 4x4, "
+                                         f"found '{text}'") from None
+
+
+def unit_fraction(text: str) -> float:
     value = _real(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, found {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _real(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, found {text}")
-    return value
-
-
-def step_size(text: str) -> float:
-    value = _real(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 is a full EM step), found {text}")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] (a fraction of the flow per sample), found {text}")
     return value
 
 
@@ -164,6 +170,8 @@ STEP_SIZE = Arg(("--step-size",), {"type": step_size, "default": DEFAULT_STEP_SI
                                    "help": "online EM step size λ (eqs. 8-9)"})
 UPDATE = Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
                              "help": "M-step after every batch (stochastic EM) or once per epoch"})
+SEED = Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed"})
+MEANS = Arg(("--means",), {"action": "store_true", "help": "leaf means instead of leaf samples"})
 PSEUDOCOUNT = Arg(("--pseudocount",), {
     "type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector and categorical/Bernoulli "

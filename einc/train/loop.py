@@ -189,12 +189,12 @@ class Run:
                 f"{self.kept_text()}. Try a smaller {knob}, dtype float64, or check the data for extreme values")
 
 
-def divergence(train_ll: float, valid_ll: float | None, params: dict[str, np.ndarray]) -> str | None:
+def divergence(plan: Plan, train_ll: float, valid_ll: float | None, params: dict[str, np.ndarray]) -> str | None:
     """What went non-finite in an epoch, or None. A running train LL is taken before the epoch's
-    last update, so the parameters are checked as well."""
+    last update, so the parameters are checked as well (named in the plan's order)."""
     if not all(math.isfinite(v) for v in (train_ll, valid_ll) if v is not None):
         return f"train LL {train_ll}" + ("" if valid_ll is None else f", valid LL {valid_ll}")
-    bad = [name for name, value in params.items() if not np.all(np.isfinite(value))]
+    bad = [spec.name for spec in plan.params if not np.all(np.isfinite(params[spec.name]))]
     if bad:
         return f"parameter {bad[0]} is not finite" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
     return None
@@ -214,7 +214,6 @@ def train(plan: Plan, parameters: Parameters, steps: EpochSteps, options: Option
     ``on_state`` sees the training state after every completed epoch (``Model.fit`` keeps it in
     ``model.training``, so an interrupted run can be saved and resumed).
     """
-    del plan  # the parameters and steps carry it; taken so that every caller names what it trains
     history: list[EpochRecord] = []
     state: TrainingState | None = None
     stopped_early = False
@@ -226,7 +225,7 @@ def train(plan: Plan, parameters: Parameters, steps: EpochSteps, options: Option
             train_ll = hooks.train_ll(total, rows)
             valid_ll = hooks.valid_ll()
             params = parameters.parameters()
-            problem = divergence(train_ll, valid_ll, params)
+            problem = divergence(plan, train_ll, valid_ll, params)
             if problem is not None:
                 parameters.set_parameters(run.kept)
                 raise TrainingError(run.diverged(epoch, problem, options.method))

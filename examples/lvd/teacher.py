@@ -1,6 +1,7 @@
 """A small teacher for latent variable distillation on MNIST: a VQ-VAE with one code per 7×7 patch.
 
-    python examples/lvd/teacher.py --data ../shared/data/mnist.npz --train-rows 10000 -o examples/lvd/out
+    einc data fetch mnist                     # once: MNIST into einc's data cache (or give --data)
+    python examples/lvd/teacher.py --train-rows 10000 -o examples/lvd/out
     einc lvd examples/lvd/mnist_lvd.pc --data examples/lvd/out/train.npy \\
         --teacher examples/lvd/out/features_train.npy -o lvd.npz
 
@@ -37,6 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from einc.io.datasets import DataMissing
+from einc.io.datasets import find as find_dataset
 
 PATCH = 7
 GRID = 4  # 28 / 7 patches per side
@@ -204,7 +208,8 @@ def factorised_prior(latents: np.ndarray, states: int, pseudocount: float = 1.0)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--data", type=Path,
+                        help="MNIST as an .npz (x_train, x_test); default: where `einc data path mnist` finds it")
     parser.add_argument("--train-rows", type=int, default=10000, help="train on the first N training images")
     parser.add_argument("--codes", type=int, default=10, help="VQ codebook size (the circuit's K)")
     parser.add_argument("--dims", type=int, default=16, help="patch embedding size D")
@@ -214,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=Path(__file__).resolve().parent / "out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    with np.load(args.data) as mnist:
+    try:
+        data = find_dataset("mnist", args.data)
+    except DataMissing as error:
+        parser.exit(1, f"teacher.py: {error}\n")
+    with np.load(data) as mnist:
         train_images = mnist["x_train"][: args.train_rows].reshape(-1, 784).astype(np.float32)
         test_images = mnist["x_test"].reshape(-1, 784).astype(np.float32)
     model = train(train_images, TeacherConfig(dims=args.dims, codes=args.codes), epochs=args.epochs, seed=args.seed)
