@@ -187,6 +187,7 @@ class ArrayBackend:
         dtype: str = "float32",
         xp: ModuleType | None = None,
         backward: BackwardPlan | None = None,
+        capture: bool = False,
     ) -> None:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
@@ -194,6 +195,17 @@ class ArrayBackend:
             xp = _load_cupy() if device.startswith("cuda") else np
         self.xp = xp
         self.name = "numpy" if _is_numpy(xp) else "cupy"
+        # capture=True: each full EM step of an epoch is one replayed CUDA graph (cupy_graph.py)
+        self.capture = capture
+        self.capture_error: str | None = None
+        self.captured_steps: dict[tuple, Any] = {}
+        self.graphs: Any = None
+        if capture:
+            if _is_numpy(xp):
+                raise BackendError("capture=True records CUDA graphs: it needs the cupy backend")
+            from einc.backends.cupy_graph import CupyGraphs
+
+            self.graphs = CupyGraphs(xp)
         if self.name == "numpy":
             keep_freed_memory()  # each step's temporaries reuse warm pages (backends/base.py)
         # NumPy has no flush-to-zero switch; the entry points set the thread's x86 FTZ/DAZ bits
@@ -464,17 +476,35 @@ class ArrayBackend:
                     step_size: float, pseudocount: float = 0.0) -> tuple[Params, float]:
         """One epoch of stochastic EM over resident ``data`` in ``order``: E-step and M-step per
         batch on the device, one transfer to the host (Σ log p) at the end."""
+        if self.capture:
+            from einc.backends.cupy_graph import captured_epoch
+
+            result = captured_epoch(self, params, data, order, batch_size, step_size, pseudocount)
+            if result is not None:
+                return result
         xp = self.xp
         order_device = xp.asarray(np.asarray(order, dtype=np.int64))
         total = xp.zeros((), dtype=self.dtype)
         for start in range(0, len(order), batch_size):
-            index = order_device[start : start + batch_size]
-            batch = _Data(data.x[index], data.observed[index],
-                          None if data.latents is None else data.latents[index])
-            batch_total, weights, leaf = self._statistics(params, batch, data.heads[index])
-            params = em_update(xp, self.plan, params, weights, leaf, step_size, pseudocount)
+            params, batch_total = self.eager_step(params, data, order_device[start : start + batch_size],
+                                                  step_size, pseudocount)
             total = total + batch_total
         return params, float(total)
+
+    def eager_step(self, params: Params, data: ResidentData, index: Any, step_size: float,
+                   pseudocount: float) -> tuple[Params, Any]:
+        """One EM step on the rows ``index`` (a device array) of resident ``data``: the new
+        parameters and the batch's Σ log p as a 0-d device array."""
+        batch_total, weights, leaf = self.batch_statistics(params, data, index)
+        return em_update(self.xp, self.plan, params, weights, leaf, step_size, pseudocount), batch_total
+
+    def batch_statistics(
+        self, params: Params, data: ResidentData, index: Any
+    ) -> tuple[Any, dict[str, Any], dict[str, tuple[Any, Any]]]:
+        """The E-step on the rows ``index`` of resident ``data``, all on the device: Σ log p (0-d),
+        weight counts, leaf statistics (what a captured step records, backends/cupy_graph.py)."""
+        batch = _Data(data.x[index], data.observed[index], None if data.latents is None else data.latents[index])
+        return self._statistics(params, batch, data.heads[index])
 
     # ------------------------------------------------------------------ sampling and MPE
     @flushed
@@ -569,14 +599,15 @@ def numpy_backend(plan: Plan, device: str = "cpu", dtype: str = "float32") -> Ar
     return ArrayBackend(plan, device="cpu", dtype=dtype, xp=np)
 
 
-def cupy_backend(plan: Plan, device: str = "cpu", dtype: str = "float32") -> ArrayBackend:
+def cupy_backend(plan: Plan, device: str = "cpu", dtype: str = "float32", capture: bool = False) -> ArrayBackend:
     """The ``cupy`` backend: the array backend on the current (``cpu``, the API default, or
-    ``cuda``) or a named (``cuda:N``) CUDA device."""
+    ``cuda``) or a named (``cuda:N``) CUDA device; ``capture=True`` replays each EM step of a
+    resident epoch as one CUDA graph (backends/cupy_graph.py)."""
     if device != "cpu" and not device.startswith("cuda"):
         raise BackendError(
             f"the cupy backend runs on a CUDA device; expected 'cuda' or 'cuda:N', found '{device}'"
         )
     cupy = _load_cupy()
     return ArrayBackend(
-        plan, device=device if device.startswith("cuda") else "cuda", dtype=dtype, xp=cupy
+        plan, device=device if device.startswith("cuda") else "cuda", dtype=dtype, xp=cupy, capture=capture
     )

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from einc.backends.precision import check_precision, with_precision
 from einc.errors import BackendError
 from einc.ir.plan import Plan
 
@@ -161,7 +162,10 @@ def available_backends() -> list[str]:
     return sorted(BACKENDS)
 
 
-def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "float32", **options: Any) -> Backend:
+def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "float32", precision: str = "fp32",
+                   **options: Any) -> Backend:
+    """The backend ``name`` for ``plan``; ``precision`` ("fp32" or "tf32": float32 matmuls on CUDA,
+    backends/precision.py) and backend-specific ``options`` (torch: fuse, capture)."""
     entry = BACKENDS.get(name)
     if entry is None:
         raise BackendError(
@@ -180,8 +184,9 @@ def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "flo
     factory: Callable[..., Backend] = getattr(module, entry.factory)
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise BackendError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+    check_precision(precision, name, device, dtype)
     try:
-        return factory(plan, device=device, dtype=dtype, **options)
+        return with_precision(factory(plan, device=device, dtype=dtype, **options), precision)
     except (RuntimeError, AssertionError) as error:
         # e.g. torch without CUDA ("Torch not compiled with CUDA enabled"), no GPU, a bad index
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__

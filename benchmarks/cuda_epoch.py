@@ -7,7 +7,12 @@ the GPU (``backend.train_epoch``, what ``Model.fit`` runs). Variants (``--varian
 - ``graph``:   torch, each EM step one captured CUDA graph, fused by ``torch.compile`` (the
                default on CUDA);
 - ``eager``:   torch, kernel by kernel (no graph capture, no ``torch.compile``);
-- ``cupy``:    the array backend on CuPy (compiler-derived backward plan, no autograd).
+- ``cupy``:    the array backend on CuPy (compiler-derived backward plan, no autograd);
+- ``cupy-graph``: the same with each EM step replayed as one captured CUDA graph
+               (backends/cupy_graph.py; ``capture_error`` says why it fell back, if it did).
+
+``--precision tf32`` runs the torch variants with TF32 matmuls (backends/precision.py); every
+record names its precision.
 
 Each runs with every einsum kernel in ``--kernels`` (``matmul``: batched matmuls over the K² pair
 products; ``fused``: the Triton kernels of backends/fused_einsum.py; ``auto``: the plan's rule).
@@ -20,7 +25,8 @@ before the backend was built; for CuPy the memory pool's high-water mark), the G
 date and the command.
 
     python benchmarks/cuda_epoch.py --K 10 20 40 --kernels matmul fused --variants graph
-    python benchmarks/cuda_epoch.py --K 10 40 --kernels auto --variants eager cupy --out r.jsonl
+    python benchmarks/cuda_epoch.py --K 10 40 --kernels auto --variants eager cupy cupy-graph --out r.jsonl
+    python benchmarks/cuda_epoch.py --K 40 --kernels matmul --precision tf32
 """
 
 from __future__ import annotations
@@ -48,11 +54,14 @@ VARIANTS = {
     "graph": ("torch", {"fuse": True, "capture": True}),
     "eager": ("torch", {"fuse": False, "capture": False}),
     "cupy": ("cupy", {}),
+    "cupy-graph": ("cupy", {"capture": True}),
 }
 
 
-def measure(k: int, kernel: str, variant: str, epochs: int, device: str = "cuda") -> dict[str, Any]:
+def measure(k: int, kernel: str, variant: str, epochs: int, device: str = "cuda",
+            precision: str = "fp32") -> dict[str, Any]:
     backend_name, options = VARIANTS[variant]
+    precision = precision if backend_name == "torch" else "fp32"  # TF32 is a torch mode
     on_gpu = device.startswith("cuda")
     if not on_gpu:  # a smoke run of this script on the CPU: no graphs, no GPU memory figures
         options = {"fuse": False, "capture": False}
@@ -70,7 +79,7 @@ def measure(k: int, kernel: str, variant: str, epochs: int, device: str = "cuda"
         synchronize = torch.cuda.synchronize
         before = torch.cuda.memory_allocated()
     model = einc.compile(circuit_text(k, 4, 10), backend=backend_name, device=device, dtype="float32",
-                         options=CompileOptions(einsum_kernel=kernel), **options)
+                         options=CompileOptions(einsum_kernel=kernel), precision=precision, **options)
     backend = model.backend
     x = np.random.default_rng(0).normal(size=(NUM_SAMPLES, NUM_VARIABLES))
     observed = np.ones_like(x, dtype=bool)
@@ -102,12 +111,15 @@ def measure(k: int, kernel: str, variant: str, epochs: int, device: str = "cuda"
         peak = torch.cuda.max_memory_allocated() - before
     kernels = sorted({getattr(op, "kernel", "") for op in model.plan.ops} - {""})
     return {
+        "setup": "rat",  # the paper's efficiency setup (512 Gaussian variables, D=4, R=10)
         "backend": backend_name,
         "variant": variant,
         "device": device,
         "gpu": torch.cuda.get_device_name() if on_gpu else "none",
         "K": k,
         "kernel": kernel,
+        "precision": precision,
+        "capture_error": getattr(backend, "capture_error", None),
         "plan_kernels": kernels,
         "epoch_s": round(statistics.median(times), 6),
         "epoch_s_min": round(min(times), 6),
@@ -122,13 +134,13 @@ def measure(k: int, kernel: str, variant: str, epochs: int, device: str = "cuda"
     }
 
 
-def profile(k: int, kernel: str, out: Path | None) -> None:
+def profile(k: int, kernel: str, out: Path | None, precision: str = "fp32") -> None:
     """Where a compiled (not captured) EM epoch spends GPU time: the top kernels by CUDA time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     model = einc.compile(circuit_text(k, 4, 10), device="cuda", options=CompileOptions(einsum_kernel=kernel),
-                         fuse=True, capture=False)
+                         fuse=True, capture=False, precision=precision)
     backend = model.backend
     x = np.random.default_rng(0).normal(size=(NUM_SAMPLES, NUM_VARIABLES))
     data = backend.upload(x, np.ones_like(x, dtype=bool), None)
@@ -148,6 +160,7 @@ def profile(k: int, kernel: str, out: Path | None) -> None:
         print(f"{event.device_time_total / 1e3:9.3f} ms {share:6.1%} {event.count:6d}x  {event.key[:90]}")
         top.append({"kernel": event.key[:120], "ms": round(event.device_time_total / 1e3, 4), "count": event.count})
     record = {"benchmark": "cuda_epoch_profile", "gpu": torch.cuda.get_device_name(), "K": k, "kernel": kernel,
+              "precision": precision,
               "kernel_ms_per_epoch": round(total / 1e3, 3), "top": top}
     emit(record, out)
 
@@ -160,6 +173,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per configuration")
     parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu runs a smoke test of this script")
+    parser.add_argument("--precision", choices=["fp32", "tf32"], default="fp32",
+                        help="float32 matmuls of the torch variants: IEEE (default) or TF32")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: the top kernels of one compiled (uncaptured) epoch per K and kernel")
     args = parser.parse_args()
@@ -168,15 +183,16 @@ def main() -> None:
     if args.profile:
         for k in args.K:
             for kernel in args.kernels:
-                profile(k, kernel, args.out)
+                profile(k, kernel, args.out, args.precision)
         return
     for variant in args.variants:
         for k in args.K:
             for kernel in (["matmul"] if variant == "cupy" else args.kernels):
                 try:
-                    record = measure(k, kernel, variant, args.epochs, args.device)
+                    record = measure(k, kernel, variant, args.epochs, args.device, args.precision)
                 except Exception as error:  # one failing configuration must not lose the others
-                    record = {"variant": variant, "K": k, "kernel": kernel, "error": f"{type(error).__name__}: {error}"}
+                    record = {"variant": variant, "K": k, "kernel": kernel, "precision": args.precision,
+                              "error": f"{type(error).__name__}: {error}"}
                 emit(record, args.out)
 
 

@@ -53,6 +53,7 @@ def run(data: Path, k: int, device: str, step_size: float, kernel: str, limit: i
     test_ll = float(np.mean(model.log_likelihood(test, batch_size=1000)))
     return {
         "benchmark": "mnist_epoch",
+        "setup": "mnist_pd",
         "circuit": "examples/mnist_categorical.pc",
         "backend": "torch",
         "device": device,

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-rows", type=int, default=None, help="score the first N test images")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--precision", choices=["fp32", "tf32"], default="fp32",
+                        help="float32 matmuls on CUDA: IEEE (default) or TF32 tensor cores")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mnist_hclt")
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     command = records.command_line("mnist_hclt.py", argv)
     started = time.perf_counter()
-    images, test = records.mnist_images(args.data)
+    records.require_device(args.device, "mnist_hclt.py")
+    images, test = records.mnist_images(records.mnist_path(args.data))
     train = images[: -args.valid_rows][: args.train_rows].astype(np.float64)
     valid = images[-args.valid_rows :].astype(np.float64)
     test = test[: args.test_rows].astype(np.float64)
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     learning = time.perf_counter() - started
     print(f"tree: depth {tree.depth}, {tree.weight:.2f} nats of mutual information ({learning:.0f} s)",
           file=sys.stderr, flush=True)
-    model = einc.compile(source, backend="torch", device=args.device, dtype=args.dtype, seed=args.seed)
+    model = einc.compile(source, backend="torch", device=args.device, dtype=args.dtype, seed=args.seed,
+                         precision=args.precision)
     splits = {name: prepare(model.graph, data, None, name) for name, data in
               (("train", train), ("valid", valid), ("test", test))}
     resident = model.backend.upload(*splits["train"], None)
@@ -138,6 +142,7 @@ def write(args: argparse.Namespace, command: str, history: list[dict[str, float]
         "torch": torch.__version__,
         "device": args.device,
         "dtype": args.dtype,
+        "precision": args.precision,
         "threads": args.threads,
         "sums": args.sums,
         "parameters": model.num_parameters,

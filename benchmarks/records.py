@@ -77,3 +77,14 @@ def mnist_images(path: Path | None) -> tuple[np.ndarray, np.ndarray]:
     as for ``mnist_path``."""
     with np.load(mnist_path(path)) as archive:
         return (archive["x_train"].reshape(-1, MNIST_PIXELS), archive["x_test"].reshape(-1, MNIST_PIXELS))
+
+
+def require_device(device: str, script: str) -> None:
+    """Exit with a message (no traceback, before any data is read) when ``device`` is a CUDA
+    device that torch cannot see."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: benchmarks/{script} --device {device} needs a CUDA device, and torch sees "
+                             f"none (torch {torch.__version__}); run it on a GPU machine or with --device cpu")

@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     command = records.command_line("spvae_mnist.py", argv)
     started = time.perf_counter()
-    images, test = records.mnist_images(args.data)
+    records.require_device(args.device, "spvae_mnist.py")
+    images, test = records.mnist_images(records.mnist_path(args.data))
     images, test = images.astype(np.float32), test[: args.test_rows].astype(np.float32)
     order = np.random.default_rng(args.seed).permutation(len(images))  # the paper: a random 10k for valid
     valid, train_np = images[order[: args.valid_rows]], images[order[args.valid_rows :]][: args.train_rows]

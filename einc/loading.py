@@ -18,7 +18,7 @@ from einc.model import model_from_archive
 
 
 def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", dtype: str | None = None,
-         options: CompileOptions | None = None) -> Any:
+         options: CompileOptions | None = None, precision: str = "fp32") -> Any:
     """Load a model (or a mixture) written by ``save``: recompiles the source, restores parameters.
 
     Every part is checked, and a failed check is a ``ModelFileError`` that says which: the file is
@@ -41,7 +41,10 @@ def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", d
         with np.load(path, allow_pickle=False) as archive:
             meta = read_meta(archive, "", path)
             if meta.get("format") == "einc-mixture":
+                if precision != "fp32":
+                    raise ModelFileError(f"{path}: a mixture is loaded with fp32 matmuls; precision {precision!r} "
+                                         "applies to single models")
                 return load_mixture(archive, meta, path, backend, device, dtype, options)
-            return model_from_archive(archive, "", path, backend, device, dtype, options)
+            return model_from_archive(archive, "", path, backend, device, dtype, options, precision)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise file_error(path, f"cannot read it ({str(error).splitlines()[0][:200] or type(error).__name__})") from None

@@ -70,6 +70,9 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
 
     ``options`` (``CompileOptions``) overrides K and sets the size limits the front end checks
     before building anything (``max_bytes`` at this ``dtype``, ``max_build_seconds``).
+    ``backend_options`` go to the backend: ``precision="tf32"`` opts into TF32 tensor-core
+    matmuls on CUDA (default ``"fp32"``, IEEE; refused on the CPU: backends/precision.py), and
+    torch's ``fuse``/``capture``.
 
     >>> import einc
     >>> model = einc.compile("examples/tiny.pc", dtype="float64")   # doctest: +SKIP
@@ -109,6 +112,8 @@ class Model:
         self.dtype = dtype
         self.seed = seed
         self.backend = create_backend(backend, plan, device=device, dtype=dtype, **(backend_options or {}))
+        # float32 matmuls on CUDA: "fp32" (IEEE, the default) or "tf32" (backends/precision.py)
+        self.precision: str = (backend_options or {}).get("precision", "fp32")
         # the torch.nn.Module handed out by module(): once it exists it holds the parameters
         self._module: Any = None
         self._params: Params = self.backend.put(params)
@@ -584,7 +589,7 @@ class Model:
 
 
 def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None,
-                       options: CompileOptions | None = None) -> Model:
+                       options: CompileOptions | None = None, precision: str = "fp32") -> Model:
     """Rebuild one model from the arrays under ``prefix`` of an open .npz archive, checking everything."""
     meta = read_meta(archive, prefix, path)
     if meta.get("format") != FORMAT:
@@ -608,7 +613,7 @@ def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, devi
     except EincError as error:
         raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
     params = read_parameters(archive, f"{prefix}param/", plan, path, "parameter")
-    model = Model(plan, source, filename, backend, device, dtype, params, seed)
+    model = Model(plan, source, filename, backend, device, dtype, params, seed, {"precision": precision})
     model.max_bytes = options.max_bytes
     if "training" in meta:
         model.training = read_training_state(archive, prefix, meta["training"], plan, path)

@@ -52,8 +52,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         prepare_labels(labels, len(train), model.plan.heads)
     if valid_labels is not None and valid is not None:
         prepare_labels(valid_labels, len(valid), model.plan.heads)
+    tf32 = ", TF32 matmuls" if model.precision == "tf32" else ""
     print(f"{model.graph.name}: {model.num_parameters} parameters, {len(train)} training samples, "
-          f"backend {args.backend} on {args.device} ({model.dtype})")
+          f"backend {args.backend} on {args.device} ({model.dtype}{tf32})")
     if not model.exact:
         print(f"vae leaves: Adam on the IWAE bound with {args.samples} samples per leaf; the epoch lines show "
               f"that estimate (a lower bound of the log-likelihood in expectation)")
@@ -93,7 +94,8 @@ def _train_mixture(args: argparse.Namespace) -> int:
     from einc.mixture import fit_mixture
 
     options = compile_options(args)
-    probe = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, options=options)
+    probe = compile(args.file, backend=args.backend, device=args.device, dtype=args.dtype, options=options,
+                    precision=args.precision)
     set_threads(args, probe.plan)
     train, valid, test = _read_splits(args, probe)
     if args.mixture > len(train):
@@ -109,7 +111,7 @@ def _train_mixture(args: argparse.Namespace) -> int:
                               backend=args.backend, device=args.device, dtype=args.dtype, on_epoch=report,
                               method=args.method, learning_rate=args.learning_rate, update=args.update,
                               patience=args.patience, options=options,
-                              pseudocount=args.pseudocount)
+                              pseudocount=args.pseudocount, precision=args.precision)
     except KeyboardInterrupt:
         print("einc: interrupted; a mixture is written only once all its components are trained, so "
               "nothing was written", file=sys.stderr)

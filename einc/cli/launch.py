@@ -131,7 +131,8 @@ def _preflight(args: argparse.Namespace) -> None:
     the --resume model), missing or unreadable files; and build CSV caches here so that workers do
     not wait on each other for them. (The workers check every row, in parallel.)"""
     check_outputs(args)
-    model = training_model(args, "cpu")
+    # a CPU probe of the circuit: the workers' own --precision is checked on their devices
+    model = training_model(argparse.Namespace(**{**vars(args), "precision": "fp32"}), "cpu")
     # each worker holds the parameters (and host copies of them) and one local batch
     local_rows = -(-args.batch_size // args.nproc)
     itemsize = 8 if args.dtype == "float64" else 4

@@ -235,4 +235,7 @@ TRAIN_ARGS: tuple[Arg, ...] = (
                        "MODEL.history.csv"}),
     Arg(("--cache-dir",), {"metavar": "DIR", "help": "where CSV and .npz training data are cached as .npy "
                            "for out-of-core reading (default: ~/.cache/einc)"}),
+    Arg(("--precision",), {"choices": ["fp32", "tf32"], "default": "fp32",
+                           "help": "float32 matmuls on CUDA: IEEE fp32 (default) or TF32 tensor cores "
+                                   "(faster, ~1e-3 relative error; torch on CUDA only)"}),
 )

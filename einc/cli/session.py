@@ -138,10 +138,11 @@ def training_model(args: argparse.Namespace, device: str | None = None) -> Model
     device = device or args.device
     options = compile_options(args)
     model = compile(args.file, backend=args.backend, device=device, dtype=args.dtype, seed=args.seed,
-                    options=options)
+                    options=options, precision=args.precision)
     if not args.resume:
         return model
-    resumed = load(args.resume, backend=args.backend, device=device, dtype=args.dtype, options=options)
+    resumed = load(args.resume, backend=args.backend, device=device, dtype=args.dtype, options=options,
+                   precision=args.precision)
     if not isinstance(resumed, Model):
         raise EincError(f"--resume {args.resume}: a mixture cannot be resumed")
     shapes = [(s.name, s.shape) for s in model.plan.params]

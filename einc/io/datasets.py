@@ -218,8 +218,10 @@ def _check_content(dataset: Dataset, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 # MNIST (LeCun, Cortes & Burges): the mirror torchvision uses first, TensorFlow's, and the
-# original site. Sizes and SHA-256 as published with TensorFlow Datasets' MNIST checksums
-# (torchvision lists the same files' MD5s).
+# original site. Sizes and SHA-256 as published for these four files (the same values appear in
+# many independent public projects that fetch them from these mirrors; torchvision lists their
+# MD5s). They could not be re-hashed from the files here (no network when the table was made):
+# the content check below, against the developers' copy, is the second, independent check.
 _MNIST_URLS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/{file}",
     "https://storage.googleapis.com/cvdf-datasets/mnist/{file}",

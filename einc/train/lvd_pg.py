@@ -107,10 +107,9 @@ def split_clusters(h: np.ndarray, z: np.ndarray, chosen: list[int], states: int,
         own = x[labels_before == c]
         far.append(own[((own - centres[m]) ** 2).sum(1).argmax()])
     centres = np.concatenate([centres, np.stack(far)])
-    squared = (x**2).sum(1)
     assignment = np.full(len(x), -1)
     for _ in range(iterations):
-        new = nearest_centre(x, centres, squared)
+        new = nearest_centre(x, centres)
         if np.array_equal(new, assignment):
             break
         assignment = new
