@@ -45,7 +45,7 @@ def test_query_on_a_vae_circuit_is_normalised_over_the_target_and_says_it_is_an_
     for target in ("x[1]", "x[3]"):
         code, out, err = run(["query", str(path), "--evidence", "x[0]=1", "--target", target], capsys)
         assert code == 0, err
-        assert "approximate: IWAE estimates" in out and "normalised over the values" in out
+        assert "an estimate: approximate IWAE estimates" in out and "normalised over the values" in out
         probabilities = [float(line.split(":")[1]) for line in out.splitlines()[1:]]
         assert len(probabilities) == 2 and abs(sum(probabilities) - 1) < 2e-6, probabilities
 

@@ -295,7 +295,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         # for vae leaves each joint is its own IWAE estimate, so dividing by a separate estimate
         # of p(e) gave "probabilities" that did not sum to 1 (1.12 on a binary target)
         probabilities = np.exp(joint - np.logaddexp.reduce(joint))
-        estimated = "" if model.exact else (f" (approximate: IWAE estimates of each p({target} = v, evidence) with "
+        estimated = "" if model.exact else (f" (an estimate: approximate IWAE estimates of each p({target} = v, evidence) with "
                                             f"{DEFAULT_QUERY_SAMPLES} samples per vae leaf, normalised over the "
                                             f"values of {target})")
         print(f"P({model.columns[column]} | evidence){estimated}:")
