@@ -14,10 +14,8 @@ would be a large dependency for thirty lines.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,9 +23,8 @@ import numpy as np
 from einc.compiler.pipeline import CompileOptions
 from einc.io.data import as_rows
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
-from einc.archive import check_mixture_entries
 from einc.io.files import atomic_write
-from einc.errors import EincError, ModelFileError
+from einc.errors import EincError
 from einc.model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
@@ -36,7 +33,6 @@ from einc.model import (
     EpochRecord,
     Model,
     compile,
-    model_from_archive,
 )
 
 FORMAT = "einc-mixture"
@@ -64,17 +60,26 @@ def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50)
         centres.append(x[pick])
         closest = np.minimum(closest, squared - 2 * x @ x[pick] + x[pick] @ x[pick])
     centre_array = np.stack(centres)
+    assignment, centre_array = lloyd(x, centre_array, iterations)
+    return assignment, centre_array * scale
+
+
+def lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's iterations from ``centres`` (updated in place): each row to its nearest centre,
+    each centre to its members' mean (an empty cluster keeps its centre), until no row moves.
+    Returns (assignment (N,), centres)."""
+    squared = (x**2).sum(1)
     assignment = np.full(len(x), -1)
     for _ in range(iterations):
-        new_assignment = _nearest(x, centre_array, squared)
+        new_assignment = _nearest(x, centres, squared)
         if np.array_equal(new_assignment, assignment):
             break
         assignment = new_assignment
-        for c in range(clusters):
+        for c in range(len(centres)):
             members = x[assignment == c]
-            if len(members):  # an empty cluster keeps its centre
-                centre_array[c] = members.mean(0)
-    return assignment, centre_array * scale
+            if len(members):
+                centres[c] = members.mean(0)
+    return assignment, centres
 
 
 def nearest_centre(data: np.ndarray, centres: np.ndarray, squared: np.ndarray | None = None) -> np.ndarray:
@@ -199,30 +204,6 @@ class MixtureModel:
         for index, component in enumerate(self.components):
             arrays.update(component.archive_arrays(prefix=f"component{index}/"))
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
-
-
-def load_mixture(archive: Any, meta: dict, path: Path, backend: str, device: str, dtype: str | None,
-                 options: CompileOptions | None = None) -> MixtureModel:
-    """The mixture of an open model archive, every component and weight checked (see ``load``)."""
-    if meta.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: mixture format version {meta.get('version')}; this einc reads version {FORMAT_VERSION}")
-    count, weights = meta.get("components"), meta.get("weights")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ModelFileError(f"{path}: not a valid einc model file: the mixture has {count!r} components")
-    if (not isinstance(weights, list) or len(weights) != count
-            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights)
-            or sum(weights) <= 0):
-        raise ModelFileError(f"{path}: not a valid einc model file: the mixture weights are not {count} "
-                             f"non-negative numbers with a positive sum")
-    check_mixture_entries(archive, meta, count, path)
-    components = [
-        model_from_archive(archive, f"component{index}/", path, backend, device, dtype, options)
-        for index in range(count)
-    ]
-    try:
-        return MixtureModel(components, np.asarray(weights, dtype=np.float64))
-    except EincError as error:
-        raise ModelFileError(f"{path}: not a valid einc model file: {error}") from None
 
 
 def fit_mixture(source_or_path: str | os.PathLike, train: np.ndarray, components: int, valid: np.ndarray | None = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,20 +15,9 @@ from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.io.data import as_rows, prepare, prepare_labels, prepare_latents
-from einc.archive import (
-    FORMAT,
-    FORMAT_VERSION,
-    READABLE_VERSIONS,
-    file_error,
-    meta_field,
-    model_arrays,
-    read_meta,
-    read_parameters,
-    read_training_state,
-    check_entries,
-)
+from einc.archive import FORMAT, FORMAT_VERSION, model_arrays
 from einc.io.files import atomic_write
-from einc.errors import DataError, EincError, ModelFileError, ResourceError
+from einc.errors import DataError, EincError, ResourceError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
 
@@ -586,35 +574,3 @@ class Model:
         """``save`` with other parameters (a checkpoint's best ones) beside the training state."""
         arrays = self.archive_arrays(params)
         atomic_write(path, lambda stream: np.savez(stream, **arrays))
-
-
-def model_from_archive(archive: Any, prefix: str, path: Path, backend: str, device: str, dtype: str | None,
-                       options: CompileOptions | None = None, precision: str = "fp32") -> Model:
-    """Rebuild one model from the arrays under ``prefix`` of an open .npz archive, checking everything."""
-    meta = read_meta(archive, prefix, path)
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not an einc model file (format {meta.get('format')!r})")
-    if meta.get("version") not in READABLE_VERSIONS:
-        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
-        raise ModelFileError(f"{path}: model format version {meta.get('version')}; this einc reads versions {readable}")
-    source = meta_field(meta, "source", str, path)
-    filename = meta_field(meta, "filename", str, path, "<model>")
-    stored_dtype = meta_field(meta, "dtype", str, path, "float32")
-    if stored_dtype not in ("float32", "float64"):
-        raise file_error(path, f"metadata 'dtype' is {stored_dtype!r}; expected float32 or float64")
-    seed = meta_field(meta, "seed", int, path, 0)
-    if seed < 0:
-        raise file_error(path, f"metadata 'seed' is {seed}; expected a whole number of at least 0")
-    check_entries(archive, meta, prefix, path)
-    dtype = dtype or stored_dtype
-    try:
-        options = options or CompileOptions()
-        plan = compile_plan(source, filename, replace(options, dtype=dtype, target=options.target or device))
-    except EincError as error:
-        raise ModelFileError(f"{path}: the circuit stored in the model does not compile:\n{error}") from None
-    params = read_parameters(archive, f"{prefix}param/", plan, path, "parameter")
-    model = Model(plan, source, filename, backend, device, dtype, params, seed, {"precision": precision})
-    model.max_bytes = options.max_bytes
-    if "training" in meta:
-        model.training = read_training_state(archive, prefix, meta["training"], plan, path)
-    return model

@@ -35,7 +35,6 @@ import numpy as np
 
 from einc.io.data import (
     READ_ERRORS,
-    CsvParser,
     DataFile,
     Dataset,
     decode_text,
@@ -45,6 +44,7 @@ from einc.io.data import (
     find_data_file,
     npz_header,
 )
+from einc.io.csv_rows import CsvParser
 from einc.io.files import atomic_write, publish
 from einc.errors import DataError
 
