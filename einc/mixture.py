@@ -83,13 +83,20 @@ def lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 50) -> tuple[np.
     return assignment, centres
 
 
-def nearest_centre(data: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def nearest_centre(data: np.ndarray, centres: np.ndarray, squared: np.ndarray | None = None) -> np.ndarray:
     """Index of each row's nearest centre (missing values count as 0, as in ``kmeans``); data
-    and centres are scaled together first, so that huge finite values do not overflow."""
+    and centres are scaled together first, so that huge finite values do not overflow.
+    ``squared`` (Σ x² per row) is used when the data need no scaling (magnitudes between 1e-100 and 1e100)."""
     x = np.nan_to_num(np.asarray(data, dtype=np.float64))
     centres = np.asarray(centres, dtype=np.float64)
     scale = max(_scaled(x)[1], _scaled(centres)[1])
+    if 1 / _SAFE_MAGNITUDE < scale < _SAFE_MAGNITUDE:  # squares neither overflow nor underflow
+        return _nearest(x, centres, squared)
     return _nearest(x / scale, centres / scale, None)
+
+
+# Between 1e-100 and 1e100 squared distances neither overflow nor vanish in float64.
+_SAFE_MAGNITUDE = 1e100
 
 
 def _scaled(x: np.ndarray) -> tuple[np.ndarray, float]:

@@ -45,7 +45,7 @@ def test_query_on_a_vae_circuit_is_normalised_over_the_target_and_says_it_is_an_
     for target in ("x[1]", "x[3]"):
         code, out, err = run(["query", str(path), "--evidence", "x[0]=1", "--target", target], capsys)
         assert code == 0, err
-        assert "an estimate" in out and "normalised over the values" in out
+        assert "an estimate: approximate IWAE estimates" in out and "normalised over the values" in out
         probabilities = [float(line.split(":")[1]) for line in out.splitlines()[1:]]
         assert len(probabilities) == 2 and abs(sum(probabilities) - 1) < 2e-6, probabilities
 
@@ -282,3 +282,11 @@ def test_a_model_entry_declaring_a_huge_shape_is_refused_without_inflating_it(tm
         archive.writestr(f"{name}.npy", bytes(header) + b"\0" * 64)
     with pytest.raises(ModelFileError, match="declares shape"):
         einc.load(tmp_path / "bad.npz")
+
+
+def test_streaming_an_npz_member_declaring_more_than_it_holds_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.npz"
+    _npz_with_declared_shape(path, (10**9, 4))
+    with pytest.raises(DataError, match=r"declares shape \(1000000000, 4\)"):
+        open_rows(path, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.npy"))

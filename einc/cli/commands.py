@@ -117,7 +117,11 @@ def _train_mixture(args: argparse.Namespace) -> int:
               "nothing was written", file=sys.stderr)
         return 130
     if valid is not None:
-        print(f"valid LL {mixture.log_likelihood(valid).mean():.4f}")
+        valid_ll = mixture.log_likelihood(valid)
+        if not np.isfinite(valid_ll).all():
+            mixture.save(args.output)
+            finite_ll(valid_ll, mixture, f"--valid {args.valid} (the mixture was written to {args.output})")
+        print(f"valid LL {valid_ll.mean():.4f}")
     test_ll = None if test is None else mixture.log_likelihood(test)
     mixture.save(args.output)
     if test_ll is not None:
@@ -291,7 +295,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         # for vae leaves each joint is its own IWAE estimate, so dividing by a separate estimate
         # of p(e) gave "probabilities" that did not sum to 1 (1.12 on a binary target)
         probabilities = np.exp(joint - np.logaddexp.reduce(joint))
-        estimated = "" if model.exact else (f" (an estimate: IWAE estimates of each p({target} = v, evidence) with "
+        estimated = "" if model.exact else (f" (an estimate: approximate IWAE estimates of each p({target} = v, evidence) with "
                                             f"{DEFAULT_QUERY_SAMPLES} samples per vae leaf, normalised over the "
                                             f"values of {target})")
         given = ", ".join(f"{name}={value:g}" for name, value in zip(model.columns, evidence) if not np.isnan(value))

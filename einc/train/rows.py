@@ -43,6 +43,7 @@ from einc.io.data import (
     as_rows,
     cannot_read,
     find_data_file,
+    npz_header,
 )
 from einc.io.csv_rows import CsvParser
 from einc.io.files import atomic_write, publish
@@ -396,6 +397,7 @@ def _stream_npz(found: DataFile, target: Path) -> None:
             key = names[0] if found.key is None else found.key
             if key not in names:
                 raise DataError(f"{found.file}: no array '{key}'; the file has {', '.join(names)}")
+            npz_header(archive, f"{key}.npy", label)  # a header declaring more than the entry holds
             with archive.open(f"{key}.npy") as member:
                 _copy_npy_stream(member, target, label)
     except DataError:
