@@ -209,9 +209,10 @@ if [[ " ${SUITE_STEPS:-} " == *" paper_hclt "* ]] && needs_mnist paper_hclt; the
     --budget-minutes "${PAPER_MINUTES:-7}" --threads 8 --data "$mnist" --out "$out/mnist_hclt_k32" ${PAPER_ARGS:-}
 fi
 if [[ " ${SUITE_STEPS:-} " == *" paper_spvae "* ]] && needs_mnist paper_spvae; then
-  half=$($PY -c "print(${PAPER_MINUTES:-7} / 2)")
+  # a sitting of PAPER_MINUTES (the run directory continues with spvae_mnist.py --resume OUT/spvae_run)
+  half=${PAPER_MINUTES:-7}
   step paper_spvae 540 $PY "$root/benchmarks/spvae_mnist.py" --device "$device" --threads 8 --budget-minutes "$half" \
-    --epochs 500 --patience 20 --test-rows 2000 --data "$mnist" --out "$out/spvae_mnist" ${PAPER_ARGS:-}
+    --epochs 500 --patience 20 --test-rows 2000 --data "$mnist" --run-dir "$out/spvae_run" ${PAPER_ARGS:-}
 fi
 
 # ---- the headline rows (einc beside PyJuice per setup and K) as summary records and a table

@@ -1,0 +1,213 @@
+"""benchmarks/spvae_mnist.py: its smoke run, and runs that survive interruptions (issue 20).
+
+A run stopped after 2 epochs and resumed for 2 more must hold exactly what an uninterrupted
+4-epoch run holds: parameters, best parameters, Adam's moments and step counts, generators,
+patience counter and epoch table (on examples/data/mnist_small.npz, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import einc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import spvae_mnist  # noqa: E402
+import spvae_training  # noqa: E402
+
+SMOKE = ["--smoke", "--epochs", "4", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """(uninterrupted 4 epochs, 2 epochs + resumed to 4) run directories of the smoke run."""
+    threads = torch.get_num_threads()
+    whole, split = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("split")
+    try:
+        assert spvae_mnist.main([*SMOKE, "--run-dir", str(whole)]) == 0
+        assert spvae_mnist.main([*SMOKE, "--run-dir", str(split), "--sitting-epochs", "2"]) == 0
+        state = json.loads((split / "run.json").read_text())
+        assert state["final"] == {}  # stopped after 2 epochs: nothing scored yet
+        assert spvae_mnist.main(["--resume", str(split), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return whole, split
+
+
+def _meta(path: Path) -> dict:
+    with np.load(path) as archive:
+        return json.loads(str(archive["meta"]))
+
+
+@pytest.mark.parametrize("arm", ["spvae", "vae"])
+def test_resumed_run_equals_uninterrupted(runs, arm):
+    whole, split = (np.load(run / f"{arm}_checkpoint.npz") for run in runs)
+    assert sorted(whole.files) == sorted(split.files)
+    assert any(key.startswith("adam/") and key.endswith("exp_avg_sq") for key in whole.files)
+    for key in whole.files:
+        if key != "meta":
+            np.testing.assert_array_equal(whole[key], split[key], err_msg=key)
+    meta_whole, meta_split = (_meta(run / f"{arm}_checkpoint.npz") for run in runs)
+    assert meta_whole["epoch"] == meta_split["epoch"] == 4
+    timeless = [[{k: v for k, v in h.items() if k not in ("seconds", "finished")} for h in meta["history"]]
+                for meta in (meta_whole, meta_split)]
+    assert timeless[0] == timeless[1]
+    assert (meta_whole["rng"], meta_whole["stale"], meta_whole["best_epoch"]) == \
+        (meta_split["rng"], meta_split["stale"], meta_split["best_epoch"])
+
+
+def test_resumed_run_scores_the_same_test(runs):
+    finals = [json.loads((run / "run.json").read_text())["final"] for run in runs]
+    for arm in ("spvae", "vae"):
+        assert finals[0][arm]["test_nats"] == finals[1][arm]["test_nats"]
+        assert finals[0][arm]["test_bpd"] > 0
+    assert len(json.loads((runs[1] / "run.json").read_text())["sittings"]) == 2
+
+
+def test_smoke_run_writes_the_report(runs):
+    whole = runs[0]
+    for name in ("table.md", "results.json", "curve.png", "samples.png", "inpaint.png", "spvae_model.npz"):
+        assert (whole / name).stat().st_size > 0, name
+    table = (whole / "table.md").read_text()
+    assert "| spvae |" in table and "| vae |" in table and "(not yet)" not in table
+    state = json.loads((whole / "run.json").read_text())
+    assert set(state["chosen"]) == {"spvae", "vae"}
+    # the pilot tried every candidate of the smoke grids and chose the best validation bound, the
+    # VAE among those at least as large as the chosen SPVAE (all smaller here: then among all)
+    spvae = state["pilot"]["spvae"]["x".join(str(v) for v in state["chosen"]["spvae"])]
+    for arm, results in state["pilot"].items():
+        chosen = "x".join(str(v) for v in state["chosen"][arm])
+        allowed = [r for r in results.values() if arm == "spvae" or r["parameters"] >= spvae["parameters"]]
+        assert results[chosen]["valid"] == min(r["valid"] for r in allowed or results.values())
+
+
+def test_the_vae_is_chosen_among_those_at_least_as_large_as_the_spvae():
+    """A small VAE that wins the pilot is passed over for the best one with at least the SPVAE's
+    parameters; with none that large, or --any-vae-size, the best of all wins."""
+    state = {"chosen": {"spvae": [5, 32]},
+             "pilot": {"spvae": {"5x32": {"valid": 9.0, "parameters": 200}},
+                       "vae": {"1x16": {"valid": 10.0, "parameters": 100}, "2x64": {"valid": 12.0, "parameters": 300},
+                               "3x64": {"valid": 11.0, "parameters": 400}}}}
+    candidates = [(1, 16), (2, 64), (3, 64)]
+    assert spvae_mnist.choose("vae", candidates, state) == (3, 64)
+    assert spvae_mnist.choose("vae", candidates, state, any_size=True) == (1, 16)
+    assert spvae_mnist.choose("vae", [(1, 16)], state) == (1, 16)
+    assert spvae_mnist.choose("spvae", [(5, 32)], state) == (5, 32)
+
+
+def test_the_best_spvae_is_an_einc_model_file(runs):
+    """spvae_model.npz loads with einc.load and scores like the run's own model at the best epoch."""
+    model = einc.load(runs[0] / "spvae_model.npz")
+    assert not model.exact
+    with np.load(ROOT / "examples" / "data" / "mnist_small.npz") as data:
+        rows = data["x_test"][:4].astype(np.float32)
+    ll = model.log_likelihood(rows, samples=10, seed=0)
+    assert ll.shape == (4,) and np.all(np.isfinite(ll)) and np.all(ll < 0)
+    state = json.loads((runs[0] / "run.json").read_text())
+    n_z, hidden = state["chosen"]["spvae"]
+    assert f"latent = {n_z}" in model.source and f"hidden = [{hidden}, {hidden}]" in model.source
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(runs, tmp_path):
+    arm_path = runs[0] / "spvae_checkpoint.npz"
+    config = _meta(arm_path)["config"]
+    model = spvae_training.spvae_model((ROOT / "examples" / "mnist_spvae.pc").read_text(), config["n_z"],
+                                       config["H"], np.zeros(784), "cpu", 0)
+    arm = spvae_training.Arm("spvae", model.module(), 0.01, 0)
+    with pytest.raises(ValueError, match="configuration"):
+        spvae_training.load_checkpoint(arm, arm_path, {"n_z": config["n_z"] + 1, "H": config["H"]})
+    with pytest.raises(ValueError, match="not a checkpoint of the vae arm"):
+        spvae_training.load_checkpoint(spvae_training.Arm("vae", model.module(), 0.01, 0), arm_path, config)
+
+
+def test_circuit_text_sets_every_vae_leaf():
+    source = (ROOT / "examples" / "mnist_spvae.pc").read_text()
+    text = spvae_training.circuit_text(source, 25, 16)
+    assert "latent = 25, hidden = [16, 16]" in text and "latent = 5" not in text
+    with pytest.raises(ValueError, match="latent"):
+        spvae_training.circuit_text("leaf x ~ bernoulli", 5, 8)
+
+
+def test_scoring_in_blocks_continues_where_it_stopped():
+    test = np.arange(10.0)[:, None]
+    seen = []
+
+    def score(rows, index):
+        seen.append(index)
+        return float(rows.sum())
+
+    full = spvae_training.score_blocks(score, test, 4, [], lambda blocks: None)
+    assert full == pytest.approx(4.5) and seen == [0, 1, 2]
+    seen.clear()
+    assert spvae_training.score_blocks(score, test, 4, [6.0], lambda blocks: None) == pytest.approx(4.5)
+    assert seen == [1, 2]
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        spvae_mnist.main(["--resume", str(tmp_path)])
+
+
+def test_a_train_fraction_run_and_the_data_efficiency_figure(runs, tmp_path):
+    """--train-fraction 0.5 trains on half the smoke's 300 rows; its pilot takes as many Adam steps
+    as the full run's (2 passes over 200 pilot rows = 3 epochs of 150); --figure2 draws both runs."""
+    half = tmp_path / "half"
+    assert spvae_mnist.main(["--smoke", "--epochs", "2", "--threads", "1", "--models", "spvae,vae",
+                             "--train-fraction", "0.5", "--run-dir", str(half)]) == 0
+    state = json.loads((half / "run.json").read_text())
+    for results in state["pilot"].values():
+        assert {(r["rows"], r["epochs"]) for r in results.values()} == {(150, 3)}
+    assert set(state["final"]) == {"spvae", "vae"}
+    assert "on 0.5 of the training images" in (half / "table.md").read_text()
+    # an epoch makes at least --min-steps-per-epoch (3 in the smoke) Adam steps: 2 passes of 2 steps
+    history = json.loads((half / "results.json").read_text())["history"]
+    assert {(h["passes"], h["steps"]) for rows in history.values() for h in rows} == {(2, 4)}
+    whole = json.loads((runs[0] / "results.json").read_text())["history"]
+    assert {(h["passes"], h["steps"]) for rows in whole.values() for h in rows} == {(1, 3)}
+    png = tmp_path / "figure2.png"
+    assert spvae_mnist.main(["--figure2", str(png), str(runs[0]), str(half)]) == 0
+    from PIL import Image
+
+    with Image.open(png) as image:
+        assert image.size == (640, 400)
+
+
+def test_a_run_directory_is_not_started_twice(runs):
+    """A fresh start into a directory that holds a run, and a resume while another live process on
+    this machine holds its lock, are refused (either would overwrite the run's checkpoints)."""
+    with pytest.raises(SystemExit, match="already holds a run"):
+        spvae_mnist.main([*SMOKE, "--run-dir", str(runs[0])])
+    lock = runs[0] / "run.lock"
+    assert not lock.exists()  # released when the runs above ended
+    import os
+    import socket
+
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))
+    try:
+        with pytest.raises(SystemExit, match="in use by process"):
+            spvae_mnist.main(["--resume", str(runs[0])])
+    finally:
+        lock.unlink()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--smoke", "--spvae-grid", "5x"], "n_zxH pairs"),
+    (["--smoke", "--vae-grid", "0x30"], "n_zxH pairs"),
+    (["--smoke", "--train-fraction", "0"], "train-fraction"),
+])
+def test_bad_options_are_clear_errors(argv, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        spvae_mnist.main([*argv, "--run-dir", str(tmp_path / "run")])
+
+
+def test_a_resume_keeps_the_options_it_started_with(runs):
+    with pytest.raises(SystemExit, match="keeps the options it started with.*--epochs 9"):
+        spvae_mnist.main(["--resume", str(runs[0]), "--epochs", "9"])
