@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 from einc.backends.array_ops import einsum, hadamard, mixing
 from einc.backends.array_ops import input as input_op
+from einc.backends.array_namespace import is_numpy, load_cupy, scatter_add, scatter_max, to_host
 from einc.backends.array_ops.contract import contract, no_mass, pairwise_steps  # noqa: F401
-from einc.backends.base import BACKENDS, Batch, Params, Statistics, keep_freed_memory
+from einc.backends.base import Batch, Params, Statistics, keep_freed_memory
 from einc.backends.denormals import flushed
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
@@ -49,67 +50,6 @@ from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Operand, Plan,
 _DTYPES = ("float32", "float64")
 # Backtracking choices (−1 or an index < K) are int32: CuPy's atomic scatter-max has no int64.
 _CHOICE = np.int32
-
-
-# ---------------------------------------------------------------- array namespaces
-def _load_cupy() -> ModuleType:
-    """Import CuPy and check that it sees a CUDA device, or raise a BackendError that says so."""
-    others = ", ".join(name for name in sorted(BACKENDS) if name != "cupy")
-    try:
-        import cupy
-    except ImportError as error:
-        raise BackendError(
-            f"backend 'cupy' is not available here: CuPy is not installed ({error}); install it with "
-            f"`{BACKENDS['cupy'].install_hint}`; available backends: {others}"
-        ) from None
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    # no CUDA driver or runtime: CuPy's CUDARuntimeError is a RuntimeError
-    except (RuntimeError, OSError) as error:
-        raise BackendError(
-            f"backend 'cupy' is not available here: CuPy finds no CUDA runtime ({error}); "
-            f"available backends: {others}"
-        ) from None
-    if count < 1:
-        raise BackendError(
-            f"backend 'cupy' is not available here: no CUDA device; available backends: {others}"
-        )
-    return cupy
-
-
-def _is_numpy(xp: ModuleType) -> bool:
-    return xp is np
-
-
-def to_host(xp: ModuleType, array: Any) -> np.ndarray:
-    """A NumPy copy of a backend array (CuPy arrays come back from the device)."""
-    return np.asarray(array) if _is_numpy(xp) else xp.asnumpy(array)
-
-
-def _scatter_add(xp: ModuleType, target: Any, rows: Any, update: Any) -> None:
-    """target[rows] += update, adding repeated rows (a gathered row read by several partitions).
-
-    ``ufunc.at`` on NumPy and CuPy ≥ 13; ``cupyx.scatter_add`` on older CuPy.
-    """
-    at = getattr(xp.add, "at", None)
-    if at is not None:
-        at(target, rows, update)
-        return
-    import cupyx
-
-    cupyx.scatter_add(target, rows, update)
-
-
-def _scatter_max(xp: ModuleType, target: Any, rows: Any, update: Any) -> None:
-    """target[rows] = max(target[rows], update) with repeated rows (CuPy: no int64 kernel)."""
-    update = update.astype(target.dtype, copy=False)
-    at = getattr(xp.maximum, "at", None)
-    if at is not None:
-        at(target, rows, update)
-        return
-    import cupyx
-
-    cupyx.scatter_max(target, rows, update)
 
 
 # ---------------------------------------------------------------- sampler
@@ -192,16 +132,16 @@ class ArrayBackend:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
         if xp is None:
-            xp = _load_cupy() if device.startswith("cuda") else np
+            xp = load_cupy() if device.startswith("cuda") else np
         self.xp = xp
-        self.name = "numpy" if _is_numpy(xp) else "cupy"
+        self.name = "numpy" if is_numpy(xp) else "cupy"
         # capture=True: each full EM step of an epoch is one replayed CUDA graph (cupy_graph.py)
         self.capture = capture
         self.capture_error: str | None = None
         self.captured_steps: dict[tuple, Any] = {}
         self.graphs: Any = None
         if capture:
-            if _is_numpy(xp):
+            if is_numpy(xp):
                 raise BackendError("capture=True records CUDA graphs: it needs the cupy backend")
             from einc.backends.cupy_graph import CupyGraphs
 
@@ -212,7 +152,7 @@ class ArrayBackend:
         # through torch's, which NumPy's loops obey too (backends/denormals.py)
         self.flush_denormals = self.name == "numpy"
         self.device = device
-        if not _is_numpy(xp) and device.startswith("cuda:"):
+        if not is_numpy(xp) and device.startswith("cuda:"):
             xp.cuda.Device(int(device.split(":", 1)[1])).use()
         self.plan = plan
         self.dtype = np.dtype(dtype)
@@ -450,7 +390,7 @@ class ArrayBackend:
                 if unique:
                     target[rows] += part
                 else:
-                    _scatter_add(self.xp, target, rows, part)
+                    scatter_add(self.xp, target, rows, part)
 
     def _scaled_adjoint(self, adjoint: Any, value: Any, shift: Any) -> Any:
         """G = ∂J/∂S · exp(−(S − shift)) = ∂J/∂S / P, zero where S = −inf (P = 0: no mass)."""
@@ -555,7 +495,7 @@ class ArrayBackend:
                     target[segment.start : segment.stop], part
                 ).astype(_CHOICE, copy=False)
             else:
-                _scatter_max(xp, target, self.row_index[segment.rows][0], part)
+                scatter_max(xp, target, self.row_index[segment.rows][0], part)
 
 
 def _torch_only(backend: ArrayBackend, op: VaeOp, *args: Any) -> Any:
@@ -607,7 +547,7 @@ def cupy_backend(plan: Plan, device: str = "cpu", dtype: str = "float32", captur
         raise BackendError(
             f"the cupy backend runs on a CUDA device; expected 'cuda' or 'cuda:N', found '{device}'"
         )
-    cupy = _load_cupy()
+    cupy = load_cupy()
     return ArrayBackend(
         plan, device=device if device.startswith("cuda") else "cuda", dtype=dtype, xp=cupy, capture=capture
     )
