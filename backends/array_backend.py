@@ -30,6 +30,7 @@ from einc.backends.array_ops import einsum, hadamard, mixing
 from einc.backends.array_ops import input as input_op
 from einc.backends.array_namespace import is_numpy, load_cupy, scatter_add, scatter_max, to_host
 from einc.backends.array_ops.contract import contract, no_mass, pairwise_steps  # noqa: F401
+from einc.backends.array_ops.walk import Walk
 from einc.backends.base import Batch, Params, Statistics, keep_freed_memory
 from einc.backends.denormals import flushed
 from einc.backends.em import em_update
@@ -460,6 +461,7 @@ class ArrayBackend:
         root_value, root_row = self.plan.root
         choice[root_value][root_row] = xp.asarray(np.asarray(heads, dtype=_CHOICE))
         completed = data.x.copy()
+        walk = Walk(values, choice, data, completed, mpe, leaf_value, sampler)
         for index in range(len(self.plan.ops) - 1, -1, -1):
             op = self.plan.ops[index]
             rule = BACKTRACK_RULES.get(type(op))
@@ -467,19 +469,7 @@ class ArrayBackend:
                 raise BackendError(
                     f"the {self.name} backend has no backtrack rule for {type(op).__name__}"
                 )
-            rule(
-                self,
-                op,
-                params,
-                values,
-                choice,
-                choice[index],
-                data,
-                completed,
-                mpe,
-                leaf_value,
-                sampler,
-            )
+            rule(self, op, params, choice[index], walk)
         return to_host(xp, completed[:, : self.num_columns]).astype(np.float64)
 
     def _write(self, operand: Operand, rows_choice: Any, choice: list[Any]) -> None:
@@ -519,7 +509,7 @@ BACKWARD_RULES: dict[type, Callable[..., None]] = {
     MixingBackward: mixing.backward,
     HadamardBackward: hadamard.backward,
 }
-# top-down sampling / MPE: (backend, op, params, values, choice, chosen, data, completed, mpe, ...) -> None
+# top-down sampling / MPE: (backend, op, params, chosen, walk) -> None, chosen: the op's choice row (R, B)
 BACKTRACK_RULES: dict[type, Callable[..., None]] = {
     InputOp: input_op.backtrack,
     EinsumOp: einsum.backtrack,

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from einc.backends.array_ops.contract import contract, finite_max
+from einc.backends.array_ops.walk import Walk
+from einc.backends.base import Params
 from einc.ir.backward_plan import HadamardBackward
 from einc.ir.plan import HadamardOp
 
@@ -112,19 +114,17 @@ def backward(backend: Any, step: HadamardBackward, params: dict[str, Any], forwa
     backend._accumulate(step.parts, product_adjoint[_owner(backend, step.owner)], forward, adjoints)
 
 
-def backtrack(backend: Any, op: HadamardOp, params: dict[str, Any], values: list[Any],
-              choice: list[Any], chosen: Any, data: Any, completed: Any, mpe: bool,
-              leaf_value: str, sampler: Any) -> None:
+def backtrack(backend: Any, op: HadamardOp, params: Params, chosen: Any, walk: Walk) -> None:
     """Pick the entry j of each reached row's element-wise product by arg-max (MPE) or
     Gumbel-max (sampling) of log W[l,k,j] + log P[l,b,j]; every part of the row selects j."""
     xp = backend.xp
     reached = chosen >= 0  # (L, B)
     k = xp.maximum(chosen, 0)
-    product = log_product(backend, op, values)  # (L, B, j)
+    product = log_product(backend, op, walk.values)  # (L, B, j)
     log_w = xp.log(params[op.param])  # (L, k, j)
     picked = log_w[xp.arange(op.rows)[:, None], k]  # (L, B, j)
     logits = picked + product
-    if not mpe:
-        logits = logits + sampler.gumbel(logits)
+    if not walk.mpe:
+        logits = logits + walk.sampler.gumbel(logits)
     best = xp.where(reached, xp.argmax(logits, axis=-1), -1)  # (L, B)
-    backend._write(op.parts, best[_owner(backend, op.owner)], choice)  # (R, B)
+    backend._write(op.parts, best[_owner(backend, op.owner)], walk.choice)  # (R, B)

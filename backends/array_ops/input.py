@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from einc.backends.array_ops.contract import contract
+from einc.backends.array_ops.walk import Walk
 from einc.backends.base import Params
 from einc.ir.backward_plan import InputBackward
 from einc.ir.families import family_rule
@@ -49,19 +50,7 @@ def backward(
         leaf[gradient.param] = (grad[..., : gradient.stat_dim], grad[..., gradient.stat_dim])
 
 
-def backtrack(
-    backend: Any,
-    op: InputOp,
-    params: Params,
-    values: list[Any],
-    choice: list[Any],
-    chosen: Any,
-    data: Any,
-    completed: Any,
-    mpe: bool,
-    leaf_value: str,
-    sampler: Any,
-) -> None:
+def backtrack(backend: Any, op: InputOp, params: Params, chosen: Any, walk: Walk) -> None:
     xp = backend.xp
     reached = chosen >= 0  # (L, B)
     k = xp.maximum(chosen, 0)
@@ -74,14 +63,14 @@ def backtrack(
         selected = phi[
             xp.arange(rows)[:, None, None], xp.arange(width)[None, :, None], k[:, None, :]
         ]
-        if leaf_value == "sample":
-            draw = rule.sample(sampler, selected, block.family)
-        elif leaf_value == "mean":
+        if walk.leaf_value == "sample":
+            draw = rule.sample(walk.sampler, selected, block.family)
+        elif walk.leaf_value == "mean":
             draw = rule.mean(xp, selected, block.family)
         else:
             draw = rule.mode(xp, selected, block.family)
         draw = draw.astype(backend.dtype, copy=False)  # (L, S, B)
         write = reached[:, None, :] & (backend.valid[block.param] > 0)[..., None]
-        write = write & (data.observed[:, cols].transpose(1, 2, 0) == 0)  # (L, S, B)
+        write = write & (walk.data.observed[:, cols].transpose(1, 2, 0) == 0)  # (L, S, B)
         region, position, sample = xp.nonzero(write)
-        completed[sample, cols[region, position]] = draw[region, position, sample]
+        walk.completed[sample, cols[region, position]] = draw[region, position, sample]
