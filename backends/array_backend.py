@@ -379,10 +379,7 @@ class ArrayBackend:
         self, operand: Operand, adjoint: Any, forward: _Forward, adjoints: list[Any]
     ) -> None:
         """Add an operand's adjoint (rows, B, K) into the adjoints of the values it read."""
-        offset = 0
-        for segment in operand.segments:
-            part = adjoint[offset : offset + len(segment)]
-            offset += len(segment)
+        for segment, part in operand.split(adjoint):
             target = self._adjoint(segment.value, forward, adjoints)
             if isinstance(segment, RowRange):
                 target[segment.start : segment.stop] += part
@@ -475,10 +472,7 @@ class ArrayBackend:
     def _write(self, operand: Operand, rows_choice: Any, choice: list[Any]) -> None:
         """Merge child selections into the producers' choice arrays (max: −1 means not reached)."""
         xp = self.xp
-        offset = 0
-        for segment in operand.segments:
-            part = rows_choice[offset : offset + len(segment)]
-            offset += len(segment)
+        for segment, part in operand.split(rows_choice):
             target = choice[segment.value]
             if isinstance(segment, RowRange):
                 target[segment.start : segment.stop] = xp.maximum(

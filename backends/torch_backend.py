@@ -533,10 +533,7 @@ class TorchBackend:
 
     def _write(self, operand: Operand, rows_choice: torch.Tensor, choice: list[torch.Tensor]) -> None:
         """Merge child selections into the producers' choice arrays (max: −1 means not reached)."""
-        offset = 0
-        for segment in operand.segments:
-            part = rows_choice[offset : offset + len(segment)]
-            offset += len(segment)
+        for segment, part in operand.split(rows_choice):
             target = choice[segment.value]
             if isinstance(segment, RowRange):
                 target[segment.start : segment.stop] = torch.maximum(target[segment.start : segment.stop], part)

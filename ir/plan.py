@@ -28,8 +28,9 @@ entry anywhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from .region_graph import Domain, LeafFamily, RegionGraph, RegionId
 
@@ -72,6 +73,14 @@ class Operand:
     def is_view(self) -> bool:
         """True when the operand is one contiguous slice of one value (no copy needed)."""
         return len(self.segments) == 1 and isinstance(self.segments[0], RowRange)
+
+    def split(self, stacked: Any) -> Iterator[tuple[Segment, Any]]:
+        """Each segment with its rows of ``stacked`` (the operand's rows in order, axis 0): how a
+        result about the operand goes back to the values it read."""
+        offset = 0
+        for segment in self.segments:
+            yield segment, stacked[offset : offset + len(segment)]
+            offset += len(segment)
 
     def describe(self) -> str:
         if len(self.segments) > 3:
