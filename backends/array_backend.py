@@ -30,7 +30,7 @@ from einc.backends.array_ops import einsum, hadamard, mixing
 from einc.backends.array_ops import input as input_op
 from einc.backends.array_namespace import is_numpy, load_cupy, scatter_add, scatter_max, to_host
 from einc.backends.array_ops.contract import contract, no_mass, pairwise_steps  # noqa: F401
-from einc.backends.array_ops.walk import Walk
+from einc.backends.array_ops.walk import Sweep, Walk
 from einc.backends.base import Batch, Params, Statistics, keep_freed_memory
 from einc.backends.denormals import flushed
 from einc.backends.em import em_update
@@ -336,13 +336,14 @@ class ArrayBackend:
         adjoints[root_value] = seed
         weights: dict[str, Any] = {}
         leaf: dict[str, tuple[Any, Any]] = {}
+        sweep = Sweep(forward, adjoints, weights, leaf)
         for step in self.backward.steps:
             rule = BACKWARD_RULES.get(type(step))
             if rule is None:
                 raise BackendError(
                     f"the {self.name} backend has no backward rule for {type(step).__name__}"
                 )
-            rule(self, step, params, forward, adjoints, weights, leaf)
+            rule(self, step, params, sweep)
         return total, weights, leaf, forward, adjoints
 
     @flushed
@@ -496,7 +497,8 @@ FORWARD_RULES: dict[type, Callable[..., tuple[Any, tuple[Any, ...]]]] = {
     HadamardOp: hadamard.forward,
     VaeOp: _torch_only,
 }
-# backward plan steps: (backend, step, params, forward, adjoints, weight counts, leaf stats) -> None
+# backward plan steps: (backend, step, params, sweep) -> None; the rule adds into sweep's adjoints,
+# weight counts and leaf statistics
 BACKWARD_RULES: dict[type, Callable[..., None]] = {
     InputBackward: input_op.backward,
     EinsumBackward: einsum.backward,

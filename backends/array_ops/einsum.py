@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from einc.backends.array_ops.contract import contract, finite_max, no_mass
-from einc.backends.array_ops.walk import Walk
+from einc.backends.array_ops.walk import Sweep, Walk
 from einc.backends.base import Params, shifted_exp
 from einc.ir.backward_plan import EinsumBackward
 from einc.ir.plan import EinsumOp
@@ -47,20 +47,14 @@ def forward(
     return xp.where(empty, -np.inf, value).astype(backend.dtype, copy=False), (left_exp, right_exp, shift)
 
 
-def backward(
-    backend: Any,
-    step: EinsumBackward,
-    params: Params,
-    forward: Any,
-    adjoints: list[Any],
-    weights: dict[str, Any],
-    leaf: dict[str, tuple[Any, Any]],
-) -> None:
+def backward(backend: Any, step: EinsumBackward, params: Params, sweep: Sweep) -> None:
     xp = backend.xp
-    left_exp, right_exp, shift = forward.saved[step.op]  # (L,B,i), (L,B,j), (L,B,1)
+    left_exp, right_exp, shift = sweep.forward.saved[step.op]  # (L,B,i), (L,B,j), (L,B,1)
     w = params[step.param]  # (L, k, i, j)
     g = backend._scaled_adjoint(
-        backend._adjoint(step.op, forward, adjoints), forward.values[step.op], shift
+        backend._adjoint(step.op, sweep.forward, sweep.adjoints),
+        sweep.forward.values[step.op],
+        shift,
     )
     # (L, B, k) x (L, B, j) x (L, k, i, j) -> (L, B, i)
     left = (
@@ -76,9 +70,9 @@ def backward(
     grad_w = contract(
         xp, step.weight_gradient.equation, step.weight_gradient.path, g, left_exp, right_exp
     )
-    weights[step.param] = w * grad_w
-    backend._accumulate(step.left, left, forward, adjoints)
-    backend._accumulate(step.right, right, forward, adjoints)
+    sweep.weights[step.param] = w * grad_w
+    backend._accumulate(step.left, left, sweep.forward, sweep.adjoints)
+    backend._accumulate(step.right, right, sweep.forward, sweep.adjoints)
 
 
 def backtrack(backend: Any, op: EinsumOp, params: Params, chosen: Any, walk: Walk) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from einc.backends.array_ops.contract import contract, finite_max
-from einc.backends.array_ops.walk import Walk
+from einc.backends.array_ops.walk import Sweep, Walk
 from einc.backends.base import Params
 from einc.ir.backward_plan import HadamardBackward
 from einc.ir.plan import HadamardOp
@@ -96,22 +96,22 @@ def _max_sum(xp: Any, product: Any, weights: Any) -> Any:
     return out[0] if len(out) == 1 else xp.concatenate(out, 1)
 
 
-def backward(backend: Any, step: HadamardBackward, params: dict[str, Any], forward: Any,
-             adjoints: list[Any], weights: dict[str, Any], leaf: dict[str, tuple[Any, Any]]) -> None:
+def backward(backend: Any, step: HadamardBackward, params: Params, sweep: Sweep) -> None:
     xp = backend.xp
-    product_exp, top = forward.saved[step.op]  # (L, B, j), (L, B, 1)
+    product_exp, top = sweep.forward.saved[step.op]  # (L, B, j), (L, B, 1)
     w = params[step.param]  # (L, k, j)
     g = backend._scaled_adjoint(
-        backend._adjoint(step.op, forward, adjoints), forward.values[step.op], top
+        backend._adjoint(step.op, sweep.forward, sweep.adjoints), sweep.forward.values[step.op], top
     )  # (L, B, k)
     c = step.product_adjoint
     # (L, B, k) x (L, k, j) -> (L, B, j)
     product_adjoint = contract(xp, c.equation, c.path, g, w) * product_exp
     c = step.weight_gradient
     # (L, B, k) x (L, B, j) -> (L, k, j)
-    weights[step.param] = w * contract(xp, c.equation, c.path, g, product_exp)
+    sweep.weights[step.param] = w * contract(xp, c.equation, c.path, g, product_exp)
     # a product of parts is a sum of their logs: each part row gets its row's adjoint (R, B, j)
-    backend._accumulate(step.parts, product_adjoint[_owner(backend, step.owner)], forward, adjoints)
+    backend._accumulate(step.parts, product_adjoint[_owner(backend, step.owner)], sweep.forward,
+                        sweep.adjoints)
 
 
 def backtrack(backend: Any, op: HadamardOp, params: Params, chosen: Any, walk: Walk) -> None:

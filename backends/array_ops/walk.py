@@ -1,4 +1,5 @@
-"""The state one top-down pass (sampling or MPE) of the array backend hands every op's backtrack rule."""
+"""The state the array backend's passes hand every op's rule: ``Sweep`` for the backward pass
+(EM statistics), ``Walk`` for the top-down pass (sampling or MPE)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,15 @@ class Walk:
     mpe: bool
     leaf_value: str
     sampler: Any
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One backward pass over the plan's steps: the forward pass it differentiates (``values`` and
+    what each op ``saved``), the adjoints ∂J/∂values it fills (None: not reached yet), and the
+    weight counts and leaf statistics (sufficient statistics, observation count) the rules write."""
+
+    forward: Any
+    adjoints: list[Any]
+    weights: dict[str, Any]
+    leaf: dict[str, tuple[Any, Any]]
