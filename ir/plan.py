@@ -86,13 +86,13 @@ class Operand:
         if len(self.segments) > 3:
             sources = ",".join(f"v{v}" for v in sorted({s.value for s in self.segments}))
             return f"gather {len(self)} rows of {sources} ({len(self.segments)} runs)"
-        parts = []
-        for s in self.segments:
-            if isinstance(s, RowRange):
-                parts.append(f"v{s.value}[{s.start}:{s.stop}]")
-            else:
-                parts.append(f"v{s.value}[gather {len(s.rows)}]")
-        return " + ".join(parts)
+        return " + ".join(self.segment_texts())
+
+    def segment_texts(self, marker: str = "", gathered: str = "gather") -> list[str]:
+        """Each segment as text, ``v3[0:8]`` for a slice and ``v3[gather 5]`` for picked rows;
+        ``marker`` goes before the value (``∂v3``) and ``gathered`` names what picked rows do."""
+        return [f"{marker}v{s.value}[{s.start}:{s.stop}]" if isinstance(s, RowRange)
+                else f"{marker}v{s.value}[{gathered} {len(s)}]" for s in self.segments]
 
 
 @dataclass(frozen=True)
