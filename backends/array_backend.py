@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 from einc.backends.array_ops import einsum, hadamard, mixing
 from einc.backends.array_ops import input as input_op
+from einc.backends.array_namespace import is_numpy, load_cupy, scatter_add, scatter_max, to_host
 from einc.backends.array_ops.contract import contract, no_mass, pairwise_steps  # noqa: F401
-from einc.backends.base import BACKENDS, Batch, Params, Statistics, keep_freed_memory
+from einc.backends.array_ops.walk import Sweep, Walk
+from einc.backends.base import Batch, Params, Statistics, keep_freed_memory
 from einc.backends.denormals import flushed
 from einc.backends.em import em_update
 from einc.backends.input_layer import leaf_coefficients
@@ -49,67 +51,6 @@ from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Operand, Plan,
 _DTYPES = ("float32", "float64")
 # Backtracking choices (−1 or an index < K) are int32: CuPy's atomic scatter-max has no int64.
 _CHOICE = np.int32
-
-
-# ---------------------------------------------------------------- array namespaces
-def _load_cupy() -> ModuleType:
-    """Import CuPy and check that it sees a CUDA device, or raise a BackendError that says so."""
-    others = ", ".join(name for name in sorted(BACKENDS) if name != "cupy")
-    try:
-        import cupy
-    except ImportError as error:
-        raise BackendError(
-            f"backend 'cupy' is not available here: CuPy is not installed ({error}); install it with "
-            f"`{BACKENDS['cupy'].install_hint}`; available backends: {others}"
-        ) from None
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    # no CUDA driver or runtime: CuPy's CUDARuntimeError is a RuntimeError
-    except (RuntimeError, OSError) as error:
-        raise BackendError(
-            f"backend 'cupy' is not available here: CuPy finds no CUDA runtime ({error}); "
-            f"available backends: {others}"
-        ) from None
-    if count < 1:
-        raise BackendError(
-            f"backend 'cupy' is not available here: no CUDA device; available backends: {others}"
-        )
-    return cupy
-
-
-def _is_numpy(xp: ModuleType) -> bool:
-    return xp is np
-
-
-def to_host(xp: ModuleType, array: Any) -> np.ndarray:
-    """A NumPy copy of a backend array (CuPy arrays come back from the device)."""
-    return np.asarray(array) if _is_numpy(xp) else xp.asnumpy(array)
-
-
-def _scatter_add(xp: ModuleType, target: Any, rows: Any, update: Any) -> None:
-    """target[rows] += update, adding repeated rows (a gathered row read by several partitions).
-
-    ``ufunc.at`` on NumPy and CuPy ≥ 13; ``cupyx.scatter_add`` on older CuPy.
-    """
-    at = getattr(xp.add, "at", None)
-    if at is not None:
-        at(target, rows, update)
-        return
-    import cupyx
-
-    cupyx.scatter_add(target, rows, update)
-
-
-def _scatter_max(xp: ModuleType, target: Any, rows: Any, update: Any) -> None:
-    """target[rows] = max(target[rows], update) with repeated rows (CuPy: no int64 kernel)."""
-    update = update.astype(target.dtype, copy=False)
-    at = getattr(xp.maximum, "at", None)
-    if at is not None:
-        at(target, rows, update)
-        return
-    import cupyx
-
-    cupyx.scatter_max(target, rows, update)
 
 
 # ---------------------------------------------------------------- sampler
@@ -192,16 +133,16 @@ class ArrayBackend:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
         if xp is None:
-            xp = _load_cupy() if device.startswith("cuda") else np
+            xp = load_cupy() if device.startswith("cuda") else np
         self.xp = xp
-        self.name = "numpy" if _is_numpy(xp) else "cupy"
+        self.name = "numpy" if is_numpy(xp) else "cupy"
         # capture=True: each full EM step of an epoch is one replayed CUDA graph (cupy_graph.py)
         self.capture = capture
         self.capture_error: str | None = None
         self.captured_steps: dict[tuple, Any] = {}
         self.graphs: Any = None
         if capture:
-            if _is_numpy(xp):
+            if is_numpy(xp):
                 raise BackendError("capture=True records CUDA graphs: it needs the cupy backend")
             from einc.backends.cupy_graph import CupyGraphs
 
@@ -212,7 +153,7 @@ class ArrayBackend:
         # through torch's, which NumPy's loops obey too (backends/denormals.py)
         self.flush_denormals = self.name == "numpy"
         self.device = device
-        if not _is_numpy(xp) and device.startswith("cuda:"):
+        if not is_numpy(xp) and device.startswith("cuda:"):
             xp.cuda.Device(int(device.split(":", 1)[1])).use()
         self.plan = plan
         self.dtype = np.dtype(dtype)
@@ -395,13 +336,14 @@ class ArrayBackend:
         adjoints[root_value] = seed
         weights: dict[str, Any] = {}
         leaf: dict[str, tuple[Any, Any]] = {}
+        sweep = Sweep(forward, adjoints, weights, leaf)
         for step in self.backward.steps:
             rule = BACKWARD_RULES.get(type(step))
             if rule is None:
                 raise BackendError(
                     f"the {self.name} backend has no backward rule for {type(step).__name__}"
                 )
-            rule(self, step, params, forward, adjoints, weights, leaf)
+            rule(self, step, params, sweep)
         return total, weights, leaf, forward, adjoints
 
     @flushed
@@ -438,10 +380,7 @@ class ArrayBackend:
         self, operand: Operand, adjoint: Any, forward: _Forward, adjoints: list[Any]
     ) -> None:
         """Add an operand's adjoint (rows, B, K) into the adjoints of the values it read."""
-        offset = 0
-        for segment in operand.segments:
-            part = adjoint[offset : offset + len(segment)]
-            offset += len(segment)
+        for segment, part in operand.split(adjoint):
             target = self._adjoint(segment.value, forward, adjoints)
             if isinstance(segment, RowRange):
                 target[segment.start : segment.stop] += part
@@ -450,7 +389,7 @@ class ArrayBackend:
                 if unique:
                     target[rows] += part
                 else:
-                    _scatter_add(self.xp, target, rows, part)
+                    scatter_add(self.xp, target, rows, part)
 
     def _scaled_adjoint(self, adjoint: Any, value: Any, shift: Any) -> Any:
         """G = ∂J/∂S · exp(−(S − shift)) = ∂J/∂S / P, zero where S = −inf (P = 0: no mass)."""
@@ -520,6 +459,7 @@ class ArrayBackend:
         root_value, root_row = self.plan.root
         choice[root_value][root_row] = xp.asarray(np.asarray(heads, dtype=_CHOICE))
         completed = data.x.copy()
+        walk = Walk(values, choice, data, completed, mpe, leaf_value, sampler)
         for index in range(len(self.plan.ops) - 1, -1, -1):
             op = self.plan.ops[index]
             rule = BACKTRACK_RULES.get(type(op))
@@ -527,35 +467,20 @@ class ArrayBackend:
                 raise BackendError(
                     f"the {self.name} backend has no backtrack rule for {type(op).__name__}"
                 )
-            rule(
-                self,
-                op,
-                params,
-                values,
-                choice,
-                choice[index],
-                data,
-                completed,
-                mpe,
-                leaf_value,
-                sampler,
-            )
+            rule(self, op, params, choice[index], walk)
         return to_host(xp, completed[:, : self.num_columns]).astype(np.float64)
 
     def _write(self, operand: Operand, rows_choice: Any, choice: list[Any]) -> None:
         """Merge child selections into the producers' choice arrays (max: −1 means not reached)."""
         xp = self.xp
-        offset = 0
-        for segment in operand.segments:
-            part = rows_choice[offset : offset + len(segment)]
-            offset += len(segment)
+        for segment, part in operand.split(rows_choice):
             target = choice[segment.value]
             if isinstance(segment, RowRange):
                 target[segment.start : segment.stop] = xp.maximum(
                     target[segment.start : segment.stop], part
                 ).astype(_CHOICE, copy=False)
             else:
-                _scatter_max(xp, target, self.row_index[segment.rows][0], part)
+                scatter_max(xp, target, self.row_index[segment.rows][0], part)
 
 
 def _torch_only(backend: ArrayBackend, op: VaeOp, *args: Any) -> Any:
@@ -572,14 +497,15 @@ FORWARD_RULES: dict[type, Callable[..., tuple[Any, tuple[Any, ...]]]] = {
     HadamardOp: hadamard.forward,
     VaeOp: _torch_only,
 }
-# backward plan steps: (backend, step, params, forward, adjoints, weight counts, leaf stats) -> None
+# backward plan steps: (backend, step, params, sweep) -> None; the rule adds into sweep's adjoints,
+# weight counts and leaf statistics
 BACKWARD_RULES: dict[type, Callable[..., None]] = {
     InputBackward: input_op.backward,
     EinsumBackward: einsum.backward,
     MixingBackward: mixing.backward,
     HadamardBackward: hadamard.backward,
 }
-# top-down sampling / MPE: (backend, op, params, values, choice, chosen, data, completed, mpe, ...) -> None
+# top-down sampling / MPE: (backend, op, params, chosen, walk) -> None, chosen: the op's choice row (R, B)
 BACKTRACK_RULES: dict[type, Callable[..., None]] = {
     InputOp: input_op.backtrack,
     EinsumOp: einsum.backtrack,
@@ -607,7 +533,7 @@ def cupy_backend(plan: Plan, device: str = "cpu", dtype: str = "float32", captur
         raise BackendError(
             f"the cupy backend runs on a CUDA device; expected 'cuda' or 'cuda:N', found '{device}'"
         )
-    cupy = _load_cupy()
+    cupy = load_cupy()
     return ArrayBackend(
         plan, device=device if device.startswith("cuda") else "cuda", dtype=dtype, xp=cupy, capture=capture
     )

@@ -3,7 +3,7 @@
 Every op kind is one entry of ``OP_RULES``, in its own module under ``backends/torch_ops/``
 (forward and max-product, top-down backtracking). This file keeps the pass loop, how values are
 read (``backends/torch_reads.py``: views and gathers of exactly the rows an op needs), the EM
-step and its CUDA-graph capture and fusion.
+step and its fusion; CUDA-graph capture is in ``backends/torch_capture.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from einc.backends.torch_ops import (
 )
 from einc.backends.torch_ops import input as input_op
 from einc.backends.torch_ops.sampler import TorchSampler
+from einc.backends.torch_capture import CapturedForward, CapturedStep, storage_key
 from einc.errors import BackendError
 from einc.ir.families import ZERO_PROBABILITY
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES, DEFAULT_TRAINING_SAMPLES
@@ -119,8 +120,8 @@ class TorchBackend:
         if self.capture and not plan.exact:
             raise BackendError("capture=True replays fixed work, but this circuit's neural leaves draw new noise "
                                "in every pass; use capture=False")
-        self.captured_steps: dict[tuple, _CapturedStep] = {}
-        self.captured_forwards: dict[tuple, _CapturedForward] = {}
+        self.captured_steps: dict[tuple, CapturedStep] = {}
+        self.captured_forwards: dict[tuple, CapturedForward] = {}
         # einsum kernels by name (compiler/kernels.py); where Triton cannot run, fused ops run the
         # same contraction as batched matmuls
         self.contractions = einsum.contractions(plan, self.device, self.batch_minor)
@@ -278,19 +279,19 @@ class TorchBackend:
             generator.manual_seed(int(seed))
         return Noise(DEFAULT_QUERY_SAMPLES if samples is None else int(samples), generator)
 
-    def _captured_forward(self, params: Params, batch_size: int, max_product: bool) -> "_CapturedForward":
-        key = (batch_size, max_product, _storage_key(params))
+    def _captured_forward(self, params: Params, batch_size: int, max_product: bool) -> "CapturedForward":
+        key = (batch_size, max_product, storage_key(params))
         captured = self.captured_forwards.get(key)
         if captured is None:
             if len(self.captured_forwards) > 8:
                 self.captured_forwards.clear()
             try:
-                captured = _CapturedForward(self, params, batch_size, max_product)
+                captured = CapturedForward(self, params, batch_size, max_product)
             except Exception as error:
                 if not self.fuse:
                     raise
                 self._without_fusion(error)
-                captured = _CapturedForward(self, params, batch_size, max_product)
+                captured = CapturedForward(self, params, batch_size, max_product)
             self.captured_forwards[key] = captured
         return captured
 
@@ -441,18 +442,18 @@ class TorchBackend:
         return params, batch_total
 
     def _captured_step(self, params: Params, data: "DeviceData", batch_size: int, step_size: float,
-                       pseudocount: float = 0.0) -> "_CapturedStep":
-        key = (id(data), batch_size, step_size, pseudocount, _storage_key(params))
+                       pseudocount: float = 0.0) -> "CapturedStep":
+        key = (id(data), batch_size, step_size, pseudocount, storage_key(params))
         step = self.captured_steps.get(key)
         if step is None:
             self.captured_steps.clear()
             try:
-                step = _CapturedStep(self, params, data, batch_size, step_size, pseudocount)
+                step = CapturedStep(self, params, data, batch_size, step_size, pseudocount)
             except Exception as error:  # a compiler failure must not stop training
                 if not self.fuse:
                     raise
                 self._without_fusion(error)
-                step = _CapturedStep(self, params, data, batch_size, step_size, pseudocount)
+                step = CapturedStep(self, params, data, batch_size, step_size, pseudocount)
             self.captured_steps[key] = step
         return step
 
@@ -532,10 +533,7 @@ class TorchBackend:
 
     def _write(self, operand: Operand, rows_choice: torch.Tensor, choice: list[torch.Tensor]) -> None:
         """Merge child selections into the producers' choice arrays (max: −1 means not reached)."""
-        offset = 0
-        for segment in operand.segments:
-            part = rows_choice[offset : offset + len(segment)]
-            offset += len(segment)
+        for segment, part in operand.split(rows_choice):
             target = choice[segment.value]
             if isinstance(segment, RowRange):
                 target[segment.start : segment.stop] = torch.maximum(target[segment.start : segment.stop], part)
@@ -551,77 +549,3 @@ class DeviceData:
     observed: torch.Tensor  # (N, C+1)
     labels: torch.Tensor | None  # (N,)
     latents: torch.Tensor | None = None  # (N, latents): clamped states, −1 summed out
-
-
-def _storage_key(params: Params) -> tuple:
-    return tuple((name, value.data_ptr()) for name, value in sorted(params.items()))
-
-
-def _capture(function: Any) -> torch.cuda.CUDAGraph:
-    """Warm up on a side stream (as torch requires for autograd), then capture one call."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            function()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        function()
-    return graph
-
-
-class _CapturedStep:
-    """One stochastic-EM step on a batch of ``data`` rows picked by ``index``, as a CUDA graph.
-
-    Parameters are updated in place, so the graph keeps reading the live values; the warm-up
-    runs are undone by restoring a snapshot.
-    """
-
-    def __init__(self, backend: TorchBackend, params: Params, data: DeviceData, batch_size: int, step_size: float,
-                 pseudocount: float = 0.0) -> None:
-        self.index = torch.zeros(batch_size, dtype=torch.long, device=backend.device)
-        self.total = torch.zeros((), dtype=backend.dtype, device=backend.device)
-        snapshot = {name: value.clone() for name, value in params.items()}
-
-        def step() -> None:
-            _, batch_total = backend._em_step(params, data, self.index, step_size, in_place=True, pseudocount=pseudocount)
-            with torch.no_grad():
-                self.total.add_(batch_total)
-
-        try:
-            self.graph = _capture(step)
-        finally:  # undo the warm-up updates, also when capture fails
-            with torch.no_grad():
-                for name, value in snapshot.items():
-                    params[name].copy_(value)
-        self.total.zero_()
-
-
-class _CapturedForward:
-    """The upward pass for one batch size as a CUDA graph with static input buffers."""
-
-    def __init__(self, backend: TorchBackend, params: Params, batch_size: int, max_product: bool) -> None:
-        columns = backend.num_columns + 1
-        self.x = torch.zeros((batch_size, columns), dtype=backend.dtype, device=backend.device)
-        self.observed = torch.zeros((batch_size, columns), dtype=backend.dtype, device=backend.device)
-        self.root: torch.Tensor | None = None
-
-        def forward() -> None:
-            self.root = backend._inference_root(params, self.x, self.observed, max_product)
-
-        with torch.no_grad():
-            self.graph = _capture(forward)
-
-    def run(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-        """Root values of the first len(x) rows; the rest of the bucket is padding."""
-        count = x.shape[0]
-        self.x[:count].copy_(x)
-        self.observed[:count].copy_(observed)
-        if count < self.x.shape[0]:
-            self.observed[count:].zero_()
-        self.graph.replay()
-        assert self.root is not None
-        return self.root[:count].clone()
-
-

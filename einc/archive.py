@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from einc.compiler.params import parameter_problems
 from einc.errors import EincError, ModelFileError
+from einc.io.files import atomic_write
 from einc.io.data import npz_header
 from einc.ir.diagnostics import shorten
 from einc.ir.plan import Plan
@@ -253,3 +255,52 @@ def read_optimizer_state(archive: Any, prefix: str, plan: Plan, path: Path) -> d
             missing = sorted(set(ADAM_SLOTS) - slots)[0]
             raise file_error(path, f"the training state's optimiser entry '{shorten(name, 60)}/{missing}' is missing")
     return state
+
+
+class ModelFileWriter:
+    """How a ``Model`` writes its model file (``einc.model.Model`` takes these methods): the
+    metadata, the checked archive arrays, ``save`` and ``write``. The model provides ``plan``,
+    ``source``, ``filename``, ``dtype``, ``seed``, ``overrides``, ``training`` and ``parameters()``."""
+
+    def metadata(self) -> dict[str, Any]:
+        """What a model file records besides the parameters: the circuit source and settings."""
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "source": self.source,
+            "filename": self.filename,
+            "dtype": self.dtype,
+            "seed": self.seed,
+        }
+        if self.overrides:  # e.g. einc train --sums 5: the source says another K
+            meta["overrides"] = dict(self.overrides)
+        return meta
+
+    def archive_arrays(self, params: dict[str, np.ndarray] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
+        """The arrays of a model file under ``prefix``: metadata, parameters and training state.
+
+        Checked as ``load`` checks them before anything is written: a model whose parameters
+        became NaN (an optimiser step on ``module()``, say) is refused, so that ``save`` never
+        replaces a good file with one that cannot be loaded."""
+        params = params or self.parameters()
+        problems = parameter_problems(self.plan, params)
+        if self.training is not None:
+            problems += [f"training-state parameter {p}" for p in parameter_problems(self.plan, self.training.params)]
+            problems += [f"optimiser entry '{k}' holds a non-finite value" for k, v in (self.training.optimizer or {}).items()
+                         if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise EincError(f"refusing to write the model: {problems[0]}{more}; nothing was written (an existing "
+                            f"file is left as it was)")
+        return model_arrays(self.metadata(), params, self.training, prefix)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model atomically: a .npz with the circuit source and parameters (no pickle),
+        and the training state when the model was trained (so that training can resume).
+        An existing read-only file is not replaced."""
+        self.write(path, self.parameters())
+
+    def write(self, path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
+        """``save`` with other parameters (a checkpoint's best ones) beside the training state."""
+        arrays = self.archive_arrays(params)
+        atomic_write(path, lambda stream: np.savez(stream, **arrays))

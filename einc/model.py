@@ -16,8 +16,7 @@ from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.io.data import as_rows, prepare, prepare_labels, prepare_latents
-from einc.archive import FORMAT, FORMAT_VERSION, OVERRIDES, model_arrays
-from einc.io.files import atomic_write
+from einc.archive import OVERRIDES, ModelFileWriter
 from einc.errors import DataError, EincError, ResourceError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
@@ -96,7 +95,7 @@ def like_input(result: Any, given: Any, dtype: str) -> Any:
     return torch.from_numpy(np.ascontiguousarray(result, dtype=dtype)).to(given.device)
 
 
-class Model:
+class Model(ModelFileWriter):
     """A compiled circuit with parameters on one backend.
 
     Data are arrays of shape (N, columns): one column per variable (a ``real(d)`` variable has d),
@@ -590,47 +589,3 @@ class Model:
             ll = self.backend.log_likelihood(self.params, batch, **noise)
             total += float(self._select(ll, None if labels is None else labels[start : start + 1024]).sum())
         return total / max(1, len(values))
-
-    # ------------------------------------------------------------------ persistence
-    def metadata(self) -> dict[str, Any]:
-        """What a model file records besides the parameters: the circuit source and settings."""
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "source": self.source,
-            "filename": self.filename,
-            "dtype": self.dtype,
-            "seed": self.seed,
-        }
-        if self.overrides:  # e.g. einc train --sums 5: the source says another K
-            meta["overrides"] = dict(self.overrides)
-        return meta
-
-    def archive_arrays(self, params: dict[str, np.ndarray] | None = None, prefix: str = "") -> dict[str, np.ndarray]:
-        """The arrays of a model file under ``prefix``: metadata, parameters and training state.
-
-        Checked as ``load`` checks them before anything is written: a model whose parameters
-        became NaN (an optimiser step on ``module()``, say) is refused, so that ``save`` never
-        replaces a good file with one that cannot be loaded."""
-        params = params or self.parameters()
-        problems = parameter_problems(self.plan, params)
-        if self.training is not None:
-            problems += [f"training-state parameter {p}" for p in parameter_problems(self.plan, self.training.params)]
-            problems += [f"optimiser entry '{k}' holds a non-finite value" for k, v in (self.training.optimizer or {}).items()
-                         if not np.all(np.isfinite(np.asarray(v, dtype=np.float64)))]
-        if problems:
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise EincError(f"refusing to write the model: {problems[0]}{more}; nothing was written (an existing "
-                            f"file is left as it was)")
-        return model_arrays(self.metadata(), params, self.training, prefix)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the model atomically: a .npz with the circuit source and parameters (no pickle),
-        and the training state when the model was trained (so that training can resume).
-        An existing read-only file is not replaced."""
-        self.write(path, self.parameters())
-
-    def write(self, path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
-        """``save`` with other parameters (a checkpoint's best ones) beside the training state."""
-        arrays = self.archive_arrays(params)
-        atomic_write(path, lambda stream: np.savez(stream, **arrays))

@@ -194,12 +194,7 @@ class BackwardPlan:
 
 def _writes(operand: Operand, shown: int = 4) -> str:
     """Where an operand's adjoint goes: slices add in place, gathers become scatter-adds."""
-    parts = []
-    for segment in operand.segments:
-        if isinstance(segment, RowRange):
-            parts.append(f"∂v{segment.value}[{segment.start}:{segment.stop}]")
-        else:
-            parts.append(f"∂v{segment.value}[scatter-add {len(segment)}]")
+    parts = operand.segment_texts("∂", "scatter-add")
     if len(parts) > shown:
         scatters = sum(not isinstance(segment, RowRange) for segment in operand.segments)
         rest = len(parts) - shown

@@ -28,8 +28,9 @@ entry anywhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from .region_graph import Domain, LeafFamily, RegionGraph, RegionId
 
@@ -73,17 +74,25 @@ class Operand:
         """True when the operand is one contiguous slice of one value (no copy needed)."""
         return len(self.segments) == 1 and isinstance(self.segments[0], RowRange)
 
+    def split(self, stacked: Any) -> Iterator[tuple[Segment, Any]]:
+        """Each segment with its rows of ``stacked`` (the operand's rows in order, axis 0): how a
+        result about the operand goes back to the values it read."""
+        offset = 0
+        for segment in self.segments:
+            yield segment, stacked[offset : offset + len(segment)]
+            offset += len(segment)
+
     def describe(self) -> str:
         if len(self.segments) > 3:
             sources = ",".join(f"v{v}" for v in sorted({s.value for s in self.segments}))
             return f"gather {len(self)} rows of {sources} ({len(self.segments)} runs)"
-        parts = []
-        for s in self.segments:
-            if isinstance(s, RowRange):
-                parts.append(f"v{s.value}[{s.start}:{s.stop}]")
-            else:
-                parts.append(f"v{s.value}[gather {len(s.rows)}]")
-        return " + ".join(parts)
+        return " + ".join(self.segment_texts())
+
+    def segment_texts(self, marker: str = "", gathered: str = "gather") -> list[str]:
+        """Each segment as text, ``v3[0:8]`` for a slice and ``v3[gather 5]`` for picked rows;
+        ``marker`` goes before the value (``∂v3``) and ``gathered`` names what picked rows do."""
+        return [f"{marker}v{s.value}[{s.start}:{s.stop}]" if isinstance(s, RowRange)
+                else f"{marker}v{s.value}[{gathered} {len(s)}]" for s in self.segments]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from einc.backends.array_ops.contract import contract, finite_max, no_mass
+from einc.backends.array_ops.walk import Sweep, Walk
 from einc.backends.base import Params, shifted_exp
 from einc.ir.backward_plan import EinsumBackward
 from einc.ir.plan import EinsumOp
@@ -46,20 +47,14 @@ def forward(
     return xp.where(empty, -np.inf, value).astype(backend.dtype, copy=False), (left_exp, right_exp, shift)
 
 
-def backward(
-    backend: Any,
-    step: EinsumBackward,
-    params: Params,
-    forward: Any,
-    adjoints: list[Any],
-    weights: dict[str, Any],
-    leaf: dict[str, tuple[Any, Any]],
-) -> None:
+def backward(backend: Any, step: EinsumBackward, params: Params, sweep: Sweep) -> None:
     xp = backend.xp
-    left_exp, right_exp, shift = forward.saved[step.op]  # (L,B,i), (L,B,j), (L,B,1)
+    left_exp, right_exp, shift = sweep.forward.saved[step.op]  # (L,B,i), (L,B,j), (L,B,1)
     w = params[step.param]  # (L, k, i, j)
     g = backend._scaled_adjoint(
-        backend._adjoint(step.op, forward, adjoints), forward.values[step.op], shift
+        backend._adjoint(step.op, sweep.forward, sweep.adjoints),
+        sweep.forward.values[step.op],
+        shift,
     )
     # (L, B, k) x (L, B, j) x (L, k, i, j) -> (L, B, i)
     left = (
@@ -75,47 +70,35 @@ def backward(
     grad_w = contract(
         xp, step.weight_gradient.equation, step.weight_gradient.path, g, left_exp, right_exp
     )
-    weights[step.param] = w * grad_w
-    backend._accumulate(step.left, left, forward, adjoints)
-    backend._accumulate(step.right, right, forward, adjoints)
+    sweep.weights[step.param] = w * grad_w
+    backend._accumulate(step.left, left, sweep.forward, sweep.adjoints)
+    backend._accumulate(step.right, right, sweep.forward, sweep.adjoints)
 
 
-def backtrack(
-    backend: Any,
-    op: EinsumOp,
-    params: Params,
-    values: list[Any],
-    choice: list[Any],
-    chosen: Any,
-    data: Any,
-    completed: Any,
-    mpe: bool,
-    leaf_value: str,
-    sampler: Any,
-) -> None:
+def backtrack(backend: Any, op: EinsumOp, params: Params, chosen: Any, walk: Walk) -> None:
     xp = backend.xp
     reached = chosen >= 0  # (L, B)
     k = xp.maximum(chosen, 0)
-    left = backend._read(op.left, values)  # (L, B, i)
-    right = backend._read(op.right, values)  # (L, B, j)
+    left = backend._read(op.left, walk.values)  # (L, B, i)
+    right = backend._read(op.right, walk.values)  # (L, B, j)
     log_w = xp.log(params[op.param])  # (L, k, i, j)
     rows_index = xp.arange(op.rows)[:, None]
     best_parts = []
     # chunk over the batch so the (L, b, i, j) logits stay small
     step = max(1, _CHUNK_ELEMENTS // max(1, op.rows * op.k_left * op.k_right))
-    for start in range(0, data.size, step):
+    for start in range(0, walk.data.size, step):
         stop = start + step
         picked = log_w[rows_index, k[:, start:stop]]  # (L, b, i, j)
         logits = picked + left[:, start:stop, :, None] + right[:, start:stop, None, :]
         flat = logits.reshape(op.rows, logits.shape[1], -1)
-        if not mpe:
-            flat = flat + sampler.gumbel(flat)
+        if not walk.mpe:
+            flat = flat + walk.sampler.gumbel(flat)
         best_parts.append(xp.argmax(flat, axis=-1))  # (L, b)
     best = best_parts[0] if len(best_parts) == 1 else xp.concatenate(best_parts, 1)
     i = xp.where(reached, best // op.k_right, -1)
     j = xp.where(reached, best % op.k_right, -1)
-    backend._write(op.left, i, choice)
-    backend._write(op.right, j, choice)
+    backend._write(op.left, i, walk.choice)
+    backend._write(op.right, j, walk.choice)
 
 
 def max_einsum(xp: Any, left: Any, right: Any, weights: Any) -> Any:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from einc.backends.array_ops.contract import contract, finite_max
+from einc.backends.array_ops.walk import Sweep, Walk
+from einc.backends.base import Params
 from einc.ir.backward_plan import HadamardBackward
 from einc.ir.plan import HadamardOp
 
@@ -94,37 +96,35 @@ def _max_sum(xp: Any, product: Any, weights: Any) -> Any:
     return out[0] if len(out) == 1 else xp.concatenate(out, 1)
 
 
-def backward(backend: Any, step: HadamardBackward, params: dict[str, Any], forward: Any,
-             adjoints: list[Any], weights: dict[str, Any], leaf: dict[str, tuple[Any, Any]]) -> None:
+def backward(backend: Any, step: HadamardBackward, params: Params, sweep: Sweep) -> None:
     xp = backend.xp
-    product_exp, top = forward.saved[step.op]  # (L, B, j), (L, B, 1)
+    product_exp, top = sweep.forward.saved[step.op]  # (L, B, j), (L, B, 1)
     w = params[step.param]  # (L, k, j)
     g = backend._scaled_adjoint(
-        backend._adjoint(step.op, forward, adjoints), forward.values[step.op], top
+        backend._adjoint(step.op, sweep.forward, sweep.adjoints), sweep.forward.values[step.op], top
     )  # (L, B, k)
     c = step.product_adjoint
     # (L, B, k) x (L, k, j) -> (L, B, j)
     product_adjoint = contract(xp, c.equation, c.path, g, w) * product_exp
     c = step.weight_gradient
     # (L, B, k) x (L, B, j) -> (L, k, j)
-    weights[step.param] = w * contract(xp, c.equation, c.path, g, product_exp)
+    sweep.weights[step.param] = w * contract(xp, c.equation, c.path, g, product_exp)
     # a product of parts is a sum of their logs: each part row gets its row's adjoint (R, B, j)
-    backend._accumulate(step.parts, product_adjoint[_owner(backend, step.owner)], forward, adjoints)
+    backend._accumulate(step.parts, product_adjoint[_owner(backend, step.owner)], sweep.forward,
+                        sweep.adjoints)
 
 
-def backtrack(backend: Any, op: HadamardOp, params: dict[str, Any], values: list[Any],
-              choice: list[Any], chosen: Any, data: Any, completed: Any, mpe: bool,
-              leaf_value: str, sampler: Any) -> None:
+def backtrack(backend: Any, op: HadamardOp, params: Params, chosen: Any, walk: Walk) -> None:
     """Pick the entry j of each reached row's element-wise product by arg-max (MPE) or
     Gumbel-max (sampling) of log W[l,k,j] + log P[l,b,j]; every part of the row selects j."""
     xp = backend.xp
     reached = chosen >= 0  # (L, B)
     k = xp.maximum(chosen, 0)
-    product = log_product(backend, op, values)  # (L, B, j)
+    product = log_product(backend, op, walk.values)  # (L, B, j)
     log_w = xp.log(params[op.param])  # (L, k, j)
     picked = log_w[xp.arange(op.rows)[:, None], k]  # (L, B, j)
     logits = picked + product
-    if not mpe:
-        logits = logits + sampler.gumbel(logits)
+    if not walk.mpe:
+        logits = logits + walk.sampler.gumbel(logits)
     best = xp.where(reached, xp.argmax(logits, axis=-1), -1)  # (L, B)
-    backend._write(op.parts, best[_owner(backend, op.owner)], choice)  # (R, B)
+    backend._write(op.parts, best[_owner(backend, op.owner)], walk.choice)  # (R, B)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from einc.backends.array_ops.contract import contract
+from einc.backends.array_ops.walk import Sweep, Walk
 from einc.backends.base import Params
 from einc.ir.backward_plan import InputBackward
 from einc.ir.families import family_rule
@@ -30,38 +31,19 @@ def forward(
     return total, tuple(features)
 
 
-def backward(
-    backend: Any,
-    step: InputBackward,
-    params: Params,
-    forward: Any,
-    adjoints: list[Any],
-    weights: dict[str, Any],
-    leaf: dict[str, tuple[Any, Any]],
-) -> None:
-    g = backend._adjoint(step.op, forward, adjoints)  # ∂J/∂ log L = p_L per sample (L, B, K)
-    for gradient, features in zip(step.leaves, forward.saved[step.op]):
+def backward(backend: Any, step: InputBackward, params: Params, sweep: Sweep) -> None:
+    # ∂J/∂ log L = p_L per sample (L, B, K)
+    g = backend._adjoint(step.op, sweep.forward, sweep.adjoints)
+    for gradient, features in zip(step.leaves, sweep.forward.saved[step.op]):
         c = gradient.coefficients
         # (L, B, K) x (B, L, S, f) -> (L, S, f, K): Σ_b p · [T(x), obs, log h]
         grad = contract(backend.xp, c.equation, c.path, g, features).transpose(
             0, 1, 3, 2
         )  # (L, S, K, f)
-        leaf[gradient.param] = (grad[..., : gradient.stat_dim], grad[..., gradient.stat_dim])
+        sweep.leaf[gradient.param] = (grad[..., : gradient.stat_dim], grad[..., gradient.stat_dim])
 
 
-def backtrack(
-    backend: Any,
-    op: InputOp,
-    params: Params,
-    values: list[Any],
-    choice: list[Any],
-    chosen: Any,
-    data: Any,
-    completed: Any,
-    mpe: bool,
-    leaf_value: str,
-    sampler: Any,
-) -> None:
+def backtrack(backend: Any, op: InputOp, params: Params, chosen: Any, walk: Walk) -> None:
     xp = backend.xp
     reached = chosen >= 0  # (L, B)
     k = xp.maximum(chosen, 0)
@@ -74,14 +56,14 @@ def backtrack(
         selected = phi[
             xp.arange(rows)[:, None, None], xp.arange(width)[None, :, None], k[:, None, :]
         ]
-        if leaf_value == "sample":
-            draw = rule.sample(sampler, selected, block.family)
-        elif leaf_value == "mean":
+        if walk.leaf_value == "sample":
+            draw = rule.sample(walk.sampler, selected, block.family)
+        elif walk.leaf_value == "mean":
             draw = rule.mean(xp, selected, block.family)
         else:
             draw = rule.mode(xp, selected, block.family)
         draw = draw.astype(backend.dtype, copy=False)  # (L, S, B)
         write = reached[:, None, :] & (backend.valid[block.param] > 0)[..., None]
-        write = write & (data.observed[:, cols].transpose(1, 2, 0) == 0)  # (L, S, B)
+        write = write & (walk.data.observed[:, cols].transpose(1, 2, 0) == 0)  # (L, S, B)
         region, position, sample = xp.nonzero(write)
-        completed[sample, cols[region, position]] = draw[region, position, sample]
+        walk.completed[sample, cols[region, position]] = draw[region, position, sample]

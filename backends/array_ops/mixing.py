@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from einc.backends.array_ops.contract import contract, finite_max, no_mass
+from einc.backends.array_ops.walk import Sweep, Walk
 from einc.backends.base import Params, shifted_exp
 from einc.ir.backward_plan import MixingBackward
 from einc.ir.plan import MixingOp
@@ -36,20 +37,12 @@ def forward(
     return value, (stacked_exp, top[:, 0])
 
 
-def backward(
-    backend: Any,
-    step: MixingBackward,
-    params: Params,
-    forward: Any,
-    adjoints: list[Any],
-    weights: dict[str, Any],
-    leaf: dict[str, tuple[Any, Any]],
-) -> None:
+def backward(backend: Any, step: MixingBackward, params: Params, sweep: Sweep) -> None:
     xp = backend.xp
-    stacked_exp, top = forward.saved[step.op]  # (M, C, B, K), (M, B, K)
+    stacked_exp, top = sweep.forward.saved[step.op]  # (M, C, B, K), (M, B, K)
     v = params[step.param]  # (M, C, K)
     g = backend._scaled_adjoint(
-        backend._adjoint(step.op, forward, adjoints), forward.values[step.op], top
+        backend._adjoint(step.op, sweep.forward, sweep.adjoints), sweep.forward.values[step.op], top
     )
     # (M, B, K) x (M, C, K) -> (M, C, B, K)
     grad_in = (
@@ -59,29 +52,17 @@ def backward(
     grad_v = contract(
         xp, step.weight_gradient.equation, step.weight_gradient.path, g, stacked_exp
     )
-    weights[step.param] = v * grad_v
+    sweep.weights[step.param] = v * grad_v
     m, c, b, k = grad_in.shape
-    backend._accumulate(step.input, grad_in.reshape(m * c, b, k), forward, adjoints)
+    backend._accumulate(step.input, grad_in.reshape(m * c, b, k), sweep.forward, sweep.adjoints)
 
 
-def backtrack(
-    backend: Any,
-    op: MixingOp,
-    params: Params,
-    values: list[Any],
-    choice: list[Any],
-    chosen: Any,
-    data: Any,
-    completed: Any,
-    mpe: bool,
-    leaf_value: str,
-    sampler: Any,
-) -> None:
+def backtrack(backend: Any, op: MixingOp, params: Params, chosen: Any, walk: Walk) -> None:
     xp = backend.xp
     reached = chosen >= 0  # (M, B)
     k = xp.maximum(chosen, 0)
-    rows = backend._read(op.input, values)
-    m, c, batch = op.rows, op.components, data.size
+    rows = backend._read(op.input, walk.values)
+    m, c, batch = op.rows, op.components, walk.data.size
     stacked = rows.reshape(m, c, batch, -1)  # (M, C, B, K)
     log_w = xp.log(params[op.param])  # (M, C, K)
     m_index = xp.arange(m)[:, None, None]
@@ -91,9 +72,9 @@ def backtrack(
         m_index, c_index, xp.arange(batch)[None, None, :], k[:, None, :]
     ]  # (M, C, B)
     logits = picked_w + picked_v
-    if not mpe:
-        logits = logits + sampler.gumbel(logits)
+    if not walk.mpe:
+        logits = logits + walk.sampler.gumbel(logits)
     component = xp.argmax(logits, axis=1)  # (M, B)
     child = xp.where(c_index == component[:, None, :], k[:, None, :], -1)  # (M, C, B)
     child = xp.where(reached[:, None, :], child, -1)
-    backend._write(op.input, child.reshape(m * c, batch), choice)
+    backend._write(op.input, child.reshape(m * c, batch), walk.choice)
