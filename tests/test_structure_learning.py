@@ -54,6 +54,56 @@ def test_mutual_information_equals_the_direct_formula_with_missing_values() -> N
             assert math.isclose(got[b, a], expected, rel_tol=1e-9, abs_tol=1e-12)
 
 
+def _skewed_codes(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-like codes: mostly one value per column (not always code 0), some codes never seen,
+    constant columns, uneven numbers of levels, and dependent neighbours."""
+    rng = np.random.default_rng(seed)
+    levels = np.array([4, 4, 3, 8, 2, 5, 4, 8, 3])
+    codes = np.zeros((rows, len(levels)), dtype=np.int64)
+    for v, n in enumerate(levels):
+        common = (v * 3) % n  # the most frequent code, 0 only for some columns
+        rare = rng.integers(0, max(1, n - 1), rows)  # code n − 1 never appears unless common
+        codes[:, v] = np.where(rng.random(rows) < 0.8, common, rare)
+    codes[:, 5] = np.where(rng.random(rows) < 0.7, codes[:, 3] % 5, codes[:, 5])  # dependent pairs
+    codes[:, 8] = np.where(rng.random(rows) < 0.9, codes[:, 0] % 3, codes[:, 8])
+    codes[:, 6] = 2  # constant (and column 4: its rare values are its common one)
+    return codes, levels
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mutual_information_from_implied_reference_codes_equals_the_direct_formula(seed: int) -> None:
+    """The fast path (no missing values: the most frequent code's counts are implied) against the
+    pair-by-pair formula, entropies on the diagonal, and the same tree as from the direct values."""
+    codes, levels = _skewed_codes(400, seed)
+    for alpha in (0.0, 1.0):
+        got = mutual_information(codes, levels, alpha)
+        expected = np.array([[_naive_information(codes[:, a], codes[:, b], levels[a], levels[b], alpha)
+                              for b in range(len(levels))] for a in range(len(levels))])
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+        assert np.array_equal(got, got.T)
+        # constant columns tie at 0 with everything (rounding decides): the tree's weight under
+        # the direct values is the maximum; without them, the very same tree
+        best = sum(expected[a, b] for a, b in maximum_spanning_tree(expected))
+        assert math.isclose(sum(expected[a, b] for a, b in maximum_spanning_tree(got)), best, rel_tol=1e-9)
+        varying = [v for v in range(len(levels)) if len(np.unique(codes[:, v])) > 1]
+        assert len(varying) == len(levels) - 2 and maximum_spanning_tree(got[np.ix_(varying, varying)]) == maximum_spanning_tree(
+            expected[np.ix_(varying, varying)])
+    tree = learn_tree(codes[:, varying].astype(float), list(levels[varying]))
+    reference = maximum_spanning_tree(np.array(
+        [[_naive_information(codes[:, a], codes[:, b], levels[a], levels[b], 1.0) for b in varying] for a in varying]))
+    assert tree.parents == parents_from_edges(reference, len(varying), tree.root)
+
+
+def test_mutual_information_blocks_give_the_same_values_as_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from einc.tools import structure_learning
+
+    codes, levels = _skewed_codes(300, 7)
+    codes[np.random.default_rng(1).random(codes.shape) < 0.05] = -1  # and missing entries
+    whole = mutual_information(codes, levels, 0.5)
+    monkeypatch.setattr(structure_learning, "_BLOCK_ELEMENTS", 1)  # one variable per block
+    np.testing.assert_allclose(mutual_information(codes, levels, 0.5), whole, rtol=1e-12, atol=1e-14)
+
+
 def test_information_is_zero_for_independent_and_the_entropy_for_duplicated_columns() -> None:
     x = np.array([0, 0, 1, 1, 0, 0, 1, 1])
     y = np.array([0, 1, 0, 1, 0, 1, 0, 1])  # empirically independent of x: p(x, y) = p(x) p(y)
