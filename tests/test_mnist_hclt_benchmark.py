@@ -56,3 +56,27 @@ def test_smoke_run_trains_keeps_the_best_point_and_reports(tmp_path: Path, capsy
     assert meta["cpu_minutes"] > 0 and meta["wall_minutes"] > 0 and meta["tree"]["rows"] == 300
     assert meta["budget_clock"] == "cpu" and final["cpu_minutes"] > 0
     assert out.with_suffix(".pc").read_text().startswith("# A hidden Chow-Liu tree")
+
+
+def test_prototype_leaves_are_distributions_around_distinct_training_images() -> None:
+    import einc
+    import numpy as np
+
+    source = "\n".join([
+        "circuit tiny", "var px[5] : categorical(256)", "leaf px ~ categorical", "product hadamard",
+        "sums 3", "inputs 3", "structure tree(parents = [-1, 0, 0, 1, 1])", "",
+    ])
+    model = einc.compile(source, backend="torch", dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (40, 5)).astype(np.uint8)
+    params = mnist_hclt.prototype_leaves(model, pixels, np.random.default_rng(1), mix=1.0, width=0.01)
+    name = next(spec.name for spec in model.backend.plan.params if spec.kind == "leaf")
+    leaf = params[name].numpy()[:, 0]  # (L, K, 256): with mix 1 and a tiny width, one-hot at the prototype
+    assert np.allclose(leaf.sum(2), 1.0) and np.allclose(leaf.max(2), 1.0)
+    block = next(b for op in model.backend.plan.ops for b in getattr(op, "blocks", ()))
+    columns = [c[0] for c in block.columns]
+    prototypes = leaf.argmax(2).T  # (K, L): prototype k's value at leaf l's pixel
+    rows = {tuple(row) for row in pixels[:, columns].tolist()}
+    assert all(tuple(p) in rows for p in prototypes.tolist()) and len({tuple(p) for p in prototypes.tolist()}) == 3
+    mixed = mnist_hclt.prototype_leaves(model, pixels, np.random.default_rng(1))[name].numpy()[:, 0]
+    assert np.allclose(mixed.sum(2), 1.0) and (mixed > 0).all()  # the histogram part: every level possible
