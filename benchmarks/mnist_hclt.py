@@ -122,6 +122,7 @@ class Clock:
     train_rate: float | None = None  # seconds per training row (E-step + M-step)
     eval_rate: float | None = None  # seconds per evaluated row (forward only)
     rows: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, tuple[float, int]] = field(default_factory=dict)  # kind -> (seconds, rows)
 
     def left(self) -> float:
         return self.deadline - self.now()
@@ -135,10 +136,11 @@ class Clock:
                          + self.rows["test"] * evaluate)
 
     def measure(self, kind: str, seconds: float, rows: int) -> None:
-        rate = seconds / max(1, rows)
-        old = getattr(self, kind)
-        # the latest measurement counts most (load changes), but one outlier does not rule
-        setattr(self, kind, rate if old is None else 0.5 * (old + rate))
+        # the mean over the whole run so far: on a machine whose load comes and goes, the latest
+        # piece alone would swing the step-size schedule (which runs on the estimated time left)
+        spent, counted = self.totals.get(kind, (0.0, 0))
+        self.totals[kind] = (spent + seconds, counted + rows)
+        setattr(self, kind, (spent + seconds) / max(1, counted + rows))
 
 
 def bits_per_dimension(model: einc.Model, params, values: np.ndarray, observed: np.ndarray, clock: Clock) -> float:
@@ -372,7 +374,7 @@ def write(args: argparse.Namespace, command: str, history: list[dict], tree, tre
             "",
         ]
     lines += [
-        "![curve](mnist_hclt.png)",
+        f"![curve]({args.out.name}.png)",
         "",
         "| epoch | wall seconds | step sizes | train bpd | valid bpd | wall min so far | CPU min so far |",
         "|---:|---:|---|---:|---:|---:|---:|",
