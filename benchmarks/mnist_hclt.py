@@ -62,6 +62,8 @@ PIXELS = 784
 EVAL_BATCH = 1000
 # Safety margin on the estimated rest of the run: rates wobble on a loaded machine.
 MARGIN = 1.10
+# Distinct step sizes of the annealing schedule (see annealed).
+STEP_LEVELS = 25
 # Prototype start of the leaves (prototype_leaves): the weight of the prototype's bump, its width.
 PROTOTYPE_MIX = 0.5
 PROTOTYPE_WIDTH = 16.0
@@ -198,8 +200,10 @@ def full_batch_step(model: einc.Model, params, values: np.ndarray, observed: np.
 
 
 def annealed(args: argparse.Namespace, progress: float) -> float:
-    """Geometric annealing: step-size at progress 0, final-step-size at 1."""
-    progress = min(max(progress, 0.0), 1.0)
+    """Geometric annealing: step-size at progress 0, final-step-size at 1, on a grid of
+    STEP_LEVELS values: on CUDA the backend captures one graph per step size, so the schedule
+    costs at most that many captures however long the run."""
+    progress = round(min(max(progress, 0.0), 1.0) * (STEP_LEVELS - 1)) / (STEP_LEVELS - 1)
     return args.step_size * (args.final_step_size / args.step_size) ** progress
 
 

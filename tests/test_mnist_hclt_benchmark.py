@@ -26,6 +26,9 @@ def test_annealing_runs_geometrically_from_the_first_to_the_final_step_size() ->
     assert mnist_hclt.annealed(args, 1.0) == pytest.approx(0.05)
     assert mnist_hclt.annealed(args, 0.5) == pytest.approx(math.sqrt(0.8 * 0.05))
     assert mnist_hclt.annealed(args, 7.0) == pytest.approx(0.05)  # past the end: the final step size
+    # a grid of STEP_LEVELS values (one captured CUDA graph each), falling with progress
+    values = [mnist_hclt.annealed(args, i / 997) for i in range(998)]
+    assert len(set(values)) == mnist_hclt.STEP_LEVELS and values == sorted(values, reverse=True)
 
 
 def test_bad_recipes_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
