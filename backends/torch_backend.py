@@ -29,6 +29,7 @@ from einc.backends.torch_ops import (
     vae,
 )
 from einc.backends.torch_ops import input as input_op
+from einc.backends.torch_ops.input import DeferredLeaves
 from einc.backends.torch_ops.sampler import TorchSampler
 from einc.backends.torch_capture import CapturedForward, CapturedStep, storage_key
 from einc.errors import BackendError
@@ -202,6 +203,10 @@ class TorchBackend:
         """One segment's rows (n, B, K): chunks of the pass's split values (``PassValues``), a
         view, or one gather of its rows."""
         value = values[segment.value]
+        if isinstance(value, DeferredLeaves):  # rows computed here, for this reader only
+            if isinstance(segment, RowIndex):
+                return value.gather(self._index(segment.rows))
+            return value.range(segment.start, segment.stop)
         if isinstance(segment, RowIndex):
             return value.index_select(0, self._index(segment.rows))
         if segment.start == 0 and segment.stop == value.shape[0]:
@@ -232,14 +237,24 @@ class TorchBackend:
 
     def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                 max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None,
-                masks: dict[int, torch.Tensor] | None = None, noise: Noise | None = None) -> list[torch.Tensor]:
+                masks: dict[int, torch.Tensor] | None = None, noise: Noise | None = None,
+                defer: bool = False) -> list[torch.Tensor]:
         """Every op's value for a batch ``x`` (B, C+1) with mask ``observed``; ``masks``
         (``_latent_masks``) clamp latents on their rows; ``noise`` says how stochastic ops draw
-        (default: the training IWAE k from torch's global generator)."""
+        (default: the training IWAE k from torch's global generator). ``defer``: values that
+        only their readers need (passes that keep just the root) may be left unmaterialised,
+        their rows computed at each read (``TorchOpRule.defer``)."""
         data = PassData(x, observed, noise or Noise(DEFAULT_TRAINING_SAMPLES), coefficients)
         values = PassValues(self.reads, self.batch_minor)
+        root = self.plan.root[0]
         for index, op in enumerate(self.plan.ops):
-            value = self._rule(op).forward(self, op, params, values, max_product, data)
+            rule = self._rule(op)
+            if defer and rule.defer is not None and index != root and (masks is None or index not in masks):
+                deferred = rule.defer(self, op, params, max_product, data)
+                if deferred is not None:
+                    values.append(deferred)
+                    continue
+            value = rule.forward(self, op, params, values, max_product, data)
             values.append(self._masked(index, value, masks))
         return values
 
@@ -300,11 +315,12 @@ class TorchBackend:
                        coefficients: dict[str, list[torch.Tensor]] | None = None,
                        max_product: bool = False, masks: dict[int, torch.Tensor] | None = None,
                        noise: Noise | None = None) -> torch.Tensor:
-        return self._root(self.forward(params, x, observed, max_product, coefficients, masks, noise))
+        return self._root(self.forward(params, x, observed, max_product, coefficients, masks, noise,
+                                       defer=not self.fuse))
 
     def _inference_root_plain(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                               max_product: bool) -> torch.Tensor:
-        return self._root(self.forward(params, x, observed, max_product))
+        return self._root(self.forward(params, x, observed, max_product, defer=not self.fuse))
 
     def _without_fusion(self, error: Exception) -> None:
         import warnings

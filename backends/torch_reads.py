@@ -82,7 +82,7 @@ class PassValues(list):
     def append(self, value: Any) -> None:
         sizes = self.reads.sizes.get(len(self))
         super().append(value)
-        if sizes is None:
+        if sizes is None or not hasattr(value, "split"):  # not cut, or deferred (no tensor)
             self.chunks.append(None)
         elif self.batch_minor:
             self.chunks.append([chunk.transpose(1, 2) for chunk in value.transpose(1, 2).split(sizes, 0)])
