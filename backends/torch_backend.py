@@ -93,6 +93,7 @@ class TorchBackend:
                     cols = np.where(cols < 0, self.num_columns, cols)
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
+        self.present: dict[tuple[float, ...], torch.Tensor] = {}
         # where values are split so that every contiguous read is a chunk (backends/torch_reads.py)
         self.reads = ReadPlan(plan)
         # Where each value's batch axis lies in memory. Values are indexed (rows, B, K) everywhere;
@@ -224,6 +225,14 @@ class TorchBackend:
             return torch.cat([piece.transpose(1, 2) for piece in pieces], 0).transpose(1, 2)
         return torch.cat(pieces, 0)
 
+    def _present(self, present: tuple[float, ...]) -> torch.Tensor:
+        """A cached 0/1 mask (the backend's dtype) of present entries (torch_reads.LeafParts)."""
+        cached = self.present.get(present)
+        if cached is None:
+            cached = torch.as_tensor(present, dtype=self.dtype, device=self.device)
+            self.present[present] = cached
+        return cached
+
     def _index(self, rows: tuple[int, ...]) -> torch.Tensor:
         cached = self.row_index.get(rows)
         if cached is None:
@@ -283,7 +292,8 @@ class TorchBackend:
                 root = self._captured_forward(params, bucket, max_product).run(x, observed)
             else:  # clamped latents run eagerly (captured graphs are per batch size)
                 noise = self.noise(samples, seed)
-                root = self._root(self.forward(params, x, observed, max_product, masks=masks, noise=noise))
+                root = self._root(self.forward(params, x, observed, max_product, masks=masks, noise=noise,
+                                               defer=not self.fuse))
         return root.to("cpu", torch.float64).numpy()
 
     def noise(self, samples: int | None, seed: int | None) -> Noise:

@@ -25,7 +25,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
-from einc.ir.plan import HadamardOp, Plan, RowRange, Segment
+from einc.ir.plan import HadamardOp, InputOp, Plan, RowRange, Segment
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,12 @@ class ReadPlan:
         }
         self.products: dict[int, tuple[ProductTerm, ...]] = {
             id(op): product_terms(op) for op in plan.ops if isinstance(op, HadamardOp)
+        }
+        # per hadamard op, the leaf parts it reads from each input op's value, laid out by
+        # output row (LeafParts): where that value is deferred, the parts are one matmul
+        inputs = {index for index, op in enumerate(plan.ops) if isinstance(op, InputOp)}
+        self.leaf_parts: dict[int, dict[int, LeafParts]] = {
+            id(op): leaf_parts(op, self.products[id(op)], inputs) for op in plan.ops if isinstance(op, HadamardOp)
         }
 
     def chunk_span(self, segment: RowRange) -> tuple[int, int]:
@@ -88,6 +94,39 @@ class PassValues(list):
             self.chunks.append([chunk.transpose(1, 2) for chunk in value.transpose(1, 2).split(sizes, 0)])
         else:
             self.chunks.append(value.split(sizes, 0))
+
+
+@dataclass(frozen=True)
+class LeafParts:
+    """The rows of one leaf value that a hadamard op multiplies in, by output row: ``rows``
+    (L·A,) holds output row l's parts at [l·A, (l+1)·A), padded with row 0 where ``present``
+    (L·A,) is 0; A is the most parts any output row takes from this value."""
+
+    rows: tuple[int, ...]
+    present: tuple[float, ...]
+    arity: int
+
+
+def leaf_parts(op: HadamardOp, terms: tuple[ProductTerm, ...], inputs: set[int]) -> dict[int, LeafParts]:
+    """Per input-op value the op reads: its parts laid out by output row (``LeafParts``)."""
+    by_value: dict[int, list[list[int]]] = {}
+    for term in terms:
+        if term.segment.value not in inputs:
+            continue
+        rows = by_value.setdefault(term.segment.value, [[] for _ in range(op.rows)])
+        segment = term.segment
+        source = range(segment.start, segment.stop) if isinstance(segment, RowRange) else segment.rows
+        for row, owner in zip(source, term.owner):
+            rows[owner].append(row)
+    layouts = {}
+    for value, rows in by_value.items():
+        arity = max(len(parts) for parts in rows)
+        layouts[value] = LeafParts(
+            tuple(parts[a] if a < len(parts) else 0 for parts in rows for a in range(arity)),
+            tuple(1.0 if a < len(parts) else 0.0 for parts in rows for a in range(arity)),
+            arity,
+        )
+    return layouts
 
 
 def product_terms(op: HadamardOp) -> tuple[ProductTerm, ...]:

@@ -70,10 +70,11 @@ def test_reads_equal_the_definition_in_values_and_gradients(name: str, batch_min
     assert read_any
 
 
-@pytest.mark.parametrize("name", ["pd_dag", "hclt", "latents", "rat_heads"])
+@pytest.mark.parametrize("name", ["pd_dag", "pd_hadamard", "tiny_hadamard", "hclt", "latents", "rat_heads"])
 def test_deferred_leaves_equal_the_materialised_value(name: str) -> None:
     """Leaf rows computed at each read (input.DeferredLeaves, the root-only passes) give the
-    materialised value's root and gradients (float64, 1e-12), through ranges and gathers."""
+    materialised value's root and gradients (float64, 1e-12), through ranges and gathers, and
+    in hadamard ops as one matmul per output row's leaf parts (torch_reads.LeafParts)."""
     from einc.backends.torch_ops.input import DeferredLeaves
     from oracles import random_data
 
@@ -98,3 +99,15 @@ def test_deferred_leaves_equal_the_materialised_value(name: str) -> None:
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_leaf_parts_lay_out_each_rows_parts() -> None:
+    """LeafParts: output row l's leaf rows at [l·A, (l+1)·A), padded with absent row 0."""
+    from einc.backends.torch_reads import leaf_parts
+
+    op = _hadamard((0, 1, 1, 0, 1, 2), 3, (RowRange(0, 4, 7), RowIndex(0, (9, 2, 5))))
+    layout = leaf_parts(op, product_terms(op), {0})[0]
+    assert layout.arity == 3
+    assert layout.rows == (4, 9, 0, 5, 6, 2, 5, 0, 0)
+    assert layout.present == (1, 1, 0, 1, 1, 1, 1, 0, 0)
+    assert leaf_parts(op, product_terms(op), set()) == {}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
+from einc.backends.torch_ops.input import DeferredLeaves
 from einc.ir.plan import HadamardOp
 
 # Elements of the (L, b, K_out, K_in) max-product scores materialised at once (batch chunks).
@@ -32,7 +33,23 @@ def stored_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor])
     # ``owned``: total is a fresh tensor of this op (not a view of a value), so later segments
     # add into it in place (no saved tensor of autograd is one of these sums)
     total, owned = None, False
+    # parts from deferred leaf values (input.DeferredLeaves): all of them one matmul per value,
+    # laid out by output row, so these rows are neither materialised nor scattered
+    deferred = set()
+    for value, layout in backend.reads.leaf_parts[id(op)].items():
+        leaves = values[value]
+        if not isinstance(leaves, DeferredLeaves):
+            continue
+        deferred.add(value)
+        rows, present = backend._index(layout.rows), backend._present(layout.present)
+        part = leaves.products(rows, present, layout.arity)  # (L, j, B)
+        if not backend.batch_minor:
+            part = part.transpose(1, 2)
+        total = part if total is None else total.add_(part)
+        owned = True
     for term in backend.reads.products[id(op)]:
+        if term.segment.value in deferred:
+            continue
         piece = backend._segment(term.segment, values)  # (n, B, j)
         if backend.batch_minor:
             piece = piece.transpose(1, 2)  # (n, j, B): the stored memory

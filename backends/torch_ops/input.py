@@ -65,6 +65,25 @@ class DeferredLeaves:
         assert total is not None
         return total.transpose(1, 2)
 
+    def products(self, rows: torch.Tensor, present: torch.Tensor, arity: int) -> torch.Tensor:
+        """Σ_a of the rows ``rows`` (L·A,) grouped A to an output row, stored (L, K, B): the
+        sum of each output row's leaf parts as one matmul over the A parts' features at once,
+        (L, K, A·S·f) x (L, A·S·f, B), absent parts (``present`` 0) with zero features."""
+        total = None
+        out_rows = rows.shape[0] // arity
+        for coefficients, features in self.terms:
+            width, batch = features.shape[1], features.shape[2]
+            k = coefficients.shape[1]
+            # (L·A, K, S·f) -> (L, K, A·S·f): each output row's parts side by side
+            picked = coefficients.index_select(0, rows).reshape(out_rows, arity, k, width)
+            picked = picked.transpose(1, 2).reshape(out_rows, k, arity * width)
+            # (L·A, S·f, B) -> (L, A·S·f, B), absent parts zeroed
+            chosen = features.index_select(0, rows) * present[:, None, None]
+            term = torch.bmm(picked, chosen.reshape(out_rows, arity * width, batch))
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """The rows ``rows`` (a gathered segment), indexed (n, B, K)."""
         total = None
