@@ -21,7 +21,13 @@ _CHUNK_ELEMENTS = 2**24
 
 
 def stored_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) -> torch.Tensor:
-    """log P: each row's parts added up (a product of densities is a sum of logs), in the
+    """log P (see ``owned_log_product``)."""
+    return owned_log_product(backend, op, values)[0]
+
+
+def owned_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) -> tuple[torch.Tensor, bool]:
+    """log P and whether it is the op's own fresh tensor (not a value's storage), which the
+    op may then overwrite: each row's parts added up (a product of densities is a sum of logs), in the
     backend's stored order: (L, j, B) batch-minor, (L, B, j) otherwise.
 
     Segment by segment (backends/torch_reads.py): a segment whose rows are the output rows in
@@ -74,7 +80,7 @@ def stored_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor])
         else:
             total, owned = total + part, True
     assert total is not None
-    return total
+    return total, owned
 
 
 def log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) -> torch.Tensor:
@@ -88,7 +94,18 @@ def forward(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor],
     weights = params[op.param]  # (L, k, j)
     if max_product:
         return _max_sum(log_product(backend, op, values), weights)
-    product = stored_log_product(backend, op, values)  # (L, j, B) batch-minor, else (L, B, j)
+    product, owned = owned_log_product(backend, op, values)  # (L, j, B) batch-minor, else (L, B, j)
+    if backend.batch_minor and product.device.type == "cpu":
+        # the log-sum-exp over j shifted by the (detached) maximum, each step in place where
+        # its input is this op's own: fewer fresh (cold) buffers in a pass that is bound by
+        # memory traffic, not arithmetic. A CUDA pass keeps the sync-free path below.
+        top = product.detach().amax(1, keepdim=True)  # (L, 1, B)
+        if not bool(torch.isneginf(top).any()):  # rows of no mass (clamped latents): below
+            shifted = (product.sub_(top) if owned else product - top).exp_()
+            mixed = torch.bmm(weights, shifted)  # (L, k, j) x (L, j, B) -> (L, k, B)
+            # log's backward needs its input: in place only where nothing is differentiated
+            logged = torch.log(mixed) if torch.is_grad_enabled() else mixed.log_()
+            return logged.add_(top).transpose(1, 2)
     if backend.batch_minor:
         # the shift of the log-sum-exp over j; rows that are all −inf (no mass) stay −inf
         top, empty = log_sum_exp_shift(product, 1)  # (L, 1, B)
