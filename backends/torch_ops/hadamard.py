@@ -62,11 +62,10 @@ def owned_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) 
         if term.kind == "scatter":
             owner = backend._index(term.owner)
             if total is None:
-                total = piece.new_zeros((op.rows, piece.shape[1], piece.shape[2])).index_add_(0, owner, piece)
-            elif owned:
-                total.index_add_(0, owner, piece)
-            else:
-                total = total.index_add(0, owner, piece)
+                total = piece.new_zeros((op.rows, piece.shape[1], piece.shape[2]))
+            elif not owned:
+                total = total.clone()
+            total = _scatter_add(total, owner, piece)
             owned = True
             continue
         if term.kind == "identity":
@@ -81,6 +80,15 @@ def owned_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) 
             total, owned = total + part, True
     assert total is not None
     return total, owned
+
+
+def _scatter_add(total: torch.Tensor, owner: torch.Tensor, piece: torch.Tensor) -> torch.Tensor:
+    """``total.index_add_(0, owner, piece)`` as a scatter-add over ``owner`` expanded to the
+    piece's shape (a view: no copy), the same kernel index_add runs on the CPU. Autograd's
+    index_add saves ``piece`` for its backward, a view of a producer's value, keeping every value
+    read this way alive until the backward (83 of the 188 MB an MNIST HCLT K=32 E-step saved at
+    batch 512); scatter_add saves only the index, and its backward gathers the same rows."""
+    return total.scatter_add_(0, owner[:, None, None].expand(piece.shape), piece)
 
 
 def log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) -> torch.Tensor:
