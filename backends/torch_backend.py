@@ -29,7 +29,6 @@ from einc.backends.torch_ops import (
     vae,
 )
 from einc.backends.torch_ops import input as input_op
-from einc.backends.torch_ops.input import DeferredLeaves
 from einc.backends.torch_ops.sampler import TorchSampler
 from einc.backends.torch_capture import CapturedForward, CapturedStep, storage_key
 from einc.errors import BackendError
@@ -204,10 +203,6 @@ class TorchBackend:
         """One segment's rows (n, B, K): chunks of the pass's split values (``PassValues``), a
         view, or one gather of its rows."""
         value = values[segment.value]
-        if isinstance(value, DeferredLeaves):  # rows computed here, for this reader only
-            if isinstance(segment, RowIndex):
-                return value.gather(self._index(segment.rows))
-            return value.range(segment.start, segment.stop)
         if isinstance(segment, RowIndex):
             return value.index_select(0, self._index(segment.rows))
         if segment.start == 0 and segment.stop == value.shape[0]:
@@ -252,13 +247,14 @@ class TorchBackend:
         (``_latent_masks``) clamp latents on their rows; ``noise`` says how stochastic ops draw
         (default: the training IWAE k from torch's global generator). ``defer``: values that
         only their readers need (passes that keep just the root) may be left unmaterialised,
-        their rows computed at each read (``TorchOpRule.defer``)."""
+        their rows computed at each read (``TorchOpRule.defer``), where the plan's reads make
+        that worthwhile (``ReadPlan.deferrable``)."""
         data = PassData(x, observed, noise or Noise(DEFAULT_TRAINING_SAMPLES), coefficients)
         values = PassValues(self.reads, self.batch_minor)
-        root = self.plan.root[0]
         for index, op in enumerate(self.plan.ops):
             rule = self._rule(op)
-            if defer and rule.defer is not None and index != root and (masks is None or index not in masks):
+            if (defer and rule.defer is not None and index in self.reads.deferrable
+                    and (masks is None or index not in masks)):
                 deferred = rule.defer(self, op, params, max_product, data)
                 if deferred is not None:
                     values.append(deferred)

@@ -72,9 +72,10 @@ def test_reads_equal_the_definition_in_values_and_gradients(name: str, batch_min
 
 @pytest.mark.parametrize("name", ["pd_dag", "pd_hadamard", "tiny_hadamard", "hclt", "latents", "rat_heads"])
 def test_deferred_leaves_equal_the_materialised_value(name: str) -> None:
-    """Leaf rows computed at each read (input.DeferredLeaves, the root-only passes) give the
-    materialised value's root and gradients (float64, 1e-12), through ranges and gathers, and
-    in hadamard ops as one matmul per output row's leaf parts (torch_reads.LeafParts)."""
+    """Leaf rows computed where hadamard ops read them (input.DeferredLeaves, the root-only
+    passes: one matmul per output row's leaf parts, torch_reads.LeafParts, ranges and gathered
+    rows alike) give the materialised value's root and gradients (float64, 1e-12); values that
+    einsum ops read are computed whole (ReadPlan.deferrable)."""
     from einc.backends.torch_ops.input import DeferredLeaves
     from oracles import random_data
 
@@ -89,12 +90,15 @@ def test_deferred_leaves_equal_the_materialised_value(name: str) -> None:
     for defer in (False, True):
         params = {k: v.detach().clone().requires_grad_(True) for k, v in model.params.items()}
         values = backend.forward(params, x, observed, defer=defer)
-        assert any(isinstance(v, DeferredLeaves) for v in values) == defer
+        deferred = [index for index, v in enumerate(values) if isinstance(v, DeferredLeaves)]
+        assert deferred == (sorted(backend.reads.deferrable) if defer else [])
         root = backend._root(values)
         grads = torch.autograd.grad(root.sum(), list(params.values()), allow_unused=True)
         results.append((root, grads))
     (root_a, grads_a), (root_b, grads_b) = results
     torch.testing.assert_close(root_b, root_a, rtol=1e-12, atol=1e-12)
+    # the hadamard circuits' leaves are deferred, the einsum circuits' are not
+    assert bool(backend.reads.deferrable) == (name in ("pd_hadamard", "tiny_hadamard", "hclt"))
     for a, b in zip(grads_a, grads_b):
         assert (a is None) == (b is None)
         if a is not None:

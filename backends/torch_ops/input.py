@@ -40,9 +40,10 @@ class DeferredLeaves:
     binary variables at K=32, batch 512: 6.5 MB, against 0.6 MB for a typical product op) and
     each of its rows is read once, by one product, tens of ops later: written and read back
     cold, its gradient assembled from the readers' pieces into another 6.5 MB and reduced cold
-    again. Here each read of rows [a, b) is the small matmul of those rows only, done just
-    before the reader uses them, and its gradient goes straight to Θ's rows: the same sums,
-    in cache. Batch-minor (the CPU layout) and dense blocks only (``defer``).
+    again. Here a hadamard op reading leaf rows takes their sum per output row as one small
+    matmul (``products``), done just before it uses them, and the gradient goes straight to Θ's
+    rows: the same sums, in cache. Batch-minor (the CPU layout), dense blocks only (``defer``),
+    values read by hadamard ops only (``torch_reads.ReadPlan.deferrable``).
     """
 
     def __init__(self, rows: int, terms: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -54,16 +55,6 @@ class DeferredLeaves:
     def shape(self) -> tuple[int, int, int]:
         coefficients, features = self.terms[0]
         return (self.rows, features.shape[2], coefficients.shape[1])
-
-    def range(self, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop), indexed (n, B, K) (stored (n, K, B))."""
-        total = None
-        for coefficients, features in self.terms:
-            # (n, K, S·f) x (n, S·f, B) -> (n, K, B)
-            term = torch.bmm(coefficients[start:stop], features[start:stop])
-            total = term if total is None else total + term
-        assert total is not None
-        return total.transpose(1, 2)
 
     def products(self, rows: torch.Tensor, present: torch.Tensor, arity: int) -> torch.Tensor:
         """Σ_a of the rows ``rows`` (L·A,) grouped A to an output row, stored (L, K, B): the
@@ -83,16 +74,6 @@ class DeferredLeaves:
             total = term if total is None else total + term
         assert total is not None
         return total
-
-    def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        """The rows ``rows`` (a gathered segment), indexed (n, B, K)."""
-        total = None
-        for coefficients, features in self.terms:
-            # (n, K, S·f) x (n, S·f, B) -> (n, K, B)
-            term = torch.bmm(coefficients.index_select(0, rows), features.index_select(0, rows))
-            total = term if total is None else total + term
-        assert total is not None
-        return total.transpose(1, 2)
 
 
 def defer(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max_product: bool,
