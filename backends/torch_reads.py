@@ -75,6 +75,17 @@ class ReadPlan:
         self.deferrable: set[int] = {
             value for value in inputs if readers.get(value) == {HadamardOp} and value != plan.root[0]
         }
+        # per deferrable value, every reader's LeafParts one after another (op order): the
+        # rows of all of them are gathered once per pass, each reader's a view of that gather
+        self.leaf_reads: dict[int, LeafReads] = {}  # by id() of the input op
+        for value in self.deferrable:
+            layouts = [(id(op), op.rows, self.leaf_parts[id(op)][value]) for op in plan.ops
+                       if isinstance(op, HadamardOp) and value in self.leaf_parts[id(op)]]
+            self.leaf_reads[id(plan.ops[value])] = LeafReads(
+                tuple(row for _, _, layout in layouts for row in layout.rows),
+                tuple(flag for _, _, layout in layouts for flag in layout.present),
+                tuple((reader, rows, layout.arity) for reader, rows, layout in layouts),
+            )
 
     def chunk_span(self, segment: RowRange) -> tuple[int, int]:
         """[first, last) chunks of the segment's value that make up its rows."""
@@ -117,6 +128,17 @@ class LeafParts:
     rows: tuple[int, ...]
     present: tuple[float, ...]
     arity: int
+
+
+@dataclass(frozen=True)
+class LeafReads:
+    """All hadamard readers' ``LeafParts`` of one leaf value, concatenated in op order: ``rows``
+    and ``present`` as there, ``readers`` (id(op), output rows L, arity A) for each, owning the
+    next L·A entries."""
+
+    rows: tuple[int, ...]
+    present: tuple[float, ...]
+    readers: tuple[tuple[int, int, int], ...]
 
 
 def leaf_parts(op: HadamardOp, terms: tuple[ProductTerm, ...], inputs: set[int]) -> dict[int, LeafParts]:

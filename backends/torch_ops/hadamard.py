@@ -42,15 +42,12 @@ def owned_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) 
     # parts from deferred leaf values (input.DeferredLeaves): all of them one matmul per value,
     # laid out by output row, so these rows are neither materialised nor scattered
     deferred = set()
-    for value, layout in backend.reads.leaf_parts[id(op)].items():
+    for value in backend.reads.leaf_parts[id(op)]:
         leaves = values[value]
         if not isinstance(leaves, DeferredLeaves):
             continue
         deferred.add(value)
-        rows, present = backend._index(layout.rows), backend._present(layout.present)
-        part = leaves.products(rows, present, layout.arity)  # (L, j, B)
-        if not backend.batch_minor:
-            part = part.transpose(1, 2)
+        part = leaves.products(id(op))  # (L, j, B): deferral is batch-minor only
         total = part if total is None else total.add_(part)
         owned = True
     for term in backend.reads.products[id(op)]:

@@ -46,31 +46,18 @@ class DeferredLeaves:
     values read by hadamard ops only (``torch_reads.ReadPlan.deferrable``).
     """
 
-    def __init__(self, rows: int, terms: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.rows = rows
-        # per block: Θ as (L, K, S·f) and the features gathered per leaf, (L, S·f, B)
-        self.terms = terms
+    def __init__(self, parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        # per reading hadamard op (by id), per block: its output rows' leaf coefficients side
+        # by side, (L, K, A·S·f), and their features, (L, A·S·f, B), absent parts zero
+        self.parts = parts
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        coefficients, features = self.terms[0]
-        return (self.rows, features.shape[2], coefficients.shape[1])
-
-    def products(self, rows: torch.Tensor, present: torch.Tensor, arity: int) -> torch.Tensor:
-        """Σ_a of the rows ``rows`` (L·A,) grouped A to an output row, stored (L, K, B): the
-        sum of each output row's leaf parts as one matmul over the A parts' features at once,
-        (L, K, A·S·f) x (L, A·S·f, B), absent parts (``present`` 0) with zero features."""
+    def products(self, reader: int) -> torch.Tensor:
+        """Σ of each output row's leaf parts for the hadamard op ``reader`` (its id), stored
+        (L, K, B): one matmul over the A parts' features at once per block."""
         total = None
-        out_rows = rows.shape[0] // arity
-        for coefficients, features in self.terms:
-            width, batch = features.shape[1], features.shape[2]
-            k = coefficients.shape[1]
-            # (L·A, K, S·f) -> (L, K, A·S·f): each output row's parts side by side
-            picked = coefficients.index_select(0, rows).reshape(out_rows, arity, k, width)
-            picked = picked.transpose(1, 2).reshape(out_rows, k, arity * width)
-            # (L·A, S·f, B) -> (L, A·S·f, B), absent parts zeroed
-            chosen = features.index_select(0, rows) * present[:, None, None]
-            term = torch.bmm(picked, chosen.reshape(out_rows, arity * width, batch))
+        for coefficients, features in self.parts[reader]:
+            # (L, K, A·S·f) x (L, A·S·f, B) -> (L, K, B)
+            term = torch.bmm(coefficients, features)
             total = term if total is None else total + term
         assert total is not None
         return total
@@ -86,17 +73,26 @@ def defer(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max_produc
         return None
     given = data.coefficients.get(op.name) if data.coefficients else None
     coefs = given if given is not None else coefficients(backend, op, params, max_product)
+    reads = backend.reads.leaf_reads[id(op)]
+    rows, present = backend._index(reads.rows), backend._present(reads.present)
     batch_size = data.x.shape[0]
-    terms = []
+    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {reader: [] for reader, _, _ in reads.readers}
     for block, coef in zip(op.blocks, coefs):
+        leaves, width, k, f = coef.shape[0], coef.shape[1], coef.shape[2], coef.shape[3]
+        # Θ (L, S, K, f) as (L, S·f, K), gathered once for every reader: (N, S·f, K)
+        by_leaf = coef.permute(0, 1, 3, 2).reshape(leaves, width * f, k).index_select(0, rows)
         # the features of the transposed batch, (C+1, B, f), viewed (C+1, f, B): the gather of
         # each leaf's rows is then the only copy (half the time of a permuted copy first)
         by_column = leaf_features(torch, block, data.x.t(), data.observed.t(), None).permute(0, 2, 1)
-        rows, width = backend.columns[block.param].shape
-        f, k = by_column.shape[1], coef.shape[2]
-        gathered = by_column.index_select(0, backend.leaf_rows[block.param]).reshape(rows, width * f, batch_size)
-        terms.append((coef.permute(0, 2, 1, 3).reshape(rows, k, width * f), gathered))
-    return DeferredLeaves(op.rows, terms)
+        gathered = by_column.index_select(0, backend.leaf_rows[block.param]).reshape(leaves, width * f, batch_size)
+        # (N, S·f, B), absent parts zero
+        features = gathered.index_select(0, rows) * present[:, None, None]
+        sizes = [out_rows * arity for _, out_rows, arity in reads.readers]
+        for (reader, out_rows, arity), c, x in zip(reads.readers, by_leaf.split(sizes), features.split(sizes)):
+            # (L·A, S·f, K) viewed (L, A·S·f, K), transposed (L, K, A·S·f); (L, A·S·f, B)
+            parts[reader].append((c.reshape(out_rows, arity * width * f, k).transpose(1, 2),
+                                  x.reshape(out_rows, arity * width * f, batch_size)))
+    return DeferredLeaves(parts)
 
 
 def values_of(backend: Any, op: InputOp, coefficients: list[torch.Tensor], x: torch.Tensor,
