@@ -196,8 +196,28 @@ class TorchBackend:
     def _read(self, operand: Operand, values: list[torch.Tensor]) -> torch.Tensor:
         """The operand's rows (R, B, K): a view where it is one run of one value, else the
         concatenation of exactly the rows it reads (never of whole source values)."""
-        pieces = [self._segment(segment, values) for segment in operand.segments]
-        return pieces[0] if len(pieces) == 1 else self._cat(pieces)
+        if len(operand.segments) == 1:
+            return self._segment(operand.segments[0], values)
+        if self.batch_minor:
+            # joined in the stored (n, K, B) order, so the copy runs along contiguous rows, and
+            # transposed once: no transpose (and autograd node) per piece each way
+            stored = [piece for segment in operand.segments for piece in self._stored_pieces(segment, values)]
+            return torch.cat(stored, 0).transpose(1, 2)
+        return torch.cat([self._segment(segment, values) for segment in operand.segments], 0)
+
+    def _stored_pieces(self, segment: Segment, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A segment's rows of a batch-minor value in the stored order, (n, K, B), as pieces:
+        stored chunks of a ``PassValues`` split, a view, or one gather."""
+        value = values[segment.value]
+        if isinstance(segment, RowIndex):
+            return [value.transpose(1, 2).index_select(0, self._index(segment.rows))]
+        if segment.start == 0 and segment.stop == value.shape[0]:
+            return [value.transpose(1, 2)]
+        stored = values.stored_chunks[segment.value] if isinstance(values, PassValues) else None
+        if stored is None:
+            return [value.transpose(1, 2)[segment.start : segment.stop]]
+        first, last = self.reads.chunk_span(segment)
+        return list(stored[first:last])
 
     def _segment(self, segment: Segment, values: list[torch.Tensor]) -> torch.Tensor:
         """One segment's rows (n, B, K): chunks of the pass's split values (``PassValues``), a
@@ -211,14 +231,11 @@ class TorchBackend:
         if chunks is None:
             return value[segment.start : segment.stop]
         first, last = self.reads.chunk_span(segment)
-        return chunks[first] if last == first + 1 else self._cat(chunks[first:last])
-
-    def _cat(self, pieces: list[torch.Tensor]) -> torch.Tensor:
-        """Rows of several pieces, one after another, copied in the stored layout: batch-minor
-        pieces are concatenated as (n, K, B) memory so that the copy runs along contiguous rows."""
+        if last == first + 1:
+            return chunks[first]
         if self.batch_minor:
-            return torch.cat([piece.transpose(1, 2) for piece in pieces], 0).transpose(1, 2)
-        return torch.cat(pieces, 0)
+            return torch.cat(values.stored_chunks[segment.value][first:last], 0).transpose(1, 2)
+        return torch.cat(chunks[first:last], 0)
 
     def _present(self, present: tuple[float, ...]) -> torch.Tensor:
         """A cached 0/1 mask (the backend's dtype) of present entries (torch_reads.LeafParts)."""

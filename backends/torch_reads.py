@@ -107,16 +107,23 @@ class PassValues(list):
         self.reads = reads
         self.batch_minor = batch_minor
         self.chunks: list[Any] = []
+        # batch-minor: the same chunks in the stored order, (n, K, B), which reads that join
+        # several chunks concatenate (then transposed once, not once per chunk each way)
+        self.stored_chunks: list[Any] = []
 
     def append(self, value: Any) -> None:
         sizes = self.reads.sizes.get(len(self))
         super().append(value)
         if sizes is None or not hasattr(value, "split"):  # not cut, or deferred (not a tensor)
             self.chunks.append(None)
+            self.stored_chunks.append(None)
         elif self.batch_minor:
-            self.chunks.append([chunk.transpose(1, 2) for chunk in value.transpose(1, 2).split(sizes, 0)])
+            stored = value.transpose(1, 2).split(sizes, 0)
+            self.stored_chunks.append(stored)
+            self.chunks.append([chunk.transpose(1, 2) for chunk in stored])
         else:
             self.chunks.append(value.split(sizes, 0))
+            self.stored_chunks.append(None)
 
 
 @dataclass(frozen=True)
