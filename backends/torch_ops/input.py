@@ -151,25 +151,43 @@ def _lookup(backend: Any, block: FamilyBlock, coef: torch.Tensor, x: torch.Tenso
         dense.append(valid - obs)
     features = torch.stack(dense, -1)  # (L, S, B, f')
     # (L, S, K, B) x (L, S, B) -> (L, B, K)  and  (L, S, B, f') x (L, S, K, f') -> (L, B, K)
-    looked_up = ObservedSum.apply(picked, obs)
+    if backend.batch_minor:
+        # the value in the stored order, (L, K, B): the batch-minor reads and products then take
+        # contiguous rows (an (L, B, K) result would be read through strided, transposed views)
+        rows, width, k = coef.shape[0], coef.shape[1], coef.shape[2]
+        dense_features = features.permute(0, 1, 3, 2).reshape(rows, -1, features.shape[2])  # (L, S·f', B)
+        dense_coef = coef[..., categories:].permute(0, 2, 1, 3).reshape(rows, k, -1)  # (L, K, S·f')
+        # (L, S, K, B) x (L, S, B) -> (L, K, B)  and  (L, K, S·f') x (L, S·f', B) -> (L, K, B)
+        stored = ObservedSum.apply(picked, obs, True) + torch.bmm(dense_coef, dense_features)
+        return stored.transpose(1, 2)
+    looked_up = ObservedSum.apply(picked, obs, False)
     return looked_up + torch.einsum("lsbf,lskf->lbk", features, coef[..., categories:])
 
 
 class ObservedSum(torch.autograd.Function):
-    """``einsum("lskb,lsb->lbk", picked, obs)``, differentiated in ``picked`` only: its backward
-    keeps the mask (L, S, B), not ``picked`` (L, S, K, B), which autograd's einsum saves (28 of the
-    188 MB an MNIST HCLT K=32 E-step saved at batch 512)."""
+    """Σ_s picked[l,s,k,b] · obs[l,s,b], as (L, K, B) (``stored``: the batch-minor order) or
+    (L, B, K), differentiated in ``picked`` only: its backward keeps the mask (L, S, B), not
+    ``picked`` (L, S, K, B), which autograd's einsum saves (28 of the 188 MB an MNIST HCLT K=32
+    E-step saved at batch 512)."""
 
     @staticmethod
-    def forward(ctx: Any, picked: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, picked: torch.Tensor, obs: torch.Tensor, stored: bool) -> torch.Tensor:
         ctx.save_for_backward(obs)
-        return torch.einsum("lskb,lsb->lbk", picked, obs)  # (L, S, K, B) x (L, S, B) -> (L, B, K)
+        ctx.stored = stored
+        if not stored:
+            return torch.einsum("lskb,lsb->lbk", picked, obs)  # (L, S, K, B) x (L, S, B) -> (L, B, K)
+        if picked.shape[1] == 1:  # one factor per leaf (an HCLT's pixels): one product, no sum
+            return picked[:, 0] * obs[:, 0, None, :]  # (L, K, B) x (L, 1, B) -> (L, K, B)
+        return (picked * obs[:, :, None, :]).sum(1)  # (L, S, K, B) x (L, S, 1, B) -> (L, K, B)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:
         (obs,) = ctx.saved_tensors
+        if ctx.stored:
+            # (L, 1, K, B) x (L, S, 1, B) -> (L, S, K, B)
+            return grad[:, None, :, :] * obs[:, :, None, :], None, None
         # (L, B, K) x (L, S, B) -> (L, S, K, B)
-        return torch.einsum("lbk,lsb->lskb", grad, obs), None
+        return torch.einsum("lbk,lsb->lskb", grad, obs), None, None
 
 
 def backtrack(backend: Any, op: InputOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],
