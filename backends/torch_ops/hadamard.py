@@ -53,9 +53,11 @@ def owned_log_product(backend: Any, op: HadamardOp, values: list[torch.Tensor]) 
     for term in backend.reads.products[id(op)]:
         if term.segment.value in deferred:
             continue
-        piece = backend._segment(term.segment, values)  # (n, B, j)
-        if backend.batch_minor:
-            piece = piece.transpose(1, 2)  # (n, j, B): the stored memory
+        if backend.batch_minor:  # (n, j, B): the stored memory, from the stored chunks
+            pieces = backend._stored_pieces(term.segment, values)
+            piece = pieces[0] if len(pieces) == 1 else torch.cat(pieces, 0)
+        else:
+            piece = backend._segment(term.segment, values)  # (n, B, j)
         if term.kind == "scatter":
             owner = backend._index(term.owner)
             if total is None:
