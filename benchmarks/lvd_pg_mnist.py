@@ -26,9 +26,10 @@ Arms, per size K and seed, in this order:
   then EM on x (below);
 - ``em``: the grown circuit with fresh parameters, EM on x from the start.
 
-Every arm ends with EM on x until ``--patience`` epochs bring no better validation bpd, at most
-``--max-epochs`` epochs in all (pair epochs included), and keeps the parameters of its best
-validation epoch of that phase (where the architecture is fixed and the objective is log p(x)). The teacher (one per seed) is a VQ-VAE on the same training rows with a
+Every arm ends with online EM on x, the step size annealed linearly from ``--step-size`` to
+``--final-step-size``, for ``--max-epochs`` epochs in all (pair epochs included), and keeps the
+parameters of its best validation epoch of that phase (where the architecture is fixed and the
+objective is log p(x)). The teacher (one per seed) is a VQ-VAE on the same training rows with a
 convolutional encoder (one D-vector per patch) and an independent decoder per patch (49
 Bernoulli logits from the patch's code alone; LVD paper §5), its codebook N1·N2 codes; its
 continuous pre-quantisation embeddings are what the LVD arms cluster. For both LVD arms the
@@ -87,11 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grow", default="2x4", help="N1xN2: N1 outer clusters, grown to N1*N2 states per latent")
     parser.add_argument("--grow-threshold", type=float, default=0.5)
     parser.add_argument("--round-epochs", type=int, default=2, help="EM epochs on (x, z) per growing round")
-    parser.add_argument("--max-epochs", type=int, default=60,
-                        help="EM epochs of every arm in all, pair epochs included (early stopping may end it sooner)")
-    parser.add_argument("--patience", type=int, default=5, help="stop after N epochs without a better validation bpd")
+    parser.add_argument("--max-epochs", type=int, default=40, help="EM epochs of every arm in all, pair epochs included")
+    parser.add_argument("--final-step-size", type=float, default=0.02,
+                        help="the EM-on-x phase anneals the step size linearly from --step-size to this")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--step-size", type=float, default=0.1)
+    parser.add_argument("--step-size", type=float, default=0.5, help="online EM step size (pairs; start of the x phase)")
     parser.add_argument("--pseudocount", type=float, default=0.1)
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--teacher-dims", type=int, default=16)
@@ -276,19 +277,26 @@ def run_arm(arm: str, size: int, seed: int, args, data: dict, teacher: dict, gro
         result["lvd_objective_test"] = bits(model.log_likelihood(test, latents=z_test).mean())
         result["pc_after_pairs_train"] = bits(model.log_likelihood(train).mean())
         result["pc_after_pairs_test"] = bits(model.log_likelihood(test).mean())
-    # EM on x until the validation bpd has not improved for --patience epochs, at most --max-epochs
-    # in all (pair epochs included); fit keeps the best validation epoch's parameters
+    # EM on x to --max-epochs in all (pair epochs included), the step size annealed linearly from
+    # --step-size to --final-step-size (the paper's Appendix B anneals 0.1 -> 0.01; online EM at a
+    # constant step either crawls (0.1) or stalls in its own noise (0.5) here); the parameters of
+    # the best validation epoch of this phase are kept
     first = len(watch.curve)
     watch.model = None
-    model.fit(train, valid=valid, epochs=args.max_epochs - first, patience=args.patience, keep_best=True,
-              seed=seed + 1000, on_epoch=lambda record: watch("x", record), **options)
-    scored = [(e["valid_bpd"], i + 1) for i, e in enumerate(watch.curve[first:], first)]
-    best_valid, best_epoch = min(scored)
-    valid_now = bits(model.log_likelihood(valid).mean())
-    assert abs(valid_now - best_valid) < 1e-6, (valid_now, best_valid)  # fit restored the best epoch
+    remaining = args.max_epochs - first
+    best = None
+    for e in range(remaining):
+        fraction = e / max(1, remaining - 1)
+        step = args.step_size + fraction * (args.final_step_size - args.step_size)
+        model.fit(train, valid=valid, epochs=1, keep_best=False, seed=seed + 1000 + e,
+                  on_epoch=lambda record: watch("x", record), **{**options, "step_size": step})
+        if best is None or watch.curve[-1]["valid_bpd"] < best[0]:
+            best = (watch.curve[-1]["valid_bpd"], len(watch.curve), model.parameters())
+    best_valid, best_epoch, best_params = best
+    model.set_parameters(best_params)
     result.update({
         "parameters": model.num_parameters, "best_epoch": best_epoch, "epochs": len(watch.curve),
-        "stopped_by_patience": len(watch.curve) < args.max_epochs, "valid_bpd": best_valid, "train_bpd": bits(model.log_likelihood(train).mean()),
+        "valid_bpd": best_valid, "train_bpd": bits(model.log_likelihood(train).mean()),
         "test_bpd": bits(model.log_likelihood(test).mean()), "seconds": time.perf_counter() - started,
         "curve": watch.curve})
     print(f"  {arm:6s} K={size} seed {seed}: test {result['test_bpd']:.4f} bpd (best valid epoch {best_epoch} of "
@@ -341,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         "circuit": "patch_trees(size = [7, 7], learned Chow-Liu tree per patch) + latent patches(size = [7, 7])",
         "grow": f"{args.outer}x{args.inner}, threshold {args.grow_threshold}, {args.round_epochs} epochs per round",
         "recipe": (f"online EM, batch {args.batch_size}, step {args.step_size}, pseudocount {args.pseudocount}; "
-                   f"then EM on x until {args.patience} epochs without a better validation bpd, "
-                   f"at most {args.max_epochs} epochs in all; parameters of the best validation epoch"),
+                   f"then EM on x with the step annealed linearly to {args.final_step_size}, {args.max_epochs} epochs "
+                   f"in all; parameters of the best validation epoch of the x phase"),
         "teacher": f"VQ-VAE, independent per-patch Bernoulli decoder, D={args.teacher_dims}, "
                    f"{args.outer * args.inner} codes, {args.teacher_epochs} epochs",
         "sizes": args.sizes, "seeds": args.seeds,
@@ -402,7 +410,10 @@ def write_report(args, meta: dict, runs: list[dict]) -> None:
     if not runs:
         return
     summary = summarise(runs)
-    largest = max(summary)
+    seeds = len(meta.get("seeds", [])) or 1
+    complete = [size for size, arms in summary.items()
+                if set(arms) == set(ARMS) and all(arms[a]["test_bpd"]["n"] >= seeds for a in ARMS)]
+    largest = max(complete) if complete else max(summary)  # the largest size every arm and seed finished
     arms_json = {}
     for arm, entry in summary[largest].items():
         arms_json[arm] = {"model": entry["models"][0], "test_bpd": entry["test_bpd"]["mean"],

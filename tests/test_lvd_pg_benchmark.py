@@ -18,7 +18,7 @@ import lvd_pg_mnist  # noqa: E402
 
 SMALL = ["--data", str(ROOT / "examples" / "data" / "mnist_small.npz"), "--train-rows", "120", "--valid-rows", "40",
          "--test-rows", "40", "--sizes", "2", "--seeds", "0", "--grow", "1x2", "--round-epochs", "1",
-         "--max-epochs", "3", "--patience", "1", "--teacher-epochs", "1"]
+         "--max-epochs", "3", "--teacher-epochs", "1"]
 
 
 def test_the_experiment_runs_resumes_and_writes_the_issue_json(tmp_path) -> None:
