@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import records  # noqa: E402  benchmarks/records.py
 
 import einc  # noqa: E402
+from einc.archive import model_arrays  # noqa: E402
 from einc.io.files import atomic_write  # noqa: E402
 from einc.mixture import nearest_centre  # noqa: E402
 from einc.tools.structure_learning import learn_tree  # noqa: E402
@@ -308,19 +309,22 @@ def run_arm(arm: str, size: int, seed: int, args, data: dict, teacher: dict, gro
 # Driver, resumable
 
 
+def save_compact(model: einc.Model, path: Path) -> None:
+    """The model file without its training state, zip-compressed (``einc.load`` reads it like any
+    model file): float32 parameters stored as float64 compress about twofold, which keeps the
+    largest size's models under 5 MB."""
+    arrays = model_arrays(model.metadata(), model.parameters(), None)
+    atomic_write(path, lambda stream: np.savez_compressed(stream, **arrays))
+
+
 def run_path(args, size: int, seed: int, arm: str) -> Path:
     return args.runs / f"K{size}_seed{seed}_{arm}.json"
 
 
 def load_runs(args) -> list[dict]:
-    out = []
-    for size in args.sizes:
-        for seed in args.seeds:
-            for arm in ARMS:
-                path = run_path(args, size, seed, arm)
-                if path.exists():
-                    out.append(json.loads(path.read_text()))
-    return out
+    """Every finished run in ``--runs`` (any size or seed), in (size, seed, arm) order."""
+    runs = [json.loads(path.read_text()) for path in args.runs.glob("K*_seed*_*.json")]
+    return sorted(runs, key=lambda r: (r["size"], r["seed"], ARMS.index(r["arm"])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                     grown = {"source": grown_run["grown_pc"], "pair_epochs": grown_run["pair_epochs"]}
                 result, model = run_arm(arm, size, seed, args, data, teachers[seed], grown)
                 model_path = args.runs / f"K{size}_seed{seed}_{arm}.npz"
-                model.save(model_path)
+                save_compact(model, model_path)
                 result["model"] = str(model_path.relative_to(ROOT)) if model_path.is_relative_to(ROOT) else str(model_path)
                 result["load_average"] = round(os.getloadavg()[0], 2)
                 atomic_write(path, lambda s: s.write((json.dumps(result, indent=1) + "\n").encode()))
@@ -432,12 +436,34 @@ def write_report(args, meta: dict, runs: list[dict]) -> None:
     details = {"meta": meta, "summary": {str(k): v for k, v in summary.items()}, "verdict": verdict,
                "runs": [{k: v for k, v in r.items() if k != "grown_pc"} for r in runs]}
     atomic_write(Path(f"{out}_runs.json"), lambda s: s.write((json.dumps(details, indent=1) + "\n").encode()))
-    write_markdown(Path(f"{out}.md"), meta, summary, verdict, out.name)
+    write_markdown(Path(f"{out}.md"), meta, summary, verdict, out.name, runs)
     size_png(out.with_suffix(".png"), summary)
     curves_png(Path(f"{out}_curves.png"), [r for r in runs if r["size"] == largest], largest)
 
 
-def write_markdown(path: Path, meta: dict, summary: dict, verdict: dict | None, name: str) -> None:
+def curve_rows(runs: list[dict]) -> list[str]:
+    """Validation bpd (seed means) at every tenth epoch, per size and arm: where each arm is still
+    improving and where EM saturates."""
+    epochs = max(len(r["curve"]) for r in runs)
+    marks = [e for e in range(10, epochs + 1, 10)]
+    lines = ["| K | arm | " + " | ".join(f"valid @ {e}" for e in marks) + " | train − valid gap at the best epoch |",
+             "|---:|---|" + "---:|" * (len(marks) + 1)]
+    for size in sorted({r["size"] for r in runs}):
+        for arm in ARMS:
+            rows = [r for r in runs if r["size"] == size and r["arm"] == arm]
+            if not rows:
+                continue
+            cells = []
+            for e in marks:
+                values = [r["curve"][e - 1]["valid_bpd"] for r in rows if len(r["curve"]) >= e]
+                values = [v for v in values if v is not None]
+                cells.append(f"{np.mean(values):.4f}" if values else "–")
+            gap = np.mean([r["train_bpd"] - r["valid_bpd"] for r in rows])
+            lines.append(f"| {size} | {arm} | " + " | ".join(cells) + f" | {gap:+.4f} |")
+    return lines
+
+
+def write_markdown(path: Path, meta: dict, summary: dict, verdict: dict | None, name: str, runs: list[dict]) -> None:
     def cell(entry: dict, key: str, digits: int = 4) -> str:
         value = entry.get(key)
         if value is None:
@@ -472,6 +498,8 @@ def write_markdown(path: Path, meta: dict, summary: dict, verdict: dict | None, 
                      f"(EM minus LVD-PG); standard deviation of the difference {verdict['std_of_difference']:.4f}; "
                      f"target (≥ 0.03 bpd and ≥ 2 standard deviations): **{word}**.")
         lines.append("")
+    lines += ["Validation bpd by epoch (seed means; lvd_pg's growing epochs have none: its circuit changes "
+              "each round):", "", *curve_rows(runs), ""]
     lines += [f"![test bpd against parameters]({name}.png)", "", f"![curves at the largest size]({name}_curves.png)", ""]
     atomic_write(path, lambda s: s.write("\n".join(lines).encode()))
 

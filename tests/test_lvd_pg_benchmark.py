@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+import einc
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -30,6 +32,7 @@ def test_the_experiment_runs_resumes_and_writes_the_issue_json(tmp_path) -> None
     for arm, entry in summary["arms"].items():
         assert set(entry) == {"model", "test_bpd", "std", "parameters"}
         assert Path(entry["model"]).exists() and 0 < entry["test_bpd"] < 1
+        assert einc.load(entry["model"]).num_parameters == entry["parameters"]  # the compact file loads
     assert len({entry["parameters"] for entry in summary["arms"].values()}) == 1  # equal parameter counts
     first = {arm: json.loads((runs / f"K2_seed0_{arm}.json").read_text()) for arm in lvd_pg_mnist.ARMS}
     for arm in ("lvd", "lvd_pg"):  # the paper's triple, train and test
