@@ -534,7 +534,7 @@ def size_png(path: Path, summary: dict) -> None:
     low, high = min(values), max(values)
     pad = 0.1 * max(high - low, 1e-3)
     canvas, draw, point = _frame("MNIST 14x14 binarised: exact test bpd against parameters (mean ± std over seeds)",
-                                 low - pad, high + pad, xs, "log10 parameters (labels: K)", "test bpd (lower is better)")
+                                 low - pad, high + pad, xs, "parameters (log scale; labels: K)", "test bpd (lower is better)")
     for offset, arm in enumerate(ARMS):
         ps = sorted(points[arm])
         if not ps:
@@ -546,6 +546,8 @@ def size_png(path: Path, summary: dict) -> None:
             draw.line([point(x, y - d), point(x, y + d)], fill=COLOURS[arm], width=1)
             draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=COLOURS[arm])
             draw.text((px + 5, py - 12 + 10 * offset), f"K={size}", fill=COLOURS[arm])
+            if offset == 0:
+                draw.text((px - 20, 440 - 70 + 4), f"{10 ** x:,.0f}", fill="black")
         draw.text((xy[-1][0] - 60, 30 + 12 * offset), arm, fill=COLOURS[arm])
     canvas.save(path)
 
@@ -567,6 +569,8 @@ def curves_png(path: Path, runs: list[dict], size: int) -> None:
     epochs = max(len(v[0]) for v in curves.values())
     canvas, draw, point = _frame(f"K={size}: train (thick; log p(x, z) on pair epochs) and validation (thin) bpd, "
                                  f"seed means", low, high, [1, max(2, epochs)], "epoch", "bpd")
+    for epoch in range(10, epochs + 1, 10):
+        draw.text((point(epoch, low)[0] - 6, 440 - 70 + 4), str(epoch), fill="black")
     for offset, (arm, (train, valid)) in enumerate(curves.items()):
         draw.line([point(e + 1, min(v, high)) for e, v in enumerate(train)], fill=COLOURS[arm], width=3)
         shown = [point(e + 1, min(v, high)) for e, v in enumerate(valid) if np.isfinite(v)]
