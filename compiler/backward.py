@@ -24,6 +24,7 @@ from einc.ir.backward_plan import (
     InputBackward,
     LeafGradient,
     MixingBackward,
+    WeightedBackward,
 )
 from einc.errors import BackendError, EincError
 from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Op, Plan, VaeOp
@@ -97,60 +98,35 @@ def _input_rule(plan: Plan, index: int, op: InputOp, batch: int) -> InputBackwar
     return InputBackward(index, op.name, tuple(leaves))
 
 
-def _einsum_rule(plan: Plan, index: int, op: EinsumOp, batch: int) -> EinsumBackward:
+def _weighted_step(step: type[WeightedBackward], index: int, op: EinsumOp | MixingOp | HadamardOp,
+                   shapes: list[tuple[int, ...]], **reads: object) -> WeightedBackward:
+    """The step of an op with sum weights: the adjoint of forward operand i goes to the i-th of
+    ``step.adjoints`` and the weights (the equation's last operand) get their gradient."""
+    sizes = index_sizes(op.equation, shapes)
+    adjoints = {field: _gradient(op.equation, operand, sizes)
+                for operand, (_, field, _) in enumerate(step.adjoints)}
+    return step(op=index, name=op.name, param=op.param,
+                weight_gradient=_gradient(op.equation, len(shapes) - 1, sizes), **adjoints, **reads)
+
+
+def _einsum_rule(plan: Plan, index: int, op: EinsumOp, batch: int) -> WeightedBackward:
     # S = log P + a + a',  P = einsum(exp(N − a), exp(N' − a'), W): the adjoint G = ∂J/∂S / P
     # takes the place of the output in each gradient einsum.
-    sizes = index_sizes(
-        op.equation,
-        [
-            (op.rows, batch, op.k_left),
-            (op.rows, batch, op.k_right),
-            (op.rows, op.k_out, op.k_left, op.k_right),
-        ],
-    )
-    return EinsumBackward(
-        op=index,
-        name=op.name,
-        param=op.param,
-        left=op.left,
-        right=op.right,
-        left_adjoint=_gradient(op.equation, 0, sizes),
-        right_adjoint=_gradient(op.equation, 1, sizes),
-        weight_gradient=_gradient(op.equation, 2, sizes),
-    )
+    shapes = [(op.rows, batch, op.k_left), (op.rows, batch, op.k_right), (op.rows, op.k_out, op.k_left, op.k_right)]
+    return _weighted_step(EinsumBackward, index, op, shapes, left=op.left, right=op.right)
 
 
-def _mixing_rule(plan: Plan, index: int, op: MixingOp, batch: int) -> MixingBackward:
+def _mixing_rule(plan: Plan, index: int, op: MixingOp, batch: int) -> WeightedBackward:
     # S = log P + top,  P = einsum(exp(S_c − top), V): as for the einsum op, with G = ∂J/∂S / P.
-    sizes = index_sizes(
-        op.equation, [(op.rows, op.components, batch, op.k), (op.rows, op.components, op.k)]
-    )
-    return MixingBackward(
-        op=index,
-        name=op.name,
-        param=op.param,
-        input=op.input,
-        components=op.components,
-        input_adjoint=_gradient(op.equation, 0, sizes),
-        weight_gradient=_gradient(op.equation, 1, sizes),
-    )
+    shapes = [(op.rows, op.components, batch, op.k), (op.rows, op.components, op.k)]
+    return _weighted_step(MixingBackward, index, op, shapes, input=op.input, components=op.components)
 
 
-def _hadamard_rule(plan: Plan, index: int, op: HadamardOp, batch: int) -> HadamardBackward:
+def _hadamard_rule(plan: Plan, index: int, op: HadamardOp, batch: int) -> WeightedBackward:
     # S = log Σ_j W exp(P − top) + top with P = Σ parts: G = ∂J/∂S / exp(S − top) as above; the
     # log-product's adjoint exp(P − top) · Σ_k G W goes unchanged to each part of its row.
-    sizes = index_sizes(
-        op.equation, [(op.rows, batch, op.k_in), (op.rows, op.k_out, op.k_in)]
-    )
-    return HadamardBackward(
-        op=index,
-        name=op.name,
-        param=op.param,
-        parts=op.parts,
-        owner=op.owner,
-        product_adjoint=_gradient(op.equation, 0, sizes),
-        weight_gradient=_gradient(op.equation, 1, sizes),
-    )
+    shapes = [(op.rows, batch, op.k_in), (op.rows, op.k_out, op.k_in)]
+    return _weighted_step(HadamardBackward, index, op, shapes, parts=op.parts, owner=op.owner)
 
 
 def _vae_rule(plan: Plan, index: int, op: VaeOp, batch: int) -> BackwardStep:

@@ -32,6 +32,7 @@ Each step type lists its own contractions for the printed table (``contractions(
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .plan import Operand, RowRange, format_table
 
@@ -76,63 +77,54 @@ class InputBackward:
 
 
 @dataclass(frozen=True)
-class EinsumBackward:
-    op: int
+class WeightedBackward:
+    """The step of an op with sum weights: the adjoints of the operands it read and the gradient
+    of its weights (its equation's last operand). Each kind lists its adjoints once in
+    ``adjoints``: (label, the Contraction field, the Operand field the adjoint is added into)."""
+
+    op: int  # index of the forward op (= the value whose adjoint is read)
     name: str
     param: str
+    # (L, batch, k) x (the other operands) -> the weights' shape   then n = W · grad
+    weight_gradient: Contraction
+    adjoints: ClassVar[tuple[tuple[str, str, str], ...]]
+    weight_label: ClassVar[str] = "n=W·∂W"
+
+    def contractions(self) -> list[tuple[str, Contraction, str]]:
+        reads = [(label, getattr(self, field), _writes(getattr(self, target)))
+                 for label, field, target in self.adjoints]
+        return [*reads, (self.weight_label, self.weight_gradient, self.param)]
+
+
+@dataclass(frozen=True)
+class EinsumBackward(WeightedBackward):
     left: Operand  # where the left operand's adjoint is added (the forward reads, reversed)
     right: Operand
     # (L, batch, k) x (L, batch, j) x (L, k, i, j) -> (L, batch, i)   then · exp(N − a)
     left_adjoint: Contraction
     # (L, batch, k) x (L, batch, i) x (L, k, i, j) -> (L, batch, j)   then · exp(N' − a')
     right_adjoint: Contraction
-    # (L, batch, k) x (L, batch, i) x (L, batch, j) -> (L, k, i, j)    then n = W · grad
-    weight_gradient: Contraction
-
-    def contractions(self) -> list[tuple[str, Contraction, str]]:
-        return [
-            ("∂left", self.left_adjoint, _writes(self.left)),
-            ("∂right", self.right_adjoint, _writes(self.right)),
-            ("n=W·∂W", self.weight_gradient, self.param),
-        ]
+    adjoints: ClassVar[tuple[tuple[str, str, str], ...]] = (
+        ("∂left", "left_adjoint", "left"), ("∂right", "right_adjoint", "right"))
 
 
 @dataclass(frozen=True)
-class MixingBackward:
-    op: int
-    name: str
-    param: str
+class MixingBackward(WeightedBackward):
     input: Operand
     components: int
     # (M, batch, K) x (M, C, K) -> (M, C, batch, K)   then · exp(S_c − top)
     input_adjoint: Contraction
-    # (M, batch, K) x (M, C, batch, K) -> (M, C, K)    then n = V · grad
-    weight_gradient: Contraction
-
-    def contractions(self) -> list[tuple[str, Contraction, str]]:
-        return [
-            ("∂input", self.input_adjoint, _writes(self.input)),
-            ("n=V·∂V", self.weight_gradient, self.param),
-        ]
+    adjoints: ClassVar[tuple[tuple[str, str, str], ...]] = (("∂input", "input_adjoint", "input"),)
+    weight_label: ClassVar[str] = "n=V·∂V"
 
 
 @dataclass(frozen=True)
-class HadamardBackward:
-    op: int
-    name: str
-    param: str
+class HadamardBackward(WeightedBackward):
     parts: Operand  # where every part's adjoint is added
     owner: tuple[int, ...]  # the output row of each part row: ∂part[r] = ∂P[owner[r]]
     # (L, batch, k) x (L, k, j) -> (L, batch, j)   then · exp(P − top), gathered to the parts
     product_adjoint: Contraction
-    # (L, batch, k) x (L, batch, j) -> (L, k, j)   then n = W · grad
-    weight_gradient: Contraction
-
-    def contractions(self) -> list[tuple[str, Contraction, str]]:
-        return [
-            ("∂P→parts", self.product_adjoint, _writes(self.parts)),
-            ("n=W·∂W", self.weight_gradient, self.param),
-        ]
+    adjoints: ClassVar[tuple[tuple[str, str, str], ...]] = (("∂P→parts", "product_adjoint", "parts"),)
 
 
 BackwardStep = InputBackward | EinsumBackward | MixingBackward | HadamardBackward

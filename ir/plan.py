@@ -163,19 +163,30 @@ class PlanOp(ABC):
     name: str
     equation: str
 
+    # Each kind names its fields once: which holds the output rows ("regions" or "partitions"),
+    # which the K of each output row, and which the operands it reads, in order.
+    row_field: ClassVar[str]
+    size_field: ClassVar[str] = "k"
+    operand_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not isinstance(getattr(cls, "row_field", None), str):
+            raise TypeError(f"plan op kind {cls.__name__} must name its row_field")
+
     @property
-    @abstractmethod
     def rows(self) -> int:
         """Output rows (regions or partitions)."""
+        return len(getattr(self, self.row_field))
 
     @property
-    @abstractmethod
     def vector_size(self) -> int:
         """K of each output row's vector."""
+        return getattr(self, self.size_field)
 
-    @abstractmethod
     def operands(self) -> tuple["Operand", ...]:
         """The rows of earlier values this op reads (what backward passes add adjoints into)."""
+        return tuple(getattr(self, field) for field in self.operand_fields)
 
     @abstractmethod
     def cost(self, plan: "Plan") -> OpCost: ...
@@ -210,17 +221,7 @@ class InputOp(PlanOp):
     # (batch, L, S, f) x (L, S, f, K) -> (L, batch, K)
     equation: str = "blsf,lsfk->lbk"
     kind: ClassVar[str] = "input"
-
-    @property
-    def rows(self) -> int:
-        return len(self.regions)
-
-    @property
-    def vector_size(self) -> int:
-        return self.k
-
-    def operands(self) -> tuple[Operand, ...]:
-        return ()
+    row_field: ClassVar[str] = "regions"
 
     def cost(self, plan: Plan) -> OpCost:
         feats = sum(b.width * b.features for b in self.blocks)
@@ -247,17 +248,9 @@ class EinsumOp(PlanOp):
     equation: str = "lbi,lbj,lkij->lbk"
     kernel: str = "matmul"  # "matmul" (the path as batched matmuls) or "fused" (compiler/kernels.py)
     kind: ClassVar[str] = "einsum"
-
-    @property
-    def rows(self) -> int:
-        return len(self.partitions)
-
-    @property
-    def vector_size(self) -> int:
-        return self.k_out
-
-    def operands(self) -> tuple[Operand, ...]:
-        return (self.left, self.right)
+    row_field: ClassVar[str] = "partitions"
+    size_field: ClassVar[str] = "k_out"
+    operand_fields: ClassVar[tuple[str, ...]] = ("left", "right")
 
     def cost(self, plan: Plan) -> OpCost:
         flops = self.rows * (self.k_left * self.k_right * self.k_out + self.k_left * self.k_right)
@@ -282,17 +275,8 @@ class MixingOp(PlanOp):
     # (M, C, batch, K) x (M, C, K) -> (M, batch, K)
     equation: str = "mcbk,mck->mbk"
     kind: ClassVar[str] = "mixing"
-
-    @property
-    def rows(self) -> int:
-        return len(self.regions)
-
-    @property
-    def vector_size(self) -> int:
-        return self.k
-
-    def operands(self) -> tuple[Operand, ...]:
-        return (self.input,)
+    row_field: ClassVar[str] = "regions"
+    operand_fields: ClassVar[tuple[str, ...]] = ("input",)
 
     def cost(self, plan: Plan) -> OpCost:
         return OpCost(self.rows * self.components * self.k, plan.param(self.param).size, self.rows * self.k)
@@ -323,14 +307,9 @@ class HadamardOp(PlanOp):
     # (L, batch, j) x (L, k, j) -> (L, batch, k)
     equation: str = "lbj,lkj->lbk"
     kind: ClassVar[str] = "hadamard"
-
-    @property
-    def rows(self) -> int:
-        return len(self.partitions)
-
-    @property
-    def vector_size(self) -> int:
-        return self.k_out
+    row_field: ClassVar[str] = "partitions"
+    size_field: ClassVar[str] = "k_out"
+    operand_fields: ClassVar[tuple[str, ...]] = ("parts",)
 
     @property
     def arities(self) -> tuple[int, ...]:
@@ -339,9 +318,6 @@ class HadamardOp(PlanOp):
         for row in self.owner:
             counts[row] += 1
         return tuple(counts)
-
-    def operands(self) -> tuple[Operand, ...]:
-        return (self.parts,)
 
     def cost(self, plan: Plan) -> OpCost:
         # the product is one addition of log-values per part entry; the sum a K_out x K_in matvec
@@ -382,21 +358,11 @@ class VaeOp(PlanOp):
     exact: ClassVar[bool] = False
     backends: ClassVar[frozenset[str] | None] = frozenset({"torch"})
     backend_reason: ClassVar[str] = "vae leaves are neural networks, run and trained with torch autograd"
-
-    @property
-    def rows(self) -> int:
-        return len(self.regions)
-
-    @property
-    def vector_size(self) -> int:
-        return self.k
+    row_field: ClassVar[str] = "regions"
 
     @property
     def width(self) -> int:
         return len(self.columns[0]) if self.columns else 0
-
-    def operands(self) -> tuple[Operand, ...]:
-        return ()
 
     def cost(self, plan: Plan) -> OpCost:
         # per data sample, at the training IWAE k: the encoder once, the decoder and the

@@ -116,6 +116,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drawing_command(name: str, summary: str, run: Callable[[argparse.Namespace], int],
+                     arguments: tuple[Arg, ...], output: dict[str, str]) -> Command:
+    """A command that draws from a loaded model (sample, inpaint): the model, its own arguments,
+    the seed and --means, then the required output."""
+    output_arg = Arg(("-o", "--output"), {"required": True, **output})
+    return Command(name, summary, run, (*LOADED_MODEL_OPTIONS, MODEL, *arguments, SEED, MEANS, output_arg))
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "check",
@@ -217,33 +225,23 @@ COMMANDS: tuple[Command, ...] = (
                                          "per leaf (exact circuits ignore it)"}),
         ),
     ),
-    Command(
+    _drawing_command(
         "sample",
         "draw samples from a model into .csv, .npy, .npz or a .png grid",
         commands.cmd_sample,
-        (
-            *LOADED_MODEL_OPTIONS,
-            MODEL,
-            Arg(("-n",), {"type": positive_int, "default": 16, "help": "number of samples"}),
-            SEED,
-            MEANS,
-            Arg(("-o", "--output"), {"required": True, "metavar": "OUT", "help": "where to write the samples"}),
-        ),
+        (Arg(("-n",), {"type": positive_int, "default": 16, "help": "number of samples"}),),
+        {"metavar": "OUT", "help": "where to write the samples"},
     ),
-    Command(
+    _drawing_command(
         "inpaint",
         "complete masked images by conditional sampling and MPE; write original | masked | sample | MPE as a PNG",
         commands.cmd_inpaint,
         (
-            *LOADED_MODEL_OPTIONS,
-            MODEL,
             Arg(("--data",), {"required": True, "help": "images to mask (rows of the circuit's columns)"}),
             Arg(("--mask",), {"default": "top", "help": "top, bottom, left, right or random:FRACTION"}),
             Arg(("-n",), {"type": positive_int, "default": 8, "help": "number of images"}),
-            SEED,
-            MEANS,
-            Arg(("-o", "--output"), {"required": True, "metavar": "OUT.png", "help": "the picture to write"}),
         ),
+        {"metavar": "OUT.png", "help": "the picture to write"},
     ),
     Command(
         "bench",

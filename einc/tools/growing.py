@@ -66,9 +66,15 @@ def grow(model: Model, flows, roots: Mapping[RegionId, Sequence[int]], threshold
     if [(p.region, p.parts) for p in grown.graph.partitions] != [(p.region, p.parts) for p in graph.partitions] or any(
             grown.graph.size(r.id) != grown_graph.size(r.id) for r in graph.regions):
         raise EincError("internal: the grown .pc text does not compile to the grown circuit")  # a bug if seen
-    items = grow_parameters(graph, item_parameters(model.plan, model.parameters()), growth, share)
-    grown.set_parameters(assemble_parameters(grown.plan, items, grown.parameters()))
+    carry_grown_parameters(model, grown, growth, share)
     return grown, growth
+
+
+def carry_grown_parameters(model: Model, grown: Model, growth: Growth, share: float = DEFAULT_SHARE) -> None:
+    """Give ``grown`` (``model``'s circuit grown by ``growth``) ``model``'s parameters, each copied
+    unit's weights split between original and copy so that every head's distribution is kept."""
+    items = grow_parameters(model.graph, item_parameters(model.plan, model.parameters()), growth, share)
+    grown.set_parameters(assemble_parameters(grown.plan, items, grown.parameters()))
 
 
 def grown_source(source: str, filename: str, graph: RegionGraph) -> str:

@@ -26,14 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from einc.compiler.grow import (
-    DEFAULT_SHARE,
-    Growth,
-    assemble_parameters,
-    grow_graph,
-    grow_parameters,
-    item_parameters,
-)
+from einc.compiler.grow import DEFAULT_SHARE, Growth, assemble_parameters, grow_graph, item_parameters
 from einc.compiler.layering import layer
 from einc.compiler.lower import lower
 from einc.compiler.params import init_parameters
@@ -41,7 +34,8 @@ from einc.compiler.verify import verify
 from einc.errors import DataError, EincError
 from einc.io.data import as_rows
 from einc.ir.region_graph import Partition, Region, RegionGraph, RegionId, Variable, region_sort_key
-from einc.model import Model
+from einc.model import Model, compile as compile_model
+from einc.tools.growing import carry_grown_parameters, grown_source
 
 
 @dataclass(frozen=True)
@@ -128,16 +122,13 @@ def with_patch(model: Model, latent: int, patch: Model, growth: Growth | None = 
     grew (``growth``: what ``einc.tools.growing.grow`` copied in it), the full circuit grows alike
     first — the sums above the latent get split edges to its new states (``compiler.grow``) —
     and is returned as a new model whose source says the new sizes."""
-    from einc.tools.growing import grown_source
-
     where = subcircuit(model.graph, model.latents[latent].region, latent)[1]
     full = model
     if growth is not None and growth.copies:
         mapped = Growth({where.regions[r]: units for r, units in growth.copies.items()})
         grown_graph = grow_graph(model.graph, mapped)
         full = _recompiled(model, grown_source(model.source, model.filename, grown_graph))
-        items = grow_parameters(model.graph, item_parameters(model.plan, model.parameters()), mapped, share)
-        full.set_parameters(assemble_parameters(full.plan, items, full.parameters()))
+        carry_grown_parameters(model, full, mapped, share)
         _, where = subcircuit(full.graph, full.latents[latent].region, latent)
     items = item_parameters(full.plan, full.parameters())
     items.update(_renamed_items(item_parameters(patch.plan, patch.parameters()), where, to_patch=False))
@@ -146,8 +137,6 @@ def with_patch(model: Model, latent: int, patch: Model, growth: Growth | None = 
 
 
 def _recompiled(model: Model, source: str) -> Model:
-    from einc.model import compile as compile_model
-
     out = compile_model(source, backend=model.backend_name, device=model.device, dtype=model.dtype, seed=model.seed)
     out.filename = model.filename
     return out
