@@ -167,3 +167,10 @@ def test_random_grids_verify(rows: int, columns: int, h: int, w: int, random) ->
     assert patch_scopes <= {r.scope for r in regions}
     below = [p for p in partitions if any(set(p.region[0]) <= set(s) for s in patch_scopes)]
     assert len(below) == rows * columns * (h * w - 1)
+
+
+def test_an_absurd_patch_grid_is_refused_before_it_is_built() -> None:
+    text = "var img[28, 28] : binary\nleaf img ~ bernoulli\nsums 2\nstructure patch_trees(size = [1, 1])\n"
+    with pytest.raises(EincError) as caught:
+        einc.compile(text)
+    assert "4:11: error: patch_trees(size = [1, 1]) over the 28x28 grid would have 166,404 regions" in str(caught.value)
