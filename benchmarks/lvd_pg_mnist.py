@@ -424,7 +424,7 @@ def write_report(args, meta: dict, runs: list[dict]) -> None:
                           "std": entry["test_bpd"]["std"], "parameters": int(entry["parameters"]["mean"])}
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out.with_suffix(".json"), lambda s: s.write((json.dumps({"arms": arms_json}, indent=1) + "\n").encode()))
+    atomic_write(Path(f"{out}.json"), lambda s: s.write((json.dumps({"arms": arms_json}, indent=1) + "\n").encode()))
     verdict = None
     if {"em", "lvd_pg"} <= set(summary[largest]):
         em, pg = summary[largest]["em"]["test_bpd"], summary[largest]["lvd_pg"]["test_bpd"]
@@ -437,7 +437,7 @@ def write_report(args, meta: dict, runs: list[dict]) -> None:
                "runs": [{k: v for k, v in r.items() if k != "grown_pc"} for r in runs]}
     atomic_write(Path(f"{out}_runs.json"), lambda s: s.write((json.dumps(details, indent=1) + "\n").encode()))
     write_markdown(Path(f"{out}.md"), meta, summary, verdict, out.name, runs)
-    size_png(out.with_suffix(".png"), summary)
+    size_png(Path(f"{out}.png"), summary)
     curves_png(Path(f"{out}_curves.png"), [r for r in runs if r["size"] == largest], largest)
 
 
