@@ -92,6 +92,7 @@ class TorchBackend:
                     cols = np.where(cols < 0, self.num_columns, cols)
                     self.columns[block.param] = torch.as_tensor(cols, device=self.device)
         self.row_index: dict[tuple[int, ...], torch.Tensor] = {}
+        self.present: dict[tuple[float, ...], torch.Tensor] = {}
         # where values are split so that every contiguous read is a chunk (backends/torch_reads.py)
         self.reads = ReadPlan(plan)
         # Where each value's batch axis lies in memory. Values are indexed (rows, B, K) everywhere;
@@ -195,8 +196,28 @@ class TorchBackend:
     def _read(self, operand: Operand, values: list[torch.Tensor]) -> torch.Tensor:
         """The operand's rows (R, B, K): a view where it is one run of one value, else the
         concatenation of exactly the rows it reads (never of whole source values)."""
-        pieces = [self._segment(segment, values) for segment in operand.segments]
-        return pieces[0] if len(pieces) == 1 else self._cat(pieces)
+        if len(operand.segments) == 1:
+            return self._segment(operand.segments[0], values)
+        if self.batch_minor:
+            # joined in the stored (n, K, B) order, so the copy runs along contiguous rows, and
+            # transposed once: no transpose (and autograd node) per piece each way
+            stored = [piece for segment in operand.segments for piece in self._stored_pieces(segment, values)]
+            return torch.cat(stored, 0).transpose(1, 2)
+        return torch.cat([self._segment(segment, values) for segment in operand.segments], 0)
+
+    def _stored_pieces(self, segment: Segment, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A segment's rows of a batch-minor value in the stored order, (n, K, B), as pieces:
+        stored chunks of a ``PassValues`` split, a view, or one gather."""
+        value = values[segment.value]
+        if isinstance(segment, RowIndex):
+            return [value.transpose(1, 2).index_select(0, self._index(segment.rows))]
+        if segment.start == 0 and segment.stop == value.shape[0]:
+            return [value.transpose(1, 2)]
+        stored = values.stored_chunks[segment.value] if isinstance(values, PassValues) else None
+        if stored is None:
+            return [value.transpose(1, 2)[segment.start : segment.stop]]
+        first, last = self.reads.chunk_span(segment)
+        return list(stored[first:last])
 
     def _segment(self, segment: Segment, values: list[torch.Tensor]) -> torch.Tensor:
         """One segment's rows (n, B, K): chunks of the pass's split values (``PassValues``), a
@@ -210,14 +231,19 @@ class TorchBackend:
         if chunks is None:
             return value[segment.start : segment.stop]
         first, last = self.reads.chunk_span(segment)
-        return chunks[first] if last == first + 1 else self._cat(chunks[first:last])
-
-    def _cat(self, pieces: list[torch.Tensor]) -> torch.Tensor:
-        """Rows of several pieces, one after another, copied in the stored layout: batch-minor
-        pieces are concatenated as (n, K, B) memory so that the copy runs along contiguous rows."""
+        if last == first + 1:
+            return chunks[first]
         if self.batch_minor:
-            return torch.cat([piece.transpose(1, 2) for piece in pieces], 0).transpose(1, 2)
-        return torch.cat(pieces, 0)
+            return torch.cat(values.stored_chunks[segment.value][first:last], 0).transpose(1, 2)
+        return torch.cat(chunks[first:last], 0)
+
+    def _present(self, present: tuple[float, ...]) -> torch.Tensor:
+        """A cached 0/1 mask (the backend's dtype) of present entries (torch_reads.LeafParts)."""
+        cached = self.present.get(present)
+        if cached is None:
+            cached = torch.as_tensor(present, dtype=self.dtype, device=self.device)
+            self.present[present] = cached
+        return cached
 
     def _index(self, rows: tuple[int, ...]) -> torch.Tensor:
         cached = self.row_index.get(rows)
@@ -232,14 +258,25 @@ class TorchBackend:
 
     def forward(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                 max_product: bool = False, coefficients: dict[str, list[torch.Tensor]] | None = None,
-                masks: dict[int, torch.Tensor] | None = None, noise: Noise | None = None) -> list[torch.Tensor]:
+                masks: dict[int, torch.Tensor] | None = None, noise: Noise | None = None,
+                defer: bool = False) -> list[torch.Tensor]:
         """Every op's value for a batch ``x`` (B, C+1) with mask ``observed``; ``masks``
         (``_latent_masks``) clamp latents on their rows; ``noise`` says how stochastic ops draw
-        (default: the training IWAE k from torch's global generator)."""
+        (default: the training IWAE k from torch's global generator). ``defer``: values that
+        only their readers need (passes that keep just the root) may be left unmaterialised,
+        their rows computed at each read (``TorchOpRule.defer``), where the plan's reads make
+        that worthwhile (``ReadPlan.deferrable``)."""
         data = PassData(x, observed, noise or Noise(DEFAULT_TRAINING_SAMPLES), coefficients)
         values = PassValues(self.reads, self.batch_minor)
         for index, op in enumerate(self.plan.ops):
-            value = self._rule(op).forward(self, op, params, values, max_product, data)
+            rule = self._rule(op)
+            if (defer and rule.defer is not None and index in self.reads.deferrable
+                    and (masks is None or index not in masks)):
+                deferred = rule.defer(self, op, params, max_product, data)
+                if deferred is not None:
+                    values.append(deferred)
+                    continue
+            value = rule.forward(self, op, params, values, max_product, data)
             values.append(self._masked(index, value, masks))
         return values
 
@@ -268,7 +305,8 @@ class TorchBackend:
                 root = self._captured_forward(params, bucket, max_product).run(x, observed)
             else:  # clamped latents run eagerly (captured graphs are per batch size)
                 noise = self.noise(samples, seed)
-                root = self._root(self.forward(params, x, observed, max_product, masks=masks, noise=noise))
+                root = self._root(self.forward(params, x, observed, max_product, masks=masks, noise=noise,
+                                               defer=not self.fuse))
         return root.to("cpu", torch.float64).numpy()
 
     def noise(self, samples: int | None, seed: int | None) -> Noise:
@@ -300,11 +338,12 @@ class TorchBackend:
                        coefficients: dict[str, list[torch.Tensor]] | None = None,
                        max_product: bool = False, masks: dict[int, torch.Tensor] | None = None,
                        noise: Noise | None = None) -> torch.Tensor:
-        return self._root(self.forward(params, x, observed, max_product, coefficients, masks, noise))
+        return self._root(self.forward(params, x, observed, max_product, coefficients, masks, noise,
+                                       defer=not self.fuse))
 
     def _inference_root_plain(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
                               max_product: bool) -> torch.Tensor:
-        return self._root(self.forward(params, x, observed, max_product))
+        return self._root(self.forward(params, x, observed, max_product, defer=not self.fuse))
 
     def _without_fusion(self, error: Exception) -> None:
         import warnings

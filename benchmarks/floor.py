@@ -69,6 +69,62 @@ def forward_flops_per_sample(model: einc.Model) -> float:
     return float(sum(2 * model.plan.op_cost(op)[0] for op in model.plan.ops))
 
 
+def resident_bytes(field: str) -> int | None:
+    """A line of /proc/self/status in bytes ("VmRSS": now, "VmHWM": the peak), None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak() -> bool:
+    """Reset the process's peak resident size (Linux ≥ 4.0: writing 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def epoch_memory(model: einc.Model, run_epoch: Any, batch_size: int) -> dict[str, Any]:
+    """The peak resident memory of one EM epoch, the process's first: what it adds to the process
+    (its peak minus what was resident before it: torch, the data set on the device) plus the
+    parameters it trains,
+    against the issue's budget, 2 × (parameters + statistics + one batch's values): parameters and the
+    statistics of an E-step (weight counts and leaf statistics, one number per parameter) at the
+    backend's float32, and every op's value (rows × batch × K) for one batch."""
+    import gc
+
+    gc.collect()
+    before = resident_bytes("VmRSS")
+    if before is None or not reset_peak():
+        return {"measured": False, "why": "needs Linux /proc/self/status and clear_refs"}
+    run_epoch()
+    peak = resident_bytes("VmHWM")
+    assert peak is not None
+    itemsize = 4
+    parameters = sum(int(np.prod(spec.shape)) for spec in model.plan.params) * itemsize
+    values = sum(op.rows * op.vector_size for op in model.plan.ops) * batch_size * itemsize
+    budget = 2 * (parameters + parameters + values)
+    mb = 1 / 2**20
+    return {
+        "measured": True,
+        "resident_before_mb": before * mb,
+        "epoch_peak_mb": peak * mb,
+        "epoch_extra_mb": (peak - before) * mb,
+        # what the epoch holds at its peak: what it added, and the parameters it trains
+        "epoch_working_mb": (peak - before + parameters) * mb,
+        "parameters_mb": parameters * mb,
+        "statistics_mb": parameters * mb,
+        "batch_values_mb": values * mb,
+        "budget_mb": budget * mb,
+        "working_over_budget": (peak - before + parameters) / budget,
+    }
+
+
 def load_rows(args: argparse.Namespace, columns: int) -> np.ndarray:
     if args.data is not None:
         rows = np.asarray(load_array(args.data), dtype=np.float64)
@@ -110,7 +166,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         walls.append(time.perf_counter() - wall)
         return time.thread_time() - start
 
-    warm_up = epoch()
+    # the memory of the first epoch, from the state before any step: freed memory stays in the
+    # process (backends/base.keep_freed_memory), so a later epoch would find its peak resident
+    memory = None
+    if args.memory:
+        warm_up_time: list[float] = []
+        memory = epoch_memory(model, lambda: warm_up_time.append(epoch()), args.batch_size)
+        warm_up = warm_up_time[0]
+    else:
+        warm_up = epoch()
     epochs = [epoch() for _ in range(args.epochs)]
     batch = Batch(values[: args.batch_size], observed[: args.batch_size])
     backend.log_likelihood(model.params, batch)
@@ -144,6 +208,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "inference_s": infer_s,
         "inference_floor_s": infer_floor,
         "inference_ratio": infer_s / infer_floor,
+        "memory": memory,
         "threads": args.threads,
         "dtype": "float32",
         "torch": torch.__version__,
@@ -172,6 +237,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up")
     parser.add_argument("--inference-repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--memory", action="store_true",
+                        help="measure the first (warm-up) epoch's peak resident memory against 2 x (parameters + "
+                             "statistics + one batch's values)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", help="the circuit's name in the results")
     parser.add_argument("--variant", default="", help="which einc this is (e.g. \"main b75eb0e\"), recorded")
@@ -213,6 +281,15 @@ def main(argv: list[str] | None = None) -> int:
           f"ratio {record['epoch_ratio']:.1f}x; inference {record['inference_s'] * 1e3:.2f} ms, floor "
           f"{record['inference_floor_s'] * 1e3:.3f} ms, ratio {record['inference_ratio']:.1f}x "
           f"(sgemm {record['sgemm_gflops']:.0f} GFLOP/s)", file=sys.stderr)
+    memory = record["memory"]
+    if memory and memory["measured"]:
+        print(f"epoch peak memory: {memory['epoch_working_mb']:.0f} MB (+{memory['epoch_extra_mb']:.0f} MB over the "
+              f"{memory['resident_before_mb']:.0f} MB resident before it, and the parameters); budget 2 x (parameters "
+              f"{memory['parameters_mb']:.1f} + statistics {memory['statistics_mb']:.1f} + one batch's values "
+              f"{memory['batch_values_mb']:.1f} MB) = {memory['budget_mb']:.0f} MB: {memory['working_over_budget']:.2f}x",
+              file=sys.stderr)
+    elif memory:
+        print(f"epoch peak memory: not measured ({memory['why']})", file=sys.stderr)
     return 0
 
 

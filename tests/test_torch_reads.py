@@ -3,6 +3,7 @@ hadamard products segment by segment equal the plain definitions, values and gra
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,85 @@ def test_reads_equal_the_definition_in_values_and_gradients(name: str, batch_min
             expected = parts.new_zeros((op.rows, parts.shape[1], op.k_in)).index_add(0, owner, parts)
             torch.testing.assert_close(log_product(backend, op, values), expected, rtol=1e-14, atol=1e-14)
     assert read_any
+
+
+@pytest.mark.parametrize("name", ["pd_dag", "pd_hadamard", "tiny_hadamard", "hclt", "latents", "rat_heads"])
+def test_deferred_leaves_equal_the_materialised_value(name: str) -> None:
+    """Leaf rows computed where hadamard ops read them (input.DeferredLeaves, the root-only
+    passes: one matmul per output row's leaf parts, torch_reads.LeafParts, ranges and gathered
+    rows alike) give the materialised value's root and gradients (float64, 1e-12); values that
+    einsum ops read are computed whole (ReadPlan.deferrable)."""
+    from einc.backends.torch_ops.input import DeferredLeaves
+    from oracles import random_data
+
+    model = einc.compile(CIRCUITS[name], dtype="float64", seed=2)
+    backend = model.backend
+    x = torch.as_tensor(random_data(model.graph, 9, 4), dtype=torch.float64)
+    observed = torch.ones_like(x)
+    observed[::2, 0] = 0.0  # some unobserved entries
+    pad = torch.zeros((x.shape[0], 1), dtype=torch.float64)
+    x, observed = torch.cat([x * observed, pad], 1), torch.cat([observed, pad], 1)
+    results = []
+    for defer in (False, True):
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in model.params.items()}
+        values = backend.forward(params, x, observed, defer=defer)
+        deferred = [index for index, v in enumerate(values) if isinstance(v, DeferredLeaves)]
+        assert deferred == (sorted(backend.reads.deferrable) if defer else [])
+        root = backend._root(values)
+        grads = torch.autograd.grad(root.sum(), list(params.values()), allow_unused=True)
+        results.append((root, grads))
+    (root_a, grads_a), (root_b, grads_b) = results
+    torch.testing.assert_close(root_b, root_a, rtol=1e-12, atol=1e-12)
+    # the hadamard circuits' leaves are deferred, the einsum circuits' are not
+    assert bool(backend.reads.deferrable) == (name in ("pd_hadamard", "tiny_hadamard", "hclt"))
+    for a, b in zip(grads_a, grads_b):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_leaf_parts_lay_out_each_rows_parts() -> None:
+    """LeafParts: output row l's leaf rows at [l·A, (l+1)·A), padded with absent row 0."""
+    from einc.backends.torch_reads import leaf_parts
+
+    op = _hadamard((0, 1, 1, 0, 1, 2), 3, (RowRange(0, 4, 7), RowIndex(0, (9, 2, 5))))
+    layout = leaf_parts(op, product_terms(op), {0})[0]
+    assert layout.arity == 3
+    assert layout.rows == (4, 9, 0, 5, 6, 2, 5, 0, 0)
+    assert layout.present == (1, 1, 0, 1, 1, 1, 1, 0, 0)
+    assert leaf_parts(op, product_terms(op), set()) == {}
+
+
+@pytest.mark.parametrize("text", [
+    # leaves of one factor and of several (S = 3)
+    "var x[6] : categorical(5)\nleaf x ~ categorical\nsums 3\ninputs 3\n"
+    "region all = {x[0], x[1], x[2], x[3], x[4], x[5]}\nregion a = {x[0], x[1], x[2]}\n"
+    "all -> a * {x[3], x[4], x[5]}\na -> x[0] * {x[1], x[2]}\n",
+    # every leaf one factor (S = 1, as an HCLT's pixels), hadamard products
+    "var x[3] : categorical(4)\nleaf x ~ categorical\nsums 3\ninputs 3\nproduct hadamard\n"
+    "region all = {x[0], x[1], x[2]}\nall -> x[0] * x[1] * x[2]\n",
+])
+def test_categorical_lookup_in_either_layout_gives_the_same_statistics(text: str) -> None:
+    """The one-hot lookup (input._lookup, ObservedSum) written in the stored batch-minor order
+    and in the batch-major one: the same log-likelihoods and EM statistics (float64, 1e-12),
+    with unobserved entries."""
+    from einc.backends.base import Batch
+    from oracles import random_data
+
+    results = []
+    for batch_minor in (True, False):
+        model = einc.compile(text, dtype="float64", seed=3, batch_minor=batch_minor)
+        x = random_data(model.graph, 11, 5)
+        observed = np.ones_like(x, dtype=bool)
+        observed[::3, 1] = False
+        batch = Batch(np.where(observed, x, 0.0), observed)
+        stats = model.backend.statistics(model.params, batch)
+        results.append((model.backend.log_likelihood(model.params, batch), stats))
+    (ll_a, st_a), (ll_b, st_b) = results
+    np.testing.assert_allclose(ll_a, ll_b, rtol=1e-12, atol=1e-12)
+    assert st_a.log_likelihood == pytest.approx(st_b.log_likelihood, rel=1e-12)
+    for name in st_a.weights:
+        np.testing.assert_allclose(st_a.weights[name].numpy(), st_b.weights[name].numpy(), rtol=1e-12, atol=1e-12)
+    for name, (pt, p) in st_a.leaf.items():
+        np.testing.assert_allclose(pt.numpy(), st_b.leaf[name][0].numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(p.numpy(), st_b.leaf[name][1].numpy(), rtol=1e-12, atol=1e-12)

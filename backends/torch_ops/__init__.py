@@ -52,6 +52,10 @@ class TorchOpRule:
 
     forward: Callable[..., Any]
     backtrack: Callable[..., None]
+    # ``defer(backend, op, params, max_product, data)``: the value as an object whose rows are
+    # computed where they are read (``range(start, stop)``, ``gather(rows)``), or None to
+    # compute it whole; used by the passes that need only the root (backends/torch_backend.py)
+    defer: Callable[..., Any] | None = None
 
 
 def log_sum_exp_shift(values: Any, dim: int) -> tuple[Any, Any]:

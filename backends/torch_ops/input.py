@@ -33,6 +33,68 @@ def forward(backend: Any, op: InputOp, params: dict[str, torch.Tensor], values: 
     return values_of(backend, op, coefs, data.x, data.observed, max_product)
 
 
+class DeferredLeaves:
+    """An input op's value left unmaterialised: its rows are computed where they are read.
+
+    A whole leaf value is the largest tensor of a pass over a deep circuit (an HCLT over 100
+    binary variables at K=32, batch 512: 6.5 MB, against 0.6 MB for a typical product op) and
+    each of its rows is read once, by one product, tens of ops later: written and read back
+    cold, its gradient assembled from the readers' pieces into another 6.5 MB and reduced cold
+    again. Here a hadamard op reading leaf rows takes their sum per output row as one small
+    matmul (``products``), done just before it uses them, and the gradient goes straight to Θ's
+    rows: the same sums, in cache. Batch-minor (the CPU layout), dense blocks only (``defer``),
+    values read by hadamard ops only (``torch_reads.ReadPlan.deferrable``).
+    """
+
+    def __init__(self, parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        # per reading hadamard op (by id), per block: its output rows' leaf coefficients side
+        # by side, (L, K, A·S·f), and their features, (L, A·S·f, B), absent parts zero
+        self.parts = parts
+
+    def products(self, reader: int) -> torch.Tensor:
+        """Σ of each output row's leaf parts for the hadamard op ``reader`` (its id), stored
+        (L, K, B): one matmul over the A parts' features at once per block."""
+        total = None
+        for coefficients, features in self.parts[reader]:
+            # (L, K, A·S·f) x (L, A·S·f, B) -> (L, K, B)
+            term = torch.bmm(coefficients, features)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+
+def defer(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max_product: bool,
+          data: Any) -> DeferredLeaves | None:
+    """The op's value as ``DeferredLeaves``, or None where it is computed whole: other than
+    batch-minor, max-product, or a block of one-hot statistics (its lookup has no small matmul)."""
+    if max_product or not backend.batch_minor:
+        return None
+    if any(family_rule(block.family).one_hot_statistics for block in op.blocks):
+        return None
+    given = data.coefficients.get(op.name) if data.coefficients else None
+    coefs = given if given is not None else coefficients(backend, op, params, max_product)
+    reads = backend.reads.leaf_reads[id(op)]
+    rows, present = backend._index(reads.rows), backend._present(reads.present)
+    batch_size = data.x.shape[0]
+    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {reader: [] for reader, _, _ in reads.readers}
+    for block, coef in zip(op.blocks, coefs):
+        leaves, width, k, f = coef.shape[0], coef.shape[1], coef.shape[2], coef.shape[3]
+        # Θ (L, S, K, f) as (L, S·f, K), gathered once for every reader: (N, S·f, K)
+        by_leaf = coef.permute(0, 1, 3, 2).reshape(leaves, width * f, k).index_select(0, rows)
+        # the features of the transposed batch, (C+1, B, f), viewed (C+1, f, B): the gather of
+        # each leaf's rows is then the only copy (half the time of a permuted copy first)
+        by_column = leaf_features(torch, block, data.x.t(), data.observed.t(), None).permute(0, 2, 1)
+        gathered = by_column.index_select(0, backend.leaf_rows[block.param]).reshape(leaves, width * f, batch_size)
+        # (N, S·f, B), absent parts zero
+        features = gathered.index_select(0, rows) * present[:, None, None]
+        sizes = [out_rows * arity for _, out_rows, arity in reads.readers]
+        for (reader, out_rows, arity), c, x in zip(reads.readers, by_leaf.split(sizes), features.split(sizes)):
+            # (L·A, S·f, K) viewed (L, A·S·f, K), transposed (L, K, A·S·f); (L, A·S·f, B)
+            parts[reader].append((c.reshape(out_rows, arity * width * f, k).transpose(1, 2),
+                                  x.reshape(out_rows, arity * width * f, batch_size)))
+    return DeferredLeaves(parts)
+
+
 def values_of(backend: Any, op: InputOp, coefficients: list[torch.Tensor], x: torch.Tensor,
            observed: torch.Tensor, max_product: bool) -> torch.Tensor:
     total = None
@@ -89,8 +151,43 @@ def _lookup(backend: Any, block: FamilyBlock, coef: torch.Tensor, x: torch.Tenso
         dense.append(valid - obs)
     features = torch.stack(dense, -1)  # (L, S, B, f')
     # (L, S, K, B) x (L, S, B) -> (L, B, K)  and  (L, S, B, f') x (L, S, K, f') -> (L, B, K)
-    looked_up = torch.einsum("lskb,lsb->lbk", picked, obs)
+    if backend.batch_minor:
+        # the value in the stored order, (L, K, B): the batch-minor reads and products then take
+        # contiguous rows (an (L, B, K) result would be read through strided, transposed views)
+        rows, width, k = coef.shape[0], coef.shape[1], coef.shape[2]
+        dense_features = features.permute(0, 1, 3, 2).reshape(rows, -1, features.shape[2])  # (L, S·f', B)
+        dense_coef = coef[..., categories:].permute(0, 2, 1, 3).reshape(rows, k, -1)  # (L, K, S·f')
+        # (L, S, K, B) x (L, S, B) -> (L, K, B)  and  (L, K, S·f') x (L, S·f', B) -> (L, K, B)
+        stored = ObservedSum.apply(picked, obs, True) + torch.bmm(dense_coef, dense_features)
+        return stored.transpose(1, 2)
+    looked_up = ObservedSum.apply(picked, obs, False)
     return looked_up + torch.einsum("lsbf,lskf->lbk", features, coef[..., categories:])
+
+
+class ObservedSum(torch.autograd.Function):
+    """Σ_s picked[l,s,k,b] · obs[l,s,b], as (L, K, B) (``stored``: the batch-minor order) or
+    (L, B, K), differentiated in ``picked`` only: its backward keeps the mask (L, S, B), not
+    ``picked`` (L, S, K, B), which autograd's einsum saves (28 of the 188 MB an MNIST HCLT K=32
+    E-step saved at batch 512)."""
+
+    @staticmethod
+    def forward(ctx: Any, picked: torch.Tensor, obs: torch.Tensor, stored: bool) -> torch.Tensor:
+        ctx.save_for_backward(obs)
+        ctx.stored = stored
+        if not stored:
+            return torch.einsum("lskb,lsb->lbk", picked, obs)  # (L, S, K, B) x (L, S, B) -> (L, B, K)
+        if picked.shape[1] == 1:  # one factor per leaf (an HCLT's pixels): one product, no sum
+            return picked[:, 0] * obs[:, 0, None, :]  # (L, K, B) x (L, 1, B) -> (L, K, B)
+        return (picked * obs[:, :, None, :]).sum(1)  # (L, S, K, B) x (L, S, 1, B) -> (L, K, B)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:
+        (obs,) = ctx.saved_tensors
+        if ctx.stored:
+            # (L, 1, K, B) x (L, S, 1, B) -> (L, S, K, B)
+            return grad[:, None, :, :] * obs[:, :, None, :], None, None
+        # (L, B, K) x (L, S, B) -> (L, S, K, B)
+        return torch.einsum("lbk,lsb->lskb", grad, obs), None, None
 
 
 def backtrack(backend: Any, op: InputOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],
@@ -130,4 +227,4 @@ def rule_log_base(block: FamilyBlock, x: torch.Tensor, observed: torch.Tensor, c
     return log_base.t()[cols]
 
 
-RULE = TorchOpRule(forward=forward, backtrack=backtrack)
+RULE = TorchOpRule(forward=forward, backtrack=backtrack, defer=defer)
