@@ -4,6 +4,9 @@
         --peer-python /tmp/peers/venv-einet/bin/python --K 10 20 40 --setups rat mnist --rounds 3
     python benchmarks/peers.py --peer cirkit --peer-python /tmp/peers/venv-cirkit/bin/python --K 10
 
+The peer harnesses are read from ``../shared/peers/`` beside this checkout; from a checkout
+elsewhere (a git worktree) name that folder with ``--peers-dir``.
+
 Each round runs einc, then the peer (A, B, A, B, …), each in a fresh process with one torch
 thread (``OMP_NUM_THREADS=MKL_NUM_THREADS=1``, ``torch.set_num_threads(1)``), and reports the
 peer's time over einc's: per round, and their spread. Shared machines are noisy, so only ratios
@@ -173,12 +176,12 @@ def _run(command: list[str]) -> dict[str, Any]:
 def _peer_command(args: argparse.Namespace, setup: str, k: int) -> list[str]:
     python = str(args.peer_python)
     if args.peer == "einet" and setup == "rat":
-        return [python, str(SHARED / "peers" / "einet_bench.py"), "--peer-src", str(args.einet_src),
+        return [python, str(args.peers_dir / "einet_bench.py"), "--peer-src", str(args.einet_src),
                 "--K", str(k), "--threads", "1", "--epochs", str(args.epochs), "--warmup-epochs", "1"]
     if args.peer == "einet":
         return [python, __file__, "--worker", "einet", "--setups", setup, "--K", str(k),
                 "--epochs", str(args.epochs), "--mnist", str(args.mnist), "--einet-src", str(args.einet_src)]
-    return [python, str(SHARED / "peers" / "cirkit_bench.py"), "--K", str(k), "--threads", "1",
+    return [python, str(args.peers_dir / "cirkit_bench.py"), "--K", str(k), "--threads", "1",
             "--epochs", str(args.epochs + 1)]
 
 
@@ -207,6 +210,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per process (after one warm-up)")
     parser.add_argument("--mnist", type=Path, help=records.MNIST_HELP)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--peers-dir", type=Path, default=SHARED / "peers",
+                        help="the folder of the peer harnesses (einet_bench.py, cirkit_bench.py); "
+                             "default ../shared/peers beside this checkout")
     parser.add_argument("--worker", choices=["einc", "einet"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if "mnist" in args.setups:
@@ -224,6 +230,9 @@ def main() -> None:
     if args.peer == "cirkit" and "mnist" in args.setups:
         parser.error("the cirkit harness covers the rat setup only")
     args.peer_python = args.peer_python or Path(sys.executable)
+    harness = args.peers_dir / ("einet_bench.py" if args.peer == "einet" else "cirkit_bench.py")
+    if "rat" in args.setups and not harness.is_file():
+        parser.error(f"no peer harness at {harness} (pass --peers-dir: the folder of ../shared/peers/)")
     machine = records.machine()
     print(f"# {machine['cpu']}, {machine['cores']} cores, {platform.python_version()}; peer {args.peer}; one thread each")
     print(f"{'setup':6} {'K':>3} {'round':>5} {'load':>5} {'einc epoch':>11} {'peer epoch':>11} {'ratio':>6} "

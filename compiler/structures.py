@@ -125,10 +125,82 @@ def poon_domingos(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partit
     return regions, partitions, description
 
 
+def patch_trees(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partition], str] | None:
+    params = (Param("size", "ints"), Param("over", "name", None), Param("parents", "ints", None))
+    bound = bind(call, params, scopes.sink)
+    if bound is None:
+        return None
+    group = _grid_group(scopes, call, bound, "patch_trees")
+    if group is None:
+        return None
+    grid = np.arange(group.first, group.first + group.size).reshape(group.shape)
+    size_values = tuple(int(v) for v in bound.values["size"])  # type: ignore[attr-defined]
+    if len(size_values) == 1:
+        size_values = size_values * 2  # `size = 7`: square patches
+    parents = bound.values["parents"]
+    parent_list = None if parents is None else tuple(int(p) for p in parents)  # type: ignore[attr-defined]
+    if parent_list is not None and len(size_values) == 2 and len(parent_list) != size_values[0] * size_values[1]:
+        scopes.sink.error(
+            f"parents has {len(parent_list)} entries; expected one per position of a "
+            f"{size_values[0]}x{size_values[1]} patch ({size_values[0] * size_values[1]}), row-major, -1 for the root",
+            bound.spans["parents"],
+        )
+        return None
+    errors = generators.check_patch_trees(grid, size_values, parent_list, name=f"'{group.name}'")
+    if not report_generator_errors(scopes, call, bound, errors):
+        return None
+    # below the patches one partition per pixel; above them a PD over the (few) patches
+    height, width = grid.shape
+    patch_rows, patch_columns = height // size_values[0], width // size_values[1]
+    top = size.estimate_poon_domingos(patch_rows, patch_columns, (1,), (1,), scopes.limits.dtype,
+                                      budget=3 * scopes.limits.partition_budget)
+    estimate = size.SizeEstimate(group.size, top.regions + 2 * group.size, top.partitions + group.size,
+                                 (top.scope_entries + group.size) * size_values[0] * size_values[1], 0,
+                                 scopes.limits.dtype)
+    scopes.check_size(estimate, call.span, f"patch_trees(size = {list(size_values)}) over the {height}x{width} grid")
+    regions, partitions = generators.patch_trees(grid, size_values, parent_list, name=f"'{group.name}'")
+    inner = "k-d tree" if parent_list is None else f"tree(parents=[{len(parent_list)} entries])"
+    description = f"patch_trees(size=[{size_values[0]}, {size_values[1]}], {inner}, over={group.name})"
+    return regions, partitions, description
+
+
+def _grid_group(scopes: Scopes, call: Call, bound: Bound, generator: str):
+    """The 2-D array a grid generator splits (``over``, or the circuit's one 2-D array)."""
+    over = bound.values["over"]
+    grids = [g for g in scopes.groups.values() if len(g.shape) == 2]
+    if over is None:
+        if len(scopes.groups) != 1 or not grids:
+            scopes.sink.error(
+                f"{generator} needs `over = NAME`, the 2-D array variable it splits "
+                "(it may be left out only when the circuit's one variable is a 2-D array)",
+                call.span,
+            )
+            return None
+        over = grids[0].name
+    group = scopes.groups.get(str(over))
+    if group is None:
+        scopes.unknown_variable(Name(str(over), bound.spans["over"]))
+        return None
+    others = [g.name for g in scopes.groups.values() if g is not group]
+    if others:
+        scopes.sink.error(
+            f"{generator} over '{group.name}' needs '{group.name}' to be the circuit's only "
+            f"variables; also declared: {', '.join(others)}",
+            bound.spans["over"],
+        )
+        return None
+    if len(group.shape) != 2:
+        scopes.sink.error(f"{generator} splits a 2-D array; '{group.name}' is declared {group.describe()}",
+                          bound.spans["over"])
+        return None
+    return group
+
+
 GENERATORS: dict[str, Callable[[Scopes, Call], Generated | None]] = {
     "random_binary_trees": random_binary_trees,
     "poon_domingos": poon_domingos,
     "tree": tree,
+    "patch_trees": patch_trees,
 }
 
 
