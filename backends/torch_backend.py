@@ -239,17 +239,17 @@ class TorchBackend:
 
     def _present(self, present: tuple[float, ...]) -> torch.Tensor:
         """A cached 0/1 mask (the backend's dtype) of present entries (torch_reads.LeafParts)."""
-        cached = self.present.get(present)
-        if cached is None:
-            cached = torch.as_tensor(present, dtype=self.dtype, device=self.device)
-            self.present[present] = cached
-        return cached
+        return self._constant(self.present, present, self.dtype)
 
     def _index(self, rows: tuple[int, ...]) -> torch.Tensor:
-        cached = self.row_index.get(rows)
+        return self._constant(self.row_index, rows, torch.long)
+
+    def _constant(self, cache: dict, entries: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """``entries`` as a tensor on the device, made once per plan (plans reuse the same tuples)."""
+        cached = cache.get(entries)
         if cached is None:
-            cached = torch.as_tensor(rows, dtype=torch.long, device=self.device)
-            self.row_index[rows] = cached
+            cached = torch.as_tensor(entries, dtype=dtype, device=self.device)
+            cache[entries] = cached
         return cached
 
     def _leaf_coefficients(self, op: InputOp, params: Params, max_product: bool) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from einc.compiler import generators, size
+from einc.compiler import generators, patch_generators, size
 from einc.compiler.binding import Bound, Param, bind, did_you_mean, one_of
 from einc.compiler.scopes import Scopes
 from einc.ir.program import Call, Name, StructureStatement
@@ -75,33 +75,10 @@ def poon_domingos(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partit
         Param("axes", "name", "both"),
         Param("over", "name", None),
     )
-    bound = bind(call, params, scopes.sink)
-    if bound is None:
+    found = _bound_grid(scopes, call, params, "poon_domingos")
+    if found is None:
         return None
-    over = bound.values["over"]
-    grids = [g for g in scopes.groups.values() if len(g.shape) == 2]
-    if over is None:
-        if len(scopes.groups) != 1 or not grids:
-            scopes.sink.error(
-                "poon_domingos needs `over = NAME`, the 2-D array variable it splits "
-                "(it may be left out only when the circuit's one variable is a 2-D array)",
-                call.span,
-            )
-            return None
-        over = grids[0].name
-    group = scopes.groups.get(str(over))
-    if group is None:
-        scopes.unknown_variable(Name(str(over), bound.spans["over"]))
-        return None
-    others = [g.name for g in scopes.groups.values() if g is not group]
-    if others:
-        scopes.sink.error(
-            f"poon_domingos over '{group.name}' needs '{group.name}' to be the circuit's only "
-            f"variables; also declared: {', '.join(others)}",
-            bound.spans["over"],
-        )
-        return None
-    grid = np.arange(group.first, group.first + group.size).reshape(group.shape or (1,))
+    bound, group, grid = found
     deltas = tuple(int(d) for d in bound.values["delta"])  # type: ignore[attr-defined]
     axes = str(bound.values["axes"])
     errors = generators.check_poon_domingos(grid, deltas, axes, name=f"'{group.name}'")
@@ -127,13 +104,14 @@ def poon_domingos(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partit
 
 def patch_trees(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partition], str] | None:
     params = (Param("size", "ints"), Param("over", "name", None), Param("parents", "ints", None))
-    bound = bind(call, params, scopes.sink)
-    if bound is None:
+    found = _bound_grid(scopes, call, params, "patch_trees")
+    if found is None:
         return None
-    group = _grid_group(scopes, call, bound, "patch_trees")
-    if group is None:
+    bound, group, grid = found
+    if len(group.shape) != 2:
+        scopes.sink.error(f"patch_trees splits a 2-D array; '{group.name}' is declared {group.describe()}",
+                          bound.spans["over"])
         return None
-    grid = np.arange(group.first, group.first + group.size).reshape(group.shape)
     size_values = tuple(int(v) for v in bound.values["size"])  # type: ignore[attr-defined]
     if len(size_values) == 1:
         size_values = size_values * 2  # `size = 7`: square patches
@@ -146,7 +124,7 @@ def patch_trees(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partitio
             bound.spans["parents"],
         )
         return None
-    errors = generators.check_patch_trees(grid, size_values, parent_list, name=f"'{group.name}'")
+    errors = patch_generators.check_patch_trees(grid, size_values, parent_list, name=f"'{group.name}'")
     if not report_generator_errors(scopes, call, bound, errors):
         return None
     # below the patches one partition per pixel; above them a PD over the (few) patches
@@ -158,14 +136,19 @@ def patch_trees(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partitio
                                  (top.scope_entries + group.size) * size_values[0] * size_values[1], 0,
                                  scopes.limits.dtype)
     scopes.check_size(estimate, call.span, f"patch_trees(size = {list(size_values)}) over the {height}x{width} grid")
-    regions, partitions = generators.patch_trees(grid, size_values, parent_list, name=f"'{group.name}'")
+    regions, partitions = patch_generators.patch_trees(grid, size_values, parent_list, name=f"'{group.name}'")
     inner = "k-d tree" if parent_list is None else f"tree(parents=[{len(parent_list)} entries])"
     description = f"patch_trees(size=[{size_values[0]}, {size_values[1]}], {inner}, over={group.name})"
     return regions, partitions, description
 
 
-def _grid_group(scopes: Scopes, call: Call, bound: Bound, generator: str):
-    """The 2-D array a grid generator splits (``over``, or the circuit's one 2-D array)."""
+def _bound_grid(scopes: Scopes, call: Call, params: tuple[Param, ...], generator: str):
+    """A grid generator's bound arguments, the array it splits (``over``, or the circuit's one 2-D
+    array; it must be the circuit's only variables) and that array's variable numbers laid out
+    in its shape; None after reporting why not."""
+    bound = bind(call, params, scopes.sink)
+    if bound is None:
+        return None
     over = bound.values["over"]
     grids = [g for g in scopes.groups.values() if len(g.shape) == 2]
     if over is None:
@@ -189,11 +172,7 @@ def _grid_group(scopes: Scopes, call: Call, bound: Bound, generator: str):
             bound.spans["over"],
         )
         return None
-    if len(group.shape) != 2:
-        scopes.sink.error(f"{generator} splits a 2-D array; '{group.name}' is declared {group.describe()}",
-                          bound.spans["over"])
-        return None
-    return group
+    return bound, group, np.arange(group.first, group.first + group.size).reshape(group.shape or (1,))
 
 
 GENERATORS: dict[str, Callable[[Scopes, Call], Generated | None]] = {

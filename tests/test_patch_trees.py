@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from oracles import enumerate_states
 
 import einc
-from einc.compiler.generators import GeneratorArgumentError, check_patch_trees, patch_trees
+from einc.compiler.generators import GeneratorArgumentError
+from einc.compiler.patch_generators import check_patch_trees, patch_trees
 from einc.compiler.verify import verify
 from einc.ir.diagnostics import EincError
 from einc.ir.region_graph import Domain, LeafFamily, RegionGraph, Variable
