@@ -45,6 +45,15 @@ VAE_CASES = {
 }
 
 
+# The CPU backends every cross-backend test compares (CuPy runs in the GPU tests).
+BACKENDS = ("torch", "numpy")
+
+
+def rid(*scope: int) -> tuple[tuple[int, ...], int]:
+    """The id of the region over ``scope`` (replica 0)."""
+    return (tuple(scope), 0)
+
+
 def variables(families: list[tuple[LeafFamily, Domain]]) -> tuple[Variable, ...]:
     out, column = [], 0
     for index, (family, domain) in enumerate(families):

@@ -22,6 +22,8 @@ from einc.ir.diagnostics import EincError
 from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp
 from einc.ir.region_graph import Latent, Partition, Region
 from oracles import (
+    BACKENDS,
+    rid,
     BERNOULLI,
     CATEGORICAL3,
     _leaf_log_density,
@@ -35,13 +37,6 @@ from oracles import (
 )
 
 from einc.model import Model
-
-BACKENDS = ("torch", "numpy")
-
-
-def rid(*scope: int) -> tuple[tuple[int, ...], int]:
-    return (tuple(scope), 0)
-
 
 def mixing_graph(families, k: int = 2, inputs: int = 2, heads: int = 1):
     """{1,2,3,4} has two partitions (a mixing region) and the leaves {1}..{4} are shared (a DAG)."""

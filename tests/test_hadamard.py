@@ -23,6 +23,7 @@ from einc.compiler.verify import verify
 from einc.ir.plan import HadamardOp, InputOp
 
 from oracles import (
+    BACKENDS,
     BERNOULLI,
     BINOMIAL3,
     CATEGORICAL3,
@@ -38,7 +39,6 @@ from oracles import (
     tree_graph,
 )
 
-BACKENDS = ("torch", "numpy")
 TREE = [-1, 0, 0, 1, 1, 2]  # x0 the root; x1, x2 its children; x3, x4 under x1; x5 under x2
 CIRCUITS = {
     "dag": lambda: hadamard_graph([BERNOULLI, CATEGORICAL3, BERNOULLI, BINOMIAL3, BERNOULLI], k=3, heads=2),

@@ -25,6 +25,8 @@ from einc.ir.region_graph import Latent, Partition, Region, RegionGraph
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracles import (
+    BACKENDS,
+    rid,
     BERNOULLI,
     CATEGORICAL3,
     chi_square,
@@ -41,13 +43,6 @@ from oracles import (
 from test_random_circuits import region_graphs
 
 import einc
-
-BACKENDS = ("torch", "numpy")
-
-
-def rid(*scope: int) -> tuple[tuple[int, ...], int]:
-    return (tuple(scope), 0)
-
 
 def with_latents(graph: RegionGraph, *scopes: tuple[int, ...]) -> RegionGraph:
     latents = tuple(Latent(f"z{index}", (tuple(scope), 0)) for index, scope in enumerate(scopes))
