@@ -93,8 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--final-step-size", type=float, default=0.02,
                         help="the EM-on-x phase anneals the step size linearly from --step-size to this")
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--step-size", type=float, default=0.5, help="online EM step size (pairs; start of the x phase)")
-    parser.add_argument("--pseudocount", type=float, default=0.1)
+    parser.add_argument("--step-size", type=float, default=0.5, help="online EM step size at the start of the x phase")
+    parser.add_argument("--pair-step-size", type=float, default=None,
+                        help="online EM step size on (x, z) pairs, constant (default: --step-size)")
+    parser.add_argument("--pseudocount", type=float, default=0.1,
+                        help="EM pseudocount per distribution per mini-batch (benchmarks/lvd_pg_tuning.py: 0.1 "
+                             "over-smooths large K; the README run uses 0.0001)")
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--teacher-dims", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
@@ -103,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     args.outer, args.inner = lvd_pg.parse_grow(args.grow)
+    if args.pair_step_size is None:
+        args.pair_step_size = args.step_size
     return args
 
 
@@ -236,7 +242,7 @@ class Watch:
 
 def run_arm(arm: str, size: int, seed: int, args, data: dict, teacher: dict, grown: dict | None) -> tuple[dict, einc.Model]:
     train, valid, test = data["train"], data["valid"], data["test"]
-    options = {"batch_size": args.batch_size, "step_size": args.step_size, "pseudocount": args.pseudocount}
+    options = {"batch_size": args.batch_size, "step_size": args.pair_step_size, "pseudocount": args.pseudocount}
     started = time.perf_counter()
     watch = Watch(valid)
     states = args.outer * args.inner
@@ -352,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"the last {len(data['valid']):,} for validation, {len(data['test']):,} test images"),
         "circuit": "patch_trees(size = [7, 7], learned Chow-Liu tree per patch) + latent patches(size = [7, 7])",
         "grow": f"{args.outer}x{args.inner}, threshold {args.grow_threshold}, {args.round_epochs} epochs per round",
-        "recipe": (f"online EM, batch {args.batch_size}, step {args.step_size}, pseudocount {args.pseudocount}; "
-                   f"then EM on x with the step annealed linearly to {args.final_step_size}, {args.max_epochs} epochs "
+        "recipe": (f"online EM, batch {args.batch_size}, pseudocount {args.pseudocount}; on pairs step "
+                   f"{args.pair_step_size}; then EM on x with the step annealed linearly from {args.step_size} to "
+                   f"{args.final_step_size}, {args.max_epochs} epochs "
                    f"in all; parameters of the best validation epoch of the x phase"),
         "teacher": f"VQ-VAE, independent per-patch Bernoulli decoder, D={args.teacher_dims}, "
                    f"{args.outer * args.inner} codes, {args.teacher_epochs} epochs",

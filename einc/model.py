@@ -518,7 +518,9 @@ class Model(ModelFileWriter):
         ``pseudocount`` α (EM): Laplace smoothing at every M-step — α pseudo-observations per
         sum-weight vector and per categorical/Bernoulli/binomial leaf, spread evenly over its
         outcomes (a Dirichlet/Beta prior, so EM maximises the posterior; ``pseudocount=0`` is
-        plain maximum likelihood).
+        plain maximum likelihood). With ``update="batch"`` it is added to every mini-batch's counts,
+        where a unit of a K-unit region sees about ``batch_size``/K rows: its pull towards uniform
+        grows with K/batch_size (``backends/em.py``), so large circuits want a small α.
 
         ``latents`` (N, number of latents; −1 = summed out) trains on (x, z) pairs: EM maximises
         log p(x, z), the first step of latent variable distillation (``einc.train.lvd``); the records'

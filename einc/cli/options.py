@@ -175,7 +175,8 @@ MEANS = Arg(("--means",), {"action": "store_true", "help": "leaf means instead o
 PSEUDOCOUNT = Arg(("--pseudocount",), {
     "type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector and categorical/Bernoulli "
-            "leaf, spread over its outcomes, at each M-step (0: none)"})
+            "leaf, spread over its outcomes, at each M-step: per batch in online EM, so keep it well below "
+            "batch/K (0: none)"})
 
 
 def arguments_of(name: str, options: Sequence[Arg], args: argparse.Namespace) -> list[str]:
