@@ -99,7 +99,7 @@ def induced_trees(plan, params, x, observed, head, clamped=None):
         parts = graph.partitions[p].parts
         w = params[param][row]
         out = []
-        if graph.product == "hadamard":
+        if graph.product_of(graph.partitions[p]) == "hadamard":
             for j in range(w.shape[1]):
                 for combo in itertools.product(*[of_region(part, j) for part in parts]):
                     out.append((np.log(w[k, j]) + sum(t[0] for t in combo),
