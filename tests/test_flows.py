@@ -29,6 +29,7 @@ from oracles import (
     _leaf_log_density,
     explicit_graph,
     hadamard_graph,
+    mixed_graph,
     make_graph,
     pd_graph,
     plan_of,
@@ -61,6 +62,7 @@ CASES = {
     "hadamard, 3-ary partitions, mixtures, a DAG": lambda: hadamard_graph([BERNOULLI] * 5, k=2),
     "hadamard tree (HCLT), three heads": lambda: tree_graph(
         [BERNOULLI, CATEGORICAL3, BERNOULLI, BERNOULLI], [-1, 0, 0, 1], k=2, heads=3),
+    "both kinds in one circuit, two heads": lambda: mixed_graph([BERNOULLI] * 5, k=2, heads=2),
 }
 
 
