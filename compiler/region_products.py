@@ -62,8 +62,8 @@ def resolve_region_products(scopes: Scopes, statements: Sequence[object],
             scopes.sink.error(f"product names {scopes.scope_text(scope)}, which is not a region of the circuit",
                               statement.span)
         elif region not in internal:
-            scopes.sink.error(f"{scopes.scope_text(scope)} is a leaf region: it has no partitions whose product "
-                              f"kind `product REGION = {kind}` could set", statement.span)
+            scopes.sink.error(f"{scopes.scope_text(scope)} is a leaf region: it has no partitions to give a "
+                              f"product kind (a leaf region multiplies its variables' densities)", statement.span)
         elif region in kinds:
             scopes.sink.error(f"the product kind of {scopes.scope_text(scope)} is given twice", statement.span,
                               Note("first given here", where[region]))

@@ -151,11 +151,14 @@ def _check_partition(graph: RegionGraph, partition: Partition, product: ProductK
             )
         )
     elif product.max_parts is not None and len(partition.parts) > product.max_parts:
+        # a circuit that already mixes kinds is told how to change this region only
+        fix = (f"`product {region_text(graph, partition.region)} = hadamard`" if len(graph.product_kinds) > 1
+               else "`product hadamard`")
         out.append(
             Diagnostic(
                 f"partition {text} has {len(partition.parts)} parts; `product {product.name}` "
                 f"multiplies exactly {product.max_parts} children (an EiNet einsum layer); write "
-                f"`product hadamard` for element-wise products of any number of parts, or nest "
+                f"{fix} for element-wise products of any number of parts, or nest "
                 f"binary partitions, e.g. {_nested_suggestion(graph, partition)}",
                 span,
             )

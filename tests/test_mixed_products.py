@@ -26,7 +26,7 @@ from einc.backends.base import Batch
 from einc.cli.entry import main
 from einc.compiler.dump import dump_dot, dump_ir, dump_layers, parameter_count
 from einc.compiler.grow import assemble_parameters, item_parameters
-from einc.compiler.pipeline import compile_plan, front_end
+from einc.compiler.pipeline import CompileOptions, compile_plan, front_end
 from einc.ir.diagnostics import EincError
 from einc.tools.growing import grow
 
@@ -277,3 +277,20 @@ def test_growing_refuses_a_hadamard_part_shared_with_another_partition() -> None
     states = enumerate_states(model.graph)
     with pytest.raises(EincError, match="a part of one partition"):
         grow(model, model.flows(states, heads=0), {model.graph.root: [0]}, 0.1)
+
+
+def test_the_hclt_patches_example_verifies_and_is_normalised() -> None:
+    path = ROOT / "examples" / "lvd" / "mnist_hclt_patches.pc"
+    model = einc.compile(path, dtype="float64", options=CompileOptions(sums=2))  # K 2 keeps it small
+    graph = model.graph
+    assert len(model.latents) == 16 and graph.product_kinds == ("hadamard", "outer")
+    inside = [p for p in graph.partitions if graph.product_of(p) == "hadamard"]
+    assert len(inside) == 16 * 42  # one per inner node of the 49-position tree (42: all but the bottom row)
+    assert all(len(p.region[0]) <= 49 for p in inside)  # element-wise products only inside the patches
+    images = np.load(ROOT / "examples" / "data" / "mnist_small.npz")["x_test"][:3].astype(np.float64)
+    assert np.all(np.isfinite(model.log_likelihood(images)))
+    hidden = images.copy()
+    hidden[:, :] = np.nan
+    np.testing.assert_allclose(model.log_likelihood(hidden), 0.0, atol=1e-9)  # every pixel summed out: mass 1
+    hidden[:, 200:] = images[:, 200:]  # the marginal of the rest is at least the joint
+    assert np.all(model.log_likelihood(hidden) >= model.log_likelihood(images))
