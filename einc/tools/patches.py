@@ -75,7 +75,7 @@ def subcircuit(graph: RegionGraph, region: RegionId, latent: int = 0) -> tuple[R
                      key=lambda r: region_sort_key(r.id))
     order = {r.id: i for i, r in enumerate(regions)}
     kept = [(i, p) for i, p in enumerate(graph.partitions) if p.region in below]
-    new_partitions = sorted(((Partition(renamed(p.region), tuple(renamed(q) for q in p.parts), p.span), i)
+    new_partitions = sorted(((Partition(renamed(p.region), tuple(renamed(q) for q in p.parts), p.span, p.product), i)
                              for i, p in kept), key=lambda item: (order[item[0].region], item[0].parts))
     sizes = tuple((renamed(r), k) for r, k in graph.region_sizes if r in below and r != region)
     patch_graph = RegionGraph(
