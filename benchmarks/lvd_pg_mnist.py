@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-rows", type=int, default=None, help="score the first N test images (default all)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 16], help="K per region (the model sizes)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                        help="the arms to run (lvd and em train lvd_pg's grown circuit: it runs first)")
     parser.add_argument("--grow", default="2x4", help="N1xN2: N1 outer clusters, grown to N1*N2 states per latent")
     parser.add_argument("--grow-threshold", type=float, default=0.5)
     parser.add_argument("--patch-product", choices=["outer", "hadamard"], default="outer",
@@ -384,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     teachers: dict[int, dict] = {}
     for size in args.sizes:
         for seed in args.seeds:
-            for arm in ARMS:
+            for arm in [a for a in ARMS if a in args.arms]:
                 path = run_path(args, size, seed, arm)
                 if path.exists():
                     continue
@@ -395,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "test": features(net, data["test"])}
                 grown = None
                 if arm != "lvd_pg":
+                    if not run_path(args, size, seed, "lvd_pg").exists():
+                        raise SystemExit(f"{arm} K={size} seed {seed} trains lvd_pg's grown circuit: run lvd_pg first")
                     grown_run = json.loads(run_path(args, size, seed, "lvd_pg").read_text())
                     grown = {"source": grown_run["grown_pc"], "pair_epochs": grown_run["pair_epochs"]}
                 result, model = run_arm(arm, size, seed, args, data, teachers[seed], grown)
