@@ -287,7 +287,8 @@ class TorchBackend:
         (default: the training IWAE k from torch's global generator). ``defer``: values that
         only their readers need (passes that keep just the root) may be left unmaterialised,
         their rows computed at each read (``TorchOpRule.defer``), where the plan's reads make
-        that worthwhile (``ReadPlan.deferrable``)."""
+        that worthwhile (``ReadPlan.deferrable``), and each value is let go after its last reader
+        (``ReadPlan.released_after``): of the returned values only the root is then kept."""
         data = PassData(x, observed, noise or Noise(DEFAULT_TRAINING_SAMPLES), coefficients)
         values = PassValues(self.reads, self.batch_minor)
         for index, op in enumerate(self.plan.ops):
@@ -300,6 +301,9 @@ class TorchBackend:
                     continue
             value = rule.forward(self, op, params, values, max_product, data)
             values.append(self._masked(index, value, masks))
+            if defer:  # a root-only pass: values no later op reads are let go
+                for read in self.reads.released_after.get(index, ()):
+                    values.release(read)
         return values
 
     def kernel_rows(self, term: Any, make: Any) -> Any:

@@ -88,6 +88,7 @@ def test_deferred_leaves_equal_the_materialised_value(name: str) -> None:
     pad = torch.zeros((x.shape[0], 1), dtype=torch.float64)
     x, observed = torch.cat([x * observed, pad], 1), torch.cat([observed, pad], 1)
     results = []
+    backend.reads.released_after = {}  # keep every value of the root-only pass, to inspect it
     for defer in (False, True):
         params = {k: v.detach().clone().requires_grad_(True) for k, v in model.params.items()}
         values = backend.forward(params, x, observed, defer=defer)
@@ -151,3 +152,31 @@ def test_categorical_lookup_in_either_layout_gives_the_same_statistics(text: str
     for name, (pt, p) in st_a.leaf.items():
         np.testing.assert_allclose(pt.numpy(), st_b.leaf[name][0].numpy(), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(p.numpy(), st_b.leaf[name][1].numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["pd_dag", "hclt", "latents", "rat_heads"])
+def test_root_only_passes_let_values_go_after_their_last_reader(name: str) -> None:
+    """A root-only pass (``defer=True``) keeps no value past its last reader (ReadPlan.released_after)
+    and gives the same root and gradients as the pass that keeps every value (float64, exact)."""
+    from oracles import random_data
+
+    model = einc.compile(CIRCUITS[name], dtype="float64", seed=4)
+    backend, plan = model.backend, model.plan
+    x = torch.as_tensor(random_data(model.graph, 7, 6), dtype=torch.float64)
+    pad = torch.zeros((x.shape[0], 1), dtype=torch.float64)
+    x, observed = torch.cat([x, pad], 1), torch.cat([torch.ones_like(x), pad], 1)
+    results = []
+    for defer in (False, True):
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in model.params.items()}
+        values = backend.forward(params, x, observed, defer=defer)
+        kept = [index for index, value in enumerate(values) if value is not None]
+        assert kept == ([plan.root[0]] if defer else list(range(len(plan.ops))))
+        root = backend._root(values)
+        grads = torch.autograd.grad(root.sum(), list(params.values()), allow_unused=True)
+        results.append((root, grads))
+    (root_a, grads_a), (root_b, grads_b) = results
+    torch.testing.assert_close(root_b, root_a, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads_a, grads_b):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)

@@ -140,8 +140,6 @@ def _lookup(backend: Any, block: FamilyBlock, coef: torch.Tensor, x: torch.Tenso
     obs = observed.t()[cols]  # (L, S, B)
     values = x.t()[cols].long().clamp_(0, categories - 1)  # (L, S, B); unobserved are 0
     theta = coef[..., :categories]  # (L, S, K, n)
-    # (L, S, K, n) gathered at x along n -> (L, S, K, B)
-    picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, theta.shape[2], -1))
     # the remaining features [obs, (log h(x)·obs), (missing)] are a small dense contraction
     dense = [obs]
     if block.log_base:
@@ -150,44 +148,80 @@ def _lookup(backend: Any, block: FamilyBlock, coef: torch.Tensor, x: torch.Tenso
         valid = (cols < backend.num_columns).to(backend.dtype)[..., None]  # (L, S, 1)
         dense.append(valid - obs)
     features = torch.stack(dense, -1)  # (L, S, B, f')
-    # (L, S, K, B) x (L, S, B) -> (L, B, K)  and  (L, S, B, f') x (L, S, K, f') -> (L, B, K)
     if backend.batch_minor:
         # the value in the stored order, (L, K, B): the batch-minor reads and products then take
         # contiguous rows (an (L, B, K) result would be read through strided, transposed views)
-        rows, width, k = coef.shape[0], coef.shape[1], coef.shape[2]
+        rows, k = coef.shape[0], coef.shape[2]
         dense_features = features.permute(0, 1, 3, 2).reshape(rows, -1, features.shape[2])  # (L, S·f', B)
         dense_coef = coef[..., categories:].permute(0, 2, 1, 3).reshape(rows, k, -1)  # (L, K, S·f')
-        # (L, S, K, B) x (L, S, B) -> (L, K, B)  and  (L, K, S·f') x (L, S·f', B) -> (L, K, B)
-        stored = ObservedSum.apply(picked, obs, True) + torch.bmm(dense_coef, dense_features)
-        return stored.transpose(1, 2)
-    looked_up = ObservedSum.apply(picked, obs, False)
+        return StoredLookup.apply(theta, values, obs, dense_coef, dense_features).transpose(1, 2)
+    # (L, S, K, n) gathered at x along n -> (L, S, K, B)
+    picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, theta.shape[2], -1))
+    looked_up = ObservedSum.apply(picked, obs)
+    # (L, S, B, f') x (L, S, K, f') -> (L, B, K)
     return looked_up + torch.einsum("lsbf,lskf->lbk", features, coef[..., categories:])
 
 
+class StoredLookup(torch.autograd.Function):
+    """The categorical input value in the stored (batch-minor) order, (L, K, B):
+    Σ_s θ[l,s,k,x[l,s,b]] · obs[l,s,b] + Σ_f Θ_dense[l,k,f] · F_dense[l,f,b], in one (L, S, K, B)
+    buffer: the gather's own output, masked and summed in place and the dense matmul added
+    into it (``baddbmm_``). Autograd's ops would hold the gathered values, their masked copy, the
+    matmul and the sum at once: four values of the input op's size (51 MB each for an MNIST HCLT
+    K=32 at batch 512, the peak of its E-step's forward). The backward keeps the indices and the
+    dense features, not the gathered values, and scatters the gradient into θ as the gather's
+    backward does, without a masked copy of it."""
+
+    @staticmethod
+    def forward(ctx: Any, theta: torch.Tensor, values: torch.Tensor, obs: torch.Tensor, dense_coef: torch.Tensor,
+                dense_features: torch.Tensor) -> torch.Tensor:
+        rows, width, k = theta.shape[0], theta.shape[1], theta.shape[2]
+        # (L, S, K, n) gathered at x along n -> (L, S, K, B)
+        picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, k, -1))
+        picked.mul_(obs[:, :, None, :])  # (L, S, K, B) x (L, S, 1, B)
+        # one factor per leaf (an HCLT's pixels): the buffer is the sum
+        total = picked.view(rows, k, -1) if width == 1 else picked.sum(1)  # (L, K, B)
+        total.baddbmm_(dense_coef, dense_features)  # (L, K, S·f') x (L, S·f', B) -> (L, K, B)
+        # the backward's index: x where observed, else the extra category n (dropped there)
+        categories = theta.shape[3]
+        ctx.save_for_backward(torch.where(obs > 0, values, categories), dense_coef, dense_features)
+        ctx.theta_shape = theta.shape
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None, Any, Any]:
+        index, dense_coef, dense_features = ctx.saved_tensors
+        rows, width, k, categories = ctx.theta_shape
+        grad_theta = grad_coef = grad_features = None
+        if ctx.needs_input_grad[0]:
+            # grad[l,k,b] added into θ's entry at x[l,s,b] for every s; unobserved entries into
+            # the extra category n, so that the gradient is scattered as it is, an expanded view
+            # (L, S, K, B) with no copy and no masked product of the value's size
+            shape = (rows, width, k, grad.shape[2])
+            grad_theta = grad.new_zeros((rows, width, k, categories + 1)).scatter_add_(
+                3, index[:, :, None, :].expand(shape), grad[:, None, :, :].expand(shape))[..., :categories]
+        if ctx.needs_input_grad[3]:
+            grad_coef = torch.bmm(grad, dense_features.transpose(1, 2))  # (L, K, B) x (L, B, S·f')
+        if ctx.needs_input_grad[4]:
+            grad_features = torch.bmm(dense_coef.transpose(1, 2), grad)  # (L, S·f', K) x (L, K, B)
+        return grad_theta, None, None, grad_coef, grad_features
+
+
 class ObservedSum(torch.autograd.Function):
-    """Σ_s picked[l,s,k,b] · obs[l,s,b], as (L, K, B) (``stored``: the batch-minor order) or
-    (L, B, K), differentiated in ``picked`` only: its backward keeps the mask (L, S, B), not
-    ``picked`` (L, S, K, B), which autograd's einsum saves (28 of the 188 MB an MNIST HCLT K=32
-    E-step saved at batch 512)."""
+    """Σ_s picked[l,s,k,b] · obs[l,s,b], as (L, B, K), differentiated in ``picked`` only: its
+    backward keeps the mask (L, S, B), not ``picked`` (L, S, K, B), which autograd's einsum saves
+    (28 of the 188 MB an MNIST HCLT K=32 E-step saved at batch 512)."""
 
     @staticmethod
-    def forward(ctx: Any, picked: torch.Tensor, obs: torch.Tensor, stored: bool) -> torch.Tensor:
+    def forward(ctx: Any, picked: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(obs)
-        ctx.stored = stored
-        if not stored:
-            return torch.einsum("lskb,lsb->lbk", picked, obs)  # (L, S, K, B) x (L, S, B) -> (L, B, K)
-        if picked.shape[1] == 1:  # one factor per leaf (an HCLT's pixels): one product, no sum
-            return picked[:, 0] * obs[:, 0, None, :]  # (L, K, B) x (L, 1, B) -> (L, K, B)
-        return (picked * obs[:, :, None, :]).sum(1)  # (L, S, K, B) x (L, S, 1, B) -> (L, K, B)
+        return torch.einsum("lskb,lsb->lbk", picked, obs)  # (L, S, K, B) x (L, S, B) -> (L, B, K)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None]:
         (obs,) = ctx.saved_tensors
-        if ctx.stored:
-            # (L, 1, K, B) x (L, S, 1, B) -> (L, S, K, B)
-            return grad[:, None, :, :] * obs[:, :, None, :], None, None
         # (L, B, K) x (L, S, B) -> (L, S, K, B)
-        return torch.einsum("lbk,lsb->lskb", grad, obs), None, None
+        return torch.einsum("lbk,lsb->lskb", grad, obs), None
 
 
 def backtrack(backend: Any, op: InputOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],
