@@ -25,11 +25,9 @@ from einc.backends.torch_ops import (
     TorchOpRule,
     einsum,
     hadamard,
-    hadamard_fused,
     mixing,
     vae,
 )
-from einc.backends import numba_kernels
 from einc.backends.torch_ops import input as input_op
 from einc.backends.torch_ops.sampler import TorchSampler
 from einc.backends.torch_capture import CapturedForward, CapturedStep, storage_key
@@ -63,20 +61,13 @@ OP_RULES: dict[type, TorchOpRule] = {
     HadamardOp: hadamard.RULE,
     VaeOp: vae.RULE,
 }
-# What each ``kernels`` option puts in place of OP_RULES' entries: "numba" runs the hadamard op's
-# elementwise work in compiled kernels (backends/numba_kernels.py, the optional extra einc[fast])
-# where nothing is differentiated, the same numbers as "torch" (tests/test_numba_kernels.py).
-KERNEL_RULES: dict[str, dict[type, TorchOpRule]] = {
-    "torch": {},
-    "numba": {HadamardOp: hadamard_fused.RULE},
-}
 
 
 class TorchBackend:
     name = "torch"
 
     def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32", fuse: bool | None = None,
-                 capture: bool | None = None, batch_minor: bool | None = None, kernels: str | None = None) -> None:
+                 capture: bool | None = None, batch_minor: bool | None = None) -> None:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -84,8 +75,7 @@ class TorchBackend:
                                "(--device cpu on the command line)")
         self.plan = plan
         # as given (None: the device's default), so that moved() builds the same backend elsewhere
-        self.options: dict[str, Any] = {"fuse": fuse, "capture": capture, "batch_minor": batch_minor,
-                                         "kernels": kernels}
+        self.options: dict[str, bool | None] = {"fuse": fuse, "capture": capture, "batch_minor": batch_minor}
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
         if self.device.type == "cpu":
@@ -136,18 +126,6 @@ class TorchBackend:
         # einsum kernels by name (compiler/kernels.py); where Triton cannot run, fused ops run the
         # same contraction as batched matmuls
         self.contractions = einsum.contractions(plan, self.device, self.batch_minor)
-        # kernels: "numba" (compiled elementwise kernels, CPU only), "torch", or None: numba on the
-        # CPU where it is installed (einc[fast]), else torch
-        if kernels is None:
-            kernels = "numba" if self.device.type == "cpu" and numba_kernels.available() else "torch"
-        if kernels not in KERNEL_RULES:
-            raise BackendError(f"unknown kernels {kernels!r}; expected one of {', '.join(KERNEL_RULES)}")
-        if kernels == "numba" and not numba_kernels.available():
-            raise BackendError("kernels='numba' needs numba, which is not installed: pip install 'einc[fast]' (or "
-                               "numba), or use kernels='torch'")
-        self.kernels = kernels
-        self.kernel_rules = KERNEL_RULES[kernels]
-        self.kernel_index: dict[int, Any] = {}  # per product term (by id), its rows for the kernels
         self.real_column = torch.ones(self.num_columns + 1, dtype=self.dtype, device=self.device)
         self.real_column[-1] = 0.0
         # clamped latents: per value holding latent rows, those rows (backends/latents.py)
@@ -306,18 +284,11 @@ class TorchBackend:
                     values.release(read)
         return values
 
-    def kernel_rows(self, term: Any, make: Any) -> Any:
-        """``make(term)`` made once per plan (its terms live as long as the plan)."""
-        made = self.kernel_index.get(id(term))
-        if made is None:
-            made = self.kernel_index[id(term)] = make(term)
-        return made
-
     def _rule(self, op: Any) -> TorchOpRule:
         rule = OP_RULES.get(type(op))
         if rule is None:
             raise BackendError(f"the torch backend has no rule for plan op {type(op).__name__} ('{op.name}')")
-        return self.kernel_rules.get(type(op), rule)
+        return rule
 
     def _root(self, values: list[torch.Tensor]) -> torch.Tensor:
         value, row = self.plan.root

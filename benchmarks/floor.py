@@ -149,8 +149,7 @@ def git_commit() -> str:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     options = CompileOptions(sums=args.sums, inputs=args.inputs)
-    backend_options = {} if args.kernels is None else {"kernels": args.kernels}
-    model = einc.compile(args.circuit, dtype="float32", seed=args.seed, options=options, **backend_options)
+    model = einc.compile(args.circuit, dtype="float32", seed=args.seed, options=options)
     backend = model.backend
     x = load_rows(args, model.plan.graph.num_columns)
     values, observed = prepare(model.graph, x, None, "data")
@@ -211,7 +210,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "inference_ratio": infer_s / infer_floor,
         "memory": memory,
         "threads": args.threads,
-        "kernels": backend.kernels,
         "dtype": "float32",
         "torch": torch.__version__,
         "variant": args.variant,
@@ -242,8 +240,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory", action="store_true",
                         help="measure the first (warm-up) epoch's peak resident memory against 2 x (parameters + "
                              "statistics + one batch's values)")
-    parser.add_argument("--kernels", choices=["torch", "numba"],
-                        help="the torch backend's elementwise kernels (default: numba where installed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", help="the circuit's name in the results")
     parser.add_argument("--variant", default="", help="which einc this is (e.g. \"main b75eb0e\"), recorded")
