@@ -209,6 +209,8 @@ class TorchBackend:
         """A segment's rows of a batch-minor value in the stored order, (n, K, B), as pieces:
         stored chunks of a ``PassValues`` split, a view, or one gather."""
         value = values[segment.value]
+        if not isinstance(value, torch.Tensor):  # a deferred value (input.LookupLeaves): its rows
+            return [value.stored(segment)]
         if isinstance(segment, RowIndex):
             return [value.transpose(1, 2).index_select(0, self._index(segment.rows))]
         if segment.start == 0 and segment.stop == value.shape[0]:

@@ -49,6 +49,7 @@ class ReadPlan:
                     if isinstance(segment, RowRange):
                         rows = plan.ops[segment.value].rows
                         cuts.setdefault(segment.value, {0, rows}).update((segment.start, segment.stop))
+        self.op_index: dict[int, int] = {id(op): index for index, op in enumerate(plan.ops)}
         # per op, the values it is the last reader of: a pass that keeps only the root lets them go
         # after it (the values of a deep circuit are otherwise all held to the end of the pass,
         # next to what autograd saves: an MNIST HCLT K=32 holds 85 MB of values at batch 512)
