@@ -13,6 +13,9 @@ Circuit: ``structure patch_trees(size = [7, 7], parents = TREE)`` — a circuit 
 Chow–Liu tree over the 49 positions, learned from the training patches, binarised), under a
 Poon–Domingos circuit over the 2×2 patches — with a latent per patch (``latent patches``), K
 (``--sizes``) sums and Bernoulli components per region, and ``N1·N2`` states per latent.
+``--patch-product hadamard`` makes each patch circuit an HCLT over the same tree (element-wise
+products, ``patch_trees(patch_product = hadamard)``) under the same outer-product circuit over the
+patches; a ``--runs`` folder holds runs of one kind.
 
 Arms, per size K and seed, in this order:
 
@@ -88,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--grow", default="2x4", help="N1xN2: N1 outer clusters, grown to N1*N2 states per latent")
     parser.add_argument("--grow-threshold", type=float, default=0.5)
+    parser.add_argument("--patch-product", choices=["outer", "hadamard"], default="outer",
+                        help="the product kind inside the patches: outer (binarised trees) or hadamard (an HCLT per "
+                             "patch, under the outer-product circuit over the patches)")
     parser.add_argument("--round-epochs", type=int, default=2, help="EM epochs on (x, z) per growing round")
     parser.add_argument("--max-epochs", type=int, default=40, help="EM epochs of every arm in all, pair epochs included")
     parser.add_argument("--final-step-size", type=float, default=0.02,
@@ -122,13 +128,14 @@ def patches_of(x: np.ndarray) -> np.ndarray:
     return grid.transpose(0, 1, 3, 2, 4).reshape(-1, PATCHES, PATCH * PATCH)
 
 
-def circuit_text(sums: int, parents: list[int]) -> str:
+def circuit_text(sums: int, parents: list[int], patch_product: str = "outer") -> str:
+    inside = "" if patch_product == "outer" else f", patch_product = {patch_product}"
     return "\n".join([
         "# LVD-PG on 14x14 binarised MNIST (benchmarks/lvd_pg_mnist.py): a learned tree per 7x7 patch,",
         "# a Poon-Domingos circuit over the four patches, a latent per patch",
         "circuit lvd_pg_mnist", f"var img[{SIDE}, {SIDE}] : binary", "leaf img ~ bernoulli",
         f"sums {sums}", f"inputs {sums}",
-        f"structure patch_trees(size = [{PATCH}, {PATCH}], parents = [{', '.join(map(str, parents))}])",
+        f"structure patch_trees(size = [{PATCH}, {PATCH}], parents = [{', '.join(map(str, parents))}]{inside})",
         f"latent patches(size = [{PATCH}, {PATCH}])", ""])
 
 
@@ -243,7 +250,7 @@ def run_arm(arm: str, size: int, seed: int, args, data: dict, teacher: dict, gro
     result: dict = {"arm": arm, "size": size, "seed": seed}
     h_train, h_test = teacher["train"], teacher["test"]
     if arm == "lvd_pg":
-        model = einc.compile(circuit_text(size, data["parents"]), dtype="float32", seed=seed)
+        model = einc.compile(circuit_text(size, data["parents"], args.patch_product), dtype="float32", seed=seed)
         model.filename = "lvd_pg_mnist.pc"
 
         def on_round(r) -> None:
@@ -334,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         write_report(args, json.loads(meta_path.read_text()) if meta_path.exists() else {}, load_runs(args))
         return 0
+    before = json.loads(meta_path.read_text()).get("patch_product", "outer") if meta_path.exists() else "outer"
+    if before != args.patch_product and load_runs(args):  # a resumed run must not mix circuits
+        raise SystemExit(f"{args.runs} holds runs with --patch-product {before}; give another --runs for "
+                         f"--patch-product {args.patch_product}")
     torch.set_num_threads(args.threads)
     images, test_images = records.mnist_images(args.data)
     if not 1 <= args.valid_rows < len(images) or not 1 <= args.train_rows <= len(images) - args.valid_rows:
@@ -350,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "data": (f"MNIST max-pooled to 14x14 and binarised (> 127); the first {len(data['train']):,} training images, "
                  f"the last {len(data['valid']):,} for validation, {len(data['test']):,} test images"),
-        "circuit": "patch_trees(size = [7, 7], learned Chow-Liu tree per patch) + latent patches(size = [7, 7])",
+        "circuit": ("patch_trees(size = [7, 7], learned Chow-Liu tree per patch"
+                    + (", an HCLT per patch (patch_product = hadamard)" if args.patch_product == "hadamard" else "")
+                    + ") + latent patches(size = [7, 7])"),
+        "patch_product": args.patch_product,
         "grow": f"{args.outer}x{args.inner}, threshold {args.grow_threshold}, {args.round_epochs} epochs per round",
         "recipe": (f"online EM, batch {args.batch_size}, step {args.step_size}, pseudocount {args.pseudocount}; "
                    f"then EM on x with the step annealed linearly to {args.final_step_size}, {args.max_epochs} epochs "

@@ -323,7 +323,8 @@ def eta_text(arm: Arm, arms: dict[str, Arm], max_epochs: int) -> str:
     per_round = sum(recent(other) for other in arms.values() if not other.done or other is arm)
     gain = ""
     if len(arm.history) > 10:
-        gain = f"; valid -{arm.history[-11]['valid'] - arm.history[-1]['valid']:.3f} bpd in 10 epochs"
+        # signed: a bound that rose over the last 10 epochs shows as +, not as "--"
+        gain = f"; valid {arm.history[-1]['valid'] - arm.history[-11]['valid']:+.3f} bpd in 10 epochs"
     return (f"{per_round:.0f} s/round of {sum(not a.done or a is arm for a in arms.values())} arm(s); "
             f"ETA to 500 epochs {max(0, 500 - arm.epoch) * per_round / 3600:.1f} h, to the {max_epochs}-epoch "
             f"cap {(max_epochs - arm.epoch) * per_round / 3600:.1f} h (early stopping ends it sooner){gain}")

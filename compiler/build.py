@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from einc.compiler import size
-from einc.compiler.binding import PRODUCT_SYNONYMS, did_you_mean, one_of
 from einc.compiler.latent_regions import resolve_latents
+from einc.compiler.region_products import partition_kinds, product_kind, resolve_region_products
 from einc.compiler.region_sizes import resolve_region_sizes
 from einc.compiler.leaves import leaf_families
 from einc.compiler.scopes import Scopes
@@ -41,7 +41,7 @@ from einc.ir.program import (
     StructureStatement,
     VarStatement,
 )
-from einc.ir.products import DEFAULT_PRODUCT, PRODUCT_KINDS
+from einc.ir.products import DEFAULT_PRODUCT
 from einc.ir.region_graph import (
     LeafFamily,
     Partition,
@@ -103,9 +103,11 @@ class _Builder(Scopes):
         structure = self.structure(statements)
         latents = resolve_latents(self, statements, structure[0] if structure is not None else None)
         region_sizes = resolve_region_sizes(self, statements, structure)
+        region_products = resolve_region_products(self, statements, structure)
         if self.sink.has_errors or structure is None:
             return None, sort_diagnostics(self.sink.diagnostics)
         regions, partitions, generator = structure
+        partitions = partition_kinds(partitions, region_products, product)
         variables = self.variables(families)
         graph = RegionGraph(
             name=name,
@@ -189,15 +191,7 @@ class _Builder(Scopes):
         self.once(statements, "product is given twice; a circuit has one product kind", "first given here")
         if not statements:
             return DEFAULT_PRODUCT
-        kind = statements[0].kind
-        if kind.text not in PRODUCT_KINDS:
-            self.sink.error(
-                f"unknown product kind '{kind.text}'; expected {one_of(list(PRODUCT_KINDS))}"
-                + did_you_mean(kind.text, list(PRODUCT_KINDS), PRODUCT_SYNONYMS),
-                kind.span,
-            )
-            return DEFAULT_PRODUCT
-        return kind.text
+        return product_kind(self, statements[0].kind) or DEFAULT_PRODUCT
 
     def structure(
         self, statements: Sequence[object]

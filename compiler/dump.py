@@ -13,7 +13,7 @@ by their index, so a dump is byte-identical from run to run and from machine to 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from einc.compiler.lower import PRODUCT_LOWERINGS
 from einc.compiler.verify import partition_text, region_text
@@ -50,11 +50,25 @@ def _structure(graph: RegionGraph) -> str:
 
 
 def _sizes(graph: RegionGraph) -> str:
-    """The K line; the product kind is shown when it is not the default."""
+    """The K line; the product kind is shown when it is not the default, and how many partitions
+    have a kind of their own (``product R = KIND``) when the circuit mixes kinds."""
     text = f"K: sums {graph.sums}, inputs {graph.inputs}, heads {graph.heads}"
     if graph.region_sizes:
         text += f" ({len(graph.region_sizes)} regions with a K of their own)"
-    return text if graph.product == DEFAULT_PRODUCT else f"{text}; product {graph.product}"
+    own: dict[str, int] = {}
+    for partition in graph.partitions:
+        if graph.product_of(partition) != graph.product:
+            own[graph.product_of(partition)] = own.get(graph.product_of(partition), 0) + 1
+    if not own:
+        return text if graph.product == DEFAULT_PRODUCT else f"{text}; product {graph.product}"
+    mixed = ", ".join(f"{_count(n, 'partition')} {kind}" for kind, n in sorted(own.items()))
+    return f"{text}; product {graph.product} ({mixed})"
+
+
+def _own_kind(graph: RegionGraph, partition: Partition) -> list[str]:
+    """A dump row's kind column: a partition's own product kind, where it differs from the circuit's."""
+    kind = graph.product_of(partition)
+    return [kind] if kind != graph.product else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +108,8 @@ def dump_ir(graph: RegionGraph) -> str:
     lines.append(f"partitions: {len(graph.partitions)}")
     lines += _table(
         [
-            [f"p{index}", _partition_ids(partition, numbers), partition_text(graph, partition)]
+            [f"p{index}", _partition_ids(partition, numbers), partition_text(graph, partition),
+             *_own_kind(graph, partition)]
             for index, partition in enumerate(graph.partitions)
         ]
     )
@@ -136,6 +151,7 @@ def dump_layers(layered: LayeredCircuit) -> str:
                         f"p{i}",
                         _partition_ids(graph.partitions[i], numbers),
                         partition_text(graph, graph.partitions[i]),
+                        *_own_kind(graph, graph.partitions[i]),
                     ]
                     for i in layer.partitions
                 ]
@@ -165,6 +181,9 @@ def _quote(text: str) -> str:
     return '"' + escaped + '"'
 
 
+_OWN_SYMBOL = {"hadamard": "⊙", "outer": "⊗"}
+
+
 def dump_dot(graph: RegionGraph) -> str:
     """Graphviz text: regions as ellipses (leaf regions as boxes), partitions as × nodes."""
     numbers = _region_numbers(graph)
@@ -179,7 +198,9 @@ def dump_dot(graph: RegionGraph) -> str:
             label += f"\nlatent {latent_of[region.id]}"
         lines.append(f"  {numbers[region.id]} [label={_quote(label)}, shape={shape}];")
     for index, partition in enumerate(graph.partitions):
-        lines.append(f'  p{index} [label="×", shape=circle, width=0.3, fixedsize=true];')
+        # × for the circuit's kind; a partition of its own kind shows it (⊙ hadamard, ⊗ outer)
+        symbol = _OWN_SYMBOL.get(graph.product_of(partition), "×") if partition.product else "×"
+        lines.append(f'  p{index} [label="{symbol}", shape=circle, width=0.3, fixedsize=true];')
         lines.append(f"  {numbers.get(partition.region, '?')} -> p{index};")
         for part in partition.parts:
             lines.append(f"  p{index} -> {numbers.get(part, '?')};")
@@ -198,6 +219,8 @@ class ParameterCount:
     leaf: int  # per leaf region: inputs x its variables' family statistics, or x one neural expert
     product: int  # per partition: its product kind's weights (outer: K_out·K_left·K_right)
     mixing: int  # per region with C > 1 partitions: K_out x C
+    # ``product`` split by the op kind the partitions lower to, sorted: (("einsum", n), ...)
+    product_ops: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
     @property
     def total(self) -> int:
@@ -231,17 +254,19 @@ def parameter_count(graph: RegionGraph) -> ParameterCount:
         if is_neural(graph.variables[region[0][0]].family)
     )
 
-    product = PRODUCT_KINDS[graph.product]
-    weights = sum(
-        product.weights(graph.size(p.region), [graph.size(part) for part in p.parts])
-        for p in graph.partitions
-    )
+    # each partition by its own kind (a circuit may mix them)
+    by_op: dict[str, int] = {PRODUCT_LOWERINGS[kind].op_kind: 0 for kind in graph.product_kinds}
+    for p in graph.partitions:
+        kind = graph.product_of(p)
+        by_op[PRODUCT_LOWERINGS[kind].op_kind] += PRODUCT_KINDS[kind].weights(
+            graph.size(p.region), [graph.size(part) for part in p.parts])
+    weights = sum(by_op.values())
     mixing = sum(
         graph.size(region_id) * len(graph.partitions_of[region_id])
         for region_id in graph.internal_regions
         if len(graph.partitions_of[region_id]) > 1
     )
-    return ParameterCount(leaf, weights, mixing)
+    return ParameterCount(leaf, weights, mixing, tuple(sorted(by_op.items())))
 
 
 def neural_row_floats(graph: RegionGraph, samples: int) -> int:
@@ -296,8 +321,8 @@ def summary(layered: LayeredCircuit) -> str:
         *_latent_lines(graph),
         (
             f"parameters: {count.total:,} (leaf {count.leaf:,}, "
-            f"{PRODUCT_LOWERINGS[graph.product].op_kind} {count.product:,}, "
-            f"mixing {count.mixing:,})"
+            + "".join(f"{op_kind} {n:,}, " for op_kind, n in count.product_ops)
+            + f"mixing {count.mixing:,})"
         ),
     ]
     return "\n".join(lines) + "\n"

@@ -19,7 +19,9 @@ their number:
   of every part, so the parts' copies must line up: a part grows exactly the product units of its
   partition whose flow reaches the threshold (in a tree, where each region is a part of one
   partition, unit j of every part carries exactly product j's flow, so this *is* the per-unit
-  rule); a region that is a part of several partitions is refused;
+  rule); a part of a hadamard partition that is also a part of another partition is refused.
+  Each partition follows its own kind, so a circuit that mixes kinds (HCLT patches under an
+  outer-product circuit) grows its hadamard partitions this way and its outer ones per region;
 - the partitions of a mixed region grow the units their region grows (mixing is element-wise).
 
 How the grown circuit is parameterised (``grow_parameters``): a copy starts as its original (the
@@ -47,6 +49,7 @@ import numpy as np
 
 from einc.ir.diagnostics import EincError
 from einc.ir.plan import EinsumOp, HadamardOp, InputOp, MixingOp, Plan
+from einc.ir.products import PRODUCT_KINDS
 from einc.ir.region_graph import RegionGraph, RegionId, region_sort_key
 
 DEFAULT_SHARE = 0.1  # weight a sum gives the other copy of each child: < 1/2 breaks the symmetry
@@ -146,35 +149,37 @@ def select_units(graph: RegionGraph, flows, roots: Mapping[RegionId, Sequence[in
         if bad:
             raise EincError(f"region {graph.region_label(region)} has {k} units; cannot grow unit {bad[0]}")
         copies[region] = {int(u) for u in units}
-    hadamard = graph.product == "hadamard"
-    if hadamard:
-        shared = [graph.region_label(r) for r, parents in graph.parents_of.items() if len(parents) > 1]
-        if shared:
-            raise EincError(f"growing an element-wise (hadamard) circuit needs every region to be a part of one "
-                            f"partition (a tree); {shared[0]} is a part of several")
+    # the partitions whose parts' units line up (hadamard), each by its own kind: a circuit may mix
+    # them (HCLT patches under an outer-product circuit)
+    aligned = [i for i, p in enumerate(graph.partitions) if PRODUCT_KINDS[graph.product_of(p)].elementwise]
+    aligned_part_of = {part: i for i in aligned for part in graph.partitions[i].parts}
+    shared = [graph.region_label(r) for r in sorted(aligned_part_of, key=region_sort_key)
+              if len(graph.parents_of[r]) > 1]
+    if shared:
+        raise EincError(f"growing an element-wise (hadamard) partition needs each of its parts to be a part of one "
+                        f"partition (a tree); {shared[0]} is a part of several")
     # top-down: a region's units are decided before its parts (parents come first in this order)
     order = sorted((r.id for r in graph.regions), key=region_sort_key)
     below = _descendants(graph, list(roots))
     for region in order:
         if region not in below or region in roots:
             continue
-        if hadamard and graph.parents_of.get(region):
-            # a part of one partition: grow the product units of that partition that reach the threshold
-            (parent,) = graph.parents_of[region]
-            products = flows.products(parent) / samples
+        if region in aligned_part_of:
+            # a part of one element-wise partition: grow the product units of that partition that
+            # reach the threshold
+            products = flows.products(aligned_part_of[region]) / samples
             chosen = set(np.flatnonzero(products >= threshold).tolist())
         else:
             chosen = set(np.flatnonzero(flows.region(region) / samples >= threshold).tolist())
         if chosen:
             copies[region] = chosen
     growth = Growth({r: tuple(sorted(units)) for r, units in copies.items() if units})
-    if hadamard:
-        for partition in graph.partitions:
-            grown = {growth.copies.get(part, ()) for part in partition.parts}
-            if len(grown) > 1:
-                raise EincError(f"growing an element-wise (hadamard) partition needs its parts to copy the same "
-                                f"units; the chosen units of {', '.join(graph.region_label(p) for p in partition.parts)} "
-                                f"differ (grow the partition's region instead of one of its parts)")
+    for partition in (graph.partitions[i] for i in aligned):
+        grown = {growth.copies.get(part, ()) for part in partition.parts}
+        if len(grown) > 1:
+            raise EincError(f"growing an element-wise (hadamard) partition needs its parts to copy the same "
+                            f"units; the chosen units of {', '.join(graph.region_label(p) for p in partition.parts)} "
+                            f"differ (grow the partition's region instead of one of its parts)")
     return growth
 
 
@@ -225,9 +230,10 @@ def grow_parameters(graph: RegionGraph, items: Mapping[ItemKey, np.ndarray], gro
             partition = graph.partitions[key[1]]
             out_origin, out_copy = origins[partition.region]
             weights = value[out_origin]  # (K'_out, ...) rows of the originals
-            for axis, part in enumerate(partition.parts if graph.product == "outer" else partition.parts[:1], start=1):
+            elementwise = PRODUCT_KINDS[graph.product_of(partition)].elementwise
+            for axis, part in enumerate(partition.parts[:1] if elementwise else partition.parts, start=1):
                 # element-wise products: every part has the same units, so the first part's routing
-                # is the product unit's routing
+                # is the product unit's routing; outer products: one weight axis per part
                 origin, is_copy = origins[part]
                 weights = np.take(weights, origin, axis=axis)
                 has_copy = np.zeros(graph.size(part), bool)

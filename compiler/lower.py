@@ -4,7 +4,8 @@ Each sum layer becomes product op(s) over all partitions of its regions, followe
 op(s) for regions with C > 1 partitions, grouped by C. The leaf layer becomes one input op with a
 block per (family, domain) for exponential-family leaves, and one vae op per (family, domain,
 width) for neural leaves (``LEAF_LOWERINGS``). Which product op a partition becomes is the
-circuit's product kind, looked up in ``PRODUCT_LOWERINGS``:
+partition's product kind (``RegionGraph.product_of``: its own, else the circuit's), looked up in
+``PRODUCT_LOWERINGS``; a layer of a circuit that mixes kinds gets ops of each kind:
 
 - ``outer``: einsum ops grouped by K signature (k_out, k_left, k_right), reading all left children,
   then all right children;
@@ -106,7 +107,6 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
     lowering_target = _Target(target, kernel)
     graph = layered.graph
     sum_layers = [layer for layer in layered.layers if isinstance(layer, SumLayer)]
-    product = PRODUCT_LOWERINGS[graph.product]
     k_of = graph.size
 
     # ---- assign every region/partition to the group (future op) that produces it
@@ -123,6 +123,7 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
         for region in layer.regions:
             partition_indices = graph.partitions_of[region]
             for p in partition_indices:
+                product = PRODUCT_LOWERINGS[graph.product_of(graph.partitions[p])]
                 signature = product.signature(graph, p)
                 key = (product.op_kind, depth, signature)
                 if key not in groups:
@@ -153,10 +154,10 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
             group.items = ordered(key)
             group.inputs = [("partition", p) for region in group.items for p in graph.partitions_of[region]]
             read(group.inputs)
-        for key in sorted((k for k in layer_keys if k[0] == product.op_kind), key=repr):
+        for key in sorted((k for k in layer_keys if k[0] in _PRODUCT_OPS), key=repr):
             group = groups[key]
             group.items = ordered(key)
-            product.plan_reads(graph, group, producer)
+            _PRODUCT_OPS[group.kind].plan_reads(graph, group, producer)
             read(group.left)
             read(group.right)
             read(group.inputs)
@@ -167,7 +168,7 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
     emit_order = list(leaf_keys)
     for depth in range(len(sum_layers)):
         layer_keys = [k for k in groups if k[0] != "leaf" and k[1] == depth]
-        emit_order += sorted((k for k in layer_keys if k[0] == product.op_kind), key=repr)
+        emit_order += sorted((k for k in layer_keys if k[0] in _PRODUCT_OPS), key=repr)
         emit_order += sorted((k for k in layer_keys if k[0] == "mixing"), key=repr)
 
     location: dict[Item, tuple[int, int]] = {}
@@ -182,7 +183,8 @@ def lower(layered: LayeredCircuit, batch_hint: int = 100, target: str = "cpu",
         elif group.kind == "mixing":
             op, specs = _mixing_op(group, location, f"mixing{value}")
         else:
-            op, specs = product.emit(graph, group, location, f"{group.kind}{value}", batch_hint, lowering_target)
+            op, specs = _PRODUCT_OPS[group.kind].emit(graph, group, location, f"{group.kind}{value}", batch_hint,
+                                                      lowering_target)
         ops.append(op)
         params += specs
 
@@ -435,6 +437,9 @@ PRODUCT_LOWERINGS: dict[str, _ProductLowering] = {
     "outer": _ProductLowering("einsum", _einsum_signature, _einsum_group, _einsum_reads, _einsum_op),
     "hadamard": _ProductLowering("hadamard", _hadamard_signature, _hadamard_group, _hadamard_reads, _hadamard_op),
 }
+# the same lowerings by the op kind they emit: a layer's groups of every product kind are planned
+# and emitted together (a circuit may mix kinds), each by its own lowering
+_PRODUCT_OPS: dict[str, _ProductLowering] = {lowering.op_kind: lowering for lowering in PRODUCT_LOWERINGS.values()}
 
 
 def _mixing_op(group: _Group, location: dict, name: str) -> tuple[MixingOp, list[ParamSpec]]:

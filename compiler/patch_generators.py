@@ -1,7 +1,8 @@
 """Patch circuits under a circuit over the patches (LVD: a latent per patch).
 
 ``patch_trees`` tiles a 2-D grid of variables into h×w patches, builds a circuit per patch
-(a binarised tree over the patch positions, or a k-d tree) and joins the patches with a
+(a binarised tree over the patch positions, an HCLT with ``patch_product = hadamard``, or a k-d
+tree) and joins the patches with a
 Poon–Domingos structure over the grid of patches, so that each patch is one region of the
 circuit — the region a latent per patch names (LVD paper §5). Same conventions as
 ``generators``: deterministic order, ``GeneratorArgumentError`` for bad arguments,
@@ -11,11 +12,13 @@ circuit — the region a latent per patch names (LVD paper §5). Same convention
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
+from ..ir.products import PRODUCT_KINDS
 from ..ir.region_graph import Partition, Region, RegionId
-from .generators import GeneratorArgumentError, canonical_order, check_tree, poon_domingos
+from .generators import GeneratorArgumentError, canonical_order, check_tree, poon_domingos, tree
 
 def check_patch_trees(
     grid: np.ndarray, size: Sequence[int], parents: Sequence[int] | None, *, name: str = "the grid"
@@ -42,7 +45,8 @@ def check_patch_trees(
 
 
 def patch_trees(
-    grid: np.ndarray, size: Sequence[int], parents: Sequence[int] | None = None, *, name: str = "the grid"
+    grid: np.ndarray, size: Sequence[int], parents: Sequence[int] | None = None, *,
+    patch_product: str | None = None, name: str = "the grid"
 ) -> tuple[list[Region], list[Partition]]:
     """A circuit per h×w patch tiling ``grid``, joined by a Poon–Domingos structure over the patches.
 
@@ -63,9 +67,22 @@ def patch_trees(
 
     Either way a patch of n pixels has n − 1 partitions.
 
+    ``patch_product`` (a key of ``ir.products.PRODUCT_KINDS``; None: the circuit's ``product``)
+    is the product kind of the partitions inside the patches, stored on each of them
+    (``Partition.product``); the partitions over the patches keep the circuit's kind. With
+    ``hadamard`` and ``parents`` each patch is a hidden Chow–Liu tree (HCLT): the partitions of
+    ``generators.tree`` — subtree(v) → {v} * subtree(c₁) * … * subtree(c_m), every child at once,
+    as element-wise products take any number of parts — so the patch circuits are HCLTs while
+    the circuit over the patches stays an outer-product PD (``patch_product = hadamard`` under the
+    default ``product outer``). With ``hadamard`` and no ``parents``, the k-d tree's halves are
+    multiplied element-wise.
+
     >>> regions, partitions = patch_trees(np.arange(16).reshape(4, 4), [2, 2])
     >>> len(regions), len(partitions), sum(len(r.scope) == 4 for r in regions)
     (33, 18, 4)
+    >>> regions, partitions = patch_trees(np.arange(16).reshape(4, 4), [2, 2], [-1, 0, 0, 1], patch_product="hadamard")
+    >>> len(regions), len(partitions), sorted({p.product or "circuit's" for p in partitions})
+    (29, 14, ["circuit's", 'hadamard'])
     """
     errors = check_patch_trees(grid, size, parents, name=name)
     if errors:
@@ -88,10 +105,14 @@ def patch_trees(
         for partition in top_partitions:
             partitions.append(Partition(pixels(partition.region[0]), tuple(pixels(p[0]) for p in partition.parts)))
     for block in blocks:
+        inside: list[Partition] = []
         if parents is None:
-            _kd_patch(block, regions, partitions)
+            _kd_patch(block, regions, inside)
+        elif patch_product is not None and PRODUCT_KINDS[patch_product].max_parts is None:
+            _hclt_patch(block.ravel().tolist(), parents, regions, inside)
         else:
-            _tree_patch(block.ravel().tolist(), parents, regions, partitions)
+            _tree_patch(block.ravel().tolist(), parents, regions, inside)
+        partitions += inside if patch_product is None else [replace(p, product=patch_product) for p in inside]
     return canonical_order(regions.values(), partitions)
 
 
@@ -116,6 +137,21 @@ def _kd_patch(block: np.ndarray, regions: dict[RegionId, Region], partitions: li
                   else (rect[:, : width // 2], rect[:, width // 2:]))
         _add(regions, partitions, rect.ravel(), [half.ravel() for half in halves])
         stack.extend(halves)
+
+
+def _hclt_patch(variables: list[int], parents: Sequence[int], regions: dict[RegionId, Region],
+                partitions: list[Partition]) -> None:
+    """``generators.tree`` (the HCLT's n-ary partitions) over one patch: position p of the patch
+    is variable ``variables[p]``."""
+    tree_regions, tree_partitions = tree(parents)
+
+    def placed(region: RegionId) -> RegionId:
+        return (tuple(sorted(variables[p] for p in region[0])), 0)
+
+    for region in tree_regions:
+        regions.setdefault(placed(region.id), Region(placed(region.id)[0], 0))
+    partitions += [Partition(placed(p.region), tuple(sorted(placed(part) for part in p.parts)))
+                   for p in tree_partitions]
 
 
 def _tree_patch(variables: list[int], parents: Sequence[int], regions: dict[RegionId, Region],

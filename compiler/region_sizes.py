@@ -12,7 +12,16 @@ from collections.abc import Sequence
 from einc.compiler.scopes import Scopes
 from einc.ir.diagnostics import Note, Span
 from einc.ir.program import RegionSizeStatement
-from einc.ir.region_graph import RegionId, Scope, region_sort_key
+from einc.ir.region_graph import Region, RegionId, Scope, region_sort_key
+
+
+def first_copies(regions: Sequence[Region]) -> dict[Scope, RegionId]:
+    """The region a scope names in a statement: its first copy (RAT-SPN replicas have several)."""
+    first: dict[Scope, RegionId] = {}
+    for region in regions:
+        if region.scope not in first or region.copy < first[region.scope][1]:
+            first[region.scope] = region.id
+    return first
 
 
 def resolve_region_sizes(scopes: Scopes, statements: Sequence[object],
@@ -25,10 +34,7 @@ def resolve_region_sizes(scopes: Scopes, statements: Sequence[object],
         return ()
     regions, partitions, _generator = structure
     internal = {p.region for p in partitions}
-    first: dict[Scope, RegionId] = {}
-    for region in regions:
-        if region.scope not in first or region.copy < first[region.scope][1]:
-            first[region.scope] = region.id
+    first = first_copies(regions)
     root = tuple(range(len(scopes.group_of)))
     sizes: dict[RegionId, int] = {}
     where: dict[RegionId, Span] = {}

@@ -14,6 +14,7 @@ import numpy as np
 
 from einc.compiler import generators, patch_generators, size
 from einc.compiler.binding import Bound, Param, bind, did_you_mean, one_of
+from einc.compiler.region_products import product_kind
 from einc.compiler.scopes import Scopes
 from einc.ir.program import Call, Name, StructureStatement
 from einc.ir.region_graph import Partition, Region
@@ -103,11 +104,17 @@ def poon_domingos(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partit
 
 
 def patch_trees(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partition], str] | None:
-    params = (Param("size", "ints"), Param("over", "name", None), Param("parents", "ints", None))
+    params = (Param("size", "ints"), Param("over", "name", None), Param("parents", "ints", None),
+              Param("patch_product", "name", None))
     found = _bound_grid(scopes, call, params, "patch_trees")
     if found is None:
         return None
     bound, group, grid = found
+    patch_product = bound.values["patch_product"]
+    if patch_product is not None:
+        patch_product = product_kind(scopes, Name(str(patch_product), bound.spans["patch_product"]))
+        if patch_product is None:
+            return None
     if len(group.shape) != 2:
         scopes.sink.error(f"patch_trees splits a 2-D array; '{group.name}' is declared {group.describe()}",
                           bound.spans["over"])
@@ -136,8 +143,10 @@ def patch_trees(scopes: Scopes, call: Call) -> tuple[list[Region], list[Partitio
                                  (top.scope_entries + group.size) * size_values[0] * size_values[1], 0,
                                  scopes.limits.dtype)
     scopes.check_size(estimate, call.span, f"patch_trees(size = {list(size_values)}) over the {height}x{width} grid")
-    regions, partitions = patch_generators.patch_trees(grid, size_values, parent_list, name=f"'{group.name}'")
+    regions, partitions = patch_generators.patch_trees(grid, size_values, parent_list, patch_product=patch_product,
+                                                       name=f"'{group.name}'")
     inner = "k-d tree" if parent_list is None else f"tree(parents=[{len(parent_list)} entries])"
+    inner += "" if patch_product is None else f", patch_product={patch_product}"
     description = f"patch_trees(size=[{size_values[0]}, {size_values[1]}], {inner}, over={group.name})"
     return regions, partitions, description
 
@@ -205,5 +214,5 @@ def generate(
     # structural error in generated code is still reported at a line of the file.
     span = statement.span
     regions = [Region(r.scope, r.copy, r.name, span) for r in regions]
-    partitions = [Partition(p.region, p.parts, span) for p in partitions]
+    partitions = [Partition(p.region, p.parts, span, p.product) for p in partitions]
     return regions, partitions, description

@@ -14,10 +14,11 @@ partition or region when it has one. The caller decides whether to raise.
     partition {A, B, C} -> {A, B} * {B, C} is not decomposable: parts {A, B} and {B, C} share B
 
 Checks, in order: every part is a region; a partition has at least two parts, and as many as
-its product kind allows (``outer``: exactly two; ``hadamard``: any number); it is decomposable
+its product kind allows (``outer``: exactly two; ``hadamard``: any number — each partition
+against its own kind, ``RegionGraph.product_of``, as a circuit may mix them); it is decomposable
 (parts pairwise disjoint) and smooth (parts cover exactly the region); the graph is acyclic;
 exactly one region covers every variable (the root); every region is reachable from it. Then the
-sizes: a ``hadamard`` product multiplies its parts element-wise, so their K must agree; a leaf
+sizes: a ``hadamard`` partition multiplies its parts element-wise, so their K must agree; a leaf
 family whose components are fixed (``indicator``) needs enough of them (``inputs``). Last, a leaf
 region with a neural family (``vae``) is one network over its whole scope: all its variables
 need that same family (and one domain).
@@ -48,9 +49,10 @@ def verify(graph: RegionGraph) -> list[Diagnostic]:
     """Every structural error of ``graph`` (empty when it is a valid circuit)."""
     diagnostics: list[Diagnostic] = []
     regions = graph.region_by_id
-    product = PRODUCT_KINDS[graph.product]
     all_valid = True
     for partition in graph.partitions:
+        # each partition against its own kind (a circuit may mix them: ``product R = hadamard``)
+        product = PRODUCT_KINDS[graph.product_of(partition)]
         if _is_valid(partition, regions, product.max_parts):
             continue  # the common case, checked without building any message (PD: 10^5 of them)
         all_valid = False
@@ -60,8 +62,7 @@ def verify(graph: RegionGraph) -> list[Diagnostic]:
         # no cycle can exist; only a failed partition can close one.
         diagnostics += _check_cycles(graph)
     diagnostics += _check_root(graph)
-    if product.equal_part_sizes:
-        diagnostics += _check_part_sizes(graph, product)
+    diagnostics += _check_part_sizes(graph)
     diagnostics += _check_leaf_components(graph)
     if graph.latents and all_valid:
         diagnostics += _check_latents(graph)
@@ -150,11 +151,14 @@ def _check_partition(graph: RegionGraph, partition: Partition, product: ProductK
             )
         )
     elif product.max_parts is not None and len(partition.parts) > product.max_parts:
+        # a circuit that already mixes kinds is told how to change this region only
+        fix = (f"`product {region_text(graph, partition.region)} = hadamard`" if len(graph.product_kinds) > 1
+               else "`product hadamard`")
         out.append(
             Diagnostic(
                 f"partition {text} has {len(partition.parts)} parts; `product {product.name}` "
                 f"multiplies exactly {product.max_parts} children (an EiNet einsum layer); write "
-                f"`product hadamard` for element-wise products of any number of parts, or nest "
+                f"{fix} for element-wise products of any number of parts, or nest "
                 f"binary partitions, e.g. {_nested_suggestion(graph, partition)}",
                 span,
             )
@@ -336,19 +340,23 @@ def _check_root(graph: RegionGraph) -> list[Diagnostic]:
 # Sizes: element-wise products need equal K; fixed leaf components need enough K
 
 
-def _check_part_sizes(graph: RegionGraph, product: ProductKind) -> list[Diagnostic]:
+def _check_part_sizes(graph: RegionGraph) -> list[Diagnostic]:
     """Parts of an element-wise product must have one K. Partitions generated from one statement
     share its span: those are reported once, with a count, instead of once per partition."""
     regions = graph.region_by_id
-    by_span: dict[Span | None, list[Partition]] = {}
+    by_span: dict[tuple[Span | None, str], list[Partition]] = {}
     for partition in graph.partitions:
+        kind = graph.product_of(partition)
+        if not PRODUCT_KINDS[kind].equal_part_sizes:
+            continue
         if partition.region not in regions or any(part not in regions for part in partition.parts):
             continue  # reported above
         if len({graph.size(part) for part in partition.parts}) > 1:
-            by_span.setdefault(_partition_span(graph, partition), []).append(partition)
+            by_span.setdefault((_partition_span(graph, partition), kind), []).append(partition)
     out = []
-    for span, partitions in by_span.items():
+    for (span, kind), partitions in by_span.items():
         first = partitions[0]
+        product = PRODUCT_KINDS[kind]
         sizes = ", ".join(
             f"{region_text(graph, part)} has K = {graph.size(part)} "
             f"({'inputs' if graph.is_leaf(part) else 'sums'})"

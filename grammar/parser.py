@@ -33,6 +33,7 @@ from einc.ir.program import (
     PartitionStatement,
     ProductStatement,
     Program,
+    RegionProductStatement,
     RegionStatement,
     ScopeExpr,
     RegionSizeStatement,
@@ -218,6 +219,10 @@ class _ToProgram:
     def product(self, meta: Meta, children: list) -> ProductStatement:
         _keyword, kind = children
         return ProductStatement(self._name(kind), _span(self.filename, meta))
+
+    def region_product(self, meta: Meta, children: list) -> RegionProductStatement:
+        _keyword, region, kind = children
+        return RegionProductStatement(region, self._name(kind), _span(self.filename, meta))
 
     def region(self, meta: Meta, children: list) -> RegionStatement:
         _keyword, name, scope = children

@@ -1,6 +1,8 @@
 """Product kinds: how a partition combines the K-vectors of its parts (``product outer|hadamard``).
 
-One table keyed by the name a ``.pc`` file writes. An entry says everything the language-level
+One table keyed by the name a ``.pc`` file writes: ``product KIND`` for the circuit's default,
+``product REGION = KIND`` for the partitions of one region (a circuit may mix kinds: HCLT patches
+under an outer-product circuit over the patches). An entry says everything the language-level
 stages need to know about a kind — the builder (which names exist), the verifier (how many parts a
 partition may have, whether the parts' K must agree) and the parameter count of ``einc check`` —
 while lowering (``compiler.lower``) decides the plan op it becomes.
@@ -29,6 +31,12 @@ class ProductKind:
     max_parts: int | None  # None: any number of parts (at least two)
     equal_part_sizes: bool  # every part's K must be the same (element-wise product)
     weight_count: Callable[[int, Sequence[int]], int]  # (K_out, part K's) -> weights
+
+    @property
+    def elementwise(self) -> bool:
+        """Product unit j is unit j of every part: the parts' units line up, and the sum weights
+        have one axis for all parts (growing copies the parts' units together)."""
+        return self.equal_part_sizes
 
     def weights(self, k_out: int, part_sizes: Sequence[int]) -> int:
         """Sum weights of one partition with ``k_out`` outputs over parts of these K's."""

@@ -177,6 +177,16 @@ class ProductStatement:
 
 
 @dataclass(frozen=True)
+class RegionProductStatement:
+    """``product {A, B, C} = hadamard`` — the product kind of one region's partitions, overriding
+    the circuit's ``product`` there (HCLT patches under an outer-product circuit)."""
+
+    region: RegionRef
+    kind: Name
+    span: Span
+
+
+@dataclass(frozen=True)
 class RegionStatement:
     """``region all = {A, B, C, D}`` — a name for a scope."""
 
@@ -219,6 +229,7 @@ Statement = (
     | RegionSizeStatement
     | StructureStatement
     | ProductStatement
+    | RegionProductStatement
     | RegionStatement
     | PartitionStatement
     | LatentStatement

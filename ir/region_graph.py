@@ -95,11 +95,17 @@ class Region:
 
 @dataclass(frozen=True)
 class Partition:
-    """``region -> parts[0] * parts[1] * ...``: a product over the parts, a child of the region's sum."""
+    """``region -> parts[0] * parts[1] * ...``: a product over the parts, a child of the region's sum.
+
+    ``product`` is the partition's own product kind (a key of ``ir.products.PRODUCT_KINDS``) where
+    it differs from the circuit's (``product R = hadamard``, or a generator's choice: HCLT patches
+    under an outer-product circuit); None takes the circuit's ``RegionGraph.product``.
+    """
 
     region: RegionId
     parts: tuple[RegionId, ...]
     span: Span | None = None
+    product: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,9 @@ class RegionGraph:
     inputs: int  # K of leaf regions
     heads: int = 1  # outputs of the root
     generator: str | None = None  # "random_binary_trees(...)" etc., for summaries
-    product: str = "outer"  # how partitions combine their parts: a key of ir.products.PRODUCT_KINDS
+    # how partitions combine their parts, a key of ir.products.PRODUCT_KINDS: the default of every
+    # partition that does not name its own (Partition.product; ``product_of``)
+    product: str = "outer"
     latents: tuple[Latent, ...] = ()  # in declaration order (the columns of `latents=z`)
     # regions whose K is their own (`sums R = K`, `inputs R = K`: a grown circuit), sorted
     region_sizes: tuple[tuple[RegionId, int], ...] = ()
@@ -159,6 +167,16 @@ class RegionGraph:
             for part in partition.parts:
                 out.setdefault(part, []).append(index)
         return {k: tuple(v) for k, v in out.items()}
+
+    def product_of(self, partition: Partition) -> str:
+        """The product kind of ``partition``: its own, else the circuit's."""
+        return partition.product or self.product
+
+    @cached_property
+    def product_kinds(self) -> tuple[str, ...]:
+        """The product kinds the partitions use, sorted (one for an unmixed circuit; the
+        circuit's kind when it has no partitions)."""
+        return tuple(sorted({self.product_of(p) for p in self.partitions} or {self.product}))
 
     @property
     def num_variables(self) -> int:

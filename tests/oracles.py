@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -113,6 +114,16 @@ def hadamard_graph(families, k=3, heads=1) -> RegionGraph:
                       product="hadamard")
 
 
+def mixed_graph(families, k=3, heads=1) -> RegionGraph:
+    """``hadamard_graph``'s regions with both product kinds (``Partition.product``): a 3-ary
+    element-wise and a binary outer partition mixed at the root, the same at {2,3,4}, {3,4} a part
+    of an element-wise and of an outer partition, einsum and hadamard ops in one layer."""
+    graph = hadamard_graph(families, k, heads)
+    outer = {(rid(0, 1), rid(2, 3, 4)), (rid(1,), rid(2,)), (rid(2,), rid(3, 4))}
+    partitions = tuple(replace(p, product=None if p.parts in outer else "hadamard") for p in graph.partitions)
+    return replace(graph, partitions=partitions, product="outer", _cache={})
+
+
 def tree_graph(families, parents, k=3, inputs=None, heads=1) -> RegionGraph:
     """The ``tree`` generator's region graph (an HCLT with K = k) with hadamard products."""
     regions, partitions = tree(parents)
@@ -218,7 +229,7 @@ def oracle_log_density(plan: Plan, params: dict[str, np.ndarray], x: np.ndarray,
         for p in graph.partitions_of[region]:
             name, row = partition_loc[p]
             parts = [value(part) for part in graph.partitions[p].parts]
-            if graph.product == "hadamard":
+            if graph.product_of(graph.partitions[p]) == "hadamard":
                 w = params[name][row]  # (k, j): an element-wise product of the parts, then a sum
                 scores = np.log(w) + np.sum(parts, axis=0)[None, :]
             else:

@@ -46,6 +46,7 @@ from oracles import (
     enumerate_states,
     explicit_graph,
     hadamard_graph,
+    mixed_graph,
     oracle_log_density,
     pd_graph,
     plan_of,
@@ -68,6 +69,8 @@ STRUCTURES = {
     # element-wise (hadamard) products: a DAG with 3-ary partitions and mixtures, an HCLT
     "hadamard": lambda family: hadamard_graph([family] * 5, k=2),
     "tree": lambda family: tree_graph([family] * 6, TREE, k=2),
+    # both kinds in one circuit: einsum and hadamard ops in one plan and one layer
+    "mixed": lambda family: mixed_graph([family] * 5, k=2),
 }
 
 CIRCUITS = {

@@ -44,6 +44,7 @@ ERROR_KIND: dict[str, type[EincError]] = {
     "latent_rules": StructureError,
     "latent_replica": StructureError,
     "vae_mixed_region": StructureError,
+    "mixed_products": StructureError,
 }
 
 

@@ -29,6 +29,7 @@ from oracles import (
     _leaf_log_density,
     explicit_graph,
     hadamard_graph,
+    mixed_graph,
     make_graph,
     pd_graph,
     plan_of,
@@ -61,6 +62,7 @@ CASES = {
     "hadamard, 3-ary partitions, mixtures, a DAG": lambda: hadamard_graph([BERNOULLI] * 5, k=2),
     "hadamard tree (HCLT), three heads": lambda: tree_graph(
         [BERNOULLI, CATEGORICAL3, BERNOULLI, BERNOULLI], [-1, 0, 0, 1], k=2, heads=3),
+    "both kinds in one circuit, two heads": lambda: mixed_graph([BERNOULLI] * 5, k=2, heads=2),
 }
 
 
@@ -99,7 +101,7 @@ def induced_trees(plan, params, x, observed, head, clamped=None):
         parts = graph.partitions[p].parts
         w = params[param][row]
         out = []
-        if graph.product == "hadamard":
+        if graph.product_of(graph.partitions[p]) == "hadamard":
             for j in range(w.shape[1]):
                 for combo in itertools.product(*[of_region(part, j) for part in parts]):
                     out.append((np.log(w[k, j]) + sum(t[0] for t in combo),

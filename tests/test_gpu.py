@@ -179,19 +179,29 @@ CAPTURED_CASES = [("rat", families, fuse, kernel) for families in ("bernoulli", 
                   for fuse in (False, True) for kernel in ("matmul", "fused")]
 CAPTURED_CASES += [("tree", families, fuse, "matmul") for families in ("bernoulli", "categorical", "normal")
                    for fuse in (False, True)] + [("tree", "categorical", True, "fused")]
+# HCLT patches under an outer-product PD: einsum and hadamard ops in one captured step
+CAPTURED_CASES += [("hclt_patches", "bernoulli", False, "matmul"), ("hclt_patches", "normal", True, "fused")]
 
 
 @pytest.mark.parametrize(("structure", "families", "fuse", "kernel"), CAPTURED_CASES)
 def test_cuda_graph_training_and_inference_equal_cpu(kernel: str, fuse: bool, families: str, structure: str) -> None:
     """The CUDA fast path (whole EM step captured as one CUDA graph, optionally fused by
     torch.compile; bucketed inference graphs; either einsum kernel) computes the same numbers as
-    eager CPU code, on RAT-SPNs (einsum layers) and on HCLTs (hadamard products, tree generator)."""
+    eager CPU code, on RAT-SPNs (einsum layers), on HCLTs (hadamard products, tree generator) and
+    on HCLT patches under an outer-product circuit (both op kinds in one plan)."""
     _need_cuda()
     from oracles import CATEGORICAL3, tree_graph
 
     family = {"bernoulli": BERNOULLI, "categorical": CATEGORICAL3, "normal": NORMAL}[families]
     if structure == "rat":
         graph = rat_graph([family] * 8, depth=2, replicas=3, k=4)
+    elif structure == "hclt_patches":
+        from oracles import make_graph
+
+        from einc.compiler.patch_generators import patch_trees
+
+        regions, partitions = patch_trees(np.arange(8).reshape(2, 4), [2, 2], [-1, 0, 0, 1], patch_product="hadamard")
+        graph = make_graph([family] * 8, regions, partitions, k=4)
     else:
         graph = tree_graph([family] * 8, [-1, 0, 0, 1, 1, 2, 5, 5], k=4)
     layered = layer(graph)

@@ -33,6 +33,7 @@ from oracles import (
     assert_weight_counts_match_finite_differences,
     enumerate_states,
     hadamard_graph,
+    mixed_graph,
     oracle_log_density,
     plan_of,
     random_data,
@@ -44,6 +45,8 @@ CIRCUITS = {
     "dag": lambda: hadamard_graph([BERNOULLI, CATEGORICAL3, BERNOULLI, BINOMIAL3, BERNOULLI], k=3, heads=2),
     "hclt": lambda: tree_graph([BERNOULLI] * 6, TREE, k=2),
     "hclt-mixed": lambda: tree_graph([CATEGORICAL3, BERNOULLI, BINOMIAL3, BERNOULLI, CATEGORICAL3, BERNOULLI], TREE, k=3),
+    # both product kinds in one circuit (``product R = hadamard``): einsum and hadamard ops in one plan
+    "kinds-mixed": lambda: mixed_graph([BERNOULLI, CATEGORICAL3, BERNOULLI, BINOMIAL3, BERNOULLI], k=3, heads=2),
 }
 
 

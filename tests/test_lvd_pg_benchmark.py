@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import einc
 
@@ -49,3 +50,18 @@ def test_the_experiment_runs_resumes_and_writes_the_issue_json(tmp_path) -> None
     assert {arm: (runs / f"K2_seed0_{arm}.json").stat().st_mtime_ns for arm in ("lvd_pg", "lvd")} == kept
     again = json.loads((runs / "K2_seed0_em.json").read_text())
     assert again["test_bpd"] == first["em"]["test_bpd"] and again["curve"] == first["em"]["curve"]
+
+
+def test_hclt_patches_are_an_option_and_a_runs_folder_holds_one_kind(tmp_path) -> None:
+    parents = [-1, *range(48)]  # a chain over the 49 positions of a 7x7 patch
+    model = einc.compile(lvd_pg_mnist.circuit_text(2, parents, "hadamard"))
+    graph = model.graph
+    inside = [p for p in graph.partitions if graph.product_of(p) == "hadamard"]
+    assert len(inside) == 4 * 48 and graph.product_kinds == ("hadamard", "outer")  # an HCLT per patch, PD above
+    assert lvd_pg_mnist.circuit_text(2, parents) == lvd_pg_mnist.circuit_text(2, parents, "outer")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "meta.json").write_text(json.dumps({"patch_product": "outer"}))
+    (runs / "K2_seed0_em.json").write_text(json.dumps({"size": 2, "seed": 0, "arm": "em"}))
+    with pytest.raises(SystemExit, match="holds runs with --patch-product outer"):
+        lvd_pg_mnist.main([*SMALL, "--runs", str(runs), "--out", str(tmp_path / "out"), "--patch-product", "hadamard"])

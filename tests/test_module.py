@@ -55,6 +55,10 @@ CIRCUITS = {
     "mixed": (MIXED, _data),
     "hadamard": ("examples/tiny_hadamard.pc", _binary(5)),
     "hclt": ("examples/nltcs_hclt.pc", _binary(16)),
+    # both product kinds in one circuit: HCLT patches under an outer-product circuit over them
+    "hclt_patches": ("var img[2, 6] : binary\nleaf img ~ bernoulli\nsums 2\n"
+                     "structure patch_trees(size = [2, 3], parents = [-1, 0, 0, 1, 1, 2], patch_product = hadamard)\n",
+                     _binary(12)),
 }
 
 

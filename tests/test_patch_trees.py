@@ -29,8 +29,9 @@ from einc.train.lvd_pg import progressive_growing
 
 
 def source(shape: tuple[int, int], size: tuple[int, int], parents: list[int] | None, sums: int = 2,
-           states: int = 3) -> str:
+           states: int = 3, patch_product: str | None = None) -> str:
     tree = "" if parents is None else f", parents = [{', '.join(map(str, parents))}]"
+    tree += "" if patch_product is None else f", patch_product = {patch_product}"
     lines = [f"var img[{shape[0]}, {shape[1]}] : binary", "leaf img ~ bernoulli", f"sums {sums}", "inputs 2",
              f"structure patch_trees(size = [{size[0]}, {size[1]}]{tree})",
              f"latent patches(size = [{size[0]}, {size[1]}])"]
@@ -42,16 +43,19 @@ def source(shape: tuple[int, int], size: tuple[int, int], parents: list[int] | N
 
 
 CASES = {
-    "4x4, 2x2 patches, k-d": ((4, 4), (2, 2), None),
-    "4x4, 2x2 patches, learned tree": ((4, 4), (2, 2), [1, -1, 1, 2]),
-    "2x6, 2x3 patches, chain": ((2, 6), (2, 3), [-1, 0, 1, 2, 3, 4]),
+    "4x4, 2x2 patches, k-d": ((4, 4), (2, 2), None, None),
+    "4x4, 2x2 patches, learned tree": ((4, 4), (2, 2), [1, -1, 1, 2], None),
+    "2x6, 2x3 patches, chain": ((2, 6), (2, 3), [-1, 0, 1, 2, 3, 4], None),
+    # HCLT patches (element-wise products inside, n-ary) under the outer-product PD: mixed kinds
+    "2x6, 2x3 HCLT patches": ((2, 6), (2, 3), [-1, 0, 0, 1, 1, 2], "hadamard"),
+    "4x4, 2x2 k-d hadamard patches": ((4, 4), (2, 2), None, "hadamard"),
 }
 
 
 @pytest.fixture(params=list(CASES), ids=list(CASES))
 def model(request) -> einc.Model:
-    shape, size, parents = CASES[request.param]
-    return einc.compile(source(shape, size, parents), dtype="float64", seed=7)
+    shape, size, parents, patch_product = CASES[request.param]
+    return einc.compile(source(shape, size, parents, patch_product=patch_product), dtype="float64", seed=7)
 
 
 def test_the_circuit_has_mass_one(model: einc.Model) -> None:
@@ -63,7 +67,11 @@ def test_every_patch_head_is_a_normalised_distribution(model: einc.Model) -> Non
     for j, slot in enumerate(model.latents):
         patch = patch_model(model, j)
         assert patch.graph.heads == slot.states == 3
-        assert len(patch.graph.partitions) == patch.graph.num_variables - 1  # one per pixel but one
+        hclt = [p for p in patch.graph.partitions if len(p.parts) > 2]
+        # one per pixel but one (binary partitions); an HCLT one per inner tree node
+        assert len(patch.graph.partitions) + sum(len(p.parts) - 2 for p in hclt) == patch.graph.num_variables - 1
+        inside = "hadamard" if "hadamard" in model.graph.product_kinds else "outer"
+        assert patch.graph.product_kinds == (inside,)  # the patch circuit keeps its partitions' kind
         heads = np.exp(patch.log_likelihood(enumerate_states(patch.graph)))  # (states of the patch, heads)
         np.testing.assert_allclose(heads.sum(0), 1.0, atol=1e-10)
 
@@ -86,8 +94,10 @@ def test_the_joint_is_p_z_times_the_patch_heads(model: einc.Model) -> None:
     np.testing.assert_allclose(np.logaddexp.reduce(joint, 1), model.log_likelihood(x[:3]), atol=1e-10)
 
 
-def test_progressive_growing_runs_on_patch_trees() -> None:
-    model = einc.compile(source((4, 4), (2, 2), [1, -1, 1, 2], states=1), dtype="float64", seed=1)
+@pytest.mark.parametrize("patch_product", [None, "hadamard"], ids=["outer trees", "HCLT patches"])
+def test_progressive_growing_runs_on_patch_trees(patch_product: str | None) -> None:
+    model = einc.compile(source((4, 4), (2, 2), [1, -1, 1, 2], states=1, patch_product=patch_product),
+                         dtype="float64", seed=1)
     rng = np.random.default_rng(2)
     x = rng.integers(0, 2, (120, 16)).astype(float)
     x[:60, :8] = 1.0  # two kinds of images, so that clusters differ
@@ -98,6 +108,7 @@ def test_progressive_growing_runs_on_patch_trees() -> None:
     np.testing.assert_allclose(np.exp(grown.log_likelihood(enumerate_states(grown.graph))).sum(), 1.0, atol=1e-10)
     again = einc.compile(grown.source, dtype="float64")  # the grown .pc text says the grown circuit
     assert again.graph.region_sizes == grown.graph.region_sizes
+    assert again.graph.partitions == grown.graph.partitions  # with each partition's product kind
 
 
 def test_counts_and_the_learned_tree_partitions() -> None:
@@ -133,6 +144,12 @@ def test_argument_errors(size, parents, argument: str, message: str) -> None:
     ("structure patch_trees(size = [2, 2], parents = [-1, 0])",
      "4:48: error: parents has 2 entries; expected one per position of a 2x2 patch (4)"),
     ("structure patch_trees(size = [2, 2], over = pix)", "4:45: error: unknown variable 'pix'"),
+    ("structure patch_trees(size = [2, 2], patch_product = elementwise)",
+     "4:54: error: unknown product kind 'elementwise'; expected one of outer, hadamard — did you mean hadamard?"),
+    # HCLT patches multiply leaf regions (inputs 1) with subtrees (sums 2) element-wise
+    ("inputs 1\nstructure patch_trees(size = [2, 2], parents = [-1, 0, 0, 1], patch_product = hadamard)",
+     "5:1: error: partition {img[0, 0], img[0, 1], img[1, 0], img[1, 1]} -> {img[0, 0]} * {img[0, 1], img[1, 1]} * "
+     "{img[1, 0]} multiplies parts of different sizes"),
 ])
 def test_errors_in_pc_text_are_located(statement: str, message: str) -> None:
     text = f"var img[4, 4] : binary\nleaf img ~ bernoulli\nsums 2\n{statement}\n"
@@ -141,10 +158,10 @@ def test_errors_in_pc_text_are_located(statement: str, message: str) -> None:
     assert message in str(caught.value)
 
 
-def _graph(count: int, regions, partitions) -> RegionGraph:
+def _graph(count: int, regions, partitions, inputs: int = 2) -> RegionGraph:
     variables = tuple(Variable(i, f"x[{i}]", Domain("binary", 2), LeafFamily("bernoulli"), column=i)
                       for i in range(count))
-    return RegionGraph("generated", variables, tuple(regions), tuple(partitions), sums=3, inputs=2)
+    return RegionGraph("generated", variables, tuple(regions), tuple(partitions), sums=3, inputs=inputs)
 
 
 @settings(max_examples=25, deadline=None)
@@ -161,13 +178,16 @@ def test_random_grids_verify(rows: int, columns: int, h: int, w: int, random) ->
         parents[order[0]] = -1
         for i in range(1, len(order)):
             parents[order[i]] = order[random.randrange(i)]
-    regions, partitions = patch_trees(grid, [h, w], parents)
-    assert verify(_graph(grid.size, regions, partitions)) == []
+    hclt = random.random() < 0.5  # element-wise products inside the patches: HCLTs (n-ary) under outer ones
+    regions, partitions = patch_trees(grid, [h, w], parents, patch_product="hadamard" if hclt else None)
+    assert verify(_graph(grid.size, regions, partitions, inputs=3 if hclt else 2)) == []
     patch_scopes = {tuple(sorted(grid[r:r + h, c:c + w].ravel().tolist()))
                     for r in range(0, rows * h, h) for c in range(0, columns * w, w)}
     assert patch_scopes <= {r.scope for r in regions}
     below = [p for p in partitions if any(set(p.region[0]) <= set(s) for s in patch_scopes)]
-    assert len(below) == rows * columns * (h * w - 1)
+    assert len(below) + sum(len(p.parts) - 2 for p in below) == rows * columns * (h * w - 1)
+    assert {p.product for p in below} <= {"hadamard" if hclt else None}
+    assert {p.product for p in partitions if p not in below} <= {None}  # over the patches: the circuit's kind
 
 
 def test_an_absurd_patch_grid_is_refused_before_it_is_built() -> None:

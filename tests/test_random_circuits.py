@@ -1,11 +1,13 @@
 """Property tests: random smooth, decomposable region graphs (trees and DAGs, several partitions
-per region, mixed K; and with element-wise products, n-ary partitions) lower to plans whose
+per region, mixed K; and with element-wise products, n-ary partitions, some mixed with outer
+ones) lower to plans whose
 distributions are normalised and equal the naive recursive evaluator — on the torch and numpy
 backends, whose statistics agree too."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -98,10 +100,14 @@ def test_random_region_graphs_are_normalised_and_match_the_oracle(case):
 def hadamard_region_graphs(draw):
     """A random region graph over 2..6 variables with element-wise products: each region gets
     1..3 random partitions into 2..4 parts (random set partitions of its scope); equal scopes are
-    one region, so sub-regions are shared (a DAG). One K for every region (parts must agree)."""
+    one region, so sub-regions are shared (a DAG). One K for every region (parts must agree).
+    Half the graphs mix kinds: a random share of their binary partitions are outer products."""
     n = draw(st.integers(2, 6))
     families = [draw(st.sampled_from([BERNOULLI, CATEGORICAL3])) for _ in range(n)]
     regions, partitions = _draw_regions(draw, n, _set_partition)
+    if draw(st.booleans()):
+        partitions = [replace(p, product="outer") if len(p.parts) == 2 and draw(st.booleans()) else p
+                      for p in partitions]
     k = draw(st.integers(1, 3))
     heads = draw(st.integers(1, 2))
     graph = make_graph(families, regions, partitions, k=k, inputs=k, heads=heads, product="hadamard")
