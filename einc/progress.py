@@ -43,15 +43,18 @@ def row_progress(progress: Progress, total: int, desc: str) -> Iterator[Callable
 
 def log_lines(label: str, every_seconds: float = 60.0, stream: Any = None) -> Callable[[int, int], None]:
     """A ``progress`` callable writing ``label: N/M rows (elapsed, time left)`` at most once per
-    ``every_seconds`` and at the end, for logs where a bar's carriage returns would be noise."""
+    ``every_seconds``, and at the end if it wrote before, for logs where a bar's carriage returns
+    would be noise. A query shorter than ``every_seconds`` writes nothing (stderr stays the
+    errors' alone)."""
     started = last = time.monotonic()
+    wrote = False
 
     def report(done: int, total: int) -> None:
-        nonlocal last
+        nonlocal last, wrote
         now = time.monotonic()
-        if now - last < every_seconds and done < total:
+        if now - last < every_seconds and not (wrote and done >= total):
             return
-        last = now
+        last, wrote = now, True
         elapsed = now - started
         left = elapsed / done * (total - done) if done else float("nan")
         print(f"{label}: {done}/{total} rows ({elapsed:.0f} s, about {left:.0f} s left)",
