@@ -209,6 +209,8 @@ class TorchBackend:
         """A segment's rows of a batch-minor value in the stored order, (n, K, B), as pieces:
         stored chunks of a ``PassValues`` split, a view, or one gather."""
         value = values[segment.value]
+        if not isinstance(value, torch.Tensor):  # a deferred value (input.LookupLeaves): its rows
+            return [value.stored(segment)]
         if isinstance(segment, RowIndex):
             return [value.transpose(1, 2).index_select(0, self._index(segment.rows))]
         if segment.start == 0 and segment.stop == value.shape[0]:
@@ -265,7 +267,8 @@ class TorchBackend:
         (default: the training IWAE k from torch's global generator). ``defer``: values that
         only their readers need (passes that keep just the root) may be left unmaterialised,
         their rows computed at each read (``TorchOpRule.defer``), where the plan's reads make
-        that worthwhile (``ReadPlan.deferrable``)."""
+        that worthwhile (``ReadPlan.deferrable``), and each value is let go after its last reader
+        (``ReadPlan.released_after``): of the returned values only the root is then kept."""
         data = PassData(x, observed, noise or Noise(DEFAULT_TRAINING_SAMPLES), coefficients)
         values = PassValues(self.reads, self.batch_minor)
         for index, op in enumerate(self.plan.ops):
@@ -278,6 +281,9 @@ class TorchBackend:
                     continue
             value = rule.forward(self, op, params, values, max_product, data)
             values.append(self._masked(index, value, masks))
+            if defer:  # a root-only pass: values no later op reads are let go
+                for read in self.reads.released_after.get(index, ()):
+                    values.release(read)
         return values
 
     def _rule(self, op: Any) -> TorchOpRule:

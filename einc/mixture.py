@@ -24,6 +24,7 @@ from einc.compiler.pipeline import CompileOptions
 from einc.io.data import as_rows
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.io.files import atomic_write
+from einc.progress import Progress, row_progress
 from einc.errors import EincError
 from einc.model import (
     DEFAULT_BATCH_SIZE,
@@ -156,15 +157,24 @@ class MixtureModel:
         """False when the components have neural (vae) leaves: log-likelihoods are then estimates."""
         return all(c.exact for c in self.components)
 
-    def _component_ll(self, x: Any, missing: Any = None, samples: int | None = None) -> np.ndarray:
+    def _component_ll(self, x: Any, missing: Any = None, samples: int | None = None,
+                      progress: Progress = False) -> np.ndarray:
         """(N, C): log π_c + log p_c(x)."""
-        return np.stack([c.log_likelihood(x, missing, samples=samples) for c in self.components], 1) + self.log_weights
+        with row_progress(progress, len(x) * len(self.components), "log-likelihood") as advance:
+            def component(c: Model) -> np.ndarray:
+                ll = c.log_likelihood(x, missing, samples=samples)
+                advance(len(x))  # rows of every component in all
+                return ll
+
+            return np.stack([component(c) for c in self.components], 1) + self.log_weights
 
     def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024,
-                       samples: int | None = None) -> np.ndarray:
-        """log p(x) of the mixture; ``samples``: IWAE samples for components with vae leaves.
+                       samples: int | None = None, progress: Progress = False) -> np.ndarray:
+        """log p(x) of the mixture; ``samples``: IWAE samples for components with vae leaves;
+        ``progress`` as ``Model.log_likelihood``'s, over the rows of every component.
         A torch tensor in gives a tensor out on its device, as ``Model`` queries do."""
-        return like_input(_logsumexp(self._component_ll(as_rows(x, "x"), missing, samples), 1), x, self.dtype)
+        rows = as_rows(x, "x")
+        return like_input(_logsumexp(self._component_ll(rows, missing, samples, progress), 1), x, self.dtype)
 
     def conditional_log_likelihood(self, x: Any, evidence: Any) -> np.ndarray:
         given = as_rows(evidence, "evidence").astype(bool)

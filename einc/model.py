@@ -20,6 +20,7 @@ from einc.archive import OVERRIDES, ModelFileWriter
 from einc.errors import DataError, EincError, ResourceError
 from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
 from einc.ir.plan import LatentSlot, Plan
+from einc.progress import Progress, row_progress
 
 if TYPE_CHECKING:
     from einc.flows import Flows
@@ -325,7 +326,7 @@ class Model(ModelFileWriter):
                         None if latent_array is None else latent_array[start:stop])
 
     def log_likelihood(self, x: Any, missing: Any = None, batch_size: int = 1024, latents: Any = None,
-                       samples: int | None = None, seed: int | None = None) -> np.ndarray:
+                       samples: int | None = None, seed: int | None = None, progress: Progress = False) -> np.ndarray:
         """log p(x) per sample: shape (N,) — or (N, heads) for a multi-head circuit.
 
         Unobserved entries (NaN in x, or True in ``missing``, per sample) are marginalised exactly.
@@ -340,15 +341,21 @@ class Model(ModelFileWriter):
         grows (SPVAE, Theorem 2). The noise is seeded by ``seed`` (default: the model's seed), so
         a call is repeatable. A leaf region with nothing observed still contributes exactly 0;
         see the README for what is approximate. Exact circuits ignore ``samples`` and ``seed``.
+        ``progress``: True shows a bar over the rows (tqdm, stderr), a callable gets (rows done,
+        rows in all) after every batch (``einc.progress``).
         """
-        result = self._log_likelihood_heads(x, missing, batch_size, latents, samples, seed)
+        result = self._log_likelihood_heads(x, missing, batch_size, latents, samples, seed, progress)
         return like_input(result[:, 0] if self.plan.heads == 1 else result, x, self.dtype)
 
     def _log_likelihood_heads(self, x: Any, missing: Any = None, batch_size: int = 1024, latents: Any = None,
-                              samples: int | None = None, seed: int | None = None) -> np.ndarray:
+                              samples: int | None = None, seed: int | None = None,
+                              progress: Progress = False) -> np.ndarray:
         noise = self.noise_options(samples, seed)
-        out = [self.backend.log_likelihood(self.params, batch, **next(noise))
-               for batch in self._batches(x, missing, batch_size, latents=latents, samples=samples)]
+        out = []
+        with row_progress(progress, len(x) if hasattr(x, "__len__") else 0, "log-likelihood") as advance:
+            for batch in self._batches(x, missing, batch_size, latents=latents, samples=samples):
+                out.append(self.backend.log_likelihood(self.params, batch, **next(noise)))
+                advance(len(batch.values))
         return np.concatenate(out, 0) if out else np.zeros((0, self.plan.heads))
 
     def noise_options(self, samples: int | None, seed: int | None) -> Iterator[dict[str, Any]]:

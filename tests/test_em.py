@@ -151,3 +151,38 @@ structure random_binary_trees(depth = 2, replicas = 3, seed = 0)
         if "weights" in name:
             axes = (2, 3) if value.ndim == 4 else (1,)
             np.testing.assert_allclose(value.sum(axis=axes), 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "numpy"])
+@pytest.mark.parametrize("text", [
+    "var x[3] : categorical(5)\nleaf x ~ categorical\nsums 3\ninputs 4\nproduct hadamard\n"
+    "region all = {x[0], x[1], x[2]}\nall -> x[0] * x[1] * x[2]\n",
+    "var x[6] : real\nleaf x ~ normal\nsums 2\ninputs 3\nstructure random_binary_trees(depth = 2, replicas = 2)\n",
+    "var x[6] : categorical(4)\nleaf x ~ binomial(3)\nsums 2\ninputs 3\n"
+    "structure random_binary_trees(depth = 2, replicas = 2)\n",
+])
+def test_leaf_m_step_in_row_blocks_equals_the_whole_update(text: str, backend_name: str, monkeypatch) -> None:
+    """em_update updates large leaf layers in blocks of rows (backends/em.py, _BLOCK_ENTRIES): the
+    same parameters as one update of the whole layer, with a pseudocount and rows of no mass."""
+    import einc
+    from einc.backends import em
+    from oracles import random_data
+
+    model = einc.compile(text, dtype="float64", seed=3, backend=backend_name)
+    backend = model.backend
+    x = random_data(model.graph, 9, 2)
+    stats = backend.statistics(model.params, Batch(x, np.ones_like(x, dtype=bool)))
+    leaf_name = next(spec.name for spec in model.plan.params if spec.kind == "leaf")
+    sum_pt, sum_p = stats.leaf[leaf_name]
+    sum_p[0] = 0.0  # a leaf row no sample reached keeps its parameters
+    sum_pt[0] = 0.0
+    whole = backend.em_update(model.params, stats, 0.3, pseudocount=0.0)
+    whole_smoothed = backend.em_update(model.params, stats, 0.3, pseudocount=0.01)
+    monkeypatch.setattr(em, "_BLOCK_ENTRIES", 7)  # a few rows per block, blocks not dividing L
+    blocked = backend.em_update(model.params, stats, 0.3, pseudocount=0.0)
+    blocked_smoothed = backend.em_update(model.params, stats, 0.3, pseudocount=0.01)
+    leaf_rows = model.params[leaf_name].shape[0]
+    assert leaf_rows > 1
+    for a, b in ((whole, blocked), (whole_smoothed, blocked_smoothed)):
+        for name in a:
+            np.testing.assert_allclose(np.asarray(b[name]), np.asarray(a[name]), rtol=1e-15, atol=0)

@@ -5,7 +5,8 @@ equal to the recursive oracle; EM on log p(x | z) (``fit(labels=z)``) never decr
 batch and leaves a head no sample names as it was; a circuit with a latent per patch is
 p(x, z) = p(z) Π_j p(x_j | z_j) with p(x_j | z_j) the heads of the patch circuit taken out by
 ``patch_model``; a patch circuit trained or grown on its own goes back into the full circuit
-(``with_patch``) with that identity intact and, before training, p(x) unchanged.
+(``with_patch``) with that identity intact and, before training, p(x) unchanged; several grown
+patches put back at once (``with_patches``) give the circuit they give one after another.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from oracles import BERNOULLI, CATEGORICAL3, enumerate_states, explicit_graph, o
 import einc
 from einc.tools.growing import grow
 from einc.model import Model
-from einc.tools.patches import patch_data, patch_model, with_patch
+from einc.tools.patches import patch_data, patch_model, with_patch, with_patches
 
 TWO_PATCHES = """\
 var A, B, C, D, E : binary
@@ -148,3 +149,31 @@ def test_a_leaf_patch_is_not_a_circuit_of_its_own() -> None:
         patch_model(model, 0)
     with pytest.raises(EincError, match="latent must be an index in 0..1"):
         patch_model(model, 2)
+
+
+def test_patches_grown_together_equal_patches_grown_one_after_another() -> None:
+    model = einc.compile(TWO_PATCHES, dtype="float64", seed=6)
+    rng = np.random.default_rng(7)
+    x = enumerate_states(model.graph)[rng.integers(0, 32, 300)]
+    z = rng.integers(0, 3, (300, 2))
+    model.fit(x, latents=z, epochs=2, batch_size=100)
+    grown = []
+    for latent, head in ((0, 1), (1, 2)):  # a sum above both patches splits edges along both axes
+        patch = patch_model(model, latent)
+        chosen = z[:, latent] == head
+        flows = patch.flows(patch_data(model, latent, x[chosen]), heads=z[chosen, latent])
+        grown.append((latent, *grow(patch, flows, {patch.graph.root: [head]}, 0.2)))
+    together = with_patches(model, grown, share=0.3)
+    one_by_one = model
+    for latent, patch, growth in grown:
+        one_by_one = with_patch(one_by_one, latent, patch, growth, share=0.3)
+    assert [slot.states for slot in together.latents] == [4, 4] == [slot.states for slot in one_by_one.latents]
+    assert together.source == one_by_one.source
+    a, b = together.parameters(), one_by_one.parameters()
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-12, err_msg=name)
+    states = enumerate_states(model.graph)
+    np.testing.assert_allclose(together.log_likelihood(states), model.log_likelihood(states), rtol=0, atol=1e-10)
+    with pytest.raises(EincError, match="given twice"):
+        with_patches(model, [grown[0], grown[0]])

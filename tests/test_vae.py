@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import zipfile
@@ -29,6 +30,7 @@ from einc.backends.torch_ops import Noise, TorchOpRule, vae
 from einc.errors import BackendError, EincError
 from einc.ir.neural import VaeSpec
 from einc.ir.plan import VaeOp
+from einc.progress import log_lines
 
 from oracles import chi_square, chi_square_threshold
 
@@ -431,8 +433,9 @@ def test_cli_trains_and_evaluates_a_vae_circuit(tmp_path, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "IWAE bound with 5 samples per leaf" in out and "epoch   2" in out
     assert cli.main(["eval", str(output), "--data", str(test), "--samples", "20"]) == 0
-    out = capsys.readouterr().out
-    assert "an IWAE estimate with 20 samples per vae leaf" in out and "mean LL" in out
+    captured = capsys.readouterr()
+    assert "an IWAE estimate with 20 samples per vae leaf" in captured.out and "mean LL" in captured.out
+    assert captured.err == ""  # not a terminal, and too short for a progress line
     assert cli.main(["eval", str(output), "--data", str(test), "--backend", "numpy"]) == 1
     assert "needs the torch backend" in capsys.readouterr().err
     assert cli.main(["query", str(output), "--evidence", "img[0, 0]=3", "--target", "img[0, 1]"]) == 0
@@ -440,3 +443,34 @@ def test_cli_trains_and_evaluates_a_vae_circuit(tmp_path, capsys: pytest.Capture
     assert "IWAE estimates" in out and "an estimate" in out and "normalised" in out
     probabilities = [float(line.split(":")[1]) for line in out.splitlines()[1:]]
     assert len(probabilities) == 4 and all(p >= 0.0 for p in probabilities)
+
+
+def test_log_likelihood_reports_progress_per_batch_and_returns_the_same_estimate() -> None:
+    model = _sharp_grid_model()
+    x = np.random.default_rng(0).integers(0, 2, (23, model.graph.num_columns))
+    reports: list[tuple[int, int]] = []
+    def report(done: int, total: int) -> None:
+        reports.append((done, total))
+
+    with_progress = model.log_likelihood(x, batch_size=10, samples=8, progress=report)
+    assert reports == [(10, 23), (20, 23), (23, 23)]
+    np.testing.assert_array_equal(with_progress, model.log_likelihood(x, batch_size=10, samples=8))
+    reports.clear()
+    mixture = einc.MixtureModel([model, model], weights=np.array([0.25, 0.75]))
+    mixture.log_likelihood(x, samples=8, progress=report)
+    assert reports == [(23, 46), (46, 46)]
+
+
+def test_progress_lines_for_logs_come_once_a_period_and_at_the_end() -> None:
+    stream = io.StringIO()
+    report = log_lines("einc eval", every_seconds=0.0, stream=stream)
+    for done in (10, 20, 23):
+        report(done, 23)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["einc eval: 10/23 rows", "einc eval: 20/23 rows",
+                                                       "einc eval: 23/23 rows"]
+    quiet = io.StringIO()
+    report = log_lines("einc eval", every_seconds=3600.0, stream=quiet)
+    for done in (10, 20, 23):
+        report(done, 23)
+    assert quiet.getvalue() == ""  # a query shorter than the period says nothing

@@ -17,7 +17,7 @@ from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.backends.torch_ops import TorchOpRule
 from einc.backends.torch_ops.sampler import TorchSampler
 from einc.ir.families import family_rule
-from einc.ir.plan import FamilyBlock, InputOp
+from einc.ir.plan import FamilyBlock, InputOp, RowIndex, Segment
 
 
 def coefficients(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max_product: bool) -> list[torch.Tensor]:
@@ -64,15 +64,19 @@ class DeferredLeaves:
 
 
 def defer(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max_product: bool,
-          data: Any) -> DeferredLeaves | None:
-    """The op's value as ``DeferredLeaves``, or None where it is computed whole: other than
-    batch-minor, max-product, or a block of one-hot statistics (its lookup has no small matmul)."""
+          data: Any) -> DeferredLeaves | LookupLeaves | None:
+    """The op's value as ``DeferredLeaves`` (dense statistics) or ``LookupLeaves`` (one block of
+    one-hot statistics), or None where it is computed whole: other than batch-minor,
+    max-product, or one-hot blocks beside others."""
     if max_product or not backend.batch_minor:
         return None
-    if any(family_rule(block.family).one_hot_statistics for block in op.blocks):
+    one_hot = [family_rule(block.family).one_hot_statistics for block in op.blocks]
+    if any(one_hot) and len(op.blocks) > 1:
         return None
     given = data.coefficients.get(op.name) if data.coefficients else None
     coefs = given if given is not None else coefficients(backend, op, params, max_product)
+    if any(one_hot):
+        return LookupLeaves(backend, backend.reads.op_index[id(op)], op.blocks[0], coefs[0], data.x, data.observed)
     reads = backend.reads.leaf_reads[id(op)]
     rows, present = backend._index(reads.rows), backend._present(reads.present)
     batch_size = data.x.shape[0]
@@ -130,18 +134,14 @@ def values_of(backend: Any, op: InputOp, coefficients: list[torch.Tensor], x: to
     assert total is not None
     return total
 
-def _lookup(backend: Any, block: FamilyBlock, coef: torch.Tensor, x: torch.Tensor,
-                  observed: torch.Tensor, max_product: bool) -> torch.Tensor:
-    """The input layer for one-hot statistics: T(x)·θ is θ[x], a lookup instead of a matmul
-    over (B, C, categories) one-hot features. Same numbers; autograd's scatter-add backward
-    still yields Σ p·T(x) as the gradient of the θ part of Θ."""
+def _lookup_inputs(backend: Any, block: FamilyBlock, x: torch.Tensor, observed: torch.Tensor,
+                   max_product: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a one-hot block's lookup reads of the batch: the category of each leaf factor's
+    column (L, S, B; unobserved are 0), the observed mask (L, S, B) and the dense features
+    [obs, (log h(x)·obs), (missing)] (L, S, B, f')."""
     cols = backend.columns[block.param]  # (L, S)
-    categories = block.stat_dim
     obs = observed.t()[cols]  # (L, S, B)
-    values = x.t()[cols].long().clamp_(0, categories - 1)  # (L, S, B); unobserved are 0
-    theta = coef[..., :categories]  # (L, S, K, n)
-    # (L, S, K, n) gathered at x along n -> (L, S, K, B)
-    picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, theta.shape[2], -1))
+    values = x.t()[cols].long().clamp_(0, block.stat_dim - 1)  # (L, S, B); unobserved are 0
     # the remaining features [obs, (log h(x)·obs), (missing)] are a small dense contraction
     dense = [obs]
     if block.log_base:
@@ -149,45 +149,133 @@ def _lookup(backend: Any, block: FamilyBlock, coef: torch.Tensor, x: torch.Tenso
     if max_product:
         valid = (cols < backend.num_columns).to(backend.dtype)[..., None]  # (L, S, 1)
         dense.append(valid - obs)
-    features = torch.stack(dense, -1)  # (L, S, B, f')
-    # (L, S, K, B) x (L, S, B) -> (L, B, K)  and  (L, S, B, f') x (L, S, K, f') -> (L, B, K)
+    return values, obs, torch.stack(dense, -1)
+
+
+def _stored_lookup(coef: torch.Tensor, categories: int, values: torch.Tensor, obs: torch.Tensor,
+                   features: torch.Tensor) -> torch.Tensor:
+    """The lookup's value in the stored order (L, K, B) from Θ (L, S, K, f) and ``_lookup_inputs``."""
+    rows, k = coef.shape[0], coef.shape[2]
+    dense_features = features.permute(0, 1, 3, 2).reshape(rows, -1, features.shape[2])  # (L, S·f', B)
+    dense_coef = coef[..., categories:].permute(0, 2, 1, 3).reshape(rows, k, -1)  # (L, K, S·f')
+    return StoredLookup.apply(coef[..., :categories], values, obs, dense_coef, dense_features)
+
+
+def _lookup(backend: Any, block: FamilyBlock, coef: torch.Tensor, x: torch.Tensor,
+                  observed: torch.Tensor, max_product: bool) -> torch.Tensor:
+    """The input layer for one-hot statistics: T(x)·θ is θ[x], a lookup instead of a matmul
+    over (B, C, categories) one-hot features. Same numbers; autograd's scatter-add backward
+    still yields Σ p·T(x) as the gradient of the θ part of Θ."""
+    categories = block.stat_dim
+    values, obs, features = _lookup_inputs(backend, block, x, observed, max_product)
     if backend.batch_minor:
         # the value in the stored order, (L, K, B): the batch-minor reads and products then take
         # contiguous rows (an (L, B, K) result would be read through strided, transposed views)
-        rows, width, k = coef.shape[0], coef.shape[1], coef.shape[2]
-        dense_features = features.permute(0, 1, 3, 2).reshape(rows, -1, features.shape[2])  # (L, S·f', B)
-        dense_coef = coef[..., categories:].permute(0, 2, 1, 3).reshape(rows, k, -1)  # (L, K, S·f')
-        # (L, S, K, B) x (L, S, B) -> (L, K, B)  and  (L, K, S·f') x (L, S·f', B) -> (L, K, B)
-        stored = ObservedSum.apply(picked, obs, True) + torch.bmm(dense_coef, dense_features)
-        return stored.transpose(1, 2)
-    looked_up = ObservedSum.apply(picked, obs, False)
+        return _stored_lookup(coef, categories, values, obs, features).transpose(1, 2)
+    theta = coef[..., :categories]  # (L, S, K, n)
+    # (L, S, K, n) gathered at x along n -> (L, S, K, B)
+    picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, theta.shape[2], -1))
+    looked_up = ObservedSum.apply(picked, obs)
+    # (L, S, B, f') x (L, S, K, f') -> (L, B, K)
     return looked_up + torch.einsum("lsbf,lskf->lbk", features, coef[..., categories:])
 
 
+class LookupLeaves:
+    """A one-hot (categorical) input value left unmaterialised: the rows a hadamard op reads are
+    looked up where it reads them (``stored``), from Θ's rows split once at the value's cut
+    points (``torch_reads.ReadPlan.cuts``: one backward node assembles Θ's gradient from the
+    pieces'). The whole value is the largest tensor of an MNIST HCLT's pass (784 rows: 51 MB at
+    K=32, batch 512) and is read by every level of the tree, so computed whole it is held to the
+    end of the pass; looked up per read, only each reader's rows exist, and only while it adds
+    them. A row read by several ops is looked up once per read."""
+
+    def __init__(self, backend: Any, value: int, block: FamilyBlock, coef: torch.Tensor, x: torch.Tensor,
+                 observed: torch.Tensor) -> None:
+        self.backend = backend
+        self.value = value
+        self.categories = block.stat_dim
+        self.coef = coef  # (L, S, K, f)
+        self.values, self.obs, self.features = _lookup_inputs(backend, block, x, observed, False)
+        sizes = backend.reads.sizes.get(value)
+        self.chunks = None if sizes is None else coef.split(sizes, 0)
+
+    def stored(self, segment: Segment) -> torch.Tensor:
+        """The segment's rows of the value in the stored order, (n, K, B)."""
+        if isinstance(segment, RowIndex):
+            rows = self.backend._index(segment.rows)
+            coef = self.coef.index_select(0, rows)
+            values, obs, features = (t.index_select(0, rows) for t in (self.values, self.obs, self.features))
+        else:
+            start, stop = segment.start, segment.stop
+            if self.chunks is None:
+                coef = self.coef[start:stop]
+            else:
+                first, last = self.backend.reads.chunk_span(segment)
+                coef = self.chunks[first] if last == first + 1 else torch.cat(self.chunks[first:last], 0)
+            values, obs, features = self.values[start:stop], self.obs[start:stop], self.features[start:stop]
+        return _stored_lookup(coef, self.categories, values, obs, features)
+
+
+class StoredLookup(torch.autograd.Function):
+    """The categorical input value in the stored (batch-minor) order, (L, K, B):
+    Σ_s θ[l,s,k,x[l,s,b]] · obs[l,s,b] + Σ_f Θ_dense[l,k,f] · F_dense[l,f,b], in one (L, S, K, B)
+    buffer: the gather's own output, masked and summed in place and the dense matmul added
+    into it (``baddbmm_``). Autograd's ops would hold the gathered values, their masked copy, the
+    matmul and the sum at once: four values of the input op's size (51 MB each for an MNIST HCLT
+    K=32 at batch 512, the peak of its E-step's forward). The backward keeps the indices and the
+    dense features, not the gathered values, and scatters the gradient into θ as the gather's
+    backward does, without a masked copy of it."""
+
+    @staticmethod
+    def forward(ctx: Any, theta: torch.Tensor, values: torch.Tensor, obs: torch.Tensor, dense_coef: torch.Tensor,
+                dense_features: torch.Tensor) -> torch.Tensor:
+        rows, width, k = theta.shape[0], theta.shape[1], theta.shape[2]
+        # (L, S, K, n) gathered at x along n -> (L, S, K, B)
+        picked = torch.gather(theta, 3, values[:, :, None, :].expand(-1, -1, k, -1))
+        picked.mul_(obs[:, :, None, :])  # (L, S, K, B) x (L, S, 1, B)
+        # one factor per leaf (an HCLT's pixels): the buffer is the sum
+        total = picked.view(rows, k, -1) if width == 1 else picked.sum(1)  # (L, K, B)
+        total.baddbmm_(dense_coef, dense_features)  # (L, K, S·f') x (L, S·f', B) -> (L, K, B)
+        # the backward's index: x where observed, else the extra category n (dropped there)
+        categories = theta.shape[3]
+        ctx.save_for_backward(torch.where(obs > 0, values, categories), dense_coef, dense_features)
+        ctx.theta_shape = theta.shape
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None, Any, Any]:
+        index, dense_coef, dense_features = ctx.saved_tensors
+        rows, width, k, categories = ctx.theta_shape
+        grad_theta = grad_coef = grad_features = None
+        if ctx.needs_input_grad[0]:
+            # grad[l,k,b] added into θ's entry at x[l,s,b] for every s; unobserved entries into
+            # the extra category n, so that the gradient is scattered as it is, an expanded view
+            # (L, S, K, B) with no copy and no masked product of the value's size
+            shape = (rows, width, k, grad.shape[2])
+            grad_theta = grad.new_zeros((rows, width, k, categories + 1)).scatter_add_(
+                3, index[:, :, None, :].expand(shape), grad[:, None, :, :].expand(shape))[..., :categories]
+        if ctx.needs_input_grad[3]:
+            grad_coef = torch.bmm(grad, dense_features.transpose(1, 2))  # (L, K, B) x (L, B, S·f')
+        if ctx.needs_input_grad[4]:
+            grad_features = torch.bmm(dense_coef.transpose(1, 2), grad)  # (L, S·f', K) x (L, K, B)
+        return grad_theta, None, None, grad_coef, grad_features
+
+
 class ObservedSum(torch.autograd.Function):
-    """Σ_s picked[l,s,k,b] · obs[l,s,b], as (L, K, B) (``stored``: the batch-minor order) or
-    (L, B, K), differentiated in ``picked`` only: its backward keeps the mask (L, S, B), not
-    ``picked`` (L, S, K, B), which autograd's einsum saves (28 of the 188 MB an MNIST HCLT K=32
-    E-step saved at batch 512)."""
+    """Σ_s picked[l,s,k,b] · obs[l,s,b], as (L, B, K), differentiated in ``picked`` only: its
+    backward keeps the mask (L, S, B), not ``picked`` (L, S, K, B), which autograd's einsum saves
+    (28 of the 188 MB an MNIST HCLT K=32 E-step saved at batch 512)."""
 
     @staticmethod
-    def forward(ctx: Any, picked: torch.Tensor, obs: torch.Tensor, stored: bool) -> torch.Tensor:
+    def forward(ctx: Any, picked: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(obs)
-        ctx.stored = stored
-        if not stored:
-            return torch.einsum("lskb,lsb->lbk", picked, obs)  # (L, S, K, B) x (L, S, B) -> (L, B, K)
-        if picked.shape[1] == 1:  # one factor per leaf (an HCLT's pixels): one product, no sum
-            return picked[:, 0] * obs[:, 0, None, :]  # (L, K, B) x (L, 1, B) -> (L, K, B)
-        return (picked * obs[:, :, None, :]).sum(1)  # (L, S, K, B) x (L, S, 1, B) -> (L, K, B)
+        return torch.einsum("lskb,lsb->lbk", picked, obs)  # (L, S, K, B) x (L, S, B) -> (L, B, K)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, None]:
         (obs,) = ctx.saved_tensors
-        if ctx.stored:
-            # (L, 1, K, B) x (L, S, 1, B) -> (L, S, K, B)
-            return grad[:, None, :, :] * obs[:, :, None, :], None, None
         # (L, B, K) x (L, S, B) -> (L, S, K, B)
-        return torch.einsum("lbk,lsb->lskb", grad, obs), None, None
+        return torch.einsum("lbk,lsb->lskb", grad, obs), None
 
 
 def backtrack(backend: Any, op: InputOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],

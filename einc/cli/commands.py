@@ -33,6 +33,7 @@ from einc.io.files import check_array_output, check_distinct_paths, check_not_an
 from einc.errors import DataError, EincError, TrainingError
 from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.model import EpochRecord, Model, compile
+from einc.progress import log_lines
 
 def cmd_train(args: argparse.Namespace) -> int:
     from einc.cli import launch
@@ -144,7 +145,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = read_data(args.data, columns=model.columns)
     labels = prepare_labels(read_data(args.labels), len(data), _heads(model)) if args.labels else None
     exact = getattr(model, "exact", True)
-    ll = model.log_likelihood(data) if exact else model.log_likelihood(data, samples=args.samples)
+    # an IWAE estimate over 10,000 images takes minutes to an hour: a bar on a terminal, a line a
+    # minute in a log
+    progress = True if sys.stderr.isatty() else log_lines("einc eval")
+    ll = (model.log_likelihood(data, progress=progress) if exact
+          else model.log_likelihood(data, samples=args.samples, progress=progress))
     finite_ll(ll, model, f"--data {args.data}")
     if not exact:
         print(f"an IWAE estimate with {args.samples} samples per vae leaf (a lower bound of the "

@@ -11,7 +11,8 @@ circuit over the latents). ``patch_model`` takes that sub-circuit out as a stand
 multi-headed model over the patch's variables (head k = p(x_j | Z_j = k)), to train on
 (x_j, cluster) pairs (``fit(x_j, labels=z_j)``: EM on log p(x_j | z_j), each sample's head only),
 to re-label samples by its own likelihoods, and to grow (``einc.tools.growing``); ``with_patch`` puts
-its parameters — and, if it grew, its growth — back into the full circuit.
+its parameters — and, if it grew, its growth — back into the full circuit (``with_patches``: several
+patches, one recompilation).
 
     >>> patch = patch_model(model, 0)                         # doctest: +SKIP
     >>> patch.fit(patch_data(model, 0, x), labels=z[:, 0])   # doctest: +SKIP
@@ -20,7 +21,7 @@ its parameters — and, if it grew, its growth — back into the full circuit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,16 +123,34 @@ def with_patch(model: Model, latent: int, patch: Model, growth: Growth | None = 
     grew (``growth``: what ``einc.tools.growing.grow`` copied in it), the full circuit grows alike
     first — the sums above the latent get split edges to its new states (``compiler.grow``) —
     and is returned as a new model whose source says the new sizes."""
-    where = subcircuit(model.graph, model.latents[latent].region, latent)[1]
+    return with_patches(model, [(latent, patch, growth)], share)
+
+
+def with_patches(model: Model, patches: Sequence[tuple[int, Model, Growth | None]],
+                 share: float = DEFAULT_SHARE) -> Model:
+    """``with_patch`` for several latents at once: ``patches`` holds (latent, patch model, growth
+    or None), each patch taken from ``model``. The growths of all patches are one growth of the
+    full circuit (the patches are disjoint sub-circuits; a sum above two of them splits its edges
+    along each one's axis, which commutes), so the grown circuit is built and compiled once — not
+    once per patch, which dominated a growing round with many patches (24 re-parses of the grown
+    ``.pc`` for 16 patches: 84 of 94 s)."""
+    latents = [latent for latent, _, _ in patches]
+    if len(set(latents)) != len(latents):
+        raise EincError(f"with_patches: a latent given twice ({sorted(latents)})")
+    wheres = {latent: subcircuit(model.graph, model.latents[latent].region, latent)[1] for latent in latents}
+    copies: dict[RegionId, tuple[int, ...]] = {}
+    for latent, _, growth in patches:
+        if growth is not None:
+            copies.update({wheres[latent].regions[r]: units for r, units in growth.copies.items()})
     full = model
-    if growth is not None and growth.copies:
-        mapped = Growth({where.regions[r]: units for r, units in growth.copies.items()})
-        grown_graph = grow_graph(model.graph, mapped)
-        full = _recompiled(model, grown_source(model.source, model.filename, grown_graph))
+    if copies:
+        mapped = Growth(copies)
+        full = _recompiled(model, grown_source(model.source, model.filename, grow_graph(model.graph, mapped)))
         carry_grown_parameters(model, full, mapped, share)
-        _, where = subcircuit(full.graph, full.latents[latent].region, latent)
+        wheres = {latent: subcircuit(full.graph, full.latents[latent].region, latent)[1] for latent in latents}
     items = item_parameters(full.plan, full.parameters())
-    items.update(_renamed_items(item_parameters(patch.plan, patch.parameters()), where, to_patch=False))
+    for latent, patch, _ in patches:
+        items.update(_renamed_items(item_parameters(patch.plan, patch.parameters()), wheres[latent], to_patch=False))
     full.set_parameters(assemble_parameters(full.plan, items, full.parameters()))
     return full
 

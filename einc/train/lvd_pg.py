@@ -15,8 +15,8 @@ likelihoods steer the clustering, per latent Z_j (a patch):
    centre, so new cluster m splits selected cluster m; grow the patch circuit from the flows of
    those samples (``einc.tools.growing``: the selected heads and every unit below with flow ≥
    ``threshold`` per sample are copied; the copy of head i is the head of i's new cluster) and put
-   it back into the circuit (``einc.tools.patches.with_patch``: the circuit over the latents gets edges
-   to the new states);
+   it back into the circuit (``einc.tools.patches.with_patches``, all latents of a round at once:
+   the circuit over the latents gets edges to the new states);
 
 until every latent has N₁ × N₂ states; then a last step 1. The result is a grown circuit whose
 ``source`` is the user's ``.pc`` with a K per grown region (write it with ``einc.tools.growing``).
@@ -46,7 +46,7 @@ from einc.mixture import kmeans, nearest_centre
 from einc.model import Model
 from einc.model import compile as compile_model
 from einc.tools.growing import grow, grown_source
-from einc.tools.patches import patch_data, patch_model, with_patch
+from einc.tools.patches import patch_data, patch_model, with_patches
 from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_STEP_SIZE, EpochRecord
 from einc.train.lvd import per_latent_features
 
@@ -180,7 +180,7 @@ def progressive_growing(model: Model, x: Any, features: Any, outer: int, inner: 
         if on_model is not None:
             on_model(model, z.copy())
         states = [slot.states for slot in model.latents]
-        grown_any = False
+        grown_patches = []  # (latent, grown patch, growth): put back together, one recompilation
         if min(states) < target:
             for j, k in enumerate(states):
                 if k >= target:
@@ -196,15 +196,15 @@ def progressive_growing(model: Model, x: Any, features: Any, outer: int, inner: 
                 members = np.isin(z[:, j], chosen)
                 flows = patch.flows(xj[members], heads=z[members, j])
                 grown, growth = patch_grow(patch, flows, chosen, threshold, share)
-                model = with_patch(model, j, grown, growth, share)
+                grown_patches.append((j, grown, growth))
                 z[:, j] = split_clusters(embeddings[:, j], z[:, j], chosen, k)
-                grown_any = True
+            model = with_patches(model, grown_patches, share) if grown_patches else model
         valid_ll = None if valid is None else float(model.log_likelihood(valid).mean())
         rounds.append(GrowRound(number, tuple(slot.states for slot in model.latents), history[-1].train_ll,
                                 valid_ll, model.num_parameters, time.perf_counter() - started))
         if on_round is not None:
             on_round(rounds[-1])
-        if not grown_any:
+        if not grown_patches:
             return model, z, rounds
 
 
