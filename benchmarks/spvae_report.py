@@ -45,7 +45,7 @@ def report(out: Path, state: dict, histories: dict[str, list[dict]], parameters:
          f"Test: the {args.eval_samples}-sample IWAE estimate on {args.test_rows:,} test images."),
         "",
         "| model | n_z x H | parameters | epochs run (hours) | best epoch | valid bound (bpd) | test (bpd) | "
-        "test (nats) | the paper: test bpd (nats), parameters |",
+        "test, −log p (nats) | the paper: test bpd (log p in nats), parameters |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, rows in histories.items():
