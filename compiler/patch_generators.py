@@ -20,6 +20,7 @@ from ..ir.products import PRODUCT_KINDS
 from ..ir.region_graph import Partition, Region, RegionId
 from .generators import GeneratorArgumentError, canonical_order, check_tree, poon_domingos, tree
 
+
 def check_patch_trees(
     grid: np.ndarray, size: Sequence[int], parents: Sequence[int] | None, *, name: str = "the grid"
 ) -> list[GeneratorArgumentError]:

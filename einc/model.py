@@ -352,7 +352,9 @@ class Model(ModelFileWriter):
                               progress: Progress = False) -> np.ndarray:
         noise = self.noise_options(samples, seed)
         out = []
-        with row_progress(progress, len(x) if hasattr(x, "__len__") else 0, "log-likelihood") as advance:
+        # the rows as the query reads them (a 1-D input is one row); converted only to count them
+        total = len(as_rows(x, "x")) if progress else 0
+        with row_progress(progress, total, "log-likelihood") as advance:
             for batch in self._batches(x, missing, batch_size, latents=latents, samples=samples):
                 out.append(self.backend.log_likelihood(self.params, batch, **next(noise)))
                 advance(len(batch.values))

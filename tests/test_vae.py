@@ -454,6 +454,9 @@ def test_log_likelihood_reports_progress_per_batch_and_returns_the_same_estimate
 
     with_progress = model.log_likelihood(x, batch_size=10, samples=8, progress=report)
     assert reports == [(10, 23), (20, 23), (23, 23)]
+    reports.clear()
+    model.log_likelihood(x[0], samples=8, progress=report)  # a 1-D input is one row, not its columns
+    assert reports == [(1, 1)]
     np.testing.assert_array_equal(with_progress, model.log_likelihood(x, batch_size=10, samples=8))
     reports.clear()
     mixture = einc.MixtureModel([model, model], weights=np.array([0.25, 0.75]))
