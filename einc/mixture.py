@@ -7,14 +7,16 @@ roots. ``MixtureModel`` offers every query of ``Model``, computed exactly from t
 
 (the reference EiNet code subtracts the log-weights — a sign bug this avoids).
 
-K-means is our own short NumPy implementation (k-means++ seeding, Lloyd iterations): scikit-learn
-would be a large dependency for thirty lines.
+K-means (here, and for latent variable distillation: ``einc.train.lvd``, ``einc.train.lvd_pg``) is
+scikit-learn's: full-batch or mini-batch, started by k-means++ or at given centres, multithreaded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -40,48 +42,60 @@ from einc.model import (
 FORMAT = "einc-mixture"
 FORMAT_VERSION = 1
 
+# Above this many rows k-means runs scikit-learn's MiniBatchKMeans (Sculley 2010: centres updated
+# from batches of MINIBATCH_SIZE rows) rather than full-batch KMeans (Lloyd's iterations over
+# every row): benchmarks/kmeans.py measured on teacher embeddings where full batches stop paying.
+MINIBATCH_ROWS = 200_000
+MINIBATCH_SIZE = 4096
 
-def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """(assignments (N,), centres (C, D)) by k-means++ seeding and Lloyd's iterations.
 
-    The data are divided by their largest magnitude first (k-means is unchanged by a uniform
-    scale): huge finite values (1e200) would otherwise overflow the squared distances to inf,
-    inf − inf to NaN, and the seeding probabilities with them.
+def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50, init: np.ndarray | None = None,
+           minibatch: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(assignments (N,), centres (C, D)) by scikit-learn's k-means: k-means++ seeding from
+    ``seed`` (or the given ``init`` centres (C, D), from which the iterations start), then at most
+    ``iterations`` Lloyd iterations until no row changes cluster — ``MiniBatchKMeans`` (that many
+    passes at most, stopped when the batches' objective stalls) when ``minibatch`` is true, or is
+    None and the data hold more than ``MINIBATCH_ROWS`` rows. The same data and seed give the same
+    clusters; threads as torch's (``--threads``).
+
+    Missing values count as 0, and the data are divided by their largest magnitude first (k-means
+    is unchanged by a uniform scale): huge finite values (1e200) would otherwise overflow the
+    squared distances to inf. An empty cluster is moved to a far row (scikit-learn's rule); with
+    fewer distinct rows than clusters some centres repeat and their clusters stay empty.
+
+    >>> rows = np.array([[0.0], [0.1], [5.0], [5.1]])
+    >>> kmeans(rows, 2, init=np.array([[0.0], [5.0]]))[0].tolist()
+    [0, 0, 1, 1]
     """
-    x, scale = _scaled(np.nan_to_num(np.asarray(data, dtype=np.float64)))
-    if not 1 <= clusters <= len(x):
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # ~1 s to import: only when clustering
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+
+    x = np.nan_to_num(np.asarray(data, dtype=np.float64))
+    if x.ndim != 2:
+        raise EincError(f"k-means: data of shape {x.shape}; expected (samples, features)")
+    if isinstance(clusters, bool) or not 1 <= clusters <= len(x):
         raise EincError(f"k-means: {clusters} clusters for {len(x)} samples")
-    rng = np.random.default_rng(seed)
-    squared = (x**2).sum(1)
-    centres = [x[rng.integers(len(x))]]
-    closest = squared - 2 * x @ centres[0] + centres[0] @ centres[0]
-    for _ in range(1, clusters):
-        probabilities = np.clip(closest, 0, None)
-        total = probabilities.sum()
-        pick = rng.choice(len(x), p=probabilities / total) if total > 0 else rng.integers(len(x))
-        centres.append(x[pick])
-        closest = np.minimum(closest, squared - 2 * x @ x[pick] + x[pick] @ x[pick])
-    centre_array = np.stack(centres)
-    assignment, centre_array = lloyd(x, centre_array, iterations)
-    return assignment, centre_array * scale
-
-
-def lloyd(x: np.ndarray, centres: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's iterations from ``centres`` (updated in place): each row to its nearest centre,
-    each centre to its members' mean (an empty cluster keeps its centre), until no row moves.
-    Returns (assignment (N,), centres)."""
-    squared = (x**2).sum(1)
-    assignment = np.full(len(x), -1)
-    for _ in range(iterations):
-        new_assignment = _nearest(x, centres, squared)
-        if np.array_equal(new_assignment, assignment):
-            break
-        assignment = new_assignment
-        for c in range(len(centres)):
-            members = x[assignment == c]
-            if len(members):
-                centres[c] = members.mean(0)
-    return assignment, centres
+    centres = None if init is None else np.nan_to_num(np.asarray(init, dtype=np.float64))
+    if centres is not None and centres.shape != (clusters, x.shape[1]):
+        raise EincError(f"k-means: initial centres of shape {centres.shape}; expected ({clusters}, {x.shape[1]})")
+    scale = _scaled(x)[1] if centres is None else max(_scaled(x)[1], _scaled(centres)[1])
+    if minibatch is None:
+        minibatch = len(x) > MINIBATCH_ROWS
+    # tol=0: stop when no row changes cluster (or the iterations run out), as Lloyd's algorithm
+    # does; scikit-learn takes seeds below 2**32
+    options = {"n_clusters": clusters, "init": "k-means++" if centres is None else centres / scale, "n_init": 1,
+               "max_iter": iterations, "tol": 0.0, "random_state": int(seed) % 2**32}
+    estimator = MiniBatchKMeans(batch_size=MINIBATCH_SIZE, **options) if minibatch else KMeans(**options)
+    # einc's --threads sets torch's threads: k-means takes as many, so that a machine doing other
+    # work is not oversubscribed (None, scikit-learn's default of all cores, when torch is not in use)
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    with warnings.catch_warnings(), threadpool_limits(threads, user_api="openmp"):
+        # "fewer distinct points than clusters" or "did not converge in max_iter": the result stands
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator.fit(x / scale)
+    return estimator.labels_.astype(np.int64), estimator.cluster_centers_ * scale
 
 
 def nearest_centre(data: np.ndarray, centres: np.ndarray, squared: np.ndarray | None = None) -> np.ndarray:

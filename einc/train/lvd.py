@@ -81,8 +81,8 @@ def assign_latents(features: Any, states: int, seed: int = 0, iterations: int = 
     """Step 2: k-means with ``states`` centres over every example's every latent embedding
     together (one codebook shared across positions). Returns (z (N, latents), codebook).
 
-    einc's own k-means (k-means++ seeding, Lloyd iterations; ``einc.mixture.kmeans``), so that no
-    further dependency is needed for a few hundred thousand short vectors.
+    scikit-learn's k-means (``einc.mixture.kmeans``: k-means++ seeding from ``seed``, at most
+    ``iterations`` Lloyd iterations; mini-batches above ``einc.mixture.MINIBATCH_ROWS`` embeddings).
     """
     embeddings = per_latent_features(features, latents)
     n, positions, dims = embeddings.shape

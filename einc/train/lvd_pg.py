@@ -23,9 +23,8 @@ until every latent has N₁ × N₂ states; then a last step 1. The result is a 
 
 Deviation from Appendix B: there each outer cluster grows its own single-head HCLT; here the N₁
 outer clusters are heads of one patch circuit (sharing its units below the heads), and the
-clusters chosen in step 3 come from all of them. k-means is einc's own (``einc.mixture``):
-step 4 needs k-means started at given centres, which is Lloyd's iteration from them, and the
-problems (≤ 60,000 embeddings of ≤ 64 numbers per latent) are small.
+clusters chosen in step 3 come from all of them. k-means is scikit-learn's (``einc.mixture.kmeans``),
+which step 4 starts at the given centres.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.grow import DEFAULT_SHARE
 from einc.errors import DataError, EincError
 from einc.io.data import as_rows
-from einc.mixture import kmeans, nearest_centre
+from einc.mixture import kmeans
 from einc.model import Model
 from einc.model import compile as compile_model
 from einc.tools.growing import grow, grown_source
@@ -94,10 +93,11 @@ def select_clusters(ll: np.ndarray, z: np.ndarray, fraction: float, most: int) -
 
 
 def split_clusters(h: np.ndarray, z: np.ndarray, chosen: list[int], states: int,
-                   iterations: int = 50) -> np.ndarray:
+                   iterations: int = 50, seed: int = 0) -> np.ndarray:
     """Step 4's re-clustering: the samples of the ``chosen`` clusters into 2·|chosen| clusters by
-    Lloyd's k-means, centre m < |chosen| started at chosen[m]'s mean, centre |chosen| + m at the
-    member of chosen[m] farthest from it. Returns the new labels: chosen[m] or states + m."""
+    k-means started at given centres: centre m < |chosen| at chosen[m]'s mean, centre |chosen| + m
+    at the member of chosen[m] farthest from it. Returns the new labels: chosen[m] or states + m.
+    (``seed`` draws the batches when the samples are many enough for mini-batch k-means.)"""
     members = np.isin(z, chosen)
     x = h[members]
     labels_before = z[members]
@@ -107,15 +107,7 @@ def split_clusters(h: np.ndarray, z: np.ndarray, chosen: list[int], states: int,
         own = x[labels_before == c]
         far.append(own[((own - centres[m]) ** 2).sum(1).argmax()])
     centres = np.concatenate([centres, np.stack(far)])
-    assignment = np.full(len(x), -1)
-    for _ in range(iterations):
-        new = nearest_centre(x, centres)
-        if np.array_equal(new, assignment):
-            break
-        assignment = new
-        for c in range(len(centres)):
-            if (assignment == c).any():  # an empty cluster keeps its centre
-                centres[c] = x[assignment == c].mean(0)
+    assignment, _ = kmeans(x, len(centres), seed=seed, iterations=iterations, init=centres)
     label_of = np.array(list(chosen) + [states + m for m in range(len(chosen))])
     out = z.copy()
     out[members] = label_of[assignment]
@@ -197,7 +189,7 @@ def progressive_growing(model: Model, x: Any, features: Any, outer: int, inner: 
                 flows = patch.flows(xj[members], heads=z[members, j])
                 grown, growth = patch_grow(patch, flows, chosen, threshold, share)
                 grown_patches.append((j, grown, growth))
-                z[:, j] = split_clusters(embeddings[:, j], z[:, j], chosen, k)
+                z[:, j] = split_clusters(embeddings[:, j], z[:, j], chosen, k, seed=seed + j)
             model = with_patches(model, grown_patches, share) if grown_patches else model
         valid_ll = None if valid is None else float(model.log_likelihood(valid).mean())
         rounds.append(GrowRound(number, tuple(slot.states for slot in model.latents), history[-1].train_ll,
