@@ -42,10 +42,14 @@ from einc.model import (
 FORMAT = "einc-mixture"
 FORMAT_VERSION = 1
 
-# Above this many rows k-means runs scikit-learn's MiniBatchKMeans (Sculley 2010: centres updated
-# from batches of MINIBATCH_SIZE rows) rather than full-batch KMeans (Lloyd's iterations over
-# every row): benchmarks/kmeans.py measured on teacher embeddings where full batches stop paying.
-MINIBATCH_ROWS = 200_000
+# k-means runs scikit-learn's MiniBatchKMeans (Sculley 2010: centres updated from batches of
+# MINIBATCH_SIZE rows) rather than full-batch KMeans (Lloyd's iterations over every row) when
+# rows × clusters × features, the work of one Lloyd iteration, exceeds MINIBATCH_WORK. On teacher
+# embeddings (benchmarks/kmeans.py, one core of a 2-core Xeon) mini-batches ended 1–4% worse in
+# the k-means objective and were no faster up to 240,000 × 8 × 16; at 240,000 × 64 × 16 (2.5e8)
+# they took 1.6 s against 4.9 s. 1e9 (a million 16-number embeddings into 64 codes, ~20 s of full
+# batches by linear extrapolation) is where the seconds saved start to outweigh the worse clusters.
+MINIBATCH_WORK = 1_000_000_000
 MINIBATCH_SIZE = 4096
 
 
@@ -55,8 +59,8 @@ def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50,
     ``seed`` (or the given ``init`` centres (C, D), from which the iterations start), then at most
     ``iterations`` Lloyd iterations until no row changes cluster — ``MiniBatchKMeans`` (that many
     passes at most, stopped when the batches' objective stalls) when ``minibatch`` is true, or is
-    None and the data hold more than ``MINIBATCH_ROWS`` rows. The same data and seed give the same
-    clusters; threads as torch's (``--threads``).
+    None and rows × clusters × features exceeds ``MINIBATCH_WORK``. The same data and seed give the
+    same clusters; threads as torch's (``--threads``).
 
     Missing values count as 0, and the data are divided by their largest magnitude first (k-means
     is unchanged by a uniform scale): huge finite values (1e200) would otherwise overflow the
@@ -81,7 +85,7 @@ def kmeans(data: np.ndarray, clusters: int, seed: int = 0, iterations: int = 50,
         raise EincError(f"k-means: initial centres of shape {centres.shape}; expected ({clusters}, {x.shape[1]})")
     scale = _scaled(x)[1] if centres is None else max(_scaled(x)[1], _scaled(centres)[1])
     if minibatch is None:
-        minibatch = len(x) > MINIBATCH_ROWS
+        minibatch = x.shape[0] * clusters * x.shape[1] > MINIBATCH_WORK
     # tol=0: stop when no row changes cluster (or the iterations run out), as Lloyd's algorithm
     # does; scikit-learn takes seeds below 2**32
     options = {"n_clusters": clusters, "init": "k-means++" if centres is None else centres / scale, "n_init": 1,

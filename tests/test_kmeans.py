@@ -1,12 +1,15 @@
 """k-means (``einc.mixture.kmeans``, scikit-learn's KMeans / MiniBatchKMeans behind einc's contract):
 well-separated blobs recovered exactly by both, iterations started at given centres (one Lloyd
 step from them computed by hand; a fixed point stays put), the same clusters for the same seed,
-mini-batches above the documented row count, and clear errors for impossible requests."""
+mini-batches above the documented work, and clear errors for impossible requests."""
 
 from __future__ import annotations
 
 import doctest
+import json
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ import pytest
 import einc.mixture
 from einc.errors import EincError
 from einc.mixture import kmeans, nearest_centre
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MEANS = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 10.0], [10.0, 10.0, 10.0]])
 SIZES = (40, 25, 60, 10, 30)  # unequal on purpose: k-means++ must still find the small one
@@ -72,13 +77,13 @@ def test_the_same_seed_gives_the_same_clusters(minibatch: bool) -> None:
     assert not np.array_equal(runs[0][1], runs[2][1])  # another seed, another start
 
 
-def test_mini_batches_above_the_documented_row_count(monkeypatch) -> None:
-    x, _ = _blobs()
-    monkeypatch.setattr(einc.mixture, "MINIBATCH_ROWS", len(x) - 1)
+def test_mini_batches_above_the_documented_work(monkeypatch) -> None:
+    x, _ = _blobs()  # 165 rows × 5 clusters × 3 features
+    monkeypatch.setattr(einc.mixture, "MINIBATCH_WORK", x.size * 5 - 1)
     automatic = kmeans(x, 5, seed=2)
     for got, want in zip(automatic, kmeans(x, 5, seed=2, minibatch=True)):
         np.testing.assert_array_equal(got, want)
-    monkeypatch.setattr(einc.mixture, "MINIBATCH_ROWS", len(x))
+    monkeypatch.setattr(einc.mixture, "MINIBATCH_WORK", x.size * 5)
     for got, want in zip(kmeans(x, 5, seed=2), kmeans(x, 5, seed=2, minibatch=False)):
         np.testing.assert_array_equal(got, want)
 
@@ -107,3 +112,23 @@ def test_impossible_requests_are_clear_errors() -> None:
 def test_docstring_example_runs() -> None:
     result = doctest.testmod(einc.mixture)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_benchmark_runs_and_matches_the_former_kmeans_from_the_same_start(tmp_path) -> None:
+    """benchmarks/kmeans.py in seconds on the shipped MNIST subset: every problem and method is
+    reported, and step 4's split (both run Lloyd's iterations from the same given centres to
+    convergence) reaches the former hand-written k-means's objective."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import kmeans as benchmark  # benchmarks/kmeans.py
+
+    out = tmp_path / "kmeans"
+    argv = ["--data", str(ROOT / "examples" / "data" / "mnist_small.npz"), "--train-rows", "300",
+            "--teacher-epochs", "1", "--skip-scale", "--out", str(out)]
+    assert benchmark.main(argv) == 0
+    runs = json.loads(Path(f"{out}.json").read_text())["runs"]
+    problems = {"lvd", "split", *(f"outer patch {j}" for j in range(4))}
+    assert {(r["problem"], r["method"]) for r in runs} == {(p, m) for p in problems for m in benchmark.METHODS}
+    assert all(np.isfinite(r["inertia"]) and r["inertia"] > 0 for r in runs)
+    split = {r["method"]: r["inertia"] for r in runs if r["problem"] == "split" and r["seed"] == 0}
+    assert split["KMeans"] == pytest.approx(split["former"], rel=1e-9)
+    assert "| split | 300 | 4 | KMeans |" in Path(f"{out}.md").read_text()

@@ -82,7 +82,7 @@ def assign_latents(features: Any, states: int, seed: int = 0, iterations: int = 
     together (one codebook shared across positions). Returns (z (N, latents), codebook).
 
     scikit-learn's k-means (``einc.mixture.kmeans``: k-means++ seeding from ``seed``, at most
-    ``iterations`` Lloyd iterations; mini-batches above ``einc.mixture.MINIBATCH_ROWS`` embeddings).
+    ``iterations`` Lloyd iterations; mini-batches for problems above ``einc.mixture.MINIBATCH_WORK``).
     """
     embeddings = per_latent_features(features, latents)
     n, positions, dims = embeddings.shape
