@@ -19,6 +19,13 @@ Embeddings: the teacher of ``benchmarks/lvd_pg_mnist.py`` at its defaults (a VQ-
 Reported: the k-means objective (inertia: Σ squared distance of each embedding to its nearest
 centre; lower is better) relative to the former k-means, and wall seconds, all on ``--threads``
 threads (BLAS and OpenMP limited alike). Machine, date, load average and command in the output.
+
+    python benchmarks/kmeans.py --lvd DIR       # end to end: results/kmeans_lvd.md (~15 min)
+
+``--lvd DIR`` instead runs ``benchmarks/lvd_pg_mnist.py``'s ``lvd_pg`` and ``lvd`` arms in a small
+setting (``LVD_ARGS``: 4,000 training images, K 4 and 8, seeds 0–2, 16 epochs) twice, with
+scikit-learn's k-means and with the former one in its place, into ``DIR/scikit-learn`` and
+``DIR/former`` (resumable like lvd_pg_mnist), and tabulates exact test bpd (all 10,000 images).
 """
 
 from __future__ import annotations
@@ -108,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kmeans")
     parser.add_argument("--skip-scale", action="store_true", help="only the three small problems (seconds)")
+    parser.add_argument("--lvd", type=Path, metavar="DIR", help="instead: LVD and LVD-PG end to end with each k-means")
     args = parser.parse_args(argv)
+    if args.lvd is not None:
+        return lvd_check(args, argv)
     torch.set_num_threads(args.threads)  # einc.mixture.kmeans takes torch's thread count
     images, _ = records.mnist_images(args.data)
     started = time.perf_counter()
@@ -140,6 +150,49 @@ def main(argv: list[str] | None = None) -> int:
                  lambda s: s.write((json.dumps({"meta": meta, "runs": results}, indent=1) + "\n").encode()))
     table = markdown(meta, results)
     atomic_write(Path(f"{args.out}.md"), lambda s: s.write(table.encode()))
+    print(table)
+    return 0
+
+
+LVD_ARGS = ["--train-rows", "4000", "--valid-rows", "1000", "--sizes", "4", "8", "--seeds", "0", "1", "2",
+            "--grow", "2x4", "--round-epochs", "2", "--max-epochs", "16", "--arms", "lvd_pg", "lvd"]
+
+
+def lvd_check(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """lvd_pg_mnist's lvd_pg and lvd arms with scikit-learn's k-means, then with the former one."""
+    import lvd_pg_mnist
+
+    from einc.train import lvd, lvd_pg
+
+    data = [] if args.data is None else ["--data", str(args.data)]
+    current = (lvd.kmeans, lvd_pg.kmeans)
+    runs: dict[str, list[dict]] = {}
+    for variant in ("scikit-learn", "former"):
+        folder = args.lvd / variant
+        if variant == "former":  # every k-means of one-shot LVD and LVD-PG (steps 0 and 4)
+            lvd.kmeans = lvd_pg.kmeans = former_kmeans
+        try:
+            lvd_pg_mnist.main([*data, *LVD_ARGS, "--runs", str(folder / "runs"), "--out", str(folder / "out")])
+        finally:
+            lvd.kmeans, lvd_pg.kmeans = current
+        runs[variant] = [json.loads(path.read_text()) for path in sorted((folder / "runs").glob("K*_seed*_*.json"))]
+    lines = [f"# LVD and LVD-PG with scikit-learn's k-means and einc's former one "
+             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             f"`{records.command_line('kmeans.py', argv)}` on {records.machine_text()}, 1 thread, load average "
+             f"{', '.join(f'{v:.2f}' for v in os.getloadavg())} at the end (machine shared with other jobs). "
+             f"benchmarks/lvd_pg_mnist.py {' '.join(LVD_ARGS)}; exact test bpd on all 10,000 test images, "
+             "mean ± standard deviation over the seeds; last column: scikit-learn − former per seed.", "",
+             "| K | arm | scikit-learn | former | difference per seed |", "|---:|---|---:|---:|---|"]
+    for size in sorted({r["size"] for r in runs["former"]}):
+        for arm in ("lvd_pg", "lvd"):
+            picked = {v: {r["seed"]: r["test_bpd"] for r in rs if r["size"] == size and r["arm"] == arm}
+                      for v, rs in runs.items()}
+            cells = [f"{np.mean(list(p.values())):.4f} ± {np.std(list(p.values()), ddof=1):.4f}" for p in picked.values()]
+            seeds = sorted(set(picked["former"]) & set(picked["scikit-learn"]))
+            differences = ", ".join(f"{picked['scikit-learn'][s] - picked['former'][s]:+.4f}" for s in seeds)
+            lines.append(f"| {size} | {arm} | {cells[0]} | {cells[1]} | {differences} |")
+    table = "\n".join(lines) + "\n"
+    atomic_write(Path(f"{args.out}_lvd.md"), lambda s: s.write(table.encode()))
     print(table)
     return 0
 
