@@ -63,18 +63,21 @@ import records  # benchmarks/records.py
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("spvae", "vae")
-# options a resumed run may change: they describe the sitting, not the experiment
-# (--data too: where MNIST lies is the machine's business; the split is fixed by --seed)
 # hidden layers of each MLP unless a grid entry says otherwise (n_zxHxL)
 DEFAULT_LAYERS = 2
 Config = tuple[int, ...]  # (n_z, H) or (n_z, H, hidden layers)
-SITTING = {"threads": 1, "device": "cpu", "budget_minutes": None, "sitting_epochs": None, "data": None}
+# options a resumed run may change: they describe the sitting, not the experiment
+# (--data too: where MNIST lies is the machine's business; the split is fixed by --seed)
+SITTING = {"threads": 1, "device": "cpu", "budget_minutes": None, "sitting_epochs": None, "data": None,
+           "retire": None}
 
 SITTING_HELP = {
     "threads": "torch threads (default 1)", "device": "cpu (default) or cuda",
     "budget_minutes": "stop this sitting (after a checkpoint) once it ran this long",
     "sitting_epochs": "stop this sitting after this many epochs per arm",
     "data": records.MNIST_HELP + "; with --smoke examples/data/mnist_small.npz",
+    "retire": "end these arms' training now (comma-separated), as if early stopping had ended them: their "
+              "best epoch is tested; recorded in run.json (to give a dominated arm's CPU to the others)",
 }
 
 
@@ -113,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("runs", nargs="*", type=Path, help="(with --figure2) run directories")
     for name in SITTING:
         parser.add_argument("--" + name.replace("_", "-"), default=None,
-                            type={"device": str, "budget_minutes": float, "data": Path}.get(name, int),
+                            type={"device": str, "budget_minutes": float, "data": Path, "retire": str}.get(name, int),
                             help=SITTING_HELP[name])
     return parser.parse_args(argv)
 
@@ -144,6 +147,9 @@ def settled(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         raise SystemExit(f"spvae_mnist.py: error: --train-fraction must be in (0, 1], found {args.train_fraction}")
     for option in ("spvae_grid", "vae_grid"):
         grid_of(getattr(args, option), "--" + option.replace("_", "-"))  # checked before any work
+    unknown = [n for n in (args.retire or "").split(",") if n and n not in args.models.split(",")]
+    if unknown:
+        raise SystemExit(f"spvae_mnist.py: error: --retire {','.join(unknown)}: this run trains {args.models}")
     if args.data is None and args.smoke:
         args.data = ROOT / "examples" / "data" / "mnist_small.npz"
     if args.smoke:
@@ -389,6 +395,8 @@ def train_and_test(run: Run, args: argparse.Namespace, arrays: dict[str, np.ndar
             log(f"{name}: resumed after epoch {arms[name].epoch} (best {arms[name].best_epoch}, "
                 f"patience {arms[name].stale}/{args.patience})")
 
+    retire(run, arms)
+
     def write_report() -> None:
         report(run.dir, run.state, {n: a.history for n, a in arms.items()},
                {n: a.parameter_count for n, a in arms.items()}, args)
@@ -423,6 +431,23 @@ def train_and_test(run: Run, args: argparse.Namespace, arrays: dict[str, np.ndar
         write_pictures(models["spvae"], arrays["test"], run.dir, args.seed)
     print((run.dir / "table.md").read_text())
     return 0
+
+
+def retire(run: Run, arms: dict[str, Arm]) -> None:
+    """``--retire``: end the named arms' training where they stand (their best epoch is what the
+    test scores, as after early stopping); ``run.json`` records when, so the table can say so."""
+    for name in (run.args.retire or "").split(","):
+        if not name:
+            continue
+        arm = arms[name]
+        if arm.done:
+            continue
+        arm.done = True
+        run.state.setdefault("retired", {})[name] = {
+            "epoch": arm.epoch, "best_epoch": arm.best_epoch, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        save_checkpoint(arm, run.checkpoint(name), checkpoint_config(run.state["chosen"][name]))
+        run.save()
+        log(f"{name}: retired after epoch {arm.epoch} (--retire); its best epoch {arm.best_epoch} is tested")
 
 
 def test_arm(run: Run, arm: Arm, model, test: np.ndarray, test_x: torch.Tensor) -> None:

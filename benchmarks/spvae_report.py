@@ -58,7 +58,9 @@ def report(out: Path, state: dict, histories: dict[str, list[dict]], parameters:
         if not final and state["test"].get(name, {}).get("blocks"):
             test = f"(scoring: {len(state['test'][name]['blocks'])} blocks) | "
         paper = PAPER[name]
-        lines.append(f"| {name} | {config} | {parameters[name]:,} | {len(rows)} ({hours:.2f}) | "
+        retired = state.get("retired", {}).get(name)
+        run_length = f"{len(rows)} ({hours:.2f})" + (f", retired by hand at {retired['at']}" if retired else "")
+        lines.append(f"| {name} | {config} | {parameters[name]:,} | {run_length} | "
                      f"{best['epoch'] if best else ''} | {best['valid'] if best else float('nan'):.4f} | {test} | "
                      f"{paper['test_bpd']} (−{paper['test_nats']}), {paper['parameters'] // 1000}k |")
     lines += ["", "![curve](curve.png)", ""]

@@ -233,6 +233,25 @@ def test_a_one_hidden_layer_vae_arm_trains_and_resumes(tmp_path):
     assert "| vae | 2 x 16 x 1 |" in (run / "table.md").read_text()
 
 
+def test_a_retired_arm_stops_training_and_its_best_epoch_is_tested(tmp_path):
+    """--retire ARM on a resume ends that arm where it stands (the others go on to their own end);
+    its best epoch is scored and run.json and the table say it was retired."""
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert spvae_mnist.main([*SMOKE, "--run-dir", str(run), "--sitting-epochs", "1"]) == 0
+        with pytest.raises(SystemExit, match="--retire nope: this run trains spvae,vae"):
+            spvae_mnist.main(["--resume", str(run), "--retire", "nope"])
+        assert spvae_mnist.main(["--resume", str(run), "--threads", "1", "--retire", "vae"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    state = json.loads((run / "run.json").read_text())
+    assert state["retired"]["vae"]["epoch"] == 1
+    assert state["final"]["vae"]["epochs"] == 1 and state["final"]["spvae"]["epochs"] == 4
+    assert _meta(run / "vae_checkpoint.npz")["done"]
+    assert "retired by hand" in (run / "table.md").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--smoke", "--spvae-grid", "5x"], "n_zxH pairs"),
     (["--smoke", "--vae-grid", "0x30"], "n_zxH pairs"),
