@@ -14,6 +14,7 @@ import torch
 
 from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
 from einc.backends.torch_ops.input import DeferredLeaves
+from einc.backends.torch_ops.scaled import LinearPass, Scaled, add_scales
 from einc.ir.plan import HadamardOp
 
 # Elements of the (L, b, K_out, K_in) max-product scores materialised at once (batch chunks).
@@ -156,4 +157,54 @@ def backtrack(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor], val
     backend._write(op.parts, best[backend._index(op.owner)], choice)  # (R, B)
 
 
-RULE = TorchOpRule(forward=forward, backtrack=backtrack)
+def linear(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor], state: LinearPass, data: Any,
+           root: bool) -> Scaled:
+    """The op in the linear domain (``torch_ops/scaled.py``): P[l,j,b] = Π_r C[r,j,b] over the
+    row's parts, their scales added, then S = W · P, one matmul, renormalised. Batch-minor.
+
+    The parts add into P as in the log domain (``backends/torch_reads.ProductTerm``): an
+    ``identity`` segment multiplies in as it is, ``blocks`` as a product over the arity, a
+    ``scatter`` segment by a product-reduce over its owners' rows."""
+    product, scale, owned = None, None, False
+    for term in backend.reads.products[id(op)]:
+        piece = state.segment(term.segment)  # (n, j, B), (n, 1, B)
+        if term.kind == "scatter":
+            owner = backend._index(term.owner)
+            if product is None:
+                product = piece.linear.new_ones((op.rows, piece.linear.shape[1], piece.linear.shape[2]))
+            elif not owned:
+                product = product.clone()
+            product.scatter_reduce_(0, owner[:, None, None].expand(piece.linear.shape), piece.linear, "prod")
+            owned = True
+            if piece.scale is not None:
+                # (L, 1, B) += the scales of each output row's parts
+                spread = piece.scale.new_zeros((op.rows, 1, piece.scale.shape[2])).index_add_(0, owner, piece.scale)
+                scale = add_scales(scale, spread)
+            continue
+        part, part_scale = piece.linear, piece.scale
+        if term.kind == "blocks":  # (L·a, j, B) viewed (L, a, j, B): the a parts of each row
+            part = part.reshape(op.rows, term.arity, part.shape[1], part.shape[2]).prod(1)
+            if part_scale is not None:
+                part_scale = part_scale.reshape(op.rows, term.arity, 1, part_scale.shape[2]).sum(1)
+        if product is None:
+            product, owned = part, term.kind != "identity"
+        elif owned:
+            product.mul_(part)
+        else:
+            product, owned = product * part, True
+        scale = add_scales(scale, part_scale)
+    assert product is not None
+    if root:
+        # the root's entries (heads) are kept down to the smallest normal float relative to the
+        # largest, as the log domain's shift by max_j P keeps them: P renormalised before W
+        top = product.amax(1, keepdim=True)  # (L, 1, B)
+        state.check(top)
+        product = product * top.reciprocal()
+        scale = add_scales(torch.log(top), scale)
+        # (L, k, j) x (L, j, B) -> (L, k, B)
+        return Scaled(torch.bmm(params[op.param], product), scale)
+    # (L, k, j) x (L, j, B) -> (L, k, B)
+    return state.normalised(torch.bmm(params[op.param], product), scale)
+
+
+RULE = TorchOpRule(forward=forward, backtrack=backtrack, linear=linear)
