@@ -54,7 +54,12 @@ def _no_log_fallback(backend, monkeypatch: pytest.MonkeyPatch) -> None:
     rat_graph([FAMILY_CASES[name] for name in sorted(FAMILY_CASES)], 2, 2, k=3),  # einsum, every family
     hadamard_graph([BERNOULLI, INDICATOR3, NORMAL, POISSON, CATEGORICAL3], k=3, heads=2),  # hadamard, mixing
     tree_graph([BERNOULLI, CATEGORICAL3, BINOMIAL3, BERNOULLI, NORMAL, BERNOULLI], [-1, 0, 0, 1, 1, 2], k=4),
-], ids=["einsum-mixing", "rat-every-family", "hadamard-mixing-heads", "tree"])
+    # leaves read by hadamard ops only are deferred (one matmul per reader, then exp): of
+    # probabilities (finitely many outcomes), and of densities (shifted by their maximum)
+    tree_graph([BERNOULLI, BINOMIAL3, BERNOULLI, BINOMIAL3, BERNOULLI, BERNOULLI], [-1, 0, 0, 1, 1, 1], k=4),
+    tree_graph([BERNOULLI, NORMAL, POISSON, BINOMIAL3, NORMAL, BERNOULLI], [-1, 0, 0, 1, 1, 2], k=4, heads=2),
+], ids=["einsum-mixing", "rat-every-family", "hadamard-mixing-heads", "tree", "tree-deferred-probabilities",
+        "tree-deferred-densities"])
 def test_linear_equals_log_in_float64_with_missing_values(graph, monkeypatch: pytest.MonkeyPatch) -> None:
     plan = plan_of(graph)
     log, linear = _backends(plan, "float64")
@@ -171,3 +176,28 @@ def test_an_unknown_domain_is_a_backend_error() -> None:
     plan = plan_of(explicit_graph([BERNOULLI, CATEGORICAL3, BINOMIAL3, NORMAL], k=2))
     with pytest.raises(BackendError, match="unknown domain 'exp'"):
         create_backend("torch", plan, dtype="float64", domain="exp")
+
+
+def test_samples_whose_values_near_underflow_are_recomputed_in_the_log_domain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A star tree whose root multiplies six leaves of probability 1e-6: its maximum over K is
+    about 1e-36 (2^-120) in float32, normal but below the 2^-64 threshold: those samples (and only
+    those) come from the log domain."""
+    graph = tree_graph([BERNOULLI] * 6, [-1, 0, 0, 0, 0, 0], k=2)
+    plan = plan_of(graph)
+    log, linear = _backends(plan, "float32")
+    values = init_parameters(plan, 0)
+    for spec in plan.params:
+        if spec.kind == "leaf":
+            values[spec.name] = np.full(spec.shape, 1e-6)
+    params = log.put(values)
+    x = np.ones((8, 6))
+    x[4:] = 0.0  # probability ≈ 1 each: these stay linear
+    batch = Batch(x, np.ones_like(x, dtype=bool))
+    recomputed = []
+    original = linear.forward
+    monkeypatch.setattr(linear, "forward", lambda params, x, *a, **k: recomputed.append(len(x)) or original(params, x, *a, **k))
+    got = linear.log_likelihood(params, batch)
+    assert recomputed == [4]
+    # log p ≈ −6e-6 for the probable rows: float32 rounds it to ~1e-11, relative 3e-6
+    np.testing.assert_allclose(got, log.log_likelihood(params, batch), rtol=1e-5, atol=1e-9)
+    assert got[:4].max() < -80

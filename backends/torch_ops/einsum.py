@@ -186,7 +186,7 @@ def linear(backend: Any, op: EinsumOp, params: dict[str, torch.Tensor], state: L
     mixed = backend.contractions[op.kernel](left.linear, right.linear, params[op.param], op.path)
     scale = add_scales(left.scale, right.scale)
     if root:
-        state.check(mixed.amax(1, keepdim=True))
+        state.check(mixed.amax(1, keepdim=True).log_())
         return Scaled(mixed, scale)
     return state.normalised(mixed, scale)
 

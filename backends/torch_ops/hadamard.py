@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
-from einc.backends.torch_ops.input import DeferredLeaves
+from einc.backends.torch_ops.input import DeferredLeaves, outcomes
 from einc.backends.torch_ops.scaled import LinearPass, Scaled, add_scales
 from einc.ir.plan import HadamardOp
 
@@ -166,7 +166,29 @@ def linear(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor], state:
     ``identity`` segment multiplies in as it is, ``blocks`` as a product over the arity, a
     ``scatter`` segment by a product-reduce over its owners' rows."""
     product, scale, owned = None, None, False
+    # parts from leaves left unmaterialised (input.DeferredLeaves): Σ log f of each row's leaf
+    # parts as one matmul, exponentiated here, in cache
+    deferred = set()
+    for value in backend.reads.leaf_parts[id(op)]:
+        leaves = state.values[value]
+        if not isinstance(leaves, DeferredLeaves):
+            continue
+        deferred.add(value)
+        part = leaves.products(id(op))  # (L, j, B)
+        if all(outcomes(block) is not None for block in backend.plan.ops[value].blocks):
+            # probabilities: log f ≤ 0, no overflow; what underflows makes the op's maximum small,
+            # and its samples are recomputed (LinearPass.check)
+            part = part.exp_()
+        else:  # densities: shifted by their maximum over K, the scale
+            top = part.amax(1, keepdim=True)  # (L, 1, B)
+            state.mark(~torch.isfinite(top).all(0)[0])  # a leaf of no mass (or +inf): the log domain
+            part = part.sub_(top).exp_()
+            scale = add_scales(scale, top)
+        product = part if product is None else product.mul_(part)
+        owned = True
     for term in backend.reads.products[id(op)]:
+        if term.segment.value in deferred:
+            continue
         piece = state.segment(term.segment)  # (n, j, B), (n, 1, B)
         if term.kind == "scatter":
             owner = backend._index(term.owner)
@@ -198,9 +220,10 @@ def linear(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor], state:
         # the root's entries (heads) are kept down to the smallest normal float relative to the
         # largest, as the log domain's shift by max_j P keeps them: P renormalised before W
         top = product.amax(1, keepdim=True)  # (L, 1, B)
-        state.check(top)
-        product = product * top.reciprocal()
-        scale = add_scales(torch.log(top), scale)
+        product = product / top
+        logged = top.log_()
+        state.check(logged)
+        scale = add_scales(logged, scale)
         # (L, k, j) x (L, j, B) -> (L, k, B)
         return Scaled(torch.bmm(params[op.param], product), scale)
     # (L, k, j) x (L, j, B) -> (L, k, B)

@@ -339,6 +339,12 @@ def linear(backend: Any, op: InputOp, params: dict[str, torch.Tensor], state: Li
     of every outcome is tabulated once (L·S·K·n exps, not one per sample) and looked up, 1 where
     the variable is unobserved (its marginal); one factor per leaf needs no scale. Otherwise the
     log-domain value, shifted by its maximum over K (its scale) and exponentiated."""
+    if not root and backend.reads.op_index[id(op)] in backend.reads.deferrable:
+        # read by hadamard ops only: each takes the log of its rows' leaf parts as one matmul,
+        # in cache, and exponentiates it (hadamard.linear); the whole value is never written
+        deferred = defer(backend, op, params, False, data)
+        if isinstance(deferred, DeferredLeaves):
+            return deferred
     coefs = coefficients(backend, op, params, False)
     if all(outcomes(block) is not None for block in op.blocks):
         total = None

@@ -81,7 +81,7 @@ def linear(backend: Any, op: MixingOp, params: dict[str, torch.Tensor], state: L
         mixed = (stacked * weights).mul_(torch.exp(scales - top)).sum(1)
         scale = top[:, 0]
     if root:
-        state.check(mixed.amax(1, keepdim=True))
+        state.check(mixed.amax(1, keepdim=True).log_())
         return Scaled(mixed, scale)
     return state.normalised(mixed, scale)
 

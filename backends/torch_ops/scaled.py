@@ -19,6 +19,7 @@ only approximate, and −inf, LOG_ZERO and NaN come out exactly as the log-domai
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,16 +62,16 @@ class LinearPass:
     def __init__(self, backend: Any, batch_size: int) -> None:
         self.backend = backend
         self.values: list[Scaled | None] = []
-        self.threshold = UNDERFLOW[backend.dtype]
-        # (1, B): the least maximum over K of any row each sample had (NaN propagates); samples
-        # below the threshold are recomputed in the log domain (``suspect``)
-        self.least = torch.full((1, batch_size), float("inf"), dtype=backend.dtype, device=backend.device)
+        self.log_threshold = math.log(UNDERFLOW[backend.dtype])
+        # the log of every maximum over K the pass renormalised by, (rows, 1, B) each: checked
+        # once at the end (``suspect``), not per op (a deep pass is a few hundred small ops,
+        # each costing microseconds of dispatch)
+        self.log_tops: list[torch.Tensor] = []
         self.marked = torch.zeros(batch_size, dtype=torch.bool, device=backend.device)
 
-    def check(self, top: torch.Tensor) -> None:
-        """Note the maxima ``top`` (rows, 1, B) of a value: two small ops (a pass of deep
-        circuits is a few hundred small ops, each costing microseconds of dispatch)."""
-        torch.minimum(self.least, top.amin(0), out=self.least)
+    def check(self, log_top: torch.Tensor) -> None:
+        """Note the log of a value's maxima over K, (rows, 1, B), for ``suspect``."""
+        self.log_tops.append(log_top)
 
     def mark(self, samples: torch.Tensor) -> None:
         """Mark samples (B,) for the log domain outright (a leaf of no mass, say)."""
@@ -78,20 +79,23 @@ class LinearPass:
 
     @property
     def suspect(self) -> torch.Tensor:
-        """(B,): samples whose values may have underflowed, or are not finite (a maximum of 0,
-        +inf or NaN): their answers come from the log domain."""
-        least = self.least[0]
-        return self.marked | ~((least >= self.threshold) & (least < float("inf")))
+        """(B,): samples whose values may have underflowed (a maximum below ``UNDERFLOW``: 0
+        too, log −inf), or are not finite (NaN): their answers come from the log domain. A
+        maximum of +inf makes its row NaN (inf/inf), which the root's check finds."""
+        if not self.log_tops:
+            return self.marked
+        least = torch.cat(self.log_tops, 0).amin(0)[0]  # (B,), NaN propagates
+        return self.marked | ~(least >= self.log_threshold)
 
     def normalised(self, mixed: torch.Tensor, scale: torch.Tensor | None) -> Scaled:
         """``mixed`` (rows, K, B), a fresh tensor of the op, divided in place by its maximum over
         K, whose log joins ``scale``: values in [0, 1] again. A row of maximum 0 becomes NaN:
         its samples are suspect (``check``) and recomputed, and no op mixes samples."""
         top = mixed.amax(1, keepdim=True)  # (rows, 1, B)
-        self.check(top)
-        mixed.mul_(top.reciprocal())
+        mixed.div_(top)
         logged = top.log_()
-        return Scaled(mixed, logged if scale is None else logged.add_(scale))
+        self.check(logged)
+        return Scaled(mixed, logged if scale is None else logged + scale)
 
     def read(self, operand: Operand) -> Scaled:
         """The operand's rows (n, K, B): a view where it is one run of one value, else the
