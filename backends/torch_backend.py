@@ -30,7 +30,6 @@ from einc.backends.torch_ops import (
 )
 from einc.backends.torch_ops import input as input_op
 from einc.backends.torch_ops.sampler import TorchSampler
-from einc.backends import torch_linear
 from einc.backends.torch_capture import CapturedForward, CapturedStep, storage_key
 from einc.errors import BackendError
 from einc.ir.families import ZERO_PROBABILITY
@@ -68,7 +67,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, plan: Plan, device: str = "cpu", dtype: str = "float32", fuse: bool | None = None,
-                 capture: bool | None = None, batch_minor: bool | None = None, domain: str = "linear") -> None:
+                 capture: bool | None = None, batch_minor: bool | None = None) -> None:
         if dtype not in _DTYPES:
             raise BackendError(f"unsupported dtype '{dtype}'; expected float32 or float64")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -76,12 +75,7 @@ class TorchBackend:
                                "(--device cpu on the command line)")
         self.plan = plan
         # as given (None: the device's default), so that moved() builds the same backend elsewhere
-        self.options: dict[str, Any] = {"fuse": fuse, "capture": capture, "batch_minor": batch_minor, "domain": domain}
-        if domain not in torch_linear.DOMAINS:
-            raise BackendError(f"unknown domain {domain!r}; expected one of {', '.join(torch_linear.DOMAINS)}")
-        # "linear": no-grad sum-product queries run in the linear domain where the plan allows
-        # (backends/torch_linear.py); "log": always the log domain
-        self.domain = domain
+        self.options: dict[str, bool | None] = {"fuse": fuse, "capture": capture, "batch_minor": batch_minor}
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
         if self.device.type == "cpu":
@@ -315,8 +309,6 @@ class TorchBackend:
                 # batch sizes are padded to power-of-two buckets so few graphs get captured
                 bucket = max(64, 1 << (x.shape[0] - 1).bit_length())
                 root = self._captured_forward(params, bucket, max_product).run(x, observed)
-            elif torch_linear.applies(self, max_product, masks):
-                root = torch_linear.linear_root(self, params, x, observed, self.noise(samples, seed))
             else:  # clamped latents run eagerly (captured graphs are per batch size)
                 noise = self.noise(samples, seed)
                 root = self._root(self.forward(params, x, observed, max_product, masks=masks, noise=noise,

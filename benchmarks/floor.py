@@ -149,7 +149,7 @@ def git_commit() -> str:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     options = CompileOptions(sums=args.sums, inputs=args.inputs)
-    model = einc.compile(args.circuit, dtype="float32", seed=args.seed, options=options, domain=args.domain)
+    model = einc.compile(args.circuit, dtype="float32", seed=args.seed, options=options)
     backend = model.backend
     x = load_rows(args, model.plan.graph.num_columns)
     values, observed = prepare(model.graph, x, None, "data")
@@ -213,7 +213,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": "float32",
         "torch": torch.__version__,
         "variant": args.variant,
-        "domain": args.domain,
         "einc_commit": git_commit(),
         "einc_path": str(Path(einc.__file__).resolve().parent.parent),
         "machine": records.machine_text(),
@@ -241,9 +240,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory", action="store_true",
                         help="measure the first (warm-up) epoch's peak resident memory against 2 x (parameters + "
                              "statistics + one batch's values)")
-    parser.add_argument("--domain", choices=("log", "linear"), default="linear",
-                        help="the torch backend's inference domain (backends/torch_linear.py): linear values with "
-                             "per-row log-scales where the plan allows, or always the log domain")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", help="the circuit's name in the results")
     parser.add_argument("--variant", default="", help="which einc this is (e.g. \"main b75eb0e\"), recorded")

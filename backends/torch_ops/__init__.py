@@ -56,11 +56,6 @@ class TorchOpRule:
     # computed where they are read (``range(start, stop)``, ``gather(rows)``), or None to
     # compute it whole; used by the passes that need only the root (backends/torch_backend.py)
     defer: Callable[..., Any] | None = None
-    # ``linear(backend, op, params, state, data, root) -> Scaled``: the sum-product value in the
-    # linear domain with per-(row, sample) log-scales (``torch_ops/scaled.py``; ``state`` a
-    # ``LinearPass``), for passes that differentiate nothing (backends/torch_linear.py); None:
-    # the kind has none, and plans holding it run in the log domain
-    linear: Callable[..., Any] | None = None
 
 
 def log_sum_exp_shift(values: Any, dim: int) -> tuple[Any, Any]:

@@ -17,7 +17,6 @@ import torch
 
 from einc.backends.base import shifted_exp
 from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
-from einc.backends.torch_ops.scaled import LinearPass, Scaled, add_scales
 from einc.errors import BackendError
 from einc.ir.plan import EinsumOp, Plan
 
@@ -175,20 +174,4 @@ def _max_einsum(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) 
     return torch.cat(out, 1)
 
 
-def linear(backend: Any, op: EinsumOp, params: dict[str, torch.Tensor], state: LinearPass, data: Any,
-           root: bool) -> Scaled:
-    """The op in the linear domain (``torch_ops/scaled.py``): S = Σ_ij W[k,i,j] N[i] N'[j], the
-    plan's contraction on linear values (each operand's maximum is 1, so is their outer
-    product's), the operands' scales added; renormalised except at the root, whose entries
-    (heads) are kept as they are. Batch-minor."""
-    left, right = state.read(op.left), state.read(op.right)  # (L, i, B), (L, j, B)
-    # (L, i, B) x (L, j, B) x (L, k, i, j) -> (L, k, B)
-    mixed = backend.contractions[op.kernel](left.linear, right.linear, params[op.param], op.path)
-    scale = add_scales(left.scale, right.scale)
-    if root:
-        state.check(mixed.amax(1, keepdim=True).log_())
-        return Scaled(mixed, scale)
-    return state.normalised(mixed, scale)
-
-
-RULE = TorchOpRule(forward=forward, backtrack=backtrack, linear=linear)
+RULE = TorchOpRule(forward=forward, backtrack=backtrack)

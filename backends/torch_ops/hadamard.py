@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
-from einc.backends.torch_ops.input import DeferredLeaves, outcomes
-from einc.backends.torch_ops.scaled import LinearPass, Scaled, add_scales
+from einc.backends.torch_ops.input import DeferredLeaves
 from einc.ir.plan import HadamardOp
 
 # Elements of the (L, b, K_out, K_in) max-product scores materialised at once (batch chunks).
@@ -157,77 +156,4 @@ def backtrack(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor], val
     backend._write(op.parts, best[backend._index(op.owner)], choice)  # (R, B)
 
 
-def linear(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor], state: LinearPass, data: Any,
-           root: bool) -> Scaled:
-    """The op in the linear domain (``torch_ops/scaled.py``): P[l,j,b] = Π_r C[r,j,b] over the
-    row's parts, their scales added, then S = W · P, one matmul, renormalised. Batch-minor.
-
-    The parts add into P as in the log domain (``backends/torch_reads.ProductTerm``): an
-    ``identity`` segment multiplies in as it is, ``blocks`` as a product over the arity, a
-    ``scatter`` segment by a product-reduce over its owners' rows."""
-    product, scale, owned = None, None, False
-    # parts from leaves left unmaterialised (input.DeferredLeaves): Σ log f of each row's leaf
-    # parts as one matmul, exponentiated here, in cache
-    deferred = set()
-    for value in backend.reads.leaf_parts[id(op)]:
-        leaves = state.values[value]
-        if not isinstance(leaves, DeferredLeaves):
-            continue
-        deferred.add(value)
-        part = leaves.products(id(op))  # (L, j, B)
-        if all(outcomes(block) is not None for block in backend.plan.ops[value].blocks):
-            # probabilities: log f ≤ 0, no overflow; what underflows makes the op's maximum small,
-            # and its samples are recomputed (LinearPass.check)
-            part = part.exp_()
-        else:  # densities: shifted by their maximum over K, the scale
-            top = part.amax(1, keepdim=True)  # (L, 1, B)
-            state.mark(~torch.isfinite(top).all(0)[0])  # a leaf of no mass (or +inf): the log domain
-            part = part.sub_(top).exp_()
-            scale = add_scales(scale, top)
-        product = part if product is None else product.mul_(part)
-        owned = True
-    for term in backend.reads.products[id(op)]:
-        if term.segment.value in deferred:
-            continue
-        piece = state.segment(term.segment)  # (n, j, B), (n, 1, B)
-        if term.kind == "scatter":
-            owner = backend._index(term.owner)
-            if product is None:
-                product = piece.linear.new_ones((op.rows, piece.linear.shape[1], piece.linear.shape[2]))
-            elif not owned:
-                product = product.clone()
-            product.scatter_reduce_(0, owner[:, None, None].expand(piece.linear.shape), piece.linear, "prod")
-            owned = True
-            if piece.scale is not None:
-                # (L, 1, B) += the scales of each output row's parts
-                spread = piece.scale.new_zeros((op.rows, 1, piece.scale.shape[2])).index_add_(0, owner, piece.scale)
-                scale = add_scales(scale, spread)
-            continue
-        part, part_scale = piece.linear, piece.scale
-        if term.kind == "blocks":  # (L·a, j, B) viewed (L, a, j, B): the a parts of each row
-            part = part.reshape(op.rows, term.arity, part.shape[1], part.shape[2]).prod(1)
-            if part_scale is not None:
-                part_scale = part_scale.reshape(op.rows, term.arity, 1, part_scale.shape[2]).sum(1)
-        if product is None:
-            product, owned = part, term.kind != "identity"
-        elif owned:
-            product.mul_(part)
-        else:
-            product, owned = product * part, True
-        scale = add_scales(scale, part_scale)
-    assert product is not None
-    if root:
-        # the root's entries (heads) are kept down to the smallest normal float relative to the
-        # largest, as the log domain's shift by max_j P keeps them: P renormalised before W
-        top = product.amax(1, keepdim=True)  # (L, 1, B)
-        product = product / top
-        logged = top.log_()
-        state.check(logged)
-        scale = add_scales(logged, scale)
-        # (L, k, j) x (L, j, B) -> (L, k, B)
-        return Scaled(torch.bmm(params[op.param], product), scale)
-    # (L, k, j) x (L, j, B) -> (L, k, B)
-    return state.normalised(torch.bmm(params[op.param], product), scale)
-
-
-RULE = TorchOpRule(forward=forward, backtrack=backtrack, linear=linear)
+RULE = TorchOpRule(forward=forward, backtrack=backtrack)

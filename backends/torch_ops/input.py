@@ -15,7 +15,6 @@ import torch
 
 from einc.backends.input_layer import leaf_coefficients, leaf_features
 from einc.backends.torch_ops import TorchOpRule
-from einc.backends.torch_ops.scaled import LinearPass, Scaled
 from einc.backends.torch_ops.sampler import TorchSampler
 from einc.ir.families import family_rule
 from einc.ir.plan import FamilyBlock, InputOp, RowIndex, Segment
@@ -316,104 +315,4 @@ def rule_log_base(block: FamilyBlock, x: torch.Tensor, observed: torch.Tensor, c
     return log_base.t()[cols]
 
 
-# How many values a variable of a domain takes, where finitely many (a leaf's probability of each
-# can then be tabulated once per pass, ``linear``); None: infinitely many (real, poisson counts).
-_OUTCOMES = {
-    "binary": lambda block: 2,
-    "categorical": lambda block: block.domain.size,
-    "count": lambda block: int(block.family.arg("n")) + 1 if block.family.name == "binomial" else None,
-    "real": lambda block: None,
-}
-
-
-def outcomes(block: FamilyBlock) -> int | None:
-    """The number of values a block's variables take, or None where they are not finitely many."""
-    return _OUTCOMES[block.domain.kind](block)
-
-
-def linear(backend: Any, op: InputOp, params: dict[str, torch.Tensor], state: LinearPass, data: Any,
-           root: bool) -> Scaled:
-    """The leaves' value in the linear domain (``torch_ops/scaled.py``), stored (L, K, B).
-
-    Finitely many outcomes (binary, categorical, binomial counts): each leaf factor's probability
-    of every outcome is tabulated once (L·S·K·n exps, not one per sample) and looked up, 1 where
-    the variable is unobserved (its marginal); one factor per leaf needs no scale. Otherwise the
-    log-domain value, shifted by its maximum over K (its scale) and exponentiated."""
-    if not root and backend.reads.op_index[id(op)] in backend.reads.deferrable:
-        # read by hadamard ops only: each takes the log of its rows' leaf parts as one matmul,
-        # in cache, and exponentiates it (hadamard.linear); the whole value is never written
-        deferred = defer(backend, op, params, False, data)
-        if isinstance(deferred, DeferredLeaves):
-            return deferred
-    coefs = coefficients(backend, op, params, False)
-    if all(outcomes(block) is not None for block in op.blocks):
-        total = None
-        for block, coef in zip(op.blocks, coefs):
-            term = _looked_up_probabilities(backend, block, coef, data.x, data.observed)
-            total = term if total is None else total.mul_(term)
-        assert total is not None
-        if len(op.blocks) == 1 and op.blocks[0].width == 1 and not root:
-            return Scaled(total, None)
-        return state.normalised(total, None) if not root else Scaled(total, None)
-    # (L, B, K) indexed, stored (L, K, B)
-    logged = values_of(backend, op, coefs, data.x, data.observed, False).transpose(1, 2)
-    top = logged.amax(1, keepdim=True)  # (L, 1, B)
-    state.mark(~torch.isfinite(top).all(0)[0])  # a leaf of no mass (or +inf): the log domain
-    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    return Scaled(torch.exp(logged - shift), shift)
-
-
-# Up to this many outcomes a lookup is a matmul of one-hot features (torch's gather along the
-# last axis with a broadcast index ran ~3.5x slower than a bmm of 3 features on a 2-core Xeon, an
-# HCLT's Bernoulli leaves: 1.55 against 0.45 ms for 100 x 32 x 512 entries); above, a gather.
-_ONE_HOT_OUTCOMES = 16
-
-
-def _outcome_table(backend: Any, block: FamilyBlock, coef: torch.Tensor, x: torch.Tensor,
-                   observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """f's table (L, S, K, n+1), the last entry 1 (unobserved), and, for n+1 ≤ _ONE_HOT_OUTCOMES,
-    one-hot features per column (C+1, n+1, B), else each column's outcome (C+1, B)."""
-    n = outcomes(block)
-    assert n is not None
-    values = torch.arange(n, dtype=backend.dtype, device=backend.device)
-    # [T(c), 1, (log h(c))] of every outcome c, (n, f); Θ (L, S, K, f) -> log f(c), (L, S, K, n)
-    features = leaf_features(torch, block, values, torch.ones_like(values), None)
-    table = torch.exp(torch.matmul(coef, features.t()))
-    table = torch.cat([table, table.new_ones(table.shape[:-1] + (1,))], -1)  # (L, S, K, n+1)
-    # each column's outcome, n where unobserved (the pad column C too), (C+1, B)
-    index = torch.where(observed.t() > 0, x.t().long().clamp_(0, n - 1), n)
-    if n + 1 > _ONE_HOT_OUTCOMES:
-        return table, index
-    # in the (C+1, n+1, B) order the matmuls read (a transposed one_hot() is a strided operand: 10x slower)
-    return table, (index[:, None, :] == torch.arange(n + 1, device=backend.device)[:, None]).to(backend.dtype)
-
-
-def _looked_up_probabilities(backend: Any, block: FamilyBlock, coef: torch.Tensor, x: torch.Tensor,
-                             observed: torch.Tensor) -> torch.Tensor:
-    """Π_s f(x_s) per leaf, component and sample, (L, K, B), unobserved factors 1, for a block of
-    finitely many outcomes n: f's table (L, S, K, n+1) (the last entry 1, for unobserved) looked up."""
-    n = outcomes(block)
-    assert n is not None
-    table, index = _outcome_table(backend, block, coef, x, observed)
-    cols = backend.columns[block.param]  # (L, S)
-    rows, width, k = table.shape[0], table.shape[1], table.shape[2]
-    batch_size = x.shape[0]
-    total = None
-    if n + 1 <= _ONE_HOT_OUTCOMES:
-        # one-hot features per column (C+1, n+1, B), then whole rows of them per leaf factor
-        # (an index of L·S rows, as the log domain's input layer), in the order the matmul reads
-        gathered = index.index_select(0, backend.leaf_rows[block.param]).view(rows, width, n + 1, batch_size)
-        for s in range(width):
-            term = torch.bmm(table[:, s], gathered[:, s])  # (L, K, n+1) x (L, n+1, B) -> (L, K, B)
-            total = term if total is None else total.mul_(term)
-    else:
-        picked = index[cols]  # (L, S, B)
-        for s in range(width):
-            # (L, K, n+1) gathered at each sample's outcome -> (L, K, B)
-            term = torch.gather(table[:, s], 2, picked[:, s, None, :].expand(rows, k, batch_size))
-            total = term if total is None else total.mul_(term)
-    assert total is not None
-    return total
-
-
-RULE = TorchOpRule(forward=forward, backtrack=backtrack, defer=defer, linear=linear)
+RULE = TorchOpRule(forward=forward, backtrack=backtrack, defer=defer)

@@ -14,7 +14,6 @@ import torch
 
 from einc.backends.base import shifted_exp
 from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
-from einc.backends.torch_ops.scaled import LinearPass, Scaled
 from einc.ir.plan import MixingOp
 
 
@@ -61,29 +60,4 @@ def backtrack(backend: Any, op: MixingOp, params: dict[str, torch.Tensor], value
     backend._write(op.input, child.reshape(m * c, batch_size), choice)
 
 
-def linear(backend: Any, op: MixingOp, params: dict[str, torch.Tensor], state: LinearPass, data: Any,
-           root: bool) -> Scaled:
-    """The op in the linear domain (``torch_ops/scaled.py``): the components rescaled to their
-    largest scale (an exp per row and sample, not per element), S = Σ_c V[c,k] S_c[k], then
-    renormalised (at the root kept: its largest component's maximum is 1). Batch-minor."""
-    rows = state.read(op.input)  # (M·C, K, B), (M·C, 1, B)
-    m, c = op.rows, op.components
-    stacked = rows.linear.reshape(m, c, rows.linear.shape[1], rows.linear.shape[2])  # (M, C, K, B)
-    weights = params[op.param][..., None]  # (M, C, K, 1)
-    if rows.scale is None:
-        mixed = (stacked * weights).sum(1)  # (M, C, K, B) x (M, C, K, 1) -> (M, K, B)
-        scale = None
-    else:
-        scales = rows.scale.reshape(m, c, 1, rows.scale.shape[2])  # (M, C, 1, B)
-        top = scales.amax(1, keepdim=True)  # (M, 1, 1, B)
-        top = torch.where(top > float("-inf"), top, torch.zeros_like(top))  # no mass: stays 0
-        # (M, C, K, B) x (M, C, K, 1) x (M, C, 1, B) -> (M, K, B)
-        mixed = (stacked * weights).mul_(torch.exp(scales - top)).sum(1)
-        scale = top[:, 0]
-    if root:
-        state.check(mixed.amax(1, keepdim=True).log_())
-        return Scaled(mixed, scale)
-    return state.normalised(mixed, scale)
-
-
-RULE = TorchOpRule(forward=forward, backtrack=backtrack, linear=linear)
+RULE = TorchOpRule(forward=forward, backtrack=backtrack)
