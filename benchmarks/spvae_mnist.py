@@ -63,15 +63,21 @@ import records  # benchmarks/records.py
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("spvae", "vae")
+# hidden layers of each MLP unless a grid entry says otherwise (n_zxHxL)
+DEFAULT_LAYERS = 2
+Config = tuple[int, ...]  # (n_z, H) or (n_z, H, hidden layers)
 # options a resumed run may change: they describe the sitting, not the experiment
 # (--data too: where MNIST lies is the machine's business; the split is fixed by --seed)
-SITTING = {"threads": 1, "device": "cpu", "budget_minutes": None, "sitting_epochs": None, "data": None}
+SITTING = {"threads": 1, "device": "cpu", "budget_minutes": None, "sitting_epochs": None, "data": None,
+           "retire": None}
 
 SITTING_HELP = {
     "threads": "torch threads (default 1)", "device": "cpu (default) or cuda",
     "budget_minutes": "stop this sitting (after a checkpoint) once it ran this long",
     "sitting_epochs": "stop this sitting after this many epochs per arm",
     "data": records.MNIST_HELP + "; with --smoke examples/data/mnist_small.npz",
+    "retire": "end these arms' training now (comma-separated), as if early stopping had ended them: their "
+              "best epoch is tested; recorded in run.json (to give a dominated arm's CPU to the others)",
 }
 
 
@@ -110,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("runs", nargs="*", type=Path, help="(with --figure2) run directories")
     for name in SITTING:
         parser.add_argument("--" + name.replace("_", "-"), default=None,
-                            type={"device": str, "budget_minutes": float, "data": Path}.get(name, int),
+                            type={"device": str, "budget_minutes": float, "data": Path, "retire": str}.get(name, int),
                             help=SITTING_HELP[name])
     return parser.parse_args(argv)
 
@@ -141,6 +147,9 @@ def settled(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         raise SystemExit(f"spvae_mnist.py: error: --train-fraction must be in (0, 1], found {args.train_fraction}")
     for option in ("spvae_grid", "vae_grid"):
         grid_of(getattr(args, option), "--" + option.replace("_", "-"))  # checked before any work
+    unknown = [n for n in (args.retire or "").split(",") if n and n not in args.models.split(",")]
+    if unknown:
+        raise SystemExit(f"spvae_mnist.py: error: --retire {','.join(unknown)}: this run trains {args.models}")
     if args.data is None and args.smoke:
         args.data = ROOT / "examples" / "data" / "mnist_small.npz"
     if args.smoke:
@@ -166,15 +175,40 @@ def _without_sitting(argv: list[str]) -> list[str]:
     return out
 
 
-def grid_of(text: str, option: str = "grid") -> list[tuple[int, int]]:
-    """``"5x32,25x32"`` -> [(5, 32), (25, 32)]: candidates (n_z, H)."""
+def grid_of(text: str, option: str = "grid") -> list[Config]:
+    """``"5x32,100x600x1"`` -> [(5, 32), (100, 600, 1)]: candidates n_z x H, or n_z x H x L with L
+    hidden layers in each MLP (encoder and decoder; ``DEFAULT_LAYERS`` when not given, and a given
+    default is dropped so that one configuration has one key)."""
     try:
         grid = [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]
     except ValueError:
         grid = []
-    if not grid or any(len(c) != 2 or min(c) < 1 for c in grid):
-        raise SystemExit(f"spvae_mnist.py: error: {option} takes n_zxH pairs such as 5x32,25x32; found {text!r}")
-    return grid  # type: ignore[return-value]
+    if not grid or any(len(c) not in (2, 3) or min(c) < 1 for c in grid):
+        raise SystemExit(f"spvae_mnist.py: error: {option} takes n_zxH pairs (or n_zxHxL, L hidden layers) such "
+                         f"as 5x32,25x32,100x600x1; found {text!r}")
+    return [c[:2] if len(c) == 3 and c[2] == DEFAULT_LAYERS else c for c in grid]
+
+
+def config_key(config: Config) -> str:
+    """How ``run.json`` names a candidate: ``25x32``, ``100x600x1``."""
+    return "x".join(str(v) for v in config)
+
+
+def config_parts(config: Config) -> tuple[int, int, int]:
+    """(n_z, H, hidden layers) of a candidate."""
+    return (config[0], config[1], config[2] if len(config) == 3 else DEFAULT_LAYERS)
+
+
+def config_text(config: Config) -> str:
+    latent, hidden, layers = config_parts(config)
+    return f"n_z={latent} H={hidden}" + ("" if layers == DEFAULT_LAYERS else f" layers={layers}")
+
+
+def checkpoint_config(config: Config) -> dict:
+    """What an arm's checkpoint records of its configuration (checked on resume); runs with the
+    default depth keep the keys they were started with."""
+    latent, hidden, layers = config_parts(config)
+    return {"n_z": latent, "H": hidden, **({} if layers == DEFAULT_LAYERS else {"layers": layers})}
 
 
 class Run:
@@ -256,20 +290,21 @@ def load_data(args: argparse.Namespace) -> dict[str, np.ndarray]:
             "test": test[: args.test_rows].astype(np.float32)}
 
 
-def build(name: str, config: tuple[int, int], args: argparse.Namespace, logits: np.ndarray, source: str):
-    """(arm, SPVAE model or None) for ``name`` with (n_z, H) = ``config``; ``source`` the circuit."""
-    latent, hidden = config
-    spvae = spvae_model(source, latent, hidden, logits, args.device, args.seed)
+def build(name: str, config: Config, args: argparse.Namespace, logits: np.ndarray, source: str):
+    """(arm, SPVAE model or None) for ``name`` with (n_z, H[, layers]) = ``config``; ``source`` the circuit."""
+    latent, hidden, layers = config_parts(config)
+    spvae = spvae_model(source, latent, hidden, logits, args.device, args.seed, layers)
     if name == "spvae":
         module = spvae.module(args.samples)
     else:
-        module, spvae = SingleVae(latent, hidden, decoder_spec(spvae), logits).to(args.device), None
+        module = SingleVae(latent, hidden, decoder_spec(spvae), logits, layers).to(args.device)
+        spvae = None
     return Arm(name, module, getattr(args, f"{name}_learning_rate"), args.seed), spvae
 
 
 # ---------------------------------------------------------------- the protocol
-def pilot(run: Run, name: str, data: dict[str, torch.Tensor], logits: np.ndarray) -> tuple[int, int]:
-    """Each candidate (n_z, H) trains ``--pilot-epochs`` epochs on ``--pilot-rows`` images (or as
+def pilot(run: Run, name: str, data: dict[str, torch.Tensor], logits: np.ndarray) -> Config:
+    """Each candidate (n_z, H[, layers]) trains ``--pilot-epochs`` epochs on ``--pilot-rows`` images (or as
     many steps on fewer, with ``--train-fraction``); the best
     validation bound (bpd) on ``--pilot-valid-rows`` images chooses. Recorded per candidate."""
     args = run.args
@@ -277,7 +312,7 @@ def pilot(run: Run, name: str, data: dict[str, torch.Tensor], logits: np.ndarray
     candidates = grid_of(getattr(args, f"{name}_grid"))
     train_x, valid_x = data["train"][: args.pilot_rows], data["valid"][: args.pilot_valid_rows]
     for config in candidates:
-        key = f"{config[0]}x{config[1]}"
+        key = config_key(config)
         if key in results:
             continue
         started = time.perf_counter()
@@ -290,17 +325,17 @@ def pilot(run: Run, name: str, data: dict[str, torch.Tensor], logits: np.ndarray
                         "seconds": time.perf_counter() - started, "last_epoch_valid": record["valid"],
                         "epochs": len(arm.history), "rows": len(train_x)}
         run.save()
-        log(f"pilot {name} n_z={config[0]} H={config[1]}: valid {results[key]['valid']:.4f} bpd after "
+        log(f"pilot {name} {config_text(config)}: valid {results[key]['valid']:.4f} bpd after "
             f"{len(arm.history)} epochs on {len(train_x)} images ({results[key]['parameters']:,} parameters, "
             f"{results[key]['seconds']:.0f} s)")
     best = choose(name, candidates, run.state, args.any_vae_size)
     run.state["chosen"][name] = list(best)
     run.save()
-    log(f"pilot {name}: chose n_z={best[0]} H={best[1]}")
+    log(f"pilot {name}: chose {config_text(best)}")
     return best
 
 
-def choose(name: str, candidates: list[tuple[int, int]], state: dict, any_size: bool = False) -> tuple[int, int]:
+def choose(name: str, candidates: list[Config], state: dict, any_size: bool = False) -> Config:
     """The candidate with the best pilot validation bound; for the VAE, among those with at least
     the chosen SPVAE's parameters (unless ``any_size``, or none is that large)."""
     results = state["pilot"][name]
@@ -309,9 +344,9 @@ def choose(name: str, candidates: list[tuple[int, int]], state: dict, any_size: 
     if name == "vae" and not any_size and spvae is not None:
         # the paper's VAEs were 3-10x larger than its SPVAEs; a short pilot favours small,
         # fast-learning VAEs, which would make the comparison unfair to the baseline
-        floor = state["pilot"]["spvae"][f"{spvae[0]}x{spvae[1]}"]["parameters"]
-        allowed = [c for c in candidates if results[f"{c[0]}x{c[1]}"]["parameters"] >= floor] or candidates
-    return min(allowed, key=lambda c: results[f"{c[0]}x{c[1]}"]["valid"])
+        floor = state["pilot"]["spvae"][config_key(spvae)]["parameters"]
+        allowed = [c for c in candidates if results[config_key(c)]["parameters"] >= floor] or candidates
+    return min(allowed, key=lambda c: results[config_key(c)]["valid"])
 
 
 def eta_text(arm: Arm, arms: dict[str, Arm], max_epochs: int) -> str:
@@ -356,9 +391,11 @@ def train_and_test(run: Run, args: argparse.Namespace, arrays: dict[str, np.ndar
         config = tuple(run.state["chosen"][name]) if name in run.state["chosen"] else pilot(run, name, data, logits)
         arms[name], models[name] = build(name, config, args, logits, run.state["circuit"])
         if run.checkpoint(name).exists():
-            load_checkpoint(arms[name], run.checkpoint(name), {"n_z": config[0], "H": config[1]})
+            load_checkpoint(arms[name], run.checkpoint(name), checkpoint_config(config))
             log(f"{name}: resumed after epoch {arms[name].epoch} (best {arms[name].best_epoch}, "
                 f"patience {arms[name].stale}/{args.patience})")
+
+    retire(run, arms)
 
     def write_report() -> None:
         report(run.dir, run.state, {n: a.history for n, a in arms.items()},
@@ -374,8 +411,7 @@ def train_and_test(run: Run, args: argparse.Namespace, arrays: dict[str, np.ndar
                 continue
             record = train_epoch(arm, data["train"], data["valid"], args.batch_size, args.samples,
                                  args.patience, args.epochs, args.min_steps_per_epoch)
-            save_checkpoint(arm, run.checkpoint(name), {"n_z": run.state["chosen"][name][0],
-                                                       "H": run.state["chosen"][name][1]})
+            save_checkpoint(arm, run.checkpoint(name), checkpoint_config(run.state["chosen"][name]))
             if name == "spvae" and arm.best_epoch == arm.epoch:
                 write_model(models[name], run.dir / "spvae_model.npz")
             write_report()
@@ -395,6 +431,23 @@ def train_and_test(run: Run, args: argparse.Namespace, arrays: dict[str, np.ndar
         write_pictures(models["spvae"], arrays["test"], run.dir, args.seed)
     print((run.dir / "table.md").read_text())
     return 0
+
+
+def retire(run: Run, arms: dict[str, Arm]) -> None:
+    """``--retire``: end the named arms' training where they stand (their best epoch is what the
+    test scores, as after early stopping); ``run.json`` records when, so the table can say so."""
+    for name in (run.args.retire or "").split(","):
+        if not name:
+            continue
+        arm = arms[name]
+        if arm.done:
+            continue
+        arm.done = True
+        run.state.setdefault("retired", {})[name] = {
+            "epoch": arm.epoch, "best_epoch": arm.best_epoch, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        save_checkpoint(arm, run.checkpoint(name), checkpoint_config(run.state["chosen"][name]))
+        run.save()
+        log(f"{name}: retired after epoch {arm.epoch} (--retire); its best epoch {arm.best_epoch} is tested")
 
 
 def test_arm(run: Run, arm: Arm, model, test: np.ndarray, test_x: torch.Tensor) -> None:

@@ -44,13 +44,13 @@ def report(out: Path, state: dict, histories: dict[str, list[dict]], parameters:
          f"{args.pilot_epochs}-epoch pilot on {args.pilot_rows:,} images (not the paper's full cross-validation). "
          f"Test: the {args.eval_samples}-sample IWAE estimate on {args.test_rows:,} test images."),
         "",
-        "| model | n_z x H | parameters | epochs run (hours) | best epoch | valid bound (bpd) | test (bpd) | "
+        "| model | n_z x H (x hidden layers, if not 2) | parameters | epochs run (hours) | best epoch | valid bound (bpd) | test (bpd) | "
         "test, −log p (nats) | the paper: test bpd (log p in nats), parameters |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, rows in histories.items():
         chosen = state["chosen"].get(name)
-        config = f"{chosen[0]} x {chosen[1]}" if chosen else ""
+        config = " x ".join(str(v) for v in chosen) if chosen else ""
         hours = sum(h["seconds"] for h in rows) / 3600
         best = min(rows, key=lambda h: h["valid"]) if rows else None
         final = state["final"].get(name)
@@ -58,7 +58,9 @@ def report(out: Path, state: dict, histories: dict[str, list[dict]], parameters:
         if not final and state["test"].get(name, {}).get("blocks"):
             test = f"(scoring: {len(state['test'][name]['blocks'])} blocks) | "
         paper = PAPER[name]
-        lines.append(f"| {name} | {config} | {parameters[name]:,} | {len(rows)} ({hours:.2f}) | "
+        retired = state.get("retired", {}).get(name)
+        run_length = f"{len(rows)} ({hours:.2f})" + (f", retired by hand at {retired['at']}" if retired else "")
+        lines.append(f"| {name} | {config} | {parameters[name]:,} | {run_length} | "
                      f"{best['epoch'] if best else ''} | {best['valid'] if best else float('nan'):.4f} | {test} | "
                      f"{paper['test_bpd']} (−{paper['test_nats']}), {paper['parameters'] // 1000}k |")
     lines += ["", "![curve](curve.png)", ""]

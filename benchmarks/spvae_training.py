@@ -59,11 +59,11 @@ class SingleVae(torch.nn.Module):
     structure. ``forward`` streams the k samples in chunks (a running log-sum-exp), as einc does.
     """
 
-    def __init__(self, latent: int, hidden: int, spec: VaeSpec, logits: np.ndarray) -> None:
+    def __init__(self, latent: int, hidden: int, spec: VaeSpec, logits: np.ndarray, layers: int = 2) -> None:
         super().__init__()
         self.latent, self.decoder_family, self.samples = latent, spec.decoder, 5
-        self.encoder = _mlp((PIXELS, hidden, hidden, 2 * latent))
-        self.decoder = _mlp((latent, hidden, hidden, PIXELS))
+        self.encoder = _mlp((PIXELS, *[hidden] * layers, 2 * latent))
+        self.decoder = _mlp((latent, *[hidden] * layers, PIXELS))
         with torch.no_grad():
             self.decoder[-1].bias.copy_(torch.as_tensor(logits))
 
@@ -94,20 +94,23 @@ def _mlp(sizes: tuple[int, ...]) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers)
 
 
-def circuit_text(source: str, latent: int, hidden: int) -> str:
+def circuit_text(source: str, latent: int, hidden: int, layers: int = 2) -> str:
     """The SPVAE circuit's text with every vae leaf's latent size and hidden widths replaced
-    (the paper's H is the same in every layer): how the hyper-parameter pilot varies n_z and H."""
+    (the paper's H is the same in every layer; ``layers`` of them): how the hyper-parameter pilot
+    varies n_z, H and the depth."""
     text, count = re.subn(r"latent\s*=\s*\d+", f"latent = {latent}", source)
-    text, hidden_count = re.subn(r"hidden\s*=\s*\[[^\]]*\]", f"hidden = [{hidden}, {hidden}]", text)
+    widths = ", ".join([str(hidden)] * layers)
+    text, hidden_count = re.subn(r"hidden\s*=\s*\[[^\]]*\]", f"hidden = [{widths}]", text)
     if count == 0 or hidden_count == 0:
         raise ValueError("the circuit's vae leaf must name latent = ... and hidden = [...]")
     return text
 
 
-def spvae_model(source: str, latent: int, hidden: int, logits: np.ndarray, device: str, seed: int) -> einc.Model:
-    """The compiled SPVAE with n_z = ``latent``, H = ``hidden``, its decoders' output biases set
-    from ``logits`` (one per pixel)."""
-    model = einc.compile(circuit_text(source, latent, hidden), device=device, seed=seed)
+def spvae_model(source: str, latent: int, hidden: int, logits: np.ndarray, device: str, seed: int,
+                layers: int = 2) -> einc.Model:
+    """The compiled SPVAE with n_z = ``latent``, ``layers`` hidden layers of H = ``hidden``, its
+    decoders' output biases set from ``logits`` (one per pixel)."""
+    model = einc.compile(circuit_text(source, latent, hidden, layers), device=device, seed=seed)
     params = model.parameters()
     found = False
     for op in model.plan.ops:

@@ -198,9 +198,64 @@ def test_a_run_directory_is_not_started_twice(runs):
         lock.unlink()
 
 
+def test_grid_entries_may_name_the_number_of_hidden_layers():
+    """n_zxH keeps the default depth (2 hidden layers); n_zxHxL names it, and a named default is
+    the same candidate as the pair."""
+    assert spvae_mnist.grid_of("5x32,100x600x1,25x32x2") == [(5, 32), (100, 600, 1), (25, 32)]
+    assert spvae_mnist.config_parts((100, 600, 1)) == (100, 600, 1)
+    assert spvae_mnist.config_parts((5, 32)) == (5, 32, spvae_mnist.DEFAULT_LAYERS)
+    assert spvae_mnist.config_key((100, 600, 1)) == "100x600x1"
+    assert spvae_mnist.checkpoint_config((5, 32)) == {"n_z": 5, "H": 32}
+    assert spvae_mnist.checkpoint_config((5, 32, 3)) == {"n_z": 5, "H": 32, "layers": 3}
+    for bad in ("1x2x3x4", "1x2x0", "1"):
+        with pytest.raises(SystemExit, match="n_zxHxL"):
+            spvae_mnist.grid_of(bad)
+    text = spvae_training.circuit_text("leaf img ~ vae(latent = 5, hidden = [32, 32], decoder = binomial)", 2, 8, 3)
+    assert "latent = 2" in text and "hidden = [8, 8, 8]" in text
+
+
+def test_a_one_hidden_layer_vae_arm_trains_and_resumes(tmp_path):
+    """A grid entry n_zxHx1 builds encoder and decoder with one hidden layer each (the parameter
+    count says so), its checkpoint records the depth, and a resumed run continues it."""
+    run = tmp_path / "run"
+    argv = ["--smoke", "--models", "vae", "--vae-grid", "2x16x1", "--epochs", "2", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert spvae_mnist.main([*argv, "--run-dir", str(run), "--sitting-epochs", "1"]) == 0
+        assert _meta(run / "vae_checkpoint.npz")["config"] == {"n_z": 2, "H": 16, "layers": 1}
+        assert spvae_mnist.main(["--resume", str(run), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    state = json.loads((run / "run.json").read_text())
+    assert state["chosen"]["vae"] == [2, 16, 1]
+    one_layer = (784 * 16 + 16) + (16 * 4 + 4) + (2 * 16 + 16) + (16 * 784 + 784)
+    assert state["final"]["vae"]["parameters"] == one_layer and state["final"]["vae"]["epochs"] == 2
+    assert "| vae | 2 x 16 x 1 |" in (run / "table.md").read_text()
+
+
+def test_a_retired_arm_stops_training_and_its_best_epoch_is_tested(tmp_path):
+    """--retire ARM on a resume ends that arm where it stands (the others go on to their own end);
+    its best epoch is scored and run.json and the table say it was retired."""
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    try:
+        assert spvae_mnist.main([*SMOKE, "--run-dir", str(run), "--sitting-epochs", "1"]) == 0
+        with pytest.raises(SystemExit, match="--retire nope: this run trains spvae,vae"):
+            spvae_mnist.main(["--resume", str(run), "--retire", "nope"])
+        assert spvae_mnist.main(["--resume", str(run), "--threads", "1", "--retire", "vae"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    state = json.loads((run / "run.json").read_text())
+    assert state["retired"]["vae"]["epoch"] == 1
+    assert state["final"]["vae"]["epochs"] == 1 and state["final"]["spvae"]["epochs"] == 4
+    assert _meta(run / "vae_checkpoint.npz")["done"]
+    assert "retired by hand" in (run / "table.md").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--smoke", "--spvae-grid", "5x"], "n_zxH pairs"),
     (["--smoke", "--vae-grid", "0x30"], "n_zxH pairs"),
+    (["--smoke", "--vae-grid", "2x16x0"], "n_zxHxL"),
     (["--smoke", "--train-fraction", "0"], "train-fraction"),
 ])
 def test_bad_options_are_clear_errors(argv, message, tmp_path):
