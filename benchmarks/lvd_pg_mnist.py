@@ -288,6 +288,11 @@ def run_arm(arm: str, size: int, seed: int, args, data: dict, teacher: dict, gro
             shared = distilled.codebook.centres
             centres = np.broadcast_to(shared, (PATCHES, *shared.shape))
             z_test = distilled.codebook.assign(h_test, PATCHES)
+    if len(watch.curve) >= args.max_epochs:
+        # the growing rounds' count depends on the data, so this is known only now
+        raise SystemExit(f"lvd_pg_mnist.py: error: --max-epochs {args.max_epochs}: {arm} K={size} seed {seed} spent "
+                         f"{len(watch.curve)} epochs on (x, z) pairs, leaving none for EM on x; give more "
+                         f"--max-epochs or fewer --round-epochs")
     if arm != "em":
         prior = factorised_prior(z, states)
         result["teacher_elbo_train"] = bits(teacher_elbo(teacher["model"], train, z, centres, prior))

@@ -65,3 +65,12 @@ def test_hclt_patches_are_an_option_and_a_runs_folder_holds_one_kind(tmp_path) -
     (runs / "K2_seed0_em.json").write_text(json.dumps({"size": 2, "seed": 0, "arm": "em"}))
     with pytest.raises(SystemExit, match="holds runs with --patch-product outer"):
         lvd_pg_mnist.main([*SMALL, "--runs", str(runs), "--out", str(tmp_path / "out"), "--patch-product", "hadamard"])
+
+
+def test_too_few_epochs_for_the_growing_rounds_is_a_clear_error(tmp_path) -> None:
+    """The growing rounds' epochs count toward --max-epochs; when they use them all, the run says
+    so instead of failing later with nothing to keep."""
+    argv = [*SMALL, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--arms", "lvd_pg"]
+    argv[argv.index("--max-epochs") + 1] = "2"
+    with pytest.raises(SystemExit, match="--max-epochs 2: lvd_pg K=2 seed 0 spent 2 epochs on .x, z. pairs"):
+        lvd_pg_mnist.main(argv)
