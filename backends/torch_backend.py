@@ -104,6 +104,12 @@ class TorchBackend:
         self.leaf_rows: dict[str, torch.Tensor] = {
             param: cols.reshape(-1) for param, cols in self.columns.items()
         }  # (L·S,): the feature rows each block reads, padding = the zero column C
+        # per (deferred input op, block): the column of every factor its readers' parts read,
+        # made at the first pass (torch_ops/input.feature_columns)
+        self.feature_columns: dict[tuple[int, str], torch.Tensor] = {}
+        # per input op (by name), the Θ of the last pass that differentiated nothing, with the φ
+        # tensors and versions it came from (torch_ops/input.coefficients)
+        self.query_coefficients: dict[str, tuple[list[torch.Tensor], tuple, list[torch.Tensor]]] = {}
         # fuse=True: torch.compile the upward pass (with its backward) and the M-step, so their
         # elementwise work runs as a few fused kernels; worthwhile on GPUs, costly to compile.
         # Default: fuse on CUDA (a one-off compile of ~15-30 s per circuit), not on the CPU, and
