@@ -37,14 +37,16 @@ LEAVES = {
 
 
 def _batch(model: einc.Model, n: int = 17) -> Batch:
-    """Random rows with unobserved entries, one row wholly unobserved (its marginal is 1)."""
+    """Random rows with unobserved entries, one row wholly unobserved (its marginal is 1). The
+    unobserved entries keep their values (the passes mask them, not the caller), so that a
+    feature left unmasked shows."""
     x = random_data(model.graph, n, 3)
     observed = np.ones_like(x, dtype=bool)
     observed[::3, 0] = False
     observed[1::4, -1] = False
     observed[2::5, 1:3] = False
     observed[5] = False
-    return Batch(np.where(observed, x, 0.0), observed)
+    return Batch(x, observed)
 
 
 def _materialised(name: str) -> einc.Model:
