@@ -110,6 +110,8 @@ class TorchBackend:
         # per input op (by name), the Θ of the last pass that differentiated nothing, with the φ
         # tensors and versions it came from (torch_ops/input.coefficients)
         self.query_coefficients: dict[str, tuple[list[torch.Tensor], tuple, list[torch.Tensor]]] = {}
+        # and each deferred op's coefficients gathered per reader from that Θ (input.coefficient_parts)
+        self.query_coefficient_parts: dict[str, tuple[list[torch.Tensor], list[list[torch.Tensor]]]] = {}
         # fuse=True: torch.compile the upward pass (with its backward) and the M-step, so their
         # elementwise work runs as a few fused kernels; worthwhile on GPUs, costly to compile.
         # Default: fuse on CUDA (a one-off compile of ~15-30 s per circuit), not on the CPU, and

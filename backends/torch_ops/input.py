@@ -95,15 +95,13 @@ def defer(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max_produc
     if any(one_hot):
         return LookupLeaves(backend, backend.reads.op_index[id(op)], op.blocks[0], coefs[0], data.x, data.observed)
     reads = backend.reads.leaf_reads[id(op)]
-    rows = backend._index(reads.rows)
     batch_size = data.x.shape[0]
     # the batch transposed (C+1, B): views, gathered by column once per block below
     x_by_column, observed_by_column = data.x.t(), data.observed.t()
     parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {reader: [] for reader, _, _ in reads.readers}
-    for block, coef in zip(op.blocks, coefs):
-        leaves, width, k, f = coef.shape[0], coef.shape[1], coef.shape[2], coef.shape[3]
-        # Θ (L, S, K, f) as (L, S·f, K), gathered once for every reader: (N, S·f, K)
-        by_leaf = coef.permute(0, 1, 3, 2).reshape(leaves, width * f, k).index_select(0, rows)
+    sizes = [out_rows * arity for _, out_rows, arity in reads.readers]
+    for block, coef, by_reader in zip(op.blocks, coefs, coefficient_parts(backend, op, coefs, reads)):
+        width, f = coef.shape[1], coef.shape[3]
         # every part's factors' columns at once (absent parts: the zero pad column), so the
         # features are computed for exactly the N·S gathered columns, batch-minor, (N·S, f, B),
         # and no (C+1)-column table is built, permuted or gathered twice (issue 18, sixth round)
@@ -111,12 +109,32 @@ def defer(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max_produc
         features = batch_minor_features(block, x_by_column.index_select(0, columns),
                                         observed_by_column.index_select(0, columns))
         features = features.reshape(-1, width * f, batch_size)  # (N, S·f, B)
-        sizes = [out_rows * arity for _, out_rows, arity in reads.readers]
-        for (reader, out_rows, arity), c, x in zip(reads.readers, by_leaf.split(sizes), features.split(sizes)):
-            # (L·A, S·f, K) viewed (L, A·S·f, K), transposed (L, K, A·S·f); (L, A·S·f, B)
-            parts[reader].append((c.reshape(out_rows, arity * width * f, k).transpose(1, 2),
-                                  x.reshape(out_rows, arity * width * f, batch_size)))
+        for (reader, out_rows, arity), c, x in zip(reads.readers, by_reader, features.split(sizes)):
+            # (L·A, S·f, B) viewed (L, A·S·f, B), beside its coefficients (L, K, A·S·f)
+            parts[reader].append((c, x.reshape(out_rows, arity * width * f, batch_size)))
     return DeferredLeaves(parts)
+
+
+def coefficient_parts(backend: Any, op: InputOp, coefs: list[torch.Tensor], reads: Any) -> list[list[torch.Tensor]]:
+    """Per block, per reader of ``reads``: its output rows' leaf coefficients side by side,
+    (L, K, A·S·f), gathered once from Θ for every reader. Kept with the Θ that ``coefficients``
+    keeps across queries (the same list object), so a batch of queries gathers them once."""
+    cached = backend.query_coefficient_parts.get(op.name)
+    if cached is not None and cached[0] is coefs:
+        return cached[1]
+    rows = backend._index(reads.rows)
+    sizes = [out_rows * arity for _, out_rows, arity in reads.readers]
+    blocks = []
+    for coef in coefs:
+        leaves, width, k, f = coef.shape[0], coef.shape[1], coef.shape[2], coef.shape[3]
+        # Θ (L, S, K, f) as (L, S·f, K), gathered once for every reader: (N, S·f, K)
+        by_leaf = coef.permute(0, 1, 3, 2).reshape(leaves, width * f, k).index_select(0, rows)
+        # (L·A, S·f, K) viewed (L, A·S·f, K), transposed (L, K, A·S·f)
+        blocks.append([c.reshape(out_rows, arity * width * f, k).transpose(1, 2)
+                       for (_, out_rows, arity), c in zip(reads.readers, by_leaf.split(sizes))])
+    if backend.query_coefficients.get(op.name, (None, None, None))[2] is coefs:
+        backend.query_coefficient_parts[op.name] = (coefs, blocks)
+    return blocks
 
 
 def feature_columns(backend: Any, op: InputOp, block: FamilyBlock, reads: Any) -> torch.Tensor:
