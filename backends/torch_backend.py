@@ -112,6 +112,9 @@ class TorchBackend:
         self.query_coefficients: dict[str, tuple[list[torch.Tensor], tuple, list[torch.Tensor]]] = {}
         # and each deferred op's coefficients gathered per reader from that Θ (input.coefficient_parts)
         self.query_coefficient_parts: dict[str, tuple[list[torch.Tensor], list[list[torch.Tensor]]]] = {}
+        # hadamard scatter-adds: each owner index (one of _index's tensors, by id) expanded to a
+        # piece's shape, a view made once (torch_ops/hadamard._scatter_add)
+        self.scatter_index: dict[tuple[int, torch.Size], torch.Tensor] = {}
         # fuse=True: torch.compile the upward pass (with its backward) and the M-step, so their
         # elementwise work runs as a few fused kernels; worthwhile on GPUs, costly to compile.
         # Default: fuse on CUDA (a one-off compile of ~15-30 s per circuit), not on the CPU, and

@@ -1,7 +1,8 @@
 """The sixth round of issue 18's inference work (backends/torch_ops/input.py, hadamard.py):
 deferred dense leaves computed from the gathered columns of exactly the parts their readers
 read (``feature_columns``, ``batch_minor_features``), Θ kept across queries while φ is unchanged
-(``coefficients``), and the query log-sum-exp without a check for rows of no mass. Each query
+(``coefficients``), the query log-sum-exp without a check for rows of no mass, and the
+hadamard scatter indices kept per shape. Each query
 these serve equals the materialised, checked definition in float64 (1e-12): log-likelihoods with
 unobserved entries and wholly unobserved rows (marginals), and the EM statistics."""
 
@@ -76,6 +77,10 @@ def test_query_log_likelihoods_equal_the_materialised_pass(name: str) -> None:
     np.testing.assert_allclose(got[5], 0.0, atol=1e-12)  # a wholly unobserved row: marginal 1
     again = model.backend.log_likelihood(model.params, batch)  # Θ reused: the same numbers
     np.testing.assert_array_equal(again, got)
+    # another batch size between (kept scatter indices are per shape)
+    few = Batch(batch.values[6:11], batch.observed[6:11])
+    np.testing.assert_allclose(model.backend.log_likelihood(model.params, few), expected[6:11], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(model.backend.log_likelihood(model.params, batch), got)
 
 
 @pytest.mark.parametrize("name", ["bernoulli_hclt", "normal_factors", "categorical3_hclt"])
