@@ -2,9 +2,9 @@
 deferred dense leaves computed from the gathered columns of exactly the parts their readers
 read (``feature_columns``, ``batch_minor_features``), Θ kept across queries while φ is unchanged
 (``coefficients``), the query log-sum-exp without a check for rows of no mass, and the
-hadamard scatter indices kept per shape. Each query
-these serve equals the materialised, checked definition in float64 (1e-12): log-likelihoods with
-unobserved entries and wholly unobserved rows (marginals), and the EM statistics."""
+hadamard scatter indices kept per shape. Each query these serve equals the materialised,
+checked definition in float64 (1e-12): log-likelihoods with unobserved entries and wholly
+unobserved rows (marginals), and the EM statistics."""
 
 from __future__ import annotations
 

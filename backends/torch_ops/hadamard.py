@@ -87,9 +87,11 @@ def _scatter_add(backend: Any, total: torch.Tensor, owner: torch.Tensor, piece: 
     index_add saves ``piece`` for its backward, a view of a producer's value, keeping every value
     read this way alive until the backward (83 of the 188 MB an MNIST HCLT K=32 E-step saved at
     batch 512); scatter_add saves only the index, and its backward gathers the same rows.
-    The expanded index is made once per index and shape (``backend.scatter_index``): building
-    it through tensor indexing cost ~17 µs of Python per read, 5% of an HCLT K=32 inference
-    batch (issue 18, sixth round)."""
+    The expanded index is made once per index and shape (``backend.scatter_index``): with an
+    index expanded afresh the scatter-add itself took 17 against 13 µs (8 rows into 5, K=32,
+    B=512) and 42 against 30 µs (17 into 9) on a 2-core Xeon, 1 thread, for reasons inside
+    torch's kernel not traced further; ~5% of an HCLT K=32 inference batch (issue 18, sixth
+    round)."""
     if backend.fuse:  # traced by torch.compile: the view is made in the graph, once anyway
         return total.scatter_add_(0, owner[:, None, None].expand(piece.shape), piece)
     key = (id(owner), piece.shape)  # owner: one of backend._index's tensors, kept for its life
