@@ -107,11 +107,9 @@ class TorchBackend:
         # per (deferred input op, block): the column of every factor its readers' parts read,
         # made at the first pass (torch_ops/input.feature_columns)
         self.feature_columns: dict[tuple[int, str], torch.Tensor] = {}
-        # per input op (by name), the Θ of the last pass that differentiated nothing, with the φ
-        # tensors and versions it came from (torch_ops/input.coefficients)
-        self.query_coefficients: dict[str, tuple[list[torch.Tensor], tuple, list[torch.Tensor]]] = {}
-        # and each deferred op's coefficients gathered per reader from that Θ (input.coefficient_parts)
-        self.query_coefficient_parts: dict[str, tuple[list[torch.Tensor], list[list[torch.Tensor]]]] = {}
+        # per input op (by name), the Θ of the last pass that differentiated nothing, while the
+        # φ tensors it came from live unchanged (torch_ops/input.coefficients, KeptCoefficients)
+        self.query_coefficients: dict[str, Any] = {}
         # hadamard scatter-adds: each owner index (one of _index's tensors, by id) expanded to a
         # piece's shape, a view made once (torch_ops/hadamard._scatter_add)
         self.scatter_index: dict[tuple[int, torch.Size], torch.Tensor] = {}

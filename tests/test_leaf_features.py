@@ -8,6 +8,9 @@ unobserved rows (marginals), and the EM statistics."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +149,27 @@ def test_unchecked_query_log_sum_exp_keeps_rows_of_no_mass(name: str) -> None:
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
         checked_any = True
     assert checked_any
+
+
+def test_kept_coefficients_go_with_their_parameters() -> None:
+    """A kept Θ holds its φ weakly: when φ is let go (an EM step replaced it), so is Θ."""
+    model = einc.compile(LEAVES["categorical3_hclt"], dtype="float64", seed=4)
+    backend, batch = model.backend, _batch(model)
+    params = {name: value.clone() for name, value in model.params.items()}
+    expected = backend.log_likelihood(params, batch)
+    assert len(backend.query_coefficients) == 1
+    theta = weakref.ref(next(iter(backend.query_coefficients.values())).thetas[0])
+    del params
+    assert backend.query_coefficients == {}
+    assert theta() is None
+    # replaced by a query with other parameters while the first still live: freed at once too
+    # (no reference cycle keeps it for the collector, which is held off here)
+    first = {name: value.clone() for name, value in model.params.items()}
+    backend.log_likelihood(first, batch)
+    theta = weakref.ref(next(iter(backend.query_coefficients.values())).thetas[0])
+    gc.disable()
+    try:
+        np.testing.assert_array_equal(backend.log_likelihood(model.params, batch), expected)
+        assert theta() is None
+    finally:
+        gc.enable()

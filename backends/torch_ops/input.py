@@ -9,6 +9,8 @@ EM statistics come from autograd: the gradient of Σ log p with respect to Θ is
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,25 +22,48 @@ from einc.ir.families import family_rule
 from einc.ir.plan import FamilyBlock, InputOp, RowIndex, Segment
 
 
+@dataclass
+class KeptCoefficients:
+    """An input op's Θ kept across queries (``coefficients``): weak references to the φ tensors
+    it came from and their versions, and each deferred reader's gathered rows of it
+    (``coefficient_parts``), made at the first pass that needs them."""
+
+    phis: list[weakref.ref]
+    versions: tuple[Any, ...]
+    thetas: list[torch.Tensor]
+    parts: list[list[torch.Tensor]] | None = None
+
+
 def coefficients(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max_product: bool) -> list[torch.Tensor]:
     """Per block Θ = [θ, −A(θ), 1, (max log f)] shaped (L, S, K, f).
 
     In passes that differentiate nothing (queries), the op's Θ is kept with the φ tensors it
     came from and reused while they are the same objects, unmodified (their version counters:
     every in-place write bumps them): a batch of queries then pays for Θ once, where it cost
-    ~10 small ops per block per batch (3-5% of an HCLT K=32 inference batch at B = 512, issue 18
-    sixth round). Held: one Θ per input op, about the size of its φ. Differentiated passes
-    (the E-step, gradient training) compute Θ afresh and keep nothing, and so do compiled or
-    captured passes (CUDA: a replayed graph must recompute Θ from φ's current contents)."""
+    ~10 small ops per block per batch (3-5% of an HCLT K=32 inference batch at B = 512; ~20% of
+    an MNIST HCLT K=32 one, whose categorical Θ has 26 MB; issue 18, sixth round). Held: one Θ
+    per input op, about the size of its φ, and only while that φ lives (weak references: when
+    an EM step replaces φ, the kept Θ goes with it). Differentiated passes (the E-step,
+    gradient training) compute Θ afresh and keep nothing, and so do compiled or captured passes
+    (CUDA: a replayed graph must recompute Θ from φ's current contents)."""
     phis = [params[block.param] for block in op.blocks]
     if torch.is_grad_enabled() or backend.fuse or backend.device.type != "cpu":
         return [leaf_coefficients(torch, block, phi, max_product) for block, phi in zip(op.blocks, phis)]
-    key = (max_product, tuple(phi._version for phi in phis))
-    cached = backend.query_coefficients.get(op.name)
-    if cached is not None and cached[1] == key and all(a is b for a, b in zip(cached[0], phis)):
-        return cached[2]
+    versions = (max_product, *(phi._version for phi in phis))
+    kept = backend.query_coefficients.get(op.name)
+    if kept is not None and kept.versions == versions and all(ref() is phi for ref, phi in zip(kept.phis, phis)):
+        return kept.thetas
     thetas = [leaf_coefficients(torch, block, phi, max_product) for block, phi in zip(op.blocks, phis)]
-    backend.query_coefficients[op.name] = (phis, key, thetas)
+    cache, name = backend.query_coefficients, op.name
+
+    def forget(dead: weakref.ref) -> None:
+        # a φ died: its Θ goes too, unless a newer one was kept since (this holds no reference
+        # to the entry, so a replaced entry is freed at once, not by the cycle collector)
+        current = cache.get(name)
+        if current is not None and any(ref is dead for ref in current.phis):
+            del cache[name]
+
+    cache[name] = KeptCoefficients([weakref.ref(phi, forget) for phi in phis], versions, thetas)
     return thetas
 
 
@@ -119,9 +144,10 @@ def coefficient_parts(backend: Any, op: InputOp, coefs: list[torch.Tensor], read
     """Per block, per reader of ``reads``: its output rows' leaf coefficients side by side,
     (L, K, A·S·f), gathered once from Θ for every reader. Kept with the Θ that ``coefficients``
     keeps across queries (the same list object), so a batch of queries gathers them once."""
-    cached = backend.query_coefficient_parts.get(op.name)
-    if cached is not None and cached[0] is coefs:
-        return cached[1]
+    kept = backend.query_coefficients.get(op.name)
+    kept = kept if kept is not None and kept.thetas is coefs else None
+    if kept is not None and kept.parts is not None:
+        return kept.parts
     rows = backend._index(reads.rows)
     sizes = [out_rows * arity for _, out_rows, arity in reads.readers]
     blocks = []
@@ -132,8 +158,8 @@ def coefficient_parts(backend: Any, op: InputOp, coefs: list[torch.Tensor], read
         # (L·A, S·f, K) viewed (L, A·S·f, K), transposed (L, K, A·S·f)
         blocks.append([c.reshape(out_rows, arity * width * f, k).transpose(1, 2)
                        for (_, out_rows, arity), c in zip(reads.readers, by_leaf.split(sizes))])
-    if backend.query_coefficients.get(op.name, (None, None, None))[2] is coefs:
-        backend.query_coefficient_parts[op.name] = (coefs, blocks)
+    if kept is not None:
+        kept.parts = blocks
     return blocks
 
 
