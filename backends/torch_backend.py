@@ -196,6 +196,16 @@ class TorchBackend:
         return value.index_put((self.latent_rows[index],), masks[index], accumulate=True)
 
     def _batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, observed) (B, C+1): the batch in the backend's dtype, then the all-zero pad column."""
+        if self.device.type == "cpu" and isinstance(batch.values, np.ndarray) and isinstance(batch.observed, np.ndarray):
+            # converted by NumPy into padded arrays that torch then shares: the same casts as
+            # torch's, without its slower conversion and the cat of the pad (a batch of 512:
+            # 66 → 26 µs at 100 columns, 2.4 → 0.45 ms at 784; issue 18, sixth round)
+            rows, columns = batch.values.shape
+            dtype = np.float32 if self.dtype == torch.float32 else np.float64
+            x, observed = np.zeros((rows, columns + 1), dtype), np.zeros((rows, columns + 1), dtype)
+            x[:, :columns], observed[:, :columns] = batch.values, batch.observed
+            return torch.from_numpy(x), torch.from_numpy(observed)
         values = torch.as_tensor(batch.values, dtype=self.dtype, device=self.device)
         observed = torch.as_tensor(batch.observed, dtype=self.dtype, device=self.device)
         pad = torch.zeros((values.shape[0], 1), dtype=self.dtype, device=self.device)

@@ -173,3 +173,18 @@ def test_kept_coefficients_go_with_their_parameters() -> None:
         assert theta() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_uploaded_batch_equals_torch_conversion(dtype: str) -> None:
+    """The CPU batch upload (NumPy casts into padded arrays) equals torch's own conversion."""
+    model = einc.compile(LEAVES["normal_factors"], dtype=dtype, seed=4)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(9, 6)) / 3.0 * 10.0 ** rng.integers(-40, 40, size=(9, 6))
+    observed = rng.random((9, 6)) > 0.3
+    x, obs = model.backend._batch(Batch(values, observed))
+    torch_dtype = getattr(torch, dtype)
+    assert x.dtype == obs.dtype == torch_dtype and x.shape == obs.shape == (9, 7)
+    assert torch.equal(x[:, :6], torch.as_tensor(values, dtype=torch_dtype))
+    assert torch.equal(obs[:, :6], torch.as_tensor(observed, dtype=torch_dtype))
+    assert not x[:, 6].any() and not obs[:, 6].any()
