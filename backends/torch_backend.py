@@ -204,7 +204,8 @@ class TorchBackend:
             rows, columns = batch.values.shape
             dtype = np.float32 if self.dtype == torch.float32 else np.float64
             x, observed = np.zeros((rows, columns + 1), dtype), np.zeros((rows, columns + 1), dtype)
-            x[:, :columns], observed[:, :columns] = batch.values, batch.observed
+            with np.errstate(over="ignore", invalid="ignore"):  # as torch's casts: ±inf, silently
+                x[:, :columns], observed[:, :columns] = batch.values, batch.observed
             return torch.from_numpy(x), torch.from_numpy(observed)
         values = torch.as_tensor(batch.values, dtype=self.dtype, device=self.device)
         observed = torch.as_tensor(batch.observed, dtype=self.dtype, device=self.device)
