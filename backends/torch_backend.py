@@ -145,6 +145,13 @@ class TorchBackend:
         self.latent_columns = {g.value: torch.as_tensor(g.latents, dtype=torch.long, device=self.device)
                                for g in self.latent_groups}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the Θ kept for queries (weak references pickle not; it is remade at
+        the next query), so a backend that answered queries pickles as before."""
+        state = self.__dict__.copy()
+        state["query_coefficients"] = {}
+        return state
+
     def moved(self, device: torch.device, dtype: torch.dtype) -> TorchBackend:
         """This plan's backend on another device or dtype (``CircuitModule.to``), with the options
         it was built with; ``BackendError`` (and nothing built) where einc cannot run."""

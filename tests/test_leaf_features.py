@@ -9,6 +9,7 @@ unobserved rows (marginals), and the EM statistics."""
 from __future__ import annotations
 
 import gc
+import pickle
 import weakref
 
 import numpy as np
@@ -188,3 +189,14 @@ def test_uploaded_batch_equals_torch_conversion(dtype: str) -> None:
     assert torch.equal(x[:, :6], torch.as_tensor(values, dtype=torch_dtype))
     assert torch.equal(obs[:, :6], torch.as_tensor(observed, dtype=torch_dtype))
     assert not x[:, 6].any() and not obs[:, 6].any()
+
+
+def test_a_queried_backend_pickles() -> None:
+    """The kept Θ (weak references, which pickle not) is left out of a pickled backend, so one
+    that answered queries pickles as before. (An unpickled backend cannot run passes, on main
+    too: ReadPlan keys its tables by id() of the plan's ops, which pickling renews.)"""
+    model = einc.compile(LEAVES["bernoulli_hclt"], dtype="float64", seed=4)
+    model.backend.log_likelihood(model.params, _batch(model))
+    assert model.backend.query_coefficients
+    copy = pickle.loads(pickle.dumps(model.backend))
+    assert copy.query_coefficients == {} and model.backend.query_coefficients
