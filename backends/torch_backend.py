@@ -104,14 +104,10 @@ class TorchBackend:
         self.leaf_rows: dict[str, torch.Tensor] = {
             param: cols.reshape(-1) for param, cols in self.columns.items()
         }  # (L·S,): the feature rows each block reads, padding = the zero column C
-        # per (deferred input op, block): the column of every factor its readers' parts read,
-        # made at the first pass (torch_ops/input.feature_columns)
+        # made at first use: input.feature_columns, input.coefficients (queries' kept Θ, by op
+        # name), hadamard._scatter_add (expanded owner indices)
         self.feature_columns: dict[tuple[int, str], torch.Tensor] = {}
-        # per input op (by name), the Θ of the last pass that differentiated nothing, while the
-        # φ tensors it came from live unchanged (torch_ops/input.coefficients, KeptCoefficients)
         self.query_coefficients: dict[str, Any] = {}
-        # hadamard scatter-adds: each owner index (one of _index's tensors, by id) expanded to a
-        # piece's shape, a view made once (torch_ops/hadamard._scatter_add)
         self.scatter_index: dict[tuple[int, torch.Size], torch.Tensor] = {}
         # fuse=True: torch.compile the upward pass (with its backward) and the M-step, so their
         # elementwise work runs as a few fused kernels; worthwhile on GPUs, costly to compile.
@@ -146,11 +142,8 @@ class TorchBackend:
                                for g in self.latent_groups}
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled without the Θ kept for queries (weak references pickle not; it is remade at
-        the next query), so a backend that answered queries pickles as before."""
-        state = self.__dict__.copy()
-        state["query_coefficients"] = {}
-        return state
+        """Pickled without the queries' kept Θ (its weak references pickle not; it is remade)."""
+        return {**self.__dict__, "query_coefficients": {}}
 
     def moved(self, device: torch.device, dtype: torch.dtype) -> TorchBackend:
         """This plan's backend on another device or dtype (``CircuitModule.to``), with the options
@@ -203,11 +196,10 @@ class TorchBackend:
         return value.index_put((self.latent_rows[index],), masks[index], accumulate=True)
 
     def _batch(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, observed) (B, C+1): the batch in the backend's dtype, then the all-zero pad column."""
+        """(x, observed) (B, C+1): the batch in the backend's dtype, then the all-zero pad column.
+        On the CPU NumPy casts into padded arrays torch shares: torch's casts, without its slower
+        conversion and the pad's cat (batch 512: 66 → 26 µs at 100 columns, 2.4 → 0.45 ms at 784)."""
         if self.device.type == "cpu" and isinstance(batch.values, np.ndarray) and isinstance(batch.observed, np.ndarray):
-            # converted by NumPy into padded arrays that torch then shares: the same casts as
-            # torch's, without its slower conversion and the cat of the pad (a batch of 512:
-            # 66 → 26 µs at 100 columns, 2.4 → 0.45 ms at 784; issue 18, sixth round)
             rows, columns = batch.values.shape
             dtype = np.float32 if self.dtype == torch.float32 else np.float64
             x, observed = np.zeros((rows, columns + 1), dtype), np.zeros((rows, columns + 1), dtype)
