@@ -74,35 +74,44 @@ def report(out: Path, state: dict, histories: dict[str, list[dict]], parameters:
     atomic_write(out / "table.md", lambda s: s.write(("\n".join(lines) + "\n").encode()))
 
 
-def data_efficiency_png(path: Path, runs: list[Path]) -> None:
-    """Test bpd of both arms per training fraction (the paper's Figure 2), one bar pair per run;
-    runs whose test is not scored yet are left out, and said so in the picture."""
-    rows = []
+def figure2_groups(runs: list[Path]) -> dict[float, list[tuple[str, str, float]]]:
+    """Training fraction -> [(arm, label "arm n_zxH[xL]", test bpd)] over the scored arms of ``runs``."""
+    groups: dict[float, list[tuple[str, str, float]]] = {}
     for run in runs:
         state = json.loads((run / "run.json").read_text())
         fraction = 1.0
         if "--train-fraction" in state["argv"]:
             fraction = float(state["argv"][state["argv"].index("--train-fraction") + 1])
-        rows.append((fraction, {name: final["test_bpd"] for name, final in state["final"].items()}))
-    rows.sort(reverse=True)
-    width, height, margin = 640, 400, 60
+        bars = groups.setdefault(fraction, [])
+        for name, final in state["final"].items():
+            config = "x".join(str(v) for v in state["chosen"].get(name, []))
+            bars.append((name, f"{name} {config}".strip(), final["test_bpd"]))
+    return groups
+
+
+def data_efficiency_png(path: Path, runs: list[Path]) -> None:
+    """Test bpd of every arm per training fraction (the paper's Figure 2): runs of one fraction
+    share a group (e.g. a run of both arms and a run of a VAE of another depth), each bar labelled
+    with its arm and configuration; runs whose test is not scored yet are left out, and said so."""
+    rows = sorted(figure2_groups(runs).items(), reverse=True)
+    width, height, margin = 720, 400, 60
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((margin, 20), "Data efficiency on MNIST (the paper's Figure 2): test bits per dimension", fill=(0, 0, 0))
-    values = [v for _, scores in rows for v in scores.values()]
+    values = [bpd for _, bars in rows for *_, bpd in bars]
     high = max(values) * 1.1 if values else 1.0
     draw.line([margin, height - margin, width - margin, height - margin], fill=(0, 0, 0))
     slot = (width - 2 * margin) / max(1, len(rows))
-    for number, (fraction, scores) in enumerate(rows):
+    for number, (fraction, bars) in enumerate(rows):
         left = margin + number * slot
         draw.text((left + 10, height - margin + 8), f"{fraction:g} of the data", fill=(0, 0, 0))
-        if not scores:
+        if not bars:
             draw.text((left + 10, height - margin - 20), "(not scored yet)", fill=(0, 0, 0))
-        for bar, name in enumerate(("spvae", "vae")):
-            if name not in scores:
-                continue
-            top = height - margin - scores[name] / high * (height - 2 * margin)
-            x0 = left + 10 + bar * (slot - 20) / 2
-            draw.rectangle([x0, top, x0 + (slot - 20) / 2 - 4, height - margin], fill=COLOURS[name])
-            draw.text((x0, top - 14), f"{name} {scores[name]:.2f}", fill=(0, 0, 0))
+        bar_width = (slot - 20) / max(1, len(bars))
+        for bar, (name, label, bpd) in enumerate(bars):
+            top = height - margin - bpd / high * (height - 2 * margin)
+            x0 = left + 10 + bar * bar_width
+            draw.rectangle([x0, top, x0 + bar_width - 4, height - margin], fill=COLOURS[name])
+            draw.text((x0, top - 26), label, fill=(0, 0, 0))
+            draw.text((x0, top - 14), f"{bpd:.2f}", fill=(0, 0, 0))
     atomic_write(path, lambda stream: canvas.save(stream, format="PNG"))

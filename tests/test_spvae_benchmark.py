@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import spvae_mnist  # noqa: E402
+import spvae_report  # noqa: E402
 import spvae_training  # noqa: E402
 
 SMOKE = ["--smoke", "--epochs", "4", "--threads", "1"]
@@ -177,7 +178,16 @@ def test_a_train_fraction_run_and_the_data_efficiency_figure(runs, tmp_path):
     from PIL import Image
 
     with Image.open(png) as image:
-        assert image.size == (640, 400)
+        assert image.size == (720, 400)
+    # runs of one fraction share a group, each bar labelled by arm and configuration
+    groups = spvae_report.figure2_groups([runs[0], half, runs[1]])
+    assert sorted(groups) == [0.5, 1.0] and len(groups[0.5]) == 2 and len(groups[1.0]) == 4
+    chosen = json.loads((half / "run.json").read_text())["chosen"]
+    assert ("vae", "vae " + "x".join(map(str, chosen["vae"])), state_final(half)["vae"]) in groups[0.5]
+
+
+def state_final(run: Path) -> dict:
+    return {name: final["test_bpd"] for name, final in json.loads((run / "run.json").read_text())["final"].items()}
 
 
 def test_a_run_directory_is_not_started_twice(runs):
