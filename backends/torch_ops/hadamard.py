@@ -118,19 +118,19 @@ def forward(backend: Any, op: HadamardOp, params: dict[str, torch.Tensor],
         # its input is this op's own: fewer fresh (cold) buffers in a pass that is bound by
         # memory traffic, not arithmetic. A CUDA pass keeps the sync-free path below.
         top = product.detach().amax(1, keepdim=True)  # (L, 1, B)
-        if not torch.is_grad_enabled():
+        query = not torch.is_grad_enabled()
+        if query:
             # rows of no mass (all −inf: clamped latents) need no check (a pass and a host
             # sync per op): shifted by the lowest finite float they stay −inf through exp (0),
             # the matmul, log and the shift; finite maxima are unchanged. Only where nothing is
             # differentiated: log's backward at 0 would put NaN into the gradients.
             top.clamp_(min=torch.finfo(top.dtype).min)
-            shifted = (product.sub_(top) if owned else product - top).exp_()
-            return torch.bmm(weights, shifted).log_().add_(top).transpose(1, 2)  # (L, k, j) x (L, j, B)
-        if not bool(torch.isneginf(top).any()):  # rows of no mass (clamped latents): below
+        if query or not bool(torch.isneginf(top).any()):  # rows of no mass with grad: below
             shifted = (product.sub_(top) if owned else product - top).exp_()
             mixed = torch.bmm(weights, shifted)  # (L, k, j) x (L, j, B) -> (L, k, B)
-            # log's backward needs its input (never in place here: grad is enabled)
-            return torch.log(mixed).add_(top).transpose(1, 2)
+            # log's backward needs its input: in place only where nothing is differentiated
+            logged = mixed.log_() if query else torch.log(mixed)
+            return logged.add_(top).transpose(1, 2)
     if backend.batch_minor:
         # the shift of the log-sum-exp over j; rows that are all −inf (no mass) stay −inf
         top, empty = log_sum_exp_shift(product, 1)  # (L, 1, B)
