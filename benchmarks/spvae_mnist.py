@@ -55,17 +55,15 @@ import torch
 from einc.io.files import atomic_write
 from einc.io.images import grid, image_mask, image_shape, inpainting_figure, inpainting_rows, save_png, to_images
 from plots import curve_png
-from spvae_training import (Arm, SingleVae, bpd, decoder_spec, load_checkpoint, mean_estimate, pixel_logits,
-                            save_checkpoint, score_blocks, spvae_model, train_epoch)
+from spvae_training import (DEFAULT_LAYERS, Arm, Config, SingleVae, bpd, checkpoint_config, config_key, config_parts,
+                            decoder_spec, load_checkpoint, mean_estimate, pixel_logits, save_checkpoint,
+                            score_blocks, spvae_model, train_epoch)
 from spvae_report import data_efficiency_png, report
 
 import records  # benchmarks/records.py
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("spvae", "vae")
-# hidden layers of each MLP unless a grid entry says otherwise (n_zxHxL)
-DEFAULT_LAYERS = 2
-Config = tuple[int, ...]  # (n_z, H) or (n_z, H, hidden layers)
 # options a resumed run may change: they describe the sitting, not the experiment
 # (--data too: where MNIST lies is the machine's business; the split is fixed by --seed)
 SITTING = {"threads": 1, "device": "cpu", "budget_minutes": None, "sitting_epochs": None, "data": None,
@@ -189,26 +187,9 @@ def grid_of(text: str, option: str = "grid") -> list[Config]:
     return [c[:2] if len(c) == 3 and c[2] == DEFAULT_LAYERS else c for c in grid]
 
 
-def config_key(config: Config) -> str:
-    """How ``run.json`` names a candidate: ``25x32``, ``100x600x1``."""
-    return "x".join(str(v) for v in config)
-
-
-def config_parts(config: Config) -> tuple[int, int, int]:
-    """(n_z, H, hidden layers) of a candidate."""
-    return (config[0], config[1], config[2] if len(config) == 3 else DEFAULT_LAYERS)
-
-
 def config_text(config: Config) -> str:
     latent, hidden, layers = config_parts(config)
     return f"n_z={latent} H={hidden}" + ("" if layers == DEFAULT_LAYERS else f" layers={layers}")
-
-
-def checkpoint_config(config: Config) -> dict:
-    """What an arm's checkpoint records of its configuration (checked on resume); runs with the
-    default depth keep the keys they were started with."""
-    latent, hidden, layers = config_parts(config)
-    return {"n_z": latent, "H": hidden, **({} if layers == DEFAULT_LAYERS else {"layers": layers})}
 
 
 class Run:

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from einc.io.files import atomic_write
 from plots import curve_png
+from spvae_training import config_key
 
 # The paper's Table 1 (discrete MNIST, 5000-sample IWAE) and Table 2 (parameters)
 PAPER = {"spvae": {"test_bpd": 2.82, "test_nats": 1532, "parameters": 310_000},
@@ -84,8 +85,8 @@ def figure2_groups(runs: list[Path]) -> dict[float, list[tuple[str, str, float]]
             fraction = float(state["argv"][state["argv"].index("--train-fraction") + 1])
         bars = groups.setdefault(fraction, [])
         for name, final in state["final"].items():
-            config = "x".join(str(v) for v in state["chosen"].get(name, []))
-            bars.append((name, f"{name} {config}".strip(), final["test_bpd"]))
+            label = f"{name} {config_key(state['chosen'][name])}" if name in state["chosen"] else name
+            bars.append((name, label, final["test_bpd"]))
     return groups
 
 

@@ -36,6 +36,9 @@ from einc.ir.plan import VaeOp
 
 PIXELS = 784
 LEVELS = 255
+# hidden layers of each MLP unless a grid entry says otherwise (n_zxHxL)
+DEFAULT_LAYERS = 2
+Config = tuple[int, ...]  # (n_z, H) or (n_z, H, hidden layers)
 CHECKPOINT_FORMAT = "spvae-mnist-checkpoint"
 
 
@@ -51,6 +54,24 @@ def pixel_logits(train: np.ndarray) -> np.ndarray:
     return np.log(mean) - np.log1p(-mean)
 
 
+# ---------------------------------------------------------------- configurations
+def config_key(config: Config) -> str:
+    """How ``run.json`` names a candidate: ``25x32``, ``100x600x1``."""
+    return "x".join(str(v) for v in config)
+
+
+def config_parts(config: Config) -> tuple[int, int, int]:
+    """(n_z, H, hidden layers) of a candidate."""
+    return (config[0], config[1], config[2] if len(config) == 3 else DEFAULT_LAYERS)
+
+
+def checkpoint_config(config: Config) -> dict:
+    """What an arm's checkpoint records of its configuration (checked on resume); runs with the
+    default depth keep the keys they were started with."""
+    latent, hidden, layers = config_parts(config)
+    return {"n_z": latent, "H": hidden, **({} if layers == DEFAULT_LAYERS else {"layers": layers})}
+
+
 # ---------------------------------------------------------------- the two models
 class SingleVae(torch.nn.Module):
     """One VAE over all pixels: softplus MLPs, Binomial(255) decoder, forward = the IWAE bound.
@@ -59,7 +80,8 @@ class SingleVae(torch.nn.Module):
     structure. ``forward`` streams the k samples in chunks (a running log-sum-exp), as einc does.
     """
 
-    def __init__(self, latent: int, hidden: int, spec: VaeSpec, logits: np.ndarray, layers: int = 2) -> None:
+    def __init__(self, latent: int, hidden: int, spec: VaeSpec, logits: np.ndarray,
+                 layers: int = DEFAULT_LAYERS) -> None:
         super().__init__()
         self.latent, self.decoder_family, self.samples = latent, spec.decoder, 5
         self.encoder = _mlp((PIXELS, *[hidden] * layers, 2 * latent))
@@ -94,7 +116,7 @@ def _mlp(sizes: tuple[int, ...]) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers)
 
 
-def circuit_text(source: str, latent: int, hidden: int, layers: int = 2) -> str:
+def circuit_text(source: str, latent: int, hidden: int, layers: int = DEFAULT_LAYERS) -> str:
     """The SPVAE circuit's text with every vae leaf's latent size and hidden widths replaced
     (the paper's H is the same in every layer; ``layers`` of them): how the hyper-parameter pilot
     varies n_z, H and the depth."""
@@ -107,7 +129,7 @@ def circuit_text(source: str, latent: int, hidden: int, layers: int = 2) -> str:
 
 
 def spvae_model(source: str, latent: int, hidden: int, logits: np.ndarray, device: str, seed: int,
-                layers: int = 2) -> einc.Model:
+                layers: int = DEFAULT_LAYERS) -> einc.Model:
     """The compiled SPVAE with n_z = ``latent``, ``layers`` hidden layers of H = ``hidden``, its
     decoders' output biases set from ``logits`` (one per pixel)."""
     model = einc.compile(circuit_text(source, latent, hidden, layers), device=device, seed=seed)
