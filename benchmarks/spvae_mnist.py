@@ -85,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, default=ROOT / "benchmarks" / "results" / "spvae_run")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--models", default="spvae,vae", help="which arms to train")
-    parser.add_argument("--spvae-grid", default="5x32,25x32,50x32,5x16", help="SPVAE candidates n_z x H")
-    parser.add_argument("--vae-grid", default="25x100,50x300,100x300,200x300", help="VAE candidates n_z x H")
+    parser.add_argument("--spvae-grid", default="5x32,25x32,50x32,5x16", help="SPVAE candidates n_zxH, or n_zxHxL with L hidden layers per MLP (default 2)")
+    parser.add_argument("--vae-grid", default="25x100,50x300,100x300,200x300", help="VAE candidates n_zxH, or n_zxHxL with L hidden layers per MLP (default 2)")
     parser.add_argument("--any-vae-size", action="store_true",
                         help="let the pilot choose a VAE with fewer parameters than the SPVAE")
     parser.add_argument("--pilot-epochs", type=int, default=2)
