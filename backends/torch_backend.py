@@ -141,9 +141,19 @@ class TorchBackend:
         self.latent_columns = {g.value: torch.as_tensor(g.latents, dtype=torch.long, device=self.device)
                                for g in self.latent_groups}
 
+    # Tables keyed by id() of objects that a pickle or deepcopy renews (the plan's ops, the index
+    # tensors, the data), and the queries' kept Θ (weak references, which pickle not): a copy
+    # starts them empty, or rebuilt from its own plan, as at construction.
+    _REMADE_ON_COPY = ("query_coefficients", "feature_columns", "scatter_index", "captured_steps",
+                       "captured_forwards")
+
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled without the queries' kept Θ (its weak references pickle not; it is remade)."""
-        return {**self.__dict__, "query_coefficients": {}}
+        state = {name: value for name, value in self.__dict__.items() if name != "reads"}
+        return {**state, **{name: {} for name in self._REMADE_ON_COPY}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.reads = ReadPlan(self.plan)  # keyed by id() of this copy's ops
 
     def moved(self, device: torch.device, dtype: torch.dtype) -> TorchBackend:
         """This plan's backend on another device or dtype (``CircuitModule.to``), with the options

@@ -111,6 +111,11 @@ class FamilyRule:
             - self.log_normalizer(xp, phi, spec)
         )
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled by name (its formulas are lambdas, which pickle not): a pickled or
+        ``torch.save``d model or module finds the same table entry when it is loaded."""
+        return _family_named, (self.name,)
+
 
 # ---------------------------------------------------------------- bernoulli / binomial(n)
 def _binomial_n(spec: LeafFamily) -> float:
@@ -511,3 +516,7 @@ FAMILIES["bernoulli"] = replace(FAMILIES["binomial"], name="bernoulli", domains=
 
 def family_rule(spec: LeafFamily) -> FamilyRule:
     return FAMILIES[spec.name]
+
+
+def _family_named(name: str) -> FamilyRule:
+    return FAMILIES[name]

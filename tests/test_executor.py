@@ -11,7 +11,9 @@ Regenerate only from a known-good executor: ``EINC_UPDATE_GOLDEN=1 pytest tests/
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,15 @@ CIRCUITS = {
 }
 
 
-def _results(name: str) -> dict[str, np.ndarray]:
+COPIES = {
+    "pickled": lambda backend: pickle.loads(pickle.dumps(backend)),
+    "deep-copied": copy.deepcopy,
+}
+
+
+def _results(name: str, copied: str | None = None) -> dict[str, np.ndarray]:
+    """Every query's results; with ``copied``, from a pickled or deep-copied backend whose
+    original had answered queries first (its caches filled, keyed by objects a copy renews)."""
     model = einc.compile(CIRCUITS[name], dtype="float64", seed=5)
     backend, params = model.backend, model.params
     n = 24
@@ -66,6 +76,9 @@ def _results(name: str) -> dict[str, np.ndarray]:
     heads = np.arange(n) % model.plan.heads
     out: dict[str, np.ndarray] = {}
     exact = model.plan.exact
+    if copied is not None:
+        backend.log_likelihood(params, batch, **({} if exact else {"samples": 3, "seed": 1}))
+        backend = COPIES[copied](backend)
     out["ll"] = backend.log_likelihood(params, batch, **({} if exact else {"samples": 3, "seed": 1}))
     out["max"] = backend.log_likelihood(params, batch, True, **({} if exact else {"samples": 3, "seed": 1}))
     out["mpe"] = backend.backtrack(params, batch, True, "mode", heads, 11, **({} if exact else {"samples": 3}))
@@ -111,11 +124,14 @@ def test_golden_file_exists_or_is_regenerated() -> None:
     assert GOLDEN.exists()
 
 
+@pytest.mark.parametrize("copied", [None, *COPIES])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
-def test_executor_equals_the_recorded_results(name: str) -> None:
+def test_executor_equals_the_recorded_results(name: str, copied: str | None) -> None:
+    """The executor, and a pickled or deep-copied one (``torch.save`` of a module, ``deepcopy``
+    of the best model so far), give the recorded results."""
     with np.load(GOLDEN) as golden:
         expected = {key: golden[key] for key in golden.files if key.startswith(name + "/")}
-    got = _results(name)
+    got = _results(name, copied)
     assert sorted(got) == sorted(expected)
     for key, value in got.items():
         if key.endswith("/mpe") or key.endswith("/sample"):

@@ -193,8 +193,7 @@ def test_uploaded_batch_equals_torch_conversion(dtype: str) -> None:
 
 def test_a_queried_backend_pickles() -> None:
     """The kept Θ (weak references, which pickle not) is left out of a pickled backend, so one
-    that answered queries pickles as before. (An unpickled backend cannot run passes, on main
-    too: ReadPlan keys its tables by id() of the plan's ops, which pickling renews.)"""
+    that answered queries pickles as before (that the copy computes the same: test_executor.py)."""
     model = einc.compile(LEAVES["bernoulli_hclt"], dtype="float64", seed=4)
     model.backend.log_likelihood(model.params, _batch(model))
     assert model.backend.query_coefficients

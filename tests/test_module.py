@@ -277,6 +277,39 @@ def test_a_module_inside_a_users_module_moves_with_it() -> None:
                                model.log_likelihood(np.zeros((2, 4))), rtol=1e-12)
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_a_copied_module_computes_the_same_and_trains_on_its_own(how) -> None:
+    """``copy.deepcopy`` (keeping the best model so far) and ``torch.save``/``torch.load`` of a
+    whole module, on an HCLT (hadamard products, whose executor tables are keyed by the plan's
+    ops): the copy gives the same log-likelihoods and gradients, and a step on it leaves the
+    original as it was."""
+    import copy
+    import io
+    source = Path("examples/nltcs_hclt.pc").read_text().replace("sums 16", "sums 3").replace("inputs 16", "inputs 3")
+    model = einc.compile(source, dtype="float64", seed=3)
+    module = model.module()
+    x = torch.as_tensor(np.random.default_rng(0).integers(0, 2, (10, 16)).astype(np.float64))
+    before = module(x)
+    before.sum().backward()
+    if how == "deepcopy":
+        twin = copy.deepcopy(module)
+    else:
+        buffer = io.BytesIO()
+        torch.save(module, buffer)
+        buffer.seek(0)
+        twin = torch.load(buffer, weights_only=False)
+    twin.zero_grad()
+    out = twin(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, before, rtol=1e-12, atol=1e-12)
+    for (name, mine), (_, theirs) in zip(module.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(theirs.grad, mine.grad, rtol=1e-12, atol=1e-12, msg=name)
+    with torch.no_grad():
+        for parameter in twin.parameters():
+            parameter.add_(0.1)
+    assert not torch.allclose(twin(x), before)
+    torch.testing.assert_close(module(x), before, rtol=0, atol=0)
+
 # ---------------------------------------------------------------------------------------------
 # values outside a variable's domain: probability 0, −inf, no NaN in gradients (issue 19)
 
