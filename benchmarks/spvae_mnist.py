@@ -31,7 +31,9 @@ counter, epoch table) and the report (``table.md``, ``results.json``, ``curve.pn
 epoch; ``samples.png`` and ``inpaint.png`` at the end; ``spvae_model.npz``, the best SPVAE as an
 einc model file, whenever the validation bound improves). ``--resume RUN_DIR`` continues exactly
 where the run stopped (on the CPU bit for bit; on CUDA with fresh noise); only the sitting's options
-(``--threads``, ``--device``, ``--budget-minutes``, ``--sitting-epochs``) may change. The two arms
+(``--threads``, ``--device``, ``--budget-minutes``, ``--sitting-epochs``, ``--retire``) may change,
+and the step-size schedule (``--decay-factor``, ``--decay-patience``: from the next epoch on, kept
+in ``run.json`` for later sittings; each epoch's record says the step size it ran at). The two arms
 train interleaved, one epoch each in turn, so both curves grow together; the 5000-sample test is
 scored in blocks of 500 rows, each recorded as it finishes. Progress (per-epoch lines with time,
 ETA) goes to stderr.
@@ -69,6 +71,10 @@ ARMS = ("spvae", "vae")
 SITTING = {"threads": 1, "device": "cpu", "budget_minutes": None, "sitting_epochs": None, "data": None,
            "retire": None}
 
+# options of the experiment that a resumed run may still change: the step-size schedule (from
+# the next epoch on); the new values replace the old in run.json's argv, so later sittings keep them
+SCHEDULE = ("decay_factor", "decay_patience")
+
 SITTING_HELP = {
     "threads": "torch threads (default 1)", "device": "cpu (default) or cuda",
     "budget_minutes": "stop this sitting (after a checkpoint) once it ran this long",
@@ -101,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=5, help="IWAE k while training and validating")
     parser.add_argument("--spvae-learning-rate", type=float, default=0.01)
     parser.add_argument("--vae-learning-rate", type=float, default=0.003)
+    parser.add_argument("--decay-factor", type=float, default=1.0,
+                        help="multiply an arm's Adam step size by this after every --decay-patience epochs "
+                             "without a better validation bound (default 1: constant, the paper's Adam); "
+                             "a resumed run may change it, from its next epoch on")
+    parser.add_argument("--decay-patience", type=int, default=5,
+                        help="epochs without a better validation bound per step-size decay (default 5)")
     parser.add_argument("--valid-rows", type=int, default=10000)
     parser.add_argument("--train-fraction", type=float, default=1.0, help="train on this share of the 50,000")
     parser.add_argument("--train-rows", type=int, default=None, help="only the first N training rows (dry runs)")
@@ -129,18 +141,25 @@ def settled(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         if not (resume / "run.json").exists():
             raise SystemExit(f"spvae_mnist.py: error: {resume}: no run.json there, nothing to resume")
         given = _without_sitting(sys.argv[1:] if argv is None else argv)
+        schedule, given = _split_options(given, SCHEDULE)
         extra = [t for t in given if t not in ("--resume", str(args.resume)) and not t.startswith("--resume=")]
         if extra:
             raise SystemExit(f"spvae_mnist.py: error: a resumed run keeps the options it started with; only "
-                             f"{', '.join('--' + n.replace('_', '-') for n in SITTING)} may change, found "
-                             f"{' '.join(extra)}")
+                             f"{', '.join('--' + n.replace('_', '-') for n in (*SITTING, *SCHEDULE))} may "
+                             f"change, found {' '.join(extra)}")
         stored = json.loads((resume / "run.json").read_text())["argv"]
+        if schedule:  # the values given replace the stored ones
+            named = tuple(name for name in SCHEDULE if _split_options(schedule, (name,))[0])
+            stored = _split_options(stored, named)[1] + schedule
         args = parse_args(stored)
         args.run_dir, args.resume = resume, resume
     else:
         stored = _without_sitting(sys.argv[1:] if argv is None else argv)
     for name, default in SITTING.items():
         setattr(args, name, default if sitting[name] is None else sitting[name])
+    if not (0.0 < args.decay_factor <= 1.0 and args.decay_patience >= 1):
+        raise SystemExit(f"spvae_mnist.py: error: --decay-factor must be in (0, 1] and --decay-patience at least "
+                         f"1, found {args.decay_factor:g} and {args.decay_patience}")
     if not 0.0 < args.train_fraction <= 1.0:
         raise SystemExit(f"spvae_mnist.py: error: --train-fraction must be in (0, 1], found {args.train_fraction}")
     for option in ("spvae_grid", "vae_grid"):
@@ -161,16 +180,25 @@ def settled(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _without_sitting(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    flags = {"--" + name.replace("_", "-") for name in SITTING}
+    return _split_options(argv, tuple(SITTING))[1]
+
+
+def _split_options(argv: list[str], names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(the tokens of the options ``names``, with their values; the other tokens)."""
+    inside, outside, value_follows = [], [], False
+    flags = {"--" + name.replace("_", "-") for name in names}
     for token in argv:
-        if skip:
-            skip = False
+        if value_follows:
+            inside.append(token)
+            value_follows = False
         elif token in flags:
-            skip = True
-        elif token.split("=")[0] not in flags:
-            out.append(token)
-    return out
+            inside.append(token)
+            value_follows = True
+        elif token.split("=")[0] in flags:
+            inside.append(token)
+        else:
+            outside.append(token)
+    return inside, outside
 
 
 def grid_of(text: str, option: str = "grid") -> list[Config]:
@@ -206,6 +234,8 @@ class Run:
         self.state = json.loads(path.read_text()) if args.resume else {
             "argv": argv, "command": records.command_line("spvae_mnist.py", argv), "pilot": {}, "chosen": {},
             "test": {}, "final": {}, "sittings": []}
+        if args.resume and self.state["argv"] != argv:  # a new step-size schedule (SCHEDULE)
+            self.state["argv"], self.state["command"] = argv, records.command_line("spvae_mnist.py", argv)
         # the circuit as the run started: a later edit of the .pc file does not change a resumed run
         self.state.setdefault("circuit", args.circuit.read_text())
         self.state["sittings"].append({"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -391,14 +421,17 @@ def train_and_test(run: Run, args: argparse.Namespace, arrays: dict[str, np.ndar
             if arm.done:
                 continue
             record = train_epoch(arm, data["train"], data["valid"], args.batch_size, args.samples,
-                                 args.patience, args.epochs, args.min_steps_per_epoch)
+                                 args.patience, args.epochs, args.min_steps_per_epoch, args.decay_factor,
+                                 args.decay_patience)
             save_checkpoint(arm, run.checkpoint(name), checkpoint_config(run.state["chosen"][name]))
             if name == "spvae" and arm.best_epoch == arm.epoch:
                 write_model(models[name], run.dir / "spvae_model.npz")
             write_report()
             log(f"{name} epoch {arm.epoch:4d}: train {record['train']:.4f} valid {record['valid']:.4f} bpd "
                 f"(best {bpd(arm.best_valid):.4f} at {arm.best_epoch}, patience {arm.stale}/{args.patience}) "
-                f"{record['seconds']:.0f} s | {eta_text(arm, arms, args.epochs)}")
+                f"{record['seconds']:.0f} s | {eta_text(arm, arms, args.epochs)}"
+                + (f" | step size {record['learning_rate']:g} -> {arm.learning_rate:g}"
+                   if arm.learning_rate != record["learning_rate"] else ""))
         sitting_epochs += 1
         if args.budget_minutes is not None and time.perf_counter() - sitting_started > 60 * args.budget_minutes:
             log(f"stopping this sitting: its {args.budget_minutes:g}-minute budget is spent (resume with --resume)")

@@ -177,6 +177,27 @@ class Arm:
         self.rng = np.random.default_rng(self.seed)
         self.torch_rng = torch.Generator().manual_seed(self.seed).get_state()
 
+    def set_learning_rate(self, rate: float) -> None:
+        """Adam's step size from the next step on (a decay, or the rate a checkpoint ran at)."""
+        self.learning_rate = rate
+        for group in self.optimiser.param_groups:
+            group["lr"] = rate
+
+    def record_validation(self, valid_ll: float, patience: int, max_epochs: int, decay_factor: float = 1.0,
+                          decay_patience: int = 1) -> None:
+        """After epoch ``self.epoch``: keep the best parameters, count the epochs since them
+        (early stopping after ``patience``), and multiply the step size by ``decay_factor``
+        after every ``decay_patience`` of those epochs (1: the constant step of the paper's
+        Adam; a plateau schedule as torch's ReduceLROnPlateau, counted by the same patience)."""
+        if valid_ll > self.best_valid:
+            self.best_valid, self.best_epoch, self.stale = valid_ll, self.epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        else:
+            self.stale += 1
+        self.done = self.stale >= patience or self.epoch >= max_epochs
+        if decay_factor < 1.0 and self.stale and self.stale % decay_patience == 0 and not self.done:
+            self.set_learning_rate(self.learning_rate * decay_factor)
+
     @property
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
@@ -207,7 +228,7 @@ def save_checkpoint(arm: Arm, path: Path, config: dict) -> None:
     meta = {"format": CHECKPOINT_FORMAT, "version": 1, "name": arm.name, "config": config, "epoch": arm.epoch,
             "stale": arm.stale, "best_epoch": arm.best_epoch,
             "best_valid": None if arm.best_state is None else arm.best_valid, "done": arm.done,
-            "best_is_current": best_is_current,
+            "best_is_current": best_is_current, "learning_rate": arm.learning_rate,
             "rng": arm.rng.bit_generator.state, "history": arm.history}
     arrays["meta"] = np.array(json.dumps(meta))
     atomic_write(path, lambda stream: np.savez_compressed(stream, **arrays))
@@ -247,6 +268,7 @@ def load_checkpoint(arm: Arm, path: Path, config: dict) -> None:
     arm.epoch, arm.stale, arm.best_epoch, arm.done = meta["epoch"], meta["stale"], meta["best_epoch"], meta["done"]
     arm.best_valid = -math.inf if meta["best_valid"] is None else meta["best_valid"]
     arm.history = meta["history"]
+    arm.set_learning_rate(meta.get("learning_rate", arm.learning_rate))  # older checkpoints: never decayed
 
 
 # ---------------------------------------------------------------- training and scoring
@@ -262,15 +284,18 @@ def mean_estimate(module: torch.nn.Module, x: torch.Tensor, samples: int, seed: 
 
 
 def train_epoch(arm: Arm, train_x: torch.Tensor, valid_x: torch.Tensor, batch_size: int, samples: int,
-                patience: int, max_epochs: int, min_steps: int = 1) -> dict:
+                patience: int, max_epochs: int, min_steps: int = 1, decay_factor: float = 1.0,
+                decay_patience: int = 1) -> dict:
     """One epoch of Adam on −mean IWAE bound, then the validation bound (fixed noise); updates the
-    best epoch, the patience counter and ``done``; returns the epoch's record (bpd, seconds).
+    best epoch, the patience counter, ``done`` and the step size (``Arm.record_validation``);
+    returns the epoch's record (bpd, seconds, the step size it ran at).
 
     An epoch is as many passes over ``train_x`` (each in a fresh random order) as it takes to make
     at least ``min_steps`` Adam steps: one pass on the 50,000 images (391 steps), 32 passes on 1%
     of them (4 steps each), so that validation and patience count comparable amounts of training
     (the paper validated every 128 batches) instead of validating 10,000 images every 4 steps."""
     started = time.perf_counter()
+    learning_rate = arm.learning_rate
     torch.set_rng_state(arm.torch_rng)
     arm.module.samples = samples
     steps_per_pass = math.ceil(len(train_x) / batch_size)
@@ -289,13 +314,9 @@ def train_epoch(arm: Arm, train_x: torch.Tensor, valid_x: torch.Tensor, batch_si
     arm.epoch += 1
     if not math.isfinite(valid_ll):
         raise FloatingPointError(f"{arm.name}: the validation bound is {valid_ll} after epoch {arm.epoch}")
-    if valid_ll > arm.best_valid:
-        arm.best_valid, arm.best_epoch, arm.stale = valid_ll, arm.epoch, 0
-        arm.best_state = {k: v.detach().clone() for k, v in arm.module.state_dict().items()}
-    else:
-        arm.stale += 1
-    arm.done = arm.stale >= patience or arm.epoch >= max_epochs
+    arm.record_validation(valid_ll, patience, max_epochs, decay_factor, decay_patience)
     record = {"model": arm.name, "epoch": arm.epoch, "seconds": time.perf_counter() - started,
+              "learning_rate": learning_rate,
               "train": bpd(total / (passes * len(train_x))), "valid": bpd(valid_ll), "best_epoch": arm.best_epoch,
               "passes": passes, "steps": passes * steps_per_pass,
               "stale": arm.stale, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

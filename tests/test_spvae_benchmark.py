@@ -8,6 +8,7 @@ patience counter and epoch table (on examples/data/mnist_small.npz, seconds).
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 import sys
 from pathlib import Path
 
@@ -276,3 +277,66 @@ def test_bad_options_are_clear_errors(argv, message, tmp_path):
 def test_a_resume_keeps_the_options_it_started_with(runs):
     with pytest.raises(SystemExit, match="keeps the options it started with.*--epochs 9"):
         spvae_mnist.main(["--resume", str(runs[0]), "--epochs", "9"])
+
+
+def test_the_step_size_decays_after_epochs_without_a_better_validation_bound(tmp_path):
+    """Arm.record_validation: the step size is multiplied by the factor after every
+    ``decay_patience`` epochs without a better bound (not at an improvement, not once early
+    stopping ended the arm), and a checkpoint keeps it."""
+    module = torch.nn.Linear(2, 1)
+    arm = spvae_training.Arm("vae", module, 0.01, seed=0)
+    rates = []
+    for epoch, valid in enumerate([-5.0, -4.0, -4.5, -4.2, -4.1, -3.0, -3.5, -3.6, -3.7, -3.8], start=1):
+        arm.epoch = epoch
+        arm.record_validation(valid, patience=4, max_epochs=100, decay_factor=0.5, decay_patience=2)
+        rates.append(arm.learning_rate)
+        assert all(group["lr"] == arm.learning_rate for group in arm.optimiser.param_groups)
+    # stale: 0 0 1 2 3 0 1 2 3 4 -> decays after the 2nd stale epoch (epochs 4 and 8); epoch 10 stops it
+    assert rates == [0.01, 0.01, 0.01, 0.005, 0.005, 0.005, 0.005, 0.0025, 0.0025, 0.0025]
+    assert arm.done and arm.best_epoch == 6
+    path = tmp_path / "vae.npz"
+    spvae_training.save_checkpoint(arm, path, {"n_z": 1})
+    fresh = spvae_training.Arm("vae", torch.nn.Linear(2, 1), 0.01, seed=0)
+    spvae_training.load_checkpoint(fresh, path, {"n_z": 1})
+    assert fresh.learning_rate == 0.0025 and fresh.optimiser.param_groups[0]["lr"] == 0.0025
+    constant = spvae_training.Arm("vae", torch.nn.Linear(2, 1), 0.01, seed=0)
+    for epoch, valid in enumerate([-5.0, -6.0, -6.0, -6.0], start=1):
+        constant.epoch = epoch
+        constant.record_validation(valid, patience=20, max_epochs=100)
+    assert constant.learning_rate == 0.01  # the default: the paper's constant step
+
+
+def test_a_resumed_run_may_take_a_step_size_schedule_and_keeps_it(tmp_path):
+    """--decay-factor/--decay-patience on a resume apply from the next epoch on and replace the
+    stored options in run.json, so a later resume without them keeps the schedule; each epoch's
+    record holds the step size it ran at. Other options still may not change."""
+    run = tmp_path / "run"
+    # a step size large enough that the smoke run's validation bound stops improving at times
+    argv = ["--smoke", "--models", "vae", "--vae-grid", "2x16x1", "--epochs", "6", "--threads", "1",
+            "--vae-learning-rate", "0.3"]
+    threads = torch.get_num_threads()
+    try:
+        assert spvae_mnist.main([*argv, "--run-dir", str(run), "--sitting-epochs", "2"]) == 0
+        assert spvae_mnist.main(["--resume", str(run), "--threads", "1", "--sitting-epochs", "2",
+                                 "--decay-factor", "0.5", "--decay-patience=1"]) == 0
+        state = json.loads((run / "run.json").read_text())
+        assert state["argv"][-3:] == ["--decay-factor", "0.5", "--decay-patience=1"]
+        assert "--decay-factor 0.5" in state["command"]
+        with pytest.raises(SystemExit, match="keeps the options it started with.*--patience 3"):
+            spvae_mnist.main(["--resume", str(run), "--decay-factor", "0.25", "--patience", "3"])
+        with pytest.raises(SystemExit, match="--decay-factor must be in"):
+            spvae_mnist.main(["--resume", str(run), "--decay-factor", "2"])
+        assert spvae_mnist.main(["--resume", str(run), "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    state = json.loads((run / "run.json").read_text())
+    assert state["argv"][-3:] == ["--decay-factor", "0.5", "--decay-patience=1"]
+    history = _meta(run / "vae_checkpoint.npz")["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    rate, decays = 0.3, 0
+    for before, after in pairwise(history):
+        assert before["learning_rate"] == pytest.approx(rate)
+        if before["epoch"] > 2 and before["stale"] >= 1:  # the resumed sittings' stale epochs halve it
+            rate, decays = rate * 0.5, decays + 1
+        assert after["learning_rate"] == pytest.approx(rate)
+    assert decays >= 2
