@@ -199,6 +199,22 @@ class ArrayBackend:
         }
 
     # ------------------------------------------------------------------ parameters and data
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (``copy.deepcopy``, a pickled model) without the array module, which pickles
+        not (its name is kept), the captured steps (keyed by id() of data a copy renews) and the
+        CUDA graphs: a copy remakes them as at construction."""
+        state = {name: value for name, value in self.__dict__.items() if name not in ("xp", "graphs")}
+        return {**state, "captured_steps": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.xp = np if self.name == "numpy" else load_cupy()
+        self.graphs = None
+        if self.capture:
+            from einc.backends.cupy_graph import CupyGraphs
+
+            self.graphs = CupyGraphs(self.xp)
+
     def put(self, params: dict[str, np.ndarray]) -> Params:
         return {k: self.xp.asarray(np.asarray(v), dtype=self.dtype) for k, v in params.items()}
 
