@@ -43,7 +43,10 @@ def report(out: Path, state: dict, histories: dict[str, list[dict]], parameters:
          f"{args.batch_size}, k = {args.samples}, {args.valid_rows:,} training images held out for validation, early "
          f"stopping with patience {args.patience} (at most {args.epochs} epochs); n_z x H chosen by a "
          f"{args.pilot_epochs}-epoch pilot on {args.pilot_rows:,} images (not the paper's full cross-validation). "
-         f"Test: the {args.eval_samples}-sample IWAE estimate on {args.test_rows:,} test images."),
+         f"Test: the {args.eval_samples}-sample IWAE estimate on {args.test_rows:,} test images."
+         + ("" if args.decay_factor == 1.0 else
+            f" Step size multiplied by {args.decay_factor:g} after every {args.decay_patience} epochs without a "
+            f"better validation bound (from the sitting that set it on; each epoch's step size below).")),
         "",
         "| model | n_z x H (x hidden layers, if not 2) | parameters | epochs run (hours) | best epoch | valid bound (bpd) | test (bpd) | "
         "test, −log p (nats) | the paper: test bpd (log p in nats), parameters |",
@@ -68,10 +71,13 @@ def report(out: Path, state: dict, histories: dict[str, list[dict]], parameters:
     for name, results in state["pilot"].items():
         lines.append(f"Pilot ({name}): " + "; ".join(
             f"{key}: {r['valid']:.4f} bpd, {r['parameters']:,} parameters" for key, r in results.items()))
-    lines += ["", "| model | epoch | finished | seconds | train bound (bpd) | valid bound (bpd) |",
-              "|---|---:|---|---:|---:|---:|"]
-    lines += [f"| {h['model']} | {h['epoch']} | {h.get('finished', '')} | {h['seconds']:.0f} | {h['train']:.4f} | "
-              f"{h['valid']:.4f} |" for rows in histories.values() for h in rows]
+    # epochs recorded before the step size was (runs of a constant step) ran at the arm's first
+    initial = {"spvae": args.spvae_learning_rate, "vae": args.vae_learning_rate}
+    lines += ["", "| model | epoch | finished | seconds | step size | train bound (bpd) | valid bound (bpd) |",
+              "|---|---:|---|---:|---:|---:|---:|"]
+    lines += [f"| {h['model']} | {h['epoch']} | {h.get('finished', '')} | {h['seconds']:.0f} | "
+              f"{h.get('learning_rate', initial[h['model']]):.3g} | {h['train']:.4f} | {h['valid']:.4f} |"
+              for rows in histories.values() for h in rows]
     atomic_write(out / "table.md", lambda s: s.write(("\n".join(lines) + "\n").encode()))
 
 
