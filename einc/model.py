@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from einc.backends.base import Batch, Params, create_backend
+from einc.backends.base import Batch, Params, create_backend, device_name, dtype_name
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.params import init_parameters, parameter_problems
 from einc.compiler.pipeline import CompileOptions, compile_plan
@@ -68,6 +68,7 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     >>> model.log_likelihood([[0, 1, 1, 0]])                          # doctest: +SKIP
     """
     check_non_negative_int(seed, "seed")
+    device, dtype = device_name(device), dtype_name(dtype)  # also torch.device, torch.float64
     text, filename = _read_source(source_or_path)
     options = replace(options or CompileOptions(), dtype=dtype)
     options = options if options.target else replace(options, target=device)

@@ -35,3 +35,37 @@ def test_a_region_over_a_misspelt_variable_is_one_error() -> None:
     text = "var A, B : binary\nleaf A, B ~ bernoulli\nregion top = {A, Bee}\ntop -> A * B\n"
     found = build_messages(text)
     assert len(found) == 1 and "unknown" in found[0] and "'Bee'" in found[0], found
+
+
+def test_torch_and_numpy_dtypes_and_devices_are_accepted_where_names_are(tmp_path: Path) -> None:
+    # A PyTorch user writes dtype=torch.float64 and device=torch.device("cpu"); these raised
+    # TypeError / AttributeError from deep inside the compiler (and einc.load alike).
+    import einc
+    import numpy as np
+    import torch
+
+    x = [[0, 1, 0, 1], [1, 1, 0, 0]]
+    reference = einc.compile(EXAMPLES / "tiny.pc", dtype="float64", seed=3).log_likelihood(x)
+    for dtype in (torch.float64, torch.double, np.float64, np.dtype("float64")):
+        model = einc.compile(EXAMPLES / "tiny.pc", dtype=dtype, device=torch.device("cpu"), seed=3)
+        assert model.dtype == "float64" and model.device == "cpu"
+        np.testing.assert_array_equal(model.log_likelihood(x), reference)
+    model.save(tmp_path / "m.npz")
+    loaded = einc.load(tmp_path / "m.npz", dtype=torch.float32, device=torch.device("cpu"))
+    assert loaded.dtype == "float32" and loaded.device == "cpu"
+
+
+def test_an_unsupported_dtype_or_device_object_is_a_backend_error_naming_it(tmp_path: Path) -> None:
+    import einc
+    import pytest
+    import torch
+
+    for dtype in (torch.float16, "torch.float64", "double", int):
+        with pytest.raises(einc.BackendError, match="unsupported dtype"):
+            einc.compile(EXAMPLES / "tiny.pc", dtype=dtype)
+    for device in (torch.device("meta"), 0, None):
+        with pytest.raises(einc.BackendError, match="unknown device"):
+            einc.compile(EXAMPLES / "tiny.pc", device=device)
+    einc.compile(EXAMPLES / "tiny.pc").save(tmp_path / "m.npz")
+    with pytest.raises(einc.BackendError, match="unsupported dtype"):
+        einc.load(tmp_path / "m.npz", dtype=torch.int64)
