@@ -69,3 +69,30 @@ def test_an_unsupported_dtype_or_device_object_is_a_backend_error_naming_it(tmp_
     einc.compile(EXAMPLES / "tiny.pc").save(tmp_path / "m.npz")
     with pytest.raises(einc.BackendError, match="unsupported dtype"):
         einc.load(tmp_path / "m.npz", dtype=torch.int64)
+
+
+def _apply_leaf_suggestions(text: str) -> str:
+    """``text`` with every `leaf ...` line a "no leaf family" error suggests appended."""
+    import re
+
+    found = build_messages(text)
+    lines = [re.search(r"add e\.g\. `(leaf [^`]*)`", m) for m in found]
+    assert all(lines), found
+    return text + "".join(f"{line.group(1)}\n" for line in lines if line)
+
+
+def test_the_suggested_leaf_line_for_part_of_an_array_fixes_it_without_a_new_error() -> None:
+    # `leaf x ~ categorical` was suggested for x[4..9] while x[0:4] already had a family, so
+    # following the advice gave "x[0] .. already have a leaf family".
+    body = "structure random_binary_trees(depth = 2, replicas = 2)\n"
+    cases = [
+        "var A, B : binary\nvar x[10] : categorical(5)\nvar n : count\nleaf A ~ bernoulli\nleaf x[0:4] ~ categorical\n",
+        "var x[10] : binary\nleaf x[0:9] ~ bernoulli\n",  # one left: x[9]
+        "var img[4, 4] : binary\nleaf img[0:2, :] ~ bernoulli\n",  # the bottom half of a grid
+        "var img[4, 4] : binary\nleaf img[:, 0:3] ~ bernoulli\n",  # the last column
+        "var x[6] : binary\nleaf x[1:5] ~ bernoulli\n",  # x[0] and x[5]: no one slice names both
+    ]
+    for case in cases:
+        fixed = _apply_leaf_suggestions(case + body)
+        graph, diagnostics = build_region_graph(parse(fixed, "t.pc"))
+        assert diagnostics == [] and graph is not None, (fixed, [d.message for d in diagnostics])
