@@ -96,3 +96,17 @@ def test_the_suggested_leaf_line_for_part_of_an_array_fixes_it_without_a_new_err
         fixed = _apply_leaf_suggestions(case + body)
         graph, diagnostics = build_region_graph(parse(fixed, "t.pc"))
         assert diagnostics == [] and graph is not None, (fixed, [d.message for d in diagnostics])
+
+
+def test_every_project_file_the_readme_names_exists() -> None:
+    # The README pointed at examples/hclt_patches.pc and einc/datasets.py, which are
+    # examples/lvd/mnist_hclt_patches.pc and einc/io/datasets.py.
+    import re
+
+    root = EXAMPLES.parent
+    readme = (root / "README.md").read_text()
+    named = set(re.findall(r"`((?:examples|benchmarks|tests|backends|compiler|einc|ir|grammar|docs)/"
+                           r"[\w./-]+\.(?:pc|py|lark|sh|md|npz|csv|csv\.gz|png))`", readme))
+    assert len(named) > 20  # the pattern finds the README's references
+    missing = sorted(path for path in named if not (root / path).exists())
+    assert missing == [], missing
