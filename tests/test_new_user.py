@@ -110,3 +110,27 @@ def test_every_project_file_the_readme_names_exists() -> None:
     assert len(named) > 20  # the pattern finds the README's references
     missing = sorted(path for path in named if not (root / path).exists())
     assert missing == [], missing
+
+
+def test_a_file_with_another_separator_is_named_as_such(tmp_path: Path) -> None:
+    # np.savetxt writes spaces by default; such a file was "the header line does not match the
+    # circuit's columns ... found 1.000000000000000000e+00 1.... (1 columns)", or with the columns
+    # unknown its first row was taken as a header and the second "is not a number".
+    import numpy as np
+    import pytest
+    from einc.data import read_data
+    from einc.errors import DataError
+
+    x = np.random.default_rng(0).integers(0, 2, (5, 4))
+    for separator, word in ((" ", "spaces"), ("\t", "tabs"), (";", "semicolons")):
+        path = tmp_path / "train.csv"
+        np.savetxt(path, x, delimiter=separator)
+        for columns in (["A", "B", "C", "D"], None):
+            with pytest.raises(DataError, match=f"train.csv:1: .*separated by {word}, not commas"):
+                read_data(path, columns=columns)
+        with_header = tmp_path / "header.csv"
+        with_header.write_text("A,B,C,D\n" + path.read_text())
+        with pytest.raises(DataError, match=f"header.csv:2: .*separated by {word}, not commas"):
+            read_data(with_header, columns=["A", "B", "C", "D"])
+    np.savetxt(path, x, delimiter=",")  # what the message advises reads
+    np.testing.assert_array_equal(read_data(path, columns=["A", "B", "C", "D"]).values, x)

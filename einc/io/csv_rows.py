@@ -53,12 +53,14 @@ class CsvParser:
                     continue  # a blank line
                 if self.first:
                     self.first = False
+                    _check_separator(cells, source, line)
                     if _is_header(cells, self.columns, source, line):
                         self.width = len(cells)
                         continue
                 if self.width is None:
                     self.width = len(cells)
                 elif len(cells) != self.width:
+                    _check_separator(cells, source, line)
                     raise DataError(f"{source}:{line}: the row has {len(cells)} columns; expected {self.width}")
                 try:
                     row = [float(cell) for cell in cells]  # the common case: every cell a number
@@ -67,6 +69,7 @@ class CsvParser:
                     for column, cell in enumerate(cells, start=1):
                         value = _number(cell)
                         if value is None:
+                            _check_separator(cells, source, line)
                             raise DataError(
                                 f"{source}:{line}:{column}: '{shorten(cell.strip())}' is not a number; "
                                 f"expected a number, or one of ?, nan, NA or an empty cell for a missing value"
@@ -78,6 +81,27 @@ class CsvParser:
             raise DataError(f"{source}:{first_line - 1 + reader.line_num}: malformed CSV ({error})") from None
         values = np.asarray(rows, dtype=np.float64).reshape(len(rows), self.width or 0)
         return values, np.asarray(lines, dtype=np.int64)
+
+
+# Separators other than commas that files of numbers are written with (np.savetxt's default is a
+# space), and what messages call them.
+_OTHER_SEPARATORS = {"\t": "tabs", ";": "semicolons", " ": "spaces"}
+
+
+def _check_separator(cells: list[str], source: str, line: int) -> None:
+    """``DataError`` when the row is one cell of numbers joined by another separator: otherwise it
+    reads as a header that does not match, or as a cell that is not a number."""
+    if len(cells) != 1:
+        return
+    text = cells[0].strip()
+    for separator, word in _OTHER_SEPARATORS.items():
+        parts = text.split(separator) if separator != " " else text.split()
+        if len(parts) > 1 and all(_number(part) is not None for part in parts):
+            raise DataError(
+                f"{source}:{line}: the values are separated by {word}, not commas; einc reads "
+                f"comma-separated values (write them with np.savetxt(path, x, delimiter=\",\"), or "
+                f"save a .npy file)"
+            )
 
 
 def _is_header(cells: list[str], columns: Sequence[str] | None, source: str, line: int) -> bool:
