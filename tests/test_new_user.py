@@ -134,3 +134,16 @@ def test_a_file_with_another_separator_is_named_as_such(tmp_path: Path) -> None:
             read_data(with_header, columns=["A", "B", "C", "D"])
     np.savetxt(path, x, delimiter=",")  # what the message advises reads
     np.testing.assert_array_equal(read_data(path, columns=["A", "B", "C", "D"]).values, x)
+
+
+def test_no_root_names_the_regions_that_exist_when_every_region_is_in_a_cycle() -> None:
+    # `A -> A * B`: {A} is its own parent, so there is no top region; the message said
+    # "no region contains A, B (top regions: )" though the regions {A} and {B} exist.
+    import einc
+    import pytest
+
+    with pytest.raises(einc.EincError) as raised:
+        einc.compile("var A, B : binary\nleaf A, B ~ bernoulli\nA -> A * B\n")
+    text = str(raised.value)
+    assert "no root" in text and "(top regions: )" not in text, text
+    assert "no region contains" not in text, text
