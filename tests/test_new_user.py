@@ -147,3 +147,18 @@ def test_no_root_names_the_regions_that_exist_when_every_region_is_in_a_cycle() 
     text = str(raised.value)
     assert "no root" in text and "(top regions: )" not in text, text
     assert "no region contains" not in text, text
+
+
+def test_an_unknown_option_points_at_the_command_s_help_with_a_suggestion(capsys) -> None:
+    # `einc check FILE --emit plan` said "(see einc --help)", whose page does not list the
+    # command's options; a misspelt option got no suggestion.
+    from einc.cli import main
+
+    tiny = str(EXAMPLES / "tiny.pc")
+    assert main(["check", tiny, "--emit", "plan"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("einc: error: unrecognized arguments: --emit plan") and "(see einc check --help)" in error
+    assert error.count("\n") == 1
+    assert main(["train", tiny, "--data", "x.csv", "--epcohs", "2", "-o", "m.npz"]) == 1
+    error = capsys.readouterr().err
+    assert "--epcohs" in error and "did you mean --epochs?" in error and "(see einc train --help)" in error

@@ -25,6 +25,7 @@ from typing import NoReturn
 
 from einc import __version__
 from einc.cli import commands
+from einc.compiler.binding import did_you_mean
 from einc.cli.options import (
     FILE,
     K_OPTIONS,
@@ -336,7 +337,18 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the traceback of an error")
         sub.set_defaults(run=command.run)
+    parser.command_parsers = dict(subparsers.choices)
     return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, name: str, extra: Sequence[str]) -> UsageError:
+    """Arguments the command does not take, reported by the command's own parser (so that the
+    message points at its --help), with the closest option to a misspelt one."""
+    command = getattr(parser, "command_parsers", {}).get(name, parser)
+    options = [flag for action in command._actions for flag in action.option_strings]
+    unknown = next((a.partition("=")[0] for a in extra if a.startswith("--")), None)
+    hint = did_you_mean(unknown, options) if unknown else ""
+    return UsageError(command, f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
 def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -363,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(COMMANDS)
     try:
         _check_option_values(parser, arguments)
-        args = parser.parse_args(arguments)
+        args, extra = parser.parse_known_args(arguments)
+        if extra:
+            raise _unrecognized(parser, args.command, extra)
     except UsageError as error:
         # one line, like every other error; the usage is one --help away
         print(f"einc: error: {error} (see {error.parser.prog} --help)", file=sys.stderr)
