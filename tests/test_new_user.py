@@ -162,3 +162,42 @@ def test_an_unknown_option_points_at_the_command_s_help_with_a_suggestion(capsys
     assert main(["train", tiny, "--data", "x.csv", "--epcohs", "2", "-o", "m.npz"]) == 1
     error = capsys.readouterr().err
     assert "--epcohs" in error and "did you mean --epochs?" in error and "(see einc train --help)" in error
+
+
+def test_the_cli_says_which_head_of_a_multi_head_model_it_answers_with_and_takes_another(tmp_path: Path, capsys) -> None:
+    # `einc eval`, `sample`, `query` and `inpaint` used head 0 of a class-conditional model
+    # without saying so, and no option chose another head.
+    import einc
+    import numpy as np
+    from einc.cli import main
+
+    rng = np.random.default_rng(0)
+    x, labels = rng.integers(0, 2, (200, 4)), rng.integers(0, 2, 200)
+    model = einc.compile(EXAMPLES / "tiny.pc", options=einc.CompileOptions(heads=2), dtype="float64", seed=0)
+    model.fit(x, labels=labels, epochs=1)
+    path, data = tmp_path / "mh.npz", tmp_path / "x.npy"
+    model.save(path)
+    np.save(data, x[:20])
+    ll = model.log_likelihood(x[:20])
+
+    assert main(["eval", str(path), "--data", str(data), "--head", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "head 1 of 2" in out and f"mean LL {ll[:, 1].mean():.4f}" in out
+    assert main(["eval", str(path), "--data", str(data)]) == 0
+    assert "head 0 of 2" in capsys.readouterr().out
+
+    samples = tmp_path / "s.npy"
+    assert main(["sample", str(path), "-n", "50", "--head", "1", "--seed", "3", "-o", str(samples)]) == 0
+    assert "head 1 of 2" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(samples), model.sample(50, head=1, seed=3))
+
+    assert main(["query", str(path), "--evidence", "A=1", "--target", "B", "--head", "1"]) == 0
+    out = capsys.readouterr().out
+    joint = model.log_likelihood([[1, 0, np.nan, np.nan], [1, 1, np.nan, np.nan]])[:, 1]
+    assert "head 1 of 2" in out and f"1: {np.exp(joint[1] - np.logaddexp(*joint)):.6f}" in out
+
+    assert main(["sample", str(path), "-n", "5", "--head", "2", "-o", str(samples)]) == 1
+    error = capsys.readouterr().err
+    assert "--head 2" in error and "0..1" in error
+    assert main(["eval", str(path), "--data", str(data), "--head", "1", "--labels", str(data)]) == 1
+    assert "--head" in capsys.readouterr().err

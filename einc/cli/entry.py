@@ -28,6 +28,7 @@ from einc.cli import commands
 from einc.compiler.binding import did_you_mean
 from einc.cli.options import (
     FILE,
+    HEAD,
     K_OPTIONS,
     LIMIT_OPTIONS,
     LOADED_MODEL_OPTIONS,
@@ -122,7 +123,7 @@ def _drawing_command(name: str, summary: str, run: Callable[[argparse.Namespace]
     """A command that draws from a loaded model (sample, inpaint): the model, its own arguments,
     the seed and --means, then the required output."""
     output_arg = Arg(("-o", "--output"), {"required": True, **output})
-    return Command(name, summary, run, (*LOADED_MODEL_OPTIONS, MODEL, *arguments, SEED, MEANS, output_arg))
+    return Command(name, summary, run, (*LOADED_MODEL_OPTIONS, MODEL, *arguments, SEED, MEANS, HEAD, output_arg))
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -220,6 +221,7 @@ COMMANDS: tuple[Command, ...] = (
             MODEL,
             Arg(("--data",), {"required": True, "help": "data to evaluate (.csv[.gz], .npy, .npz)"}),
             Arg(("--labels",), {"help": "class labels (one per row) for a multi-head model"}),
+            HEAD,
             Arg(("--per-sample",), {"metavar": "OUT", "help": "also write each sample's log-likelihood (.csv, .npy or .npz)"}),
             Arg(("--samples",), {"type": positive_int, "default": DEFAULT_QUERY_SAMPLES, "metavar": "K",
                                  "help": "vae leaves: the log-likelihood is an IWAE estimate with K importance samples "
@@ -272,6 +274,7 @@ COMMANDS: tuple[Command, ...] = (
             MODEL,
             Arg(("--evidence",), {"default": "", "help": 'e.g. "x[0]=1,x[3]=0"'}),
             Arg(("--target",), {"required": True, "help": "e.g. x[5] (several: x[5],x[6])"}),
+            HEAD,
         ),
     ),
     Command(
