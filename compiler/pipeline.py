@@ -60,13 +60,31 @@ class CompileOptions:
 
 
 def load_source(path: str | Path) -> tuple[str, str]:
-    """``(text, filename)`` of a ``.pc`` file; the filename is the path as the user gave it."""
+    """``(text, filename)`` of a ``.pc`` file; the filename is the path as the user gave it. A
+    UTF-8 byte-order mark (Windows editors write one) is dropped; a file that is not UTF-8 text
+    is named for what it looks like (a model file, data), the usual reason it was given."""
     try:
-        return Path(path).read_text(encoding="utf-8"), str(path)
-    except (OSError, UnicodeDecodeError) as error:
-        raise EincError(
-            f"cannot read {path}: {getattr(error, 'strerror', None) or error}"
-        ) from None
+        raw = Path(path).read_bytes()
+    except OSError as error:
+        raise EincError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        return raw.decode("utf-8-sig"), str(path)
+    except UnicodeDecodeError as error:
+        raise EincError(f"{path}: not a .pc circuit file ({_binary_kind(raw, error.start)}); expected the text "
+                        "of a circuit (var, leaf and structure statements)") from None
+
+
+# What a binary file given for a .pc file probably is, from its first bytes.
+_BINARY_KINDS = (
+    (b"PK", "an .npz archive: an einc model (for eval, sample, inpaint, query, train --resume) or data (--data)"),
+    (b"\x93NUMPY", "a .npy array: data, given with --data"),
+    (b"\x1f\x8b", "gzip-compressed: data such as .csv.gz, given with --data"),
+)
+
+
+def _binary_kind(raw: bytes, bad_byte: int) -> str:
+    kind = next((what for magic, what in _BINARY_KINDS if raw.startswith(magic)), None)
+    return kind or f"not UTF-8 text: byte {bad_byte} is not UTF-8"
 
 
 def region_graph(

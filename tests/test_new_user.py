@@ -201,3 +201,46 @@ def test_the_cli_says_which_head_of_a_multi_head_model_it_answers_with_and_takes
     assert "--head 2" in error and "0..1" in error
     assert main(["eval", str(path), "--data", str(data), "--head", "1", "--labels", str(data)]) == 1
     assert "--head" in capsys.readouterr().err
+
+
+def test_a_pc_file_saved_with_a_byte_order_mark_reads_like_one_without(tmp_path: Path) -> None:
+    # Windows editors save UTF-8 with a BOM; the parser reported an invisible "unexpected
+    # character" at 1:1. Data files already had their BOM dropped.
+    import einc
+
+    text = (EXAMPLES / "tiny.pc").read_text()
+    path = tmp_path / "bom.pc"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    model = einc.compile(path, seed=0)
+    assert model.columns == einc.compile(EXAMPLES / "tiny.pc", seed=0).columns
+    path.write_bytes(b"\xef\xbb\xbf" + b"var A, B : bool\n" + text.encode())  # columns count after the BOM
+    import pytest
+
+    with pytest.raises(einc.EincError, match=r"bom.pc:1:12: error: unknown domain 'bool'"):
+        einc.compile(path)
+
+
+def test_a_model_or_data_file_given_for_the_pc_file_is_named_for_what_it_is(tmp_path: Path, capsys) -> None:
+    # `einc check model.npz` (or data) said "cannot read model.npz: 'utf-8' codec can't decode
+    # byte 0xad in position 14: invalid start byte".
+    import gzip
+
+    import einc
+    import numpy as np
+    from einc.cli import main
+
+    model = tmp_path / "model.npz"
+    einc.compile(EXAMPLES / "tiny.pc").save(model)
+    array = tmp_path / "x.npy"
+    np.save(array, np.zeros((2, 4)))
+    packed = tmp_path / "x.csv.gz"
+    packed.write_bytes(gzip.compress(b"0,1,0,1\n"))
+    binary = tmp_path / "x.bin"
+    binary.write_bytes(b"\x00\xff\xfe\x01")
+    for path, what in ((model, "an .npz archive"), (array, "a .npy array"), (packed, "gzip-compressed"),
+                       (binary, "not UTF-8 text")):
+        for command in (["check", str(path)], ["train", str(path), "--data", str(array), "-o", str(tmp_path / "m.npz")]):
+            assert main(command) == 1
+            error = capsys.readouterr().err
+            assert error.startswith(f"einc: error: {path}: not a .pc circuit file ({what}") and error.count("\n") == 1, error
+            assert "codec" not in error
