@@ -244,3 +244,23 @@ def test_a_model_or_data_file_given_for_the_pc_file_is_named_for_what_it_is(tmp_
             error = capsys.readouterr().err
             assert error.startswith(f"einc: error: {path}: not a .pc circuit file ({what}") and error.count("\n") == 1, error
             assert "codec" not in error
+
+
+def test_a_model_file_given_as_data_is_named_for_what_it_is(tmp_path: Path, capsys) -> None:
+    # `einc eval m.npz --data m.npz` (or train --data m.npz) read the model's first parameter
+    # array as data: "expected 4 columns (...), found shape (4, 3)".
+    import einc
+    import pytest
+    from einc.cli import main
+    from einc.data import read_data
+    from einc.errors import DataError
+
+    model = tmp_path / "m.npz"
+    einc.compile(EXAMPLES / "tiny.pc").save(model)
+    with pytest.raises(DataError, match="m.npz: an einc model file, not data"):
+        read_data(model)
+    assert main(["eval", str(model), "--data", str(model)]) == 1
+    assert "an einc model file, not data" in capsys.readouterr().err
+    out = str(tmp_path / "out.npz")  # the out-of-core reader too
+    assert main(["train", str(EXAMPLES / "tiny.pc"), "--data", str(model), "--stream", "--cache-dir", str(tmp_path), "-o", out]) == 1
+    assert "an einc model file, not data" in capsys.readouterr().err

@@ -199,7 +199,7 @@ def _npz_dataset(file: Path, key: str | None, source: str) -> Dataset:
         if not names:
             raise DataError(f"{file}: the .npz archive holds no arrays")
         if key is None:
-            key = names[0]
+            key = default_npz_key(archive.zip, names, file)
             source = str(file)
         if key not in names:
             raise DataError(f"{file}: no array '{key}'; the file has {', '.join(names)}")
@@ -213,6 +213,19 @@ def _npz_dataset(file: Path, key: str | None, source: str) -> Dataset:
                             f"{needed / 2**30:.1f} GiB to read into memory, more than the limit of "
                             f"{MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB; stream it instead (einc train --stream)")
         return _array_dataset(archive[key], source)
+
+
+# The JSON text entry every einc model (and mixture) file holds (einc/archive.py).
+_MODEL_META = "meta"
+
+
+def default_npz_key(archive: zipfile.ZipFile, names: Sequence[str], file: Path) -> str:
+    """The array an ``.npz`` data file given without ``:key`` is read from: its first; an einc
+    model file is refused (its first array is a parameter tensor, "data" of the wrong width)."""
+    if _MODEL_META in names and npz_header(archive, f"{_MODEL_META}.npy", str(file))[2].kind == "U":
+        raise DataError(f"{file}: an einc model file, not data; it is the MODEL of eval, sample, inpaint and "
+                        f"query (data: .csv, .csv.gz, .npy or .npz arrays of rows)")
+    return names[0]
 
 
 # Largest data array read whole into memory (as stored plus its float64 copy); bigger data is
