@@ -264,3 +264,22 @@ def test_a_model_file_given_as_data_is_named_for_what_it_is(tmp_path: Path, caps
     out = str(tmp_path / "out.npz")  # the out-of-core reader too
     assert main(["train", str(EXAMPLES / "tiny.pc"), "--data", str(model), "--stream", "--cache-dir", str(tmp_path), "-o", out]) == 1
     assert "an einc model file, not data" in capsys.readouterr().err
+
+
+def test_one_hot_labels_get_a_message_about_their_shape_not_a_count(tmp_path: Path) -> None:
+    # One-hot labels (N, heads), as a PyTorch user keeps them, were flattened: "600 labels for 300
+    # samples; expected one label per sample".
+    import einc
+    import numpy as np
+    import pytest
+    from einc.errors import DataError
+    from einc.io.data import prepare_labels
+
+    y = np.random.default_rng(0).integers(0, 3, 30)
+    with pytest.raises(DataError, match=r"labels: the labels have shape \(30, 3\); expected one integer label per row.*argmax"):
+        prepare_labels(np.eye(3)[y], 30, 3)
+    for fine in (y, y[:, None], y[None, :], list(y)):
+        np.testing.assert_array_equal(prepare_labels(fine, 30, 3), y)
+    model = einc.compile(EXAMPLES / "tiny.pc", options=einc.CompileOptions(heads=3))
+    with pytest.raises(DataError, match=r"shape \(30, 3\)"):
+        model.fit(np.zeros((30, 4)), labels=np.eye(3)[y], epochs=1)

@@ -498,8 +498,13 @@ def _check_group(group: _ColumnGroup, values: np.ndarray, observed: np.ndarray,
 def prepare_labels(labels: Any, count: int, heads: int, label: str = "labels", first_row: int = 0) -> np.ndarray:
     """Class labels as an int64 (count,) array: one per sample, each a head index 0..heads-1.
     ``first_row`` numbers ``labels[0]`` when an array is checked in pieces."""
-    array = as_rows(labels, label).reshape(-1)
+    rows = as_rows(labels, label)  # a 1-D array is one row: (1, N), as is a file of one line
     source = labels.source if isinstance(labels, Dataset) else label
+    if rows.ndim != 2 or min(rows.shape) > 1:
+        one_hot = rows.ndim == 2 and np.isin(rows, (0, 1)).all() and (rows.sum(axis=1) == 1).all()
+        raise DataError(f"{source}: the labels have shape {tuple(rows.shape)}; expected one integer label per row, (N,) or "
+                        f"(N, 1)" + ("; these look one-hot: give their argmax(axis=1)" if one_hot else ""))
+    array = rows.reshape(-1)
     if len(array) != count:
         raise DataError(f"{source}: {len(array)} labels for {count} samples; expected one label per sample")
     bad = ~(np.isfinite(array) & (array >= 0) & (array < heads) & (np.floor(array) == array))
