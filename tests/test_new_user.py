@@ -283,3 +283,30 @@ def test_one_hot_labels_get_a_message_about_their_shape_not_a_count(tmp_path: Pa
     model = einc.compile(EXAMPLES / "tiny.pc", options=einc.CompileOptions(heads=3))
     with pytest.raises(DataError, match=r"shape \(30, 3\)"):
         model.fit(np.zeros((30, 4)), labels=np.eye(3)[y], epochs=1)
+
+
+def test_a_csv_with_an_index_column_as_pandas_writes_it_is_named_as_such(tmp_path: Path) -> None:
+    # df.to_csv(path) writes ",A,B,C,D" and an index column: the empty first cell made the header
+    # a data row ("idx.csv:1:2: 'A' is not a number"), and with the columns unknown the index was
+    # read as a variable.
+    import numpy as np
+    import pytest
+    from einc.data import read_data
+    from einc.errors import DataError
+
+    path = tmp_path / "idx.csv"
+    path.write_text(",A,B,C,D\n0,0,1,0,1\n1,1,1,0,0\n")
+    for columns in (["A", "B", "C", "D"], None):
+        with pytest.raises(DataError, match=r"idx.csv:1: .*index column.*index=False"):
+            read_data(path, columns=columns)
+    path.write_text("Unnamed: 0,A,B,C,D\n0,0,1,0,1\n")
+    with pytest.raises(DataError, match=r"index column"):
+        read_data(path, columns=["A", "B", "C", "D"])
+    # rows of missing values and headers of names still read as before
+    path.write_text("?,,nan,NA\n0,1,0,1\n")
+    assert np.isnan(read_data(path, columns=["A", "B", "C", "D"]).values[0]).all()
+    path.write_text("A,B,C,D\n0,1,,1\n")
+    assert read_data(path, columns=["A", "B", "C", "D"]).values.shape == (1, 4)
+    path.write_text(",B,C,D\n0,1,0,1\n")  # a name left out is a header that does not match
+    with pytest.raises(DataError, match=r"header line does not match"):
+        read_data(path, columns=["A", "B", "C", "D"])

@@ -109,14 +109,23 @@ def _is_header(cells: list[str], columns: Sequence[str] | None, source: str, lin
     names = [cell.strip() for cell in cells]
     if columns is not None and names == [c.strip() for c in columns]:
         return True
-    if any(_number(cell) is not None for cell in cells):
-        return False  # a data row (a wrong cell in it is reported as such)
+    missing = [name in MISSING_MARKERS for name in names]
+    if all(missing) or any(_number(cell) is not None and not gap for cell, gap in zip(cells, missing)):
+        return False  # a data row (a wrong cell in it is reported as such), or one of missing values
+    if names[0] in _INDEX_NAMES and (columns is None or len(names) == len(columns) + 1):
+        # what pandas' DataFrame.to_csv writes by default: an unnamed index column first
+        raise DataError(f"{source}:{line}: the first column is an index column (no name in the header line), "
+                        f"not a variable; drop it (pandas: df.to_csv(path, index=False))")
     if columns is None:
         return True
     raise DataError(
         f"{source}:{line}: the header line does not match the circuit's columns; expected "
         f"{_preview(columns)}, found {_preview(names)}"
     )
+
+
+# Header names of an index column (pandas writes "" and reads it back as "Unnamed: 0").
+_INDEX_NAMES = frozenset({"", "Unnamed: 0"})
 
 
 def _preview(names: Sequence[str], count: int = 4) -> str:
