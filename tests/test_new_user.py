@@ -310,3 +310,26 @@ def test_a_csv_with_an_index_column_as_pandas_writes_it_is_named_as_such(tmp_pat
     path.write_text(",B,C,D\n0,1,0,1\n")  # a name left out is a header that does not match
     with pytest.raises(DataError, match=r"header line does not match"):
         read_data(path, columns=["A", "B", "C", "D"])
+
+
+def test_syntax_hints_fit_where_the_slip_is() -> None:
+    # `random_binary_trees(depth: 1, ...)` was told "a region is named with '=', e.g. region
+    # all = {A, B}"; `VAR A : binary` got no suggestion (only lower-case slips did).
+    import einc
+    import pytest
+
+    head = "var A, B : binary\nleaf A, B ~ bernoulli\n"
+    cases = {
+        "structure random_binary_trees(depth: 1, replicas = 1)\n": "an argument is given with '=', e.g. depth = 2",
+        "structure random_binary_trees(depth = 1, replicas = 1)\nsums {A, B}: 3\n": "e.g. sums {A, B} = 12",
+        "structure random_binary_trees(depth = 1, replicas = 1)\nregion all: {A, B}\n": "e.g. region all = {A, B}",
+        "structure random_binary_trees(depth = 1, replicas = 1)\nlatent z: {A, B}\n": "e.g. latent z = {A, B}",
+    }
+    for tail, hint in cases.items():
+        with pytest.raises(einc.EincError) as raised:
+            einc.compile(head + tail)
+        assert hint in str(raised.value) and str(raised.value).count("e.g.") == 1, str(raised.value)
+    with pytest.raises(einc.EincError, match="did you mean 'var'"):
+        einc.compile("VAR A, B : binary\nleaf A, B ~ bernoulli\n{A, B} -> A * B\n")
+    with pytest.raises(einc.EincError, match="did you mean binary"):
+        einc.compile("var A, B : BINARY\nleaf A, B ~ bernoulli\n{A, B} -> A * B\n")
