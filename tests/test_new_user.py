@@ -333,3 +333,16 @@ def test_syntax_hints_fit_where_the_slip_is() -> None:
         einc.compile("VAR A, B : binary\nleaf A, B ~ bernoulli\n{A, B} -> A * B\n")
     with pytest.raises(einc.EincError, match="did you mean binary"):
         einc.compile("var A, B : BINARY\nleaf A, B ~ bernoulli\n{A, B} -> A * B\n")
+
+
+def test_a_value_too_large_for_float64_is_not_told_to_use_float64() -> None:
+    import einc
+    import numpy as np
+    import pytest
+
+    text = "var r, s : real\nleaf r, s ~ normal\n{r, s} -> r * s\n"
+    for dtype, remedy in (("float32", "rescale the data or use float64"), ("float64", "rescale the data")):
+        model = einc.compile(text, dtype=dtype)
+        with pytest.raises(einc.DataError, match=f"too large for a normal leaf in {dtype}") as raised:
+            model.log_likelihood(np.array([[1e200, 0.0]]))
+        assert str(raised.value).endswith(remedy), str(raised.value)

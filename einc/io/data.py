@@ -491,8 +491,9 @@ def _check_group(group: _ColumnGroup, values: np.ndarray, observed: np.ndarray,
             return
         statistics = rule.sufficient_statistics(np, block, group.family, group.domain)
         bad = seen & ~np.all(np.abs(statistics) <= limits.largest_statistic, axis=-1)
+    remedy = "rescale the data or use float64" if limits.dtype == "float32" else "rescale the data"
     fail(bad, f"is too large for a {group.family.name} leaf in {limits.dtype}: its sufficient "
-              f"statistics exceed {limits.largest_statistic:.2g}; rescale the data or use float64")
+              f"statistics exceed {limits.largest_statistic:.2g}; {remedy}")
 
 
 def prepare_labels(labels: Any, count: int, heads: int, label: str = "labels", first_row: int = 0) -> np.ndarray:
