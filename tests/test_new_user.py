@@ -346,3 +346,21 @@ def test_a_value_too_large_for_float64_is_not_told_to_use_float64() -> None:
         with pytest.raises(einc.DataError, match=f"too large for a normal leaf in {dtype}") as raised:
             model.log_likelihood(np.array([[1e200, 0.0]]))
         assert str(raised.value).endswith(remedy), str(raised.value)
+
+
+def test_learn_structure_on_non_binary_data_points_at_variables_and_the_file_line(tmp_path: Path, capsys) -> None:
+    # Without --variables every column is binary: MNIST pixels gave "small.npz:x_test: row 1,
+    # column 203 (variable x[202]): value 84 is outside the domain; expected 0 or 1" with no word
+    # of --variables, and a CSV's error was placed by array row, not file line.
+    from einc.cli import main
+
+    data = tmp_path / "counts.csv"
+    data.write_text("a,b,c\n0,1,0\n1,4,0\n")
+    assert main(["learn-structure", "hclt", "--data", str(data), "-o", str(tmp_path / "t.pc")]) == 1
+    error = capsys.readouterr().err
+    assert f"{data}:3:2 (variable x[1]): value 4 is outside the domain" in error, error
+    assert "--variables" in error and error.count("\n") == 1, error
+    spec = tmp_path / "spec.pc"
+    spec.write_text("var a, b, c : count\nleaf a, b, c ~ poisson\n")
+    assert main(["learn-structure", "hclt", "--data", str(data), "--variables", str(spec), "--sums", "2",
+                 "-o", str(tmp_path / "t.pc")]) == 0
