@@ -364,3 +364,21 @@ def test_learn_structure_on_non_binary_data_points_at_variables_and_the_file_lin
     spec.write_text("var a, b, c : count\nleaf a, b, c ~ poisson\n")
     assert main(["learn-structure", "hclt", "--data", str(data), "--variables", str(spec), "--sums", "2",
                  "-o", str(tmp_path / "t.pc")]) == 0
+
+
+def test_bench_checks_its_json_output_before_the_work(tmp_path: Path, capsys) -> None:
+    # `einc bench ... --json /missing/b.json` ran every backend, printed the table, then failed
+    # with "No such file or directory": the measurements were lost.
+    from einc.cli import main
+
+    tiny = str(EXAMPLES / "tiny.pc")
+    quick = ["bench", tiny, "--backends", "numpy", "--samples", "20", "--repeats", "1"]
+    missing = tmp_path / "missing" / "b.json"
+    assert main([*quick, "--json", str(missing)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "does not exist" in captured.err
+    assert main([*quick, "--json", tiny]) == 1
+    assert "FILE.pc" in capsys.readouterr().err
+    records = tmp_path / "b.json"
+    assert main([*quick, "--json", str(records)]) == 0 and main([*quick, "--json", str(records)]) == 0
+    assert len(records.read_text().splitlines()) == 2  # appended, one line per backend and run

@@ -356,6 +356,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not backends or unknown:
         raise EincError(f"--backends {args.backends}: expected a comma-separated list of {', '.join(known)} "
                         f"(torch:cuda names a device)")
+    if args.json:  # before the measurements, which a missing folder would lose (the lines are appended)
+        check_writable(args.json, "JSON records")
+        check_not_an_input(args.json, {"FILE.pc": args.file, "--data": args.data})
     model = compile(args.file, dtype="float64", seed=args.seed, options=compile_options(args, "float64"))
     set_threads(args, model.plan)
     if args.data:
