@@ -172,8 +172,8 @@ def dtype_name(dtype: Any) -> str:
         except TypeError:
             name = repr(dtype)
     if name not in ("float32", "float64"):
-        raise BackendError(f"unsupported dtype {dtype!r}; expected 'float32' or 'float64' "
-                           "(or torch.float32, torch.float64)")
+        raise BackendError(f"unsupported dtype {dtype!r}; expected float32 or float64 (a name, or "
+                           "torch.float32, torch.float64)")
     return name
 
 

@@ -382,3 +382,29 @@ def test_bench_checks_its_json_output_before_the_work(tmp_path: Path, capsys) ->
     records = tmp_path / "b.json"
     assert main([*quick, "--json", str(records)]) == 0 and main([*quick, "--json", str(records)]) == 0
     assert len(records.read_text().splitlines()) == 2  # appended, one line per backend and run
+
+
+def test_class_conditional_training_with_validation_needs_the_validation_labels(tmp_path: Path, capsys) -> None:
+    # fit(x, labels=y, valid=v) without valid_labels scored every validation row under head 0, so
+    # the best epoch and patience followed one class's likelihood of all rows, silently; and
+    # fit(valid_labels=...) without valid ignored them.
+    import einc
+    import numpy as np
+    import pytest
+    from einc.cli import main
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 2, (40, 4)), rng.integers(0, 2, 40)
+    model = einc.compile(EXAMPLES / "tiny.pc", options=einc.CompileOptions(heads=2))
+    with pytest.raises(einc.EincError, match="valid_labels"):
+        model.fit(x, labels=y, valid=x, epochs=1)
+    with pytest.raises(einc.EincError, match="give valid too"):
+        model.fit(x, labels=y, valid_labels=y, epochs=1)
+    assert len(model.fit(x, labels=y, valid=x, valid_labels=y, epochs=1)) == 1
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    args = ["train", str(EXAMPLES / "tiny.pc"), "--heads", "2", "--data", str(tmp_path / "x.npy"), "--labels",
+            str(tmp_path / "y.npy"), "--valid", str(tmp_path / "x.npy"), "--epochs", "1", "-o", str(tmp_path / "m.npz")]
+    assert main(args) == 1
+    assert "--valid-labels" in capsys.readouterr().err and not (tmp_path / "m.npz").exists()
+    assert main([*args, "--valid-labels", str(tmp_path / "y.npy")]) == 0

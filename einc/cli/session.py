@@ -31,6 +31,7 @@ from einc.loading import load
 from einc.model import Model, compile
 from einc.train.history import history_path, learning_curves, read_history, write_history
 from einc.train.loop import EpochRecord
+from einc.train.options import check_label_options
 
 # Below this many multiply-adds per batch of 100, a second thread costs more than it saves
 # (benchmarks/threads.py: nltcs, 3.5 M, is no faster with 2 threads; MNIST PD, 170 M, is).
@@ -102,8 +103,7 @@ def check_train_options(args: argparse.Namespace) -> None:
     """Option combinations that cannot work, refused before anything is read or compiled."""
     if args.patience is not None and not args.valid:
         raise EincError("--patience stops on the validation log-likelihood: give --valid too")
-    if args.valid_labels and not args.valid:
-        raise EincError("--valid-labels label the --valid rows: give --valid too")
+    check_label_options(args.labels, args.valid, args.valid_labels, flags=True)
     if args.mixture is not None:
         unsupported = [flag for flag, value in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every),
                                                 ("--labels", args.labels), ("--valid-labels", args.valid_labels))
