@@ -162,6 +162,9 @@ def test_an_unknown_option_points_at_the_command_s_help_with_a_suggestion(capsys
     assert main(["train", tiny, "--data", "x.csv", "--epcohs", "2", "-o", "m.npz"]) == 1
     error = capsys.readouterr().err
     assert "--epcohs" in error and "did you mean --epochs?" in error and "(see einc train --help)" in error
+    assert main(["eval", "m.npz", "--data", "x.csv", "--stream"]) == 1  # eval reads no stream: no guess
+    error = capsys.readouterr().err
+    assert "unrecognized arguments: --stream" in error and "did you mean" not in error
 
 
 def test_the_cli_says_which_head_of_a_multi_head_model_it_answers_with_and_takes_another(tmp_path: Path, capsys) -> None:

@@ -17,6 +17,7 @@ Ctrl-C exits 130; anything else is a bug and prints a short "internal error" mes
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import traceback
@@ -25,7 +26,6 @@ from typing import NoReturn
 
 from einc import __version__
 from einc.cli import commands
-from einc.compiler.binding import did_you_mean
 from einc.cli.options import (
     FILE,
     HEAD,
@@ -348,9 +348,12 @@ def _unrecognized(parser: argparse.ArgumentParser, name: str, extra: Sequence[st
     """Arguments the command does not take, reported by the command's own parser (so that the
     message points at its --help), with the closest option to a misspelt one."""
     command = getattr(parser, "command_parsers", {}).get(name, parser)
-    options = [flag for action in command._actions for flag in action.option_strings]
-    unknown = next((a.partition("=")[0] for a in extra if a.startswith("--")), None)
-    hint = did_you_mean(unknown, options) if unknown else ""
+    # compared without their dashes, and closely: '--stream' is not a slip of '--threads'
+    names = {flag.lstrip("-"): flag for action in command._actions for flag in action.option_strings
+             if flag.startswith("--")}
+    unknown = next((a.partition("=")[0].lstrip("-") for a in extra if a.startswith("--")), None)
+    close = difflib.get_close_matches(unknown, list(names), n=1, cutoff=0.75) if unknown else []
+    hint = f" — did you mean {names[close[0]]}?" if close else ""
     return UsageError(command, f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
