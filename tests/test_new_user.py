@@ -411,3 +411,28 @@ def test_class_conditional_training_with_validation_needs_the_validation_labels(
     assert main(args) == 1
     assert "--valid-labels" in capsys.readouterr().err and not (tmp_path / "m.npz").exists()
     assert main([*args, "--valid-labels", str(tmp_path / "y.npy")]) == 0
+
+
+def test_lvd_refuses_growing_options_without_grow_and_reassign_with_it(tmp_path: Path, capsys) -> None:
+    # `einc lvd ... --grown-pc g.pc` (or --grow-threshold) without --grow, and --reassign with
+    # --grow, were silently ignored.
+    import numpy as np
+    from einc.cli import main
+
+    circuit = tmp_path / "lat.pc"
+    circuit.write_text("var A, B, C, D : binary\nleaf A, B, C, D ~ bernoulli\nsums 3\n"
+                       "{A, B, C, D} -> {A, B} * {C, D}\n{A, B} -> A * B\n{C, D} -> C * D\n"
+                       "latent z1 = {A, B}\nlatent z2 = {C, D}\n")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.integers(0, 2, (30, 4)))
+    np.save(tmp_path / "f.npy", rng.normal(size=(30, 2, 3)))
+    base = ["lvd", str(circuit), "--data", str(tmp_path / "x.npy"), "--teacher", str(tmp_path / "f.npy"),
+            "--epochs", "1", "--finetune-epochs", "0", "-o", str(tmp_path / "m.npz")]
+    for extra, named in ((["--grown-pc", str(tmp_path / "g.pc")], "--grown-pc"),
+                         (["--grow-threshold", "0.2"], "--grow-threshold"),
+                         (["--grow", "2x2", "--reassign", "1"], "--reassign")):
+        assert main([*base, *extra]) == 1
+        error = capsys.readouterr().err
+        assert named in error and error.count("\n") == 1, error
+    assert not (tmp_path / "m.npz").exists()
+    assert main(base) == 0

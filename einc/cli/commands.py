@@ -434,12 +434,13 @@ def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[
     grown_pc = check_writable(args.grown_pc or Path(args.output).with_suffix(".pc"), "grown circuit")
     check_not_an_input(grown_pc, {**inputs, "-o": args.output})
     outer, inner = args.grow
+    threshold = lvd_pg.DEFAULT_GROW_THRESHOLD if args.grow_threshold is None else args.grow_threshold
     set_threads(args, model.plan)
     train, valid, test = _read_splits(args, model)
     features = lvd.per_latent_features(_read_features(args.teacher), len(model.latents) or None,
                                        label=f"--teacher {args.teacher}")
     print(f"{model.graph.name}: {len(model.latents)} latents, {len(train)} training samples; progressive growing "
-          f"to {outer}x{inner} = {outer * inner} clusters per latent, threshold {args.grow_threshold}")
+          f"to {outer}x{inner} = {outer * inner} clusters per latent, threshold {threshold}")
     dims = model.graph.num_columns
 
     def bpd(ll: float | None) -> str:
@@ -461,7 +462,7 @@ def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[
     try:
         with termination_as_interrupt():
             model, latents, _rounds = lvd_pg.progressive_growing(
-                model, train, features, outer, inner, threshold=args.grow_threshold, epochs=args.epochs,
+                model, train, features, outer, inner, threshold=threshold, epochs=args.epochs,
                 valid=valid, batch_size=args.batch_size, step_size=args.step_size, update=args.update,
                 pseudocount=args.pseudocount, seed=args.seed, on_round=report_round, on_epoch=report,
                 on_model=keep)
@@ -502,6 +503,14 @@ def cmd_lvd(args: argparse.Namespace) -> int:
     if (args.teacher is None) == (args.latents is None):
         raise EincError("give --teacher FEATURES.npy (teacher embeddings to cluster) or --latents Z.npy "
                         "(the latent states of every training row): exactly one of them")
+    growing = [flag for flag, value in (("--grown-pc", args.grown_pc), ("--grow-threshold", args.grow_threshold))
+               if value is not None]
+    if args.grow is None and growing:
+        raise EincError(f"{' and '.join(growing)} {'apply' if len(growing) > 1 else 'applies'} to progressive growing: "
+                        f"give --grow N1xN2 too (or leave {'them' if len(growing) > 1 else 'it'} out)")
+    if args.grow is not None and args.reassign:
+        raise EincError("--reassign re-assigns the latents of one-shot distillation; --grow re-labels the samples "
+                        "in each of its rounds itself: give one of them")
     output = check_writable(args.output, "model")
     inputs = {"FILE.pc": args.file, "--data": args.data, "--teacher": args.teacher, "--latents": args.latents,
               "--valid": args.valid, "--test": args.test}

@@ -186,7 +186,7 @@ COMMANDS: tuple[Command, ...] = (
                               "help": "progressive growing (LVD-PG): per latent, k-means into N1 outer clusters, then "
                                       "grow the patch circuits until N1*N2 clusters (needs --teacher); writes the "
                                       "grown .pc too"}),
-            Arg(("--grow-threshold",), {"type": unit_fraction, "default": 0.1, "metavar": "T",
+            Arg(("--grow-threshold",), {"type": unit_fraction, "metavar": "T",
                                         "help": "copy a unit when its flow per growing sample reaches T (default 0.1)"}),
             Arg(("--grown-pc",), {"metavar": "OUT.pc", "help": "where --grow writes the grown circuit "
                                                               "(default: MODEL with the suffix .pc)"}),
