@@ -436,3 +436,32 @@ def test_lvd_refuses_growing_options_without_grow_and_reassign_with_it(tmp_path:
         assert named in error and error.count("\n") == 1, error
     assert not (tmp_path / "m.npz").exists()
     assert main(base) == 0
+
+
+def test_training_options_the_chosen_method_ignores_are_refused(tmp_path: Path, capsys) -> None:
+    # fit(x, learning_rate=0.1) trains by EM, which has no learning rate; fit(method="adam",
+    # step_size=0.5) or pseudocount= or update="epoch" are EM's; samples= is for vae leaves. All
+    # were accepted and ignored (einc train --learning-rate 0.1 alike).
+    import einc
+    import numpy as np
+    import pytest
+    from einc.cli import main
+
+    x = np.random.default_rng(0).integers(0, 2, (30, 4))
+    model = einc.compile(EXAMPLES / "tiny.pc")
+    for options, named in ((dict(learning_rate=0.1), "learning_rate"),
+                           (dict(method="adam", step_size=0.5), "step_size"),
+                           (dict(method="adam", pseudocount=1.0), "pseudocount"),
+                           (dict(method="adam", update="epoch"), "update"),
+                           (dict(samples=3), "samples")):
+        with pytest.raises(einc.EincError, match=named):
+            model.fit(x, epochs=1, **options)
+    assert model.training is None  # nothing ran
+    # the defaults, given explicitly, are fine
+    model.fit(x, epochs=1, method="adam", step_size=0.05, learning_rate=0.02)
+    model.fit(x, epochs=1, learning_rate=0.01, step_size=0.5, pseudocount=0.1, update="epoch")
+    np.save(tmp_path / "x.npy", x)
+    args = ["train", str(EXAMPLES / "tiny.pc"), "--data", str(tmp_path / "x.npy"), "--epochs", "1",
+            "-o", str(tmp_path / "m.npz")]
+    assert main([*args, "--learning-rate", "0.1"]) == 1
+    assert "--learning-rate" in capsys.readouterr().err and not (tmp_path / "m.npz").exists()
