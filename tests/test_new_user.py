@@ -465,3 +465,16 @@ def test_training_options_the_chosen_method_ignores_are_refused(tmp_path: Path, 
             "-o", str(tmp_path / "m.npz")]
     assert main([*args, "--learning-rate", "0.1"]) == 1
     assert "--learning-rate" in capsys.readouterr().err and not (tmp_path / "m.npz").exists()
+
+
+def test_labels_for_a_circuit_with_too_few_heads_say_how_to_give_it_more() -> None:
+    import einc
+    import numpy as np
+    import pytest
+
+    model = einc.compile(EXAMPLES / "tiny.pc")  # heads 1
+    with pytest.raises(einc.DataError, match=r"`heads 3` in the .pc file or --heads 3"):
+        model.fit(np.zeros((6, 4)), labels=[0, 1, 2, 0, 1, 2], epochs=1)
+    with pytest.raises(einc.DataError) as raised:  # not a count of classes: no such advice
+        model.fit(np.zeros((2, 4)), labels=[0, -1], epochs=1)
+    assert "heads" not in str(raised.value).split("(the circuit has")[1][10:]

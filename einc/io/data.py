@@ -512,8 +512,13 @@ def prepare_labels(labels: Any, count: int, heads: int, label: str = "labels", f
     if bad.any():
         row = int(np.argmax(bad))
         place = labels.location(row, 0) if isinstance(labels, Dataset) and labels.shape[1] == 1 else f"{source}: label {first_row + row + 1}"
+        finite = array[np.isfinite(array)]
+        classes = int(finite.max()) + 1 if len(finite) else 0
+        hint = ""
+        if heads < classes and (finite >= 0).all():  # class numbers, more of them than the circuit has heads
+            hint = f"; a class-conditional circuit needs a head per class: `heads {classes}` in the .pc file or --heads {classes}"
         raise DataError(f"{place}: label {array[row]:g} is not a head of the circuit; expected an "
-                        f"integer in 0..{heads - 1} (the circuit has {heads} head{'s' if heads != 1 else ''})")
+                        f"integer in 0..{heads - 1} (the circuit has {heads} head{'s' if heads != 1 else ''}){hint}")
     return array.astype(np.int64)
 
 
