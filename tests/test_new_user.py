@@ -478,3 +478,20 @@ def test_labels_for_a_circuit_with_too_few_heads_say_how_to_give_it_more() -> No
     with pytest.raises(einc.DataError) as raised:  # not a count of classes: no such advice
         model.fit(np.zeros((2, 4)), labels=[0, -1], epochs=1)
     assert "heads" not in str(raised.value).split("(the circuit has")[1][10:]
+
+
+def test_a_key_on_a_file_that_is_not_an_npz_is_named_not_called_missing(tmp_path: Path) -> None:
+    # `--data x.npy:a` said "x.npy:a: no such data file" though x.npy is there.
+    import numpy as np
+    import pytest
+    from einc.data import read_data
+    from einc.errors import DataError
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 4)))
+    (tmp_path / "x.csv").write_text("0,1\n")
+    with pytest.raises(DataError, match=r"x.npy: a .npy file holds one array; ':a' names an .npz member"):
+        read_data(f"{tmp_path / 'x.npy'}:a")
+    with pytest.raises(DataError, match=r"x.csv: not an .npz archive, so ':b' cannot name an array in it"):
+        read_data(f"{tmp_path / 'x.csv'}:b")
+    with pytest.raises(DataError, match=r"nothere.npy:a: no such data file"):
+        read_data(f"{tmp_path / 'nothere.npy'}:a")

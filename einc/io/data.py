@@ -148,8 +148,8 @@ def find_data_file(path: str | Path, key: str | None = None) -> DataFile:
     """Check that ``path`` (``file.npz:key`` names an array) is a readable, non-empty file and
     recognise its format from its content; ``DataError`` naming the path otherwise."""
     text = str(path)
-    if key is None and ".npz:" in text:
-        text, key = text.rsplit(":", 1)
+    if key is None and ":" in text and (".npz:" in text or (not Path(text).exists() and Path(text.rsplit(":", 1)[0]).is_file())):
+        text, key = text.rsplit(":", 1)  # file.npz:key, or a key on a file that is there (refused below)
     source = text if key is None else f"{text}:{key}"
     file = Path(text)
     if not file.exists():
