@@ -495,3 +495,22 @@ def test_a_key_on_a_file_that_is_not_an_npz_is_named_not_called_missing(tmp_path
         read_data(f"{tmp_path / 'x.csv'}:b")
     with pytest.raises(DataError, match=r"nothere.npy:a: no such data file"):
         read_data(f"{tmp_path / 'nothere.npy'}:a")
+
+
+def test_resuming_without_the_k_overrides_the_model_was_trained_with_names_them(tmp_path: Path, capsys) -> None:
+    # A model trained with --heads 2 resumed without it was "trained from another circuit than
+    # examples/tiny.pc", which is the very file it was trained from.
+    import numpy as np
+    from einc.cli import main
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.integers(0, 2, (20, 4)))
+    np.save(tmp_path / "y.npy", rng.integers(0, 2, 20))
+    model = str(tmp_path / "m.npz")
+    base = ["train", str(EXAMPLES / "tiny.pc"), "--data", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy")]
+    assert main([*base, "--heads", "2", "--sums", "2", "--epochs", "1", "-o", model]) == 0
+    capsys.readouterr()
+    assert main([*base, "--heads", "2", "--epochs", "2", "--resume", model, "-o", model]) == 1
+    error = capsys.readouterr().err
+    assert "trained with --sums 2 --heads 2" in error and "another circuit" not in error, error
+    assert main([*base, "--heads", "2", "--sums", "2", "--epochs", "2", "--resume", model, "-o", model]) == 0

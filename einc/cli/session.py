@@ -147,12 +147,22 @@ def training_model(args: argparse.Namespace, device: str | None = None) -> Model
         raise EincError(f"--resume {args.resume}: a mixture cannot be resumed")
     shapes = [(s.name, s.shape) for s in model.plan.params]
     if shapes != [(s.name, s.shape) for s in resumed.plan.params] or model.columns != resumed.columns:
+        trained_with, asked = _k_flags(resumed.overrides), _k_flags(model.overrides)
+        if trained_with != asked:  # the same file, other K: say which options continue it
+            raise EincError(f"--resume {args.resume}: the model was trained with {trained_with or 'the K of its file'}, "
+                            f"this run asks for {asked or 'the K of the file'}; give the same --sums/--inputs/--heads "
+                            f"to continue it")
         raise EincError(f"--resume {args.resume}: the model was trained from another circuit than {args.file} "
                         f"(its variables or parameter shapes differ)")
     if resumed.training is None:
         raise EincError(f"--resume {args.resume}: the model holds no training state (it was not written by "
                         f"einc train or Model.fit)")
     return resumed
+
+
+def _k_flags(overrides: dict[str, int]) -> str:
+    """'--sums 2 --heads 2': the K options a model was compiled with (its recorded overrides)."""
+    return " ".join(f"--{key} {overrides[key]}" for key in ("sums", "inputs", "heads") if key in overrides)
 
 
 class Terminated(KeyboardInterrupt):
