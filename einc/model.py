@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 from einc.train.loop import EpochRecord, TrainingState
 from einc.train.memory import fit_in_memory
-from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int
+from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int, check_used_options
 
 
 
@@ -50,30 +50,6 @@ def _read_source(source_or_path: str | os.PathLike) -> tuple[str, str]:
     from einc.compiler.pipeline import load_source
 
     return load_source(text)
-
-
-def _check_used_options(method: str, exact: bool, step_size: Any, update: Any, learning_rate: Any,
-                        pseudocount: Any, samples: Any) -> None:
-    """``EincError`` for an option set away from its default that the training ``method`` would
-    ignore: a learning rate with EM, EM's step size, update or pseudocount with Adam, importance
-    samples without vae leaves (a default given explicitly is harmless). Named for the API and for
-    ``einc train``."""
-    if method == "em" and learning_rate != DEFAULT_LEARNING_RATE:
-        raise EincError(f"learning_rate (--learning-rate) {learning_rate!r} is Adam's; EM does not use it: set EM's "
-                        f"step_size (--step-size), or train with method='adam' (--method adam)")
-    if method == "adam":
-        ignored = [name for name, value, default in (("step_size", step_size, DEFAULT_STEP_SIZE),
-                                                     ("update", update, "batch"),
-                                                     ("pseudocount", pseudocount, DEFAULT_PSEUDOCOUNT))
-                   if value != default]
-        if ignored:
-            flags = ", ".join(f"{name} (--{name.replace('_', '-')})" for name in ignored)
-            raise EincError(f"{flags} {'apply' if len(ignored) > 1 else 'applies'} to EM; Adam does not use "
-                            f"{'them' if len(ignored) > 1 else 'it'}: set Adam's learning_rate (--learning-rate), or "
-                            f"train by EM (method='em', --method em; not for vae leaves)")
-    if exact and samples != DEFAULT_TRAINING_SAMPLES:
-        raise EincError(f"samples (--samples) {samples!r} are importance samples of vae leaves; this circuit has "
-                        f"none, so its likelihood is exact: leave samples out")
 
 
 def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: str = "cpu",
@@ -605,7 +581,7 @@ class Model(ModelFileWriter):
         if method == "em" and not self.plan.trained_by_em:
             raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
                             "gradient on the IWAE bound; use method='adam' (or leave method out)")
-        _check_used_options(method, self.exact, step_size, update, learning_rate, pseudocount, samples)
+        check_used_options(method, self.exact, step_size, update, learning_rate, pseudocount, samples)
         return TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate, patience,
                                        checkpoint_every, has_valid, pseudocount, samples)
 

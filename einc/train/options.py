@@ -8,7 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.errors import EincError
+from einc.ir.neural import DEFAULT_TRAINING_SAMPLES
+from einc.train.loop import DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 
 
 def check_positive_int(value: Any, name: str) -> None:
@@ -33,6 +36,30 @@ def check_label_options(labels: Any, valid: Any, valid_labels: Any, flags: bool 
         raise EincError(f"{name('labels')} train each head on its class: give {name('valid_labels')} too, so that "
                         f"each validation row is scored under its class's head (without them every row would be "
                         f"scored under head 0)")
+
+
+def check_used_options(method: str, exact: bool, step_size: Any, update: Any, learning_rate: Any,
+                        pseudocount: Any, samples: Any) -> None:
+    """``EincError`` for an option set away from its default that the training ``method`` would
+    ignore: a learning rate with EM, EM's step size, update or pseudocount with Adam, importance
+    samples without vae leaves (a default given explicitly is harmless). Named for the API and for
+    ``einc train``."""
+    if method == "em" and learning_rate != DEFAULT_LEARNING_RATE:
+        raise EincError(f"learning_rate (--learning-rate) {learning_rate!r} is Adam's; EM does not use it: set EM's "
+                        f"step_size (--step-size), or train with method='adam' (--method adam)")
+    if method == "adam":
+        ignored = [name for name, value, default in (("step_size", step_size, DEFAULT_STEP_SIZE),
+                                                     ("update", update, "batch"),
+                                                     ("pseudocount", pseudocount, DEFAULT_PSEUDOCOUNT))
+                   if value != default]
+        if ignored:
+            flags = ", ".join(f"{name} (--{name.replace('_', '-')})" for name in ignored)
+            raise EincError(f"{flags} {'apply' if len(ignored) > 1 else 'applies'} to EM; Adam does not use "
+                            f"{'them' if len(ignored) > 1 else 'it'}: set Adam's learning_rate (--learning-rate), or "
+                            f"train by EM (method='em', --method em; not for vae leaves)")
+    if exact and samples != DEFAULT_TRAINING_SAMPLES:
+        raise EincError(f"samples (--samples) {samples!r} are importance samples of vae leaves; this circuit has "
+                        f"none, so its likelihood is exact: leave samples out")
 
 
 def checked_order(order: Any, count: int) -> np.ndarray:
