@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from einc.compiler import size
 from einc.compiler.build import build_region_graph
 from einc.compiler.layering import layer
@@ -54,9 +56,33 @@ class CompileOptions:
     max_bytes: int = size.DEFAULT_MAX_BYTES
     max_build_seconds: float = size.DEFAULT_MAX_BUILD_SECONDS
 
+    def __post_init__(self) -> None:
+        # a value of the wrong type would surface as a TypeError deep inside the front end
+        for name in ("sums", "inputs", "heads"):
+            value = getattr(self, name)
+            if value is not None and not _whole(value):
+                raise EincError(f"CompileOptions: {name} must be a whole number (a K) or None, found {value!r}")
+        if not _whole(self.max_bytes) or self.max_bytes < 1:
+            raise EincError(f"CompileOptions: max_bytes must be a whole number of bytes, at least 1, found "
+                            f"{self.max_bytes!r}")
+        seconds = self.max_build_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)) or not seconds > 0:
+            raise EincError(f"CompileOptions: max_build_seconds must be a positive number, found {seconds!r}")
+
     @property
     def limits(self) -> size.SizeLimits:
         return size.SizeLimits(self.max_bytes, self.max_build_seconds, self.dtype)
+
+
+def check_options(options: object) -> None:
+    """``EincError`` unless ``options`` is None or a ``CompileOptions`` (a dict is a natural slip)."""
+    if options is not None and not isinstance(options, CompileOptions):
+        raise EincError(f"options must be an einc.CompileOptions, found a {type(options).__name__}; e.g. "
+                        f"options=einc.CompileOptions(sums=4)")
+
+
+def _whole(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
 def load_source(path: str | Path) -> tuple[str, str]:

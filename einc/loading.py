@@ -27,7 +27,7 @@ from einc.archive import (
     read_training_state,
 )
 from einc.backends.base import device_name, dtype_name
-from einc.compiler.pipeline import CompileOptions, compile_plan
+from einc.compiler.pipeline import CompileOptions, check_options, compile_plan
 from einc.errors import EincError, ModelFileError
 from einc.mixture import FORMAT_VERSION as MIXTURE_VERSION
 from einc.mixture import MixtureModel
@@ -45,6 +45,7 @@ def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", d
     """
     path = Path(path)
     device = device_name(device)  # also torch.device, torch.float64
+    check_options(options)
     dtype = None if dtype is None else dtype_name(dtype)
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")

@@ -13,7 +13,7 @@ import numpy as np
 from einc.backends.base import Batch, Params, create_backend, device_name, dtype_name
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.params import init_parameters, parameter_problems
-from einc.compiler.pipeline import CompileOptions, compile_plan
+from einc.compiler.pipeline import CompileOptions, check_options, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.io.data import as_rows, prepare, prepare_labels, prepare_latents
 from einc.archive import OVERRIDES, ModelFileWriter
@@ -69,6 +69,7 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     """
     check_non_negative_int(seed, "seed")
     device, dtype = device_name(device), dtype_name(dtype)  # also torch.device, torch.float64
+    check_options(options)
     text, filename = _read_source(source_or_path)
     options = replace(options or CompileOptions(), dtype=dtype)
     options = options if options.target else replace(options, target=device)

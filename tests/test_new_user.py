@@ -514,3 +514,30 @@ def test_resuming_without_the_k_overrides_the_model_was_trained_with_names_them(
     error = capsys.readouterr().err
     assert "trained with --sums 2 --heads 2" in error and "another circuit" not in error, error
     assert main([*base, "--heads", "2", "--sums", "2", "--epochs", "2", "--resume", model, "-o", model]) == 0
+
+
+def test_compile_options_of_the_wrong_type_are_named_not_a_type_error_deep_inside() -> None:
+    # options={"sums": 4} or CompileOptions(sums=4.0) (a float from a sweep) raised TypeErrors
+    # from dataclasses.replace or the size estimate.
+    import einc
+    import numpy as np
+    import pytest
+
+    for make, named in ((lambda: einc.CompileOptions(sums=4.0), "sums"),
+                        (lambda: einc.CompileOptions(heads="2"), "heads"),
+                        (lambda: einc.CompileOptions(max_bytes="4G"), "max_bytes"),
+                        (lambda: einc.CompileOptions(max_build_seconds=0), "max_build_seconds"),
+                        (lambda: einc.compile(EXAMPLES / "tiny.pc", options={"sums": 4}), "CompileOptions")):
+        with pytest.raises(einc.EincError, match=named):
+            make()
+    model = einc.compile(EXAMPLES / "tiny.pc", options=einc.CompileOptions(sums=np.int64(2), max_bytes=2**30))
+    assert model.num_parameters < einc.compile(EXAMPLES / "tiny.pc").num_parameters
+
+
+def test_load_names_options_of_the_wrong_type(tmp_path: Path) -> None:
+    import einc
+    import pytest
+
+    einc.compile(EXAMPLES / "tiny.pc").save(tmp_path / "m.npz")
+    with pytest.raises(einc.EincError, match="CompileOptions"):
+        einc.load(tmp_path / "m.npz", options={"sums": 4})
