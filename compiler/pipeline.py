@@ -68,6 +68,11 @@ class CompileOptions:
         seconds = self.max_build_seconds
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)) or not seconds > 0:
             raise EincError(f"CompileOptions: max_build_seconds must be a positive number, found {seconds!r}")
+        # NumPy scalars as Python numbers: the K overrides go into a model file's JSON metadata
+        for name in ("sums", "inputs", "heads", "max_bytes"):
+            if isinstance(getattr(self, name), np.integer):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "max_build_seconds", float(seconds))
 
     @property
     def limits(self) -> size.SizeLimits:

@@ -534,6 +534,18 @@ def test_compile_options_of_the_wrong_type_are_named_not_a_type_error_deep_insid
     assert model.num_parameters < einc.compile(EXAMPLES / "tiny.pc").num_parameters
 
 
+def test_numpy_integer_k_overrides_save_and_load(tmp_path: Path) -> None:
+    # CompileOptions(sums=np.int64(2)) (a K from np.arange in a sweep) compiled and trained, then
+    # model.save failed: "Object of type int64 is not JSON serializable".
+    import einc
+    import numpy as np
+
+    options = einc.CompileOptions(sums=np.int64(2), heads=np.int32(2), max_bytes=np.int64(2**30))
+    model = einc.compile(EXAMPLES / "tiny.pc", options=options)
+    model.save(tmp_path / "m.npz")
+    assert einc.load(tmp_path / "m.npz").overrides == {"sums": 2, "heads": 2}
+
+
 def test_load_names_options_of_the_wrong_type(tmp_path: Path) -> None:
     import einc
     import pytest
