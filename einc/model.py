@@ -68,6 +68,7 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     >>> model.log_likelihood([[0, 1, 1, 0]])                          # doctest: +SKIP
     """
     check_non_negative_int(seed, "seed")
+    seed = int(seed)  # a NumPy integer would not go into the model file's JSON metadata
     device, dtype = device_name(device), dtype_name(dtype)  # also torch.device, torch.float64
     check_options(options)
     text, filename = _read_source(source_or_path)

@@ -541,9 +541,12 @@ def test_numpy_integer_k_overrides_save_and_load(tmp_path: Path) -> None:
     import numpy as np
 
     options = einc.CompileOptions(sums=np.int64(2), heads=np.int32(2), max_bytes=np.int64(2**30))
-    model = einc.compile(EXAMPLES / "tiny.pc", options=options)
+    model = einc.compile(EXAMPLES / "tiny.pc", options=options, seed=np.int64(3))  # the seed alike
     model.save(tmp_path / "m.npz")
-    assert einc.load(tmp_path / "m.npz").overrides == {"sums": 2, "heads": 2}
+    loaded = einc.load(tmp_path / "m.npz")
+    assert loaded.overrides == {"sums": 2, "heads": 2} and loaded.seed == 3
+    x = np.random.default_rng(0).integers(0, 2, (20, 4))
+    einc.fit_mixture(EXAMPLES / "tiny.pc", x, components=np.int64(2), epochs=1, seed=np.int64(1)).save(tmp_path / "x.npz")
 
 
 def test_load_names_options_of_the_wrong_type(tmp_path: Path) -> None:
