@@ -556,3 +556,18 @@ def test_load_names_options_of_the_wrong_type(tmp_path: Path) -> None:
     einc.compile(EXAMPLES / "tiny.pc").save(tmp_path / "m.npz")
     with pytest.raises(einc.EincError, match="CompileOptions"):
         einc.load(tmp_path / "m.npz", options={"sums": 4})
+
+
+def test_numpy_float32_hyperparameters_are_numbers() -> None:
+    # fit(step_size=np.float32(0.1)) said "step_size must be in (0, 1], found np.float32(0.1)".
+    import einc
+    import numpy as np
+    import pytest
+
+    x = np.random.default_rng(0).integers(0, 2, (20, 4))
+    model = einc.compile(EXAMPLES / "tiny.pc")
+    model.fit(x, epochs=1, step_size=np.float32(0.1), pseudocount=np.float32(0.1))
+    model.fit(x, epochs=1, method="adam", learning_rate=np.float32(0.02))
+    for bad in (dict(step_size=np.float32(2.0)), dict(step_size=True), dict(pseudocount=np.float32(np.nan))):
+        with pytest.raises(einc.EincError):
+            model.fit(x, epochs=1, **bad)

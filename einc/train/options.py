@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,11 @@ def check_used_options(method: str, exact: bool, step_size: Any, update: Any, le
                         f"none, so its likelihood is exact: leave samples out")
 
 
+def _real(value: Any) -> bool:
+    """A real number, NumPy's too (np.float32 is no Python float), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def checked_order(order: Any, count: int) -> np.ndarray:
     array = np.asarray(order)
     if array.shape != (count,) or not np.array_equal(np.sort(array), np.arange(count)):
@@ -87,9 +93,9 @@ class TrainingOptions:
             raise EincError(f"update must be 'batch' or 'epoch', not {update!r}")
         check_positive_int(epochs, "epochs")
         check_positive_int(batch_size, "batch_size")
-        if method == "em" and not (isinstance(step_size, (int, float)) and 0.0 < step_size <= 1.0):
+        if method == "em" and not (_real(step_size) and 0.0 < step_size <= 1.0):
             raise EincError(f"step_size must be in (0, 1], found {step_size!r}")
-        if method == "adam" and not (isinstance(learning_rate, (int, float)) and 0.0 < learning_rate < math.inf):
+        if method == "adam" and not (_real(learning_rate) and 0.0 < learning_rate < math.inf):
             raise EincError(f"learning_rate must be a positive number, found {learning_rate!r}")
         if patience is not None:
             check_positive_int(patience, "patience")
@@ -98,7 +104,6 @@ class TrainingOptions:
         if checkpoint_every:
             check_positive_int(checkpoint_every, "checkpoint_every")
         check_positive_int(samples, "samples")
-        if isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0.0 \
-                or not math.isfinite(pseudocount):
+        if not _real(pseudocount) or not pseudocount >= 0.0 or not math.isfinite(pseudocount):
             raise EincError(f"pseudocount must be a finite number of at least 0, found {pseudocount!r}")
         return TrainingOptions(method, patience, int(checkpoint_every or 0))
