@@ -571,3 +571,20 @@ def test_numpy_float32_hyperparameters_are_numbers() -> None:
     for bad in (dict(step_size=np.float32(2.0)), dict(step_size=True), dict(pseudocount=np.float32(np.nan))):
         with pytest.raises(einc.EincError):
             model.fit(x, epochs=1, **bad)
+
+
+def test_query_takes_repeated_target_and_evidence_options(tmp_path: Path, capsys) -> None:
+    # `--target A --target B` answered only B, and a second --evidence replaced the first:
+    # argparse keeps the last value of a repeated option.
+    import einc
+    from einc.cli import main
+
+    model = tmp_path / "m.npz"
+    einc.compile(EXAMPLES / "tiny.pc", seed=1).save(model)
+    assert main(["query", str(model), "--evidence", "A=1,B=0", "--target", "C,D"]) == 0
+    together = capsys.readouterr().out
+    assert main(["query", str(model), "--evidence", "A=1", "--evidence", "B=0", "--target", "C", "--target", "D"]) == 0
+    assert capsys.readouterr().out == together
+    assert "P(C | A=1, B=0)" in together and "P(D | A=1, B=0)" in together
+    assert main(["query", str(model), "--evidence", "A=1", "--evidence", "A=0", "--target", "C"]) == 1
+    assert "gives A twice" in capsys.readouterr().err

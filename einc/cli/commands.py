@@ -292,17 +292,20 @@ def _split_assignments(text: str) -> list[str]:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    targets = _split_assignments(args.target)
+    targets = [target for given in args.target for target in _split_assignments(given)]
     if not targets:
         raise EincError("--target names no variable; expected e.g. --target x[5] (several: x[5],x[6])")
     model = load_model(args, dtype=args.dtype or "float64")
     evidence = np.full(model.graph.num_columns, np.nan)
-    for assignment in _split_assignments(args.evidence or ""):
+    for assignment in [item for given in args.evidence or () for item in _split_assignments(given)]:
         match = _ASSIGNMENT.match(assignment)
         if match is None:
             raise EincError(f"--evidence: '{assignment.strip()}' is not of the form name=value")
+        column = _column_of(model, match.group(1))
+        if not np.isnan(evidence[column]):  # the first value would be replaced without a word
+            raise EincError(f"--evidence gives {model.columns[column]} twice")
         try:
-            evidence[_column_of(model, match.group(1))] = float(match.group(2))
+            evidence[column] = float(match.group(2))
         except ValueError:
             raise EincError(f"--evidence: '{match.group(2)}' is not a number") from None
     prepare(model.graph, evidence[None], None, "--evidence", model.dtype)

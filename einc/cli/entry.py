@@ -272,8 +272,10 @@ COMMANDS: tuple[Command, ...] = (
         (
             *LOADED_MODEL_OPTIONS,
             MODEL,
-            Arg(("--evidence",), {"default": "", "help": 'e.g. "x[0]=1,x[3]=0"'}),
-            Arg(("--target",), {"required": True, "help": "e.g. x[5] (several: x[5],x[6])"}),
+            # repeatable: `--target A --target B` asks for both (argparse would keep only the last)
+            Arg(("--evidence",), {"action": "append", "help": 'e.g. "x[0]=1,x[3]=0" (may be repeated)'}),
+            Arg(("--target",), {"action": "append", "required": True,
+                                "help": "e.g. x[5] (several: x[5],x[6], or --target repeated)"}),
             HEAD,
         ),
     ),
