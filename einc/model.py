@@ -265,6 +265,11 @@ class Model(ModelFileWriter):
     def set_parameters(self, params: dict[str, np.ndarray]) -> None:
         """Replace every parameter; each must have the plan's shape and a value its family allows."""
         problems = parameter_problems(self.plan, params)
+        names = [spec.name for spec in self.plan.params]
+        unknown = sorted(set(params) - set(names))
+        if unknown:  # a misspelt name would otherwise be dropped without a word
+            problems.append(f"{unknown[0]!r} is not a parameter of this model; its names are those of "
+                            f"model.parameters(): {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}")
         if problems:
             raise EincError(f"set_parameters: {problems[0]}")
         self.params = self.backend.put({spec.name: params[spec.name] for spec in self.plan.params})

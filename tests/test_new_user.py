@@ -588,3 +588,15 @@ def test_query_takes_repeated_target_and_evidence_options(tmp_path: Path, capsys
     assert "P(C | A=1, B=0)" in together and "P(D | A=1, B=0)" in together
     assert main(["query", str(model), "--evidence", "A=1", "--evidence", "A=0", "--target", "C"]) == 1
     assert "gives A twice" in capsys.readouterr().err
+
+
+def test_set_parameters_refuses_a_name_that_is_not_a_parameter() -> None:
+    # an extra (e.g. misspelt) key was dropped without a word
+    import einc
+    import pytest
+
+    model = einc.compile(EXAMPLES / "tiny.pc")
+    params = model.parameters()
+    with pytest.raises(einc.EincError, match="'einsum1.weight' is not a parameter of this model"):
+        model.set_parameters({**params, "einsum1.weight": params["einsum1.weights"]})
+    model.set_parameters(params)
