@@ -158,6 +158,34 @@ BACKENDS: dict[str, BackendEntry] = {
 }
 
 
+def dtype_name(dtype: Any) -> str:
+    """'float32' or 'float64' from that name, a torch dtype (``torch.float64``, ``torch.double``) or
+    a NumPy dtype or type (``np.float32``): what a PyTorch or NumPy user writes; ``BackendError``
+    for anything else, before a front end or backend is built with it."""
+    if isinstance(dtype, str):
+        name = dtype
+    elif type(dtype).__module__ == "torch":  # torch.dtype, without importing torch here
+        name = str(dtype).removeprefix("torch.")
+    else:
+        try:
+            name = np.dtype(dtype).name if dtype is not None else repr(dtype)
+        except TypeError:
+            name = repr(dtype)
+    if name not in ("float32", "float64"):
+        raise BackendError(f"unsupported dtype {dtype!r}; expected float32 or float64 (a name, or "
+                           "torch.float32, torch.float64)")
+    return name
+
+
+def device_name(device: Any) -> str:
+    """'cpu', 'cuda' or 'cuda:N' from that name or a ``torch.device``; ``BackendError`` otherwise."""
+    if type(device).__module__ == "torch" and type(device).__name__ == "device":
+        device = str(device)  # torch.device("cuda", 1) -> "cuda:1"
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise BackendError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
 def available_backends() -> list[str]:
     return sorted(BACKENDS)
 
@@ -182,8 +210,7 @@ def create_backend(name: str, plan: Plan, device: str = "cpu", dtype: str = "flo
             f"backends: {', '.join(available_backends())}"
         ) from None
     factory: Callable[..., Backend] = getattr(module, entry.factory)
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise BackendError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+    device, dtype = device_name(device), dtype_name(dtype)
     check_precision(precision, name, device, dtype)
     try:
         return with_precision(factory(plan, device=device, dtype=dtype, **options), precision)

@@ -72,6 +72,8 @@ def did_you_mean(
     """`` — did you mean X?`` for a close candidate or a known synonym, else ``""``."""
     synonyms = synonyms or {}
     guess = synonyms.get(word.lower())
+    if guess is None:  # a candidate that differs only in case (BINARY, Left), else the closest spelling
+        guess = {c.lower(): c for c in candidates if c != word}.get(word.lower())
     if guess is None:
         close = difflib.get_close_matches(word, [*candidates, *synonyms], n=1, cutoff=0.6)
         guess = synonyms.get(close[0], close[0]) if close else None

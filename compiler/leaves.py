@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+
 from einc.compiler.family_args import SUGGESTED_FAMILY, family_fits, fitting_domains, parse_family
-from einc.compiler.scopes import Scopes
+from einc.compiler.scopes import Group, Scopes
 from einc.ir import neural
 from einc.ir.diagnostics import Note, Span
 from einc.ir.neural import is_neural
@@ -56,11 +58,49 @@ def leaf_families(scopes: Scopes, statements: list[LeafStatement]) -> dict[int, 
         else:
             have = "has" if len(members_list) == 1 else "have"
             subject = f"{scopes.subject(members_list)} {have}"
+        # name exactly the variables without a family: `leaf x ~ ...` for part of x would give the
+        # others a second family, the next error
+        references = missing_references(group, members_list)
+        shown = ", ".join(references[:_SHOWN_REFERENCES])
+        more = len(references) - _SHOWN_REFERENCES
         scopes.sink.error(
-            f"{subject} no leaf family; add e.g. `leaf {group.name} ~ {suggestion}`",
+            f"{subject} no leaf family; add e.g. `leaf {shown} ~ {suggestion}`"
+            + (f" (and {more} more references like these)" if more > 0 else ""),
             group.span,
         )
     return families
+
+
+_SHOWN_REFERENCES = 4  # a suggested `leaf` line names at most this many references
+
+
+def missing_references(group: Group, members: list[int]) -> list[str]:
+    """References (``x``, ``x[4:10]``, ``img[2:4, :]``, ``x[0], x[5]``) that name exactly
+    ``members``, ascending variable indices of ``group``: the whole group, one box of indices, or
+    runs along the last axis, one per run."""
+    if not group.shape or len(members) == group.size:
+        return [group.name]
+    offsets = np.asarray(members, dtype=np.int64) - group.first
+    positions = np.stack(np.unravel_index(offsets, group.shape), axis=1)  # (members, dims)
+    low, high = positions.min(axis=0), positions.max(axis=0) + 1
+    if int(np.prod(high - low)) == len(members):  # they fill one box
+        return [_box(group, low, high)]
+    references, start = [], 0
+    for end in range(1, len(members) + 1):
+        run_ends = end == len(members) or offsets[end] != offsets[end - 1] + 1 or \
+            (positions[end, :-1] != positions[start, :-1]).any()
+        if run_ends:
+            references.append(_box(group, positions[start], positions[end - 1] + 1))
+            start = end
+    return references
+
+
+def _box(group: Group, low: np.ndarray, high: np.ndarray) -> str:
+    """``name[i, a:b, :]``: an index where the box is one wide, ``:`` where it is the whole axis."""
+    parts = []
+    for a, b, extent in zip(low.tolist(), high.tolist(), group.shape):
+        parts.append(str(a) if b == a + 1 else ":" if (a, b) == (0, extent) else f"{a}:{b}")
+    return f"{group.name}[{', '.join(parts)}]"
 
 
 def neural_families(

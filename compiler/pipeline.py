@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from einc.compiler import size
 from einc.compiler.build import build_region_graph
 from einc.compiler.layering import layer
@@ -54,19 +56,66 @@ class CompileOptions:
     max_bytes: int = size.DEFAULT_MAX_BYTES
     max_build_seconds: float = size.DEFAULT_MAX_BUILD_SECONDS
 
+    def __post_init__(self) -> None:
+        # a value of the wrong type would surface as a TypeError deep inside the front end
+        for name in ("sums", "inputs", "heads"):
+            value = getattr(self, name)
+            if value is not None and not _whole(value):
+                raise EincError(f"CompileOptions: {name} must be a whole number (a K) or None, found {value!r}")
+        if not _whole(self.max_bytes) or self.max_bytes < 1:
+            raise EincError(f"CompileOptions: max_bytes must be a whole number of bytes, at least 1, found "
+                            f"{self.max_bytes!r}")
+        seconds = self.max_build_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)) or not seconds > 0:
+            raise EincError(f"CompileOptions: max_build_seconds must be a positive number, found {seconds!r}")
+        # NumPy scalars as Python numbers: the K overrides go into a model file's JSON metadata
+        for name in ("sums", "inputs", "heads", "max_bytes"):
+            if isinstance(getattr(self, name), np.integer):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "max_build_seconds", float(seconds))
+
     @property
     def limits(self) -> size.SizeLimits:
         return size.SizeLimits(self.max_bytes, self.max_build_seconds, self.dtype)
 
 
+def check_options(options: object) -> None:
+    """``EincError`` unless ``options`` is None or a ``CompileOptions`` (a dict is a natural slip)."""
+    if options is not None and not isinstance(options, CompileOptions):
+        raise EincError(f"options must be an einc.CompileOptions, found a {type(options).__name__}; e.g. "
+                        f"options=einc.CompileOptions(sums=4)")
+
+
+def _whole(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
 def load_source(path: str | Path) -> tuple[str, str]:
-    """``(text, filename)`` of a ``.pc`` file; the filename is the path as the user gave it."""
+    """``(text, filename)`` of a ``.pc`` file; the filename is the path as the user gave it. A
+    UTF-8 byte-order mark (Windows editors write one) is dropped; a file that is not UTF-8 text
+    is named for what it looks like (a model file, data), the usual reason it was given."""
     try:
-        return Path(path).read_text(encoding="utf-8"), str(path)
-    except (OSError, UnicodeDecodeError) as error:
-        raise EincError(
-            f"cannot read {path}: {getattr(error, 'strerror', None) or error}"
-        ) from None
+        raw = Path(path).read_bytes()
+    except OSError as error:
+        raise EincError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        return raw.decode("utf-8-sig"), str(path)
+    except UnicodeDecodeError as error:
+        raise EincError(f"{path}: not a .pc circuit file ({_binary_kind(raw, error.start)}); expected the text "
+                        "of a circuit (var, leaf and structure statements)") from None
+
+
+# What a binary file given for a .pc file probably is, from its first bytes.
+_BINARY_KINDS = (
+    (b"PK", "an .npz archive: an einc model (for eval, sample, inpaint, query, train --resume) or data (--data)"),
+    (b"\x93NUMPY", "a .npy array: data, given with --data"),
+    (b"\x1f\x8b", "gzip-compressed: data such as .csv.gz, given with --data"),
+)
+
+
+def _binary_kind(raw: bytes, bad_byte: int) -> str:
+    kind = next((what for magic, what in _BINARY_KINDS if raw.startswith(magic)), None)
+    return kind or f"not UTF-8 text: byte {bad_byte} is not UTF-8"
 
 
 def region_graph(

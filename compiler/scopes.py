@@ -62,8 +62,9 @@ class Scopes:
     groups: dict[str, Group] = field(default_factory=dict)
     group_of: list[Group] = field(default_factory=list)  # variable index -> its group
     region_names: dict[str, tuple[Scope, RegionStatement]] = field(default_factory=dict)
-    # Names declared with an invalid domain or shape: already reported, so references to them
-    # fail silently instead of cascading into "unknown variable" errors.
+    # Names declared with an invalid domain or shape, and region names whose scope did not
+    # resolve: already reported, so references to them fail silently instead of cascading into
+    # "unknown variable" errors.
     broken: set[str] = field(default_factory=set)
     referenced: int = 0  # variables named by references so far (explicit scopes, leaf targets)
     family_spans: dict[int, Span] = field(default_factory=dict)  # variable -> its `leaf` family
@@ -267,6 +268,8 @@ class Scopes:
             scope = self.scope_of(statement.scope)
             if scope is not None:
                 self.region_names[name] = (scope, statement)
+            else:  # its scope's error is reported; partitions naming it would only repeat it
+                self.broken.add(name)
 
     def check_size(self, estimate: size.SizeEstimate, span: Span, what: str) -> None:
         """Stop building (``ResourceError`` at ``span``) when ``estimate`` exceeds the limits."""

@@ -286,15 +286,17 @@ def _check_root(graph: RegionGraph) -> list[Diagnostic]:
             Note(f"top region {region_text(graph, top)} starts here", _region_span(graph, top))
             for top in tops
         )
-        covered = {v for top in tops for v in top[0]}
+        # every region counts (in a graph of cycles no region is a top region)
+        covered = {v for region in graph.regions for v in region.scope}
         missing = [v for v in full if v not in covered]
         detail = f"; no region contains {_names(graph, missing)}" if missing else ""
         top_text = " and ".join(_scope_text(graph, top[0]) for top in tops[:4])
+        top_text = f" (top regions: {top_text})" if tops else ""
         suggestion = f"; add a partition of the root, e.g. {_scope_text(graph, full)} -> ..."
         return [
             Diagnostic(
-                f"no root: no region covers every variable of circuit {graph.name}{detail} "
-                f"(top regions: {top_text}){suggestion}",
+                f"no root: no region covers every variable of circuit {graph.name}{detail}"
+                f"{top_text}{suggestion}",
                 _region_span(graph, tops[0]) if tops else None,
                 notes=notes[1:],
             )

@@ -26,7 +26,8 @@ from einc.archive import (
     read_parameters,
     read_training_state,
 )
-from einc.compiler.pipeline import CompileOptions, compile_plan
+from einc.backends.base import device_name, dtype_name
+from einc.compiler.pipeline import CompileOptions, check_options, compile_plan
 from einc.errors import EincError, ModelFileError
 from einc.mixture import FORMAT_VERSION as MIXTURE_VERSION
 from einc.mixture import MixtureModel
@@ -43,6 +44,9 @@ def load(path: str | os.PathLike, backend: str = "torch", device: str = "cpu", d
     family allows (normalised non-negative weights; leaf parameters inside their family's range).
     """
     path = Path(path)
+    device = device_name(device)  # also torch.device, torch.float64
+    check_options(options)
+    dtype = None if dtype is None else dtype_name(dtype)
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
     if path.is_dir():

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from einc.backends.base import Batch, Params, create_backend
+from einc.backends.base import Batch, Params, create_backend, device_name, dtype_name
 from einc.backends.em import DEFAULT_PSEUDOCOUNT
 from einc.compiler.params import init_parameters, parameter_problems
-from einc.compiler.pipeline import CompileOptions, compile_plan
+from einc.compiler.pipeline import CompileOptions, check_options, compile_plan
 from einc.compiler.size import DEFAULT_MAX_BYTES, format_bytes
 from einc.io.data import as_rows, prepare, prepare_labels, prepare_latents
 from einc.archive import OVERRIDES, ModelFileWriter
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 from einc.train.loop import EpochRecord, TrainingState
 from einc.train.memory import fit_in_memory
-from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int
+from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int, check_used_options
 
 
 
@@ -68,6 +68,9 @@ def compile(source_or_path: str | os.PathLike, backend: str = "torch", device: s
     >>> model.log_likelihood([[0, 1, 1, 0]])                          # doctest: +SKIP
     """
     check_non_negative_int(seed, "seed")
+    seed = int(seed)  # a NumPy integer would not go into the model file's JSON metadata
+    device, dtype = device_name(device), dtype_name(dtype)  # also torch.device, torch.float64
+    check_options(options)
     text, filename = _read_source(source_or_path)
     options = replace(options or CompileOptions(), dtype=dtype)
     options = options if options.target else replace(options, target=device)
@@ -262,6 +265,11 @@ class Model(ModelFileWriter):
     def set_parameters(self, params: dict[str, np.ndarray]) -> None:
         """Replace every parameter; each must have the plan's shape and a value its family allows."""
         problems = parameter_problems(self.plan, params)
+        names = [spec.name for spec in self.plan.params]
+        unknown = sorted(set(params) - set(names))
+        if unknown:  # a misspelt name would otherwise be dropped without a word
+            problems.append(f"{unknown[0]!r} is not a parameter of this model; its names are those of "
+                            f"model.parameters(): {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}")
         if problems:
             raise EincError(f"set_parameters: {problems[0]}")
         self.params = self.backend.put({spec.name: params[spec.name] for spec in self.plan.params})
@@ -580,6 +588,7 @@ class Model(ModelFileWriter):
         if method == "em" and not self.plan.trained_by_em:
             raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
                             "gradient on the IWAE bound; use method='adam' (or leave method out)")
+        check_used_options(method, self.exact, step_size, update, learning_rate, pseudocount, samples)
         return TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate, patience,
                                        checkpoint_every, has_valid, pseudocount, samples)
 

@@ -423,6 +423,13 @@ _HINTS: dict[tuple[str, str], str] = {
 # the same slips where a statement words the hint its own way
 _STATEMENT_HINTS: dict[str, dict[tuple[str, str], str]] = {
     "latent": {("'='", "':'"): "a latent is named with '=', e.g. latent z = {A, B}"},
+    "sums": {("'='", "':'"): "a region's own K is given with '=', e.g. sums {A, B} = 12"},
+    "inputs": {("'='", "':'"): "a leaf region's own K is given with '=', e.g. inputs A = 4"},
+    "product": {("'='", "':'"): "a region's own product kind is given with '=', e.g. product {A, B} = hadamard"},
+}
+# ... and inside the parentheses of a generator, family or domain, whatever the statement
+_ARGUMENT_HINTS: dict[tuple[str, str], str] = {
+    ("'='", "':'"): "an argument is given with '=', e.g. depth = 2",
 }
 
 
@@ -455,7 +462,8 @@ def _syntax_diagnostic(
     where = _STATEMENT_WORDS.get(context.statement, "")
     message = f"{what} in {where}" if where else what
     message += f"; expected {expected}, found {found}" if expected else f"; found {found}"
-    hints = {**_HINTS, **_STATEMENT_HINTS.get(context.statement, {})}
+    hints = {**_HINTS, **_STATEMENT_HINTS.get(context.statement, {}),
+             **(_ARGUMENT_HINTS if context.open_brackets.endswith("(") else {})}
     for (wanted, slip), hint in hints.items():
         if found == slip and wanted in expected:
             message += f" ({hint})"
@@ -471,7 +479,7 @@ def _unknown_statement(line: str, filename: str, line_number: int) -> Diagnostic
     word = match.group(1)
     column = match.start(1) + 1
     span = Span(filename, line_number, column, line_number, column + len(word) - 1)
-    guess = difflib.get_close_matches(word, KEYWORDS, n=1, cutoff=0.6)
+    guess = difflib.get_close_matches(word.lower(), KEYWORDS, n=1, cutoff=0.6)  # VAR, Leaf
     message = f"unknown statement '{shorten(word)}'; expected {_A_STATEMENT}, found '{shorten(word)}'"
     if guess:
         message += f" — did you mean '{guess[0]}'?"

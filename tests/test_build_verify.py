@@ -265,7 +265,7 @@ def test_missing_family_names_the_variables() -> None:
     )
     assert found == [
         "variable 'B' has no leaf family; add e.g. `leaf B ~ bernoulli`",
-        "variables x[1], x[2], x[3] and 2 more have no leaf family; add e.g. `leaf x ~ poisson`",
+        "variables x[1], x[2], x[3] and 2 more have no leaf family; add e.g. `leaf x[1:6] ~ poisson`",
     ]
 
 

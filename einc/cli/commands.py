@@ -137,6 +137,9 @@ def _train_mixture(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.labels and args.head is not None:
+        raise EincError("--head and --labels: with labels each row is scored under its own class's head; "
+                        "give one of them")
     if args.per_sample:
         check_array_output(args.per_sample)
         check_not_an_input(args.per_sample, {"MODEL": args.model, "--data": args.data, "--labels": args.labels})
@@ -144,6 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     set_threads(args, getattr(model, "plan", None))
     data = read_data(args.data, columns=model.columns)
     labels = prepare_labels(read_data(args.labels), len(data), _heads(model)) if args.labels else None
+    head = _head(model, args.head)
     exact = getattr(model, "exact", True)
     # an IWAE estimate over 10,000 images takes minutes to an hour: a bar on a terminal, a line a
     # minute in a log
@@ -165,11 +169,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"mean LL of the true class {ll[np.arange(len(ll)), labels].mean():.4f}")
             _wrote_per_sample(args)
             return 0
-        ll = ll[:, 0]
+        ll = ll[:, head]
     elif labels is not None:
         raise EincError("--labels: the model has one head; labels classify with multi-head models")
     dims = model.graph.num_columns
-    print(f"mean LL {ll.mean():.4f} nats over {len(data)} samples "
+    print(f"mean LL {ll.mean():.4f} nats over {len(data)} samples{_of_head(model, head)} "
           f"({-ll.mean() / dims / np.log(2):.4f} bits per dimension)")
     _wrote_per_sample(args)
     return 0
@@ -177,6 +181,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _heads(model: Any) -> int:
     return model.plan.heads if hasattr(model, "plan") else 1
+
+
+def _head(model: Any, head: int | None) -> int:
+    """The head ``--head`` names (default 0), checked against the model's heads."""
+    head = 0 if head is None else head
+    heads = _heads(model)
+    if head >= heads:
+        raise EincError(f"--head {head}: the model has one head, 0" if heads == 1 else
+                        f"--head {head}: the model has {heads} heads; expected a head in 0..{heads - 1}")
+    return head
+
+
+def _of_head(model: Any, head: int) -> str:
+    """' under head 1 of 2' for a multi-head model (whose outputs are p(x | class)), else ''."""
+    return f" under head {head} of {_heads(model)}" if _heads(model) > 1 else ""
+
+
+def _head_option(model: Any, head: int) -> dict[str, int]:
+    """``head=`` for queries of a multi-head model (mixtures have one head and no such argument)."""
+    return {"head": head} if _heads(model) > 1 else {}
 
 
 def _wrote_per_sample(args: argparse.Namespace) -> None:
@@ -193,14 +217,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from einc.io.images import image_shape
 
         image_shape(model.graph)  # a picture needs a 2-D array circuit: say so before sampling
-    samples = model.sample(args.n, seed=args.seed, leaf_value="mean" if args.means else "sample")
+    head = _head(model, args.head)
+    samples = model.sample(args.n, seed=args.seed, leaf_value="mean" if args.means else "sample",
+                           **_head_option(model, head))
     if str(args.output).lower().endswith(".png"):
         from einc.io.images import grid, save_png, to_images
 
         save_png(args.output, grid(to_images(model.graph, samples)))
     else:
         save_array(args.output, samples, header=model.columns if str(args.output).lower().endswith(".csv") else None)
-    print(f"wrote {len(samples)} samples to {args.output}")
+    print(f"wrote {len(samples)} samples{_of_head(model, head)} to {args.output}")
     return 0
 
 
@@ -224,9 +250,12 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     shape = image_shape(model.graph)
     data = read_data(args.data, columns=model.columns).head(args.n)
     hidden = image_mask(args.mask, shape, len(data), args.seed)
-    rows = inpainting_rows(model, data, hidden, args.seed, "mean" if args.means else "sample")
+    head = _head(model, args.head)
+    rows = inpainting_rows(model, data, hidden, args.seed, "mean" if args.means else "sample",
+                           **_head_option(model, head))
     save_png(args.output, inpainting_figure(model, rows, hidden))
-    print(f"wrote {args.output}: rows are original, masked, conditional sample, MPE ({len(data)} images)")
+    print(f"wrote {args.output}: rows are original, masked, conditional sample, MPE ({len(data)} images"
+          f"{_of_head(model, head)})")
     return 0
 
 
@@ -263,20 +292,24 @@ def _split_assignments(text: str) -> list[str]:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    targets = _split_assignments(args.target)
+    targets = [target for given in args.target for target in _split_assignments(given)]
     if not targets:
         raise EincError("--target names no variable; expected e.g. --target x[5] (several: x[5],x[6])")
     model = load_model(args, dtype=args.dtype or "float64")
     evidence = np.full(model.graph.num_columns, np.nan)
-    for assignment in _split_assignments(args.evidence or ""):
+    for assignment in [item for given in args.evidence or () for item in _split_assignments(given)]:
         match = _ASSIGNMENT.match(assignment)
         if match is None:
             raise EincError(f"--evidence: '{assignment.strip()}' is not of the form name=value")
+        column = _column_of(model, match.group(1))
+        if not np.isnan(evidence[column]):  # the first value would be replaced without a word
+            raise EincError(f"--evidence gives {model.columns[column]} twice")
         try:
-            evidence[_column_of(model, match.group(1))] = float(match.group(2))
+            evidence[column] = float(match.group(2))
         except ValueError:
             raise EincError(f"--evidence: '{match.group(2)}' is not a number") from None
     prepare(model.graph, evidence[None], None, "--evidence", model.dtype)
+    head = _head(model, args.head)
     for target in targets:
         column = _column_of(model, target)
         variable = next(v for v in model.graph.variables if v.column <= column < v.column + v.domain.columns)
@@ -290,7 +323,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         rows[:, column] = levels
         # p(target = v | e) = p(v, e) / p(e): every query is one marginal with the rest missing
         joint = model.log_likelihood(rows)
-        joint = joint if joint.ndim == 1 else joint[:, 0]
+        joint = joint if joint.ndim == 1 else joint[:, head]
         if np.isnan(joint).any() or (joint == np.inf).any():  # -inf is a value of probability 0
             finite_ll(joint, model, f"--target {target}")
         if not np.isfinite(joint).any():
@@ -304,7 +337,8 @@ def cmd_query(args: argparse.Namespace) -> int:
                                             f"{DEFAULT_QUERY_SAMPLES} samples per vae leaf, normalised over the "
                                             f"values of {target})")
         given = ", ".join(f"{name}={value:g}" for name, value in zip(model.columns, evidence) if not np.isnan(value))
-        print(f"P({model.columns[column]}{f' | {given}' if given else ''}){estimated}:")  # P(C | A=1), P(C)
+        # P(C | A=1), P(C), P(C | A=1) under head 1 of 2
+        print(f"P({model.columns[column]}{f' | {given}' if given else ''}){_of_head(model, head)}{estimated}:")
         for level, probability in zip(levels, probabilities):
             print(f"  {int(level)}: {probability:.6f}")
     return 0
@@ -325,6 +359,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not backends or unknown:
         raise EincError(f"--backends {args.backends}: expected a comma-separated list of {', '.join(known)} "
                         f"(torch:cuda names a device)")
+    if args.json:  # before the measurements, which a missing folder would lose (the lines are appended)
+        check_writable(args.json, "JSON records")
+        check_not_an_input(args.json, {"FILE.pc": args.file, "--data": args.data})
     model = compile(args.file, dtype="float64", seed=args.seed, options=compile_options(args, "float64"))
     set_threads(args, model.plan)
     if args.data:
@@ -400,12 +437,13 @@ def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[
     grown_pc = check_writable(args.grown_pc or Path(args.output).with_suffix(".pc"), "grown circuit")
     check_not_an_input(grown_pc, {**inputs, "-o": args.output})
     outer, inner = args.grow
+    threshold = lvd_pg.DEFAULT_GROW_THRESHOLD if args.grow_threshold is None else args.grow_threshold
     set_threads(args, model.plan)
     train, valid, test = _read_splits(args, model)
     features = lvd.per_latent_features(_read_features(args.teacher), len(model.latents) or None,
                                        label=f"--teacher {args.teacher}")
     print(f"{model.graph.name}: {len(model.latents)} latents, {len(train)} training samples; progressive growing "
-          f"to {outer}x{inner} = {outer * inner} clusters per latent, threshold {args.grow_threshold}")
+          f"to {outer}x{inner} = {outer * inner} clusters per latent, threshold {threshold}")
     dims = model.graph.num_columns
 
     def bpd(ll: float | None) -> str:
@@ -427,7 +465,7 @@ def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[
     try:
         with termination_as_interrupt():
             model, latents, _rounds = lvd_pg.progressive_growing(
-                model, train, features, outer, inner, threshold=args.grow_threshold, epochs=args.epochs,
+                model, train, features, outer, inner, threshold=threshold, epochs=args.epochs,
                 valid=valid, batch_size=args.batch_size, step_size=args.step_size, update=args.update,
                 pseudocount=args.pseudocount, seed=args.seed, on_round=report_round, on_epoch=report,
                 on_model=keep)
@@ -468,6 +506,14 @@ def cmd_lvd(args: argparse.Namespace) -> int:
     if (args.teacher is None) == (args.latents is None):
         raise EincError("give --teacher FEATURES.npy (teacher embeddings to cluster) or --latents Z.npy "
                         "(the latent states of every training row): exactly one of them")
+    growing = [flag for flag, value in (("--grown-pc", args.grown_pc), ("--grow-threshold", args.grow_threshold))
+               if value is not None]
+    if args.grow is None and growing:
+        raise EincError(f"{' and '.join(growing)} {'apply' if len(growing) > 1 else 'applies'} to progressive growing: "
+                        f"give --grow N1xN2 too (or leave {'them' if len(growing) > 1 else 'it'} out)")
+    if args.grow is not None and args.reassign:
+        raise EincError("--reassign re-assigns the latents of one-shot distillation; --grow re-labels the samples "
+                        "in each of its rounds itself: give one of them")
     output = check_writable(args.output, "model")
     inputs = {"FILE.pc": args.file, "--data": args.data, "--teacher": args.teacher, "--latents": args.latents,
               "--valid": args.valid, "--test": args.test}

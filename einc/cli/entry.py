@@ -17,6 +17,7 @@ Ctrl-C exits 130; anything else is a bug and prints a short "internal error" mes
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import traceback
@@ -27,6 +28,7 @@ from einc import __version__
 from einc.cli import commands
 from einc.cli.options import (
     FILE,
+    HEAD,
     K_OPTIONS,
     LIMIT_OPTIONS,
     LOADED_MODEL_OPTIONS,
@@ -121,7 +123,7 @@ def _drawing_command(name: str, summary: str, run: Callable[[argparse.Namespace]
     """A command that draws from a loaded model (sample, inpaint): the model, its own arguments,
     the seed and --means, then the required output."""
     output_arg = Arg(("-o", "--output"), {"required": True, **output})
-    return Command(name, summary, run, (*LOADED_MODEL_OPTIONS, MODEL, *arguments, SEED, MEANS, output_arg))
+    return Command(name, summary, run, (*LOADED_MODEL_OPTIONS, MODEL, *arguments, SEED, MEANS, HEAD, output_arg))
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -184,7 +186,7 @@ COMMANDS: tuple[Command, ...] = (
                               "help": "progressive growing (LVD-PG): per latent, k-means into N1 outer clusters, then "
                                       "grow the patch circuits until N1*N2 clusters (needs --teacher); writes the "
                                       "grown .pc too"}),
-            Arg(("--grow-threshold",), {"type": unit_fraction, "default": 0.1, "metavar": "T",
+            Arg(("--grow-threshold",), {"type": unit_fraction, "metavar": "T",
                                         "help": "copy a unit when its flow per growing sample reaches T (default 0.1)"}),
             Arg(("--grown-pc",), {"metavar": "OUT.pc", "help": "where --grow writes the grown circuit "
                                                               "(default: MODEL with the suffix .pc)"}),
@@ -219,6 +221,7 @@ COMMANDS: tuple[Command, ...] = (
             MODEL,
             Arg(("--data",), {"required": True, "help": "data to evaluate (.csv[.gz], .npy, .npz)"}),
             Arg(("--labels",), {"help": "class labels (one per row) for a multi-head model"}),
+            HEAD,
             Arg(("--per-sample",), {"metavar": "OUT", "help": "also write each sample's log-likelihood (.csv, .npy or .npz)"}),
             Arg(("--samples",), {"type": positive_int, "default": DEFAULT_QUERY_SAMPLES, "metavar": "K",
                                  "help": "vae leaves: the log-likelihood is an IWAE estimate with K importance samples "
@@ -269,8 +272,11 @@ COMMANDS: tuple[Command, ...] = (
         (
             *LOADED_MODEL_OPTIONS,
             MODEL,
-            Arg(("--evidence",), {"default": "", "help": 'e.g. "x[0]=1,x[3]=0"'}),
-            Arg(("--target",), {"required": True, "help": "e.g. x[5] (several: x[5],x[6])"}),
+            # repeatable: `--target A --target B` asks for both (argparse would keep only the last)
+            Arg(("--evidence",), {"action": "append", "help": 'e.g. "x[0]=1,x[3]=0" (may be repeated)'}),
+            Arg(("--target",), {"action": "append", "required": True,
+                                "help": "e.g. x[5] (several: x[5],x[6], or --target repeated)"}),
+            HEAD,
         ),
     ),
     Command(
@@ -336,7 +342,21 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show the traceback of an error")
         sub.set_defaults(run=command.run)
+    parser.command_parsers = dict(subparsers.choices)
     return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, name: str, extra: Sequence[str]) -> UsageError:
+    """Arguments the command does not take, reported by the command's own parser (so that the
+    message points at its --help), with the closest option to a misspelt one."""
+    command = getattr(parser, "command_parsers", {}).get(name, parser)
+    # compared without their dashes, and closely: '--stream' is not a slip of '--threads'
+    names = {flag.lstrip("-"): flag for action in command._actions for flag in action.option_strings
+             if flag.startswith("--")}
+    unknown = next((a.partition("=")[0].lstrip("-") for a in extra if a.startswith("--")), None)
+    close = difflib.get_close_matches(unknown, list(names), n=1, cutoff=0.75) if unknown else []
+    hint = f" — did you mean {names[close[0]]}?" if close else ""
+    return UsageError(command, f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
 def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -363,7 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(COMMANDS)
     try:
         _check_option_values(parser, arguments)
-        args = parser.parse_args(arguments)
+        args, extra = parser.parse_known_args(arguments)
+        if extra:
+            raise _unrecognized(parser, args.command, extra)
     except UsageError as error:
         # one line, like every other error; the usage is one --help away
         print(f"einc: error: {error} (see {error.parser.prog} --help)", file=sys.stderr)

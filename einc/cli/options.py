@@ -172,6 +172,8 @@ UPDATE = Arg(("--update",), {"choices": ["batch", "epoch"], "default": "batch",
                              "help": "M-step after every batch (stochastic EM) or once per epoch"})
 SEED = Arg(("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed"})
 MEANS = Arg(("--means",), {"action": "store_true", "help": "leaf means instead of leaf samples"})
+HEAD = Arg(("--head",), {"type": non_negative_int, "metavar": "H",
+                         "help": "a multi-head model's head to answer with (default 0)"})
 PSEUDOCOUNT = Arg(("--pseudocount",), {
     "type": non_negative_float, "default": DEFAULT_PSEUDOCOUNT, "metavar": "ALPHA",
     "help": "EM Laplace smoothing: ALPHA pseudo-observations per sum-weight vector and categorical/Bernoulli "

@@ -31,6 +31,7 @@ from einc.loading import load
 from einc.model import Model, compile
 from einc.train.history import history_path, learning_curves, read_history, write_history
 from einc.train.loop import EpochRecord
+from einc.train.options import check_label_options
 
 # Below this many multiply-adds per batch of 100, a second thread costs more than it saves
 # (benchmarks/threads.py: nltcs, 3.5 M, is no faster with 2 threads; MNIST PD, 170 M, is).
@@ -102,8 +103,7 @@ def check_train_options(args: argparse.Namespace) -> None:
     """Option combinations that cannot work, refused before anything is read or compiled."""
     if args.patience is not None and not args.valid:
         raise EincError("--patience stops on the validation log-likelihood: give --valid too")
-    if args.valid_labels and not args.valid:
-        raise EincError("--valid-labels label the --valid rows: give --valid too")
+    check_label_options(args.labels, args.valid, args.valid_labels, flags=True)
     if args.mixture is not None:
         unsupported = [flag for flag, value in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every),
                                                 ("--labels", args.labels), ("--valid-labels", args.valid_labels))
@@ -147,12 +147,22 @@ def training_model(args: argparse.Namespace, device: str | None = None) -> Model
         raise EincError(f"--resume {args.resume}: a mixture cannot be resumed")
     shapes = [(s.name, s.shape) for s in model.plan.params]
     if shapes != [(s.name, s.shape) for s in resumed.plan.params] or model.columns != resumed.columns:
+        trained_with, asked = _k_flags(resumed.overrides), _k_flags(model.overrides)
+        if trained_with != asked:  # the same file, other K: say which options continue it
+            raise EincError(f"--resume {args.resume}: the model was trained with {trained_with or 'the K of its file'}, "
+                            f"this run asks for {asked or 'the K of the file'}; give the same --sums/--inputs/--heads "
+                            f"to continue it")
         raise EincError(f"--resume {args.resume}: the model was trained from another circuit than {args.file} "
                         f"(its variables or parameter shapes differ)")
     if resumed.training is None:
         raise EincError(f"--resume {args.resume}: the model holds no training state (it was not written by "
                         f"einc train or Model.fit)")
     return resumed
+
+
+def _k_flags(overrides: dict[str, int]) -> str:
+    """'--sums 2 --heads 2': the K options a model was compiled with (its recorded overrides)."""
+    return " ".join(f"--{key} {overrides[key]}" for key in ("sums", "inputs", "heads") if key in overrides)
 
 
 class Terminated(KeyboardInterrupt):

@@ -53,12 +53,14 @@ class CsvParser:
                     continue  # a blank line
                 if self.first:
                     self.first = False
+                    _check_separator(cells, source, line)
                     if _is_header(cells, self.columns, source, line):
                         self.width = len(cells)
                         continue
                 if self.width is None:
                     self.width = len(cells)
                 elif len(cells) != self.width:
+                    _check_separator(cells, source, line)
                     raise DataError(f"{source}:{line}: the row has {len(cells)} columns; expected {self.width}")
                 try:
                     row = [float(cell) for cell in cells]  # the common case: every cell a number
@@ -67,6 +69,7 @@ class CsvParser:
                     for column, cell in enumerate(cells, start=1):
                         value = _number(cell)
                         if value is None:
+                            _check_separator(cells, source, line)
                             raise DataError(
                                 f"{source}:{line}:{column}: '{shorten(cell.strip())}' is not a number; "
                                 f"expected a number, or one of ?, nan, NA or an empty cell for a missing value"
@@ -80,19 +83,49 @@ class CsvParser:
         return values, np.asarray(lines, dtype=np.int64)
 
 
+# Separators other than commas that files of numbers are written with (np.savetxt's default is a
+# space), and what messages call them.
+_OTHER_SEPARATORS = {"\t": "tabs", ";": "semicolons", " ": "spaces"}
+
+
+def _check_separator(cells: list[str], source: str, line: int) -> None:
+    """``DataError`` when the row is one cell of numbers joined by another separator: otherwise it
+    reads as a header that does not match, or as a cell that is not a number."""
+    if len(cells) != 1:
+        return
+    text = cells[0].strip()
+    for separator, word in _OTHER_SEPARATORS.items():
+        parts = text.split(separator) if separator != " " else text.split()
+        if len(parts) > 1 and all(_number(part) is not None for part in parts):
+            raise DataError(
+                f"{source}:{line}: the values are separated by {word}, not commas; einc reads "
+                f"comma-separated values (write them with np.savetxt(path, x, delimiter=\",\"), or "
+                f"save a .npy file)"
+            )
+
+
 def _is_header(cells: list[str], columns: Sequence[str] | None, source: str, line: int) -> bool:
     """Whether the first row is a header: the expected column names, or (names unknown) no numbers."""
     names = [cell.strip() for cell in cells]
     if columns is not None and names == [c.strip() for c in columns]:
         return True
-    if any(_number(cell) is not None for cell in cells):
-        return False  # a data row (a wrong cell in it is reported as such)
+    missing = [name in MISSING_MARKERS for name in names]
+    if all(missing) or any(_number(cell) is not None and not gap for cell, gap in zip(cells, missing)):
+        return False  # a data row (a wrong cell in it is reported as such), or one of missing values
+    if names[0] in _INDEX_NAMES and (columns is None or len(names) == len(columns) + 1):
+        # what pandas' DataFrame.to_csv writes by default: an unnamed index column first
+        raise DataError(f"{source}:{line}: the first column is an index column (no name in the header line), "
+                        f"not a variable; drop it (pandas: df.to_csv(path, index=False))")
     if columns is None:
         return True
     raise DataError(
         f"{source}:{line}: the header line does not match the circuit's columns; expected "
         f"{_preview(columns)}, found {_preview(names)}"
     )
+
+
+# Header names of an index column (pandas writes "" and reads it back as "Unnamed: 0").
+_INDEX_NAMES = frozenset({"", "Unnamed: 0"})
 
 
 def _preview(names: Sequence[str], count: int = 4) -> str:

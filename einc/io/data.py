@@ -148,8 +148,8 @@ def find_data_file(path: str | Path, key: str | None = None) -> DataFile:
     """Check that ``path`` (``file.npz:key`` names an array) is a readable, non-empty file and
     recognise its format from its content; ``DataError`` naming the path otherwise."""
     text = str(path)
-    if key is None and ".npz:" in text:
-        text, key = text.rsplit(":", 1)
+    if key is None and ":" in text and (".npz:" in text or (not Path(text).exists() and Path(text.rsplit(":", 1)[0]).is_file())):
+        text, key = text.rsplit(":", 1)  # file.npz:key, or a key on a file that is there (refused below)
     source = text if key is None else f"{text}:{key}"
     file = Path(text)
     if not file.exists():
@@ -199,7 +199,7 @@ def _npz_dataset(file: Path, key: str | None, source: str) -> Dataset:
         if not names:
             raise DataError(f"{file}: the .npz archive holds no arrays")
         if key is None:
-            key = names[0]
+            key = default_npz_key(archive.zip, names, file)
             source = str(file)
         if key not in names:
             raise DataError(f"{file}: no array '{key}'; the file has {', '.join(names)}")
@@ -213,6 +213,19 @@ def _npz_dataset(file: Path, key: str | None, source: str) -> Dataset:
                             f"{needed / 2**30:.1f} GiB to read into memory, more than the limit of "
                             f"{MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB; stream it instead (einc train --stream)")
         return _array_dataset(archive[key], source)
+
+
+# The JSON text entry every einc model (and mixture) file holds (einc/archive.py).
+_MODEL_META = "meta"
+
+
+def default_npz_key(archive: zipfile.ZipFile, names: Sequence[str], file: Path) -> str:
+    """The array an ``.npz`` data file given without ``:key`` is read from: its first; an einc
+    model file is refused (its first array is a parameter tensor, "data" of the wrong width)."""
+    if _MODEL_META in names and npz_header(archive, f"{_MODEL_META}.npy", str(file))[2].kind == "U":
+        raise DataError(f"{file}: an einc model file, not data; it is the MODEL of eval, sample, inpaint and "
+                        f"query (data: .csv, .csv.gz, .npy or .npz arrays of rows)")
+    return names[0]
 
 
 # Largest data array read whole into memory (as stored plus its float64 copy); bigger data is
@@ -478,23 +491,34 @@ def _check_group(group: _ColumnGroup, values: np.ndarray, observed: np.ndarray,
             return
         statistics = rule.sufficient_statistics(np, block, group.family, group.domain)
         bad = seen & ~np.all(np.abs(statistics) <= limits.largest_statistic, axis=-1)
+    remedy = "rescale the data or use float64" if limits.dtype == "float32" else "rescale the data"
     fail(bad, f"is too large for a {group.family.name} leaf in {limits.dtype}: its sufficient "
-              f"statistics exceed {limits.largest_statistic:.2g}; rescale the data or use float64")
+              f"statistics exceed {limits.largest_statistic:.2g}; {remedy}")
 
 
 def prepare_labels(labels: Any, count: int, heads: int, label: str = "labels", first_row: int = 0) -> np.ndarray:
     """Class labels as an int64 (count,) array: one per sample, each a head index 0..heads-1.
     ``first_row`` numbers ``labels[0]`` when an array is checked in pieces."""
-    array = as_rows(labels, label).reshape(-1)
+    rows = as_rows(labels, label)  # a 1-D array is one row: (1, N), as is a file of one line
     source = labels.source if isinstance(labels, Dataset) else label
+    if rows.ndim != 2 or min(rows.shape) > 1:
+        one_hot = rows.ndim == 2 and np.isin(rows, (0, 1)).all() and (rows.sum(axis=1) == 1).all()
+        raise DataError(f"{source}: the labels have shape {tuple(rows.shape)}; expected one integer label per row, (N,) or "
+                        f"(N, 1)" + ("; these look one-hot: give their argmax(axis=1)" if one_hot else ""))
+    array = rows.reshape(-1)
     if len(array) != count:
         raise DataError(f"{source}: {len(array)} labels for {count} samples; expected one label per sample")
     bad = ~(np.isfinite(array) & (array >= 0) & (array < heads) & (np.floor(array) == array))
     if bad.any():
         row = int(np.argmax(bad))
         place = labels.location(row, 0) if isinstance(labels, Dataset) and labels.shape[1] == 1 else f"{source}: label {first_row + row + 1}"
+        finite = array[np.isfinite(array)]
+        classes = int(finite.max()) + 1 if len(finite) else 0
+        hint = ""
+        if heads < classes and (finite >= 0).all():  # class numbers, more of them than the circuit has heads
+            hint = f"; a class-conditional circuit needs a head per class: `heads {classes}` in the .pc file or --heads {classes}"
         raise DataError(f"{place}: label {array[row]:g} is not a head of the circuit; expected an "
-                        f"integer in 0..{heads - 1} (the circuit has {heads} head{'s' if heads != 1 else ''})")
+                        f"integer in 0..{heads - 1} (the circuit has {heads} head{'s' if heads != 1 else ''}){hint}")
     return array.astype(np.int64)
 
 

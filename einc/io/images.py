@@ -110,14 +110,15 @@ def image_mask(spec: str, shape: tuple[int, int, int], count: int, seed: int = 0
 
 
 def inpainting_rows(model, data: np.ndarray, hidden: np.ndarray, seed: int = 0,
-                    leaf_value: str = "sample") -> dict[str, np.ndarray]:
-    """Original, masked, a conditional sample and the MPE completion of each row."""
+                    leaf_value: str = "sample", **head: int) -> dict[str, np.ndarray]:
+    """Original, masked, a conditional sample and the MPE completion of each row (``head=h``:
+    under head h of a multi-head model)."""
     evidence = np.where(hidden, np.nan, data)
     return {
         "original": data,
         "masked": evidence,
-        "sample": model.sample(evidence=evidence, seed=seed, leaf_value=leaf_value),
-        "mpe": model.mpe(evidence=evidence),
+        "sample": model.sample(evidence=evidence, seed=seed, leaf_value=leaf_value, **head),
+        "mpe": model.mpe(evidence=evidence, **head),
     }
 
 

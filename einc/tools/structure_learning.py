@@ -38,11 +38,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from einc.compiler.pipeline import load_source, region_graph
-from einc.io.data import load_array, prepare
+from einc.io.data import prepare, read_data
 from einc.grammar.parser import parse
 from einc.errors import DataError, EincError
 from einc.ir.program import LeafStatement, PartitionStatement, StructureStatement, VarStatement
@@ -480,11 +481,20 @@ def learn_structure(kind: str, data_path: str | Path | np.ndarray, output: str |
     if not pseudocount >= 0:
         raise EincError(f"--pseudocount must be at least 0, found {pseudocount}")
     if isinstance(data_path, np.ndarray):
-        data, data_label = np.asarray(data_path, dtype=np.float64), "an array"
-    else:
-        data, data_label = load_array(data_path), str(data_path)
+        dataset: Any = np.asarray(data_path, dtype=np.float64)
+        data, data_label = dataset, "an array"
+    else:  # the Dataset, so that a bad value is placed at its file line (file.csv:12:3)
+        dataset = read_data(data_path)
+        data, data_label = dataset.values, str(data_path)
     spec = variables_from_file(variables) if variables else binary_variables(data.shape[1])
-    prepare(spec.graph, data, None, data_label)  # every value in its variable's domain
+    try:
+        prepare(spec.graph, dataset, None, data_label)  # every value in its variable's domain
+    except DataError as error:
+        if variables:
+            raise
+        raise DataError(f"{str(error).removeprefix('error: ')} (without --variables every column is a binary "
+                        f"variable: give yours with --variables SPEC.pc, whose var and leaf lines are used, "
+                        f"e.g. --variables examples/mnist_categorical.pc)") from None
     rows = len(data)
     if max_rows is not None and rows > max_rows:
         data = data[np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))]

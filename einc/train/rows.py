@@ -42,6 +42,7 @@ from einc.io.data import (
     array_rows_shape,
     as_rows,
     cannot_read,
+    default_npz_key,
     find_data_file,
     npz_header,
 )
@@ -394,7 +395,7 @@ def _stream_npz(found: DataFile, target: Path) -> None:
             names = [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
             if not names:
                 raise DataError(f"{found.file}: the .npz archive holds no arrays")
-            key = names[0] if found.key is None else found.key
+            key = default_npz_key(archive, names, found.file) if found.key is None else found.key
             if key not in names:
                 raise DataError(f"{found.file}: no array '{key}'; the file has {', '.join(names)}")
             npz_header(archive, f"{key}.npy", label)  # a header declaring more than the entry holds
