@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 from einc.train.loop import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, DEFAULT_STEP_SIZE
 from einc.train.loop import EpochRecord, TrainingState
 from einc.train.memory import fit_in_memory
-from einc.train.options import TrainingOptions, check_non_negative_int, check_positive_int, check_used_options
+from einc.train.options import (TrainingOptions, check_label_options, check_non_negative_int, check_positive_int,
+                                check_used_options)
 
 
 
@@ -578,10 +579,12 @@ class Model(ModelFileWriter):
                                batch_size: int = DEFAULT_BATCH_SIZE, learning_rate: float = DEFAULT_LEARNING_RATE,
                                patience: int | None = None, checkpoint_every: int = 0,
                                has_valid: bool = False, pseudocount: float = DEFAULT_PSEUDOCOUNT,
-                               samples: int = DEFAULT_TRAINING_SAMPLES) -> TrainingOptions:
+                               samples: int = DEFAULT_TRAINING_SAMPLES, labels: Any = None,
+                               valid_labels: Any = None) -> TrainingOptions:
         """Raise a clear error for a training option this model cannot use (every option of
-        ``fit``, each with its own message), before any work; ``einc.train.distributed.fit`` checks its
-        options here too. ``method=None`` resolves to "em", or "adam" for neural (vae) leaves."""
+        ``fit``, each with its own message, class labels included), before any work;
+        ``einc.train.distributed.fit`` checks its options here too. ``method=None`` resolves to
+        "em", or "adam" for neural (vae) leaves."""
         method = method or ("em" if self.plan.trained_by_em else "adam")
         if method == "adam" and not hasattr(self.backend, "gradient_trainer"):
             raise EincError(f"method='adam' needs autograd: use backend='torch' (this model runs on '{self.backend_name}')")
@@ -589,6 +592,7 @@ class Model(ModelFileWriter):
             raise EincError("method='em' cannot train this circuit: its vae leaves are neural networks, trained by "
                             "gradient on the IWAE bound; use method='adam' (or leave method out)")
         check_used_options(method, self.exact, step_size, update, learning_rate, pseudocount, samples)
+        check_label_options(labels, has_valid, valid_labels)
         return TrainingOptions.checked(epochs, method, batch_size, step_size, update, learning_rate, patience,
                                        checkpoint_every, has_valid, pseudocount, samples)
 

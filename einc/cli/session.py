@@ -103,7 +103,7 @@ def check_train_options(args: argparse.Namespace) -> None:
     """Option combinations that cannot work, refused before anything is read or compiled."""
     if args.patience is not None and not args.valid:
         raise EincError("--patience stops on the validation log-likelihood: give --valid too")
-    check_label_options(args.labels, args.valid, args.valid_labels, flags=True)
+    check_label_options(args.labels, args.valid is not None, args.valid_labels, flags=True)
     if args.mixture is not None:
         unsupported = [flag for flag, value in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every),
                                                 ("--labels", args.labels), ("--valid-labels", args.valid_labels))

@@ -60,7 +60,6 @@ from einc.model import (
     Model,
 )
 from einc.train.loop import EpochRecord, Hooks, Options, Run, TrainingState
-from einc.train.options import check_label_options
 from einc.train.loop import train as train_epochs
 from einc.train.steps import HostEm, ShardAdam
 from einc.train.rows import RowSource, Window, iter_windows, open_rows
@@ -480,9 +479,9 @@ def fit(model: Model, train: Any, valid: Any = None, *, epochs: int = DEFAULT_EP
     options = model.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
                                            learning_rate=learning_rate, patience=patience,
                                            checkpoint_every=checkpoint_every, has_valid=valid is not None,
-                                           pseudocount=pseudocount, samples=samples)
+                                           pseudocount=pseudocount, samples=samples, labels=labels,
+                                           valid_labels=valid_labels)
     method = options.method
-    check_label_options(labels, valid, valid_labels)
     local_rows = local_batch_sizes(batch_size, workers.world_size)[0]
     model.check_batch(local_rows, f"a training batch of {local_rows} samples per worker", samples, training=True)
     data = train if isinstance(train, TrainingData) else open_training_data(model, train, labels, workers, cache_dir)

@@ -19,7 +19,7 @@ from einc.io.data import prepare, prepare_labels, prepare_latents
 from einc.io.files import check_writable
 from einc.train.loop import EpochRecord, Hooks, Options, Run, TrainingState
 from einc.train.loop import train as train_epochs
-from einc.train.options import check_label_options, checked_order
+from einc.train.options import checked_order
 from einc.train.steps import ResidentAdam, memory_em
 
 if TYPE_CHECKING:  # the model imports this module
@@ -45,9 +45,9 @@ def fit_in_memory(model: Model, train: Any, valid: Any, *, epochs: int, method: 
     options = model.check_training_options(method, update, step_size, epochs=epochs, batch_size=batch_size,
                                           learning_rate=learning_rate, patience=patience,
                                           checkpoint_every=checkpoint_every, has_valid=valid is not None,
-                                          pseudocount=pseudocount, samples=samples)
+                                          pseudocount=pseudocount, samples=samples, labels=labels,
+                                          valid_labels=valid_labels)
     method = options.method
-    check_label_options(labels, valid, valid_labels)
     values, observed = prepare(model.graph, train, None, "train", model.dtype)
     if len(values) == 0:
         raise DataError("train: no training samples")

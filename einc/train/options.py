@@ -25,15 +25,15 @@ def check_non_negative_int(value: Any, name: str) -> None:
         raise EincError(f"{name} must be a whole number of at least 0, found {value!r}")
 
 
-def check_label_options(labels: Any, valid: Any, valid_labels: Any, flags: bool = False) -> None:
+def check_label_options(labels: Any, has_valid: bool, valid_labels: Any, flags: bool = False) -> None:
     """Class labels that would be ignored or misused, refused before any work: validation rows
     without labels would all be scored under head 0 while training gives each class its head
     (the best epoch and patience would follow one class); labels of no validation rows do
     nothing. ``flags``: name the command-line options instead of the arguments."""
     name = (lambda arg: f"--{arg.replace('_', '-')}") if flags else (lambda arg: arg)
-    if valid_labels is not None and valid is None:
+    if valid_labels is not None and not has_valid:
         raise EincError(f"{name('valid_labels')} label the validation rows: give {name('valid')} too")
-    if labels is not None and valid is not None and valid_labels is None:
+    if labels is not None and has_valid and valid_labels is None:
         raise EincError(f"{name('labels')} train each head on its class: give {name('valid_labels')} too, so that "
                         f"each validation row is scored under its class's head (without them every row would be "
                         f"scored under head 0)")
