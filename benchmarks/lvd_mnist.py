@@ -1,6 +1,7 @@
 """Latent variable distillation on MNIST: four ways to start the same circuit, the same epochs.
 
     python benchmarks/lvd_mnist.py                     # the CPU run in the README (training subset)
+    python benchmarks/lvd_mnist.py --arm-set pg ...    # EM / LVD / LVD-PG (benchmarks/lvd_pg_mnist.py)
     python benchmarks/lvd_mnist.py --train-rows 55000 --valid-rows 5000 --epochs 20 \\
         --distill-epochs 10 --teacher-epochs 20        # the full-data command (a GPU-sized run)
 
@@ -58,11 +59,18 @@ import teacher as teacher_module  # examples/lvd/teacher.py, on the paths above
 
 PIXELS = 784
 ARMS = ("em", "random", "pixels", "teacher")
+# The experiment's arm sets: this script's one-shot starts, or progressive growing (issue 21),
+# whose own script takes the rest of the command line
+ARM_SETS = {"one-shot": "em, random, pixels, teacher: four starts of the same PD circuit (this script)",
+            "pg": "em, lvd, lvd_pg: LVD with progressive growing against one-shot LVD and EM only, at equal "
+                  "parameter counts (benchmarks/lvd_pg_mnist.py: its options follow, see --arm-set pg --help)"}
 COLOURS = {"em": (200, 40, 40), "random": (150, 150, 150), "pixels": (40, 120, 200), "teacher": (30, 150, 60)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arm-set", choices=ARM_SETS, default="one-shot",
+                        help="; ".join(f"{name}: {text}" for name, text in ARM_SETS.items()))
     parser.add_argument("--data", type=Path, help=records.MNIST_HELP)
     parser.add_argument("--circuit", type=Path, default=ROOT / "examples" / "lvd" / "mnist_lvd.pc")
     parser.add_argument("--train-rows", type=int, default=8000, help="train on the first N training images")
@@ -233,6 +241,14 @@ def curve_png(path: Path, results: list[dict], arms: list[str], title: str) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chooser = argparse.ArgumentParser(add_help=False)
+    chooser.add_argument("--arm-set", choices=ARM_SETS, default="one-shot")
+    chosen, rest = chooser.parse_known_args(argv)
+    if chosen.arm_set == "pg":
+        import lvd_pg_mnist  # benchmarks/, on the path above
+
+        return lvd_pg_mnist.main(rest)
     args = parse_args(argv)
     if not 0 <= args.distill_epochs <= args.epochs:
         raise SystemExit("--distill-epochs must be between 0 and --epochs")

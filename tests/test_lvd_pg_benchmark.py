@@ -17,6 +17,7 @@ import einc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import lvd_mnist  # noqa: E402
 import lvd_pg_mnist  # noqa: E402
 
 SMALL = ["--data", str(ROOT / "examples" / "data" / "mnist_small.npz"), "--train-rows", "120", "--valid-rows", "40",
@@ -74,3 +75,18 @@ def test_too_few_epochs_for_the_growing_rounds_is_a_clear_error(tmp_path) -> Non
     argv[argv.index("--max-epochs") + 1] = "2"
     with pytest.raises(SystemExit, match="--max-epochs 2: lvd_pg K=2 seed 0 spent 2 epochs on .x, z. pairs"):
         lvd_pg_mnist.main(argv)
+
+
+def test_the_issue_s_script_runs_the_experiment_as_an_arm_set(tmp_path, capsys) -> None:
+    """``benchmarks/lvd_mnist.py --arm-set pg`` (the file the issue names) runs this experiment
+    with its options and writes the same results; its --help lists the arm sets."""
+    out = tmp_path / "out" / "lvd_pg_mnist"
+    argv = [*SMALL, "--sizes", "2", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    assert lvd_mnist.main(["--arm-set", "pg", *argv]) == 0
+    summary = json.loads(Path(f"{out}.json").read_text())
+    assert set(summary["arms"]) == {"em", "lvd", "lvd_pg"}
+    with pytest.raises(SystemExit) as stopped:
+        lvd_mnist.main(["--help"])
+    assert stopped.value.code == 0 and "pg: em, lvd, lvd_pg" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        lvd_mnist.main(["--arm-set", "nope"])
