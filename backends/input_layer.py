@@ -27,16 +27,26 @@ def leaf_coefficients(xp: Any, block: FamilyBlock, phi: Any, max_product: bool) 
     return xp.concatenate(parts, -1)
 
 
-def leaf_features(xp: Any, block: FamilyBlock, x: Any, observed: Any, missing: Any | None) -> Any:
-    """F = [T(x)·obs, obs, (log h(x)·obs), (missing)] of x and its mask (...): shape (..., f).
+def leaf_features(xp: Any, block: FamilyBlock, x: Any, observed: Any, missing: Any | None,
+                  axis: int = -1) -> Any:
+    """F = [T(x)·obs, obs, (log h(x)·obs), (missing)] of x and its mask (...): shape (..., f),
+    or with f at ``axis`` of the result.
 
     ``missing`` (max-product passes only) is 1 where a real factor is unobserved, else None.
+    ``axis=1`` for a batch-minor x (n, B) gives (n, f, B): every part is moved there first (views)
+    and joined along f before the batch, a cat of whole batch rows, where a join along a last axis
+    of 1-wide pieces is an element-by-element copy, ~20x slower on the CPU (230 µs for 154 × 512
+    pairs; issue 18, sixth round).
     """
     rule = family_rule(block.family)
-    parts = [rule.sufficient_statistics(xp, x, block.family, block.domain) * observed[..., None],
-             observed[..., None]]
+
+    def placed(part: Any) -> Any:  # (..., t) with t moved to ``axis``: a view
+        return xp.moveaxis(part, -1, axis)
+
+    mask = placed(observed[..., None])
+    parts = [placed(rule.sufficient_statistics(xp, x, block.family, block.domain)) * mask, mask]
     if block.log_base:
-        parts.append((rule.log_base_measure(xp, x, block.family) * observed)[..., None])
+        parts.append(placed((rule.log_base_measure(xp, x, block.family) * observed)[..., None]))
     if missing is not None:
-        parts.append(missing[..., None])
-    return xp.concatenate(parts, -1)
+        parts.append(placed(missing[..., None]))
+    return xp.concatenate(parts, axis)

@@ -1,6 +1,6 @@
 """The sixth round of issue 18's inference work (backends/torch_ops/input.py, hadamard.py):
 deferred dense leaves computed from the gathered columns of exactly the parts their readers
-read (``feature_columns``, ``batch_minor_features``), Θ kept across queries while φ is unchanged
+read (``feature_columns``, ``leaf_features`` with f before the batch), Θ kept across queries while φ is unchanged
 (``coefficients``), the query log-sum-exp without a check for rows of no mass, and the
 hadamard scatter indices kept per shape. Each query these serve equals the materialised,
 checked definition in float64 (1e-12): log-likelihoods with unobserved entries and wholly
@@ -29,7 +29,7 @@ _FACTORS = ("region all = {x[0], x[1], x[2], x[3], x[4], x[5]}\nregion a = {x[0]
             "all -> a * {x[4], x[5]}\na -> {x[0], x[1]} * {x[2], x[3]}\n")
 
 LEAVES = {
-    # dense statistics, deferred through feature_columns / batch_minor_features
+    # dense statistics, deferred through feature_columns / leaf_features(axis=1)
     "bernoulli_hclt": CIRCUITS["hclt"],
     "binomial_pd": CIRCUITS["pd_hadamard"],  # log h(x) column, shared regions
     "bernoulli_factors": "var x[6] : binary\nleaf x ~ bernoulli\nsums 2\ninputs 2\nproduct hadamard\n" + _FACTORS,

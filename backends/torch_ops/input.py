@@ -131,8 +131,8 @@ def defer(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max_produc
         # features are computed for exactly the N·S gathered columns, batch-minor, (N·S, f, B),
         # and no (C+1)-column table is built, permuted or gathered twice (issue 18, sixth round)
         columns = feature_columns(backend, op, block, reads)
-        features = batch_minor_features(block, x_by_column.index_select(0, columns),
-                                        observed_by_column.index_select(0, columns))
+        features = leaf_features(torch, block, x_by_column.index_select(0, columns),
+                                 observed_by_column.index_select(0, columns), None, axis=1)  # (N·S, f, B)
         features = features.reshape(-1, width * f, batch_size)  # (N, S·f, B)
         for (reader, out_rows, arity), c, x in zip(reads.readers, by_reader, features.split(sizes)):
             # (L·A, S·f, B) viewed (L, A·S·f, B), beside its coefficients (L, K, A·S·f)
@@ -176,20 +176,6 @@ def feature_columns(backend: Any, op: InputOp, block: FamilyBlock, reads: Any) -
         cached = torch.where(present, columns, backend.num_columns).reshape(-1)
         backend.feature_columns[key] = cached
     return cached
-
-
-def batch_minor_features(block: FamilyBlock, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-    """``leaf_features`` (no max-product column) of columns given batch-minor, x and observed
-    (n, B), as (n, f, B): the same products, joined along f before the batch (a cat of whole
-    batch rows), where ``leaf_features`` joins along a last axis of 1-wide pieces, an element
-    by element copy ~20x slower on the CPU (230 µs for 154 × 512 pairs)."""
-    rule = family_rule(block.family)
-    mask = observed[:, None, :]  # (n, 1, B)
-    # T(x) (n, B, t) moved to (n, t, B): a view; the product is laid out by its own strides
-    parts = [rule.sufficient_statistics(torch, x, block.family, block.domain).movedim(-1, 1) * mask, mask]
-    if block.log_base:
-        parts.append((rule.log_base_measure(torch, x, block.family) * observed)[:, None, :])
-    return torch.cat(parts, 1)
 
 
 def values_of(backend: Any, op: InputOp, coefficients: list[torch.Tensor], x: torch.Tensor,
