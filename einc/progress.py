@@ -61,3 +61,8 @@ def log_lines(label: str, every_seconds: float = 60.0, stream: Any = None) -> Ca
               file=stream if stream is not None else sys.stderr, flush=True)
 
     return report
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``: a count with its noun in the right number (regular plurals)."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

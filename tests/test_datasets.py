@@ -192,6 +192,8 @@ def test_offline_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert error.startswith("einc: error: could not download nltcs.train.data: ") and "cannot connect" in error
     assert error.count("\n") == 1
     assert not (tmp_path / "d" / "debd" / "nltcs").exists()
+    # no empty staging folders left behind (a partial download would be kept, to resume)
+    assert not (tmp_path / "d" / ".downloads").exists()
 
 
 # -------------------------------------------------------------------------- fetch(): real table entries

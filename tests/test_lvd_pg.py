@@ -122,6 +122,27 @@ def test_einc_lvd_grow_writes_the_grown_pc_and_model(tmp_path, capsys) -> None:
     assert "expected N1xN2" in capsys.readouterr().err
 
 
+def test_einc_lvd_grow_replaces_only_its_own_grown_pc(tmp_path, capsys) -> None:
+    """The grown circuit's default path (MODEL.pc) is not one the user named: a file of theirs
+    there is kept (and nothing is trained); an earlier run's grown circuit is replaced."""
+    x, h = _data(120)
+    (tmp_path / "c.pc").write_text(PC)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "h.npy", h)
+    argv = ["lvd", str(tmp_path / "c.pc"), "--data", str(tmp_path / "x.npy"), "--teacher", str(tmp_path / "h.npy"),
+            "--grow", "2x2", "--epochs", "1", "--threads", "1", "-o", str(tmp_path / "m.npz")]
+    theirs = "# the user's own circuit\n" + PC
+    (tmp_path / "m.pc").write_text(theirs)
+    assert main(argv) == 1
+    assert "is not a circuit grown by einc lvd --grow" in capsys.readouterr().err
+    assert (tmp_path / "m.pc").read_text() == theirs and not (tmp_path / "m.npz").exists()
+    assert main(argv + ["--grown-pc", str(tmp_path / "g.pc")]) == 0  # named: written there
+    assert (tmp_path / "m.pc").read_text() == theirs
+    (tmp_path / "m.pc").unlink()
+    assert main(argv) == 0 and main(argv) == 0  # the second run replaces the first run's circuit
+    assert einc.compile(tmp_path / "m.pc").graph.region_sizes == einc.load(tmp_path / "m.npz").graph.region_sizes
+
+
 def test_an_interrupted_einc_lvd_grow_writes_the_circuit_last_trained(tmp_path, capsys, monkeypatch) -> None:
     x, h = _data(200)
     (tmp_path / "c.pc").write_text(PC)

@@ -600,3 +600,19 @@ def test_set_parameters_refuses_a_name_that_is_not_a_parameter() -> None:
     with pytest.raises(einc.EincError, match="'einsum1.weight' is not a parameter of this model"):
         model.set_parameters({**params, "einsum1.weight": params["einsum1.weights"]})
     model.set_parameters(params)
+
+
+def test_counts_read_in_the_right_number() -> None:
+    """'after 1 epoch', not 'after 1 epochs': the messages that count epochs use counted()."""
+    import numpy as np
+
+    import einc
+    from einc.progress import counted
+
+    assert [counted(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+    model = einc.compile(EXAMPLES / "tiny.pc", dtype="float64", seed=0)
+    messages: list[str] = []
+    # trained towards all ones, validated on all zeros: no epoch after the first is better
+    model.fit(np.ones((64, 4)), valid=np.zeros((16, 4)), epochs=5, update="epoch", step_size=0.5, pseudocount=0,
+              patience=1, on_message=messages.append)
+    assert any("no better valid LL for 1 epoch (patience 1)" in m for m in messages), messages

@@ -436,6 +436,8 @@ def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[
         raise EincError("--grow clusters teacher embeddings: give --teacher FEATURES.npy")
     grown_pc = check_writable(args.grown_pc or Path(args.output).with_suffix(".pc"), "grown circuit")
     check_not_an_input(grown_pc, {**inputs, "-o": args.output})
+    if args.grown_pc is None:
+        check_derived_grown_pc(grown_pc)
     outer, inner = args.grow
     threshold = lvd_pg.DEFAULT_GROW_THRESHOLD if args.grow_threshold is None else args.grow_threshold
     set_threads(args, model.plan)
@@ -498,6 +500,22 @@ def _lvd_grow(args: argparse.Namespace, model: Model, output: Any, inputs: dict[
         save_array(args.write_latents, latents)
         print(f"wrote the latent states of the last round to {args.write_latents}")
     return 0
+
+
+def check_derived_grown_pc(path: "Path") -> None:
+    """The default grown-circuit path (MODEL with the suffix .pc) is one the user did not name:
+    replace a file there only when it is a circuit that an earlier ``--grow`` wrote."""
+    from einc.tools.growing import WRITTEN_MARK
+
+    if not path.exists():
+        return
+    try:
+        earlier = WRITTEN_MARK in path.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        raise EincError(f"{path}: cannot read it ({error.strerror}); give --grown-pc OUT.pc") from None
+    if not earlier:
+        raise EincError(f"{path} exists and is not a circuit grown by einc lvd --grow, which would write the grown "
+                        f"circuit there (the model's name with the suffix .pc): give --grown-pc OUT.pc, or move it")
 
 
 def cmd_lvd(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from einc.ir.neural import DEFAULT_QUERY_SAMPLES
 from einc.ir.plan import Plan
 from einc.loading import load
 from einc.model import Model, compile
+from einc.progress import counted
 from einc.train.history import history_path, learning_curves, read_history, write_history
 from einc.train.loop import EpochRecord
 from einc.train.options import check_label_options
@@ -238,7 +239,7 @@ class Session:
         """Say how training ended and write the model (one process, or rank 0 of several)."""
         model, args = self.model, self.args
         if args.resume and not history:
-            print(f"already trained for {model.training.epoch if model.training else 0} epochs; "
+            print(f"already trained for {counted(model.training.epoch if model.training else 0, 'epoch')}; "
                   f"raise --epochs to train longer")
         if args.valid and model.training is not None and model.training.best_epoch is not None:
             print(f"kept the parameters of the best validation epoch ({model.training.best_epoch}): "
@@ -277,7 +278,7 @@ class Session:
             what = f"the parameters of epoch {state.best_epoch} (best valid LL {state.best_valid_ll:.4f})"
         else:
             what = f"the parameters after epoch {state.epoch}"
-        print(f"einc: {word} after {state.epoch} epochs; wrote {what} to {self.output} "
+        print(f"einc: {word} after {counted(state.epoch, 'epoch')}; wrote {what} to {self.output} "
               f"(continue with --resume {self.output})", file=sys.stderr)
         return code
 

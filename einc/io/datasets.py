@@ -416,18 +416,29 @@ def fetch(name: str, folder: str | os.PathLike | None = None, progress: bool | N
         say(f"{result}: not the published data (an old or damaged copy); fetching it again")
     staging = home / ".downloads" / dataset.key
     downloads = {}
-    for item in dataset.files:
-        say(f"{command_name(name)}: {item.file} ({item.size:,} bytes)")
-        downloads[item.file] = download(dataset.file_urls(item.file), staging / item.file, item.size, item.sha256,
-                                        label=item.file, progress=progress)
-    dataset.convert(dataset, downloads, result)
-    # the downloads are in the result now; drop them and the folders they leave empty
-    shutil.rmtree(staging, ignore_errors=True)
-    folder = staging.parent
-    while folder != home and folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-        folder = folder.parent
+    try:
+        for item in dataset.files:
+            say(f"{command_name(name)}: {item.file} ({item.size:,} bytes)")
+            downloads[item.file] = download(dataset.file_urls(item.file), staging / item.file, item.size,
+                                            item.sha256, label=item.file, progress=progress)
+        dataset.convert(dataset, downloads, result)
+        # the downloads are in the result now
+        shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        # after a failure too: folders left empty (a failed download keeps no partial file)
+        prune_empty_folders(staging, home)
     return result, True
+
+
+def prune_empty_folders(folder: Path, home: Path) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``home`` while they are empty
+    (or already gone)."""
+    while folder != home and home in folder.parents:
+        if folder.exists():
+            if not folder.is_dir() or any(folder.iterdir()):
+                return
+            folder.rmdir()
+        folder = folder.parent
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ from einc.ir.program import RegionSizeStatement, SizeStatement
 from einc.ir.region_graph import RegionGraph, RegionId, Scope
 from einc.model import Model, compile as compile_model
 
+# the last line of every .pc that write_grown writes: a later `einc lvd --grow` may replace such a
+# file at its default path, and no other file there (einc.cli.commands.check_derived_grown_pc)
+WRITTEN_MARK = "# written by einc lvd --grow"
 GROWN_HEADER = "# sizes of the grown circuit (einc growing, LVD-PG Algorithm 1): K per region where it differs"
 
 
@@ -130,5 +133,7 @@ def write_grown(model: Model, pc_path: str | os.PathLike, model_path: str | os.P
     """Write the grown circuit's ``.pc`` text and its model file (both atomically)."""
     check_writable(pc_path, "circuit output")
     check_writable(model_path, "model output")
-    atomic_write(pc_path, lambda stream: stream.write(model.source.encode("utf-8")))
+    # the mark goes last, so that the file's line numbers stay those of model.source
+    text = model.source if WRITTEN_MARK in model.source else model.source.rstrip("\n") + "\n" + WRITTEN_MARK + "\n"
+    atomic_write(pc_path, lambda stream: stream.write(text.encode("utf-8")))
     model.save(model_path)

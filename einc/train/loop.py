@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from einc.errors import EincError, TrainingError
+from einc.progress import counted
 from einc.ir.plan import Plan
 
 # One training recipe for the API, the CLI and mixtures: the one the DEBD benchmark selected
@@ -244,8 +245,8 @@ def train(plan: Plan, parameters: Parameters, steps: EpochSteps, options: Option
             if options.patience is not None and run.stale_epochs >= options.patience:
                 stopped_early = epoch < options.epochs
                 if stopped_early:
-                    hooks.say(f"stopped early after epoch {epoch}: no better valid LL for {run.stale_epochs} "
-                              f"epochs (patience {options.patience}); the best was epoch {run.best_epoch}, "
+                    hooks.say(f"stopped early after epoch {epoch}: no better valid LL for "
+                              f"{counted(run.stale_epochs, 'epoch')} (patience {options.patience}); the best was epoch {run.best_epoch}, "
                               f"valid LL {run.best_valid_ll:.4f}")
                 break
     except (KeyboardInterrupt, *hooks.stop_errors):
