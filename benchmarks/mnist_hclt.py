@@ -101,6 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mnist_hclt")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="write the chosen model (the best validation point) as an einc archive (.npz)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run whose checkpoint is OUT.ckpt (written after every epoch), with "
+                             "its own options and the budget it had left; give only --out (and --data)")
     args = parser.parse_args(argv)
     if not 0 < args.final_step_size <= args.step_size <= 1:
         parser.error("need 0 < --final-step-size <= --step-size <= 1")
@@ -120,11 +125,15 @@ class Clock:
     """Time against the budget (in the chosen clock), and per-row rates measured as the run goes."""
 
     deadline: float
-    now: Callable[[], float]
+    counter: Callable[[], float]
+    offset: float = 0.0  # the budget time that earlier sittings of a resumed run used
     train_rate: float | None = None  # seconds per training row (E-step + M-step)
     eval_rate: float | None = None  # seconds per evaluated row (forward only)
     rows: dict[str, int] = field(default_factory=dict)
     totals: dict[str, tuple[float, int]] = field(default_factory=dict)  # kind -> (seconds, rows)
+
+    def now(self) -> float:
+        return self.offset + self.counter()
 
     def left(self) -> float:
         return self.deadline - self.now()
@@ -207,19 +216,43 @@ def annealed(args: argparse.Namespace, progress: float) -> float:
     return args.step_size * (args.final_step_size / args.step_size) ** progress
 
 
+# Minutes that earlier sittings of a resumed run spent (wall, CPU), added to this sitting's.
+EARLIER = {"wall_minutes": 0.0, "cpu_minutes": 0.0}
+
+
 def elapsed() -> dict[str, float]:
-    """Minutes since the run began: wall, and CPU of this whole process."""
-    return {"wall_minutes": (time.perf_counter() - STARTED) / 60, "cpu_minutes": time.process_time() / 60}
+    """Minutes since the run began, earlier sittings included: wall, and CPU of this process."""
+    return {"wall_minutes": EARLIER["wall_minutes"] + (time.perf_counter() - STARTED) / 60,
+            "cpu_minutes": EARLIER["cpu_minutes"] + time.process_time() / 60}
 
 
 def to_bpd(log_likelihood: float, rows: int) -> float:
     return -log_likelihood / rows / (PIXELS * math.log(2))
 
 
-def main(argv: list[str] | None = None) -> int:
+def checkpoint_path(out: Path) -> Path:
+    return out.with_suffix(".ckpt")
+
+
+def resumed_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, dict | None]:
+    """The options of this run and, with --resume, the checkpoint it continues (whose options win:
+    only --data, where MNIST is on this machine, may differ)."""
     args = parse_args(argv)
+    if not args.resume:
+        return args, None
+    path = checkpoint_path(args.out)
+    if not path.is_file():
+        raise SystemExit(f"error: --resume: no checkpoint {path} (a run writes it after every epoch)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    stored = parse_args(state["argv"])
+    stored.data = args.data if args.data is not None else stored.data
+    return stored, state
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, state = resumed_arguments(argv)
     torch.set_num_threads(args.threads)
-    command = records.command_line("mnist_hclt.py", argv)
+    command = state["command"] if state else records.command_line("mnist_hclt.py", argv)
     clock = Clock(60.0 * args.budget_minutes, CLOCKS[args.clock])
     records.require_device(args.device, "mnist_hclt.py")
     images, test = records.mnist_images(records.mnist_path(args.data))
@@ -228,16 +261,24 @@ def main(argv: list[str] | None = None) -> int:
     test = test[: args.test_rows].astype(np.float64)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     clock.rows = {"train": len(train), "valid": len(valid), "test": len(test)}
-    tree_started = time.perf_counter()
-    source, tree = learn_structure(
-        "hclt", train, args.out.with_suffix(".pc"), hidden_states=args.sums,
-        variables=ROOT / "examples" / "mnist_categorical.pc", bins=args.bins, max_rows=args.tree_rows,
-        seed=args.seed,
-    )
-    atomic_write(args.out.with_suffix(".pc"), lambda stream: stream.write(source.encode("utf-8")))
-    tree_seconds = time.perf_counter() - tree_started
-    print(f"tree: depth {tree.depth}, {tree.weight:.2f} nats of mutual information ({tree_seconds:.1f} s)",
-          file=sys.stderr, flush=True)
+    if state is None:
+        tree_started = time.perf_counter()
+        source, learned = learn_structure(
+            "hclt", train, args.out.with_suffix(".pc"), hidden_states=args.sums,
+            variables=ROOT / "examples" / "mnist_categorical.pc", bins=args.bins, max_rows=args.tree_rows,
+            seed=args.seed,
+        )
+        atomic_write(args.out.with_suffix(".pc"), lambda stream: stream.write(source.encode("utf-8")))
+        tree = {"depth": learned.depth, "root": int(learned.root), "mutual_information": learned.weight,
+                "bins": args.bins, "rows": args.tree_rows, "seconds": time.perf_counter() - tree_started}
+        print(f"tree: depth {tree['depth']}, {tree['mutual_information']:.2f} nats of mutual information "
+              f"({tree['seconds']:.1f} s)", file=sys.stderr, flush=True)
+    else:
+        source, tree = state["source"], state["tree"]
+        clock.offset, clock.totals = state["clock_now"], state["clock_totals"]
+        for kind, (spent, counted) in clock.totals.items():
+            setattr(clock, kind, spent / max(1, counted))
+        EARLIER.update(state["elapsed"])
     model = einc.compile(source, backend="torch", device=args.device, dtype=args.dtype, seed=args.seed,
                          precision=args.precision)
     splits = {name: prepare(model.graph, data, None, name) for name, data in
@@ -246,88 +287,122 @@ def main(argv: list[str] | None = None) -> int:
     print(f"HCLT K={args.sums}: {model.num_parameters:,} parameters; set up in {clock.now():.0f} s "
           f"(budget {args.budget_minutes:g} {args.clock} min)", file=sys.stderr, flush=True)
     rng = np.random.default_rng(args.seed)
-    history: list[dict] = []
-    best = (math.inf, None, "")
-    params = prototype_leaves(model, images[: len(train)], rng) if args.init == "prototypes" else model.params
-    train_started = clock.now()
-    stopped = "epochs"
-    epoch = 0
-    while epoch < args.epochs and stopped == "epochs":
-        epoch += 1
-        epoch_started = time.perf_counter()
-        order = rng.permutation(len(train))
-        # pieces end on batch boundaries, so every batch but the epoch's last is full
-        bounds = np.linspace(0, -(-len(order) // args.batch_size), args.parts + 1).round().astype(int)
-        total, rows, steps = 0.0, 0, []
-        for low, high in zip(bounds[:-1], bounds[1:]):
-            piece = order[low * args.batch_size : high * args.batch_size]
-            if len(piece) == 0:
-                continue
-            # the rest of the run after this piece: a validation now, then the full-batch steps and test
-            after = (clock.train_rate or 0.0) * len(piece) + clock.rest(args.full_batch_steps) + MARGIN * (
-                clock.eval_rate or clock.train_rate or 0.0) * len(valid)
-            if clock.train_rate is not None and clock.left() < after:
-                stopped = "budget"
+    device = model.backend.device
+    if state is None:
+        history: list[dict] = []
+        best = (math.inf, None, "")
+        params = prototype_leaves(model, images[: len(train)], rng) if args.init == "prototypes" else model.params
+        train_started, stopped, epoch, full_batch_done = clock.now(), "epochs", 0, 0
+    else:
+        history, stopped, epoch, full_batch_done = (state["history"], state["stopped"], state["epoch"],
+                                                    state["full_batch_done"])
+        params = {k: v.to(device) for k, v in state["params"].items()}
+        best = (state["best"][0], state["best"][1] and {k: v.to(device) for k, v in state["best"][1].items()},
+                state["best"][2])
+        train_started = state["train_started"]
+        rng.bit_generator.state = state["rng"]
+        print(f"resumed after {len(history)} records (epoch {epoch}, {full_batch_done} full-batch steps; "
+              f"{clock.offset / 60:.1f} budget minutes used)", file=sys.stderr, flush=True)
+
+    def save_checkpoint() -> None:
+        cpu = {k: v.detach().cpu() for k, v in params.items()}
+        kept = best[1] and {k: v.detach().cpu() for k, v in best[1].items()}
+        payload = {"argv": list(sys.argv[1:] if argv is None else argv) if state is None else state["argv"],
+                   "command": command, "source": source, "tree": tree, "params": cpu, "best": (best[0], kept, best[2]),
+                   "history": history, "stopped": stopped, "epoch": epoch, "full_batch_done": full_batch_done,
+                   "train_started": train_started, "rng": rng.bit_generator.state, "clock_now": clock.now(),
+                   "clock_totals": clock.totals, "elapsed": elapsed()}
+        atomic_write(checkpoint_path(args.out), lambda stream: torch.save(payload, stream))
+
+    try:
+        while epoch < args.epochs and stopped == "epochs" and full_batch_done == 0:
+            epoch += 1
+            epoch_started = time.perf_counter()
+            order = rng.permutation(len(train))
+            # pieces end on batch boundaries, so every batch but the epoch's last is full
+            bounds = np.linspace(0, -(-len(order) // args.batch_size), args.parts + 1).round().astype(int)
+            total, rows, steps = 0.0, 0, []
+            for low, high in zip(bounds[:-1], bounds[1:]):
+                piece = order[low * args.batch_size : high * args.batch_size]
+                if len(piece) == 0:
+                    continue
+                # the rest of the run after this piece: a validation now, then the full-batch steps and test
+                after = (clock.train_rate or 0.0) * len(piece) + clock.rest(args.full_batch_steps) + MARGIN * (
+                    clock.eval_rate or clock.train_rate or 0.0) * len(valid)
+                if clock.train_rate is not None and clock.left() < after:
+                    stopped = "budget"
+                    break
+                training_left = clock.deadline - train_started - clock.rest(args.full_batch_steps)
+                step = annealed(args, (clock.now() - train_started) / max(training_left, 1e-9))
+                piece_started = clock.now()
+                params, piece_total = model.backend.train_epoch(
+                    params, resident, piece, args.batch_size, step, args.pseudocount)
+                clock.measure("train_rate", clock.now() - piece_started, len(piece))
+                total, rows = total + piece_total, rows + len(piece)
+                steps.append(step)
+            if rows == 0:
                 break
-            training_left = clock.deadline - train_started - clock.rest(args.full_batch_steps)
-            step = annealed(args, (clock.now() - train_started) / max(training_left, 1e-9))
-            piece_started = clock.now()
-            params, piece_total = model.backend.train_epoch(
-                params, resident, piece, args.batch_size, step, args.pseudocount)
-            clock.measure("train_rate", clock.now() - piece_started, len(piece))
-            total, rows = total + piece_total, rows + len(piece)
-            steps.append(step)
-        if rows == 0:
-            break
-        seconds = time.perf_counter() - epoch_started
-        record = {
-            "epoch": epoch if rows == len(train) else epoch - 1 + rows / len(train),
-            "seconds": seconds,
-            "step_sizes": [round(s, 4) for s in steps],
-            # the running mean over the epoch's batches, each before its update
-            "train": to_bpd(total, rows),
-            "valid": bits_per_dimension(model, params, *splits["valid"], clock),
-            **elapsed(),
-        }
-        history.append(record)
-        if record["valid"] < best[0]:
-            best = (record["valid"], {k: v.clone() for k, v in params.items()}, f"epoch {record['epoch']:g}")
-        print(f"epoch {record['epoch']:6.2f}: step {steps[0]:.3f}->{steps[-1]:.3f}  train {record['train']:.4f}  "
-              f"valid {record['valid']:.4f} bpd  ({seconds:.0f} s; {record['wall_minutes']:.1f} wall, "
-              f"{record['cpu_minutes']:.1f} CPU min; budget {args.budget_minutes:g} {args.clock} min)",
-              file=sys.stderr, flush=True)
-        write(args, command, history, tree, tree_seconds, model, None)
-    for step_number in range(1, args.full_batch_steps + 1):
-        step_started = time.perf_counter()
-        params, log_likelihood = full_batch_step(model, params, *splits["train"], args.batch_size,
-                                                 args.pseudocount, clock)
-        record = {
-            "epoch": (history[-1]["epoch"] if history else 0) + 1,
-            "seconds": time.perf_counter() - step_started,
-            "full_batch_step": step_number,
-            "train": to_bpd(log_likelihood, len(train)),  # before this step's M-step
-            "valid": bits_per_dimension(model, params, *splits["valid"], clock),
-            **elapsed(),
-        }
-        history.append(record)
-        if record["valid"] < best[0]:
-            best = (record["valid"], {k: v.clone() for k, v in params.items()}, f"full-batch step {step_number}")
-        print(f"full-batch EM step {step_number}: train {record['train']:.4f}  valid {record['valid']:.4f} bpd "
-              f"({record['seconds']:.0f} s; {record['wall_minutes']:.1f} wall, {record['cpu_minutes']:.1f} CPU min)",
-              file=sys.stderr, flush=True)
+            seconds = time.perf_counter() - epoch_started
+            record = {
+                "epoch": epoch if rows == len(train) else epoch - 1 + rows / len(train),
+                "seconds": seconds,
+                "step_sizes": [round(s, 4) for s in steps],
+                # the running mean over the epoch's batches, each before its update
+                "train": to_bpd(total, rows),
+                "valid": bits_per_dimension(model, params, *splits["valid"], clock),
+                **elapsed(),
+            }
+            history.append(record)
+            if record["valid"] < best[0]:
+                best = (record["valid"], {k: v.clone() for k, v in params.items()}, f"epoch {record['epoch']:g}")
+            print(f"epoch {record['epoch']:6.2f}: step {steps[0]:.3f}->{steps[-1]:.3f}  train {record['train']:.4f}  "
+                  f"valid {record['valid']:.4f} bpd  ({seconds:.0f} s; {record['wall_minutes']:.1f} wall, "
+                  f"{record['cpu_minutes']:.1f} CPU min; budget {args.budget_minutes:g} {args.clock} min)",
+                  file=sys.stderr, flush=True)
+            write(args, command, history, tree, model, None)
+            save_checkpoint()
+        while full_batch_done < args.full_batch_steps:
+            step_started = time.perf_counter()
+            params, log_likelihood = full_batch_step(model, params, *splits["train"], args.batch_size,
+                                                     args.pseudocount, clock)
+            full_batch_done += 1
+            record = {
+                "epoch": (history[-1]["epoch"] if history else 0) + 1,
+                "seconds": time.perf_counter() - step_started,
+                "full_batch_step": full_batch_done,
+                "train": to_bpd(log_likelihood, len(train)),  # before this step's M-step
+                "valid": bits_per_dimension(model, params, *splits["valid"], clock),
+                **elapsed(),
+            }
+            history.append(record)
+            if record["valid"] < best[0]:
+                best = (record["valid"], {k: v.clone() for k, v in params.items()}, f"full-batch step {full_batch_done}")
+            print(f"full-batch EM step {full_batch_done}: train {record['train']:.4f}  valid {record['valid']:.4f} "
+                  f"bpd ({record['seconds']:.0f} s; {record['wall_minutes']:.1f} wall, {record['cpu_minutes']:.1f} "
+                  f"CPU min)", file=sys.stderr, flush=True)
+            write(args, command, history, tree, model, None)
+            save_checkpoint()
+    except KeyboardInterrupt:
+        print(f"interrupted; the checkpoint of the last finished epoch is {checkpoint_path(args.out)}: continue "
+              f"with python benchmarks/mnist_hclt.py --resume --out {args.out}", file=sys.stderr)
+        return 130
     chosen = best[1] if best[1] is not None else params
     model.set_parameters({k: v.detach().cpu().numpy() for k, v in chosen.items()})
     final = {"chosen": best[2], "valid": best[0], "stopped_by": stopped,
              "test": bits_per_dimension(model, model.params, *splits["test"], clock)}
     final.update(elapsed())
-    write(args, command, history, tree, tree_seconds, model, final)
+    if args.save is not None:
+        model.save(args.save)
+        final["model"] = str(args.save)
+    write(args, command, history, tree, model, final)
+    checkpoint_path(args.out).unlink(missing_ok=True)  # the results hold everything now
     print(args.out.with_suffix(".md").read_text())
     print(f"Test: {final['test']:.4f} bits per dimension")
     return 0
 
 
-def write(args: argparse.Namespace, command: str, history: list[dict], tree, tree_seconds: float,
-          model: einc.Model, final: dict | None) -> None:
+def write(args: argparse.Namespace, command: str, history: list[dict], tree: dict, model: einc.Model,
+          final: dict | None) -> None:
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": command,
@@ -345,8 +420,7 @@ def write(args: argparse.Namespace, command: str, history: list[dict], tree, tre
                    f"{args.pseudocount:g}, then {args.full_batch_steps} full-batch EM step(s)"),
         "budget_minutes": args.budget_minutes,
         "budget_clock": args.clock,
-        "tree": {"depth": tree.depth, "root": int(tree.root), "mutual_information": tree.weight,
-                 "bins": args.bins, "rows": args.tree_rows, "seconds": tree_seconds},
+        "tree": tree,
         **elapsed(),
     }
     payload = {"meta": meta, "history": history, "final": final}
@@ -359,8 +433,8 @@ def write(args: argparse.Namespace, command: str, history: list[dict], tree, tre
         f"Generated on {meta['date']} by `{command}` ({meta['machine']}; load average "
         f"{meta['load_average']}; torch {meta['torch']}, {args.device}, {args.dtype}, {args.threads} thread(s)).",
         "",
-        f"HCLT K={args.sums}: {meta['parameters']:,} parameters; tree learned in {tree_seconds:.1f} s from "
-        f"{args.tree_rows} training rows ({args.bins} grey-level bins), depth {tree.depth}. "
+        f"HCLT K={args.sums}: {meta['parameters']:,} parameters; tree learned in {tree['seconds']:.1f} s from "
+        f"{tree['rows']} training rows ({tree['bins']} grey-level bins), depth {tree['depth']}. "
         f"Recipe: {meta['recipe']}; budget {args.budget_minutes:g} {args.clock} minutes for the whole run.",
         "",
     ]

@@ -83,3 +83,64 @@ def test_prototype_leaves_are_distributions_around_distinct_training_images() ->
     assert all(tuple(p) in rows for p in prototypes.tolist()) and len({tuple(p) for p in prototypes.tolist()}) == 3
     mixed = mnist_hclt.prototype_leaves(model, pixels, np.random.default_rng(1))[name].numpy()[:, 0]
     assert np.allclose(mixed.sum(2), 1.0) and (mixed > 0).all()  # the histogram part: every level possible
+
+
+SMOKE = ["--data", str(SMALL), "--sums", "2", "--epochs", "3", "--parts", "2", "--batch-size", "100",
+         "--train-rows", "300", "--tree-rows", "300", "--valid-rows", "200", "--test-rows", "100",
+         "--full-batch-steps", "2", "--clock", "cpu", "--budget-minutes", "60"]
+
+
+@pytest.mark.parametrize("interrupt_at", ["epoch 2", "full-batch step 2"])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 interrupt_at: str) -> None:
+    """A run stopped mid-epoch (or mid full-batch step) keeps the checkpoint of its last finished
+    record; --resume continues it to the same history and test score as a run never stopped
+    (with a budget this long the step sizes are the first one, so no timing enters)."""
+    whole = tmp_path / "whole"
+    assert mnist_hclt.main(SMOKE + ["--out", str(whole)]) == 0
+    expected = json.loads(whole.with_suffix(".json").read_text())
+    assert not mnist_hclt.checkpoint_path(whole).exists()  # removed once the results are written
+
+    out = tmp_path / "cut"
+    calls = {"train": 0, "full": 0}
+    train_epoch = mnist_hclt.einc.backends.torch_backend.TorchBackend.train_epoch
+    full_batch_step = mnist_hclt.full_batch_step
+
+    def cut_train(self, *args, **kwargs):
+        calls["train"] += 1
+        if interrupt_at == "epoch 2" and calls["train"] == 4:  # the second piece of epoch 2
+            raise KeyboardInterrupt
+        return train_epoch(self, *args, **kwargs)
+
+    def cut_full(*args, **kwargs):
+        calls["full"] += 1
+        if interrupt_at == "full-batch step 2" and calls["full"] == 2:
+            raise KeyboardInterrupt
+        return full_batch_step(*args, **kwargs)
+
+    monkeypatch.setattr(mnist_hclt.einc.backends.torch_backend.TorchBackend, "train_epoch", cut_train)
+    monkeypatch.setattr(mnist_hclt, "full_batch_step", cut_full)
+    assert mnist_hclt.main(SMOKE + ["--out", str(out)]) == 130
+    assert "--resume --out" in capsys.readouterr().err
+    stopped = json.loads(out.with_suffix(".json").read_text())
+    assert stopped["final"] is None and len(stopped["history"]) == (1 if interrupt_at == "epoch 2" else 4)
+    monkeypatch.setattr(mnist_hclt, "EARLIER", {"wall_minutes": 0.0, "cpu_minutes": 0.0})
+    monkeypatch.setattr(mnist_hclt.einc.backends.torch_backend.TorchBackend, "train_epoch", train_epoch)
+    monkeypatch.setattr(mnist_hclt, "full_batch_step", full_batch_step)
+    assert mnist_hclt.main(["--resume", "--out", str(out)]) == 0
+    resumed = json.loads(out.with_suffix(".json").read_text())
+    keys = ("epoch", "step_sizes", "full_batch_step")
+    assert [[h.get(k) for k in keys] for h in resumed["history"]] == [[h.get(k) for k in keys]
+                                                                       for h in expected["history"]]
+    for name in ("train", "valid"):
+        assert [h[name] for h in resumed["history"]] == pytest.approx([h[name] for h in expected["history"]],
+                                                                      rel=1e-9)
+    assert resumed["final"]["test"] == pytest.approx(expected["final"]["test"], rel=1e-9)
+    assert resumed["meta"]["command"] == expected["meta"]["command"].replace(str(whole), str(out))
+    assert not mnist_hclt.checkpoint_path(out).exists()
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        mnist_hclt.main(["--resume", "--out", str(tmp_path / "none")])
