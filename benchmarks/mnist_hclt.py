@@ -225,7 +225,8 @@ def smooth_leaves(model: einc.Model, params: dict, valid: tuple, clock: Clock) -
     the training images' exact levels) are blended with their Gaussian blur, the (width, blend)
     of SMOOTHING_GRID, or none, that scores best on the validation split. A prior that
     neighbouring grey levels are about equally likely; on the K=64 HCLT of 28 minutes it took
-    valid 1.2217 to 1.2123 bpd (width 1.5, blend 0.25). Returns the parameters and the choice with every candidate's score."""
+    valid 1.2217 to 1.2123 bpd (width 1.5, blend 0.25). Returns the parameters, and the choice
+    with every candidate's score."""
     names = [block.param for op in model.backend.plan.ops for block in getattr(op, "blocks", ())
              if block.family.name == "categorical" and params[block.param].shape[-1] == 256]
     scores = {"none": bits_per_dimension(model, params, *valid, clock)}
@@ -422,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             history.append(record)
             if record["valid"] < best[0]:
-                best = (record["valid"], {k: v.clone() for k, v in params.items()}, f"full-batch step {full_batch_done}")
+                best = (record["valid"], {k: v.clone() for k, v in params.items()},
+                        f"full-batch step {full_batch_done}")
             print(f"full-batch EM step {full_batch_done}: train {record['train']:.4f}  valid {record['valid']:.4f} "
                   f"bpd ({record['seconds']:.0f} s; {record['wall_minutes']:.1f} wall, {record['cpu_minutes']:.1f} "
                   f"CPU min)", file=sys.stderr, flush=True)
