@@ -40,22 +40,60 @@ MIN_WEIGHT = 1e-12
 DEFAULT_PSEUDOCOUNT = 0.01
 # Leaf parameters are updated in blocks of rows of at most this many entries (``em_update``).
 _BLOCK_ENTRIES = 1 << 20
+# Sum weights on the CPU in blocks of rows of about this many entries (``_normalise``): 1 MB of
+# float32, about a core's L2 cache.
+_CACHE_BLOCK_ENTRIES = 1 << 18
 
 
 def _normalise(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float,
                pseudocount: float = 0.0) -> Any:
     """w_batch = (n + α/m) / (Σn + α) over ``axes`` (m entries); w ← (1−λ) w + λ w_batch; kept
-    ≥ MIN_WEIGHT and normalised."""
-    if pseudocount:
-        entries = 1
-        for axis in axes:
-            entries *= counts.shape[axis]
-        counts = counts + pseudocount / entries
-    total = counts.sum(axis=axes, keepdims=True)
+    ≥ MIN_WEIGHT and normalised.
+
+    On the CPU in blocks of leading rows (``axes`` never include axis 0: a row's weights are
+    normalised within the row) of about a core's L2 cache, so that the update's six passes
+    run over a block that is still in the cache: a RAT K=40 layer's (80, 40, 40, 40) weights,
+    20 MB, took 20 against 35-67 ms (2-core Xeon, 1 thread). Elsewhere (CUDA, CuPy, a traced
+    torch.compile graph) one block: each block costs its own kernels."""
+    entries = math.prod(counts.shape[axis] for axis in axes)
+    per_entry = pseudocount / entries
+    rows = old.shape[0] if old.ndim else 1
+    step = max(1, _CACHE_BLOCK_ENTRIES // max(1, math.prod(old.shape[1:])))
+    if step >= rows or 0 in axes or not _in_host_memory(old):
+        return _normalise_block(xp, counts, axes, old, step_size, per_entry)
+    new = xp.empty_like(old)
+    for start in range(0, rows, step):
+        block = slice(start, start + step)
+        new[block] = _normalise_block(xp, counts[block], axes, old[block], step_size, per_entry)
+    return new
+
+
+def _normalise_block(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float,
+                     per_entry: float) -> Any:
+    """``_normalise`` of a block of rows, in place on the block's own fresh estimate."""
+    estimate = counts + per_entry  # fresh: ``counts`` (the caller's statistics) stay as they are
+    total = estimate.sum(axis=axes, keepdims=True)
     has_mass = total > NO_MASS
-    estimate = xp.where(has_mass, counts / xp.where(has_mass, total, 1.0), old)
-    new = xp.clip(old + step_size * (estimate - old), MIN_WEIGHT, None)
-    return new / new.sum(axis=axes, keepdims=True)
+    estimate /= xp.where(has_mass, total, 1.0)
+    estimate = xp.where(has_mass, estimate, old)
+    estimate -= old
+    estimate *= step_size
+    estimate += old
+    estimate = xp.clip(estimate, MIN_WEIGHT, None)
+    estimate /= estimate.sum(axis=axes, keepdims=True)
+    return estimate
+
+
+def _in_host_memory(array: Any) -> bool:
+    """Whether ``array`` is a NumPy array or a CPU torch tensor outside a torch.compile trace."""
+    device = getattr(array, "device", "cpu")
+    if isinstance(device, str):  # NumPy (2.x names its device "cpu"; 1.x has none)
+        return device == "cpu"
+    if getattr(device, "type", None) != "cpu":  # CUDA tensors; a CuPy Device has no type
+        return False
+    import torch
+
+    return not torch.compiler.is_compiling()
 
 
 def _leaf_update(xp: Any, rule: Any, family: Any, old: Any, sum_pt: Any, sum_p: Any, per_statistic: Any,

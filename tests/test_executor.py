@@ -129,12 +129,35 @@ def test_golden_file_exists_or_is_regenerated() -> None:
 def test_executor_equals_the_recorded_results(name: str, copied: str | None) -> None:
     """The executor, and a pickled or deep-copied one (``torch.save`` of a module, ``deepcopy``
     of the best model so far), give the recorded results."""
+    assert_recorded(name, _results(name, copied))
+
+
+def assert_recorded(name: str, got: dict[str, np.ndarray]) -> None:
+    """``got`` is what the golden file holds for circuit ``name``: samples exactly, the rest to 1e-12."""
     with np.load(GOLDEN) as golden:
         expected = {key: golden[key] for key in golden.files if key.startswith(name + "/")}
-    got = _results(name, copied)
     assert sorted(got) == sorted(expected)
     for key, value in got.items():
         if key.endswith("/mpe") or key.endswith("/sample"):
             np.testing.assert_array_equal(value, expected[key], err_msg=key)
         else:
             np.testing.assert_allclose(value, expected[key], rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(CIRCUITS))
+def test_row_tiled_einsum_layers_and_m_steps_equal_the_recorded_results(name: str, monkeypatch) -> None:
+    """With tiles of one row forced on every einsum layer (``RowTiledPairs``: pair products made
+    tile by tile, again in the backward pass) and on every sum-weight M-step (``em._normalise``
+    in blocks of two rows), every query, statistic and EM epoch gives the recorded results."""
+    from einc.backends import em
+    from einc.backends.torch_ops import einsum
+
+    calls = []
+    tiled = einsum.RowTiledPairs.apply
+    monkeypatch.setattr(einsum, "_TILE_BYTES", 1)
+    monkeypatch.setattr(einsum.RowTiledPairs, "apply", lambda *args: calls.append(1) or tiled(*args))
+    monkeypatch.setattr(em, "_CACHE_BLOCK_ENTRIES", 2)
+    assert_recorded(name, _results(name))
+    model = einc.compile(CIRCUITS[name])
+    outer = any(type(op).__name__ == "EinsumOp" and tuple(sorted(op.path[0])) == (0, 1) for op in model.plan.ops)
+    assert bool(calls) == outer, "the tiled contraction runs wherever an einsum layer multiplies pairs first"
