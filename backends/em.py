@@ -50,36 +50,45 @@ def _normalise(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size:
     """w_batch = (n + α/m) / (Σn + α) over ``axes`` (m entries); w ← (1−λ) w + λ w_batch; kept
     ≥ MIN_WEIGHT and normalised.
 
-    On the CPU in blocks of leading rows (``axes`` never include axis 0: a row's weights are
-    normalised within the row) of about a core's L2 cache, so that the update's six passes
-    run over a block that is still in the cache: a RAT K=40 layer's (80, 40, 40, 40) weights,
-    20 MB, took 20 against 35-67 ms (2-core Xeon, 1 thread). Elsewhere (CUDA, CuPy, a traced
-    torch.compile graph) one block: each block costs its own kernels."""
+    On the CPU in blocks of leading rows (a row's weights are normalised within the row) of
+    about a core's L2 cache, written in place into the result, so that the update's passes run
+    over a block that is still in the cache: a RAT K=40 layer's (80, 40, 40, 40) weights, 20 MB,
+    took 20 against 35-67 ms (2-core Xeon, 1 thread). Elsewhere (CUDA, CuPy, a traced
+    torch.compile graph) one block of fresh arrays: each block would cost its own kernels, and
+    the mass is not checked on the host (a sync)."""
     entries = math.prod(counts.shape[axis] for axis in axes)
     per_entry = pseudocount / entries
     rows = old.shape[0] if old.ndim else 1
     step = max(1, _CACHE_BLOCK_ENTRIES // max(1, math.prod(old.shape[1:])))
-    if step >= rows or 0 in axes or not _in_host_memory(old):
+    if 0 in axes or not _in_host_memory(old):
         return _normalise_block(xp, counts, axes, old, step_size, per_entry)
     new = xp.empty_like(old)
     for start in range(0, rows, step):
         block = slice(start, start + step)
-        new[block] = _normalise_block(xp, counts[block], axes, old[block], step_size, per_entry)
+        _normalise_block(xp, counts[block], axes, old[block], step_size, per_entry, out=new[block])
     return new
 
 
 def _normalise_block(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float,
-                     per_entry: float) -> Any:
-    """``_normalise`` of a block of rows, in place on the block's own fresh estimate."""
-    estimate = counts + per_entry  # fresh: ``counts`` (the caller's statistics) stay as they are
+                     per_entry: float, out: Any = None) -> Any:
+    """``_normalise`` of a block of rows, in place on its fresh estimate: ``out`` (host memory,
+    where a check of the mass is free and saves a pass) or a new array. ``counts`` (the caller's
+    statistics) stay as they are."""
+    estimate = counts + per_entry if out is None else xp.add(counts, per_entry, out=out)
     total = estimate.sum(axis=axes, keepdims=True)
     has_mass = total > NO_MASS
     estimate /= xp.where(has_mass, total, 1.0)
-    estimate = xp.where(has_mass, estimate, old)
+    if out is None:
+        estimate = xp.where(has_mass, estimate, old)
+    elif not bool(has_mass.all()):  # rows no sample reached keep their weights
+        estimate[...] = xp.where(has_mass, estimate, old)
     estimate -= old
     estimate *= step_size
     estimate += old
-    estimate = xp.clip(estimate, MIN_WEIGHT, None)
+    if out is None:
+        estimate = xp.clip(estimate, MIN_WEIGHT, None)
+    else:
+        xp.clip(estimate, MIN_WEIGHT, None, out=estimate)
     estimate /= estimate.sum(axis=axes, keepdims=True)
     return estimate
 
