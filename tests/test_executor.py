@@ -144,17 +144,21 @@ def assert_recorded(name: str, got: dict[str, np.ndarray]) -> None:
             np.testing.assert_allclose(value, expected[key], rtol=1e-12, atol=1e-12, err_msg=key)
 
 
+@pytest.mark.parametrize("gradients", ["matmul", "pairs"])
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
-def test_row_tiled_einsum_layers_and_m_steps_equal_the_recorded_results(name: str, monkeypatch) -> None:
+def test_row_tiled_einsum_layers_and_m_steps_equal_the_recorded_results(name: str, gradients: str,
+                                                                        monkeypatch) -> None:
     """With tiles of one row forced on every einsum layer (``RowTiledPairs``: pair products made
-    tile by tile, again in the backward pass) and on every sum-weight M-step (``em._normalise``
-    in blocks of two rows), every query, statistic and EM epoch gives the recorded results."""
+    tile by tile, again in the backward pass, whose gradients come by either strategy) and on
+    every sum-weight M-step (``em._normalise`` in blocks of one row), every query, statistic and
+    EM epoch gives the recorded results."""
     from einc.backends import em
     from einc.backends.torch_ops import einsum
 
     calls = []
     tiled = einsum.RowTiledPairs.apply
     monkeypatch.setattr(einsum, "_TILE_BYTES", 1)
+    monkeypatch.setattr(einsum, "_MATMUL_GRADIENTS_BELOW", 2**60 if gradients == "matmul" else 0)
     monkeypatch.setattr(einsum.RowTiledPairs, "apply", lambda *args: calls.append(1) or tiled(*args))
     monkeypatch.setattr(em, "_CACHE_BLOCK_ENTRIES", 2)
     assert_recorded(name, _results(name))

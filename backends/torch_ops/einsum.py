@@ -116,7 +116,8 @@ def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: 
     rows, k_left, batch = left.shape
     k_out, k_right = weights.shape[1], weights.shape[3]
     first = tuple(sorted(path[0]))
-    if first == (0, 1) and left.device.type == "cpu" and _tiles_pay(rows, k_left * k_right * batch, left):
+    if first == (0, 1) and left.device.type == "cpu" and not torch.compiler.is_compiling() and (
+            torch.is_grad_enabled() or len(_row_tiles(rows, k_left * k_right * batch * left.element_size())) > 1):
         return RowTiledPairs.apply(left, right, weights)  # (L, i, B), (L, j, B), (L, k, i, j) -> (L, k, B)
     if first == (0, 1):
         # (L, i, B) x (L, j, B) -> (L, i·j, B); then (L, k, i·j) x (L, i·j, B) -> (L, k, B)
@@ -134,27 +135,27 @@ def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: 
 
 
 # The bytes of (i·j, B) pair products one row tile of RowTiledPairs makes: about a core's L2
-# cache, so that each tile is written and read back there, not through memory.
+# cache, so that each tile is written and read back there, not through memory. A layer whose
+# pairs take at most _UNTILED_TILES tiles runs as one (fewer, larger ops pay more there).
 _TILE_BYTES = 1 << 20
-
-
-def _tiles_pay(rows: int, pairs_per_row: int, like: torch.Tensor) -> bool:
-    """Row tiles pay where the layer's pair products outgrow the cache (a RAT K=40 layer: 51 MB
-    at batch 100): below that, one untiled pass has fewer, larger ops (a RAT K=10 layer, 3.2 MB:
-    even in an EM epoch, 7% slower queries tiled)."""
-    return rows * pairs_per_row * like.element_size() > 4 * _TILE_BYTES and not torch.compiler.is_compiling()
+_UNTILED_TILES = 4
+# RowTiledPairs' backward by matmuls (``_matmul_gradients``) below this many weights per row
+# (k·i·j), by the pair products' gradient above (``_pair_gradients``): on a 2-core Xeon
+# (AVX-512), 1 thread, B=100, L=80, forward and backward: K=10 1.9 against 2.5 ms, K=16 5.3
+# against 5.8, K=20 9.9 against 10.3, K=40 57 against 50 (autograd's untiled: 2.8, 8.8, 24, 119).
+_MATMUL_GRADIENTS_BELOW = 32**3
 
 
 class RowTiledPairs(torch.autograd.Function):
-    """``lib,ljb,lkij->lkb`` in tiles of rows, each tile's (i·j, B) pair products made, used and
-    dropped while they are in the cache; the backward makes them again tile by tile instead of
-    keeping the whole (L, i·j, B) tensor from the forward pass.
+    """``lib,ljb,lkij->lkb`` on the CPU in tiles of rows, each tile's (i·j, B) pair products made,
+    used and dropped while they are in the cache; the backward makes what it needs again tile
+    by tile instead of keeping the whole (L, i·j, B) tensor from the forward pass.
 
-    The untiled path writes the pairs, reads them in the forward bmm and again for ∂W, writes
-    ∂pairs, and reads both once more for ∂left and ∂right: on a RAT K=40 layer (L=80, B=100,
-    51 MB of pairs) some 400 MB through memory, where the arithmetic is 3 GFLOP. Tiled, on a
-    2-core Xeon (AVX-512), 1 thread: forward and backward 49 against 119 ms (L=80) and 25
-    against 52 ms (L=40); at K=10 (4 MB) about even, hence ``_tiles_pay``."""
+    Autograd's untiled path writes the pairs, reads them in the forward bmm and again for ∂W,
+    writes ∂pairs, and reads both once more for ∂left and ∂right: on a RAT K=40 layer (L=80,
+    B=100, 51 MB of pairs) some 400 MB through memory, where the arithmetic is 3 GFLOP. Tiled, on
+    a 2-core Xeon (AVX-512), 1 thread: forward and backward 49 against 119 ms (L=80), 25
+    against 52 ms (L=40). Small layers are one tile, and gain from the matmul backward."""
 
     @staticmethod
     def forward(ctx: Any, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -171,31 +172,60 @@ class RowTiledPairs(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         left, right, weights = ctx.saved_tensors
-        need_left, need_right, need_weights = ctx.needs_input_grad
-        rows, k_left, batch = left.shape
-        k_out, k_right = weights.shape[1], weights.shape[3]
+        need = ctx.needs_input_grad
+        grads = (torch.empty_like(left) if need[0] else None, torch.empty_like(right) if need[1] else None,
+                 torch.empty_like(weights) if need[2] else None)
         grad = grad.contiguous()
-        grad_left = torch.empty_like(left) if need_left else None
-        grad_right = torch.empty_like(right) if need_right else None
-        grad_weights = torch.empty_like(weights) if need_weights else None
-        for tile in _row_tiles(rows, k_left * k_right * batch * left.element_size()):
-            g = grad[tile]  # (n, k, B)
-            w = weights[tile].reshape(-1, k_out, k_left * k_right)  # (n, k, i·j)
-            if need_weights:
-                pairs = (left[tile, :, None, :] * right[tile, None, :, :]).reshape(-1, k_left * k_right, batch)
-                # (n, k, B) x (n, B, i·j) -> (n, k, i·j)
-                torch.bmm(g, pairs.transpose(1, 2), out=grad_weights[tile].view(-1, k_out, k_left * k_right))
-            if need_left or need_right:
-                # ∂pairs: (n, i·j, k) x (n, k, B) -> (n, i·j, B), viewed (n, i, j, B)
-                grad_pairs = torch.bmm(w.transpose(1, 2), g).view(-1, k_left, k_right, batch)
-                if need_left:  # Σ_j ∂pairs[n,i,j,b] right[n,j,b] -> (n, i, B)
-                    torch.sum(grad_pairs * right[tile, None, :, :], 2, out=grad_left[tile])
-                if need_right:  # Σ_i ∂pairs[n,i,j,b] left[n,i,b] -> (n, j, B)
-                    torch.sum(grad_pairs * left[tile, :, None, :], 1, out=grad_right[tile])
-        return grad_left, grad_right, grad_weights
+        rows, k_left, batch = left.shape
+        gradients = _matmul_gradients if weights[0].numel() < _MATMUL_GRADIENTS_BELOW else _pair_gradients
+        for tile in _row_tiles(rows, k_left * weights.shape[3] * batch * left.element_size()):
+            gradients(grad[tile], left[tile], right[tile], weights[tile], *(g if g is None else g[tile] for g in grads))
+        return grads
+
+
+def _pair_gradients(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                    grad_left: Any, grad_right: Any, grad_weights: Any) -> None:
+    """One tile's gradients through its pair products (made again) and their gradient."""
+    n, k_out, k_left, k_right = weights.shape
+    batch = left.shape[2]
+    if grad_weights is not None:
+        pairs = (left[:, :, None, :] * right[:, None, :, :]).reshape(n, k_left * k_right, batch)
+        # (n, k, B) x (n, B, i·j) -> (n, k, i·j)
+        torch.bmm(grad, pairs.transpose(1, 2), out=grad_weights.view(n, k_out, k_left * k_right))
+    if grad_left is not None or grad_right is not None:
+        # ∂pairs: (n, i·j, k) x (n, k, B) -> (n, i·j, B), viewed (n, i, j, B)
+        grad_pairs = torch.bmm(weights.reshape(n, k_out, k_left * k_right).transpose(1, 2), grad)
+        grad_pairs = grad_pairs.view(n, k_left, k_right, batch)
+        if grad_left is not None:  # Σ_j ∂pairs[n,i,j,b] right[n,j,b] -> (n, i, B)
+            torch.sum(grad_pairs * right[:, None, :, :], 2, out=grad_left)
+        if grad_right is not None:  # Σ_i ∂pairs[n,i,j,b] left[n,i,b] -> (n, j, B)
+            torch.sum(grad_pairs * left[:, :, None, :], 1, out=grad_right)
+
+
+def _matmul_gradients(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                      grad_left: Any, grad_right: Any, grad_weights: Any) -> None:
+    """One tile's gradients as matmuls over the (k·i, B) and (k·j, B) products of the output's
+    gradient with each operand: no ∂pairs, whose matmul has the narrow k as inner side."""
+    n, k_out, k_left, k_right = weights.shape
+    batch = left.shape[2]
+    if grad_weights is not None or grad_right is not None:
+        # (n, k, 1, B) x (n, 1, i, B) -> (n, k·i, B)
+        grad_by_left = (grad[:, :, None, :] * left[:, None, :, :]).reshape(n, k_out * k_left, batch)
+        if grad_weights is not None:  # (n, k·i, B) x (n, B, j) -> (n, k·i, j): ∂W[n,k,i,j]
+            torch.bmm(grad_by_left, right.transpose(1, 2), out=grad_weights.view(n, k_out * k_left, k_right))
+        if grad_right is not None:  # (n, j, k·i) x (n, k·i, B) -> (n, j, B)
+            torch.bmm(weights.reshape(n, k_out * k_left, k_right).transpose(1, 2), grad_by_left, out=grad_right)
+    if grad_left is not None:
+        # (n, k, 1, B) x (n, 1, j, B) -> (n, k·j, B); (n, i, k·j) x (n, k·j, B) -> (n, i, B)
+        grad_by_right = (grad[:, :, None, :] * right[:, None, :, :]).reshape(n, k_out * k_right, batch)
+        torch.bmm(weights.transpose(1, 2).reshape(n, k_left, k_out * k_right), grad_by_right, out=grad_left)
 
 
 def _row_tiles(rows: int, bytes_per_row: int) -> list[slice]:
+    """Slices of rows whose pair products take about _TILE_BYTES each; one slice for a layer
+    of at most _UNTILED_TILES tiles."""
+    if rows * bytes_per_row <= _UNTILED_TILES * _TILE_BYTES:
+        return [slice(0, rows)]
     step = max(1, _TILE_BYTES // max(1, bytes_per_row))
     return [slice(start, min(rows, start + step)) for start in range(0, rows, step)]
 
