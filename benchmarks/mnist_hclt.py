@@ -286,10 +286,15 @@ def resumed_arguments(argv: list[str] | None) -> tuple[argparse.Namespace, dict 
     args = parse_args(argv)
     if not args.resume:
         return args, None
+    own = parse_args(["--resume", "--out", str(args.out)] + ([] if args.data is None else ["--data", str(args.data)]))
+    ignored = [name for name, value in vars(args).items() if value != getattr(own, name)]
+    if ignored:
+        raise SystemExit("error: --resume continues a run with its own options: leave out "
+                         + ", ".join("--" + name.replace("_", "-") for name in ignored))
     path = checkpoint_path(args.out)
     if not path.is_file():
         raise SystemExit(f"error: --resume: no checkpoint {path} (a run writes it after every epoch)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     stored = parse_args(state["argv"])
     stored.data = args.data if args.data is not None else stored.data
     return stored, state

@@ -141,9 +141,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_results(tmp_path: Path,
     assert not mnist_hclt.checkpoint_path(out).exists()
 
 
-def test_resume_without_a_checkpoint_says_so(tmp_path: Path) -> None:
+def test_resume_without_a_checkpoint_or_with_other_options_says_so(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no checkpoint"):
         mnist_hclt.main(["--resume", "--out", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="its own options: leave out --sums, --smooth-leaves"):
+        mnist_hclt.main(["--resume", "--out", str(tmp_path / "none"), "--sums", "8", "--smooth-leaves"])
 
 
 def test_blurred_interior_keeps_the_ends_and_the_mass() -> None:

@@ -116,9 +116,11 @@ def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: 
     rows, k_left, batch = left.shape
     k_out, k_right = weights.shape[1], weights.shape[3]
     first = tuple(sorted(path[0]))
-    if first == (0, 1) and left.device.type == "cpu" and not torch.compiler.is_compiling() and (
-            torch.is_grad_enabled() or len(_row_tiles(rows, k_left * k_right * batch * left.element_size())) > 1):
-        return RowTiledPairs.apply(left, right, weights)  # (L, i, B), (L, j, B), (L, k, i, j) -> (L, k, B)
+    if first == (0, 1) and left.device.type == "cpu" and not torch.compiler.is_compiling():
+        # differentiated, or too large for the cache: tiles, and the backward of RowTiledPairs
+        tiles = _row_tiles(rows, k_left * k_right * batch * left.element_size())
+        if torch.is_grad_enabled() or len(tiles) > 1:
+            return RowTiledPairs.apply(left, right, weights)  # (L, i, B), (L, j, B), (L, k, i, j) -> (L, k, B)
     if first == (0, 1):
         # (L, i, B) x (L, j, B) -> (L, i·j, B); then (L, k, i·j) x (L, i·j, B) -> (L, k, B)
         pairs = (left[:, :, None, :] * right[:, None, :, :]).reshape(rows, k_left * k_right, batch)

@@ -425,7 +425,7 @@ def fetch(name: str, folder: str | os.PathLike | None = None, progress: bool | N
         # the downloads are in the result now
         shutil.rmtree(staging, ignore_errors=True)
     finally:
-        # after a failure too: folders left empty (a failed download keeps no partial file)
+        # after a failure too: folders left empty (a partial download, kept to resume, keeps its own)
         prune_empty_folders(staging, home)
     return result, True
 

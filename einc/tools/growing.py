@@ -134,6 +134,8 @@ def write_grown(model: Model, pc_path: str | os.PathLike, model_path: str | os.P
     check_writable(pc_path, "circuit output")
     check_writable(model_path, "model output")
     # the mark goes last, so that the file's line numbers stay those of model.source
-    text = model.source if WRITTEN_MARK in model.source else model.source.rstrip("\n") + "\n" + WRITTEN_MARK + "\n"
+    text = model.source
+    if WRITTEN_MARK not in text:
+        text = text.rstrip("\n") + "\n" + WRITTEN_MARK + "\n"
     atomic_write(pc_path, lambda stream: stream.write(text.encode("utf-8")))
     model.save(model_path)

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from einc.errors import EincError, TrainingError
-from einc.progress import counted
 from einc.ir.plan import Plan
+from einc.progress import counted
 
 # One training recipe for the API, the CLI and mixtures: the one the DEBD benchmark selected
 # (benchmarks/README.md, "Training recipe"): online EM with batch 100 and step size 0.05.
@@ -246,8 +246,8 @@ def train(plan: Plan, parameters: Parameters, steps: EpochSteps, options: Option
                 stopped_early = epoch < options.epochs
                 if stopped_early:
                     hooks.say(f"stopped early after epoch {epoch}: no better valid LL for "
-                              f"{counted(run.stale_epochs, 'epoch')} (patience {options.patience}); the best was epoch {run.best_epoch}, "
-                              f"valid LL {run.best_valid_ll:.4f}")
+                              f"{counted(run.stale_epochs, 'epoch')} (patience {options.patience}); the best "
+                              f"was epoch {run.best_epoch}, valid LL {run.best_valid_ll:.4f}")
                 break
     except (KeyboardInterrupt, *hooks.stop_errors):
         parameters.set_parameters(run.kept)
