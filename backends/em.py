@@ -82,9 +82,12 @@ def _normalise_block(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step
         estimate = xp.where(has_mass, estimate, old)
     elif not bool(has_mass.all()):  # rows no sample reached keep their weights
         estimate[...] = xp.where(has_mass, estimate, old)
-    estimate -= old
-    estimate *= step_size
-    estimate += old
+    if out is not None and hasattr(estimate, "lerp_"):  # torch: (1−λ) w + λ w_batch in one pass
+        estimate.lerp_(old, 1.0 - step_size)
+    else:  # old + λ (estimate − old), in place
+        estimate -= old
+        estimate *= step_size
+        estimate += old
     if out is None:
         estimate = xp.clip(estimate, MIN_WEIGHT, None)
     else:

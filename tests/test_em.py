@@ -216,3 +216,21 @@ def test_sum_weight_m_step_in_row_blocks_equals_the_whole_update(xp_name: str, s
         if not pseudocount:  # (with one, every row has mass)
             np.testing.assert_allclose(np.asarray(blocked)[1], old[1], rtol=1e-15, atol=0)
         np.testing.assert_allclose(np.asarray(blocked).sum(axis=axes), 1.0, rtol=1e-14)
+
+
+def test_counts_are_made_in_place_only_on_a_gradient_nothing_else_shares() -> None:
+    """torch_backend._counts multiplies W into the gradient in place on the CPU, but not where
+    autograd handed one buffer to two weights (the second product would multiply twice) and not
+    in a traced pass."""
+    from einc.backends.torch_backend import _counts
+
+    w1, w2 = torch.full((2, 3), 2.0), torch.full((2, 3), 3.0)
+    shared = torch.ones(2, 3)
+    assert torch.equal(_counts(w1, shared, (shared, shared), False), w1)
+    assert torch.equal(_counts(w2, shared, (shared, shared), False), w2)
+    assert torch.equal(shared, torch.ones(2, 3))  # neither product was written into the shared buffer
+    own, other = torch.ones(2, 3), torch.ones(2, 3)
+    counts = _counts(w1, own, (own, other), False)
+    assert counts is own and torch.equal(own, w1)  # in place: no fresh buffer
+    fresh = torch.ones(2, 3)
+    assert _counts(w1, fresh, (fresh,), True) is not fresh and torch.equal(fresh, torch.ones(2, 3))

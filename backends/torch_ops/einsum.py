@@ -187,21 +187,28 @@ class RowTiledPairs(torch.autograd.Function):
 
 def _pair_gradients(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
                     grad_left: Any, grad_right: Any, grad_weights: Any) -> None:
-    """One tile's gradients through its pair products (made again) and their gradient."""
+    """One tile's gradients through its pair products (made again) and their gradient, both
+    batch-major, (B, i, j) per row: each is then one matmul with a wide inner side or none, and
+    ∂left, ∂right are batched matrix-vector products, not a product and a sum over (i, j, B).
+    On a 2-core Xeon, 1 thread, K=40, B=100, 80 one-row tiles: 27 against 33 ms stored (i, j, B)."""
     n, k_out, k_left, k_right = weights.shape
     batch = left.shape[2]
+    left_by_batch = left.transpose(1, 2).contiguous()  # (n, B, i)
+    right_by_batch = right.transpose(1, 2).contiguous()  # (n, B, j)
     if grad_weights is not None:
-        pairs = (left[:, :, None, :] * right[:, None, :, :]).reshape(n, k_left * k_right, batch)
-        # (n, k, B) x (n, B, i·j) -> (n, k, i·j)
-        torch.bmm(grad, pairs.transpose(1, 2), out=grad_weights.view(n, k_out, k_left * k_right))
+        # (n, B, i, 1) x (n, B, 1, j) -> (n, B, i·j); (n, k, B) x (n, B, i·j) -> (n, k, i·j)
+        pairs = (left_by_batch[:, :, :, None] * right_by_batch[:, :, None, :]).reshape(n, batch, k_left * k_right)
+        torch.bmm(grad, pairs, out=grad_weights.view(n, k_out, k_left * k_right))
     if grad_left is not None or grad_right is not None:
-        # ∂pairs: (n, i·j, k) x (n, k, B) -> (n, i·j, B), viewed (n, i, j, B)
-        grad_pairs = torch.bmm(weights.reshape(n, k_out, k_left * k_right).transpose(1, 2), grad)
-        grad_pairs = grad_pairs.view(n, k_left, k_right, batch)
-        if grad_left is not None:  # Σ_j ∂pairs[n,i,j,b] right[n,j,b] -> (n, i, B)
-            torch.sum(grad_pairs * right[:, None, :, :], 2, out=grad_left)
-        if grad_right is not None:  # Σ_i ∂pairs[n,i,j,b] left[n,i,b] -> (n, j, B)
-            torch.sum(grad_pairs * left[:, :, None, :], 1, out=grad_right)
+        # ∂pairs: (n, B, k) x (n, k, i·j) -> (n, B, i·j), viewed (n·B, i, j)
+        grad_pairs = torch.bmm(grad.transpose(1, 2), weights.reshape(n, k_out, k_left * k_right))
+        grad_pairs = grad_pairs.view(n * batch, k_left, k_right)
+        if grad_left is not None:  # (n·B, i, j) x (n·B, j, 1) -> (n·B, i), stored (n, i, B)
+            by_batch = torch.bmm(grad_pairs, right_by_batch.view(n * batch, k_right, 1))
+            grad_left.copy_(by_batch.view(n, batch, k_left).transpose(1, 2))
+        if grad_right is not None:  # (n·B, 1, i) x (n·B, i, j) -> (n·B, j), stored (n, j, B)
+            by_batch = torch.bmm(left_by_batch.view(n * batch, 1, k_left), grad_pairs)
+            grad_right.copy_(by_batch.view(n, batch, k_right).transpose(1, 2))
 
 
 def _matmul_gradients(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
