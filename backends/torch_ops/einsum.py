@@ -142,10 +142,11 @@ def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: 
 _TILE_BYTES = 1 << 20
 _UNTILED_TILES = 4
 # RowTiledPairs' backward by matmuls (``_matmul_gradients``) below this many weights per row
-# (k·i·j), by the pair products' gradient above (``_pair_gradients``): on a 2-core Xeon
-# (AVX-512), 1 thread, B=100, L=80, forward and backward: K=10 1.9 against 2.5 ms, K=16 5.3
-# against 5.8, K=20 9.9 against 10.3, K=40 57 against 50 (autograd's untiled: 2.8, 8.8, 24, 119).
-_MATMUL_GRADIENTS_BELOW = 32**3
+# (k·i·j), through the batch-major pair products above (``_pair_gradients``): on a 2-core Xeon
+# (AVX-512), 1 thread, B=100, L=80, forward and backward in ms, matmul against pairs: K=10 2.4
+# against 4.0, K=16 6.0/7.5, K=20 10.8/10.7, K=26 21.8/20.3, K=32 34.9/29.2, K=40 60.7/51.0
+# (autograd's untiled: 2.8 at K=10, 8.8 at 16, 24 at 20, 119 at 40).
+_MATMUL_GRADIENTS_BELOW = 22**3
 
 
 class RowTiledPairs(torch.autograd.Function):
