@@ -430,7 +430,8 @@ class TorchBackend:
         # a sample of probability 0 (possible with indicator leaves) has no posterior: no counts
         possible = torch.where(log_p > ZERO_PROBABILITY, log_p, torch.zeros_like(log_p))
         grads = torch.autograd.grad(possible.sum(), list(weights.values()) + leaves)
-        weight_counts = {name: _counts(w.detach(), g, grads, self.fuse) for (name, w), g in zip(weights.items(), grads)}
+        weight_counts = {name: _counts(w.detach(), g, grads, self.fuse)
+                         for (name, w), g in zip(weights.items(), grads)}
         leaf_stats: dict[str, tuple[Any, Any]] = {}
         leaf_grads = iter(grads[len(weights):])
         for op in self.plan.ops:
@@ -625,7 +626,8 @@ class DeviceData:
     latents: torch.Tensor | None = None  # (N, latents): clamped states, −1 summed out
 
 
-def _counts(weights: torch.Tensor, grad: torch.Tensor, grads: tuple[torch.Tensor, ...], traced: bool) -> torch.Tensor:
+def _counts(weights: torch.Tensor, grad: torch.Tensor, grads: tuple[torch.Tensor, ...],
+            traced: bool) -> torch.Tensor:
     """The expected counts n = W · ∂ Σ log p / ∂W. On the CPU in place on the gradient, a tensor
     of this pass that nothing holds after it (a large layer's counts are the size of its weights:
     one fresh buffer fewer per step), unless another gradient shares its memory (autograd may

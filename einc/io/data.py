@@ -144,12 +144,24 @@ class DataFile:
     format: str  # "npy", "npz", "gzip" (CSV inside) or "csv"
 
 
+def _split_key(text: str) -> tuple[str, str | None]:
+    """``file.npz:key`` -> (``file.npz``, ``key``); also a key on any other file that is there
+    (``find_data_file`` refuses it as not an .npz), unless the whole text names a file (a path
+    with a colon in it). Otherwise (``text``, None)."""
+    if ":" not in text:
+        return text, None
+    name, key = text.rsplit(":", 1)
+    if ".npz:" in text or (not Path(text).exists() and Path(name).is_file()):
+        return name, key
+    return text, None
+
+
 def find_data_file(path: str | Path, key: str | None = None) -> DataFile:
     """Check that ``path`` (``file.npz:key`` names an array) is a readable, non-empty file and
     recognise its format from its content; ``DataError`` naming the path otherwise."""
     text = str(path)
-    if key is None and ":" in text and (".npz:" in text or (not Path(text).exists() and Path(text.rsplit(":", 1)[0]).is_file())):
-        text, key = text.rsplit(":", 1)  # file.npz:key, or a key on a file that is there (refused below)
+    if key is None:
+        text, key = _split_key(text)
     source = text if key is None else f"{text}:{key}"
     file = Path(text)
     if not file.exists():
