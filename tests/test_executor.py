@@ -148,7 +148,7 @@ def assert_recorded(name: str, got: dict[str, np.ndarray]) -> None:
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_row_tiled_einsum_layers_and_m_steps_equal_the_recorded_results(name: str, gradients: str,
                                                                         monkeypatch) -> None:
-    """With tiles of one row forced on every einsum layer (``RowTiledPairs``: pair products made
+    """With tiles of one row forced on every einsum layer (``RowTiledLogEinsumExp``: pair products made
     tile by tile, again in the backward pass, whose gradients come by either strategy) and on
     every sum-weight M-step (``em._normalise`` in blocks of one row), every query, statistic and
     EM epoch gives the recorded results."""
@@ -156,10 +156,10 @@ def test_row_tiled_einsum_layers_and_m_steps_equal_the_recorded_results(name: st
     from einc.backends.torch_ops import einsum
 
     calls = []
-    tiled = einsum.RowTiledPairs.apply
+    tiled = einsum.RowTiledLogEinsumExp.apply
     monkeypatch.setattr(einsum, "_TILE_BYTES", 1)
     monkeypatch.setattr(einsum, "_MATMUL_GRADIENTS_BELOW", 2**60 if gradients == "matmul" else 0)
-    monkeypatch.setattr(einsum.RowTiledPairs, "apply", lambda *args: calls.append(1) or tiled(*args))
+    monkeypatch.setattr(einsum.RowTiledLogEinsumExp, "apply", lambda *args: calls.append(1) or tiled(*args))
     monkeypatch.setattr(em, "_CACHE_BLOCK_ENTRIES", 2)
     assert_recorded(name, _results(name))
     model = einc.compile(CIRCUITS[name])

@@ -10,15 +10,16 @@ come from autograd: n = W · ∂ Σ log p / ∂W.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 import torch
 
-from einc.backends.base import shifted_exp
+from einc.backends.base import SHIFTED_LOG_FLOOR, shifted_exp
 from einc.backends.torch_ops import TorchOpRule, log_of_mass, log_sum_exp_shift
 from einc.errors import BackendError
-from einc.ir.plan import EinsumOp, Plan
+from einc.ir.plan import EinsumOp, Plan, RowIndex
 
 
 def contractions(plan: Plan, device: torch.device, batch_minor: bool) -> dict[str, Any]:
@@ -33,6 +34,8 @@ def contractions(plan: Plan, device: torch.device, batch_minor: bool) -> dict[st
 
 def forward(backend: Any, op: EinsumOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],
             max_product: bool, data: Any = None) -> torch.Tensor:
+    if not max_product and _runs_row_tiled(backend, op, data.x.shape[0]):
+        return _row_tiled_log_einsum_exp(backend, op, values, params[op.param])
     left = backend._read(op.left, values)  # (L, B, i)
     right = backend._read(op.right, values)  # (L, B, j)
     weights = params[op.param]  # (L, k, i, j)
@@ -116,11 +119,6 @@ def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: 
     rows, k_left, batch = left.shape
     k_out, k_right = weights.shape[1], weights.shape[3]
     first = tuple(sorted(path[0]))
-    if first == (0, 1) and left.device.type == "cpu" and not torch.compiler.is_compiling():
-        # differentiated, or too large for the cache: tiles, and the backward of RowTiledPairs
-        tiles = _row_tiles(rows, k_left * k_right * batch * left.element_size())
-        if torch.is_grad_enabled() or len(tiles) > 1:
-            return RowTiledPairs.apply(left, right, weights)  # (L, i, B), (L, j, B), (L, k, i, j) -> (L, k, B)
     if first == (0, 1):
         # (L, i, B) x (L, j, B) -> (L, i·j, B); then (L, k, i·j) x (L, i·j, B) -> (L, k, B)
         pairs = (left[:, :, None, :] * right[:, None, :, :]).reshape(rows, k_left * k_right, batch)
@@ -136,12 +134,12 @@ def _einsum_layer_batch_minor(left: torch.Tensor, right: torch.Tensor, weights: 
     return (partial * left[:, None, :, :]).sum(2)
 
 
-# The bytes of (i·j, B) pair products one row tile of RowTiledPairs makes: about a core's L2
+# The bytes of (i·j, B) pair products one row tile of RowTiledLogEinsumExp makes: about a core's L2
 # cache, so that each tile is written and read back there, not through memory. A layer whose
 # pairs take at most _UNTILED_TILES tiles runs as one (fewer, larger ops pay more there).
 _TILE_BYTES = 1 << 20
 _UNTILED_TILES = 4
-# RowTiledPairs' backward by matmuls (``_matmul_gradients``) below this many weights per row
+# RowTiledLogEinsumExp's backward by matmuls (``_matmul_gradients``) below this many weights per row
 # (k·i·j), through the batch-major pair products above (``_pair_gradients``): on a 2-core Xeon
 # (AVX-512), 1 thread, B=100, L=80, forward and backward in ms, matmul against pairs: K=10 2.4
 # against 4.0, K=16 6.0/7.5, K=20 10.8/10.7, K=26 21.8/20.3, K=32 34.9/29.2, K=40 60.7/51.0
@@ -149,41 +147,172 @@ _UNTILED_TILES = 4
 _MATMUL_GRADIENTS_BELOW = 22**3
 
 
-class RowTiledPairs(torch.autograd.Function):
-    """``lib,ljb,lkij->lkb`` on the CPU in tiles of rows, each tile's (i·j, B) pair products made,
-    used and dropped while they are in the cache; the backward makes what it needs again tile
-    by tile instead of keeping the whole (L, i·j, B) tensor from the forward pass.
+def _runs_row_tiled(backend: Any, op: EinsumOp, batch_size: int) -> bool:
+    """Whether the layer runs as ``RowTiledLogEinsumExp``: on the CPU, batch-minor, the plan's
+    path multiplying pairs first, matmul kernels, not traced, and differentiated or too large
+    to run untiled in the cache."""
+    if not (backend.batch_minor and backend.device.type == "cpu" and not torch.compiler.is_compiling()
+            and backend.contractions[op.kernel] is _einsum_layer_batch_minor
+            and tuple(sorted(op.path[0])) == (0, 1)):
+        return False
+    pair_bytes = op.k_left * op.k_right * batch_size * backend.dtype.itemsize
+    return torch.is_grad_enabled() or len(_row_tiles(op.rows, pair_bytes)) > 1
+
+
+def _row_tiled_log_einsum_exp(backend: Any, op: EinsumOp, values: list[torch.Tensor],
+                              weights: torch.Tensor) -> torch.Tensor:
+    """The layer by ``RowTiledLogEinsumExp`` on its operands' stored rows, (L, B, k) as a view."""
+    left_source, left_rows = _stored_rows(backend, op.left, values)
+    right_source, right_rows = _stored_rows(backend, op.right, values)
+    # rows of one value (disjoint, as decomposability has them): one gradient tensor for both
+    same = (left_source is not None and right_source is not None
+            and op.left.segments[0].value == op.right.segments[0].value and _disjoint(left_rows, right_rows))
+    if left_source is None:
+        left_source, left_rows = backend._read(op.left, values).transpose(1, 2), slice(0, op.rows)
+    if right_source is None:
+        right_source, right_rows = backend._read(op.right, values).transpose(1, 2), slice(0, op.rows)
+    # (L', i, B)[rows], (L'', j, B)[rows], (L, k, i, j) -> (L, k, B), indexed (L, B, k)
+    value = RowTiledLogEinsumExp.apply(weights, left_source, left_rows, None if same else right_source, right_rows)
+    return value.transpose(1, 2)
+
+
+def _stored_rows(backend: Any, operand: Any, values: list[torch.Tensor]) -> tuple[torch.Tensor | None, slice]:
+    """(the whole value stored (L', K, B), its rows) where ``operand`` is one run of rows of one
+    computed value, so that the layer's backward writes that value's gradient whole (no split
+    or slice of it, whose backward copies each piece into a fresh zero-filled tensor); else
+    (None, ·)."""
+    if len(operand.segments) != 1 or isinstance(operand.segments[0], RowIndex):
+        return None, slice(0, 0)
+    segment = operand.segments[0]
+    value = values[segment.value]
+    if not isinstance(value, torch.Tensor):  # deferred (input.LookupLeaves): rows made at the read
+        return None, slice(0, 0)
+    return value.transpose(1, 2), slice(segment.start, segment.stop)
+
+
+def _disjoint(first: slice, second: slice) -> bool:
+    return first.stop <= second.start or second.stop <= first.start
+
+
+class RowTiledLogEinsumExp(torch.autograd.Function):
+    """A whole CPU einsum layer, ``log Σ_ij W[l,k,i,j] exp(N[l,b,i]) exp(N'[l,b,j])`` on the
+    stored (L, K, B) values, in tiles of rows: each tile's (i·j, B) pair products are made,
+    used and dropped while they are in the cache, and the backward makes what it needs again
+    tile by tile instead of keeping the whole (L, i·j, B) tensor.
 
     Autograd's untiled path writes the pairs, reads them in the forward bmm and again for ∂W,
     writes ∂pairs, and reads both once more for ∂left and ∂right: on a RAT K=40 layer (L=80,
     B=100, 51 MB of pairs) some 400 MB through memory, where the arithmetic is 3 GFLOP. Tiled, on
     a 2-core Xeon (AVX-512), 1 thread: forward and backward 49 against 119 ms (L=80), 25
-    against 52 ms (L=40). Small layers are one tile, and gain from the matmul backward."""
+    against 52 ms (L=40). Small layers are one tile, and gain from the matmul backward.
+
+    The shift, exp and log around the contraction are part of the function too, so that the
+    backward is two elementwise passes (∂mixed = g / mixed; ∂N = ∂exp(N) · exp(N)) instead of
+    autograd's one or two per forward op (log, add, exp, clamp, sub). Both operands may be rows
+    of one value (``right_source`` None): their gradients are then written into one tensor of
+    that value's shape, which is the gradient autograd hands on unchanged."""
 
     @staticmethod
-    def forward(ctx: Any, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(left, right, weights)
-        rows, k_left, batch = left.shape
-        k_out, k_right = weights.shape[1], weights.shape[3]
-        out = left.new_empty((rows, k_out, batch))
-        for tile in _row_tiles(rows, k_left * k_right * batch * left.element_size()):
-            # (n, i, 1, B) x (n, 1, j, B) -> (n, i·j, B); (n, k, i·j) x (n, i·j, B) -> (n, k, B)
-            pairs = (left[tile, :, None, :] * right[tile, None, :, :]).reshape(-1, k_left * k_right, batch)
-            torch.bmm(weights[tile].reshape(-1, k_out, k_left * k_right), pairs, out=out[tile])
-        return out
+    def forward(ctx: Any, weights: torch.Tensor, left_source: torch.Tensor, left_rows: slice,
+                right_source: torch.Tensor | None, right_rows: slice) -> torch.Tensor:
+        left = left_source[left_rows]  # (L, i, B)
+        right = (left_source if right_source is None else right_source)[right_rows]  # (L, j, B)
+        left_shift, left_empty = log_sum_exp_shift(left, 1)  # (L, 1, B)
+        right_shift, right_empty = log_sum_exp_shift(right, 1)
+        left_exp = _shifted_exp_in_place(left, left_shift)
+        right_exp = _shifted_exp_in_place(right, right_shift)
+        rows, k_out = left.shape[0], weights.shape[1]
+        mixed = left.new_empty((rows, k_out, left.shape[2]))  # (L, k, B)
+        _tiled_pairs_forward(left_exp, right_exp, weights, mixed)
+        empty = left_empty | right_empty  # (L, 1, B): slices without mass (see log_of_mass)
+        any_empty = bool(empty.any())
+        if any_empty:
+            mixed.masked_fill_(empty, 1.0)
+        value = torch.log(mixed).add_(left_shift + right_shift)
+        if any_empty:
+            value.masked_fill_(empty, float("-inf"))
+        ctx.save_for_backward(weights, left_exp, right_exp, mixed, empty if any_empty else None)
+        ctx.shapes = (left_source.shape, None if right_source is None else right_source.shape)
+        ctx.rows = (left_rows, right_rows)
+        return value
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        left, right, weights = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        grads = (torch.empty_like(left) if need[0] else None, torch.empty_like(right) if need[1] else None,
-                 torch.empty_like(weights) if need[2] else None)
-        grad = grad.contiguous()
-        rows, k_left, batch = left.shape
-        gradients = _matmul_gradients if weights[0].numel() < _MATMUL_GRADIENTS_BELOW else _pair_gradients
-        for tile in _row_tiles(rows, k_left * weights.shape[3] * batch * left.element_size()):
-            gradients(grad[tile], left[tile], right[tile], weights[tile], *(g if g is None else g[tile] for g in grads))
-        return grads
+        weights, left_exp, right_exp, mixed, empty = ctx.saved_tensors
+        need_weights, need_left, _, need_right, _ = ctx.needs_input_grad
+        left_rows, right_rows = ctx.rows
+        left_shape, right_shape = ctx.shapes
+        # (L, k, B): ∂ log(mixed), stored like mixed whatever the layout of grad
+        grad_mixed = torch.div(grad, mixed, out=torch.empty_like(mixed))
+        if empty is not None:
+            grad_mixed.masked_fill_(empty, 0.0)
+        grad_weights = torch.empty_like(weights) if need_weights else None
+        one_source = right_shape is None
+        grad_left_source = _rows_gradient(left_shape, left_rows, right_rows if one_source else None,
+                                          left_exp) if need_left else None
+        if one_source:
+            grad_right_source = grad_left_source
+        else:
+            grad_right_source = _rows_gradient(right_shape, right_rows, None, right_exp) if need_right else None
+        grad_left = None if grad_left_source is None else grad_left_source[left_rows]
+        grad_right = None if grad_right_source is None else grad_right_source[right_rows]
+        _tiled_pairs_backward(grad_mixed, left_exp, right_exp, weights, grad_left, grad_right, grad_weights)
+        # ∂N = ∂exp(N − shift) · exp(N − shift), and 0 where the shifted value was clamped
+        for grad_rows, exp in ((grad_left, left_exp), (grad_right, right_exp)):
+            if grad_rows is not None:
+                _times_exp_unless_clamped(grad_rows, exp)
+        if one_source:
+            return grad_weights, grad_left_source, None, None, None
+        return grad_weights, grad_left_source, None, grad_right_source, None
+
+
+def _shifted_exp_in_place(values: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``shifted_exp`` in one fresh tensor (sub, then clamp and exp in place on it)."""
+    return torch.sub(values, shift).clamp_(min=SHIFTED_LOG_FLOOR).exp_()
+
+
+def _rows_gradient(shape: torch.Size, rows: slice, other_rows: slice | None, like: torch.Tensor) -> torch.Tensor:
+    """A gradient of a source value's ``shape``, zero outside ``rows`` (and ``other_rows``), which
+    the backward fills."""
+    grad = like.new_empty(shape)
+    covered = sorted([rows] + ([other_rows] if other_rows is not None else []), key=lambda r: r.start)
+    start = 0
+    for part in covered:  # zero the rows no operand reads
+        if part.start > start:
+            grad[start : part.start].zero_()
+        start = max(start, part.stop)
+    if start < shape[0]:
+        grad[start:].zero_()
+    return grad
+
+
+def _times_exp_unless_clamped(grad: torch.Tensor, exp: torch.Tensor) -> None:
+    """grad · exp in place, and 0 where exp is the floor's (its clamp passed no gradient there)."""
+    grad.mul_(exp)
+    floor = math.exp(SHIFTED_LOG_FLOOR)
+    if float(exp.amin()) <= floor:
+        grad.masked_fill_(exp <= torch.tensor(floor, dtype=exp.dtype), 0.0)
+
+
+def _tiled_pairs_forward(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> None:
+    """``lib,ljb,lkij->lkb`` into ``out`` tile by tile."""
+    rows, k_left, batch = left.shape
+    k_out, k_right = weights.shape[1], weights.shape[3]
+    for tile in _row_tiles(rows, k_left * k_right * batch * left.element_size()):
+        # (n, i, 1, B) x (n, 1, j, B) -> (n, i·j, B); (n, k, i·j) x (n, i·j, B) -> (n, k, B)
+        pairs = (left[tile, :, None, :] * right[tile, None, :, :]).reshape(-1, k_left * k_right, batch)
+        torch.bmm(weights[tile].reshape(-1, k_out, k_left * k_right), pairs, out=out[tile])
+
+
+def _tiled_pairs_backward(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
+                          grad_left: Any, grad_right: Any, grad_weights: Any) -> None:
+    """The gradients of ``_tiled_pairs_forward`` for the output's gradient ``grad`` (L, k, B),
+    written into those of the arguments not None, tile by tile."""
+    rows, k_left, batch = left.shape
+    gradients = _matmul_gradients if weights[0].numel() < _MATMUL_GRADIENTS_BELOW else _pair_gradients
+    for tile in _row_tiles(rows, k_left * weights.shape[3] * batch * left.element_size()):
+        gradients(grad[tile], left[tile], right[tile], weights[tile],
+                  *(g if g is None else g[tile] for g in (grad_left, grad_right, grad_weights)))
 
 
 def _pair_gradients(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
