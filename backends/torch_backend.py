@@ -408,10 +408,11 @@ class TorchBackend:
         return Statistics(float(total), int(x.shape[0]), weight_counts, leaf_stats)
 
     def _statistics(self, params: Params, x: torch.Tensor, observed: torch.Tensor,
-                    labels: torch.Tensor | None, latents: torch.Tensor | None = None
+                    labels: torch.Tensor | None, latents: torch.Tensor | None = None, counts: bool = True
                     ) -> tuple[torch.Tensor, dict[str, Any], dict[str, tuple[Any, Any]]]:
         """The E-step on device tensors, free of host synchronisation (so it can be graph-captured).
-        With clamped ``latents`` it is the E-step of log p(x, z)."""
+        With clamped ``latents`` it is the E-step of log p(x, z). ``counts=False``: the sum
+        weights' gradients ∂ Σ log p / ∂W, not n = W · ∂ (``em_update(weight_gradients=True)``)."""
         weights = {
             spec.name: params[spec.name].detach().requires_grad_(True)
             for spec in self.plan.params
@@ -430,7 +431,7 @@ class TorchBackend:
         # a sample of probability 0 (possible with indicator leaves) has no posterior: no counts
         possible = torch.where(log_p > ZERO_PROBABILITY, log_p, torch.zeros_like(log_p))
         grads = torch.autograd.grad(possible.sum(), list(weights.values()) + leaves)
-        weight_counts = {name: _counts(w.detach(), g, grads, self.fuse)
+        weight_counts = {name: _counts(w.detach(), g, grads, self.fuse) if counts else g
                          for (name, w), g in zip(weights.items(), grads)}
         leaf_stats: dict[str, tuple[Any, Any]] = {}
         leaf_grads = iter(grads[len(weights):])
@@ -505,11 +506,19 @@ class TorchBackend:
         parameters into the old storage (what captured CUDA graphs keep reading)."""
         labels = None if data.labels is None else data.labels.index_select(0, index)
         latents = None if data.latents is None else data.latents.index_select(0, index)
+        # on the CPU the M-step makes the counts n = W · ∂/∂W block by block in the cache, where
+        # it reads W anyway (a pass over every weight fewer than ``_counts``)
+        gradients = self.device.type == "cpu" and not self.fuse
         batch_total, counts, leaf = self._statistics(
-            params, data.values.index_select(0, index), data.observed.index_select(0, index), labels, latents
+            params, data.values.index_select(0, index), data.observed.index_select(0, index), labels, latents,
+            counts=not gradients,
         )
         with torch.no_grad():
-            new = self._m_step(torch, self.plan, params, counts, leaf, step_size, pseudocount)
+            if gradients:
+                new = self._m_step(torch, self.plan, params, counts, leaf, step_size, pseudocount,
+                                   weight_gradients=True)
+            else:
+                new = self._m_step(torch, self.plan, params, counts, leaf, step_size, pseudocount)
             if not in_place:
                 return new, batch_total
             for name, value in new.items():

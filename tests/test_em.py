@@ -190,32 +190,41 @@ def test_leaf_m_step_in_row_blocks_equals_the_whole_update(text: str, backend_na
 
 @pytest.mark.parametrize("xp_name", ["torch", "numpy"])
 @pytest.mark.parametrize("shape, axes", [((7, 3, 4, 5), (2, 3)), ((9, 4, 6), (2,)), ((5, 6), (1,))])
-def test_sum_weight_m_step_in_row_blocks_equals_the_whole_update(xp_name: str, shape, axes, monkeypatch) -> None:
-    """_normalise updates CPU sum weights in cache-sized blocks of rows: the update of the whole
-    array in one block (to the last bit but for the summation order), with a pseudocount, rows
-    of no mass and the statistics left untouched."""
+@pytest.mark.parametrize("gradients", [False, True])
+def test_sum_weight_m_step_in_row_blocks_equals_the_whole_update(xp_name: str, shape, axes, gradients: bool,
+                                                                 monkeypatch) -> None:
+    """_normalise updates CPU sum weights in cache-sized blocks of rows (``_mix_into``): the
+    update of the whole array in fresh arrays (``_normalise_block``, as on CUDA) to rounding, with
+    a pseudocount, rows of no mass and the statistics left untouched; given the gradients
+    ∂/∂w instead of the counts n = w · ∂, it makes the counts itself."""
     from einc.backends import em
 
     rng = np.random.default_rng(0)
-    counts = rng.gamma(0.5, size=shape)
-    counts[1] = 0.0  # a row no sample reached keeps its weights
     old = rng.random(shape)
     old /= old.sum(axis=axes, keepdims=True)
+    counts = rng.gamma(0.5, size=shape)
+    counts[1] = 0.0  # a row no sample reached keeps its weights
+    statistics = counts / old if gradients else counts
     xp = torch if xp_name == "torch" else np
     as_array = (lambda a: torch.as_tensor(a.copy())) if xp is torch else (lambda a: a.copy())
-    counts_before = counts.copy()
+    statistics_before = statistics.copy()
     for pseudocount in (0.0, 0.01):
         whole = em._normalise_block(xp, as_array(counts), axes, as_array(old), 0.3,
                                     pseudocount / np.prod([shape[a] for a in axes]))
         monkeypatch.setattr(em, "_CACHE_BLOCK_ENTRIES", 2 * int(np.prod(shape[1:])))  # 2 rows a block
-        given = as_array(counts)
-        blocked = em._normalise(xp, given, axes, as_array(old), 0.3, pseudocount)
+        given = as_array(statistics)
+        blocked = em._normalise(xp, given, axes, as_array(old), 0.3, pseudocount, gradients)
         monkeypatch.undo()
-        np.testing.assert_allclose(np.asarray(blocked), np.asarray(whole), rtol=1e-15, atol=0)
-        np.testing.assert_array_equal(np.asarray(given), counts_before)
+        np.testing.assert_allclose(np.asarray(blocked), np.asarray(whole), rtol=1e-14, atol=0)
+        np.testing.assert_array_equal(np.asarray(given), statistics_before)
         if not pseudocount:  # (with one, every row has mass)
-            np.testing.assert_allclose(np.asarray(blocked)[1], old[1], rtol=1e-15, atol=0)
+            np.testing.assert_allclose(np.asarray(blocked)[1], old[1], rtol=1e-14, atol=0)
         np.testing.assert_allclose(np.asarray(blocked).sum(axis=axes), 1.0, rtol=1e-14)
+        # the path of device memory (one block of fresh arrays) makes the counts from gradients too
+        monkeypatch.setattr(em, "_in_host_memory", lambda array: False)
+        fresh = em._normalise(xp, as_array(statistics), axes, as_array(old), 0.3, pseudocount, gradients)
+        monkeypatch.undo()
+        np.testing.assert_allclose(np.asarray(fresh), np.asarray(whole), rtol=1e-14, atol=0)
 
 
 def test_counts_are_made_in_place_only_on_a_gradient_nothing_else_shares() -> None:
