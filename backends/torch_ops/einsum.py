@@ -34,7 +34,7 @@ def contractions(plan: Plan, device: torch.device, batch_minor: bool) -> dict[st
 
 def forward(backend: Any, op: EinsumOp, params: dict[str, torch.Tensor], values: list[torch.Tensor],
             max_product: bool, data: Any = None) -> torch.Tensor:
-    if not max_product and _runs_row_tiled(backend, op, data.x.shape[0]):
+    if not max_product and _runs_row_tiled(backend, op, data):
         return _row_tiled_log_einsum_exp(backend, op, values, params[op.param])
     left = backend._read(op.left, values)  # (L, B, i)
     right = backend._read(op.right, values)  # (L, B, j)
@@ -147,16 +147,20 @@ _UNTILED_TILES = 4
 _MATMUL_GRADIENTS_BELOW = 22**3
 
 
-def _runs_row_tiled(backend: Any, op: EinsumOp, batch_size: int) -> bool:
+def _runs_row_tiled(backend: Any, op: EinsumOp, data: Any) -> bool:
     """Whether the layer runs as ``RowTiledLogEinsumExp``: on the CPU, batch-minor, the plan's
-    path multiplying pairs first, matmul kernels, not traced, and differentiated or too large
-    to run untiled in the cache."""
+    path multiplying pairs first, matmul kernels, not traced, and differentiated or, for the
+    batch of ``data`` (``PassData``), too large to run untiled in the cache."""
     if not (backend.batch_minor and backend.device.type == "cpu" and not torch.compiler.is_compiling()
             and backend.contractions[op.kernel] is _einsum_layer_batch_minor
             and tuple(sorted(op.path[0])) == (0, 1)):
         return False
-    pair_bytes = op.k_left * op.k_right * batch_size * backend.dtype.itemsize
-    return torch.is_grad_enabled() or len(_row_tiles(op.rows, pair_bytes)) > 1
+    if torch.is_grad_enabled():
+        return True
+    if data is None:
+        return False
+    pair_bytes = op.k_left * op.k_right * data.x.shape[0] * backend.dtype.itemsize
+    return len(_row_tiles(op.rows, pair_bytes)) > 1
 
 
 def _row_tiled_log_einsum_exp(backend: Any, op: EinsumOp, values: list[torch.Tensor],
