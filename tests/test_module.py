@@ -83,6 +83,26 @@ def test_forward_is_the_models_log_likelihood_with_nan_as_missing(name: str) -> 
 
 
 @pytest.mark.parametrize("name", sorted(CIRCUITS))
+def test_forward_runs_under_inference_mode(name: str) -> None:
+    """``torch.inference_mode()``, where PyTorch users evaluate: the same values as under
+    ``torch.no_grad()`` (its tensors have no version counter, which the kept leaf
+    coefficients of no-grad passes key on), and the model's own queries work there too."""
+    source, data = CIRCUITS[name]
+    model = einc.compile(source, dtype="float64", seed=1)
+    module = model.module()
+    x = torch.as_tensor(data(20, 0))
+    with torch.no_grad():
+        expected = module(x)
+    with torch.inference_mode():
+        got = module(x)
+        again = module(x)
+        queried = model.log_likelihood(x.numpy())
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(again.numpy(), expected.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(queried, expected.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(CIRCUITS))
 def test_gradients_equal_finite_differences(name: str) -> None:
     source, data = CIRCUITS[name]
     model = einc.compile(source, dtype="float64", seed=2)

@@ -47,7 +47,9 @@ def coefficients(backend: Any, op: InputOp, params: dict[str, torch.Tensor], max
     gradient training) compute Θ afresh and keep nothing, and so do compiled or captured passes
     (CUDA: a replayed graph must recompute Θ from φ's current contents)."""
     phis = [params[block.param] for block in op.blocks]
-    if torch.is_grad_enabled() or backend.fuse or backend.device.type != "cpu":
+    # (inference tensors, made under torch.inference_mode, have no version counter to key on)
+    if (torch.is_grad_enabled() or backend.fuse or backend.device.type != "cpu"
+            or any(phi.is_inference() for phi in phis)):
         return [leaf_coefficients(torch, block, phi, max_product) for block, phi in zip(op.blocks, phis)]
     versions = (max_product, *(phi._version for phi in phis))
     kept = backend.query_coefficients.get(op.name)
