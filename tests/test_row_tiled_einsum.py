@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -32,11 +33,12 @@ def reference(weights: torch.Tensor, left: torch.Tensor, right: torch.Tensor) ->
     return torch.log(mixed) + left_max + right_max
 
 
-def operands(seed: int, rows: int, k: int, batch: int, spare_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights (rows, k, k, k) and one source value (2·rows + spare, k, B) whose entries are
+def operands(seed: int, rows: int, k: int, batch: int, spare_rows: int, k_out: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (rows, k_out, k, k) and one source value (2·rows + spare, k, B) whose entries are
     ordinary, −inf, far below the others (so the shifted exp is clamped), and whole slices −inf."""
     generator = torch.Generator().manual_seed(seed)
-    weights = torch.rand((rows, k, k, k), generator=generator, dtype=torch.float64) + 0.05
+    weights = torch.rand((rows, k if k_out is None else k_out, k, k), generator=generator, dtype=torch.float64) + 0.05
     weights /= weights.sum((2, 3), keepdim=True)
     source = torch.randn((2 * rows + spare_rows, k, batch), generator=generator, dtype=torch.float64) * 3
     kind = torch.randint(0, 12, source.shape, generator=generator)
@@ -56,13 +58,13 @@ def gradients(value: torch.Tensor, inputs: list[torch.Tensor], seed: int) -> lis
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**16), rows=st.integers(1, 5), k=st.integers(1, 6), batch=st.integers(1, 9),
-       spare_rows=st.integers(0, 3), one_source=st.booleans(), strategy=st.sampled_from(["matmul", "pairs"]),
-       one_row_tiles=st.booleans())
-def test_the_tiled_layer_equals_autograd_through_its_ops(seed: int, rows: int, k: int, batch: int, spare_rows: int,
-                                                          one_source: bool, strategy: str, one_row_tiles: bool,
-                                                          ) -> None:
-    weights, source = operands(seed, rows, k, batch, spare_rows)
+@given(seed=st.integers(0, 2**16), rows=st.integers(1, 5), k=st.integers(1, 6), k_out=st.integers(1, 7),
+       batch=st.integers(1, 9), spare_rows=st.integers(0, 3), one_source=st.booleans(),
+       strategy=st.sampled_from(["matmul", "pairs"]), one_row_tiles=st.booleans())
+def test_the_tiled_layer_equals_autograd_through_its_ops(seed: int, rows: int, k: int, k_out: int, batch: int,
+                                                          spare_rows: int, one_source: bool, strategy: str,
+                                                          one_row_tiles: bool) -> None:
+    weights, source = operands(seed, rows, k, batch, spare_rows, k_out)
     left_rows, right_rows = slice(spare_rows, spare_rows + rows), slice(spare_rows + rows, spare_rows + 2 * rows)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(einsum, "_MATMUL_GRADIENTS_BELOW", 2**60 if strategy == "matmul" else 0)
@@ -98,3 +100,38 @@ def test_an_operand_that_needs_no_gradient_gets_none() -> None:
     value = einsum.RowTiledLogEinsumExp.apply(w, source, slice(0, 2), None, slice(2, 4))
     (grad_w,) = torch.autograd.grad(value, [w], grad_outputs=torch.ones_like(value))
     assert torch.isfinite(grad_w).all()
+
+
+RAT = "var x[8] : binary\nleaf x ~ bernoulli\nsums 3\ninputs 3\nstructure random_binary_trees(depth = 2, replicas = 2, seed = 1)\n"
+
+
+def test_a_batch_of_no_rows_has_no_counts_and_leaves_the_weights() -> None:
+    import einc
+    from einc.backends.base import Batch
+
+    model = einc.compile(RAT, dtype="float64", seed=1)
+    batch = Batch(np.zeros((0, 8)), np.ones((0, 8), dtype=bool))
+    assert model.backend.log_likelihood(model.params, batch).shape == (0, 1)
+    stats = model.backend.statistics(model.params, batch)
+    assert all(float(np.asarray(counts).sum()) == 0.0 for counts in stats.weights.values())
+    updated = model.backend.em_update(model.params, stats, 0.5)
+    for name, value in model.params.items():
+        np.testing.assert_allclose(np.asarray(updated[name]), np.asarray(value), rtol=1e-12)
+
+
+def test_weights_stored_in_another_order_give_the_same_statistics() -> None:
+    """Einsum weights whose strides are not the contiguous ones (params loaded Fortran-order):
+    the gradient the layer writes is its own contiguous tensor, not one shaped like theirs."""
+    import einc
+    from einc.backends.base import Batch
+
+    model = einc.compile(RAT, dtype="float64", seed=1)
+    x = (np.random.default_rng(0).random((10, 8)) > 0.5).astype(np.float64)
+    batch = Batch(x, np.ones_like(x, dtype=bool))
+    reordered = {name: value.permute(3, 2, 1, 0).contiguous().permute(3, 2, 1, 0) if value.ndim == 4 else value
+                 for name, value in model.params.items()}
+    assert any(not value.is_contiguous() for value in reordered.values())
+    expected = model.backend.statistics(model.params, batch)
+    got = model.backend.statistics(reordered, batch)
+    for name in expected.weights:
+        np.testing.assert_allclose(np.asarray(got.weights[name]), np.asarray(expected.weights[name]), rtol=1e-12)

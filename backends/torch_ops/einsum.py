@@ -250,7 +250,8 @@ class RowTiledLogEinsumExp(torch.autograd.Function):
         grad_mixed = torch.div(grad, mixed, out=torch.empty_like(mixed))
         if empty is not None:
             grad_mixed.masked_fill_(empty, 0.0)
-        grad_weights = torch.empty_like(weights) if need_weights else None
+        # contiguous whatever the weights' strides (params loaded in another order): tiles view it
+        grad_weights = weights.new_empty(weights.shape) if need_weights else None
         one_source = right_shape is None
         grad_left_source = _rows_gradient(left_shape, left_rows, right_rows if one_source else None,
                                           left_exp) if need_left else None
@@ -293,9 +294,13 @@ def _rows_gradient(shape: torch.Size, rows: slice, other_rows: slice | None, lik
 def _times_exp_unless_clamped(grad: torch.Tensor, exp: torch.Tensor) -> None:
     """grad · exp in place, and 0 where exp is the floor's (its clamp passed no gradient there)."""
     grad.mul_(exp)
-    floor = math.exp(SHIFTED_LOG_FLOOR)
-    if float(exp.amin()) <= floor:
-        grad.masked_fill_(exp <= torch.tensor(floor, dtype=exp.dtype), 0.0)
+    if exp.numel() and float(exp.amin()) <= _CLAMPED_EXP:
+        grad.masked_fill_(exp <= _CLAMPED_EXP, 0.0)
+
+
+# exp(SHIFTED_LOG_FLOOR) with room for a few ulps of any exp implementation: an entry at most
+# this is one the clamp held (one within 1e-6 of the floor above it passes e^-80 · ∂ at most)
+_CLAMPED_EXP = math.exp(SHIFTED_LOG_FLOOR) * (1 + 1e-6)
 
 
 def _tiled_pairs_forward(left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> None:
@@ -304,8 +309,9 @@ def _tiled_pairs_forward(left: torch.Tensor, right: torch.Tensor, weights: torch
     k_out, k_right = weights.shape[1], weights.shape[3]
     for tile in _row_tiles(rows, k_left * k_right * batch * left.element_size()):
         # (n, i, 1, B) x (n, 1, j, B) -> (n, i·j, B); (n, k, i·j) x (n, i·j, B) -> (n, k, B)
-        pairs = (left[tile, :, None, :] * right[tile, None, :, :]).reshape(-1, k_left * k_right, batch)
-        torch.bmm(weights[tile].reshape(-1, k_out, k_left * k_right), pairs, out=out[tile])
+        n = out[tile].shape[0]  # (not -1: a batch of no rows has tiles of no elements)
+        pairs = (left[tile, :, None, :] * right[tile, None, :, :]).reshape(n, k_left * k_right, batch)
+        torch.bmm(weights[tile].reshape(n, k_out, k_left * k_right), pairs, out=out[tile])
 
 
 def _tiled_pairs_backward(grad: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor,
