@@ -61,43 +61,28 @@ def _normalise(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size:
     per_entry = pseudocount / entries
     rows = old.shape[0] if old.ndim else 1
     step = max(1, _CACHE_BLOCK_ENTRIES // max(1, math.prod(old.shape[1:])))
-    if 0 in axes or not _in_host_memory(old):
-        return _normalise_block(xp, counts * old if gradients else counts, axes, old, step_size, per_entry)
+    host = _in_host_memory(old)
+    if 0 in axes or not host:
+        return _normalise_block(xp, counts, axes, old, step_size, per_entry, gradients=gradients, host=host)
     new = xp.empty_like(old)
     for start in range(0, rows, step):
         block = slice(start, start + step)
-        _mix_into(xp, new[block], counts[block], axes, old[block], step_size, per_entry, gradients)
+        _normalise_block(xp, counts[block], axes, old[block], step_size, per_entry, new[block], gradients, host)
     return new
 
 
-def _normalise_block(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float,
-                     per_entry: float) -> Any:
-    """``_normalise`` of a block of rows in fresh arrays (see ``_mix_into`` for host memory);
-    ``counts`` (the caller's statistics) stay as they are."""
-    estimate = counts + per_entry
-    total = estimate.sum(axis=axes, keepdims=True)
-    has_mass = total > NO_MASS
-    estimate /= xp.where(has_mass, total, 1.0)
-    estimate = xp.where(has_mass, estimate, old)
-    # old + λ (estimate − old), in place
-    estimate -= old
-    estimate *= step_size
-    estimate += old
-    estimate = xp.clip(estimate, MIN_WEIGHT, None)
-    estimate /= estimate.sum(axis=axes, keepdims=True)
-    return estimate
-
-
-def _mix_into(xp: Any, out: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float,
-              per_entry: float, gradients: bool = False) -> Any:
-    """``_normalise_block`` written into ``out`` (host memory), in place on the estimate: the
-    mass is checked on the host (free there, and it saves a ``where`` pass) and torch mixes old
-    and new weights in one ``lerp_``. Its first pass reads the counts, or the gradients and
-    the old weights (n = w · ∂ made in ``out``: the pass over every weight that ``_counts``
-    would take, here on a block that the next passes find in the cache). ``counts`` stay as
-    they are. (A form with fewer passes, n·f + w·g with per-row factors, was no faster on RAT
-    K=40's 38 MB of weights, which memory bounds, and 1.7× slower on an HCLT's small ones,
-    which the number of ops bounds.)"""
+def _normalise_block(xp: Any, counts: Any, axes: tuple[int, ...], old: Any, step_size: float, per_entry: float,
+                     out: Any = None, gradients: bool = False, host: bool = False) -> Any:
+    """``_normalise`` of a block of rows, in place on its estimate in ``out`` (a fresh array
+    where None); ``counts`` (the caller's statistics) stay as they are. The first pass reads the
+    counts, or the gradients and the old weights (n = w · ∂ made in ``out``: the pass over every
+    weight that ``_counts`` would take, here on a block that the next passes find in the cache).
+    In ``host`` memory the mass is checked on the host (free there, and it saves a ``where``
+    pass; elsewhere a sync); torch mixes old and new weights in one ``lerp_``. (A form with fewer
+    passes, n·f + w·g with per-row factors, was no faster on RAT K=40's 38 MB of weights, which
+    memory bounds, and 1.7× slower on an HCLT's small ones, which the number of ops bounds.)"""
+    if out is None:
+        out = xp.empty_like(old)
     if gradients:
         xp.multiply(counts, old, out=out)  # n = w · ∂ Σ log p / ∂w
         if per_entry:
@@ -107,7 +92,7 @@ def _mix_into(xp: Any, out: Any, counts: Any, axes: tuple[int, ...], old: Any, s
     total = out.sum(axis=axes, keepdims=True)
     has_mass = total > NO_MASS
     out /= xp.where(has_mass, total, 1.0)
-    if not bool(has_mass.all()):  # rows no sample reached keep their weights
+    if not host or not bool(has_mass.all()):  # rows no sample reached keep their weights
         out[...] = xp.where(has_mass, out, old)
     if hasattr(out, "lerp_"):  # torch: (1−λ) w + λ w_batch in one pass
         out.lerp_(old, 1.0 - step_size)

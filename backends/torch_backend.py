@@ -514,11 +514,8 @@ class TorchBackend:
             counts=not gradients,
         )
         with torch.no_grad():
-            if gradients:
-                new = self._m_step(torch, self.plan, params, counts, leaf, step_size, pseudocount,
-                                   weight_gradients=True)
-            else:
-                new = self._m_step(torch, self.plan, params, counts, leaf, step_size, pseudocount)
+            new = self._m_step(torch, self.plan, params, counts, leaf, step_size, pseudocount,
+                               weight_gradients=gradients)
             if not in_place:
                 return new, batch_total
             for name, value in new.items():

@@ -193,8 +193,8 @@ def test_leaf_m_step_in_row_blocks_equals_the_whole_update(text: str, backend_na
 @pytest.mark.parametrize("gradients", [False, True])
 def test_sum_weight_m_step_in_row_blocks_equals_the_whole_update(xp_name: str, shape, axes, gradients: bool,
                                                                  monkeypatch) -> None:
-    """_normalise updates CPU sum weights in cache-sized blocks of rows (``_mix_into``): the
-    update of the whole array in fresh arrays (``_normalise_block``, as on CUDA) to rounding, with
+    """_normalise updates CPU sum weights in cache-sized blocks of rows, checking the mass on the
+    host: the update of the whole array in one fresh block without that check (as on CUDA) to rounding, with
     a pseudocount, rows of no mass and the statistics left untouched; given the gradients
     ∂/∂w instead of the counts n = w · ∂, it makes the counts itself."""
     from einc.backends import em
